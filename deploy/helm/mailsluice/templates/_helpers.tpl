@@ -1,0 +1,130 @@
+{{/* Names, labels and the pieces every Mailsluice pod shares. */}}
+
+{{- define "mailsluice.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mailsluice.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "mailsluice.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "mailsluice.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mailsluice.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Selector labels of one component: pass (dict "root" $ "component" "ingest"). */}}
+{{- define "mailsluice.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mailsluice.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "mailsluice.labels" -}}
+{{ include "mailsluice.selectorLabels" . }}
+app.kubernetes.io/part-of: mailsluice
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* MAILSLUICE_KAFKA_* and MAILSLUICE_LOG_* for any component. */}}
+{{- define "mailsluice.commonEnv" -}}
+- name: MAILSLUICE_KAFKA_BOOTSTRAP
+  value: {{ .Values.kafka.bootstrap | quote }}
+- name: MAILSLUICE_KAFKA_SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+- name: MAILSLUICE_KAFKA_SASL_MECHANISM
+  value: {{ .Values.kafka.saslMechanism | quote }}
+- name: MAILSLUICE_KAFKA_REPLICATION_FACTOR
+  value: {{ .Values.kafka.replicationFactor | quote }}
+- name: MAILSLUICE_KAFKA_MIN_INSYNC_REPLICAS
+  value: {{ .Values.kafka.minInsyncReplicas | quote }}
+{{- if .Values.kafka.tls.caSecret }}
+- name: MAILSLUICE_KAFKA_SSL_CAFILE
+  value: /etc/mailsluice/kafka-ca/{{ .Values.kafka.tls.caKey }}
+{{- end }}
+- name: MAILSLUICE_LOG_LEVEL
+  value: {{ .Values.logging.level | quote }}
+- name: MAILSLUICE_LOG_JSON_FORMAT
+  value: {{ .Values.logging.json | quote }}
+{{- end -}}
+
+{{- define "mailsluice.envFrom" -}}
+{{- if .Values.kafka.credentialsSecret }}
+envFrom:
+  - secretRef:
+      name: {{ .Values.kafka.credentialsSecret }}
+{{- end }}
+{{- end -}}
+
+{{/* Volume mounts / volumes every pod has: /tmp, and the Kafka CA when configured. */}}
+{{- define "mailsluice.commonMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/mailsluice/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "mailsluice.commonVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- if .Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.tls.caSecret }}
+{{- end }}
+{{- end -}}
+
+{{- define "mailsluice.podSpecCommon" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* NetworkPolicy pieces: egress to Kafka and DNS; who may scrape metrics. */}}
+{{- define "mailsluice.egressKafka" -}}
+- ports:
+  {{- range .Values.kafka.ports }}
+    - port: {{ . }}
+      protocol: TCP
+  {{- end }}
+  {{- with .Values.networkPolicy.kafkaCIDRs }}
+  to:
+    {{- range . }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  {{- end }}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end -}}
+{{- define "mailsluice.metricsFrom" -}}
+{{- if .Values.networkPolicy.metricsFrom }}
+from:
+  {{- toYaml .Values.networkPolicy.metricsFrom | nindent 2 }}
+{{- else }}
+from:
+  - namespaceSelector: {}
+{{- end }}
+{{- end -}}

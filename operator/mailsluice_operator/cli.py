@@ -1,0 +1,50 @@
+"""`mailsluice operator`: run the SendingPool operator, or print its CRD."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mailsluice.config import KafkaSettings, load
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--print-crd",
+        action="store_true",
+        help="print the SendingPool CustomResourceDefinition as YAML and exit",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=None,
+        help="namespace to watch (default: MAILSLUICE_OPERATOR_NAMESPACE; empty: all)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.print_crd:
+        from mailsluice_operator.crd import crd_yaml
+
+        print(crd_yaml(), end="")
+        return 0
+    import kopf
+
+    from mailsluice_operator.handlers import build_registry
+    from mailsluice_operator.settings import OperatorSettings
+
+    op = load(OperatorSettings)
+    kafka = load(KafkaSettings)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    namespace = op.namespace if args.namespace is None else args.namespace
+    kopf.run(
+        registry=build_registry(op, kafka),
+        liveness_endpoint=f"http://0.0.0.0:{op.health_port}/healthz" if op.health_port else None,
+        standalone=True,
+        clusterwide=not namespace,
+        namespaces=[namespace] if namespace else [],
+    )
+    return 0

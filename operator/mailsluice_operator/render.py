@@ -1,0 +1,288 @@
+"""Pure rendering of a pool's children: Deployment, policy ConfigMap, PodDisruptionBudget.
+
+Input is the SendingPool body (as a dict) plus the operator's settings; output is plain manifests
+ready for server-side apply. Nothing here talks to the API server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from mailsluice import contracts
+from mailsluice.config import KafkaSettings
+from mailsluice_operator import API_VERSION, KIND
+from mailsluice_operator.settings import OperatorSettings
+
+Manifest = dict[str, Any]
+
+POLICY_DIR = "/etc/mailsluice/pool"
+KAFKA_CA_DIR = "/etc/mailsluice/kafka-ca"
+POLICY_FILE = "policy.yaml"
+SPEC_HASH_ANNOTATION = "mailsluice.io/spec-hash"
+POOL_LABEL = "mailsluice.io/pool"
+WORKER_UID = 10001
+DEFAULT_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "512Mi"},
+}
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The parts of a SendingPool body that rendering needs."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: Mapping[str, Any]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Pool:
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta["uid"], body.get("spec") or {})
+
+
+def deployment_name(pool: str) -> str:
+    return f"mailsluice-delivery-{pool}"
+
+
+def configmap_name(pool: str) -> str:
+    return f"mailsluice-pool-{pool}"
+
+
+def selector_labels(pool: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "mailsluice",
+        "app.kubernetes.io/component": "delivery",
+        POOL_LABEL: pool,
+    }
+
+
+def selector_string(pool: str) -> str:
+    """status.selector, as the scale subresource wants it."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(pool).items()))
+
+
+def labels(pool: str) -> dict[str, str]:
+    return {
+        **selector_labels(pool),
+        "app.kubernetes.io/part-of": "mailsluice",
+        "app.kubernetes.io/managed-by": "mailsluice-operator",
+    }
+
+
+def owner_reference(pool: Pool) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": pool.name,
+        "uid": pool.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(pool: Pool, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": pool.namespace,
+        "labels": labels(pool.name),
+        "ownerReferences": [owner_reference(pool)],
+    }
+
+
+def policy_document(pool: Pool) -> dict[str, Any]:
+    """The pool's shaping and warm-up as the workers read them from the ConfigMap."""
+    spec = pool.spec
+    return {
+        "pool": pool.name,
+        "stream": spec.get("stream", "transactional"),
+        "ehloName": spec.get("ehloName", ""),
+        "sourceAddresses": list(spec.get("sourceAddresses") or []),
+        "warmup": dict(spec.get("warmup") or {"preset": "none"}),
+        "shaping": [dict(rule) for rule in spec.get("shaping") or []],
+    }
+
+
+def render_configmap(pool: Pool) -> Manifest:
+    text = yaml.safe_dump(policy_document(pool), sort_keys=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(pool, configmap_name(pool.name)),
+        "data": {POLICY_FILE: text},
+    }
+
+
+def spec_hash(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> str:
+    """Changes when anything the workers see changes; not when only replicas do."""
+    material = {
+        "spec": {k: v for k, v in pool.spec.items() if k != "replicas"},
+        "kafka": kafka_env(kafka, op),
+        "image": op.image,
+        "secret": op.kafka_secret,
+        "ca": op.kafka_ca_secret,
+    }
+    raw = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def kafka_env(kafka: KafkaSettings, op: OperatorSettings) -> list[dict[str, str]]:
+    """The operator's Kafka settings handed to workers; credentials travel via kafka_secret."""
+    cafile = f"{KAFKA_CA_DIR}/{op.kafka_ca_key}" if op.kafka_ca_secret else kafka.ssl_cafile
+    return [
+        {"name": "MAILSLUICE_KAFKA_BOOTSTRAP", "value": kafka.bootstrap},
+        {"name": "MAILSLUICE_KAFKA_SECURITY_PROTOCOL", "value": kafka.security_protocol},
+        {"name": "MAILSLUICE_KAFKA_SASL_MECHANISM", "value": kafka.sasl_mechanism},
+        {"name": "MAILSLUICE_KAFKA_SSL_CAFILE", "value": cafile},
+        {"name": "MAILSLUICE_KAFKA_REPLICATION_FACTOR", "value": str(kafka.replication_factor)},
+        {"name": "MAILSLUICE_KAFKA_MIN_INSYNC_REPLICAS", "value": str(kafka.min_insync_replicas)},
+        {"name": "MAILSLUICE_KAFKA_REQUEST_TIMEOUT_MS", "value": str(kafka.request_timeout_ms)},
+    ]
+
+
+def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[dict[str, Any]]:
+    """Operator-set variables, then the template's; a template variable wins by name."""
+    spec = pool.spec
+    ours: list[dict[str, Any]] = [
+        *kafka_env(kafka, op),
+        {"name": "MAILSLUICE_KAFKA_QUEUE_PARTITIONS", "value": str(spec.get("partitions", 12))},
+        {"name": "MAILSLUICE_DELIVERY_POOL", "value": pool.name},
+        {"name": "MAILSLUICE_DELIVERY_HTTP_HOST", "value": "0.0.0.0"},
+        {"name": "MAILSLUICE_DELIVERY_HTTP_PORT", "value": str(op.http_port)},
+        {"name": "MAILSLUICE_OUTBOUND_EHLO_NAME", "value": str(spec.get("ehloName", ""))},
+        # The worker binds one address; the pool's others are in the policy ConfigMap.
+        {
+            "name": "MAILSLUICE_OUTBOUND_SOURCE_ADDRESS",
+            "value": (list(spec.get("sourceAddresses") or []) or [""])[0],
+        },
+        {"name": "MAILSLUICE_POOL_POLICY_FILE", "value": f"{POLICY_DIR}/{POLICY_FILE}"},
+        {"name": "MAILSLUICE_POOL_STREAM", "value": str(spec.get("stream", "transactional"))},
+    ]
+    template_env = [dict(e) for e in (spec.get("workerTemplate") or {}).get("env") or []]
+    overridden = {e["name"] for e in template_env}
+    return [e for e in ours if e["name"] not in overridden] + template_env
+
+
+def _container(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> dict[str, Any]:
+    template = pool.spec.get("workerTemplate") or {}
+    http = {"port": "http", "path": "/healthz"}
+    container: dict[str, Any] = {
+        "name": "delivery",
+        "image": template.get("image") or op.image,
+        "imagePullPolicy": op.image_pull_policy,
+        "args": ["delivery", "--pool", pool.name],
+        "env": worker_env(pool, kafka, op),
+        "ports": [{"name": "http", "containerPort": op.http_port, "protocol": "TCP"}],
+        "resources": template.get("resources") or DEFAULT_RESOURCES,
+        "livenessProbe": {"httpGet": http, "periodSeconds": 10, "failureThreshold": 6},
+        "readinessProbe": {
+            "httpGet": {**http, "path": "/readyz"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if op.kafka_secret:
+        container["envFrom"] = [{"secretRef": {"name": op.kafka_secret}}]
+    if op.kafka_ca_secret:
+        container["volumeMounts"].append(
+            {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}
+        )
+    return container
+
+
+def render_deployment(
+    pool: Pool, replicas: int, kafka: KafkaSettings, op: OperatorSettings
+) -> Manifest:
+    template = pool.spec.get("workerTemplate") or {}
+    pod_spec: dict[str, Any] = {
+        "containers": [_container(pool, kafka, op)],
+        # The worker drains on SIGTERM (in-flight sends finish); give it room beyond that.
+        "terminationGracePeriodSeconds": 60,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [
+            {"name": "policy", "configMap": {"name": configmap_name(pool.name)}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    if op.kafka_ca_secret:
+        pod_spec["volumes"].append(
+            {"name": "kafka-ca", "secret": {"secretName": op.kafka_ca_secret}}
+        )
+    if template.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(template["nodeSelector"])
+    if template.get("tolerations"):
+        pod_spec["tolerations"] = [dict(t) for t in template["tolerations"]]
+    if op.worker_service_account:
+        pod_spec["serviceAccountName"] = op.worker_service_account
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(pool, deployment_name(pool.name)),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(pool.name)},
+            # One worker at a time: a rebalance per step, never fewer consumers than wanted.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(pool.name),
+                    "annotations": {SPEC_HASH_ANNOTATION: spec_hash(pool, kafka, op)},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_pdb(pool: Pool) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(pool, deployment_name(pool.name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(pool.name)},
+        },
+    }
+
+
+def render_all(
+    pool: Pool, replicas: int, kafka: KafkaSettings, op: OperatorSettings
+) -> list[Manifest]:
+    """Children in apply order: the ConfigMap before the Deployment that mounts it."""
+    return [
+        render_configmap(pool),
+        render_deployment(pool, replicas, kafka, op),
+        render_pdb(pool),
+    ]
+
+
+def queue_topic(pool: Pool) -> str:
+    return contracts.queue_topic(pool.name)

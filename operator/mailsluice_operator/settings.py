@@ -1,0 +1,53 @@
+"""Settings of the operator itself (env prefix MAILSLUICE_OPERATOR_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mailsluice.config import MailsluiceSettings
+
+
+class OperatorSettings(MailsluiceSettings):
+    """The SendingPool operator: what it watches, how often it scales, what workers it renders."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILSLUICE_OPERATOR_", extra="ignore", frozen=True
+    )
+
+    namespace: str = Field(
+        "", description="Namespace to watch for SendingPools (empty: all namespaces)."
+    )
+    image: str = Field(
+        "ghcr.io/mailsluice/mailsluice:0.1.0",
+        description="Worker image when a pool's workerTemplate names none.",
+    )
+    image_pull_policy: str = Field(
+        "IfNotPresent", description="imagePullPolicy of worker containers."
+    )
+    scale_interval_s: float = Field(
+        15.0, gt=0, le=3600, description="How often each pool's lag is read and replicas are set."
+    )
+    kafka_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Longest one Kafka admin round (topic, lag) may take."
+    )
+    kafka_secret: str = Field(
+        "",
+        description="Secret whose keys become worker env vars (envFrom), e.g. "
+        "MAILSLUICE_KAFKA_SASL_PASSWORD; empty: none.",
+    )
+    kafka_ca_secret: str = Field(
+        "",
+        description="Secret with the CA bundle of the Kafka brokers, mounted into workers; "
+        "empty: system CAs.",
+    )
+    kafka_ca_key: str = Field("ca.crt", description="Key of the CA bundle in kafka_ca_secret.")
+    health_port: int = Field(
+        8080, ge=0, le=65535, description="Port of the operator's /healthz (0: none)."
+    )
+    worker_service_account: str = Field(
+        "", description="ServiceAccount of worker pods (empty: the namespace default)."
+    )
+    http_port: int = Field(
+        9102, ge=1, le=65535, description="Port of the workers' /metrics, /healthz, /readyz."
+    )

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project uses, only those missing, so a fresh machine works
+# and a prepared one pays nothing. Needs root (CI and the dev machines run as root).
+set -euo pipefail
+
+need=()
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+[ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ] || need+=(postfix)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+
+if ((${#need[@]} == 0)); then
+  exit 0
+fi
+# Deduplicate (postfix may be listed twice).
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+echo "installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Postfix is only a tool box here (smtp-sink, smtp-source, a private relay for the benchmark):
+# no system-wide mail configuration.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,140 @@
+"""`make run`: the whole pipeline on this machine, on its embedded defaults.
+
+Starts a single-node Kafka, the sandbox MX (captures everything delivered), ingest on
+127.0.0.1:2525 and a delivery worker for the default pool, all routed to the sandbox so nothing
+leaves the machine. Ctrl-C stops everything, each process by its own pid, in reverse order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_DIR = ROOT / "run"
+BIN = ROOT / ".venv" / "bin"
+KAFKA_PORT = 9092
+
+LOCAL_ENV = {
+    "MAILSLUICE_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA_PORT}",
+    # Everything goes to the sandbox MX; no recipient domain needs to exist.
+    "MAILSLUICE_OUTBOUND_STATIC_ROUTES": "*=127.0.0.1:1025",
+    "MAILSLUICE_INGEST_VERIFY_DOMAINS": "false",
+    "MAILSLUICE_LOG_JSON_FORMAT": "false",
+}
+
+# (name, argv, readiness URL)
+SERVICES = (
+    ("sandbox", ["sandbox"], "http://127.0.0.1:8025/healthz"),
+    ("delivery", ["delivery", "--pool", "default"], "http://127.0.0.1:9102/readyz"),
+    ("ingest", ["ingest"], "http://127.0.0.1:9101/readyz"),
+)
+
+
+def kafka(action: str) -> None:
+    args = [sys.executable, str(ROOT / "scripts" / "kafka_local.py"), action]
+    args += ["--dir", str(RUN_DIR / "kafka")]
+    if action == "start":
+        args += ["--port", str(KAFKA_PORT)]
+    subprocess.run(args, check=True)
+
+
+def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{name} not ready after {timeout:.0f}s ({url})")
+
+
+def stop(name: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{name} did not stop in {timeout:.0f}s; killing pid {proc.pid}", file=sys.stderr)
+        proc.kill()
+        proc.wait()
+
+
+def banner() -> str:
+    return f"""
+Mailsluice is running locally.
+  SMTP ingest       127.0.0.1:2525   (trusted network: loopback, no auth needed)
+  sandbox MX        127.0.0.1:1025   (every delivered message lands here)
+  sandbox API       http://127.0.0.1:8025/api/v1/messages
+  metrics           http://127.0.0.1:9101/metrics (ingest), http://127.0.0.1:9102/metrics (delivery)
+  Kafka             127.0.0.1:{KAFKA_PORT}
+
+Send a message:
+  swaks --server 127.0.0.1:2525 --from you@example.com --to someone@example.org
+See it in Kafka:
+  .venv/bin/mailsluice peek --pool default
+See it delivered:
+  curl -s http://127.0.0.1:8025/api/v1/messages
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> int:
+    RUN_DIR.mkdir(exist_ok=True)
+    env = {**os.environ, **LOCAL_ENV}
+    started: list[tuple[str, subprocess.Popen[bytes]]] = []
+    kafka("start")
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        subprocess.run([str(BIN / "mailsluice"), "topics", "create"], env=env, check=True)
+        for name, argv, url in SERVICES:
+            log = open(RUN_DIR / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+            # Own session: Ctrl-C reaches only us, and we stop the children in order.
+            proc = subprocess.Popen(
+                [str(BIN / "mailsluice"), *argv],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            started.append((name, proc))
+            wait_ready(name, url, proc)
+            print(f"{name} ready (pid {proc.pid}, log run/{name}.log)")
+        print(banner(), flush=True)
+        while not stopping:
+            for name, proc in started:
+                if proc.poll() is not None:
+                    print(f"{name} exited with status {proc.returncode}; stopping", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        print("stopping...", flush=True)
+        for name, proc in reversed(started):
+            stop(name, proc)
+        kafka("stop")
+        print("stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Per-destination scheduling: in-memory queues per routing key under concurrency and rate limits.
+
+A destination over its limits never holds up another: each routing key has its own queue, and a
+message that would wait longer than a short horizon leaves memory for a delay topic. Limits come
+from a policy lookup per routing key; the shaping engine (issue 4) extends `Shaper` with policy
+files, warm-up caps and adaptive backoff by overriding `limits()` and `observe()`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DestinationLimits:
+    max_concurrency: int = 10
+    rate: float = 100.0  # messages per second; math.inf for no rate limit
+    burst: int = 10  # messages that may go back to back before the rate applies
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1 or self.rate <= 0 or self.burst < 1:
+            raise ValueError(f"invalid destination limits {self}")
+
+
+# Float sums of the emission interval drift by ~1e-16; a nanosecond is no real wait.
+_EPSILON = 1e-9
+
+PolicyLookup = Callable[[str], DestinationLimits]
+
+
+def static_policy(limits: DestinationLimits) -> PolicyLookup:
+    return lambda _key: limits
+
+
+class Gcra:
+    """Generic cell rate algorithm: a smooth rate with a stated burst (not per-window counts).
+
+    With emission interval T = 1/rate and tolerance tau = (burst - 1) * T, a message may go at
+    `now` when the theoretical arrival time tat <= now + tau; it then moves tat to
+    max(tat, now) + T. An idle limiter has credit for exactly `burst` back-to-back messages.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._tat = -math.inf
+        self.configure(rate, burst)
+
+    def configure(self, rate: float, burst: int) -> None:
+        """Change the rate without resetting the state, so a change never grants a burst."""
+        self.rate = rate
+        self.burst = burst
+        self._interval = 0.0 if math.isinf(rate) else 1.0 / rate
+        self._tau = (burst - 1) * self._interval
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one message may go (0.0: now)."""
+        wait = self._tat - self._tau - now
+        return wait if wait > _EPSILON else 0.0
+
+    def try_acquire(self, now: float) -> bool:
+        if self.wait_time(now) > 0.0:
+            return False
+        self._tat = max(self._tat, now) + self._interval
+        return True
+
+    def backlog_time(self, now: float, queued: int) -> float:
+        """Seconds until the message behind `queued` others may go, if nothing else limits:
+        the i-th next message is allowed at max(tat, now) + i*T - tau."""
+        wait = max(self._tat, now) + queued * self._interval - self._tau - now
+        return wait if wait > _EPSILON else 0.0
+
+    def idle(self, now: float) -> bool:
+        """True when the limiter holds no state worth keeping (full burst credit)."""
+        return self._tat <= now
+
+
+@dataclass
+class _DestState:
+    limits: DestinationLimits
+    gcra: Gcra
+    active: int = 0
+
+
+class Shaper:
+    """Concurrency and rate per routing key, with limits from a policy lookup."""
+
+    def __init__(self, policy: PolicyLookup) -> None:
+        self._policy = policy
+        self._dests: dict[str, _DestState] = {}
+
+    def limits(self, key: str) -> DestinationLimits:
+        return self._policy(key)
+
+    def _state(self, key: str) -> _DestState:
+        state = self._dests.get(key)
+        if state is None:
+            limits = self.limits(key)
+            state = self._dests[key] = _DestState(limits, Gcra(limits.rate, limits.burst))
+        return state
+
+    def refresh(self, key: str) -> None:
+        """Re-read the policy for a destination (after a policy change)."""
+        state = self._state(key)
+        limits = self.limits(key)
+        if limits != state.limits:
+            state.limits = limits
+            state.gcra.configure(limits.rate, limits.burst)
+
+    def wait_time(self, key: str, now: float) -> float:
+        """0.0 when a send may start now; inf while the destination's connections are all busy
+        (a finish wakes it); otherwise seconds until the rate allows one."""
+        state = self._state(key)
+        if state.active >= state.limits.max_concurrency:
+            return math.inf
+        return state.gcra.wait_time(now)
+
+    def try_start(self, key: str, now: float) -> bool:
+        state = self._state(key)
+        if state.active >= state.limits.max_concurrency or not state.gcra.try_acquire(now):
+            return False
+        state.active += 1
+        return True
+
+    def finished(self, key: str, now: float) -> None:
+        state = self._dests.get(key)
+        if state is not None and state.active > 0:
+            state.active -= 1
+
+    def estimate_wait(self, key: str, now: float, queued: int) -> float:
+        """Seconds a new message behind `queued` others would wait under the rate limit."""
+        return self._state(key).gcra.backlog_time(now, queued)
+
+    def observe(self, key: str, now: float, codes: list[tuple[int, str, str]]) -> None:
+        """Hook for adaptive backoff: (code, enhanced, text) of each result of a send."""
+
+    def should_bounce(self, key: str, reply: tuple[int, str, str]) -> bool:
+        """Hook for bounce rules: True turns this transient reply into a bounce."""
+        return False
+
+    def active(self, key: str) -> int:
+        state = self._dests.get(key)
+        return state.active if state else 0
+
+    def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
+        """Drop state of destinations with nothing active and full credit (bounds memory)."""
+        keep_set = set(keep)
+        for key in [
+            k
+            for k, s in self._dests.items()
+            if k not in keep_set and s.active == 0 and s.gcra.idle(now)
+        ]:
+            del self._dests[key]
+
+    def __len__(self) -> int:
+        return len(self._dests)
+
+
+@dataclass
+class Job(Generic[T]):
+    key: str
+    item: T
+    enqueued: float
+    ready_at: float
+
+
+@dataclass
+class Deferral(Generic[T]):
+    """A job leaving memory for a delay topic, due again in `wait` seconds."""
+
+    job: Job[T]
+    wait: float
+
+
+@dataclass
+class Scheduler(Generic[T]):
+    """Per-destination FIFO queues in front of a Shaper. Times are monotonic seconds."""
+
+    shaper: Shaper
+    horizon: float
+    _queues: dict[str, deque[Job[T]]] = field(default_factory=dict)
+    _count: int = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def queued(self, key: str) -> int:
+        q = self._queues.get(key)
+        return len(q) if q else 0
+
+    def keys(self) -> list[str]:
+        return list(self._queues)
+
+    def push(
+        self, key: str, item: T, now: float, ready_at: float | None = None
+    ) -> Deferral[T] | None:
+        """Queue a job; or, when it would wait longer than the horizon, hand it back as a
+        Deferral (the caller sends it to a delay topic)."""
+        job = Job(key, item, now, now if ready_at is None else ready_at)
+        wait = max(job.ready_at - now, self.shaper.estimate_wait(key, now, self.queued(key)))
+        if wait > self.horizon:
+            return Deferral(job, wait)
+        self._queues.setdefault(key, deque()).append(job)
+        self._count += 1
+        return None
+
+    def take(self, now: float) -> list[Job[T]]:
+        """Jobs that may start now; each counts against its destination until done()."""
+        started: list[Job[T]] = []
+        for key in list(self._queues):
+            q = self._queues[key]
+            while q and q[0].ready_at <= now and self.shaper.try_start(key, now):
+                started.append(q.popleft())
+                self._count -= 1
+            if not q:
+                del self._queues[key]
+        return started
+
+    def done(self, job: Job[T], now: float) -> None:
+        self.shaper.finished(job.key, now)
+
+    def overdue(self, now: float) -> list[Deferral[T]]:
+        """Jobs that waited longer than the horizon (e.g. all connections of their destination
+        are stuck on a slow server): they leave memory for a delay topic."""
+        out: list[Deferral[T]] = []
+        for key in list(self._queues):
+            q = self._queues[key]
+            while q and now - q[0].enqueued > self.horizon:
+                job = q.popleft()
+                self._count -= 1
+                wait = max(self.horizon, self.shaper.estimate_wait(key, now, len(q)))
+                out.append(Deferral(job, wait))
+            if not q:
+                del self._queues[key]
+        return out
+
+    def next_wake(self, now: float) -> float:
+        """Seconds until take() may return something new without a done() (inf: nothing)."""
+        best = math.inf
+        for key, q in self._queues.items():
+            if not q:
+                continue
+            wait = max(q[0].ready_at - now, self.shaper.wait_time(key, now))
+            best = min(best, wait, q[0].enqueued + self.horizon - now)
+        return max(0.0, best)
+
+    def remove(self, keep: Callable[[T], bool]) -> list[T]:
+        """Drop queued jobs whose item fails `keep` (revoked partitions); return their items."""
+        dropped: list[T] = []
+        for key in list(self._queues):
+            q = self._queues[key]
+            kept = deque(j for j in q if keep(j.item))
+            dropped.extend(j.item for j in q if not keep(j.item))
+            self._count -= len(q) - len(kept)
+            if kept:
+                self._queues[key] = kept
+            else:
+                del self._queues[key]
+        return dropped
+
+    def __iter__(self) -> Iterator[Job[T]]:
+        for q in self._queues.values():
+            yield from q

@@ -1,0 +1,180 @@
+"""`mailsluice delivery --pool NAME`: a delivery worker, the retry mover and the operator endpoints.
+
+SIGTERM (or Ctrl-C) drains: no new fetches, queued messages are handed back uncommitted,
+in-flight sends get `drain_timeout_s` to finish, finished offsets are committed, then exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from mailsluice.config import KafkaSettings, LogSettings, load
+from mailsluice.delivery.retry_mover import RetryMover
+from mailsluice.delivery.settings import DeliverySettings
+from mailsluice.delivery.worker import TransportLike, Worker, default_dsn_builder
+from mailsluice.kafka import ensure_topics, standard_topics
+from mailsluice.observability import setup_logging, start_http
+from mailsluice.resolver import DnsSettings, make_resolver
+
+log = logging.getLogger(__name__)
+
+# Wait between attempts to reach Kafka at start (the pod stays up and not ready meanwhile).
+KAFKA_RETRY_S = 2.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pool", help="sending pool (default: MAILSLUICE_DELIVERY_POOL)")
+    parser.add_argument(
+        "--no-retry-mover",
+        action="store_true",
+        help="do not run the retry mover in this process (run `mailsluice retry-mover`)",
+    )
+    parser.add_argument(
+        "--no-ensure-topics", action="store_true", help="do not create missing topics at start"
+    )
+
+
+def make_transport(dns_settings: DnsSettings) -> TransportLike:
+    """The SMTP transport, configured from MAILSLUICE_OUTBOUND_* settings."""
+    outbound_mod = importlib.import_module("mailsluice.delivery.outbound_settings")
+    transport_mod = importlib.import_module("mailsluice.delivery.transport")
+    outbound = load(outbound_mod.OutboundSettings)
+    transport: TransportLike = transport_mod.Transport(outbound, make_resolver(dns_settings))
+    return transport
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load(DeliverySettings)
+    if args.pool:
+        settings = DeliverySettings.model_validate({**settings.model_dump(), "pool": args.pool})
+    kafka = load(KafkaSettings)
+    logs = load(LogSettings)
+    dns_settings = load(DnsSettings)
+    setup_logging(logs, "delivery")
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(
+            _main(
+                settings,
+                kafka,
+                dns_settings,
+                mover=settings.retry_mover and not args.no_retry_mover,
+                ensure=not args.no_ensure_topics,
+            )
+        )
+    return 0
+
+
+async def _main(
+    settings: DeliverySettings,
+    kafka: KafkaSettings,
+    dns_settings: DnsSettings,
+    *,
+    mover: bool,
+    ensure: bool,
+) -> int:
+    transport = make_transport(dns_settings)
+    service = DeliveryService(
+        settings, kafka, transport, mover=mover, ensure=ensure, build_dsn=default_dsn_builder()
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    try:
+        await service.run(http=True)
+    finally:
+        await transport.close()
+    return 0
+
+
+class DeliveryService:
+    """Worker + retry mover + HTTP endpoints; in-process for tests and `make run`."""
+
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        kafka: KafkaSettings,
+        transport: TransportLike,
+        *,
+        mover: bool = True,
+        ensure: bool = True,
+        **worker_options: Any,
+    ) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.ensure = ensure
+        self.worker = Worker(settings, kafka, transport, **worker_options)
+        self.mover = (
+            RetryMover(kafka, max_message_size=settings.max_message_size) if mover else None
+        )
+        self._stop = asyncio.Event()
+        self._state = "starting"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.worker.stop()
+        if self.mover is not None:
+            self.mover.stop()
+
+    def ready(self) -> tuple[bool, str]:
+        if self._state != "running":
+            return False, self._state
+        ok, detail = self.worker.ready()
+        if ok and self.mover is not None:
+            ok, detail = self.mover.ready()
+        return ok, detail
+
+    async def _connect(self) -> bool:
+        """Create topics and start the Kafka clients, retrying while Kafka is unreachable;
+        False when stopped first."""
+        while not self._stop.is_set():
+            try:
+                if self.ensure:
+                    specs = standard_topics(
+                        self.kafka, [self.settings.pool], self.settings.max_message_size
+                    )
+                    await ensure_topics(self.kafka, specs)
+                await self.worker.start()
+                if self.mover is not None:
+                    await self.mover.start()
+                return True
+            except (KafkaError, OSError) as exc:
+                self._state = f"kafka unreachable: {type(exc).__name__}"
+                log.warning("cannot reach Kafka (%s); retrying", exc)
+                await self.worker._close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), KAFKA_RETRY_S)
+        return False
+
+    async def run(self, *, http: bool = False) -> None:
+        runner = None
+        if http:
+            runner = await start_http(self.settings.http_host, self.settings.http_port, self.ready)
+            log.info(
+                "delivery for pool %s: metrics on http://%s:%d/metrics",
+                self.settings.pool,
+                self.settings.http_host,
+                self.settings.http_port,
+            )
+        try:
+            if not await self._connect():
+                return
+            self._state = "running"
+            mover_task = self.mover.start_background() if self.mover is not None else None
+            try:
+                await self.worker.run()
+            finally:
+                self._state = "stopping"
+                if self.mover is not None and mover_task is not None:
+                    self.mover.stop()
+                    await mover_task
+        finally:
+            if runner is not None:
+                await runner.cleanup()

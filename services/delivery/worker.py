@@ -1,0 +1,586 @@
+"""The delivery worker: consumes a pool's queue topic and delivers, many destinations at once.
+
+Records finish out of order, so each partition's offset ledger commits only up to the lowest
+unfinished offset: periodically, when partitions are revoked, and at shutdown. A record is
+finished only after every record its outcome produces (events, retry, bounce) is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from mailsluice import contracts
+from mailsluice.config import KafkaSettings
+from mailsluice.contracts import Envelope
+from mailsluice.delivery import metrics as m
+from mailsluice.delivery import outcomes
+from mailsluice.delivery.dedup import DeliveredCache, warm_from_events
+from mailsluice.delivery.ledger import Ledger
+from mailsluice.delivery.scheduler import (
+    Deferral,
+    DestinationLimits,
+    Job,
+    Scheduler,
+    Shaper,
+    static_policy,
+)
+from mailsluice.delivery.settings import DeliverySettings
+from mailsluice.kafka import make_consumer, make_producer
+
+log = logging.getLogger(__name__)
+
+# Resume fetching when the memory bound has this much room again (hysteresis).
+RESUME_FRACTION = 0.8
+# Longest a rebalance waits for in-flight sends of revoked partitions before committing.
+REVOKE_WAIT_S = 5.0
+# A throttled message that would wait past its expiry ends with this (RFC 3463 4.4.5: congestion).
+THROTTLED = (451, "4.4.5", "destination throttled; message expired while waiting")
+# How often the worker checks that Kafka answers (readiness).
+PROBE_INTERVAL_S = 5.0
+# How often state of idle destinations is dropped (memory bound).
+FORGET_INTERVAL_S = 60.0
+# Produce retries back off up to this long while Kafka is unavailable.
+PRODUCE_BACKOFF_MAX_S = 5.0
+
+
+class TransportLike(Protocol):
+    async def send(self, env: Envelope, message: bytes) -> Sequence[outcomes.ResultLike]: ...
+    async def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Item:
+    """One queue record held by the worker."""
+
+    tp: TopicPartition
+    offset: int
+    generation: int
+    env: Envelope
+    value: bytes
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._worker.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._worker.on_assigned(list(assigned))
+
+
+def default_dsn_builder() -> outcomes.DsnBuilder | None:
+    """dsn.build_dsn from the transport side, if present."""
+    try:
+        dsn = importlib.import_module("mailsluice.delivery.dsn")
+    except ImportError:
+        log.warning("mailsluice.delivery.dsn missing: bounce messages are off")
+        return None
+    builder: outcomes.DsnBuilder = dsn.build_dsn
+    return builder
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        kafka: KafkaSettings,
+        transport: TransportLike,
+        *,
+        shaper: Shaper | None = None,
+        build_dsn: outcomes.DsnBuilder | None = None,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        consumer_options: dict[str, Any] | None = None,
+        client_id: str = "mailsluice-delivery",
+    ) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.pool = settings.pool
+        self.topic = contracts.queue_topic(self.pool)
+        self.transport = transport
+        self.shaper = (
+            shaper
+            if shaper is not None
+            else Shaper(
+                static_policy(
+                    DestinationLimits(
+                        settings.dest_max_concurrency, settings.dest_max_rate, settings.dest_burst
+                    )
+                )
+            )
+        )
+        self.scheduler: Scheduler[Item] = Scheduler(self.shaper, settings.short_horizon_s)
+        self.build_dsn = build_dsn
+        self.wall = wall
+        self.mono = mono
+        self.rng = rng or random.Random()
+        self.ledger = Ledger()
+        self.dedup = DeliveredCache(settings.dedup_size)
+        self._generation: dict[TopicPartition, int] = {}
+        self._owned: set[TopicPartition] = set()
+        self._held = 0  # items in memory: queued, sending or producing outcomes
+        self._tasks: dict[asyncio.Task[None], Item] = {}
+        self._wake = asyncio.Event()
+        self._warm = asyncio.Event()
+        self._warm.set()
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._paused = False
+        self._assigned_once = False
+        self._kafka_error: str = ""
+        self._client_id = client_id
+        self._consumer_options = consumer_options or {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.producer = make_producer(
+            self.kafka,
+            max_message_size=self.settings.max_message_size,
+            client_id=f"{self._client_id}-producer",
+        )
+        await self.producer.start()
+        self.consumer = make_consumer(
+            self.kafka,
+            group_id=contracts.consumer_group(self.pool),
+            client_id=self._client_id,
+            **self._consumer_options,
+        )
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        await self.consumer.start()
+
+    def stop(self) -> None:
+        """Ask the worker to drain and exit (safe from a signal handler)."""
+        self._stopping.set()
+        self._warm.set()
+        self._wake.set()
+        self._room.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def ready(self) -> tuple[bool, str]:
+        if self._kafka_error:
+            return False, f"kafka: {self._kafka_error}"
+        if not self._assigned_once:
+            return False, "waiting for partition assignment"
+        if self.stopping:
+            return False, "draining"
+        return True, f"{self._held} messages in memory"
+
+    async def run(self) -> None:
+        """Fetch and deliver until stop(), then drain and close the Kafka clients."""
+        if self.consumer is None:
+            await self.start()
+        dispatcher = asyncio.create_task(self._dispatch_loop(), name="delivery-dispatch")
+        committer = asyncio.create_task(self._commit_loop(), name="delivery-commit")
+        prober = asyncio.create_task(self._probe_loop(), name="delivery-probe")
+        try:
+            await self._fetch_loop()
+        finally:
+            await self._drain()
+            for task in (dispatcher, committer, prober):
+                task.cancel()
+            await asyncio.gather(dispatcher, committer, prober, return_exceptions=True)
+            await self._commit()
+            await self._close()
+
+    async def _close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def _drain(self) -> None:
+        """No new work; hand back queued records; let sends finish within the drain timeout."""
+        self._stopping.set()
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                self.consumer.pause(*self.consumer.assignment())
+        handed_back = self.scheduler.remove(lambda _item: False)
+        self._held -= len(handed_back)
+        if handed_back:
+            log.info("drain: handed back %d queued messages", len(handed_back))
+        tasks = list(self._tasks)
+        if tasks:
+            log.info("drain: waiting for %d in-flight messages", len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("drain: %d messages unfinished, handed back", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        m.INFLIGHT.labels(self.pool).set(self._held)
+
+    # --- rebalance --------------------------------------------------------------------------
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Ledgers first: the consumer may hand out records of these partitions while this
+        # callback still awaits below, and the fetch loop holds them until warm-up is done.
+        for tp in assigned:
+            self._generation[tp] = self._generation.get(tp, 0) + 1
+            self.ledger.partition(tp)
+        gained = set(assigned) - self._owned
+        self._owned = set(assigned)
+        self._paused = False
+        if gained and self.settings.dedup_warmup_s > 0 and self.settings.dedup_size > 0:
+            # Records past the previous owner's last commit come again; their delivery events
+            # say which recipients already have the message.
+            self._warm.clear()
+            try:
+                added = await warm_from_events(
+                    self.kafka,
+                    self.pool,
+                    self.dedup,
+                    since=self.wall() - self.settings.dedup_warmup_s,
+                    budget_s=self.settings.dedup_warmup_budget_s,
+                )
+                log.info("dedup warm-up: %d delivered recipients remembered", added)
+            except (KafkaError, OSError) as exc:
+                log.warning("dedup warm-up failed (%s); duplicates may follow", exc)
+            finally:
+                self._warm.set()
+        self._assigned_once = True
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        gone = set(revoked)
+        if not gone:
+            return
+        # Sends already under way get a moment to finish, so the next owner repeats less.
+        busy = [t for t, item in self._tasks.items() if item.tp in gone]
+        if busy:
+            await asyncio.wait(busy, timeout=min(REVOKE_WAIT_S, self.settings.drain_timeout_s))
+        await self._commit(only=gone)
+        dropped = self.scheduler.remove(lambda item: item.tp not in gone)
+        self._held -= len(dropped)
+        self.ledger.revoke(gone)
+        for tp in gone:
+            self._generation[tp] = self._generation.get(tp, 0) + 1
+        self._room.set()
+        log.info(
+            "revoked partitions %s (%d queued messages left to the next owner)",
+            sorted(tp.partition for tp in gone),
+            len(dropped),
+        )
+
+    # --- fetch ------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        assert self.consumer is not None
+        limit = self.settings.max_inflight
+        while not self.stopping:
+            room = limit - self._held
+            if room <= 0:
+                self._pause()
+                self._room.clear()
+                await self._room.wait()
+                continue
+            if self._paused and self._held <= limit * RESUME_FRACTION:
+                self._resume()
+            try:
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=min(room, 500))
+            except KafkaError as exc:
+                self._kafka_error = type(exc).__name__
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            # Records that arrive while a dedup warm-up runs wait for it.
+            await self._warm.wait()
+            for tp, records in batch.items():
+                for record in records:
+                    self._accept(tp, record)
+            if batch:
+                self._wake.set()
+
+    def _pause(self) -> None:
+        if not self._paused and self.consumer is not None:
+            self.consumer.pause(*self.consumer.assignment())
+            self._paused = True
+            m.PAUSED.labels(self.pool).set(1)
+
+    def _resume(self) -> None:
+        if self._paused and self.consumer is not None:
+            self.consumer.resume(*self.consumer.assignment())
+            self._paused = False
+            m.PAUSED.labels(self.pool).set(0)
+
+    def _accept(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        if not self.ledger.owns(tp):
+            if tp not in self.consumer.assignment():  # type: ignore[union-attr]
+                return  # fetched just before a revocation; the next owner reads it again
+            # Assigned but not yet announced to the listener: never drop a fetched record.
+            self.ledger.partition(tp)
+        self.ledger.add(tp, record.offset)
+        try:
+            env = contracts.envelope_from_headers(record.headers)
+        except ValueError as exc:
+            # Skip (and commit past) rather than crash-loop on a record no worker can read.
+            log.error(
+                "skipping undecodable record %s[%d]@%d: %s",
+                tp.topic,
+                tp.partition,
+                record.offset,
+                exc,
+            )
+            m.UNDECODABLE.labels(self.pool).inc()
+            self.ledger.finish(tp, record.offset)
+            return
+        item = Item(tp, record.offset, self._generation.get(tp, 0), env, record.value or b"")
+        self._held += 1
+        mono_now, wall_now = self.mono(), self.wall()
+        ready_at = mono_now + max(0.0, env.not_before - wall_now)
+        deferral = self.scheduler.push(env.routing_key, item, mono_now, ready_at)
+        if deferral is not None:
+            self._spawn(self._defer(deferral), item)
+        m.INFLIGHT.labels(self.pool).set(self._held)
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        forget_at = self.mono() + FORGET_INTERVAL_S
+        while not self.stopping:
+            now = self.mono()
+            if now >= forget_at:
+                self.shaper.forget_idle(now, keep=self.scheduler.keys())
+                forget_at = now + FORGET_INTERVAL_S
+            for job in self.scheduler.take(now):
+                self._spawn(self._deliver(job), job.item)
+            for deferral in self.scheduler.overdue(now):
+                self._spawn(self._defer(deferral), deferral.job.item)
+            wait = min(self.scheduler.next_wake(self.mono()), 0.5)
+            self._wake.clear()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _spawn(self, coro: Any, item: Item) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks[task] = item
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    async def _deliver(self, job: Job[Item]) -> None:
+        item = job.item
+        env = item.env
+        slot = True  # the destination's send slot, held until the send returns
+        try:
+            todo, done = self.dedup.split(env.queue_id, env.recipients)
+            if done:
+                m.DUPLICATES_SKIPPED.labels(self.pool).inc(len(done))
+                log.debug(
+                    "skipping %d already delivered recipients",
+                    len(done),
+                    extra={"queue_id": env.queue_id},
+                )
+            results: Sequence[outcomes.ResultLike] = []
+            send_env = env.model_copy(update={"recipients": tuple(todo)}) if done else env
+            if todo:
+                results = await self._send(send_env, item.value)
+            slot = False
+            self.scheduler.done(job, self.mono())
+            self._wake.set()
+        except BaseException:
+            if slot:
+                self.scheduler.done(job, self.mono())
+            self._release(item)
+            raise
+        if not todo:
+            self._finish(item)
+            return
+        for res in results:
+            if res.kind == "delivered":
+                self.dedup.add(env.queue_id, res.recipient)
+        await self._conclude(item, results, send_env)
+
+    async def _conclude(
+        self,
+        item: Item,
+        results: Sequence[outcomes.ResultLike],
+        env: Envelope | None = None,
+    ) -> None:
+        """Produce an attempt's outcome records; the record is finished once they are acked."""
+        try:
+            plan = outcomes.plan_outcome(
+                env or item.env,
+                item.value,
+                list(results),
+                now=self.wall(),
+                settings=self.settings,
+                build_dsn=self.build_dsn,
+                rng=self.rng,
+            )
+            await self._produce_all(plan.produces)
+            self._count(plan)
+        except BaseException:
+            self._release(item)
+            raise
+        self._finish(item)
+
+    async def _send(self, env: Envelope, value: bytes) -> Sequence[outcomes.ResultLike]:
+        started = self.mono()
+        try:
+            results = await self.transport.send(env, value)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The transport promises not to raise; if it does, retry later rather than lose it.
+            log.exception("transport failed", extra={"queue_id": env.queue_id})
+            text = f"internal error: {type(exc).__name__}"
+            results = [outcomes.LocalResult(r, 451, "4.3.0", text) for r in env.recipients]
+        m.SEND_SECONDS.labels(self.pool).observe(self.mono() - started)
+        self.shaper.observe(
+            env.routing_key, self.mono(), [(r.code, r.enhanced, r.text) for r in results]
+        )
+        return [self._apply_bounce_rules(env.routing_key, r) for r in results]
+
+    def _apply_bounce_rules(self, key: str, res: outcomes.ResultLike) -> outcomes.ResultLike:
+        """A transient reply that a policy rule says will never succeed becomes a bounce."""
+        if res.kind != "transient" or not self.shaper.should_bounce(
+            key, (res.code, res.enhanced, res.text)
+        ):
+            return res
+        return outcomes.as_permanent(res)
+
+    async def _defer(self, deferral: Deferral[Item]) -> None:
+        item = deferral.job.item
+        env = item.env
+        if self.wall() + deferral.wait > env.received_at + self.settings.expiry_s:
+            # Throttled until past its expiry: count it as a failed attempt, which expires it.
+            await self._conclude(
+                item, [outcomes.LocalResult(r, *THROTTLED) for r in env.recipients]
+            )
+            return
+        try:
+            record = outcomes.plan_throttled(
+                item.env,
+                item.value,
+                now=self.wall(),
+                not_before=self.wall() + deferral.wait,
+            )
+            await self._produce_all([record])
+            tier = record.topic.rsplit(".", 1)[-1]
+            m.RETRIES.labels(self.pool, tier, "throttled").inc()
+            self._finish(item)
+        except BaseException:
+            self._release(item)
+            raise
+
+    def _count(self, plan: outcomes.Plan) -> None:
+        for result, rcpts in (
+            ("delivered", plan.delivered),
+            ("deferred", plan.deferred),
+            ("bounced", plan.bounced),
+            ("expired", plan.expired),
+        ):
+            if rcpts:
+                m.RECIPIENTS.labels(self.pool, result).inc(len(rcpts))
+        overall = (
+            "expired"
+            if plan.expired
+            else "bounced"
+            if plan.bounced
+            else "deferred"
+            if plan.deferred
+            else "delivered"
+        )
+        m.ATTEMPTS.labels(self.pool, overall).inc()
+        if plan.retry_tier:
+            m.RETRIES.labels(self.pool, plan.retry_tier, "failure").inc()
+        if plan.dsn:
+            m.DSN_SENT.labels(self.pool).inc()
+
+    def _finish(self, item: Item) -> None:
+        """The record is done: its offset may be committed."""
+        if self._generation.get(item.tp) == item.generation:
+            self.ledger.finish(item.tp, item.offset)
+        self._release(item)
+
+    def _release(self, item: Item) -> None:
+        self._held -= 1
+        m.INFLIGHT.labels(self.pool).set(self._held)
+        self._room.set()
+
+    # --- Kafka writes -----------------------------------------------------------------------
+
+    async def _produce_all(self, records: list[outcomes.Produce]) -> None:
+        """Produce every record and wait for all acks; retry while Kafka is unavailable."""
+        assert self.producer is not None
+        delay = 0.2
+        while True:
+            try:
+                futures = [
+                    await self.producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+                    for r in records
+                ]
+                await asyncio.gather(*futures)
+                self._kafka_error = ""
+                return
+            except KafkaError as exc:
+                self._kafka_error = type(exc).__name__
+                log.warning("producing outcome records failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PRODUCE_BACKOFF_MAX_S)
+
+    async def _probe_loop(self) -> None:
+        """Readiness: a metadata request every few seconds tells whether Kafka is reachable
+        (the consumer itself just returns nothing while the brokers are down)."""
+        assert self.consumer is not None
+        while True:
+            try:
+                await self.consumer.topics()
+                if self._kafka_error.startswith("unreachable"):
+                    self._kafka_error = ""
+            except KafkaError as exc:
+                self._kafka_error = f"unreachable ({type(exc).__name__})"
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.commit_interval_s)
+            await self._commit()
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        if self.consumer is None:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {
+            tp: off
+            for tp, off in self.ledger.to_commit().items()
+            if tp in assigned and (only is None or tp in only)
+        }
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            m.COMMITS.labels(self.pool, "failed").inc()
+            log.warning("offset commit failed: %s", exc)
+            return
+        self.ledger.committed(dict(offsets))
+        m.COMMITS.labels(self.pool, "ok").inc()
+        for tp, off in offsets.items():
+            assert isinstance(tp, TopicPartition)
+            m.COMMIT_OFFSET.labels(self.pool, str(tp.partition)).set(off)

@@ -1,0 +1,272 @@
+"""aiosmtpd handler hooks: thin adapters from SMTP commands to the plain functions of
+verdicts, message and publish."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from mailsluice import contracts
+from mailsluice.ingest import metrics, replies
+from mailsluice.ingest.addresses import check_mailbox
+from mailsluice.ingest.auth import User
+from mailsluice.ingest.message import Trace, prepare_message
+from mailsluice.ingest.publish import Publisher, PublishError, QueueRecord
+from mailsluice.ingest.session import IngestEnvelope, IngestSMTP, Transaction
+from mailsluice.ingest.settings import POOL_NAME
+from mailsluice.ingest.verdicts import IsSuppressed, MxLookup, judge_recipient
+from mailsluice.policy.rollup import Rollup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    header: str
+    default_pool: str
+    trusted_pools: frozenset[str]
+    served_pools: frozenset[str]
+
+
+def choose_pool(requested: str | None, user: User | None, policy: PoolPolicy) -> str | None:
+    """The pool of a message, or None when the sender may not use what it asked for."""
+    if user is not None:
+        allowed, default = frozenset(user.pools), user.default_pool
+    else:
+        allowed, default = policy.trusted_pools, policy.default_pool
+    pool = requested.strip().lower() if requested is not None else default
+    if not POOL_NAME.match(pool) or pool not in allowed or pool not in policy.served_pools:
+        return None
+    return pool
+
+
+def group_by_routing_key(routing: dict[str, str]) -> dict[str, list[str]]:
+    """Accepted recipients grouped by routing key, each group in RCPT order."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for recipient, key in routing.items():
+        groups[key].append(recipient)
+    return dict(groups)
+
+
+def protocol_name(session: Session) -> str:
+    """RFC 3848 `with` keyword."""
+    if not session.extended_smtp:
+        return "SMTP"
+    return (
+        "ESMTP" + ("S" if session.ssl is not None else "") + ("A" if session.authenticated else "")
+    )
+
+
+class IngestHandler:
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        publisher: Publisher,
+        is_suppressed: IsSuppressed,
+        mx_lookup: MxLookup,
+        rollup: Rollup,
+        max_recipients: int,
+        pools: PoolPolicy,
+    ) -> None:
+        self.hostname = hostname
+        self.publisher = publisher
+        self.is_suppressed = is_suppressed
+        self.mx_lookup = mx_lookup
+        self.rollup = rollup
+        self.max_recipients = max_recipients
+        self.pools = pools
+        self.in_data = 0  # DATA transactions being published now
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: IngestSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        last = responses.pop()  # "250 HELP"
+        responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        return responses
+
+    async def handle_MAIL(
+        self,
+        server: IngestSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        assert isinstance(envelope, IngestEnvelope)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.txn = Transaction(contracts.new_queue_id(), time.monotonic(), time.time())
+        return replies.S250_SENDER_OK
+
+    async def handle_RCPT(
+        self,
+        server: IngestSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        assert isinstance(envelope, IngestEnvelope) and envelope.txn is not None
+        address = check_mailbox(address)  # already validated; this lower-cases the domain
+        verdict = await judge_recipient(
+            address,
+            accepted_so_far=len(envelope.txn.routing),
+            max_recipients=self.max_recipients,
+            is_suppressed=self.is_suppressed,
+            mx_lookup=self.mx_lookup,
+            rollup=self.rollup,
+        )
+        if not verdict.accepted:
+            self.record_rejection(server, address, verdict.reply, verdict.reason)
+            return verdict.reply
+        metrics.RECIPIENTS.labels("accepted", "").inc()
+        if address not in envelope.txn.routing:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            envelope.txn.routing[address] = verdict.routing_key
+        return verdict.reply
+
+    async def handle_DATA(self, server: IngestSMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope, IngestEnvelope) and envelope.txn is not None
+        txn = envelope.txn
+        self.in_data += 1
+        try:
+            return await self._accept_message(server, session, envelope, txn)
+        except Exception:
+            metrics.TRANSACTIONS.labels("tempfail").inc()
+            log.exception("DATA failed", extra={"queue_id": txn.queue_id})
+            return replies.S451_TEMPFAIL
+        finally:
+            self.in_data -= 1
+            server.conn.messages += 1
+            metrics.TRANSACTION_SECONDS.observe(time.monotonic() - txn.started)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("unexpected error in the SMTP session", exc_info=error)
+        return replies.S451_TEMPFAIL
+
+    # --- the work -----------------------------------------------------------------------------
+
+    def record_rejection(self, server: IngestSMTP, recipient: str, reply: str, reason: str) -> None:
+        metrics.RECIPIENTS.labels("rejected", reason).inc()
+        envelope = server.envelope
+        txn = envelope.txn if isinstance(envelope, IngestEnvelope) else None
+        sender = (envelope.mail_from or "") if envelope is not None else ""
+        self.publisher.emit(
+            contracts.Event(
+                type=contracts.EventType.REJECTION,
+                queue_id=txn.queue_id if txn else "",
+                sender="" if sender == "<>" else sender,
+                recipient=recipient,
+                code=int(replies.code_of(reply)),
+                enhanced=replies.enhanced_of(reply),
+                text=replies.text_of(reply),
+                reason=reason,
+            )
+        )
+
+    async def _accept_message(
+        self, server: IngestSMTP, session: Session, envelope: IngestEnvelope, txn: Transaction
+    ) -> str:
+        raw = envelope.original_content or b""
+        sender = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        recipients = tuple(txn.routing)
+        trace = Trace(
+            helo=session.host_name or "",
+            peer_ip=server.conn.peer_ip,
+            hostname=self.hostname,
+            protocol=protocol_name(session),
+            queue_id=txn.queue_id,
+            recipients=recipients,
+            now=txn.received_at,
+        )
+        prepared = prepare_message(raw, trace, pool_header=self.pools.header)
+        user = session.auth_data if isinstance(session.auth_data, User) else None
+        pool = choose_pool(prepared.pool, user, self.pools)
+        if pool is None:
+            metrics.TRANSACTIONS.labels("rejected").inc()
+            for recipient in recipients:
+                self.record_rejection(server, recipient, replies.S550_POOL_DENIED, "pool_denied")
+            return replies.S550_POOL_DENIED
+        audit = user.name if user else f"trusted:{server.conn.trusted_network}"
+        records = [
+            QueueRecord(
+                topic=contracts.queue_topic(pool),
+                key=key.encode(),
+                value=prepared.data,
+                envelope=contracts.Envelope(
+                    queue_id=txn.queue_id,
+                    pool=pool,
+                    sender=sender,
+                    recipients=tuple(group),
+                    routing_key=key,
+                    received_at=txn.received_at,
+                    user=audit,
+                ),
+            )
+            for key, group in group_by_routing_key(txn.routing).items()
+        ]
+        try:
+            await self.publisher.publish(records)
+        except PublishError as exc:
+            metrics.TRANSACTIONS.labels("tempfail").inc()
+            log.warning("queueing failed (%s)", exc, extra={"queue_id": txn.queue_id, "pool": pool})
+            return replies.S451_QUEUE_UNAVAILABLE
+        metrics.TRANSACTIONS.labels("queued").inc()
+        metrics.BYTES.inc(len(prepared.data))
+        self.publisher.emit(
+            contracts.Event(
+                type=contracts.EventType.RECEPTION,
+                queue_id=txn.queue_id,
+                pool=pool,
+                sender=sender,
+                code=250,
+                enhanced="2.0.0",
+                size=len(prepared.data),
+            )
+        )
+        log.info(
+            "queued %d recipients in %d records",
+            len(recipients),
+            len(records),
+            extra={"queue_id": txn.queue_id, "pool": pool},
+        )
+        return replies.S250_QUEUED.format(queue_id=txn.queue_id)
+
+
+def make_authenticator(credentials: Any) -> Any:
+    """aiosmtpd authenticator over a Credentials store (PLAIN and LOGIN both give a
+    LoginPassword)."""
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def authenticator(
+        server: Any, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        try:
+            login = auth_data.login.decode("utf-8")
+            password = auth_data.password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False)
+        user = credentials.authenticate(login, password)
+        if user is None:
+            log.info("AUTH %s failed", mechanism)
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=user)
+
+    return authenticator

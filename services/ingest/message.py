@@ -1,0 +1,114 @@
+"""The message as queued: CRLF line endings, trace and missing headers added, pool header
+taken out. Works on bytes (the body is never decoded, so 8-bit content passes untouched)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+
+def normalise_line_endings(data: bytes) -> bytes:
+    """Every bare CR and bare LF becomes CRLF (SMTP smuggling defence: what we relay later has
+    no stray line ends a downstream server could read as an end of data)."""
+    return _LINE_END.sub(b"\r\n", data)
+
+
+def split_header(data: bytes) -> tuple[list[list[bytes]], bytes]:
+    """Header fields (each a list of its lines, continuation lines included, without CRLF) and
+    the rest (the empty separator line and the body). `data` must have CRLF line ends."""
+    fields: list[list[bytes]] = []
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            end = len(data)
+        line = data[pos:end]
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        elif _FIELD_NAME.match(line):
+            fields.append([line])
+        else:
+            break
+        pos = end + 2
+    return fields, data[pos:]
+
+
+def field_name(lines: list[bytes]) -> str:
+    return lines[0].split(b":", 1)[0].decode("ascii", "replace").strip().lower()
+
+
+def field_value(lines: list[bytes]) -> str:
+    raw = b"".join([lines[0].split(b":", 1)[1], *lines[1:]])
+    return raw.decode("ascii", "replace").strip()
+
+
+def safe_token(value: str, limit: int = 255) -> str:
+    """A client-supplied word made safe for a header (no CR/LF, no comment breaking)."""
+    return _UNSAFE.sub("?", value)[:limit] or "unknown"
+
+
+@dataclass(frozen=True)
+class Trace:
+    helo: str
+    peer_ip: str
+    hostname: str
+    protocol: str  # SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA (RFC 3848)
+    queue_id: str
+    recipients: tuple[str, ...]
+    now: float
+
+
+def received_header(trace: Trace) -> bytes:
+    date = format_datetime(datetime.fromtimestamp(trace.now, UTC))
+    parts = [
+        f"Received: from {safe_token(trace.helo)} ([{safe_token(trace.peer_ip)}])",
+        f"\tby {trace.hostname} (Mailsluice) with {trace.protocol} id {trace.queue_id}",
+    ]
+    # "for" only names a lone recipient: listing many would disclose the whole envelope.
+    if len(trace.recipients) == 1:
+        parts.append(f"\tfor <{trace.recipients[0]}>; {date}")
+    else:
+        parts[-1] += f"; {date}"
+    return "\r\n".join(parts).encode() + b"\r\n"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: bytes
+    pool: str | None  # the pool header's value, None if absent
+
+
+def prepare_message(raw: bytes, trace: Trace, *, pool_header: str) -> Prepared:
+    """Normalise line ends, take out the pool header, add Message-ID / Date if missing and
+    prepend Received."""
+    data = normalise_line_endings(raw)
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    fields, rest = split_header(data)
+    wanted = pool_header.lower()
+    pool: str | None = None
+    kept: list[list[bytes]] = []
+    for lines in fields:
+        if field_name(lines) == wanted:
+            pool = field_value(lines) if pool is None else pool
+        else:
+            kept.append(lines)
+    names = {field_name(lines) for lines in kept}
+    added: list[bytes] = []
+    if "date" not in names:
+        date = format_datetime(datetime.fromtimestamp(trace.now, UTC))
+        added.append(f"Date: {date}".encode())
+    if "message-id" not in names:
+        added.append(f"Message-ID: <{trace.queue_id}@{trace.hostname}>".encode())
+    header = b"".join(b"\r\n".join(lines) + b"\r\n" for lines in kept)
+    header += b"".join(line + b"\r\n" for line in added)
+    if not rest.startswith(b"\r\n"):
+        # No header/body separator (header only, or body without header): add one.
+        rest = b"\r\n" + rest
+    return Prepared(received_header(trace) + header + rest, pool)

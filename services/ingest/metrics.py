@@ -1,0 +1,44 @@
+"""Prometheus metrics of the ingest. Label values come from closed sets only."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Counter("mailsluice_ingest_connections_total", "SMTP connections accepted.")
+CONNECTIONS_OPEN = Gauge("mailsluice_ingest_connections_open", "SMTP connections now open.")
+TRANSACTIONS = Counter(
+    "mailsluice_ingest_transactions_total",
+    "Message transactions finished at DATA, by result.",
+    ["result"],
+)
+TRANSACTION_RESULTS = ("queued", "tempfail", "rejected", "too_big", "aborted")
+RECIPIENTS = Counter(
+    "mailsluice_ingest_recipients_total",
+    "Recipients judged at RCPT, by result (accepted/rejected) and reject reason.",
+    ["result", "reason"],
+)
+BYTES = Counter("mailsluice_ingest_bytes_total", "Bytes of messages queued to Kafka.")
+PUBLISH_SECONDS = Histogram(
+    "mailsluice_ingest_kafka_publish_seconds",
+    "Time from the first send to the last Kafka acknowledgement of a message.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+)
+TRANSACTION_SECONDS = Histogram(
+    "mailsluice_ingest_transaction_seconds",
+    "Time from MAIL FROM to the reply after DATA.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+EVENTS_FAILED = Counter(
+    "mailsluice_ingest_events_failed_total", "Events that could not be written to Kafka."
+)
+PROTOCOL_VIOLATIONS = Counter(
+    "mailsluice_ingest_protocol_violations_total",
+    "Connections closed for protocol violations, by kind.",
+    ["kind"],
+)
+VIOLATION_KINDS = ("early_talker", "pipelining", "too_many_errors", "too_many_messages")
+
+for _result in TRANSACTION_RESULTS:
+    TRANSACTIONS.labels(_result)
+for _kind in VIOLATION_KINDS:
+    PROTOCOL_VIOLATIONS.labels(_kind)

@@ -1,0 +1,92 @@
+"""Every SMTP reply the ingest sends, with RFC 3463 enhanced status codes.
+
+aiosmtpd's own replies that lack an enhanced code are rewritten through BUILTIN_REWRITES so a
+client always sees one consistent dialect.
+"""
+
+from __future__ import annotations
+
+S220_READY_SUFFIX = "ESMTP Mailsluice"
+S221_BYE = "221 2.0.0 Bye"
+S250_OK = "250 2.0.0 Ok"
+S250_SENDER_OK = "250 2.1.0 Sender ok"
+S250_RCPT_OK = "250 2.1.5 Recipient ok"
+S250_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+
+S421_TOO_MANY_MESSAGES = "421 4.7.0 Too many messages on this connection, closing"
+S421_TOO_MANY_ERRORS = "421 4.7.0 Too many errors on this connection, closing"
+S421_IDLE_TIMEOUT = "421 4.4.2 Idle timeout exceeded, closing"
+S421_SESSION_TIMEOUT = "421 4.4.2 Session time limit exceeded, closing"
+S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing"
+S450_DNS_TEMPFAIL = "450 4.4.3 Recipient domain temporarily unresolvable, try again later"
+S451_TEMPFAIL = "451 4.3.0 Temporary failure, try again later"
+S451_QUEUE_UNAVAILABLE = "451 4.3.0 Queue temporarily unavailable, try again later"
+S452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+
+S500_LINE_TOO_LONG = "500 5.5.2 Line too long"
+S500_COMMAND_TOO_LONG = "500 5.5.2 Command line too long"
+S501_BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+S501_BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+S530_AUTH_REQUIRED = "530 5.7.0 Authentication required"
+S550_SUPPRESSED = "550 5.7.1 Recipient address is suppressed"
+S550_NO_DOMAIN = "550 5.1.2 Recipient domain does not exist"
+S550_POOL_DENIED = "550 5.7.1 Pool not allowed for this sender"
+S552_SIZE_DECLARED = "552 5.3.4 Message size exceeds fixed maximum message size"
+S552_TOO_BIG = "552 5.3.4 Message too big"
+S554_RELAY_DENIED = "554 5.7.1 Relay access denied"
+S554_PIPELINING = "554 5.5.0 SMTP protocol synchronization error, closing"
+S556_NULL_MX = "556 5.1.10 Recipient domain does not accept mail (null MX)"
+
+# aiosmtpd's built-in replies (exact text) -> ours.
+BUILTIN_REWRITES: dict[str, str] = {
+    "500 Command line too long": S500_COMMAND_TOO_LONG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": S500_LINE_TOO_LONG,
+    "552 Error: message size exceeds fixed maximum message size": S552_SIZE_DECLARED,
+    "552 Error: Too much mail data": S552_TOO_BIG,
+    "500 Error: bad syntax": "500 5.5.2 Error: bad syntax",
+    "500 Error: strict ASCII mode": "500 5.5.2 Error: non-ASCII input without SMTPUTF8",
+    "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
+    "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
+    "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
+    "503 Error: send HELO first": "503 5.5.1 Error: send HELO first",
+    "503 Error: send EHLO first": "503 5.5.1 Error: send EHLO first",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
+    "553 5.1.3 Error: malformed address": "501 5.1.3 Bad address syntax",
+    "555 MAIL FROM parameters not recognized or not implemented": (
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
+    ),
+    "555 RCPT TO parameters not recognized or not implemented": (
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented"
+    ),
+    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
+    "221 Bye": S221_BYE,
+    "250 OK": S250_OK,
+}
+
+# Reply codes that count as protocol errors toward the per-connection error limit. Per-recipient
+# policy verdicts (550, 556, 450, 452) do not: a bulk sender's list may hold many of those.
+ERROR_CODES = frozenset({"500", "501", "502", "503", "504", "530", "535", "538", "554", "555"})
+
+
+def rewrite(reply: str) -> str:
+    if reply in BUILTIN_REWRITES:
+        return BUILTIN_REWRITES[reply]
+    if reply.startswith("501 Syntax:"):
+        return "501 5.5.4 " + reply[4:]
+    if reply.startswith('500 Error: command "'):
+        return "500 5.5.1 " + reply[4:]
+    return reply
+
+
+def code_of(reply: str) -> str:
+    return reply[:3]
+
+
+def enhanced_of(reply: str) -> str:
+    parts = reply.split(" ", 2)
+    return parts[1] if len(parts) > 1 and parts[1][:1].isdigit() and "." in parts[1] else ""
+
+
+def text_of(reply: str) -> str:
+    parts = reply.split(" ", 2)
+    return parts[2] if enhanced_of(reply) and len(parts) > 2 else reply[4:]

@@ -1,0 +1,83 @@
+"""What every service exposes to operators: /metrics, /healthz, /readyz, and JSON logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from mailsluice.config import LogSettings
+
+ReadyCheck = Callable[[], tuple[bool, str]]
+
+# Fields a log call may pass in `extra=` that end up as JSON keys.
+LOG_CONTEXT_FIELDS = ("queue_id", "pool", "destination", "remote", "component")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in LOG_CONTEXT_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(settings: LogSettings, component: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.json_format:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {component} %(levelname)s %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level)
+    # Kafka client chatter at INFO drowns the service's own lines.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+
+
+def build_app(ready: ReadyCheck, registry: CollectorRegistry = REGISTRY) -> web.Application:
+    started = time.time()
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "uptime_s": round(time.time() - started, 1)})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, detail = ready()
+        return web.json_response(
+            {"status": "ready" if ok else "not ready", "detail": detail}, status=200 if ok else 503
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def start_http(host: str, port: int, ready: ReadyCheck) -> web.AppRunner:
+    """Serve the operator endpoints; the caller awaits runner.cleanup() at shutdown."""
+    runner = web.AppRunner(build_app(ready), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,1 @@
+"""Policy as data: provider rollup (and, later, shaping rules and bounce classes)."""

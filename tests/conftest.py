@@ -1,0 +1,105 @@
+"""Session-wide real infrastructure: a Kafka broker, a loopback DNS server, fake remote MXes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support.dns_server import DnsServer
+from support.fake_mx import FakeMx, SmtpSink
+from support.kafka_broker import KafkaBroker, start_broker
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A real Kafka 4 broker (KRaft) on 127.0.0.1; `.bootstrap`, `.stop()`, `.start()`.
+
+    A test that stops it should start it again (try/finally); if it does not, the autouse
+    `_kafka_left_running` fixture restarts it (same ports and data) after that test.
+    """
+    broker = start_broker(tmp_path_factory.mktemp("kafka"))
+    _brokers.append(broker)
+    try:
+        yield broker
+    finally:
+        _brokers.remove(broker)
+        broker.stop()
+
+
+_brokers: list[KafkaBroker] = []
+
+
+@pytest.fixture(autouse=True)
+def _kafka_left_running() -> Iterator[None]:
+    """If a test stopped the session broker and did not start it again, restart it for the rest."""
+    yield
+    for broker in _brokers:
+        if not broker.running:
+            broker.start()
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsServer]:
+    """An authoritative DNS server on 127.0.0.1 (UDP+TCP, one free port) with a mutable zone."""
+    server = DnsServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dns_zone(dns_server: DnsServer) -> Iterator[DnsServer]:
+    """The session DNS server with an empty zone for this test (cleared again afterwards)."""
+    dns_server.clear()
+    try:
+        yield dns_server
+    finally:
+        dns_server.clear()
+
+
+@pytest.fixture(scope="session")
+def dns_nameserver(dns_server: DnsServer) -> str:
+    """The test DNS server as "127.0.0.1:port", the format of MAILSLUICE_DNS_NAMESERVERS."""
+    return dns_server.nameserver
+
+
+@pytest.fixture
+def fake_mx() -> Iterator[Callable[..., FakeMx]]:
+    """Factory: `fake_mx(host=None, port=0, **MxScript fields)` starts a FakeMx (stopped after)."""
+    started: list[FakeMx] = []
+
+    def make(host: str | None = None, port: int = 0, **script: Any) -> FakeMx:
+        mx = FakeMx(host, port, **script).start()
+        started.append(mx)
+        return mx
+
+    try:
+        yield make
+    finally:
+        for mx in started:
+            mx.stop()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[Callable[..., SmtpSink]]:
+    """Factory: `smtp_sink(host=None, port=0, extra_args=[...], dump=True)` starts smtp-sink."""
+    started: list[SmtpSink] = []
+
+    def make(
+        host: str | None = None,
+        port: int = 0,
+        extra_args: list[str] | None = None,
+        dump: bool = False,
+    ) -> SmtpSink:
+        sink = SmtpSink(host, port, extra_args, dump).start()
+        started.append(sink)
+        return sink
+
+    try:
+        yield make
+    finally:
+        for sink in started:
+            sink.cleanup()

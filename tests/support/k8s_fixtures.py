@@ -1,0 +1,123 @@
+"""Helpers for the operator and chart tests against the real API server (tests/support/k8s_cluster).
+
+`shared_cluster()` starts one control plane per pytest process, whichever test module asks
+first; each module's session fixture registers the (idempotent) stop.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from support.k8s_cluster import K8sCluster
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "mailsluice"
+CRD_FILE = CHART / "crds" / "sendingpool.yaml"
+CRD_NAME = "sendingpools.mailsluice.io"
+
+T = TypeVar("T")
+_SHARED: dict[str, K8sCluster] = {}
+
+
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> K8sCluster:
+    if "cluster" not in _SHARED:
+        cluster = K8sCluster(tmp_path_factory.mktemp("k8s-operator"))
+        cluster.start()
+        _SHARED["cluster"] = cluster
+    return _SHARED["cluster"]
+
+
+def stop_shared_cluster() -> None:
+    cluster = _SHARED.pop("cluster", None)
+    if cluster is not None:
+        cluster.stop()
+
+
+def apply_crd(cluster: K8sCluster) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.5, what: str = ""
+) -> T:
+    """Call probe until it returns something truthy; fail with the last value after timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or probe}: {last!r}")
+
+
+def get_json(cluster: K8sCluster, *args: str) -> dict[str, Any] | None:
+    """kubectl get ... -o json, or None when it is not there."""
+    proc = cluster.kubectl("get", *args, "-o", "json", check=False)
+    if proc.returncode != 0:
+        if "NotFound" in proc.stderr:
+            return None
+        raise AssertionError(proc.stderr)
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+@contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the block (kopf and the operator read KUBECONFIG)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+@contextmanager
+def running_operator(
+    namespace: str, registry: Any, kubeconfig: Path, *, timeout: float = 60.0
+) -> Iterator[None]:
+    """The operator (kopf's KopfRunner, standalone, one namespace) for the block.
+
+    kopf's own aiohttp session can be left holding a TLS connection to the API server when its
+    loop stops (seen from its discovery request); the socket is then closed by the garbage
+    collector with a ResourceWarning, which this suite turns into an error in whichever test
+    happens to run. Collect it here, where it is known to be kopf's, with that warning ignored.
+    """
+    from kopf.testing import KopfRunner
+
+    with environ(KUBECONFIG=str(kubeconfig)):
+        runner = KopfRunner(
+            ["run", "--standalone", "--namespace", namespace], registry=registry, timeout=timeout
+        )
+        with runner:
+            yield
+        exception, output = runner.exception, runner.output
+    del runner
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    assert exception is None, output[-5000:]
+    assert "Forbidden" not in output, output[-5000:]

@@ -1,0 +1,238 @@
+"""The Helm chart: lint, render with default and full values, and every object accepted by the
+real API server (server-side dry-run), plus a real `helm install` into the test control plane."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support.k8s_cluster import K8sCluster
+from support.k8s_fixtures import CHART, apply_crd, get_json, shared_cluster, stop_shared_cluster
+
+FULL_VALUES = CHART / "ci" / "full-values.yaml"
+KUBE_VERSION = "1.34.0"
+NS = "mailsluice-chart"
+PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
+    cluster = shared_cluster(tmp_path_factory)
+    yield cluster
+    stop_shared_cluster()
+
+
+@pytest.fixture(scope="module")
+def helm(cluster: K8sCluster) -> Path:
+    return cluster.helm
+
+
+def _helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)}: {proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def render(helm: Path, *values: str, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    args = ["template", "rel", str(CHART), "--namespace", NS, "--kube-version", KUBE_VERSION]
+    for path in values:
+        args += ["-f", path]
+    out = _helm(helm, *args, *extra).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("values", [(), (str(FULL_VALUES),)], ids=["default", "full"])
+def test_lint_strict(helm: Path, values: tuple[str, ...]) -> None:
+    args = ["lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION]
+    for path in values:
+        args += ["-f", path]
+    out = _helm(helm, *args).stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_default_render(helm: Path) -> None:
+    docs = render(helm)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        ["Deployment"] * 2
+        + ["NetworkPolicy"] * 3
+        + ["PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    )
+    # Off by default: stream processors (not built yet), monitors, example pool, cluster scope.
+    names = {d["metadata"]["name"] for d in docs}
+    assert "rel-mailsluice-streams" not in names
+    operator = next(
+        d
+        for d in docs
+        if d["metadata"]["name"] == "rel-mailsluice-operator" and d["kind"] == "Deployment"
+    )
+    assert operator["spec"]["replicas"] == 1
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["operator"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MAILSLUICE_OPERATOR_NAMESPACE"] == NS
+    assert env["MAILSLUICE_KAFKA_BOOTSTRAP"] == "kafka-kafka-bootstrap.kafka:9092"
+    role = next(d for d in docs if d["kind"] == "Role")
+    verbs = {(tuple(r["apiGroups"]), tuple(r["resources"])): r["verbs"] for r in role["rules"]}
+    assert verbs[(("",), ("secrets",))] == ["get"]  # never list/watch Secrets
+    assert all("*" not in v for v in verbs.values())
+    ingest_svc = next(d for d in docs if d["kind"] == "Service")
+    assert ingest_svc["spec"]["ports"][0] == {
+        "name": "smtp",
+        "port": 25,
+        "targetPort": "smtp",
+        "protocol": "TCP",
+    }
+
+
+def test_full_render(helm: Path) -> None:
+    docs = render(helm, str(FULL_VALUES))
+    kinds = {d["kind"] for d in docs}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "SendingPool"} <= kinds
+    assert {"ClusterRole", "ClusterRoleBinding"} <= kinds and "Role" not in kinds
+    ingest = next(
+        d
+        for d in docs
+        if d["metadata"]["name"] == "rel-mailsluice-ingest" and d["kind"] == "Deployment"
+    )
+    pod = ingest["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["MAILSLUICE_INGEST_TLS_CERT_FILE"] == "/etc/mailsluice/tls/tls.crt"
+    assert env["MAILSLUICE_KAFKA_SSL_CAFILE"] == "/etc/mailsluice/kafka-ca/ca.crt"
+    assert env["MAILSLUICE_INGEST_MAX_RECIPIENTS"] == "500"
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "mailsluice-kafka"}}]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "mailsluice-smtp-tls"
+    assert volumes["auth"]["secret"]["secretName"] == "mailsluice-smtp-auth"
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    streams = next(
+        d
+        for d in docs
+        if d["metadata"]["name"] == "rel-mailsluice-streams" and d["kind"] == "Deployment"
+    )
+    assert streams["spec"]["template"]["spec"]["containers"][0]["args"] == ["streams"]
+
+
+@pytest.mark.parametrize("values", [(), (str(FULL_VALUES),)], ids=["default", "full"])
+def test_every_pod_is_hardened(helm: Path, values: tuple[str, ...]) -> None:
+    for name, pod in _pod_specs(render(helm, *values)):
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert container["resources"]["limits"]["memory"], name
+        if not name.endswith("-operator"):
+            assert pod["automountServiceAccountToken"] is False, name
+
+
+def test_prometheus_rules_pass_promtool(helm: Path, tmp_path: Path) -> None:
+    rule = next(d for d in render(helm, str(FULL_VALUES)) if d["kind"] == "PrometheusRule")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    proc = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_schema_refuses_bad_values(helm: Path) -> None:
+    args = ["template", "rel", str(CHART), "--kube-version", KUBE_VERSION]
+    for bad in (
+        "kafka.securityProtocol=TLS",
+        "ingest.service.port=0",
+        "operator.unknownKey=1",
+        "kafka.bootstrap=no-port",
+    ):
+        proc = _helm(helm, *args, "--set", bad, check=False)
+        assert proc.returncode != 0 and "values don't meet the specifications" in proc.stderr, bad
+
+
+def test_values_yaml_documents_every_key() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    for i, line in enumerate(lines):
+        if re.match(r"^\s*[A-Za-z_][\w.-]*:", line):
+            before = lines[i - 1].strip() if i else ""
+            if not before.startswith("#"):
+                undocumented.append(line.strip())
+    assert undocumented == []
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert "$ref" not in json.dumps(schema).replace('"$ref": "#/definitions/', "")
+
+
+def test_chart_ships_the_crd_and_notes(helm: Path) -> None:
+    out = _helm(
+        helm, "template", "rel", str(CHART), "--include-crds", "--kube-version", KUBE_VERSION
+    ).stdout
+    assert "name: sendingpools.mailsluice.io" in out
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    assert "kubectl get spool" in notes
+
+
+def test_every_rendered_object_passes_server_side_dry_run(cluster: K8sCluster, helm: Path) -> None:
+    apply_crd(cluster)
+    if get_json(cluster, "namespace", NS) is None:
+        cluster.kubectl("create", "namespace", NS)
+    for values in ((), (str(FULL_VALUES),)):
+        docs = [d for d in render(helm, *values) if d["kind"] not in PROMETHEUS_KINDS]
+        stream = "\n---\n".join(yaml.safe_dump(d) for d in docs)
+        out = cluster.kubectl(
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=chart-test",
+            "-f",
+            "-",
+            input=stream,
+        ).stdout
+        applied = [line for line in out.splitlines() if "(server dry run)" in line]
+        assert len(applied) == len(docs), out
+    # Nothing was persisted.
+    assert get_json(cluster, "deployment", "rel-mailsluice-ingest", "-n", NS) is None
+
+
+def test_helm_install_and_uninstall(cluster: K8sCluster) -> None:
+    apply_crd(cluster)
+    cluster.helm_run(
+        "install",
+        "demo",
+        str(CHART),
+        "--namespace",
+        "mailsluice-demo",
+        "--create-namespace",
+        "--set",
+        "examplePool.enabled=true",
+    )
+    try:
+        pool = get_json(cluster, "sendingpool", "default", "-n", "mailsluice-demo")
+        assert pool is not None and pool["spec"]["maxWorkers"] == 4
+        assert pool["spec"]["workerThroughput"] == 50  # CRD default filled in
+        dep = get_json(cluster, "deployment", "demo-mailsluice-operator", "-n", "mailsluice-demo")
+        assert dep is not None
+        status = cluster.helm_run("status", "demo", "-n", "mailsluice-demo").stdout
+        assert "STATUS: deployed" in status
+        assert "kubectl get spool -n mailsluice-demo" in status  # NOTES.txt rendered
+    finally:
+        cluster.helm_run("uninstall", "demo", "--namespace", "mailsluice-demo")
+    assert (
+        get_json(cluster, "deployment", "demo-mailsluice-ingest", "-n", "mailsluice-demo") is None
+    )

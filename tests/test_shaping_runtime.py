@@ -1,0 +1,168 @@
+"""Shaping settings, and the runtime's Kafka loops against the real broker: operator commands
+reach the worker, status is published, warm-up usage survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from mailsluice.config import ConfigError, load
+from mailsluice.delivery import destinations_cli as cli
+from mailsluice.delivery import warmup_cli
+from mailsluice.delivery.control import Command
+from mailsluice.delivery.shaping_runtime import ShapingRuntime, ShapingSettings, build_shaper
+
+
+def test_settings_defaults_use_shipped_files():
+    settings = ShapingSettings()
+    shaper = build_shaper(settings, "default", time.time)
+    assert shaper.shaping("google").connection_limit == 5
+    assert shaper.warmup is None
+    assert len(shaper.adaptive.rules) > 30
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("MAILSLUICE_SHAPING_POLICY_FILE", "/nonexistent/policy.toml", "cannot read"),
+        ("MAILSLUICE_SHAPING_BACKOFF_FILE", "/nonexistent/rules.toml", "cannot read"),
+        ("MAILSLUICE_SHAPING_POOL_OVERRIDES", '{"defaults": {"tls": "never"}}', "tls"),
+        ("MAILSLUICE_SHAPING_STATUS_INTERVAL_S", "0", "greater than 0"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_variable(monkeypatch, capsys, variable, value, fragment):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as exc:
+        load(ShapingSettings)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert variable in err
+    assert fragment in err
+
+
+def test_invalid_policy_file_is_reported_with_line(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text("[defaults]\nconnection_limit = 0\n")
+    monkeypatch.setenv("MAILSLUICE_SHAPING_POLICY_FILE", str(bad))
+    with pytest.raises(ConfigError):
+        load(ShapingSettings)
+    assert "file:2: defaults.connection_limit" in capsys.readouterr().err
+
+
+def test_pool_overrides_apply():
+    overrides = {
+        "provider": {"google": {"connection_limit": 1}},
+        "warmup": {"schedule": "sendgrid-like", "start": "2026-11-01"},
+    }
+    settings = ShapingSettings(pool_overrides=json.dumps(overrides))
+    shaper = build_shaper(settings, "newip", time.time)
+    assert shaper.shaping("google").connection_limit == 1
+    assert shaper.warmup is not None
+    assert shaper.warmup.plan.schedules["*"].cap(1) == 20
+    # the overrides are those of the pool this worker serves, whatever its name
+    assert build_shaper(settings, "other", time.time).warmup is not None
+    assert build_shaper(ShapingSettings(), "newip", time.time).warmup is None
+
+
+async def wait_for(predicate):
+    """Poll `predicate` for up to 20 s (the runtime applies commands in its own task)."""
+    for _ in range(200):
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.mark.kafka
+async def test_runtime_follows_commands_publishes_status_and_keeps_warmup(kafka):
+    settings = ShapingSettings(
+        worker_id="w-test",
+        status_interval_s=3600,  # published explicitly below
+        pool_overrides=json.dumps(
+            {"warmup": {"schedule": "custom", "start": "2026-01-01", "table": {"1": 1000}}}
+        ),
+    )
+    kafka_settings = kafka.settings()
+    runtime = ShapingRuntime(settings, kafka_settings, "t-rt")
+    runtime.queued = lambda key: 3
+    await runtime.start()
+    try:
+        shaper = runtime.shaper
+        assert shaper.try_start("google", runtime.mono())
+        until = time.time() + 3600
+        await cli.send_command(kafka_settings, Command("t-rt", "google", "suspend", until=until))
+        await wait_for(lambda: shaper.wait_time("google", runtime.mono()) > 3000)
+        # a command for another pool is ignored
+        await cli.send_command(kafka_settings, Command("t-other", "yahoo", "suspend", until=until))
+        await runtime.publish()
+        state = await cli.read_state(kafka_settings)
+        rows = {row.key: row for _p, worker, row in state.rows("t-rt") if worker == "w-test"}
+        assert rows["google"].state == "suspended"
+        assert rows["google"].queued == 3
+        assert "yahoo" not in rows
+        await cli.send_command(kafka_settings, Command("t-rt", "google", "resume"))
+        await wait_for(lambda: shaper.wait_time("google", runtime.mono()) < 1)
+        for _ in range(4):
+            assert shaper.warmup.try_take("example.org", time.time()).action == "allow"
+    finally:
+        await runtime.stop()
+    # a restarted worker restores the usage of the current period and its suspension state
+    again = ShapingRuntime(settings, kafka_settings, "t-rt")
+    await again.start()
+    try:
+        assert again.shaper.warmup.status(time.time()).scopes["*"].used == 5  # 1 start + 4 takes
+        assert again.shaper.wait_time("google", again.mono()) < 1  # resumed stays resumed
+        state = await cli.read_state(kafka_settings)
+        assert ("t-rt", "w-test") not in state.statuses  # the clean stop left a tombstone
+        # `mailsluice warmup show` reads the same ledger
+        records = await warmup_cli.read_ledger(kafka_settings)
+        plan = again.shaper.warmup.plan
+        assert warmup_cli.sum_usage(plan, "t-rt", records, time.time()) == {"*": 5}
+    finally:
+        await again.stop()
+
+
+def test_warming_pool_waits_until_the_ledger_is_restored():
+    overrides = {"warmup": {"schedule": "sendgrid-like", "start": "2026-01-01"}}
+    shaper = build_shaper(ShapingSettings(pool_overrides=json.dumps(overrides)), "w", time.time)
+    shaper.warmup_ready = False
+    assert shaper.wait_time("example.org", 0.0) == 1.0
+    assert not shaper.try_start("example.org", 0.0)
+    shaper.warmup_ready = True
+    assert shaper.try_start("example.org", 0.0)
+
+
+async def test_runtime_keeps_trying_while_kafka_is_unreachable():
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    from mailsluice.config import KafkaSettings
+
+    overrides = {"warmup": {"schedule": "sendgrid-like", "start": "2026-01-01"}}
+    settings = ShapingSettings(pool_overrides=json.dumps(overrides))
+    runtime = ShapingRuntime(
+        settings, KafkaSettings(bootstrap=f"127.0.0.1:{port}", request_timeout_ms=1000), "x"
+    )
+    task = runtime.start_background()
+    await asyncio.sleep(1.5)
+    assert not task.done()
+    assert runtime.shaper.warmup_ready is False
+    await runtime.stop()
+    assert task.done()
+
+
+@pytest.mark.kafka
+async def test_runtime_background_start_with_kafka(kafka):
+    overrides = {"warmup": {"schedule": "sendgrid-like", "start": "2026-01-01"}}
+    settings = ShapingSettings(pool_overrides=json.dumps(overrides), worker_id="bg")
+    runtime = ShapingRuntime(settings, kafka.settings(), "t-bg")
+    runtime.start_background()
+    try:
+        await wait_for(lambda: runtime.shaper.warmup_ready)
+    finally:
+        await runtime.stop()
