@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from mailsluice.config import MailsluiceSettings
+from mailsluice.metrics import DNS_FAILURES_TOTAL, DNS_SECONDS, Stopwatch
 
 
 class DnsSettings(MailsluiceSettings):
@@ -80,14 +81,22 @@ class MxAnswer:
 async def lookup_mx(resolver: dns.asyncresolver.Resolver, domain: str) -> MxAnswer:
     domain = domain.rstrip(".").lower()
     try:
-        answer = await resolver.resolve(domain, dns.rdatatype.MX, search=False)
+        with Stopwatch(DNS_SECONDS.labels("MX")):
+            answer = await resolver.resolve(domain, dns.rdatatype.MX, search=False)
     except dns.resolver.NXDOMAIN:
+        DNS_FAILURES_TOTAL.labels("MX", "nxdomain").inc()
         return MxAnswer(domain, "nxdomain", detail="domain does not exist")
     except dns.resolver.NoAnswer:
+        DNS_FAILURES_TOTAL.labels("MX", "no_answer").inc()
         return await _implicit_mx(resolver, domain)
     except (dns.exception.Timeout, dns.resolver.LifetimeTimeout):
+        DNS_FAILURES_TOTAL.labels("MX", "timeout").inc()
         return MxAnswer(domain, "temp_fail", detail="DNS timeout")
-    except (dns.resolver.NoNameservers, dns.exception.DNSException) as exc:
+    except dns.resolver.NoNameservers as exc:
+        DNS_FAILURES_TOTAL.labels("MX", "servfail").inc()
+        return MxAnswer(domain, "temp_fail", detail=type(exc).__name__)
+    except dns.exception.DNSException as exc:
+        DNS_FAILURES_TOTAL.labels("MX", "error").inc()
         return MxAnswer(domain, "temp_fail", detail=type(exc).__name__)
     records = sorted(answer, key=lambda r: (r.preference, str(r.exchange)))
     ttl = answer.rrset.ttl if answer.rrset is not None else 0

@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     namespace = op.namespace if args.namespace is None else args.namespace
+    if op.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(op.metrics_port)
     kopf.run(
         registry=build_registry(op, kafka),
         liveness_endpoint=f"http://0.0.0.0:{op.health_port}/healthz" if op.health_port else None,

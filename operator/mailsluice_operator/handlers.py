@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from mailsluice import contracts
+from mailsluice import contracts, metrics
 from mailsluice.config import KafkaSettings
 from mailsluice_operator import GROUP, PLURAL, VERSION, kafka_admin, render
 from mailsluice_operator.kube import KubeClient, from_environment
@@ -79,7 +79,12 @@ def build_registry(
             return  # on_delete owns the pool now
         async with _lock(memo):
             if not memo.get("deleted"):
-                await _reconcile_locked(body, patch, memo, logger)
+                try:
+                    await _reconcile_locked(body, patch, memo, logger)
+                except BaseException:
+                    metrics.RECONCILES.labels("error").inc()
+                    raise
+                metrics.RECONCILES.labels("ok").inc()
 
     async def _reconcile_locked(
         body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger
@@ -104,6 +109,7 @@ def build_registry(
             )
         memo["scale_history"] = outcome.history
         patch.status.update(outcome.status)
+        metrics.record_workers(body["metadata"]["name"], dict(outcome.status))
         for event in outcome.events:
             logger.log(
                 logging.WARNING if event.type == "Warning" else logging.INFO,
@@ -142,6 +148,7 @@ def build_registry(
             memo["deleted"] = True
             for kind in CHILD_KINDS:
                 await kube.delete(kind, namespace, names[kind])
+        metrics.forget_pool(name)
         # The queue topic stays: it may still hold accepted mail (RFC 5321: never lose it).
         logger.info("pool %s deleted; topic %s kept", name, contracts.queue_topic(name))
 

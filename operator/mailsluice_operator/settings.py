@@ -45,6 +45,9 @@ class OperatorSettings(MailsluiceSettings):
     health_port: int = Field(
         8080, ge=0, le=65535, description="Port of the operator's /healthz (0: none)."
     )
+    metrics_port: int = Field(
+        9103, ge=0, le=65535, description="Port of the operator's Prometheus /metrics (0: none)."
+    )
     worker_service_account: str = Field(
         "", description="ServiceAccount of worker pods (empty: the namespace default)."
     )

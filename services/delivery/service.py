@@ -21,6 +21,7 @@ from mailsluice.delivery.retry_mover import RetryMover
 from mailsluice.delivery.settings import DeliverySettings
 from mailsluice.delivery.worker import TransportLike, Worker, default_dsn_builder
 from mailsluice.kafka import ensure_topics, standard_topics
+from mailsluice.metrics import QUEUE_LAG
 from mailsluice.observability import setup_logging, start_http
 from mailsluice.resolver import DnsSettings, make_resolver
 
@@ -111,6 +112,7 @@ class DeliveryService:
         self.kafka = kafka
         self.ensure = ensure
         self.worker = Worker(settings, kafka, transport, **worker_options)
+        QUEUE_LAG.track(self.worker)
         self.mover = (
             RetryMover(kafka, max_message_size=settings.max_message_size) if mover else None
         )

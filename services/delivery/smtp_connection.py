@@ -31,6 +31,7 @@ from mailsluice.delivery.replies import (
     with_detail,
 )
 from mailsluice.delivery.routing import Hop
+from mailsluice.metrics import SMTP_SECONDS, Stopwatch
 
 CONNECTIONS = Counter(
     "mailsluice_delivery_smtp_connections_total",
@@ -178,7 +179,8 @@ async def maybe_starttls(conn: Connection, settings: OutboundSettings, *, plaint
             raise HopError(*S451_TLS_NOT_OFFERED)
         return
     try:
-        await smtp.starttls(server_hostname=conn.hop.name, timeout=settings.command_timeout_s)
+        with Stopwatch(SMTP_SECONDS.labels("tls")):
+            await smtp.starttls(server_hostname=conn.hop.name, timeout=settings.command_timeout_s)
         await smtp.ehlo(timeout=settings.command_timeout_s)
     except aiosmtplib.SMTPResponseException as exc:
         if policy == "opportunistic" and 400 <= exc.code < 500 and exc.code != 421:
@@ -272,7 +274,8 @@ class ConnectionPool:
 
     async def _connect(self, hop: Hop, *, plaintext: bool) -> Connection:
         s = self._settings
-        sock = await open_socket(hop, s)
+        with Stopwatch(SMTP_SECONDS.labels("connect")):
+            sock = await open_socket(hop, s)
         self.connections_opened += 1
         CONNECTIONS.labels("opened").inc()
         smtp = aiosmtplib.SMTP(

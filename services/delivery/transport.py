@@ -19,6 +19,7 @@ from typing import Literal
 import aiosmtplib
 import dns.asyncresolver
 
+from mailsluice import metrics
 from mailsluice.contracts import Envelope
 from mailsluice.delivery.outbound_settings import OutboundSettings
 from mailsluice.delivery.replies import (
@@ -153,7 +154,9 @@ class Transport:
         for domain, rcpts in groups.items():
             for res in await self._send_domain(domain, env.sender, rcpts, payload):
                 results[res.recipient] = res
-        return [results[r] for r in env.recipients]
+        ordered = [results[r] for r in env.recipients]
+        metrics.count_attempt(env, ordered, time.time())
+        return ordered
 
     async def close(self) -> None:
         await self._pool.close()
@@ -214,7 +217,8 @@ class Transport:
             if not _safe_address(rcpt) or not _safe_address(sender):
                 txn.local([rcpt], S553_BAD_ADDRESS)
         try:
-            await self._exchange(conn, txn, sender, payload)
+            with metrics.Stopwatch(metrics.SMTP_SECONDS.labels("transaction")):
+                await self._exchange(conn, txn, sender, payload)
         except StaleConnection:
             raise
         except aiosmtplib.SMTPTimeoutError as exc:

@@ -1,0 +1,131 @@
+"""The metric catalogue (docs/metrics.md), rendered from the registered metrics themselves.
+
+`python -m mailsluice.metrics_doc > docs/metrics.md` regenerates it; tests/test_metrics_doc.py
+fails when the committed file differs, so the catalogue cannot drift from the code. Every label
+must have an entry in LABEL_VALUES (by label name, or by metric and label name), which is where
+its closed value set is written down.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY
+from prometheus_client.metrics_core import Metric
+
+from mailsluice import contracts
+
+# Every module that defines mailsluice_* metrics (imported for their side effect: registration).
+METRIC_MODULES = (
+    "mailsluice.metrics",
+    "mailsluice.ingest.metrics",
+    "mailsluice.delivery.metrics",
+    "mailsluice.delivery.shaping_metrics",
+    "mailsluice.delivery.smtp_connection",
+)
+
+
+def _values(values: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(f"`{v}`" if v else '`""`' for v in values)
+
+
+def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    from mailsluice import metrics
+    from mailsluice.delivery import metrics as delivery
+    from mailsluice.delivery import shaping_metrics
+    from mailsluice.ingest import metrics as ingest
+
+    tiers = [name for name, _ in contracts.RETRY_TIERS]
+    by_label = {
+        "pool": "sending pool name (configuration)",
+        "provider": "provider name from the policy's provider rollup; any other domain is "
+        f"`{metrics.OTHER}`",
+        "source": _values(["transactional", "bulk"]) + " (the envelope's stream)",
+        "partition": "partition number of the pool's queue topic",
+        "tier": _values(tiers) + " (retry delay tiers)",
+        "state": _values(shaping_metrics.STATES),
+        "rule": "backoff rule name from the shaping policy (configuration)",
+        "action": "backoff rule action from the shaping policy (e.g. `throttle`, `suspend`)",
+        "scope": "`*` (whole pool) or a provider name of the warm-up schedule",
+        "period": _values(["hour", "day"]),
+        "stage": _values(metrics.SMTP_STAGES),
+        "rtype": _values(metrics.DNS_RTYPES),
+        "class": _values(metrics.STATUS_CLASSES[8:]) + " (RFC 3463 class.subject)",
+        "cause": _values(["failure", "throttled"]),
+    }
+    by_metric = {
+        ("mailsluice_ingest_transactions", "result"): _values(ingest.TRANSACTION_RESULTS),
+        ("mailsluice_ingest_recipients", "result"): _values(["accepted", "rejected"]),
+        ("mailsluice_ingest_recipients", "reason"): _values(["", *contracts.INGEST_REJECT_REASONS])
+        + " (empty when accepted)",
+        ("mailsluice_ingest_protocol_violations", "kind"): _values(ingest.VIOLATION_KINDS),
+        ("mailsluice_delivery_attempts", "result"): _values(delivery.ATTEMPT_RESULTS),
+        ("mailsluice_delivery_recipients", "result"): _values(delivery.ATTEMPT_RESULTS),
+        ("mailsluice_delivery_commits", "result"): _values(["ok", "failed"]),
+        ("mailsluice_delivery_smtp_connections", "result"): _values(["opened", "reused", "failed"]),
+        ("mailsluice_delivery_provider_recipients", "result"): _values(metrics.OUTCOME_RESULTS),
+        ("mailsluice_delivery_deferrals", "reason"): _values(metrics.STATUS_CLASSES[:8])
+        + f", `{metrics.OTHER}` (RFC 3463 class.subject of the reply)",
+        ("mailsluice_dns_lookup_failures", "reason"): _values(metrics.DNS_FAILURES),
+        ("mailsluice_operator_reconciles", "result"): _values(metrics.RECONCILE_RESULTS),
+        ("mailsluice_operator_workers", "kind"): _values(metrics.WORKER_KINDS),
+    }
+    return by_label, by_metric
+
+
+def families() -> Iterator[tuple[Metric, tuple[str, ...]]]:
+    """(family, label names) of every registered mailsluice_* metric, sorted by name."""
+    for module in METRIC_MODULES:
+        importlib.import_module(module)
+    found: dict[str, tuple[Metric, tuple[str, ...]]] = {}
+    for collector in list(REGISTRY._collector_to_names):
+        describe = getattr(collector, "describe", None)
+        described = list(describe()) if describe is not None else []
+        for family in described or list(collector.collect()):
+            if not family.name.startswith(contracts.METRIC_PREFIX + "_"):
+                continue
+            labels = getattr(collector, "_labelnames", None)
+            if labels is None:
+                labels = tuple(
+                    k for s in family.samples for k in s.labels if k not in ("le", "quantile")
+                )
+            found[family.name] = (family, tuple(dict.fromkeys(labels)))
+    yield from (found[name] for name in sorted(found))
+
+
+def exposed_name(family: Metric) -> str:
+    return family.name + "_total" if family.type == "counter" else family.name
+
+
+def label_values(metric: str, label: str) -> str:
+    by_label, by_metric = _label_values()
+    text = by_metric.get((metric, label)) or by_label.get(label, "")
+    if not text:
+        raise KeyError(f"no value set documented for label {label!r} of {metric}")
+    return text
+
+
+def render() -> str:
+    lines = [
+        "# Metrics catalogue",
+        "",
+        "Generated by `python -m mailsluice.metrics_doc > docs/metrics.md` from the registered",
+        "metrics; `tests/test_metrics_doc.py` fails when this file is stale. Every label value",
+        "comes from the closed set given here: never an address, a message id or a raw domain.",
+        "Counters are exposed with the `_total` suffix, histograms as `_bucket`, `_sum`, `_count`.",
+        "",
+    ]
+    for family, labels in families():
+        lines += [f"## `{exposed_name(family)}`", "", f"- type: {family.type}"]
+        if labels:
+            lines.append("- labels:")
+            lines += [f"  - `{label}`: {label_values(family.name, label)}" for label in labels]
+        else:
+            lines.append("- labels: none")
+        lines += [f"- meaning: {family.documentation}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
