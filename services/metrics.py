@@ -1,5 +1,6 @@
-"""Prometheus metrics shared across components, and the label helpers that keep label values in
-closed sets. Names are mailsluice_<component>_<thing>_<unit|total>; a label value is a pool or
+"""Every Prometheus metric of Mailsluice, and the label helpers that keep label values in closed
+sets. The older component metrics are grouped in the namespaces Ingest, Delivery and Shaping at
+the end. Names are mailsluice_<component>_<thing>_<unit|total>; a label value is a pool or
 provider name from configuration, or one of the fixed tuples below — never an address, a message
 id or a raw domain (a domain that is not a provider counts as `other`)."""
 
@@ -9,6 +10,7 @@ import contextlib
 import re
 import time
 import weakref
+from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -213,6 +215,59 @@ QUEUE_LAG = QueueLagCollector()
 REGISTRY.register(QUEUE_LAG)
 
 
+def retry_backlog(mover: Any) -> dict[str, int]:
+    """Records in each retry tier topic not yet moved back, for the partitions a retry mover
+    owns: the log end offset minus the first record it holds (or minus the log end offset
+    when it holds none of that partition; it pauses a partition while holding records)."""
+    consumer = getattr(mover, "consumer", None)
+    backlog: dict[str, int] = {}
+    if consumer is None:
+        return backlog
+    held = getattr(mover, "_held", {})
+    for tp in consumer.assignment():
+        end = consumer.highwater(tp)
+        if end is None:
+            continue
+        queue = held.get(tp)
+        first = queue[0].record.offset if queue else end
+        tier = tp.topic.rsplit(".", 1)[-1]
+        backlog[tier] = backlog.get(tier, 0) + max(0, end - first)
+    return backlog
+
+
+class RetryBacklogCollector(Collector):
+    """Exports mailsluice_retry_mover_backlog_records for every tracked retry mover."""
+
+    def __init__(self) -> None:
+        self._movers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def track(self, mover: Any) -> None:
+        self._movers.add(mover)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "mailsluice_retry_mover_backlog_records",
+            "Retry records waiting in each retry tier topic (fetched and held, or not fetched "
+            "yet), for the tier partitions this retry mover owns.",
+            labels=["tier"],
+        )
+        totals: dict[str, int] = {}
+        for mover in list(self._movers):
+            try:
+                found = retry_backlog(mover)
+            except Exception:  # a consumer mid-shutdown must not break /metrics
+                continue
+            for tier, count in found.items():
+                totals[tier] = totals.get(tier, 0) + count
+        for tier, count in sorted(totals.items()):
+            family.add_metric([tier], float(count))
+        yield family
+
+
+RETRY_BACKLOG = RetryBacklogCollector()
+REGISTRY.register(RETRY_BACKLOG)
+
+
 def record_workers(pool: str, status: dict[str, Any]) -> None:
     """Desired and ready workers of a SendingPool from the status the operator writes."""
     if "replicas" in status:
@@ -226,3 +281,195 @@ def forget_pool(pool: str) -> None:
     for kind in WORKER_KINDS:
         with contextlib.suppress(KeyError):
             WORKERS.remove(pool, kind)
+
+
+# --- ingest -------------------------------------------------------------------------------------
+
+
+class Ingest:
+    """Metrics of the SMTP ingest (`from mailsluice.metrics import Ingest as metrics`)."""
+
+    CONNECTIONS = Counter("mailsluice_ingest_connections_total", "SMTP connections accepted.")
+    CONNECTIONS_OPEN = Gauge("mailsluice_ingest_connections_open", "SMTP connections now open.")
+    TRANSACTIONS = Counter(
+        "mailsluice_ingest_transactions_total",
+        "Message transactions finished at DATA, by result.",
+        ["result"],
+    )
+    TRANSACTION_RESULTS = ("queued", "tempfail", "rejected", "too_big", "aborted")
+    RECIPIENTS = Counter(
+        "mailsluice_ingest_recipients_total",
+        "Recipients judged at RCPT, by result (accepted/rejected) and reject reason.",
+        ["result", "reason"],
+    )
+    BYTES = Counter("mailsluice_ingest_bytes_total", "Bytes of messages queued to Kafka.")
+    PUBLISH_SECONDS = Histogram(
+        "mailsluice_ingest_kafka_publish_seconds",
+        "Time from the first send to the last Kafka acknowledgement of a message.",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+    )
+    TRANSACTION_SECONDS = Histogram(
+        "mailsluice_ingest_transaction_seconds",
+        "Time from MAIL FROM to the reply after DATA.",
+        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    )
+    EVENTS_FAILED = Counter(
+        "mailsluice_ingest_events_failed_total", "Events that could not be written to Kafka."
+    )
+    PROTOCOL_VIOLATIONS = Counter(
+        "mailsluice_ingest_protocol_violations_total",
+        "Connections closed for protocol violations, by kind.",
+        ["kind"],
+    )
+    VIOLATION_KINDS = ("early_talker", "pipelining", "too_many_errors", "too_many_messages")
+
+
+for _result in Ingest.TRANSACTION_RESULTS:
+    Ingest.TRANSACTIONS.labels(_result)
+for _kind in Ingest.VIOLATION_KINDS:
+    Ingest.PROTOCOL_VIOLATIONS.labels(_kind)
+
+
+# --- delivery workers and the retry mover -------------------------------------------------------
+
+
+class Delivery:
+    """Metrics of delivery workers and the retry mover (`... import Delivery as m`). Labels
+    come from closed sets (pool names are configuration, results and tiers are fixed)."""
+
+    ATTEMPT_RESULTS = ("delivered", "deferred", "bounced", "expired")
+
+    ATTEMPTS = Counter(
+        "mailsluice_delivery_attempts_total",
+        "Delivery attempts of queue records, by overall result (worst recipient outcome).",
+        ["pool", "result"],
+    )
+    RECIPIENTS = Counter(
+        "mailsluice_delivery_recipients_total",
+        "Recipient outcomes of delivery attempts.",
+        ["pool", "result"],
+    )
+    INFLIGHT = Gauge(
+        "mailsluice_delivery_inflight_messages",
+        "Queue records held in memory by the worker (queued or sending).",
+        ["pool"],
+    )
+    SEND_SECONDS = Histogram(
+        "mailsluice_delivery_send_seconds",
+        "Time of one transport send (one record, all its recipients).",
+        ["pool"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    )
+    RETRIES = Counter(
+        "mailsluice_delivery_retries_total",
+        "Records sent to a retry delay topic (after a failure or when throttled).",
+        ["pool", "tier", "cause"],
+    )
+    DUPLICATES_SKIPPED = Counter(
+        "mailsluice_delivery_duplicates_skipped_total",
+        "Recipients of redelivered records not sent again because they were already delivered.",
+        ["pool"],
+    )
+    UNDECODABLE = Counter(
+        "mailsluice_delivery_undecodable_records_total",
+        "Queue records skipped because their envelope could not be decoded.",
+        ["pool"],
+    )
+    COMMITS = Counter(
+        "mailsluice_delivery_commits_total",
+        "Offset commits of the delivery consumer, by outcome.",
+        ["pool", "result"],
+    )
+    COMMIT_OFFSET = Gauge(
+        "mailsluice_delivery_commit_offset",
+        "Last committed offset, per partition number of the pool's queue topic.",
+        ["pool", "partition"],
+    )
+    PAUSED = Gauge(
+        "mailsluice_delivery_paused",
+        "1 while the worker paused fetching because its memory bound is reached.",
+        ["pool"],
+    )
+    DSN_SENT = Counter(
+        "mailsluice_delivery_dsn_total",
+        "Bounce messages (DSN) queued back to envelope senders.",
+        ["pool"],
+    )
+    SMTP_CONNECTIONS = Counter(
+        "mailsluice_delivery_smtp_connections_total",
+        "Outbound SMTP sessions: opened, reused from the pool, or failed before MAIL FROM.",
+        ["result"],
+    )
+    MOVER_MOVED = Counter(
+        "mailsluice_retry_mover_moved_total",
+        "Retry records moved back to their pool's queue topic.",
+        ["tier"],
+    )
+    MOVER_WAITING = Gauge(
+        "mailsluice_retry_mover_waiting_records",
+        "Retry records fetched and held until their not_before.",
+    )
+
+
+# --- shaping and warm-up ------------------------------------------------------------------------
+
+
+class Shaping:
+    """Metrics of the shaping engine (`... import Shaping as shaping_metrics`). Pool, provider
+    and rule names are configuration, states and actions are fixed; destinations that are raw
+    domains are counted, never named."""
+
+    STATES = ("normal", "throttled", "recovering", "suspended")
+
+    DESTINATIONS = Gauge(
+        "mailsluice_shaping_destinations",
+        "Destinations known to the worker, by adaptive state.",
+        ["pool", "state"],
+    )
+    BACKOFF_TRIGGERS = Counter(
+        "mailsluice_shaping_backoff_triggers_total",
+        "Adaptive backoff rules that fired, by rule and action.",
+        ["pool", "rule", "action"],
+    )
+    PROVIDER_RATE = Gauge(
+        "mailsluice_shaping_provider_rate_messages_per_second",
+        "Current allowed message rate of provider destinations (after backoff).",
+        ["pool", "provider"],
+    )
+    WARMUP_DAY = Gauge("mailsluice_warmup_day", "Day of the pool's warm-up (1 = start).", ["pool"])
+    WARMUP_CAP = Gauge(
+        "mailsluice_warmup_cap_messages",
+        "This worker's warm-up cap for the current period (-1: warm-up complete, no cap).",
+        ["pool", "scope", "period"],
+    )
+    WARMUP_USED = Gauge(
+        "mailsluice_warmup_used_messages",
+        "Messages counted against the warm-up cap in the current period by this worker.",
+        ["pool", "scope", "period"],
+    )
+
+    @staticmethod
+    def export(shaper: Any, now: float) -> None:
+        """Update the gauges from a PolicyShaper's state (call periodically); drains fired
+        rules."""
+        pool = shaper.pool
+        for _key, fired in shaper.fired:
+            Shaping.BACKOFF_TRIGGERS.labels(pool, fired.rule, fired.action).inc()
+        shaper.fired.clear()
+        states: Tally[str] = Tally()
+        for key in set(shaper.limiters.keys()) | set(shaper.adaptive.keys()):
+            state = shaper.adaptive.peek(key)
+            states[state.mode(now) if state is not None else "normal"] += 1
+            provider = shaper.provider(key)
+            if provider is not None and provider == key.partition("#")[0]:
+                rate = shaper.limiters.get(key, now).current_rate()
+                Shaping.PROVIDER_RATE.labels(pool, key).set(rate)
+        for state_name in Shaping.STATES:
+            Shaping.DESTINATIONS.labels(pool, state_name).set(states[state_name])
+        if shaper.warmup is not None:
+            status = shaper.warmup.status(shaper.wall())
+            Shaping.WARMUP_DAY.labels(pool).set(status.day)
+            for scope, info in status.scopes.items():
+                cap = -1 if info.cap is None else info.cap
+                Shaping.WARMUP_CAP.labels(pool, scope, info.period).set(cap)
+                Shaping.WARMUP_USED.labels(pool, scope, info.period).set(info.used)

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
 
-from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import CollectorRegistry
 
 from mailsluice import contracts
 
-# Every module that defines mailsluice_* metrics (imported for their side effect: registration).
-METRIC_MODULES = (
-    "mailsluice.metrics",
-    "mailsluice.ingest.metrics",
-    "mailsluice.delivery.metrics",
-    "mailsluice.delivery.shaping_metrics",
-    "mailsluice.delivery.smtp_connection",
-)
+# The module that defines every mailsluice_* metric (its namespace classes are walked too).
+METRIC_MODULES = ("mailsluice.metrics",)
 
 
 def _values(values: tuple[str, ...] | list[str]) -> str:
@@ -32,9 +29,9 @@ def _values(values: tuple[str, ...] | list[str]) -> str:
 
 def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     from mailsluice import metrics
-    from mailsluice.delivery import metrics as delivery
-    from mailsluice.delivery import shaping_metrics
-    from mailsluice.ingest import metrics as ingest
+    from mailsluice.metrics import Delivery as delivery
+    from mailsluice.metrics import Ingest as ingest
+    from mailsluice.metrics import Shaping as shaping_metrics
 
     tiers = [name for name, _ in contracts.RETRY_TIERS]
     by_label = {
@@ -74,23 +71,33 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     return by_label, by_metric
 
 
+def _collectors(namespace: dict[str, Any]) -> Iterator[Any]:
+    """Metric objects and custom collectors defined in a module or a namespace class."""
+    for value in namespace.values():
+        if isinstance(value, MetricWrapperBase) or (
+            not isinstance(value, type | CollectorRegistry | ModuleType)
+            and callable(getattr(value, "collect", None))
+        ):
+            yield value
+        elif isinstance(value, type) and value.__module__ in METRIC_MODULES:
+            yield from _collectors(dict(vars(value)))
+
+
 def families() -> Iterator[tuple[Metric, tuple[str, ...]]]:
-    """(family, label names) of every registered mailsluice_* metric, sorted by name."""
-    for module in METRIC_MODULES:
-        importlib.import_module(module)
+    """(family, label names) of every mailsluice_* metric the metric modules define, sorted by
+    name. Walks the modules' own objects, not the global registry, which tests add to."""
     found: dict[str, tuple[Metric, tuple[str, ...]]] = {}
-    for collector in list(REGISTRY._collector_to_names):
-        describe = getattr(collector, "describe", None)
-        described = list(describe()) if describe is not None else []
-        for family in described or list(collector.collect()):
-            if not family.name.startswith(contracts.METRIC_PREFIX + "_"):
-                continue
-            labels = getattr(collector, "_labelnames", None)
-            if labels is None:
-                labels = tuple(
-                    k for s in family.samples for k in s.labels if k not in ("le", "quantile")
-                )
-            found[family.name] = (family, tuple(dict.fromkeys(labels)))
+    for name in METRIC_MODULES:
+        for collector in _collectors(dict(vars(importlib.import_module(name)))):
+            describe = getattr(collector, "describe", None)
+            described = list(describe()) if describe is not None else []
+            for family in described or list(collector.collect()):
+                if not family.name.startswith(contracts.METRIC_PREFIX + "_"):
+                    continue
+                labels: Any = getattr(collector, "_labelnames", None)
+                if labels is None:
+                    labels = getattr(family, "_labelnames", ())
+                found[family.name] = (family, tuple(str(label) for label in labels))
     yield from (found[name] for name in sorted(found))
 
 

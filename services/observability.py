@@ -75,9 +75,11 @@ def build_app(ready: ReadyCheck, registry: CollectorRegistry = REGISTRY) -> web.
     return app
 
 
-async def start_http(host: str, port: int, ready: ReadyCheck) -> web.AppRunner:
+async def start_http(
+    host: str, port: int, ready: ReadyCheck, registry: CollectorRegistry = REGISTRY
+) -> web.AppRunner:
     """Serve the operator endpoints; the caller awaits runner.cleanup() at shutdown."""
-    runner = web.AppRunner(build_app(ready), access_log=None)
+    runner = web.AppRunner(build_app(ready, registry), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

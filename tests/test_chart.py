@@ -72,7 +72,11 @@ def test_default_render(helm: Path) -> None:
         ["Deployment"] * 2
         + ["NetworkPolicy"] * 3
         + ["PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
+        + ["ConfigMap"]  # the Grafana dashboards
     )
+    dashboards = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert sorted(dashboards["data"]) == sorted(p.name for p in CHART.glob("dashboards/*.json"))
     # Off by default: stream processors (not built yet), monitors, example pool, cluster scope.
     names = {d["metadata"]["name"] for d in docs}
     assert "rel-mailsluice-streams" not in names

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from mailsluice import metrics, metrics_doc
@@ -110,3 +111,13 @@ def test_operator_workers_follow_the_status_and_go_with_the_pool() -> None:
     assert _value("mailsluice_operator_workers", {**desired, "kind": "ready"}) == 1
     metrics.forget_pool("op-pool")
     assert REGISTRY.get_sample_value("mailsluice_operator_workers", desired) is None
+
+
+def test_retry_backlog_per_tier() -> None:
+    tp1 = TopicPartition("mailsluice.retry.1m", 0)
+    tp2 = TopicPartition("mailsluice.retry.10m", 0)
+    held = {tp1: [SimpleNamespace(record=SimpleNamespace(offset=4))]}
+    ends = {tp1: 10, tp2: 7}
+    consumer = SimpleNamespace(assignment=lambda: [tp1, tp2], highwater=lambda tp: ends[tp])
+    mover = SimpleNamespace(consumer=consumer, _held=held)
+    assert metrics.retry_backlog(mover) == {"1m": 6, "10m": 0}

@@ -7,12 +7,14 @@ import logging
 import socket
 
 import aiohttp
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from mailsluice.config import LogSettings
 from mailsluice.observability import JsonFormatter, setup_logging, start_http
 
-PROBE = Counter("mailsluice_test_probe_total", "A counter only the tests increment.")
+# Its own registry: the process-wide one holds only the product's metrics (test_metrics_doc).
+REGISTRY = CollectorRegistry()
+PROBE = Counter("probe_total", "A counter only this test increments.", registry=REGISTRY)
 
 
 def free_port() -> int:
@@ -25,7 +27,10 @@ async def test_endpoints_report_health_readiness_and_metrics() -> None:
     state = {"ready": False}
     port = free_port()
     runner = await start_http(
-        "127.0.0.1", port, lambda: (state["ready"], "kafka" if not state["ready"] else "")
+        "127.0.0.1",
+        port,
+        lambda: (state["ready"], "kafka" if not state["ready"] else ""),
+        REGISTRY,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -43,7 +48,7 @@ async def test_endpoints_report_health_readiness_and_metrics() -> None:
             async with http.get(f"{base}/metrics") as resp:
                 body = await resp.text()
                 assert resp.headers["Content-Type"].startswith("text/plain")
-                assert "mailsluice_test_probe_total 1.0" in body
+                assert "probe_total 1.0" in body
     finally:
         await runner.cleanup()
 

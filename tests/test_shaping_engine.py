@@ -264,3 +264,34 @@ def test_bench_figures():
     assert sim["slow"]["configured_per_min"] == pytest.approx(120)
     assert sim["slow"]["ratio"] == pytest.approx(1.0, abs=0.01)
     assert sim["slow"]["worst_burst"] == 1
+
+
+def test_transactional_overtakes_bulk_for_the_same_destination():
+    shaper = PolicyShaper(load_policy_text(POLICY), "default", rules=[])
+    sched = Scheduler(shaper, 30.0, urgent=lambda item: item.startswith("tx"))
+    for n in range(20):
+        assert sched.push("slow", f"bulk{n}", 0.0) is None
+    # 2/s: the 20 bulk messages need 10 s; a transactional one waits only for its own kind
+    assert shaper.estimate_wait("slow", 0.0, 20) == pytest.approx(10.0)
+    assert sched.push("slow", "tx0", 0.0) is None
+    assert sched.push("slow", "tx1", 0.0) is None
+    assert sched.push("slow", "bulk20", 0.0) is None
+    order = []
+    now = 0.0
+    while len(order) < 23:
+        for job in sched.take(now):
+            order.append(job.item)
+            sched.done(job, now)
+        now += 0.05
+    assert order[:2] == ["tx0", "tx1"]
+    assert order[2:] == [f"bulk{n}" for n in range(21)]
+    # another destination's queue is unaffected
+    assert sched.push("fast.example", "bulk", now) is None
+
+
+def test_transactional_push_estimates_its_wait_behind_transactional_only():
+    shaper = PolicyShaper(load_policy_text(POLICY), "default", rules=[])
+    sched = Scheduler(shaper, 5.0, urgent=lambda item: item.startswith("tx"))
+    deferred = [sched.push("slow", f"bulk{n}", 0.0) for n in range(30)]
+    assert sum(d is not None for d in deferred) > 0  # bulk beyond 5 s leaves memory
+    assert sched.push("slow", "tx", 0.0) is None  # transactional still fits the horizon

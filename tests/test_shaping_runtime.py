@@ -166,3 +166,38 @@ async def test_runtime_background_start_with_kafka(kafka):
         await wait_for(lambda: runtime.shaper.warmup_ready)
     finally:
         await runtime.stop()
+
+
+def test_delivery_dest_settings_become_pool_defaults():
+    from mailsluice.delivery.shaping_runtime import delivery_defaults
+
+    assert delivery_defaults(None, None, None) is None
+    rule = delivery_defaults(2, 1_000_000.0, 100_000)
+    assert rule is not None
+    shaper = build_shaper(ShapingSettings(), "bench", time.time, rule)
+    s = shaper.shaping("sink.example")
+    assert s.connection_limit == 2
+    assert s.message_rates[0].per_second == 1_000_000
+    assert s.burst_of(s.message_rates[0]) == 100_000
+    assert shaper.shaping("google").connection_limit == 5  # provider rules still win
+    assert delivery_defaults(None, 0.25, None).max_message_rate == "0.25/s"
+    # the pool overrides' own defaults win over the worker settings
+    overrides = json.dumps({"defaults": {"connection_limit": 7}})
+    mixed = build_shaper(ShapingSettings(pool_overrides=overrides), "p", time.time, rule)
+    assert mixed.shaping("sink.example").connection_limit == 7
+    assert mixed.shaping("sink.example").message_rates[0].per_second == 1_000_000
+
+
+def test_delivery_service_wiring_uses_explicit_dest_settings_only():
+    from mailsluice.config import KafkaSettings
+    from mailsluice.delivery.service import shaping_runtime
+    from mailsluice.delivery.settings import DeliverySettings
+
+    kafka = KafkaSettings()
+    plain = shaping_runtime(DeliverySettings(pool="x"), kafka, ShapingSettings())
+    assert plain.shaper.shaping("a.example").connection_limit == 10  # the policy's defaults
+    assert plain.shaper.pool == "x"
+    custom = DeliverySettings(pool="x", dest_max_concurrency=3, dest_max_rate=5.0)
+    shaped = shaping_runtime(custom, kafka, ShapingSettings()).shaper.shaping("a.example")
+    assert shaped.connection_limit == 3
+    assert shaped.message_rates[0].per_second == 5.0

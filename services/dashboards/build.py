@@ -118,10 +118,13 @@ OVERVIEW = (
         "Records sent to a retry delay topic per second.",
     ),
     Panel(
-        "Retry records waiting in the mover",
+        "Retry backlog by tier",
         "short",
-        (("sum(mailsluice_retry_mover_waiting_records)", "waiting"),),
-        "Retry records fetched and held until they are due.",
+        (
+            ("sum by (tier) (mailsluice_retry_mover_backlog_records)", "{{tier}}"),
+            ("sum(mailsluice_retry_mover_waiting_records)", "fetched, waiting until due"),
+        ),
+        "Retry records in each delay tier topic, and those the mover holds until due.",
     ),
 )
 

@@ -24,8 +24,8 @@ from aiokafka.errors import KafkaError
 
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings, LogSettings, load
-from mailsluice.delivery import metrics as m
 from mailsluice.kafka import ensure_topics, make_consumer, make_producer, standard_topics
+from mailsluice.metrics import Delivery as m
 
 log = logging.getLogger(__name__)
 

@@ -182,6 +182,10 @@ class Scheduler(Generic[T]):
 
     shaper: Shaper
     horizon: float
+    # Items for which this is true (transactional mail) go ahead of the others in their
+    # destination's queue, so they get the first claim on its rate. Each queue stays
+    # [urgent...][others...], so finding the insertion point scans the urgent prefix only.
+    urgent: Callable[[T], bool] | None = None
     _queues: dict[str, deque[Job[T]]] = field(default_factory=dict)
     _count: int = 0
 
@@ -201,10 +205,15 @@ class Scheduler(Generic[T]):
         """Queue a job; or, when it would wait longer than the horizon, hand it back as a
         Deferral (the caller sends it to a delay topic)."""
         job = Job(key, item, now, now if ready_at is None else ready_at)
-        wait = max(job.ready_at - now, self.shaper.estimate_wait(key, now, self.queued(key)))
+        q = self._queues.get(key)
+        ahead = len(q) if q else 0
+        if q and self.urgent is not None and self.urgent(item):
+            ahead = next((i for i, j in enumerate(q) if not self.urgent(j.item)), len(q))
+        wait = max(job.ready_at - now, self.shaper.estimate_wait(key, now, ahead))
         if wait > self.horizon:
             return Deferral(job, wait)
-        self._queues.setdefault(key, deque()).append(job)
+        q = self._queues.setdefault(key, deque())
+        q.insert(ahead, job)
         self._count += 1
         return None
 

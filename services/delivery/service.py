@@ -19,9 +19,10 @@ from aiokafka.errors import KafkaError
 from mailsluice.config import KafkaSettings, LogSettings, load
 from mailsluice.delivery.retry_mover import RetryMover
 from mailsluice.delivery.settings import DeliverySettings
+from mailsluice.delivery.shaping_runtime import ShapingRuntime, ShapingSettings, delivery_defaults
 from mailsluice.delivery.worker import TransportLike, Worker, default_dsn_builder
 from mailsluice.kafka import ensure_topics, standard_topics
-from mailsluice.metrics import QUEUE_LAG
+from mailsluice.metrics import QUEUE_LAG, RETRY_BACKLOG
 from mailsluice.observability import setup_logging, start_http
 from mailsluice.resolver import DnsSettings, make_resolver
 
@@ -55,10 +56,13 @@ def make_transport(dns_settings: DnsSettings) -> TransportLike:
 def run(args: argparse.Namespace) -> int:
     settings = load(DeliverySettings)
     if args.pool:
-        settings = DeliverySettings.model_validate({**settings.model_dump(), "pool": args.pool})
+        settings = DeliverySettings.model_validate(
+            {**settings.model_dump(exclude_unset=True), "pool": args.pool}
+        )
     kafka = load(KafkaSettings)
     logs = load(LogSettings)
     dns_settings = load(DnsSettings)
+    shaping = load(ShapingSettings)  # policy files are validated here, before any port opens
     setup_logging(logs, "delivery")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(
@@ -68,9 +72,24 @@ def run(args: argparse.Namespace) -> int:
                 dns_settings,
                 mover=settings.retry_mover and not args.no_retry_mover,
                 ensure=not args.no_ensure_topics,
+                shaping=shaping,
             )
         )
     return 0
+
+
+def shaping_runtime(
+    settings: DeliverySettings, kafka: KafkaSettings, shaping: ShapingSettings
+) -> ShapingRuntime:
+    """The shaping engine of the pool; MAILSLUICE_DELIVERY_DEST_* settings given explicitly
+    become the pool's default limits (provider rules of the policy still apply)."""
+    explicit = settings.model_fields_set
+    defaults = delivery_defaults(
+        settings.dest_max_concurrency if "dest_max_concurrency" in explicit else None,
+        settings.dest_max_rate if "dest_max_rate" in explicit else None,
+        settings.dest_burst if "dest_burst" in explicit else None,
+    )
+    return ShapingRuntime(shaping, kafka, settings.pool, defaults=defaults)
 
 
 async def _main(
@@ -80,17 +99,28 @@ async def _main(
     *,
     mover: bool,
     ensure: bool,
+    shaping: ShapingSettings,
 ) -> int:
     transport = make_transport(dns_settings)
+    runtime = shaping_runtime(settings, kafka, shaping)
     service = DeliveryService(
-        settings, kafka, transport, mover=mover, ensure=ensure, build_dsn=default_dsn_builder()
+        settings,
+        kafka,
+        transport,
+        mover=mover,
+        ensure=ensure,
+        build_dsn=default_dsn_builder(),
+        shaper=runtime.shaper,
     )
+    runtime.queued = service.worker.scheduler.queued
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
+    runtime.start_background()
     try:
         await service.run(http=True)
     finally:
+        await runtime.stop()
         await transport.close()
     return 0
 
@@ -116,6 +146,8 @@ class DeliveryService:
         self.mover = (
             RetryMover(kafka, max_message_size=settings.max_message_size) if mover else None
         )
+        if self.mover is not None:
+            RETRY_BACKLOG.track(self.mover)
         self._stop = asyncio.Event()
         self._state = "starting"
 

@@ -3,7 +3,7 @@ feed it (operator commands in, status and warm-up usage out).
 
 Wiring into a worker (service.py):
 
-    runtime = ShapingRuntime(load(ShapingSettings), kafka, settings.pool)
+    runtime = ShapingRuntime(load(ShapingSettings), kafka, settings.pool, defaults=...)
     worker = Worker(settings, kafka, transport, shaper=runtime.shaper)
     runtime.queued = worker.scheduler.queued
     runtime.start_background()  # when Kafka answers: restore warm-up usage, follow control
@@ -28,7 +28,6 @@ from pydantic_settings import SettingsConfigDict
 
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings, MailsluiceSettings
-from mailsluice.delivery import shaping_metrics
 from mailsluice.delivery.control import (
     ControlState,
     Status,
@@ -42,13 +41,16 @@ from mailsluice.delivery.control import (
 from mailsluice.delivery.engine import PolicyShaper
 from mailsluice.delivery.warmup import Plan, WarmupTracker
 from mailsluice.kafka import ensure_topics, make_consumer, make_producer
+from mailsluice.metrics import Shaping as shaping_metrics
 from mailsluice.policy.backoff import load_rules
-from mailsluice.policy.shaping import PolicyInvalid, PoolSection, load_policy
+from mailsluice.policy.shaping import PolicyInvalid, PoolSection, Rule, load_policy
 
 log = logging.getLogger(__name__)
 
 # Wait between attempts to reach Kafka at start.
 START_RETRY_S = 2.0
+# The shipped policy's default rate, for a burst given without a rate.
+DEFAULT_RATE_PER_S = 100.0
 
 
 class ShapingSettings(MailsluiceSettings):
@@ -104,10 +106,26 @@ def _check(load: Callable[[], object]) -> None:
         raise ValueError(f"cannot read: {exc}") from None
 
 
-def build_shaper(settings: ShapingSettings, pool: str, wall: Callable[[], float]) -> PolicyShaper:
+def build_shaper(
+    settings: ShapingSettings,
+    pool: str,
+    wall: Callable[[], float],
+    defaults: Rule | None = None,
+) -> PolicyShaper:
+    """The engine of one pool. `defaults` (from the worker's MAILSLUICE_DELIVERY_DEST_*
+    settings) are pool defaults; the pool overrides' own defaults win over them."""
     policy = load_policy(settings.policy_file or None)
+    section = PoolSection()
     if settings.pool_overrides:
-        policy = policy.with_pool(pool, PoolSection.model_validate_json(settings.pool_overrides))
+        section = PoolSection.model_validate_json(settings.pool_overrides)
+    if defaults is not None:
+        merged = {
+            **defaults.model_dump(exclude_none=True),
+            **section.defaults.model_dump(exclude_none=True),
+        }
+        section = section.model_copy(update={"defaults": Rule(**merged)})
+    if settings.pool_overrides or defaults is not None:
+        policy = policy.with_pool(pool, section)
     warmup_config = policy.warmup(pool)
     tracker = None
     if warmup_config is not None:
@@ -118,6 +136,20 @@ def build_shaper(settings: ShapingSettings, pool: str, wall: Callable[[], float]
         tracker = WarmupTracker(pool, plan, source=warmup_config.source, owner=owner)
     rules = load_rules(settings.backoff_file or None)
     return PolicyShaper(policy, pool, rules=rules, warmup=tracker, wall=wall)
+
+
+def delivery_defaults(
+    concurrency: int | None, rate: float | None, burst: int | None
+) -> Rule | None:
+    """Pool defaults from the worker's per-destination settings that were set explicitly."""
+    fields: dict[str, object] = {}
+    if concurrency is not None:
+        fields["connection_limit"] = concurrency
+    if rate is not None or burst is not None:
+        per_s = rate if rate is not None else DEFAULT_RATE_PER_S
+        number = f"{per_s:.6f}".rstrip("0").rstrip(".")  # the rate syntax has no exponents
+        fields["max_message_rate"] = f"{number}/s" + (f",burst={burst}" if burst else "")
+    return Rule.model_validate(fields) if fields else None
 
 
 def _worker_id(configured: str) -> str:
@@ -133,6 +165,7 @@ class ShapingRuntime:
         *,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        defaults: Rule | None = None,
     ) -> None:
         self.settings = settings
         self.kafka = kafka
@@ -140,7 +173,7 @@ class ShapingRuntime:
         self.wall = wall
         self.mono = mono
         self.worker_id = _worker_id(settings.worker_id)
-        self.shaper = build_shaper(settings, pool, wall)
+        self.shaper = build_shaper(settings, pool, wall, defaults)
         self.queued: Callable[[str], int] = lambda _key: 0
         self.control = ControlState()
         self._tasks: list[asyncio.Task[None]] = []

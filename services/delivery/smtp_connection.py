@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
-from prometheus_client import Counter
 
 from mailsluice.delivery.outbound_settings import OutboundSettings
 from mailsluice.delivery.replies import (
@@ -31,13 +30,9 @@ from mailsluice.delivery.replies import (
     with_detail,
 )
 from mailsluice.delivery.routing import Hop
-from mailsluice.metrics import SMTP_SECONDS, Stopwatch
+from mailsluice.metrics import SMTP_SECONDS, Delivery, Stopwatch
 
-CONNECTIONS = Counter(
-    "mailsluice_delivery_smtp_connections_total",
-    "Outbound SMTP sessions: opened, reused from the pool, or failed before MAIL FROM.",
-    ["result"],
-)
+CONNECTIONS = Delivery.SMTP_CONNECTIONS
 
 # A pooled connection idle longer than this is checked with RSET before it is used again.
 REUSE_PROBE_AFTER_S = 2.0

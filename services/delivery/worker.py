@@ -24,7 +24,6 @@ from aiokafka.errors import KafkaError
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings
 from mailsluice.contracts import Envelope
-from mailsluice.delivery import metrics as m
 from mailsluice.delivery import outcomes
 from mailsluice.delivery.dedup import DeliveredCache, warm_from_events
 from mailsluice.delivery.ledger import Ledger
@@ -38,6 +37,7 @@ from mailsluice.delivery.scheduler import (
 )
 from mailsluice.delivery.settings import DeliverySettings
 from mailsluice.kafka import make_consumer, make_producer
+from mailsluice.metrics import Delivery as m
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ class Item:
     generation: int
     env: Envelope
     value: bytes
+
+
+def _transactional(item: Item) -> bool:
+    """Transactional mail overtakes bulk mail queued for the same destination."""
+    return item.env.stream == "transactional"
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -124,7 +129,9 @@ class Worker:
                 )
             )
         )
-        self.scheduler: Scheduler[Item] = Scheduler(self.shaper, settings.short_horizon_s)
+        self.scheduler: Scheduler[Item] = Scheduler(
+            self.shaper, settings.short_horizon_s, urgent=_transactional
+        )
         self.build_dsn = build_dsn
         self.wall = wall
         self.mono = mono

@@ -12,7 +12,7 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from mailsluice import contracts
-from mailsluice.ingest import metrics, replies
+from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import check_mailbox
 from mailsluice.ingest.auth import User
 from mailsluice.ingest.message import Trace, prepare_message
@@ -20,6 +20,7 @@ from mailsluice.ingest.publish import Publisher, PublishError, QueueRecord
 from mailsluice.ingest.session import IngestEnvelope, IngestSMTP, Transaction
 from mailsluice.ingest.settings import POOL_NAME
 from mailsluice.ingest.verdicts import IsSuppressed, MxLookup, judge_recipient
+from mailsluice.metrics import Ingest as metrics
 from mailsluice.policy.rollup import Rollup
 
 log = logging.getLogger(__name__)

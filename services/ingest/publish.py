@@ -18,8 +18,8 @@ from typing import Any
 
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings
-from mailsluice.ingest import metrics
 from mailsluice.kafka import make_producer
+from mailsluice.metrics import Ingest as metrics
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope
 
-from mailsluice.ingest import metrics, replies
+from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import AddressError, parse_path
+from mailsluice.metrics import Ingest as metrics
 
 log = logging.getLogger(__name__)
 
