@@ -23,8 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -34,6 +32,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+# Run as a script or loaded by path (tests/support/k8s_cluster.py): either way localproc is a
+# sibling file, not an installed module.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import localproc
+from localproc import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOOLS_MODULE = REPO_ROOT / "scripts" / "k8s"
@@ -55,10 +60,6 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 SERVICE_CIDR = "10.0.0.0/24"  # a config value only: nothing routes there
 PROCESSES = ("kube-apiserver", "etcd")  # stop order
-
-# Children started by this interpreter: kept so they are reaped through Popen and no Popen is
-# garbage-collected while its child runs (a ResourceWarning, an error under pytest's settings).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class K8sLocalError(RuntimeError):
@@ -174,61 +175,22 @@ def build(procs: int | None = None, quiet: bool = False, kubectl: bool | None = 
     return out
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _pid_file(directory: Path, name: str) -> Path:
     return directory / f"{name}.pid"
 
 
 def read_pid(directory: Path, name: str) -> int | None:
-    try:
-        return int(_pid_file(directory, name).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        del _CHILDREN[pid]
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
+    return localproc.read_pid(_pid_file(directory, name))
 
 
 def _is_ours(pid: int, name: str) -> bool:
     """The pid still runs our cached binary (guards against a reused pid)."""
-    try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
-    except OSError:
-        return False
-    return Path(argv0).name == name
+    argv0 = localproc.cmdline(pid)[:1]
+    return bool(argv0) and Path(argv0[0].decode()).name == name
 
 
 def running_pid(directory: Path, name: str) -> int | None:
-    pid = read_pid(directory, name)
-    if pid and _alive(pid) and _is_ours(pid, name):
-        return pid
-    return None
+    return localproc.running_pid(_pid_file(directory, name), lambda pid: _is_ours(pid, name))
 
 
 def read_state(directory: Path | str) -> ClusterState | None:
@@ -240,19 +202,8 @@ def read_state(directory: Path | str) -> ClusterState | None:
 
 
 def _spawn(directory: Path, name: str, argv: list[str]) -> int:
-    log = open(directory / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-    with log:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            start_new_session=True,  # own process group: a Ctrl-C on the parent spares it
-        )
-    _CHILDREN[proc.pid] = proc
-    _pid_file(directory, name).write_text(f"{proc.pid}\n")
-    return proc.pid
+    log = directory / f"{name}.log"
+    return localproc.spawn(argv, log, _pid_file(directory, name), directory).pid
 
 
 def _log_tail(directory: Path, name: str, lines: int = 30) -> str:
@@ -267,14 +218,13 @@ def _log_tail(directory: Path, name: str, lines: int = 30) -> str:
 def _wait_until(
     directory: Path, name: str, pid: int, probe: _Probe, *, timeout: float, what: str
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            raise K8sLocalError(f"{name} exited during start:\n{_log_tail(directory, name)}")
-        if probe():
-            return
-        time.sleep(0.25)
-    raise K8sLocalError(f"{name} not {what} after {timeout:.0f}s:\n{_log_tail(directory, name)}")
+    outcome = localproc.wait_ready(pid, probe, timeout)
+    if outcome == "exited":
+        raise K8sLocalError(f"{name} exited during start:\n{_log_tail(directory, name)}")
+    if outcome == "timeout":
+        raise K8sLocalError(
+            f"{name} not {what} after {timeout:.0f}s:\n{_log_tail(directory, name)}"
+        )
 
 
 class _Probe:
@@ -408,22 +358,7 @@ def up(directory: Path | str = DEFAULT_DIR, timeout: float = READY_TIMEOUT_S) ->
 
 
 def _stop_pid(directory: Path, name: str, timeout: float) -> bool:
-    pid = running_pid(directory, name)
-    if pid is None:
-        _pid_file(directory, name).unlink(missing_ok=True)
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
-    _pid_file(directory, name).unlink(missing_ok=True)
-    return True
+    return localproc.stop(_pid_file(directory, name), lambda pid: _is_ours(pid, name), timeout)
 
 
 def down(directory: Path | str = DEFAULT_DIR, timeout: float = STOP_TIMEOUT_S) -> bool:

@@ -21,14 +21,19 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+# Run as a script or loaded by path (tests/support/kafka_broker.py): either way localproc is a
+# sibling file, not an installed module.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import localproc
+from localproc import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POM = REPO_ROOT / "scripts" / "kafka" / "pom.xml"
@@ -37,8 +42,6 @@ HEAP_OPTS = ("-Xms256m", "-Xmx512m")
 # 40 MB messages plus batch/record overhead.
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 STOP_TIMEOUT_S = 30.0
-# Brokers started by this process, kept so they can be reaped (and Popen does not warn).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class KafkaLocalError(RuntimeError):
@@ -198,59 +201,23 @@ def read_state(directory: Path) -> BrokerState | None:
     return BrokerState(int(raw["port"]), int(raw["controller_port"]), str(raw["version"]))
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def _pid_file(directory: Path) -> Path:
+    return Path(directory) / "kafka.pid"
 
 
 def read_pid(directory: Path) -> int | None:
-    try:
-        return int((Path(directory) / "kafka.pid").read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] == "Z"
-
-
-def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        # Started by this process: poll() reaps it, so it never lingers as a zombie.
-        if child.poll() is None:
-            return True
-        del _CHILDREN[pid]
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
+    return localproc.read_pid(_pid_file(directory))
 
 
 def _is_our_broker(pid: int, directory: Path) -> bool:
     """Guard against a recycled pid: the process must be kafka.Kafka on DIR's properties."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
+    cmdline = localproc.cmdline(pid)
     props = str(Path(directory).resolve() / "server.properties").encode()
     return b"kafka.Kafka" in cmdline and props in cmdline
 
 
 def running_pid(directory: Path) -> int | None:
-    pid = read_pid(directory)
-    if pid is not None and _alive(pid) and _is_our_broker(pid, directory):
-        return pid
-    return None
+    return localproc.running_pid(_pid_file(directory), lambda pid: _is_our_broker(pid, directory))
 
 
 def _java() -> str:
@@ -371,49 +338,23 @@ def start(
         "kafka.Kafka",
         str(directory / "server.properties"),
     ]
-    with open(directory / "logs" / "kafka.out", "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: a Ctrl-C in the caller leaves it be
-            cwd=directory,
+    proc = localproc.spawn(cmd, directory / "logs" / "kafka.out", _pid_file(directory), directory)
+    outcome = localproc.wait_ready(proc.pid, lambda: broker_ready(port), timeout)
+    if outcome == "ready":
+        return state
+    if outcome == "exited":
+        _pid_file(directory).unlink(missing_ok=True)
+        raise KafkaLocalError(
+            f"Kafka exited with {proc.returncode} during start\n{_log_tail(directory)}"
         )
-    _CHILDREN[proc.pid] = proc
-    (directory / "kafka.pid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(proc.pid):
-            (directory / "kafka.pid").unlink(missing_ok=True)
-            raise KafkaLocalError(
-                f"Kafka exited with {proc.returncode} during start\n{_log_tail(directory)}"
-            )
-        if broker_ready(port):
-            return state
-        time.sleep(0.25)
     stop(directory)
     raise KafkaLocalError(f"Kafka not ready after {timeout:.0f}s\n{_log_tail(directory)}")
 
 
 def stop(directory: Path | str, timeout: float = STOP_TIMEOUT_S) -> bool:
     """SIGTERM the broker by its pid file, SIGKILL that pid after timeout. True if it ran."""
-    directory = Path(directory).resolve()
-    pid = running_pid(directory)
-    if pid is None:
-        (directory / "kafka.pid").unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        kill_deadline = time.monotonic() + 10
-        while time.monotonic() < kill_deadline and _alive(pid):
-            time.sleep(0.1)
-    (directory / "kafka.pid").unlink(missing_ok=True)
-    return True
+    resolved = Path(directory).resolve()
+    return localproc.stop(_pid_file(resolved), lambda pid: _is_our_broker(pid, resolved), timeout)
 
 
 def status(directory: Path | str) -> tuple[int | None, BrokerState | None, bool]:

@@ -20,6 +20,9 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("suppress", "mailsluice.suppression.cli", "add, remove or list suppressed addresses"),
     ("topics", "mailsluice.topics", "create the project's Kafka topics"),
     ("peek", "mailsluice.peek", "print the newest records of a queue or of the events topic"),
+    ("policy", "mailsluice.policy.check", "validate a shaping or backoff policy file"),
+    ("destinations", "mailsluice.delivery.destinations_cli", "show, suspend, resume destinations"),
+    ("warmup", "mailsluice.delivery.warmup_cli", "show warm-up schedules and today's caps"),
     ("config", "mailsluice.config_cli", "show configuration documentation"),
     ("operator", "mailsluice_operator.cli", "run the SendingPool operator (kopf)"),
 )

@@ -21,6 +21,7 @@ SETTINGS_MODULES = (
     "mailsluice.ingest.settings",
     "mailsluice.delivery.settings",
     "mailsluice.delivery.outbound_settings",
+    "mailsluice.delivery.shaping_runtime",
     "mailsluice.sandbox.settings",
     "mailsluice_operator.settings",
 )

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 
 from mailsluice import contracts
@@ -218,5 +218,27 @@ async def ensure_topics(
                     "topic %s: %s (%d partitions)", change.name, change.action, change.partitions
                 )
         return changes
+    finally:
+        await admin.close()
+
+
+async def topic_partitions(
+    settings: KafkaSettings, topic: str, wait_s: float = 0.0
+) -> list[TopicPartition]:
+    """The partitions of `topic`, waiting up to `wait_s` for it to exist. A consumer without a
+    group learns no topic metadata by itself, so readers that assign partitions ask here."""
+    admin = AIOKafkaAdminClient(**settings.client_options(), client_id="mailsluice-admin")
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            described = await admin.describe_topics([topic])
+            for item in described:
+                if item["topic"] == topic and not item["error_code"] and item["partitions"]:
+                    ids = sorted(p["partition"] for p in item["partitions"])
+                    return [TopicPartition(topic, p) for p in ids]
+            if asyncio.get_running_loop().time() >= deadline:
+                raise TimeoutError(f"topic {topic} does not exist (run `mailsluice topics create`)")
+            await asyncio.sleep(0.5)
     finally:
         await admin.close()

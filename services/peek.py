@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings, load
-from mailsluice.kafka import make_consumer
+from mailsluice.kafka import make_consumer, topic_partitions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +52,7 @@ async def peek(settings: KafkaSettings, topic: str, count: int, *, events: bool)
     consumer = make_consumer(settings, group_id=None, client_id="mailsluice-peek")
     await consumer.start()
     try:
-        if topic not in await consumer.topics():  # also loads the metadata used below
-            print(f"topic {topic} does not exist")
-            return 1
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        parts = await topic_partitions(settings, topic)
         consumer.assign(parts)
         ends = await consumer.end_offsets(parts)
         begins = await consumer.beginning_offsets(parts)
@@ -80,4 +78,8 @@ def run(args: argparse.Namespace) -> int:
         contracts.EVENTS_TOPIC if args.events else contracts.queue_topic(args.pool)
     )
     settings = load(KafkaSettings)
-    return asyncio.run(peek(settings, topic, args.count, events=args.events))
+    try:
+        return asyncio.run(peek(settings, topic, args.count, events=args.events))
+    except (KafkaError, OSError) as exc:  # OSError covers TimeoutError
+        print(f"mailsluice peek: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from mailsluice.delivery.limiter import Gcra, Rate
 from mailsluice.delivery.scheduler import (
     DestinationLimits,
-    Gcra,
     Scheduler,
     Shaper,
     static_policy,
@@ -16,7 +16,7 @@ from mailsluice.delivery.scheduler import (
 
 
 def test_gcra_idle_limiter_allows_exactly_the_burst() -> None:
-    g = Gcra(rate=10.0, burst=3)
+    g = Gcra(Rate(10.0, 1.0, 3))
     assert [g.try_acquire(0.0) for _ in range(4)] == [True, True, True, False]
     assert g.wait_time(0.0) == pytest.approx(0.1)
     assert not g.try_acquire(0.099)
@@ -24,7 +24,7 @@ def test_gcra_idle_limiter_allows_exactly_the_burst() -> None:
 
 
 def test_gcra_rate_holds_over_a_long_run() -> None:
-    g = Gcra(rate=5.0, burst=2)
+    g = Gcra(Rate(5.0, 1.0, 2))
     sent = 0
     t = 0.0
     while t < 100.0:  # poll every millisecond for 100 s
@@ -36,9 +36,9 @@ def test_gcra_rate_holds_over_a_long_run() -> None:
 
 
 def test_gcra_backlog_time_matches_real_acquisition() -> None:
-    g = Gcra(rate=10.0, burst=5)
+    g = Gcra(Rate(10.0, 1.0, 5))
     for queued in range(20):
-        probe = Gcra(rate=10.0, burst=5)
+        probe = Gcra(Rate(10.0, 1.0, 5))
         for _ in range(queued):
             assert probe.try_acquire(probe.wait_time(0.0))
         # The next message on the probe may go exactly when the estimate said.
@@ -49,14 +49,14 @@ def test_gcra_backlog_time_matches_real_acquisition() -> None:
 
 
 def test_gcra_reconfigure_grants_no_burst() -> None:
-    g = Gcra(rate=1.0, burst=1)
+    g = Gcra(Rate(1.0, 1.0, 1))
     assert g.try_acquire(0.0)
-    g.configure(rate=1.0, burst=1)
+    g.configure(Rate(1.0, 1.0, 1))
     assert not g.try_acquire(0.5)
 
 
 def test_gcra_unlimited_rate() -> None:
-    g = Gcra(rate=math.inf, burst=1)
+    g = Gcra(Rate(math.inf, 1.0, 1))
     assert all(g.try_acquire(0.0) for _ in range(1000))
 
 

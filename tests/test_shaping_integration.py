@@ -208,8 +208,10 @@ async def test_rate_holds_across_two_workers_and_a_rebalance(kafka):
     pool = "t" + os.urandom(4).hex()
     await ensure_topics(ks, standard_topics(ks, [pool], 1024 * 1024))
     transport = RecordingTransport()  # shared: it records every send of both workers
-    first = service(ks, pool, transport, shaper())
-    second = service(ks, pool, transport, shaper())
+    # A long horizon keeps the backlog in memory and on the partition, so what is measured
+    # after the rebalance is the shaping, not when deferred mail comes back from delay topics.
+    first = service(ks, pool, transport, shaper(), short_horizon_s=150)
+    second = service(ks, pool, transport, shaper(), short_horizon_s=150)
     task1 = await start(first)
     task2 = await start(second)
     try:
@@ -232,11 +234,9 @@ async def test_rate_holds_across_two_workers_and_a_rebalance(kafka):
     for a in range(0, 40, 10):
         assert per_minute(limited, left + a, left + a + 10) <= RATE_PER_MIN * 1.05
     assert worst_window(limited, 1.0) <= 5 + RATE_PER_MIN / 60
-    # and the survivor takes over and keeps sending. Known gap: for tens of seconds after a
-    # handover it runs some percent under the limit while the stopped worker's deferrals come
-    # back through the retry mover (which ran in that worker too); never over it.
+    # and once the groups have settled the survivor sends at the limit again
     assert next(t for t in limited if t > left + 0.5) < left + 20
-    assert per_minute(limited, left + 20, left + 40) >= RATE_PER_MIN * 0.85
+    assert per_minute(limited, left + 20, left + 40) == pytest.approx(RATE_PER_MIN, rel=0.05)
 
 
 async def test_reputation_reply_throttles_and_rate_recovers(kafka):

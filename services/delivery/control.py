@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings
@@ -160,20 +159,6 @@ def control_topics(settings: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(contracts.CONTROL_TOPIC, 1, compact),
         TopicSpec(contracts.WARMUP_TOPIC, 3, compact),
     ]
-
-
-async def topic_partitions(settings: KafkaSettings, topic: str) -> list[TopicPartition]:
-    """The partitions of `topic` (a consumer without a group learns no metadata by itself)."""
-    admin = AIOKafkaAdminClient(**settings.client_options(), client_id="mailsluice-control")
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    for item in described:
-        if item["topic"] == topic and not item["error_code"] and item["partitions"]:
-            return [TopicPartition(topic, p["partition"]) for p in item["partitions"]]
-    raise RuntimeError(f"topic {topic} does not exist (run `mailsluice topics create`)")
 
 
 async def read_to_end(

@@ -28,9 +28,8 @@ from mailsluice.delivery.control import (
     control_topics,
     encode_command,
     read_to_end,
-    topic_partitions,
 )
-from mailsluice.kafka import ensure_topics, make_consumer, make_producer
+from mailsluice.kafka import ensure_topics, make_consumer, make_producer, topic_partitions
 from mailsluice.policy.units import parse_duration
 
 EXIT_KAFKA = 1

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from mailsluice.delivery.limiter import Gcra, Rate
+
 T = TypeVar("T")
 
 
@@ -27,56 +29,15 @@ class DestinationLimits:
         if self.max_concurrency < 1 or self.rate <= 0 or self.burst < 1:
             raise ValueError(f"invalid destination limits {self}")
 
+    def as_rate(self) -> Rate:
+        return Rate(self.rate, 1.0, self.burst)
 
-# Float sums of the emission interval drift by ~1e-16; a nanosecond is no real wait.
-_EPSILON = 1e-9
 
 PolicyLookup = Callable[[str], DestinationLimits]
 
 
 def static_policy(limits: DestinationLimits) -> PolicyLookup:
     return lambda _key: limits
-
-
-class Gcra:
-    """Generic cell rate algorithm: a smooth rate with a stated burst (not per-window counts).
-
-    With emission interval T = 1/rate and tolerance tau = (burst - 1) * T, a message may go at
-    `now` when the theoretical arrival time tat <= now + tau; it then moves tat to
-    max(tat, now) + T. An idle limiter has credit for exactly `burst` back-to-back messages.
-    """
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._tat = -math.inf
-        self.configure(rate, burst)
-
-    def configure(self, rate: float, burst: int) -> None:
-        """Change the rate without resetting the state, so a change never grants a burst."""
-        self.rate = rate
-        self.burst = burst
-        self._interval = 0.0 if math.isinf(rate) else 1.0 / rate
-        self._tau = (burst - 1) * self._interval
-
-    def wait_time(self, now: float) -> float:
-        """Seconds until one message may go (0.0: now)."""
-        wait = self._tat - self._tau - now
-        return wait if wait > _EPSILON else 0.0
-
-    def try_acquire(self, now: float) -> bool:
-        if self.wait_time(now) > 0.0:
-            return False
-        self._tat = max(self._tat, now) + self._interval
-        return True
-
-    def backlog_time(self, now: float, queued: int) -> float:
-        """Seconds until the message behind `queued` others may go, if nothing else limits:
-        the i-th next message is allowed at max(tat, now) + i*T - tau."""
-        wait = max(self._tat, now) + queued * self._interval - self._tau - now
-        return wait if wait > _EPSILON else 0.0
-
-    def idle(self, now: float) -> bool:
-        """True when the limiter holds no state worth keeping (full burst credit)."""
-        return self._tat <= now
 
 
 @dataclass
@@ -100,7 +61,7 @@ class Shaper:
         state = self._dests.get(key)
         if state is None:
             limits = self.limits(key)
-            state = self._dests[key] = _DestState(limits, Gcra(limits.rate, limits.burst))
+            state = self._dests[key] = _DestState(limits, Gcra(limits.as_rate()))
         return state
 
     def refresh(self, key: str) -> None:
@@ -109,7 +70,7 @@ class Shaper:
         limits = self.limits(key)
         if limits != state.limits:
             state.limits = limits
-            state.gcra.configure(limits.rate, limits.burst)
+            state.gcra.configure(limits.as_rate())
 
     def wait_time(self, key: str, now: float) -> float:
         """0.0 when a send may start now; inf while the destination's connections are all busy

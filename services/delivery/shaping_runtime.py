@@ -36,11 +36,10 @@ from mailsluice.delivery.control import (
     read_to_end,
     status_key,
     status_rows,
-    topic_partitions,
 )
 from mailsluice.delivery.engine import PolicyShaper
 from mailsluice.delivery.warmup import Plan, WarmupTracker
-from mailsluice.kafka import ensure_topics, make_consumer, make_producer
+from mailsluice.kafka import ensure_topics, make_consumer, make_producer, topic_partitions
 from mailsluice.metrics import Shaping as shaping_metrics
 from mailsluice.policy.backoff import load_rules
 from mailsluice.policy.shaping import PolicyInvalid, PoolSection, Rule, load_policy

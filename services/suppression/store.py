@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings
 from mailsluice.contracts import Suppression
-from mailsluice.kafka import make_consumer
+from mailsluice.kafka import make_consumer, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +81,6 @@ async def remove_suppression(producer: AIOKafkaProducer, address: str) -> None:
     )
 
 
-async def topic_partitions(settings: KafkaSettings, topic: str, wait_s: float) -> list[int]:
-    """The partition ids of `topic`, waiting up to `wait_s` seconds for it to exist."""
-    admin = AIOKafkaAdminClient(**settings.client_options(), client_id="mailsluice-suppressions")
-    await admin.start()
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while True:
-            described = await admin.describe_topics([topic])
-            for item in described:
-                if item["topic"] == topic and not item["error_code"] and item["partitions"]:
-                    return sorted(p["partition"] for p in item["partitions"])
-            if loop.time() >= deadline:
-                codes = [item["error_code"] for item in described]
-                raise TimeoutError(f"topic {topic} not found (Kafka error codes {codes})")
-            await asyncio.sleep(0.5)
-    finally:
-        await admin.close()
-
-
 class SuppressionStore:
     """The suppression table, loaded from the start of the topic and followed live."""
 
@@ -134,12 +113,11 @@ class SuppressionStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         topic = contracts.SUPPRESSIONS_TOPIC
-        partitions = await topic_partitions(self._settings, topic, timeout)
+        tps = await topic_partitions(self._settings, topic, timeout)
         consumer = make_consumer(self._settings, group_id=None, client_id=self._client_id)
         self._consumer = consumer
         try:
             await consumer.start()
-            tps = [TopicPartition(topic, p) for p in partitions]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             self._end = dict(await consumer.end_offsets(tps))
