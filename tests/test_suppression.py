@@ -215,7 +215,7 @@ async def test_store_start_fails_cleanly_without_the_topic(
     missing = f"mailsluice.test.missing-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(store_module.contracts, "SUPPRESSIONS_TOPIC", missing)
     st = SuppressionStore(settings)
-    with pytest.raises(TimeoutError, match="not found"):
+    with pytest.raises(TimeoutError, match="does not exist"):
         await st.start(timeout=1.5)
     assert not st.ready
 

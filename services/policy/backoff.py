@@ -15,16 +15,15 @@ prefixes are removed), for one provider or every destination ("*"). When it has 
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mailsluice.policy.shaping import PolicyError, PolicyInvalid, pydantic_errors, toml_error
+from mailsluice.policy.shaping import PolicyError, PolicyInvalid, parse_toml_model
 from mailsluice.policy.shaping import shipped_text as _shipped_text
-from mailsluice.policy.tomlpos import key_lines, line_of
+from mailsluice.policy.tomlpos import line_of
 from mailsluice.policy.units import Threshold, parse_duration, parse_rate, parse_threshold
 
 Action = Literal["suspend", "throttle", "bounce"]
@@ -187,16 +186,9 @@ def compile_rules(model: RulesFile) -> list[BackoffRule]:
 
 
 def validate_rules_text(text: str) -> tuple[list[BackoffRule] | None, list[PolicyError]]:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return None, [toml_error(exc)]
-    lines = key_lines(text)
-    try:
-        model = RulesFile.model_validate(data)
-    except ValidationError as exc:
-        return None, pydantic_errors(exc, lines)
-    errors = []
+    model, lines, errors = parse_toml_model(text, RulesFile)
+    if model is None:
+        return None, errors
     seen: dict[str, int] = {}
     for i, r in enumerate(model.rule):
         if r.name in seen:

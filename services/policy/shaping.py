@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mailsluice.policy.tomlpos import key_lines, line_of
+from mailsluice.policy.tomlpos import Path, key_lines, line_of
 from mailsluice.policy.units import RateSpec, parse_rate
+
+M = TypeVar("M", bound=BaseModel)
 
 TlsMode = Literal["required", "opportunistic", "disabled"]
 # Names the warm-up module implements (a test keeps both in step).
@@ -267,17 +269,26 @@ class Policy:
         return section.warmup if section else None
 
 
-def validate_text(text: str) -> tuple[Policy | None, list[PolicyError]]:
-    """Parse and validate a policy; errors carry the line and dotted key."""
+def parse_toml_model(
+    text: str, model_type: type[M]
+) -> tuple[M | None, dict[Path, int], list[PolicyError]]:
+    """Parse TOML into a model: the model, the line of every key, and errors with lines."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        return None, [toml_error(exc)]
+        return None, {}, [toml_error(exc)]
     lines = key_lines(text)
     try:
-        model = PolicyFile.model_validate(data)
+        return model_type.model_validate(data), lines, []
     except ValidationError as exc:
-        return None, pydantic_errors(exc, lines)
+        return None, lines, pydantic_errors(exc, lines)
+
+
+def validate_text(text: str) -> tuple[Policy | None, list[PolicyError]]:
+    """Parse and validate a policy; errors carry the line and dotted key."""
+    model, lines, errors = parse_toml_model(text, PolicyFile)
+    if model is None:
+        return None, errors
     errors = semantic_errors(model, lines)
     return (None, errors) if errors else (Policy(model), [])
 
