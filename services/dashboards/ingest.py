@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailsluice.dashboards.panels import RI, Panel, quantile, rate
+from mailsluice.dashboards.panels import RI, Panel, percentiles, quantile, rate
 
 INGEST = (
     Panel(
@@ -40,19 +40,13 @@ INGEST = (
     Panel(
         "Kafka publish latency (p50, p99)",
         "s",
-        (
-            (quantile(0.5, "mailsluice_ingest_kafka_publish_seconds", ""), "p50"),
-            (quantile(0.99, "mailsluice_ingest_kafka_publish_seconds", ""), "p99"),
-        ),
+        percentiles("mailsluice_ingest_kafka_publish_seconds", ""),
         "From the first send to the last acknowledgement of a message.",
     ),
     Panel(
         "Transaction latency (p50, p99)",
         "s",
-        (
-            (quantile(0.5, "mailsluice_ingest_transaction_seconds", ""), "p50"),
-            (quantile(0.99, "mailsluice_ingest_transaction_seconds", ""), "p99"),
-        ),
+        percentiles("mailsluice_ingest_transaction_seconds", ""),
         "From MAIL FROM to the reply after DATA.",
     ),
     Panel(

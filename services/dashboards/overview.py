@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailsluice.dashboards.panels import POOL, Panel, quantile, rate, ratio
+from mailsluice.dashboards.panels import POOL, Panel, percentiles, rate, ratio
 
 OVERVIEW = (
     Panel(
@@ -49,10 +49,7 @@ OVERVIEW = (
     Panel(
         "Time in queue (p50, p95)",
         "s",
-        (
-            (quantile(0.5, "mailsluice_delivery_queue_age_seconds", POOL), "p50"),
-            (quantile(0.95, "mailsluice_delivery_queue_age_seconds", POOL), "p95"),
-        ),
+        percentiles("mailsluice_delivery_queue_age_seconds", POOL, (0.5, 0.95)),
         "Age of a record when a delivery attempt ends.",
     ),
     Panel(

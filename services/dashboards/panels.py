@@ -49,6 +49,13 @@ def quantile(q: float, metric: str, selector: str, by: str = "") -> str:
     return f"histogram_quantile({q}, sum by ({keys}) (rate({metric}_bucket{{{selector}}}[{RI}])))"
 
 
+def percentiles(
+    metric: str, selector: str, qs: tuple[float, ...] = (0.5, 0.99)
+) -> tuple[tuple[str, str], ...]:
+    """One target per quantile of a histogram, legends "p50", "p99"..."""
+    return tuple((quantile(q, metric, selector), f"p{round(q * 100)}") for q in qs)
+
+
 def variables(with_provider: bool) -> list[Any]:
     all_option = VariableOption(selected=True, text="All", value="$__all")
     found = [
