@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import re
-import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import localproc  # a neighbour in scripts/, which is on sys.path
 
 SINK_COUNTER_RE = re.compile(r"sess=(\d+)\s+quit=(\d+)\s+mesg=(\d+)")
 STOP_TIMEOUT_S = 15.0
@@ -74,14 +75,7 @@ def rate(count: int, seconds: float | None) -> float | None:
 
 def stop_pid(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM one child by its pid, SIGKILL it after timeout; always reaped."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    localproc.stop_child(proc, timeout)
 
 
 def children_of(pid: int) -> list[int]:

@@ -107,6 +107,21 @@ def wait_ready(
     return "timeout"
 
 
+def stop_child(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """SIGTERM a child of ours by its pid, SIGKILL it after timeout; always reaped.
+    True when it had to be killed."""
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(KILL_TIMEOUT_S)
+        return True
+
+
 def stop(pid_file: Path, is_ours: Callable[[int], bool], timeout: float) -> bool:
     """SIGTERM the pid in pid_file (if ours), SIGKILL it after timeout. True if it ran."""
     pid = running_pid(pid_file, is_ours)

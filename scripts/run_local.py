@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import localproc  # a neighbour in scripts/, which is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / "run"
 BIN = ROOT / ".venv" / "bin"
@@ -61,15 +63,8 @@ def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], timeout: floa
 
 
 def stop(name: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        print(f"{name} did not stop in {timeout:.0f}s; killing pid {proc.pid}", file=sys.stderr)
-        proc.kill()
-        proc.wait()
+    if localproc.stop_child(proc, timeout):
+        print(f"{name} did not stop in {timeout:.0f}s; killed pid {proc.pid}", file=sys.stderr)
 
 
 def banner() -> str:
