@@ -108,6 +108,8 @@ class EventType(StrEnum):
     BOUNCE = "bounce"
     EXPIRATION = "expiration"
     SUPPRESSION = "suppression"
+    # A recipient marked the message as spam (an ARF feedback-loop report, RFC 5965).
+    COMPLAINT = "complaint"
 
 
 class Event(BaseModel):

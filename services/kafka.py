@@ -102,7 +102,20 @@ def standard_topics(
             },
         )
     )
-    return specs
+    return specs + control_topics(settings)
+
+
+def control_topics(settings: KafkaSettings) -> list[TopicSpec]:
+    """The compacted topics of the shaping engine (control and warm-up ledger)."""
+    compact = {
+        "cleanup.policy": "compact",
+        "min.insync.replicas": str(settings.min_insync_replicas),
+        "min.compaction.lag.ms": "60000",
+    }
+    return [
+        TopicSpec(contracts.CONTROL_TOPIC, 1, compact),
+        TopicSpec(contracts.WARMUP_TOPIC, 3, compact),
+    ]
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def test_plan_topic_changes() -> None:
     ]
 
 
-def test_standard_topics_cover_pools_retries_events_and_suppressions() -> None:
+def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -> None:
     settings = KafkaSettings(queue_partitions=7, min_insync_replicas=2)
     specs = {s.name: s for s in standard_topics(settings, ["default", "bulk"], 1_000_000)}
     expected = {
@@ -50,6 +50,8 @@ def test_standard_topics_cover_pools_retries_events_and_suppressions() -> None:
         contracts.queue_topic("bulk"),
         contracts.EVENTS_TOPIC,
         contracts.SUPPRESSIONS_TOPIC,
+        contracts.CONTROL_TOPIC,
+        contracts.WARMUP_TOPIC,
         *(contracts.retry_topic(name) for name, _ in contracts.RETRY_TIERS),
     }
     assert set(specs) == expected
@@ -57,7 +59,12 @@ def test_standard_topics_cover_pools_retries_events_and_suppressions() -> None:
     assert queue.partitions == 7
     assert queue.configs["max.message.bytes"] == str(record_limit(1_000_000))
     assert queue.configs["min.insync.replicas"] == "2"
-    assert specs[contracts.SUPPRESSIONS_TOPIC].configs["cleanup.policy"] == "compact"
+    for compacted in (
+        contracts.SUPPRESSIONS_TOPIC,
+        contracts.CONTROL_TOPIC,
+        contracts.WARMUP_TOPIC,
+    ):
+        assert specs[compacted].configs["cleanup.policy"] == "compact"
 
 
 # --- ensure_topics on the real broker ---------------------------------------------------------

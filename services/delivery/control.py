@@ -21,10 +21,6 @@ from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mailsluice import contracts
-from mailsluice.config import KafkaSettings
-from mailsluice.kafka import TopicSpec
-
 CommandAction = Literal["suspend", "resume", "retry-now"]
 SCHEMA = 1
 
@@ -146,19 +142,6 @@ class ControlState:
             for row in status.destinations
         ]
         return sorted(out, key=lambda item: (item[0], item[2].key))
-
-
-def control_topics(settings: KafkaSettings) -> list[TopicSpec]:
-    """The compacted topics of the shaping engine (control and warm-up ledger)."""
-    compact = {
-        "cleanup.policy": "compact",
-        "min.insync.replicas": str(settings.min_insync_replicas),
-        "min.compaction.lag.ms": "60000",
-    }
-    return [
-        TopicSpec(contracts.CONTROL_TOPIC, 1, compact),
-        TopicSpec(contracts.WARMUP_TOPIC, 3, compact),
-    ]
 
 
 async def read_to_end(

@@ -25,11 +25,16 @@ from mailsluice.delivery.control import (
     ControlState,
     DestinationRow,
     command_key,
-    control_topics,
     encode_command,
     read_to_end,
 )
-from mailsluice.kafka import ensure_topics, make_consumer, make_producer, topic_partitions
+from mailsluice.kafka import (
+    control_topics,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    topic_partitions,
+)
 from mailsluice.policy.units import parse_duration
 
 EXIT_KAFKA = 1

@@ -31,7 +31,6 @@ from mailsluice.config import KafkaSettings, MailsluiceSettings
 from mailsluice.delivery.control import (
     ControlState,
     Status,
-    control_topics,
     encode_status,
     read_to_end,
     status_key,
@@ -39,7 +38,13 @@ from mailsluice.delivery.control import (
 )
 from mailsluice.delivery.engine import PolicyShaper
 from mailsluice.delivery.warmup import Plan, WarmupTracker
-from mailsluice.kafka import ensure_topics, make_consumer, make_producer, topic_partitions
+from mailsluice.kafka import (
+    control_topics,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    topic_partitions,
+)
 from mailsluice.metrics import Shaping as shaping_metrics
 from mailsluice.policy.backoff import load_rules
 from mailsluice.policy.shaping import PolicyInvalid, PoolSection, Rule, load_policy

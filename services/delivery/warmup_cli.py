@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings, load
-from mailsluice.delivery.control import control_topics, read_to_end
+from mailsluice.delivery.control import read_to_end
 from mailsluice.delivery.warmup import (
     ALL,
     PRESETS,
@@ -27,7 +27,7 @@ from mailsluice.delivery.warmup import (
     parse_record_key,
     period_start,
 )
-from mailsluice.kafka import ensure_topics, make_consumer, topic_partitions
+from mailsluice.kafka import control_topics, ensure_topics, make_consumer, topic_partitions
 from mailsluice.policy.shaping import PolicyInvalid, PoolSection, load_policy
 
 

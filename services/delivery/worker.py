@@ -392,7 +392,10 @@ class Worker:
     async def _deliver(self, job: Job[Item]) -> None:
         item = job.item
         env = item.env
-        slot = True  # the destination's send slot, held until the send returns
+        # The destination's send slot is held until the outcome records are acknowledged, as
+        # a Postfix delivery agent reports before taking the next message: a crash can then
+        # repeat at most one send per slot, since the next owner's dedup warm-up reads the
+        # delivery events of every earlier one.
         try:
             todo, done = self.dedup.split(env.queue_id, env.recipients)
             if done:
@@ -402,25 +405,22 @@ class Worker:
                     len(done),
                     extra={"queue_id": env.queue_id},
                 )
-            results: Sequence[outcomes.ResultLike] = []
+            if not todo:
+                self._finish(item)
+                return
             send_env = env.model_copy(update={"recipients": tuple(todo)}) if done else env
-            if todo:
+            try:
                 results = await self._send(send_env, item.value)
-            slot = False
+            except BaseException:
+                self._release(item)
+                raise
+            for res in results:
+                if res.kind == "delivered":
+                    self.dedup.add(env.queue_id, res.recipient)
+            await self._conclude(item, results, send_env)
+        finally:
             self.scheduler.done(job, self.mono())
             self._wake.set()
-        except BaseException:
-            if slot:
-                self.scheduler.done(job, self.mono())
-            self._release(item)
-            raise
-        if not todo:
-            self._finish(item)
-            return
-        for res in results:
-            if res.kind == "delivered":
-                self.dedup.add(env.queue_id, res.recipient)
-        await self._conclude(item, results, send_env)
 
     async def _conclude(
         self,
