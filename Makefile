@@ -49,6 +49,7 @@ run: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench_shaping.py
 
 # etcd, kube-apiserver and helm built from Go modules (cached; the first build takes minutes).
 k8s-build: system-deps

@@ -2,7 +2,8 @@
 """Run a real single-node Apache Kafka (KRaft, combined broker+controller) on 127.0.0.1.
 
 The broker's jars come from Maven Central through scripts/kafka/pom.xml and are cached in
-<repo>/.cache/kafka/<version>/libs. Standard library only, so any python3 can run it:
+<repo>/.cache/kafka/<version>/libs; scripts/kafka_jars.py does that part. Standard library only,
+so any python3 can run it:
 
     python3 scripts/kafka_local.py fetch
     python3 scripts/kafka_local.py start --dir run/kafka --port 19092
@@ -19,7 +20,6 @@ import argparse
 import base64
 import json
 import os
-import re
 import shutil
 import socket
 import struct
@@ -28,24 +28,51 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Run as a script or loaded by path (tests/support/kafka_broker.py): either way localproc is a
-# sibling file, not an installed module.
+# Run as a script or loaded by path (tests/support/kafka_broker.py): either way localproc,
+# kafka_jars and kafka_config are sibling files, not installed modules.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import localproc
+from kafka_config import MAX_MESSAGE_BYTES, log4j_properties, server_properties
+from kafka_jars import (
+    CACHE_ROOT,
+    POM,
+    REPO_ROOT,
+    KafkaLocalError,
+    fetch,
+    kafka_version,
+    libs_dir,
+)
 from localproc import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-POM = REPO_ROOT / "scripts" / "kafka" / "pom.xml"
-CACHE_ROOT = REPO_ROOT / ".cache" / "kafka"
+# The jars (Maven fetch, cache) come from kafka_jars and the broker's settings from kafka_config;
+# their names are re-exported here because tests/support/kafka_broker.py and `kafka_local.py fetch`
+# reach them through this module.
+__all__ = [
+    "CACHE_ROOT",
+    "HEAP_OPTS",
+    "MAX_MESSAGE_BYTES",
+    "POM",
+    "REPO_ROOT",
+    "STOP_TIMEOUT_S",
+    "BrokerState",
+    "KafkaLocalError",
+    "broker_ready",
+    "fetch",
+    "free_port",
+    "kafka_version",
+    "libs_dir",
+    "main",
+    "read_pid",
+    "read_state",
+    "running_pid",
+    "start",
+    "status",
+    "stop",
+]
+
 HEAP_OPTS = ("-Xms256m", "-Xmx512m")
-# 40 MB messages plus batch/record overhead.
-MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 STOP_TIMEOUT_S = 30.0
-
-
-class KafkaLocalError(RuntimeError):
-    """Fetching, starting or stopping the local broker failed."""
 
 
 @dataclass(frozen=True)
@@ -61,59 +88,6 @@ class BrokerState:
         return f"127.0.0.1:{self.port}"
 
 
-def kafka_version() -> str:
-    """The Kafka version pinned in scripts/kafka/pom.xml."""
-    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
-    if not match:
-        raise KafkaLocalError(f"no <kafka.version> in {POM}")
-    return match.group(1).strip()
-
-
-def libs_dir(version: str | None = None) -> Path:
-    return CACHE_ROOT / (version or kafka_version()) / "libs"
-
-
-def fetch(version: str | None = None, quiet: bool = False) -> Path:
-    """Copy the broker's runtime jars into the cache (once); return the libs directory."""
-    version = version or kafka_version()
-    libs = libs_dir(version)
-    if (libs / ".complete").exists():
-        return libs
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise KafkaLocalError("mvn not found: install Maven (Debian package 'maven')")
-    staging = libs.with_name(f"libs.tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        mvn,
-        "-q",
-        "-B",
-        "-f",
-        str(POM),
-        f"-Dkafka.version={version}",
-        "dependency:copy-dependencies",
-        "-DincludeScope=runtime",
-        f"-DoutputDirectory={staging}",
-    ]
-    if not quiet:
-        print(f"fetching Kafka {version} jars into {libs}", file=sys.stderr)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
-        shutil.rmtree(staging, ignore_errors=True)
-        raise KafkaLocalError(f"mvn failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    (staging / ".complete").write_text(version + "\n")
-    # Rename last, so a half-finished fetch is never taken for a complete one.
-    try:
-        staging.rename(libs)
-    except OSError:
-        # Another process (a parallel test run) finished first: keep its copy.
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (libs / ".complete").exists():
-            raise
-    return libs
-
-
 def _random_cluster_id() -> str:
     # Same shape as Kafka's Uuid.randomUuid(): URL-safe base64 of 16 bytes, no padding,
     # not starting with '-' (it would read as a command-line flag).
@@ -121,68 +95,6 @@ def _random_cluster_id() -> str:
         cid = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
         if not cid.startswith("-"):
             return cid
-
-
-def _server_properties(directory: Path, state: BrokerState) -> str:
-    p, c = state.port, state.controller_port
-    props = {
-        "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{c}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "log.dirs": str(directory / "data"),
-        "num.network.threads": "2",
-        "num.io.threads": "4",
-        "num.recovery.threads.per.data.dir": "1",
-        "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "auto.create.topics.enable": "false",
-        "delete.topic.enable": "true",
-        "group.initial.rebalance.delay.ms": "0",
-        # Internal topics: one replica, few partitions (fast first group join on 2 cores).
-        "offsets.topic.replication.factor": "1",
-        "offsets.topic.num.partitions": "4",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "share.coordinator.state.topic.num.partitions": "1",
-        # Large messages (up to 40 MB bodies).
-        "message.max.bytes": str(MAX_MESSAGE_BYTES),
-        "replica.fetch.max.bytes": str(MAX_MESSAGE_BYTES),
-        "socket.request.max.bytes": str(2 * MAX_MESSAGE_BYTES),
-        "log.segment.bytes": str(64 * 1024 * 1024),
-        # Small retention: this is a throwaway broker.
-        "log.retention.hours": "2",
-        "log.retention.bytes": str(512 * 1024 * 1024),
-        "log.retention.check.interval.ms": "60000",
-        # The default 128 MB cleaner buffer is a quarter of our heap.
-        "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
-    }
-    return "".join(f"{k}={v}\n" for k, v in props.items())
-
-
-def _log4j_properties(directory: Path) -> str:
-    log = directory / "logs" / "server.log"
-    return f"""status = warn
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = FILE
-logger.statechange.name = state.change.logger
-logger.statechange.level = WARN
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-"""
 
 
 def _write_state(directory: Path, state: BrokerState) -> None:
@@ -297,6 +209,21 @@ def _log_tail(directory: Path, lines: int = 40) -> str:
     return "\n".join(out)
 
 
+def _broker_argv(directory: Path, libs: Path) -> list[str]:
+    return [
+        _java(),
+        *HEAP_OPTS,
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={directory / 'logs'}",
+        f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(directory / "server.properties"),
+    ]
+
+
 def start(
     directory: Path | str,
     port: int | None = None,
@@ -322,22 +249,13 @@ def start(
             return state
         raise KafkaLocalError(f"a broker already runs from {directory} (pid {pid})")
     libs = fetch(state.version, quiet=True)
-    (directory / "server.properties").write_text(_server_properties(directory, state))
-    (directory / "log4j2.properties").write_text(_log4j_properties(directory))
+    (directory / "server.properties").write_text(
+        server_properties(directory, state.port, state.controller_port)
+    )
+    (directory / "log4j2.properties").write_text(log4j_properties(directory))
     _write_state(directory, state)
     _format_storage(directory, libs, _random_cluster_id())
-    cmd = [
-        _java(),
-        *HEAP_OPTS,
-        "-XX:+ExitOnOutOfMemoryError",
-        "-Djava.awt.headless=true",
-        f"-Dkafka.logs.dir={directory / 'logs'}",
-        f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
-        "-cp",
-        f"{libs}/*",
-        "kafka.Kafka",
-        str(directory / "server.properties"),
-    ]
+    cmd = _broker_argv(directory, libs)
     proc = localproc.spawn(cmd, directory / "logs" / "kafka.out", _pid_file(directory), directory)
     outcome = localproc.wait_ready(proc.pid, lambda: broker_ready(port), timeout)
     if outcome == "ready":

@@ -16,6 +16,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("ingest", "mailsluice.ingest.service", "run the SMTP ingest service"),
     ("delivery", "mailsluice.delivery.service", "run a delivery worker for a pool"),
     ("retry-mover", "mailsluice.delivery.retry_mover", "move due retries back to pool queues"),
+    ("streams", "mailsluice.streams.service", "run the stream processors (suppressions)"),
     ("sandbox", "mailsluice.sandbox.server", "run the sandbox MX that captures delivered mail"),
     ("suppress", "mailsluice.suppression.cli", "add, remove or list suppressed addresses"),
     ("topics", "mailsluice.topics", "create the project's Kafka topics"),

@@ -23,6 +23,7 @@ SETTINGS_MODULES = (
     "mailsluice.delivery.outbound_settings",
     "mailsluice.delivery.shaping_runtime",
     "mailsluice.sandbox.settings",
+    "mailsluice.streams.settings",
     "mailsluice_operator.settings",
 )
 

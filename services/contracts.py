@@ -201,6 +201,7 @@ INGEST_REJECT_REASONS = (
     "relay_denied",
     "auth_required",
     "pool_denied",
+    "bad_stream",
 )
 
 

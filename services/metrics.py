@@ -410,6 +410,15 @@ class Delivery:
         "Retry records fetched and held until their not_before.",
     )
 
+    # --- connections open per destination class (issue 6; set by delivery.connection_pool) ---
+    CONNECTIONS_OPEN = Gauge(
+        "mailsluice_delivery_connections_open",
+        "Outbound SMTP connections open now (sending or idle in the pool), by the provider of "
+        "the destination they were opened for.",
+        ["pool", "provider"],
+    )
+    # --- end of connections open per destination class ---
+
 
 # --- shaping and warm-up ------------------------------------------------------------------------
 
@@ -473,3 +482,132 @@ class Shaping:
                 cap = -1 if info.cap is None else info.cap
                 Shaping.WARMUP_CAP.labels(pool, scope, info.period).set(cap)
                 Shaping.WARMUP_USED.labels(pool, scope, info.period).set(info.used)
+
+
+# --- delivery worker: shaping delay, suspensions, warm-up overflow (issues 4 and 6) -------------
+
+
+class ShapingFlow:
+    """What shaping did to messages in a worker (`... import ShapingFlow as flow_metrics`)."""
+
+    DELAY_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+    DELAY = Histogram(
+        "mailsluice_shaping_delay_seconds",
+        "How long a message waited in the worker's scheduler past its ready time before its "
+        "send started (rate, connections, suspension, warm-up); 0 when it went at once.",
+        ["pool", "provider"],
+        buckets=DELAY_BUCKETS,
+    )
+    SUSPENSIONS = Counter(
+        "mailsluice_shaping_suspensions_total",
+        "Destination suspensions, by the backoff rule that suspended it (`operator`: a "
+        "`mailsluice destinations suspend` command).",
+        ["pool", "rule"],
+    )
+    OVERFLOW = Counter(
+        "mailsluice_warmup_overflow_messages_total",
+        "Messages over the pool's warm-up cap moved to the overflow pool's queue.",
+        ["pool", "target_pool"],
+    )
+
+    @staticmethod
+    def delay(pool: str, provider: str | None, seconds: float) -> None:
+        label = OTHER if provider is None else provider_label(provider)
+        ShapingFlow.DELAY.labels(pool, label).observe(max(0.0, seconds))
+
+
+# --- feedback-loop complaints at ingest (FBL intake, services/ingest/feedback.py) ---------------
+
+# Why a message to a feedback-loop address was refused (550 5.6.0).
+FEEDBACK_REJECT_REASONS = ("not_report", "malformed", "not_complaint", "no_recipient")
+
+INGEST_COMPLAINTS = Counter(
+    "mailsluice_ingest_complaints_total",
+    "Spam complaints received as feedback-loop (ARF) reports and written to the events topic, "
+    "by the original message's pool (`other` when the report names none of ours) and the "
+    "complaining recipient's provider.",
+    ["pool", "provider"],
+)
+INGEST_FEEDBACK_REJECTED = Counter(
+    "mailsluice_ingest_feedback_rejected_total",
+    "Messages to a feedback-loop address refused as no usable complaint report, by reason.",
+    ["reason"],
+)
+for _reason in FEEDBACK_REJECT_REASONS:
+    INGEST_FEEDBACK_REJECTED.labels(_reason)
+
+
+# --- retry mover: held records, early releases, lateness (retry mover helper) ------------------
+# Labels: tier only (contracts.RETRY_TIERS). Updated by delivery/retry_mover.py.
+
+RETRY_MOVER_HELD = Gauge(
+    "mailsluice_retry_mover_held_records",
+    "Retry records the retry mover holds in memory until due (or while moving them), by tier.",
+    ["tier"],
+)
+RETRY_MOVER_RELEASED = Counter(
+    "mailsluice_retry_mover_released_total",
+    "Retry records moved before their due time because of a retry-now command, by tier.",
+    ["tier"],
+)
+RETRY_MOVER_LATENESS = Histogram(
+    "mailsluice_retry_mover_lateness_seconds",
+    "How long after its not_before a retry record's copy was acknowledged on its queue topic "
+    "(records released early by retry-now are not counted), by tier.",
+    ["tier"],
+    buckets=TIME_BUCKETS,
+)
+
+
+# --- stream processors (services/streams) -------------------------------------------------------
+
+
+class Streams:
+    """Metrics of the stream processors (`... import Streams as streams_metrics`). Counters of
+    this process (Prometheus sums the replicas); the per-day numbers live in the faust table."""
+
+    EVENT_TYPES = (
+        "reception",
+        "rejection",
+        "delivery",
+        "transient_failure",
+        "bounce",
+        "expiration",
+        "suppression",
+        "complaint",
+    )
+    SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce")
+    AGENTS = ("route", "judge")
+
+    EVENTS = Counter(
+        "mailsluice_streams_events_total",
+        "Events read from mailsluice.events by the stream processors, by pool (`other` when the "
+        "event names none) and event type.",
+        ["pool", "type"],
+    )
+    SUPPRESSIONS = Counter(
+        "mailsluice_streams_suppressions_total",
+        "Suppression records the stream processors wrote to mailsluice.suppressions, by reason.",
+        ["reason"],
+    )
+    ERRORS = Counter(
+        "mailsluice_streams_errors_total",
+        "Events a stream processor agent skipped after an error (undecodable or a bug), by agent.",
+        ["agent"],
+    )
+
+    @staticmethod
+    def pool_label(pool: str) -> str:
+        """A pool name as a label value; empty or not a valid name -> other."""
+        return pool if _PROVIDER_NAME.match(pool or "") else OTHER
+
+    @staticmethod
+    def type_label(event_type: str) -> str:
+        return event_type if event_type in Streams.EVENT_TYPES else OTHER
+
+
+for _reason in Streams.SUPPRESSION_REASONS:
+    Streams.SUPPRESSIONS.labels(_reason)
+for _agent in Streams.AGENTS:
+    Streams.ERRORS.labels(_agent)

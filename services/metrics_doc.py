@@ -50,6 +50,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         "rtype": _values(metrics.DNS_RTYPES),
         "class": _values(metrics.STATUS_CLASSES[8:]) + " (RFC 3463 class.subject)",
         "cause": _values(["failure", "throttled"]),
+        "target_pool": "sending pool name the warm-up overflows to (configuration)",
     }
     by_metric = {
         ("mailsluice_ingest_transactions", "result"): _values(ingest.TRANSACTION_RESULTS),
@@ -57,6 +58,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_ingest_recipients", "reason"): _values(["", *contracts.INGEST_REJECT_REASONS])
         + " (empty when accepted)",
         ("mailsluice_ingest_protocol_violations", "kind"): _values(ingest.VIOLATION_KINDS),
+        ("mailsluice_ingest_feedback_rejected", "reason"): _values(metrics.FEEDBACK_REJECT_REASONS),
         ("mailsluice_delivery_attempts", "result"): _values(delivery.ATTEMPT_RESULTS),
         ("mailsluice_delivery_recipients", "result"): _values(delivery.ATTEMPT_RESULTS),
         ("mailsluice_delivery_commits", "result"): _values(["ok", "failed"]),
@@ -67,6 +69,11 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_dns_lookup_failures", "reason"): _values(metrics.DNS_FAILURES),
         ("mailsluice_operator_reconciles", "result"): _values(metrics.RECONCILE_RESULTS),
         ("mailsluice_operator_workers", "kind"): _values(metrics.WORKER_KINDS),
+        # stream processors
+        ("mailsluice_streams_events", "pool"): f"sending pool name, or `{metrics.OTHER}`",
+        ("mailsluice_streams_events", "type"): _values(metrics.Streams.EVENT_TYPES),
+        ("mailsluice_streams_suppressions", "reason"): _values(metrics.Streams.SUPPRESSION_REASONS),
+        ("mailsluice_streams_errors", "agent"): _values(metrics.Streams.AGENTS),
     }
     return by_label, by_metric
 

@@ -3,6 +3,7 @@ tests in which every alert fires and stays quiet, and runbook text on every aler
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -101,3 +102,23 @@ def test_required_alerts_exist_with_runbooks() -> None:
 def test_chart_embeds_the_rule_file() -> None:
     template = (CHART / "templates" / "monitoring.yaml").read_text()
     assert '.Files.Get "rules/mailsluice.rules.yaml"' in template
+
+
+def test_alerts_use_only_catalogued_metrics() -> None:
+    """Every mailsluice_* metric an alert reads is in docs/metrics.md (which tests/
+    test_metrics_doc.py keeps equal to the metrics the code registers)."""
+    catalogue = (ROOT / "docs" / "metrics.md").read_text()
+    known = set(re.findall(r"^## `(mailsluice_\w+)`", catalogue, re.M))
+    assert len(known) > 20
+    unknown = set()
+    for rule in _alerts():
+        for name in re.findall(r"\bmailsluice_\w+", rule["expr"]):
+            if re.sub(r"_(bucket|sum|count)$", "", name) not in known and name not in known:
+                unknown.add((rule["alert"], name))
+    assert unknown == set()
+
+
+def test_complaint_alerts_read_the_ingest_complaints() -> None:
+    alerts = {rule["alert"]: rule for rule in _alerts()}
+    for name in ("MailsluiceComplaintRateWarning", "MailsluiceComplaintRateCritical"):
+        assert "mailsluice_ingest_complaints_total" in alerts[name]["expr"], name

@@ -69,17 +69,16 @@ def test_default_render(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["Deployment"] * 2
-        + ["NetworkPolicy"] * 3
+        ["Deployment"] * 3
+        + ["NetworkPolicy"] * 4
         + ["PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
         + ["ConfigMap"]  # the Grafana dashboards
     )
     dashboards = next(d for d in docs if d["kind"] == "ConfigMap")
     assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert sorted(dashboards["data"]) == sorted(p.name for p in CHART.glob("dashboards/*.json"))
-    # Off by default: stream processors (not built yet), monitors, example pool, cluster scope.
-    names = {d["metadata"]["name"] for d in docs}
-    assert "rel-mailsluice-streams" not in names
+    # Off by default: monitors, example pool, cluster scope. On: the stream processors.
+    _check_streams(docs)
     operator = next(
         d
         for d in docs
@@ -131,6 +130,55 @@ def test_full_render(helm: Path) -> None:
         if d["metadata"]["name"] == "rel-mailsluice-streams" and d["kind"] == "Deployment"
     )
     assert streams["spec"]["template"]["spec"]["containers"][0]["args"] == ["streams"]
+    _check_operator_is_scraped(docs)
+
+
+def _check_operator_is_scraped(docs: list[dict[str, Any]]) -> None:
+    """The PodMonitor selects the operator pod and its `http` port is the operator's /metrics,
+    which its NetworkPolicy lets Prometheus reach."""
+    operator = next(
+        d
+        for d in docs
+        if d["metadata"]["name"] == "rel-mailsluice-operator" and d["kind"] == "Deployment"
+    )
+    pod = operator["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == 9103 == int(env["MAILSLUICE_OPERATOR_METRICS_PORT"])
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    (expr,) = monitor["spec"]["selector"]["matchExpressions"]
+    labels = pod["metadata"]["labels"]
+    assert expr["operator"] == "In" and labels[expr["key"]] in expr["values"]
+    policy = next(
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "rel-mailsluice-operator"
+    )
+    assert any(p["port"] == "http" for rule in policy["spec"]["ingress"] for p in rule["ports"])
+
+
+def _check_streams(docs: list[dict[str, Any]]) -> None:
+    """`mailsluice streams` with its endpoints on the `http` port, probed there."""
+    streams = next(
+        d
+        for d in docs
+        if d["metadata"]["name"] == "rel-mailsluice-streams" and d["kind"] == "Deployment"
+    )
+    container = streams["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["streams"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == 9105 == int(env["MAILSLUICE_STREAMS_HTTP_PORT"])
+    assert env["MAILSLUICE_STREAMS_HTTP_HOST"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert any(
+        d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "rel-mailsluice-streams"
+        for d in docs
+    )
 
 
 @pytest.mark.parametrize("values", [(), (str(FULL_VALUES),)], ids=["default", "full"])
@@ -156,6 +204,18 @@ def test_prometheus_rules_pass_promtool(helm: Path, tmp_path: Path) -> None:
         ["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prometheus_rule_takes_the_tempfail_ratio(helm: Path) -> None:
+    def rule_exprs(*extra: str) -> dict[str, str]:
+        docs = render(helm, str(FULL_VALUES), extra=extra)
+        rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+        return {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+
+    assert "> 0.05 # metrics" in rule_exprs()["MailsluiceIngestRejecting451"]
+    tuned = rule_exprs("--set-json", "metrics.prometheusRule.tempfailRatio=0.2")
+    assert "> 0.2 # metrics" in tuned["MailsluiceIngestRejecting451"]
+    assert "0.05 # metrics" not in json.dumps(tuned)
 
 
 def test_schema_refuses_bad_values(helm: Path) -> None:
@@ -240,3 +300,35 @@ def test_helm_install_and_uninstall(cluster: K8sCluster) -> None:
     assert (
         get_json(cluster, "deployment", "demo-mailsluice-ingest", "-n", "mailsluice-demo") is None
     )
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaf_paths(value, f"{prefix}.{key}")
+    else:
+        yield prefix
+
+
+def _referenced_values() -> set[str]:
+    """Every .Values path the templates read, with `$v := .Values.x` aliases resolved."""
+    text = "\n".join(p.read_text() for p in (CHART / "templates").iterdir())
+    aliases = dict(re.findall(r"\$(\w+)\s*:?=\s*(?:\$|\.)?\w*\.Values((?:\.\w+)+)\s", text))
+    refs = set(re.findall(r"\.Values((?:\.\w+)+)", text))
+    for name, base in aliases.items():
+        refs -= {base}  # binding an alias reads nothing by itself
+        refs |= {base + tail for tail in re.findall(rf"\${name}((?:\.\w+)+)", text)}
+    return refs
+
+
+def test_every_values_key_is_used_by_a_template() -> None:
+    """A key in values.yaml that no template reads is a setting that silently does nothing."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    refs = _referenced_values()
+    unused = [
+        path[1:]
+        for path in _leaf_paths(values)
+        # Used when the template reads the key itself or a map around it (e.g. toYaml).
+        if not any(path == ref or path.startswith(ref + ".") for ref in refs)
+    ]
+    assert unused == []

@@ -20,6 +20,15 @@ async def test_mover_waits_for_not_before_without_blocking_other_partitions(kafk
     ks = kafka.settings(queue_partitions=2)
     pool = new_pool()
     await setup_pool(ks, pool)
+    mover = RetryMover(ks, consumer_options={"session_timeout_ms": 6000})
+    await mover.start()
+    task = mover.start_background()
+    # Joining the group takes a while on a fresh broker: measure from when the mover owns
+    # its partitions.
+    ready_by = time.monotonic() + 60
+    while not mover.ready()[0]:
+        assert time.monotonic() < ready_by, mover.ready()
+        await asyncio.sleep(0.05)
     now = time.time()
     late = envelope(pool, 0, ("a@late.example",), not_before=now + 3.0)
     soon = envelope(pool, 1, ("b@soon.example",), not_before=now)
@@ -37,9 +46,6 @@ async def test_mover_waits_for_not_before_without_blocking_other_partitions(kafk
     finally:
         await producer.stop()
 
-    mover = RetryMover(ks, consumer_options={"session_timeout_ms": 6000})
-    await mover.start()
-    task = mover.start_background()
     arrived: dict[str, float] = {}
     consumer = AIOKafkaConsumer(
         contracts.queue_topic(pool),

@@ -231,7 +231,7 @@ async def test_implicit_mx_uses_the_domain() -> None:
     dns.mx["plain.com"] = MxAnswer("plain.com", "implicit", ("plain.com",))
     dns.hosts["plain.com"] = HostAnswer(("8.8.4.4",), 300)
     route = await make_router(dns).route("plain.com")
-    assert route == Route((Hop("plain.com", "8.8.4.4", 25),))
+    assert route == Route((Hop("plain.com", "8.8.4.4", 25),), mx_hosts=("plain.com",))
 
 
 async def test_private_mx_refused_but_public_backup_used() -> None:
@@ -240,7 +240,8 @@ async def test_private_mx_refused_but_public_backup_used() -> None:
     dns.hosts["inside.mixed.com"] = HostAnswer(("10.0.0.5",))
     dns.hosts["outside.mixed.com"] = HostAnswer(("8.8.8.8",))
     route = await make_router(dns).route("mixed.com")
-    assert route == Route((Hop("outside.mixed.com", "8.8.8.8", 25),))
+    mx_hosts = ("inside.mixed.com", "outside.mixed.com")  # all of them, for the provider rollup
+    assert route == Route((Hop("outside.mixed.com", "8.8.8.8", 25),), mx_hosts=mx_hosts)
     dns.hosts["outside.mixed.com"] = HostAnswer(("127.0.0.1", "::1"))
     refused = await make_router(dns).route("mixed.com")
     assert isinstance(refused, RouteFailure) and (refused.code, refused.enhanced) == (554, "5.4.4")
@@ -301,3 +302,11 @@ async def test_equal_preferences_are_shuffled_within_their_level() -> None:
     route = await router.route("eq.com")
     assert isinstance(route, Route)
     assert [h.name for h in route.hops] == ["b.eq.com", "a.eq.com", "d.eq.com", "c.eq.com"]
+    # The MX hosts for the provider rollup keep DNS's order: the shuffle does not reach them.
+    assert route.mx_hosts == hosts
+
+
+async def test_static_routes_carry_no_mx_hosts() -> None:
+    router = make_router(FakeDns(), static_routes="local.test=127.0.0.5:2525")
+    route = await router.route("local.test")
+    assert isinstance(route, Route) and route.static and route.mx_hosts == ()

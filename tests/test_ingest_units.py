@@ -372,7 +372,7 @@ def test_prepare_keeps_existing_message_id_and_date() -> None:
 
 def test_prepare_message_without_header() -> None:
     out = prepare_message(b"just a body\r\n", TRACE, pool_header="X-Mailsluice-Pool")
-    assert out.pool is None
+    assert out.pool is None and out.stream is None
     assert out.data.endswith(b"\r\n\r\njust a body\r\n")
 
 

@@ -13,7 +13,9 @@ from prometheus_client import REGISTRY
 from mailsluice import metrics, metrics_doc
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
-NAME = re.compile(r"^mailsluice_(ingest|delivery|shaping|warmup|retry_mover|dns|operator)_[a-z_]+$")
+NAME = re.compile(
+    r"^mailsluice_(ingest|delivery|shaping|warmup|retry_mover|dns|operator|streams)_[a-z_]+$"
+)
 UNITS = (
     "_total",
     "_seconds",

@@ -10,25 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib.util
 import json
 import os
-import signal
 import smtplib
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from support.fake_mx import free_port
+from support.prometheus import check_alerts, check_panels, start_prometheus
+from support.prometheus import get as _get
+from support.prometheus import query as _query
+from support.prometheus import render_module as _render_module
+from support.prometheus import start as _start
+from support.prometheus import stop as _stop
+from support.prometheus import until as _until
 
 from mailsluice.dashboards import build
 
@@ -36,10 +37,8 @@ pytestmark = pytest.mark.kafka
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-PROMETHEUS = "/usr/bin/prometheus"
-RULES = ROOT / "deploy" / "helm" / "mailsluice" / "rules" / "mailsluice.rules.yaml"
 # Operator metrics come from the kopf operator, which needs a Kubernetes API server; its
-# panels are checked for parsing here, and the operator's own tests cover the metrics.
+# panels are checked for parsing here, and for data in tests/test_operator_prometheus.py.
 NEEDS_OPERATOR = "mailsluice_operator_"
 # Exported by the shaping runtime; while `mailsluice delivery` does not run it yet (the delivery
 # worker's /metrics has no sample of them), their panels are checked for parsing only.
@@ -47,63 +46,10 @@ SHAPING = ("mailsluice_shaping_", "mailsluice_warmup_")
 TRAFFIC_S = 25.0
 
 
-def _render_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "render_dashboards", ROOT / "scripts" / "render_dashboards.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _env(kafka: Any, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLUICE_")}
     env.update(MAILSLUICE_KAFKA_BOOTSTRAP=kafka.bootstrap, MAILSLUICE_LOG_LEVEL="INFO", **extra)
     return env
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=out)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
-    except OSError:
-        return 0, b""
-
-
-async def _until(what: str, check: Any, within: float, logs: list[Path]) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(check):
-            return
-        await asyncio.sleep(0.2)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
-
-
-def _query(prom: str, expr: str) -> dict[str, Any]:
-    params = urllib.parse.urlencode({"query": expr})
-    status, body = _get(f"{prom}/api/v1/query?{params}")
-    data: dict[str, Any] = json.loads(body or b"{}")
-    data["http_status"] = status
-    return data
 
 
 def _send_batch(port: int, n: int, pool: str) -> int:
@@ -168,17 +114,6 @@ async def test_dashboards_and_alerts_against_real_prometheus(
         MAILSLUICE_SHAPING_STATUS_INTERVAL_S="1",
         MAILSLUICE_SHAPING_POOL_OVERRIDES=json.dumps({"warmup": warmup}),
     )
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "ingest", "static_configs": [{"targets": [f"127.0.0.1:{ingest_http}"]}]},
-            {
-                "job_name": "delivery",
-                "static_configs": [{"targets": [f"127.0.0.1:{delivery_http}"]}],
-            },
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prom = f"http://127.0.0.1:{prom_port}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -191,15 +126,8 @@ async def test_dashboards_and_alerts_against_real_prometheus(
         )
         procs.append(_start([str(VENV_BIN / "mailsluice"), "delivery"], delivery_env, logs[1]))
         procs.append(
-            _start(
-                [
-                    PROMETHEUS,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                ],
-                {"PATH": os.environ.get("PATH", "")},
-                logs[2],
+            start_prometheus(
+                tmp_path, prom_port, {"ingest": ingest_http, "delivery": delivery_http}, logs[2]
             )
         )
         await _until(
@@ -246,29 +174,11 @@ async def test_dashboards_and_alerts_against_real_prometheus(
 
 def _check_queries(prom: str, shaping_runs: bool) -> tuple[list[str], int]:
     """Evaluate every panel query and alert expression; (problems, queries evaluated)."""
-    problems: list[str] = []
-    checked = 0
-    for stem in build.DASHBOARDS:
-        board = json.loads((build.OUT_DIR / f"mailsluice-{stem}.json").read_text())
-        for title, exprs in build.panel_queries(board):
-            has_data = False
-            for expr in exprs:
-                got = _query(prom, substitute(expr))
-                checked += 1
-                if got.get("status") != "success":
-                    problems.append(f"{stem}/{title}: {expr}: {got.get('error')}")
-                elif got["data"]["result"]:
-                    has_data = True
-            if not has_data and not _exempt(exprs, shaping_runs):
-                problems.append(f"{stem}/{title}: no data")
-    rules = yaml.safe_load(RULES.read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            got = _query(prom, rule["expr"])
-            checked += 1
-            if got.get("status") != "success":
-                problems.append(f"alert {rule['alert']}: {got.get('error')}")
-    return problems, checked
+    problems, checked = check_panels(
+        prom, list(build.DASHBOARDS), lambda e: _exempt(e, shaping_runs)
+    )
+    alert_problems, alerts = check_alerts(prom)
+    return problems + alert_problems, checked + alerts
 
 
 def _shaping_runs(port: int) -> bool:
@@ -280,7 +190,3 @@ def _exempt(exprs: list[str], shaping_runs: bool) -> bool:
     if all(NEEDS_OPERATOR in e for e in exprs):
         return True
     return not shaping_runs and all(any(m in e for m in SHAPING) for e in exprs)
-
-
-def substitute(expr: str) -> str:
-    return str(_render_module().substitute(expr, "1m"))

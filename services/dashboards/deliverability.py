@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from mailsluice.dashboards.panels import POOL, PP, Panel, rate, ratio
 
+# Feedback-loop (ARF) complaints counted at ingest over recipients delivered to the same provider;
+# a provider with deliveries and no complaint counted shows 0 rather than nothing.
+_COMPLAINTS = rate("mailsluice_ingest_complaints_total", PP, "provider")
+_DELIVERED = rate(
+    "mailsluice_delivery_provider_recipients_total", f'{PP}, result="delivered"', "provider"
+)
+COMPLAINT_RATE = f"({_COMPLAINTS}\n  or 0 * {_DELIVERED})\n  / clamp_min({_DELIVERED}, 1e-9)"
+
 DELIVERABILITY = (
     Panel(
         "Outcomes by provider",
@@ -38,6 +46,13 @@ DELIVERABILITY = (
             ),
         ),
         "Share of a provider's recipient replies that were 5xx.",
+    ),
+    Panel(
+        "Complaint rate by provider",
+        "percentunit",
+        ((COMPLAINT_RATE, "{{provider}}"),),
+        "Feedback-loop complaints per delivered recipient; Gmail wants < 0.1%, never 0.3%.",
+        width=24,
     ),
     Panel(
         "Top deferral reasons",

@@ -25,6 +25,7 @@ from mailsluice.delivery.control import Command, DestinationRow
 from mailsluice.delivery.limiter import LimiterSet, Limits, Rate
 from mailsluice.delivery.scheduler import DestinationLimits, Shaper
 from mailsluice.delivery.warmup import WarmupTracker
+from mailsluice.metrics import ShapingFlow as flow_metrics
 from mailsluice.policy.backoff import BackoffRule, normalize_text
 from mailsluice.policy.shaping import Policy, Shaping
 
@@ -145,8 +146,20 @@ class PolicyShaper(Shaper):
         if self.warmup is not None:
             decision = self.warmup.try_take(self.provider(key), self.wall())
             if decision.action != "allow":
-                return False  # overflow is the worker's to apply (see report); wait till then
+                # wait_time said the cap has room, so this is rare (a cap shrinking between
+                # the two calls): wait; the scheduler overflows the job once it is overdue
+                return False
         return self.limiters.try_acquire(key, now)
+
+    def overflow_pool(self, key: str, now: float, queued: int) -> str:
+        """The warm-up's overflow pool when the message behind `queued` others is over
+        today's cap (and the ledger is restored: until then nobody knows)."""
+        tracker = self.warmup
+        if tracker is None or not self.warmup_ready or tracker.plan.over_cap != "overflow":
+            return ""
+        if tracker.wait_for(self.provider(key), self.wall(), queued) <= 0.0:
+            return ""
+        return tracker.plan.overflow_pool
 
     def finished(self, key: str, now: float) -> None:
         self.limiters.release(key)
@@ -166,6 +179,8 @@ class PolicyShaper(Shaper):
         for reply in codes:
             for fired in self.adaptive.observe(key, provider, reply, now):
                 self.fired.append((key, fired))
+                if fired.action == "suspend":
+                    flow_metrics.SUSPENSIONS.labels(self.pool, fired.rule).inc()
         del self.fired[:-1000]  # bounded if nobody drains it
         self._sync(key, now)
 
@@ -201,6 +216,7 @@ class PolicyShaper(Shaper):
             return False
         if cmd.action == "suspend":
             self.adaptive.suspend(cmd.key, now + max(0.0, cmd.until - self.wall()), "operator")
+            flow_metrics.SUSPENSIONS.labels(self.pool, "operator").inc()
         else:  # resume and retry-now both lift holds; retry-now also wakes deferred mail
             self.adaptive.resume(cmd.key)
         self._dirty.add(cmd.key)

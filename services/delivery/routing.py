@@ -66,10 +66,13 @@ class RouteFailure:
 
 @dataclass(frozen=True)
 class Route:
-    """Hops in the order to try them; `static` when configuration named the destination."""
+    """Hops in the order to try them; `static` when configuration named the destination.
+    `mx_hosts` are the MX host names DNS gave (preference order, unshuffled, so the same answer
+    always gives the same tuple): the shaper rolls a hosted domain up to its provider by them."""
 
     hops: tuple[Hop, ...]
     static: bool = False
+    mx_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ class Router:
             return failure(S550_NXDOMAIN, answer.detail)
         if answer.kind == "temp_fail":
             return failure(S450_DNS_TEMP, answer.detail)
-        return await self._mx_route(self._preference_order(answer))
+        return await self._mx_route(self._preference_order(answer), answer.hosts)
 
     def _preference_order(self, answer: MxAnswer) -> tuple[str, ...]:
         """Hosts by preference; equal preferences in random order to spread load (RFC 5321
@@ -259,7 +262,9 @@ class Router:
         hops = tuple(Hop(endpoint.host, a, endpoint.port) for a in found.addresses)
         return Route(hops[: self._settings.max_hops], static=True)
 
-    async def _mx_route(self, hosts: tuple[str, ...]) -> Route | RouteFailure:
+    async def _mx_route(
+        self, hosts: tuple[str, ...], mx_hosts: tuple[str, ...]
+    ) -> Route | RouteFailure:
         hops: list[Hop] = []
         temp_fail = ""
         refused = 0
@@ -278,7 +283,7 @@ class Router:
             if len(hops) >= self._settings.max_hops:
                 break
         if hops:
-            return Route(tuple(hops[: self._settings.max_hops]))
+            return Route(tuple(hops[: self._settings.max_hops]), mx_hosts=mx_hosts)
         if temp_fail:
             return failure(S450_DNS_TEMP, temp_fail)
         if refused:

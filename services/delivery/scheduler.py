@@ -1,13 +1,16 @@
 """Per-destination scheduling: in-memory queues per routing key under concurrency and rate limits.
 
 A destination over its limits never holds up another: each routing key has its own queue, and a
-message that would wait longer than a short horizon leaves memory for a delay topic. Limits come
+message that would wait longer than a short horizon leaves memory for a delay topic. Within a
+destination, any ready message may start (transactional first, then by ready time and arrival):
+a retried message due later never blocks the ready ones behind it. Limits come
 from a policy lookup per routing key; the shaping engine (issue 4) extends `Shaper` with policy
 files, warm-up caps and adaptive backoff by overriding `limits()` and `observe()`.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -103,6 +106,15 @@ class Shaper:
         """Hook for bounce rules: True turns this transient reply into a bounce."""
         return False
 
+    def provider(self, key: str) -> str | None:
+        """The policy provider a destination rolls up to (None: none, or no policy)."""
+        return None
+
+    def overflow_pool(self, key: str, now: float, queued: int) -> str:
+        """The pool a message behind `queued` others goes to instead of waiting (warm-up cap
+        spent and overflow configured); "" to wait."""
+        return ""
+
     def active(self, key: str) -> int:
         state = self._dests.get(key)
         return state.active if state else 0
@@ -121,34 +133,102 @@ class Shaper:
         return len(self._dests)
 
 
-@dataclass
+@dataclass(eq=False)
 class Job(Generic[T]):
     key: str
     item: T
     enqueued: float
     ready_at: float
+    # Set when the job left its queue (started, overdue or removed): the queue's heaps and
+    # arrival order drop it lazily.
+    gone: bool = field(default=False, repr=False)
 
 
 @dataclass
 class Deferral(Generic[T]):
-    """A job leaving memory for a delay topic, due again in `wait` seconds."""
+    """A job leaving memory for a delay topic, due again in `wait` seconds; or, when
+    `overflow_pool` is set, for that pool's queue (its warm-up cap is spent)."""
 
     job: Job[T]
     wait: float
+    overflow_pool: str = ""
+
+
+_Entry = tuple[float, int, Job[T]]
+
+
+class _Queue(Generic[T]):
+    """One destination's jobs: a heap per class (urgent first) ordered by (ready_at, arrival),
+    so a head that is not ready yet (a retry with a later not_before) never holds up a ready
+    job; plus the arrival order, for jobs that waited past the horizon."""
+
+    def __init__(self) -> None:
+        self.urgent: list[_Entry[T]] = []
+        self.normal: list[_Entry[T]] = []
+        self.arrival: deque[Job[T]] = deque()
+        self.live_urgent = 0
+        self.live_normal = 0
+
+    def __len__(self) -> int:
+        return self.live_urgent + self.live_normal
+
+    def push(self, job: Job[T], seq: int, urgent: bool) -> None:
+        heapq.heappush(self.urgent if urgent else self.normal, (job.ready_at, seq, job))
+        self.arrival.append(job)
+        if urgent:
+            self.live_urgent += 1
+        else:
+            self.live_normal += 1
+
+    @staticmethod
+    def _top(heap: list[_Entry[T]]) -> Job[T] | None:
+        while heap and heap[0][2].gone:
+            heapq.heappop(heap)
+        return heap[0][2] if heap else None
+
+    def ready(self, now: float) -> Job[T] | None:
+        """The job to start next: the earliest ready urgent one, else the earliest ready other."""
+        for heap in (self.urgent, self.normal):
+            job = self._top(heap)
+            if job is not None and job.ready_at <= now:
+                return job
+        return None
+
+    def earliest_ready(self) -> float:
+        tops = [j.ready_at for j in (self._top(self.urgent), self._top(self.normal)) if j]
+        return min(tops, default=math.inf)
+
+    def oldest(self) -> Job[T] | None:
+        while self.arrival and self.arrival[0].gone:
+            self.arrival.popleft()
+        return self.arrival[0] if self.arrival else None
+
+    def take(self, job: Job[T], urgent: bool) -> None:
+        """Remove a live job (it is then dropped lazily from the heap and the arrival order)."""
+        job.gone = True
+        if urgent:
+            self.live_urgent -= 1
+        else:
+            self.live_normal -= 1
+
+    def jobs(self) -> Iterator[Job[T]]:
+        """Live jobs in the order they would start if all were ready."""
+        for heap in (self.urgent, self.normal):
+            yield from (e[2] for e in sorted(heap) if not e[2].gone)
 
 
 @dataclass
 class Scheduler(Generic[T]):
-    """Per-destination FIFO queues in front of a Shaper. Times are monotonic seconds."""
+    """Per-destination queues in front of a Shaper. Times are monotonic seconds."""
 
     shaper: Shaper
     horizon: float
     # Items for which this is true (transactional mail) go ahead of the others in their
-    # destination's queue, so they get the first claim on its rate. Each queue stays
-    # [urgent...][others...], so finding the insertion point scans the urgent prefix only.
+    # destination's queue, so they get the first claim on its rate.
     urgent: Callable[[T], bool] | None = None
-    _queues: dict[str, deque[Job[T]]] = field(default_factory=dict)
+    _queues: dict[str, _Queue[T]] = field(default_factory=dict)
     _count: int = 0
+    _seq: int = 0
 
     def __len__(self) -> int:
         return self._count
@@ -160,21 +240,27 @@ class Scheduler(Generic[T]):
     def keys(self) -> list[str]:
         return list(self._queues)
 
+    def _is_urgent(self, item: T) -> bool:
+        return self.urgent is not None and self.urgent(item)
+
+    def _deferral(self, job: Job[T], wait: float, now: float, queued: int) -> Deferral[T]:
+        return Deferral(job, wait, self.shaper.overflow_pool(job.key, now, queued))
+
     def push(
         self, key: str, item: T, now: float, ready_at: float | None = None
     ) -> Deferral[T] | None:
         """Queue a job; or, when it would wait longer than the horizon, hand it back as a
-        Deferral (the caller sends it to a delay topic)."""
+        Deferral (the caller sends it to a delay topic, or to the overflow pool)."""
         job = Job(key, item, now, now if ready_at is None else ready_at)
+        urgent = self._is_urgent(item)
         q = self._queues.get(key)
-        ahead = len(q) if q else 0
-        if q and self.urgent is not None and self.urgent(item):
-            ahead = next((i for i, j in enumerate(q) if not self.urgent(j.item)), len(q))
+        ahead = 0 if q is None else q.live_urgent if urgent else len(q)
         wait = max(job.ready_at - now, self.shaper.estimate_wait(key, now, ahead))
         if wait > self.horizon:
-            return Deferral(job, wait)
-        q = self._queues.setdefault(key, deque())
-        q.insert(ahead, job)
+            return self._deferral(job, wait, now, ahead)
+        q = self._queues.setdefault(key, _Queue())
+        self._seq += 1
+        q.push(job, self._seq, urgent)
         self._count += 1
         return None
 
@@ -183,8 +269,9 @@ class Scheduler(Generic[T]):
         started: list[Job[T]] = []
         for key in list(self._queues):
             q = self._queues[key]
-            while q and q[0].ready_at <= now and self.shaper.try_start(key, now):
-                started.append(q.popleft())
+            while (job := q.ready(now)) is not None and self.shaper.try_start(key, now):
+                q.take(job, self._is_urgent(job.item))
+                started.append(job)
                 self._count -= 1
             if not q:
                 del self._queues[key]
@@ -199,11 +286,11 @@ class Scheduler(Generic[T]):
         out: list[Deferral[T]] = []
         for key in list(self._queues):
             q = self._queues[key]
-            while q and now - q[0].enqueued > self.horizon:
-                job = q.popleft()
+            while (job := q.oldest()) is not None and now - job.enqueued > self.horizon:
+                q.take(job, self._is_urgent(job.item))
                 self._count -= 1
                 wait = max(self.horizon, self.shaper.estimate_wait(key, now, len(q)))
-                out.append(Deferral(job, wait))
+                out.append(self._deferral(job, wait, now, len(q)))
             if not q:
                 del self._queues[key]
         return out
@@ -212,10 +299,11 @@ class Scheduler(Generic[T]):
         """Seconds until take() may return something new without a done() (inf: nothing)."""
         best = math.inf
         for key, q in self._queues.items():
-            if not q:
+            oldest = q.oldest()
+            if oldest is None:
                 continue
-            wait = max(q[0].ready_at - now, self.shaper.wait_time(key, now))
-            best = min(best, wait, q[0].enqueued + self.horizon - now)
+            wait = max(q.earliest_ready() - now, self.shaper.wait_time(key, now))
+            best = min(best, wait, oldest.enqueued + self.horizon - now)
         return max(0.0, best)
 
     def remove(self, keep: Callable[[T], bool]) -> list[T]:
@@ -223,15 +311,15 @@ class Scheduler(Generic[T]):
         dropped: list[T] = []
         for key in list(self._queues):
             q = self._queues[key]
-            kept = deque(j for j in q if keep(j.item))
-            dropped.extend(j.item for j in q if not keep(j.item))
-            self._count -= len(q) - len(kept)
-            if kept:
-                self._queues[key] = kept
-            else:
+            for job in list(q.jobs()):
+                if not keep(job.item):
+                    q.take(job, self._is_urgent(job.item))
+                    self._count -= 1
+                    dropped.append(job.item)
+            if not q:
                 del self._queues[key]
         return dropped
 
     def __iter__(self) -> Iterator[Job[T]]:
         for q in self._queues.values():
-            yield from q
+            yield from q.jobs()

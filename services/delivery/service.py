@@ -44,12 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_transport(dns_settings: DnsSettings) -> TransportLike:
-    """The SMTP transport, configured from MAILSLUICE_OUTBOUND_* settings."""
+def make_transport(dns_settings: DnsSettings, shaper: Any = None) -> TransportLike:
+    """The SMTP transport, configured from MAILSLUICE_OUTBOUND_* settings; given the pool's
+    shaper (engine.PolicyShaper) it keeps each destination's connection-level policy limits
+    and tells the shaper the MX hosts of hosted domains (provider rollup)."""
     outbound_mod = importlib.import_module("mailsluice.delivery.outbound_settings")
     transport_mod = importlib.import_module("mailsluice.delivery.transport")
     outbound = load(outbound_mod.OutboundSettings)
-    transport: TransportLike = transport_mod.Transport(outbound, make_resolver(dns_settings))
+    hooks: dict[str, Any] = {}
+    if shaper is not None:
+        hooks = {"limits": transport_mod.shaper_limits(shaper), "on_mx": shaper.learn_mx}
+    resolver = make_resolver(dns_settings)
+    transport: TransportLike = transport_mod.Transport(outbound, resolver, **hooks)
     return transport
 
 
@@ -101,8 +107,8 @@ async def _main(
     ensure: bool,
     shaping: ShapingSettings,
 ) -> int:
-    transport = make_transport(dns_settings)
     runtime = shaping_runtime(settings, kafka, shaping)
+    transport = make_transport(dns_settings, runtime.shaper)
     service = DeliveryService(
         settings,
         kafka,
@@ -111,6 +117,7 @@ async def _main(
         ensure=ensure,
         build_dsn=default_dsn_builder(),
         shaper=runtime.shaper,
+        on_share=runtime.set_share,  # warm-up caps follow this worker's share of partitions
     )
     runtime.queued = service.worker.scheduler.queued
     loop = asyncio.get_running_loop()

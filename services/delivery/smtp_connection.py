@@ -1,10 +1,9 @@
 """Outbound SMTP connections of the delivery transport: opening the socket, greeting and
-EHLO/HELO, STARTTLS by policy, the raw DATA write, and a bounded pool of idle connections.
+EHLO/HELO, STARTTLS by policy, and the raw DATA write (the pool of idle connections is in
+`connection_pool`).
 
-Connections are reused per (address, port, source address): idle ones wait in the pool for
-`idle_keep_s`, each carries at most `messages_per_connection` messages; one idle for more than
-a moment is checked with RSET first. The message body is normalised to CRLF and dot-stuffed by
-`wire_data`, so what goes on the wire can never end the DATA phase early (SMTP smuggling).
+The message body is normalised to CRLF and dot-stuffed by `wire_data`, so what goes on the wire
+can never end the DATA phase early (SMTP smuggling).
 """
 
 from __future__ import annotations
@@ -14,12 +13,13 @@ import contextlib
 import re
 import socket
 import ssl
-from collections.abc import Callable
+import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiosmtplib
 
-from mailsluice.delivery.outbound_settings import OutboundSettings
+from mailsluice.delivery.outbound_settings import OutboundSettings, TlsPolicy
 from mailsluice.delivery.replies import (
     S451_CONNECT_FAILED,
     S451_DROPPED,
@@ -77,11 +77,16 @@ class Connection:
     idle_since: float = 0.0
     closed: bool = field(default=False)
     reused: bool = False
+    tls: bool = False  # STARTTLS succeeded
+    max_messages: int = sys.maxsize  # QUIT after this many (the current destination's limit)
+    open_gauge: Any = None  # the connections-open gauge child counting this connection
 
     def usable(self) -> bool:
         return not self.closed and self.smtp.is_connected
 
     def close(self) -> None:
+        if not self.closed and self.open_gauge is not None:
+            self.open_gauge.dec()
         self.closed = True
         self.smtp.close()
 
@@ -164,8 +169,9 @@ async def hello(smtp: aiosmtplib.SMTP, settings: OutboundSettings) -> None:
         await smtp.helo(timeout=settings.command_timeout_s)
 
 
-async def maybe_starttls(conn: Connection, settings: OutboundSettings, *, plaintext: bool) -> None:
-    policy = settings.tls_policy
+async def maybe_starttls(
+    conn: Connection, settings: OutboundSettings, *, plaintext: bool, policy: TlsPolicy
+) -> None:
     smtp = conn.smtp
     if policy == "none" or plaintext:
         return
@@ -177,6 +183,7 @@ async def maybe_starttls(conn: Connection, settings: OutboundSettings, *, plaint
         with Stopwatch(SMTP_SECONDS.labels("tls")):
             await smtp.starttls(server_hostname=conn.hop.name, timeout=settings.command_timeout_s)
         await smtp.ehlo(timeout=settings.command_timeout_s)
+        conn.tls = True
     except aiosmtplib.SMTPResponseException as exc:
         if policy == "opportunistic" and 400 <= exc.code < 500 and exc.code != 421:
             return  # offered STARTTLS, then refused it: the session goes on in plaintext
@@ -187,7 +194,11 @@ async def maybe_starttls(conn: Connection, settings: OutboundSettings, *, plaint
 
 
 async def start_session(
-    conn: Connection, settings: OutboundSettings, *, plaintext: bool
+    conn: Connection,
+    settings: OutboundSettings,
+    *,
+    plaintext: bool,
+    policy: TlsPolicy | None = None,
 ) -> Connection:
     """Greeting, EHLO/HELO and STARTTLS on a connected socket; any failure closes `conn` and
     becomes a HopError."""
@@ -195,7 +206,8 @@ async def start_session(
     try:
         await conn.smtp.connect(timeout=settings.greeting_timeout_s)
         await hello(conn.smtp, settings)
-        await maybe_starttls(conn, settings, plaintext=plaintext)
+        tls = settings.tls_policy if policy is None else policy
+        await maybe_starttls(conn, settings, plaintext=plaintext, policy=tls)
     except HopError:
         conn.close()
         raise
@@ -213,146 +225,3 @@ async def start_session(
         conn.close()
         raise
     return conn
-
-
-class ConnectionPool:
-    """Opens connections to hops and keeps the idle ones, bounded by `max_idle_connections`;
-    a reaper task closes those idle past `idle_keep_s` and ends when the pool is empty."""
-
-    def __init__(self, settings: OutboundSettings, *, clock: Callable[[], float]) -> None:
-        self._settings = settings
-        self._clock = clock
-        self.idle: dict[PoolKey, list[Connection]] = {}
-        self._idle_count = 0
-        self._reaper: asyncio.Task[None] | None = None
-        self._tls_context = make_tls_context(settings.tls_verify)
-        self.connections_opened = 0  # for tests and metrics
-        self._closed = False
-
-    def _key(self, hop: Hop) -> PoolKey:
-        return (hop.address, hop.port, self._settings.source_address)
-
-    async def acquire(self, hop: Hop) -> Connection:
-        """An idle connection to `hop` that still answers, or a new one."""
-        key = self._key(hop)
-        while self.idle.get(key):
-            conn = self.idle[key].pop()
-            self._idle_count -= 1
-            if not self._fresh(conn):
-                await quit_connection(conn)
-                continue
-            conn.reused = True
-            if self._clock() - conn.idle_since < REUSE_PROBE_AFTER_S:
-                # Just used: skip the RSET round trip; a dead one is caught at MAIL FROM.
-                CONNECTIONS.labels("reused").inc()
-                return conn
-            try:
-                resp = await conn.command(self._settings.command_timeout_s, b"RSET")
-            except (aiosmtplib.SMTPException, OSError):
-                conn.close()
-                continue
-            if resp.code == 250:
-                CONNECTIONS.labels("reused").inc()
-                return conn
-            conn.close()
-        return await self.new_connection(hop)
-
-    async def new_connection(self, hop: Hop) -> Connection:
-        try:
-            return await self._connect(hop, plaintext=False)
-        except TlsFailed:
-            if self._settings.tls_policy != "opportunistic":
-                raise
-        # Like Exim's tls_tempfail_tryclear: opportunistic TLS that fails to negotiate is
-        # retried in the clear once, or a server with a broken certificate store gets no mail.
-        return await self._connect(hop, plaintext=True)
-
-    async def _connect(self, hop: Hop, *, plaintext: bool) -> Connection:
-        s = self._settings
-        with Stopwatch(SMTP_SECONDS.labels("connect")):
-            sock = await open_socket(hop, s)
-        self.connections_opened += 1
-        CONNECTIONS.labels("opened").inc()
-        smtp = aiosmtplib.SMTP(
-            hostname=hop.address,
-            local_hostname=s.ehlo_name,
-            timeout=s.command_timeout_s,
-            start_tls=False,
-            validate_certs=s.tls_verify,
-            tls_context=self._tls_context,
-            sock=sock,
-        )
-        return await start_session(Connection(smtp, hop, self._key(hop)), s, plaintext=plaintext)
-
-    async def release(self, conn: Connection, *, dirty: bool) -> None:
-        """Return a connection to the pool, or QUIT it when it has carried enough."""
-        s = self._settings
-        if not conn.usable():
-            return
-        if conn.sent >= s.messages_per_connection or s.idle_keep_s <= 0 or self._closed:
-            await quit_connection(conn)
-            return
-        if dirty and not await self._reset(conn):
-            return
-        while self._idle_count >= s.max_idle_connections and self._evict_oldest():
-            pass
-        if self._idle_count >= s.max_idle_connections:
-            await quit_connection(conn)
-            return
-        conn.idle_since = self._clock()
-        self.idle.setdefault(conn.key, []).append(conn)
-        self._idle_count += 1
-        if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.create_task(self._reap())
-
-    async def _reset(self, conn: Connection) -> bool:
-        """RSET after a failed transaction; a connection that does not take it is closed."""
-        try:
-            resp = await conn.command(self._settings.command_timeout_s, b"RSET")
-        except (aiosmtplib.SMTPException, OSError):
-            conn.close()
-            return False
-        if resp.code != 250:
-            conn.close()
-            return False
-        return True
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
-        conns = [c for conns in self.idle.values() for c in conns]
-        self.idle.clear()
-        self._idle_count = 0
-        await asyncio.gather(*(quit_connection(c) for c in conns))
-
-    def _fresh(self, conn: Connection) -> bool:
-        return conn.usable() and self._clock() - conn.idle_since < self._settings.idle_keep_s
-
-    def _evict_oldest(self) -> bool:
-        oldest: Connection | None = None
-        for conns in self.idle.values():
-            for c in conns:
-                if oldest is None or c.idle_since < oldest.idle_since:
-                    oldest = c
-        if oldest is None:
-            return False
-        self.idle[oldest.key].remove(oldest)
-        self._idle_count -= 1
-        oldest.close()
-        return True
-
-    async def _reap(self) -> None:
-        """Close idle connections that outlived idle_keep_s; ends when the pool is empty."""
-        interval = max(self._settings.idle_keep_s / 4, 0.05)
-        while self._idle_count:
-            await asyncio.sleep(interval)
-            stale = [c for conns in self.idle.values() for c in conns if not self._fresh(c)]
-            for conn in stale:
-                self.idle[conn.key].remove(conn)
-                self._idle_count -= 1
-            await asyncio.gather(*(quit_connection(c) for c in stale))
-        self.idle = {k: v for k, v in self.idle.items() if v}

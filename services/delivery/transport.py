@@ -2,9 +2,12 @@
 destination and returns one result per recipient; remote, DNS and TLS trouble become results,
 never exceptions.
 
-Recipients are grouped by domain, each group routed and sent in one transaction over a
-connection from the pool in `smtp_connection` (which also opens connections, negotiates TLS and
-writes the wire-ready DATA payload); a pooled connection found dead at MAIL FROM is replaced.
+Recipients are grouped by domain, each group routed and sent over a connection from the pool in
+`connection_pool` (`smtp_connection` opens connections, negotiates TLS and writes the wire-ready
+DATA payload); a pooled connection found dead at MAIL FROM is replaced. The envelope's routing
+key brings per-destination limits (`transport_limits`: messages per connection, recipients per
+transaction, TLS, connection rate), and a hosted domain's MX hosts are reported to `on_mx` so
+the shaper can roll the domain up into its provider before its limits are looked up.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import dns.asyncresolver
 
 from mailsluice import metrics
 from mailsluice.contracts import Envelope
+from mailsluice.delivery.connection_pool import ConnectionPool, ConnectRateLimited
+from mailsluice.delivery.limiter import shards_of
 from mailsluice.delivery.outbound_settings import OutboundSettings
 from mailsluice.delivery.replies import (
     S451_CONNECT_FAILED,
@@ -40,12 +45,22 @@ from mailsluice.delivery.smtp_connection import (
     CONNECTIONS,
     REUSE_PROBE_AFTER_S,
     Connection,
-    ConnectionPool,
     HopError,
     PoolKey,
     StaleConnection,
     send_data,
     wire_data,
+)
+from mailsluice.delivery.transport_limits import (
+    CONNECT_WAIT_MAX_S,
+    ConnectGates,
+    Destination,
+    LimitsLookup,
+    MxObserver,
+    TransportLimits,
+    batches,
+    destination,
+    shaper_limits,
 )
 
 # Names other modules and tests import from here, wherever they are defined now.
@@ -63,6 +78,8 @@ __all__ = [
     "S553_NEEDS_SMTPUTF8",
     "RecipientResult",
     "Transport",
+    "TransportLimits",
+    "shaper_limits",
     "split_reply",
     "wire_data",
 ]
@@ -123,10 +140,21 @@ class Transport:
         *,
         clock: Callable[[], float] = time.monotonic,
         router: Router | None = None,
+        limits: LimitsLookup | None = None,
+        on_mx: MxObserver | None = None,
+        connect_wait_max_s: float = CONNECT_WAIT_MAX_S,
     ) -> None:
+        """`limits(routing_key)` gives a destination's connection-level limits (none: the
+        settings alone); `on_mx(routing_key, mx_hosts)` hears the MX hosts of a routing key that
+        is a domain, whenever a send routes it by MX."""
         self._settings = settings
+        self._clock = clock
         self._router = router or Router.from_resolver(settings, resolver, clock=clock)
         self._pool = ConnectionPool(settings, clock=clock)
+        self._limits = limits
+        self._on_mx = on_mx
+        self._gates = ConnectGates()
+        self._connect_wait_max_s = connect_wait_max_s
 
     @property
     def router(self) -> Router:
@@ -152,7 +180,7 @@ class Transport:
             groups.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
         results: dict[str, RecipientResult] = {}
         for domain, rcpts in groups.items():
-            for res in await self._send_domain(domain, env.sender, rcpts, payload):
+            for res in await self._send_domain(env, domain, rcpts, payload):
                 results[res.recipient] = res
         ordered = [results[r] for r in env.recipients]
         metrics.count_attempt(env, ordered, time.time())
@@ -164,26 +192,70 @@ class Transport:
     # --- one destination -------------------------------------------------------------------
 
     async def _send_domain(
-        self, domain: str, sender: str, rcpts: list[str], payload: bytes
+        self, env: Envelope, domain: str, rcpts: list[str], payload: bytes
     ) -> list[RecipientResult]:
         try:
             route = await self._router.route(domain)
             if isinstance(route, RouteFailure):
                 return [RecipientResult(r, route.code, route.enhanced, route.text) for r in rcpts]
-            return await self._send_route(route, sender, rcpts, payload)
+            dest = self._destination(env, domain, route)
+            return await self._send_batches(route, dest, env.sender, rcpts, payload)
         except Exception:
             # A bug here must not lose the message: the caller retries a transient result.
             log.exception("transport failed unexpectedly", extra={"destination": "-"})
             return [RecipientResult(r, *S451_LOCAL_ERROR) for r in rcpts]
 
-    async def _send_route(
-        self, route: Route, sender: str, rcpts: list[str], payload: bytes
+    def _destination(self, env: Envelope, domain: str, route: Route) -> Destination:
+        """The routing key's limits, after telling the shaper the MX hosts of a hosted domain
+        (so the limits are already its provider's)."""
+        key = env.routing_key
+        if self._on_mx is not None and route.mx_hosts and shards_of(key)[0] == domain:
+            self._on_mx(key, route.mx_hosts)
+        limits = self._limits(key) if self._limits is not None else TransportLimits()
+        gate = self._gates.get(key, limits.connection_rate, self._clock())
+        return destination(
+            key,
+            env.pool,
+            limits,
+            self._settings,
+            static=route.static,
+            gate=gate,
+            max_wait_s=self._connect_wait_max_s,
+        )
+
+    async def _send_batches(
+        self, route: Route, dest: Destination, sender: str, rcpts: list[str], payload: bytes
     ) -> list[RecipientResult]:
+        """One transaction per batch of at most max_recipients; when no hop could be reached,
+        the later batches get the same answer without trying again."""
+        results: list[RecipientResult] = []
+        todo = batches(rcpts, dest.max_recipients)
+        for i, batch in enumerate(todo):
+            got, connected = await self._send_route(route, dest, sender, batch, payload)
+            results += got
+            if not connected:
+                first = got[0]
+                rest = [r for later in todo[i + 1 :] for r in later]
+                results += [
+                    RecipientResult(r, first.code, first.enhanced, first.text) for r in rest
+                ]
+                break
+        return results
+
+    async def _send_route(
+        self, route: Route, dest: Destination, sender: str, rcpts: list[str], payload: bytes
+    ) -> tuple[list[RecipientResult], bool]:
+        """Results of one transaction, and False when no hop could be reached."""
         last: HopError | None = None
         all_permanent = True
         for hop in route.hops:
             try:
-                conn = await self._pool.acquire(hop)
+                conn = await self._pool.acquire(hop, dest)
+            except ConnectRateLimited as err:
+                # Every hop of the destination shares the limit: nothing was sent, try later.
+                log.info("connection rate reached", extra={"destination": dest.key})
+                last, all_permanent = err, False
+                break
             except HopError as err:
                 CONNECTIONS.labels("failed").inc()
                 log.info("hop failed: %s", err, extra={"remote": str(hop)})
@@ -191,23 +263,26 @@ class Transport:
                 all_permanent = all_permanent and err.code >= 500
                 continue
             try:
-                return await self._transaction(conn, sender, rcpts, payload)
+                return await self._transaction(conn, sender, rcpts, payload), True
             except StaleConnection:
                 pass
             # The pooled connection had died unnoticed; nothing was sent, so try a new one.
             try:
-                conn = await self._pool.new_connection(hop)
+                conn = await self._pool.new_connection(hop, dest)
+            except ConnectRateLimited as err:
+                last, all_permanent = err, False
+                break
             except HopError as err:
                 CONNECTIONS.labels("failed").inc()
                 last = err
                 all_permanent = all_permanent and err.code >= 500
                 continue
-            return await self._transaction(conn, sender, rcpts, payload)
+            return await self._transaction(conn, sender, rcpts, payload), True
         assert last is not None  # a Route always has at least one hop
         # A 5xx greeting from every host is permanent; anything transient on the way is not.
         code = last.code if all_permanent or last.code < 500 else S451_CONNECT_FAILED[0]
         enhanced = last.enhanced if code == last.code else S451_CONNECT_FAILED[1]
-        return [RecipientResult(r, code, enhanced, last.text, "") for r in rcpts]
+        return [RecipientResult(r, code, enhanced, last.text, "") for r in rcpts], False
 
     async def _transaction(
         self, conn: Connection, sender: str, rcpts: list[str], payload: bytes

@@ -1,21 +1,23 @@
 """The delivery worker: consumes a pool's queue topic and delivers, many destinations at once.
 
+This is the Kafka side: consumer, rebalances, fetch with pause/resume, offset commits. The
+per-record side (deliver, conclude, defer, count, produce) is attempts.py.
+
 Records finish out of order, so each partition's offset ledger commits only up to the lowest
-unfinished offset: periodically, when partitions are revoked, and at shutdown. A record is
-finished only after every record its outcome produces (events, retry, bounce) is acknowledged.
+unfinished offset (commits.py): periodically, soon after the first records of newly gained
+partitions finish, when partitions are revoked, and at shutdown. A record is finished only
+after every record its outcome produces (events, retry, bounce) is acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -23,18 +25,19 @@ from aiokafka.errors import KafkaError
 
 from mailsluice import contracts
 from mailsluice.config import KafkaSettings
-from mailsluice.contracts import Envelope
 from mailsluice.delivery import outcomes
-from mailsluice.delivery.dedup import DeliveredCache, warm_from_events
-from mailsluice.delivery.ledger import Ledger
-from mailsluice.delivery.scheduler import (
-    Deferral,
-    DestinationLimits,
-    Job,
-    Scheduler,
-    Shaper,
-    static_policy,
+from mailsluice.delivery.attempts import (
+    Attempts,
+    Item,
+    TransportLike,
+    default_dsn_builder,
+    read_envelope,
+    transactional,
 )
+from mailsluice.delivery.commits import Commits
+from mailsluice.delivery.dedup import DeliveredCache
+from mailsluice.delivery.ledger import Ledger
+from mailsluice.delivery.scheduler import DestinationLimits, Scheduler, Shaper, static_policy
 from mailsluice.delivery.settings import DeliverySettings
 from mailsluice.kafka import make_consumer, make_producer
 from mailsluice.metrics import Delivery as m
@@ -45,35 +48,16 @@ log = logging.getLogger(__name__)
 RESUME_FRACTION = 0.8
 # Longest a rebalance waits for in-flight sends of revoked partitions before committing.
 REVOKE_WAIT_S = 5.0
-# A throttled message that would wait past its expiry ends with this (RFC 3463 4.4.5: congestion).
-THROTTLED = (451, "4.4.5", "destination throttled; message expired while waiting")
 # How often the worker checks that Kafka answers (readiness).
 PROBE_INTERVAL_S = 5.0
 # How often state of idle destinations is dropped (memory bound).
 FORGET_INTERVAL_S = 60.0
-# Produce retries back off up to this long while Kafka is unavailable.
-PRODUCE_BACKOFF_MAX_S = 5.0
 
+__all__ = ["Item", "ShareCallback", "TransportLike", "Worker", "default_dsn_builder"]
 
-class TransportLike(Protocol):
-    async def send(self, env: Envelope, message: bytes) -> Sequence[outcomes.ResultLike]: ...
-    async def close(self) -> None: ...
-
-
-@dataclass(eq=False)
-class Item:
-    """One queue record held by the worker."""
-
-    tp: TopicPartition
-    offset: int
-    generation: int
-    env: Envelope
-    value: bytes
-
-
-def _transactional(item: Item) -> bool:
-    """Transactional mail overtakes bulk mail queued for the same destination."""
-    return item.env.stream == "transactional"
+# Told (partitions assigned to this worker, partitions of the pool's queue topic) after every
+# rebalance, e.g. ShapingRuntime.set_share for the warm-up caps.
+ShareCallback = Callable[[int, int], None]
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -85,17 +69,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._worker.on_assigned(list(assigned))
-
-
-def default_dsn_builder() -> outcomes.DsnBuilder | None:
-    """dsn.build_dsn from the transport side, if present."""
-    try:
-        dsn = importlib.import_module("mailsluice.delivery.dsn")
-    except ImportError:
-        log.warning("mailsluice.delivery.dsn missing: bounce messages are off")
-        return None
-    builder: outcomes.DsnBuilder = dsn.build_dsn
-    return builder
 
 
 class Worker:
@@ -112,25 +85,19 @@ class Worker:
         rng: random.Random | None = None,
         consumer_options: dict[str, Any] | None = None,
         client_id: str = "mailsluice-delivery",
+        on_share: ShareCallback | None = None,
     ) -> None:
         self.settings = settings
         self.kafka = kafka
         self.pool = settings.pool
         self.topic = contracts.queue_topic(self.pool)
         self.transport = transport
-        self.shaper = (
-            shaper
-            if shaper is not None
-            else Shaper(
-                static_policy(
-                    DestinationLimits(
-                        settings.dest_max_concurrency, settings.dest_max_rate, settings.dest_burst
-                    )
-                )
-            )
+        limits = DestinationLimits(
+            settings.dest_max_concurrency, settings.dest_max_rate, settings.dest_burst
         )
+        self.shaper = shaper if shaper is not None else Shaper(static_policy(limits))
         self.scheduler: Scheduler[Item] = Scheduler(
-            self.shaper, settings.short_horizon_s, urgent=_transactional
+            self.shaper, settings.short_horizon_s, urgent=transactional
         )
         self.build_dsn = build_dsn
         self.wall = wall
@@ -152,8 +119,25 @@ class Worker:
         self._kafka_error: str = ""
         self._client_id = client_id
         self._consumer_options = consumer_options or {}
+        self._on_share = on_share
+        self.commits = Commits(self.pool, self.ledger, settings.commit_interval_s)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.attempts = Attempts(
+            settings,
+            transport,
+            self.shaper,
+            self.scheduler,
+            self.dedup,
+            finish=self._finish,
+            release=self._release,
+            wake=self._wake.set,
+            kafka_state=self._set_kafka_error,
+            build_dsn=build_dsn,
+            wall=wall,
+            mono=mono,
+            rng=self.rng,
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -164,6 +148,7 @@ class Worker:
             client_id=f"{self._client_id}-producer",
         )
         await self.producer.start()
+        self.attempts.producer = self.producer
         self.consumer = make_consumer(
             self.kafka,
             group_id=contracts.consumer_group(self.pool),
@@ -198,7 +183,8 @@ class Worker:
         if self.consumer is None:
             await self.start()
         dispatcher = asyncio.create_task(self._dispatch_loop(), name="delivery-dispatch")
-        committer = asyncio.create_task(self._commit_loop(), name="delivery-commit")
+        assert self.consumer is not None
+        committer = asyncio.create_task(self.commits.loop(self.consumer), name="delivery-commit")
         prober = asyncio.create_task(self._probe_loop(), name="delivery-probe")
         try:
             await self._fetch_loop()
@@ -247,22 +233,15 @@ class Worker:
             self.ledger.partition(tp)
         gained = set(assigned) - self._owned
         self._owned = set(assigned)
+        self.commits.gained(gained)
         self._paused = False
+        self._tell_share(self._owned)
         if gained and self.settings.dedup_warmup_s > 0 and self.settings.dedup_size > 0:
             # Records past the previous owner's last commit come again; their delivery events
             # say which recipients already have the message.
             self._warm.clear()
             try:
-                added = await warm_from_events(
-                    self.kafka,
-                    self.pool,
-                    self.dedup,
-                    since=self.wall() - self.settings.dedup_warmup_s,
-                    budget_s=self.settings.dedup_warmup_budget_s,
-                )
-                log.info("dedup warm-up: %d delivered recipients remembered", added)
-            except (KafkaError, OSError) as exc:
-                log.warning("dedup warm-up failed (%s); duplicates may follow", exc)
+                await self.attempts.remember_delivered(self.kafka)
             finally:
                 self._warm.set()
         self._assigned_once = True
@@ -282,12 +261,22 @@ class Worker:
         self.ledger.revoke(gone)
         for tp in gone:
             self._generation[tp] = self._generation.get(tp, 0) + 1
+        self.commits.revoked(gone)
+        self._tell_share(self._owned - gone)
         self._room.set()
         log.info(
             "revoked partitions %s (%d queued messages left to the next owner)",
             sorted(tp.partition for tp in gone),
             len(dropped),
         )
+
+    def _tell_share(self, owned: set[TopicPartition]) -> None:
+        """This worker's share of the queue topic's partitions, to whoever divides by it."""
+        if self._on_share is None or self.consumer is None:
+            return
+        total = self.consumer.partitions_for_topic(self.topic)
+        if total:
+            self._on_share(sum(1 for tp in owned if tp.topic == self.topic), len(total))
 
     # --- fetch ------------------------------------------------------------------------------
 
@@ -337,18 +326,8 @@ class Worker:
             # Assigned but not yet announced to the listener: never drop a fetched record.
             self.ledger.partition(tp)
         self.ledger.add(tp, record.offset)
-        try:
-            env = contracts.envelope_from_headers(record.headers)
-        except ValueError as exc:
-            # Skip (and commit past) rather than crash-loop on a record no worker can read.
-            log.error(
-                "skipping undecodable record %s[%d]@%d: %s",
-                tp.topic,
-                tp.partition,
-                record.offset,
-                exc,
-            )
-            m.UNDECODABLE.labels(self.pool).inc()
+        env = read_envelope(self.pool, record)
+        if env is None:  # skipped (and committed past): no worker could read it
             self.ledger.finish(tp, record.offset)
             return
         item = Item(tp, record.offset, self._generation.get(tp, 0), env, record.value or b"")
@@ -357,7 +336,7 @@ class Worker:
         ready_at = mono_now + max(0.0, env.not_before - wall_now)
         deferral = self.scheduler.push(env.routing_key, item, mono_now, ready_at)
         if deferral is not None:
-            self._spawn(self._defer(deferral), item)
+            self._spawn(self.attempts.defer(deferral), item)
         m.INFLIGHT.labels(self.pool).set(self._held)
 
     # --- dispatch ---------------------------------------------------------------------------
@@ -370,9 +349,10 @@ class Worker:
                 self.shaper.forget_idle(now, keep=self.scheduler.keys())
                 forget_at = now + FORGET_INTERVAL_S
             for job in self.scheduler.take(now):
-                self._spawn(self._deliver(job), job.item)
+                self.attempts.started(job, now)
+                self._spawn(self.attempts.deliver(job), job.item)
             for deferral in self.scheduler.overdue(now):
-                self._spawn(self._defer(deferral), deferral.job.item)
+                self._spawn(self.attempts.defer(deferral), deferral.job.item)
             wait = min(self.scheduler.next_wake(self.mono()), 0.5)
             self._wake.clear()
             if wait > 0:
@@ -389,140 +369,11 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
-    async def _deliver(self, job: Job[Item]) -> None:
-        item = job.item
-        env = item.env
-        # The destination's send slot is held until the outcome records are acknowledged, as
-        # a Postfix delivery agent reports before taking the next message: a crash can then
-        # repeat at most one send per slot, since the next owner's dedup warm-up reads the
-        # delivery events of every earlier one.
-        try:
-            todo, done = self.dedup.split(env.queue_id, env.recipients)
-            if done:
-                m.DUPLICATES_SKIPPED.labels(self.pool).inc(len(done))
-                log.debug(
-                    "skipping %d already delivered recipients",
-                    len(done),
-                    extra={"queue_id": env.queue_id},
-                )
-            if not todo:
-                self._finish(item)
-                return
-            send_env = env.model_copy(update={"recipients": tuple(todo)}) if done else env
-            try:
-                results = await self._send(send_env, item.value)
-            except BaseException:
-                self._release(item)
-                raise
-            for res in results:
-                if res.kind == "delivered":
-                    self.dedup.add(env.queue_id, res.recipient)
-            await self._conclude(item, results, send_env)
-        finally:
-            self.scheduler.done(job, self.mono())
-            self._wake.set()
-
-    async def _conclude(
-        self,
-        item: Item,
-        results: Sequence[outcomes.ResultLike],
-        env: Envelope | None = None,
-    ) -> None:
-        """Produce an attempt's outcome records; the record is finished once they are acked."""
-        try:
-            plan = outcomes.plan_outcome(
-                env or item.env,
-                item.value,
-                list(results),
-                now=self.wall(),
-                settings=self.settings,
-                build_dsn=self.build_dsn,
-                rng=self.rng,
-            )
-            await self._produce_all(plan.produces)
-            self._count(plan)
-        except BaseException:
-            self._release(item)
-            raise
-        self._finish(item)
-
-    async def _send(self, env: Envelope, value: bytes) -> Sequence[outcomes.ResultLike]:
-        started = self.mono()
-        try:
-            results = await self.transport.send(env, value)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The transport promises not to raise; if it does, retry later rather than lose it.
-            log.exception("transport failed", extra={"queue_id": env.queue_id})
-            text = f"internal error: {type(exc).__name__}"
-            results = [outcomes.LocalResult(r, 451, "4.3.0", text) for r in env.recipients]
-        m.SEND_SECONDS.labels(self.pool).observe(self.mono() - started)
-        self.shaper.observe(
-            env.routing_key, self.mono(), [(r.code, r.enhanced, r.text) for r in results]
-        )
-        return [self._apply_bounce_rules(env.routing_key, r) for r in results]
-
-    def _apply_bounce_rules(self, key: str, res: outcomes.ResultLike) -> outcomes.ResultLike:
-        """A transient reply that a policy rule says will never succeed becomes a bounce."""
-        if res.kind != "transient" or not self.shaper.should_bounce(
-            key, (res.code, res.enhanced, res.text)
-        ):
-            return res
-        return outcomes.as_permanent(res)
-
-    async def _defer(self, deferral: Deferral[Item]) -> None:
-        item = deferral.job.item
-        env = item.env
-        if self.wall() + deferral.wait > env.received_at + self.settings.expiry_s:
-            # Throttled until past its expiry: count it as a failed attempt, which expires it.
-            await self._conclude(
-                item, [outcomes.LocalResult(r, *THROTTLED) for r in env.recipients]
-            )
-            return
-        try:
-            record = outcomes.plan_throttled(
-                item.env,
-                item.value,
-                now=self.wall(),
-                not_before=self.wall() + deferral.wait,
-            )
-            await self._produce_all([record])
-            tier = record.topic.rsplit(".", 1)[-1]
-            m.RETRIES.labels(self.pool, tier, "throttled").inc()
-            self._finish(item)
-        except BaseException:
-            self._release(item)
-            raise
-
-    def _count(self, plan: outcomes.Plan) -> None:
-        for result, rcpts in (
-            ("delivered", plan.delivered),
-            ("deferred", plan.deferred),
-            ("bounced", plan.bounced),
-            ("expired", plan.expired),
-        ):
-            if rcpts:
-                m.RECIPIENTS.labels(self.pool, result).inc(len(rcpts))
-        overall = (
-            "expired"
-            if plan.expired
-            else "bounced"
-            if plan.bounced
-            else "deferred"
-            if plan.deferred
-            else "delivered"
-        )
-        m.ATTEMPTS.labels(self.pool, overall).inc()
-        if plan.retry_tier:
-            m.RETRIES.labels(self.pool, plan.retry_tier, "failure").inc()
-        if plan.dsn:
-            m.DSN_SENT.labels(self.pool).inc()
-
     def _finish(self, item: Item) -> None:
         """The record is done: its offset may be committed."""
         if self._generation.get(item.tp) == item.generation:
             self.ledger.finish(item.tp, item.offset)
+            self.commits.finished(item.tp)
         self._release(item)
 
     def _release(self, item: Item) -> None:
@@ -530,26 +381,7 @@ class Worker:
         m.INFLIGHT.labels(self.pool).set(self._held)
         self._room.set()
 
-    # --- Kafka writes -----------------------------------------------------------------------
-
-    async def _produce_all(self, records: list[outcomes.Produce]) -> None:
-        """Produce every record and wait for all acks; retry while Kafka is unavailable."""
-        assert self.producer is not None
-        delay = 0.2
-        while True:
-            try:
-                futures = [
-                    await self.producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
-                    for r in records
-                ]
-                await asyncio.gather(*futures)
-                self._kafka_error = ""
-                return
-            except KafkaError as exc:
-                self._kafka_error = type(exc).__name__
-                log.warning("producing outcome records failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, PRODUCE_BACKOFF_MAX_S)
+    # --- Kafka housekeeping ---------------------------------------------------------------
 
     async def _probe_loop(self) -> None:
         """Readiness: a metadata request every few seconds tells whether Kafka is reachable
@@ -564,30 +396,9 @@ class Worker:
                 self._kafka_error = f"unreachable ({type(exc).__name__})"
             await asyncio.sleep(PROBE_INTERVAL_S)
 
-    async def _commit_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.commit_interval_s)
-            await self._commit()
+    def _set_kafka_error(self, error: str) -> None:
+        self._kafka_error = error
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
-        if self.consumer is None:
-            return
-        assigned = self.consumer.assignment()
-        offsets = {
-            tp: off
-            for tp, off in self.ledger.to_commit().items()
-            if tp in assigned and (only is None or tp in only)
-        }
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:
-            m.COMMITS.labels(self.pool, "failed").inc()
-            log.warning("offset commit failed: %s", exc)
-            return
-        self.ledger.committed(dict(offsets))
-        m.COMMITS.labels(self.pool, "ok").inc()
-        for tp, off in offsets.items():
-            assert isinstance(tp, TopicPartition)
-            m.COMMIT_OFFSET.labels(self.pool, str(tp.partition)).set(off)
+        if self.consumer is not None:
+            await self.commits.commit(self.consumer, only)

@@ -1,5 +1,9 @@
 """aiosmtpd handler hooks: thin adapters from SMTP commands to the plain functions of
-verdicts, message and publish."""
+verdicts, message, feedback and publish.
+
+A transaction either queues mail or, when its recipients are feedback-loop addresses, carries
+one ARF report: that is parsed (feedback.py) into complaint events, written with acks before the
+250, and never queued for delivery. The two kinds never share a transaction (452 4.5.3)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from mailsluice import contracts
+from mailsluice import metrics as all_metrics
 from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import check_mailbox
 from mailsluice.ingest.auth import User
+from mailsluice.ingest.feedback import FeedbackError, complaint_events, parse_report
 from mailsluice.ingest.message import Trace, prepare_message
 from mailsluice.ingest.publish import Publisher, PublishError, QueueRecord
 from mailsluice.ingest.session import IngestEnvelope, IngestSMTP, Transaction
@@ -32,6 +38,18 @@ class PoolPolicy:
     default_pool: str
     trusted_pools: frozenset[str]
     served_pools: frozenset[str]
+
+
+def choose_stream(requested: str | None) -> contracts.Stream | None:
+    """The stream of a message (bulk unless the header says otherwise); None if unknown.
+    An unknown value is refused rather than guessed: a receipt sent as bulk waits behind a
+    newsletter backlog."""
+    value = (requested or "").strip().lower() or "bulk"
+    if value == "transactional":
+        return "transactional"
+    if value == "bulk":
+        return "bulk"
+    return None
 
 
 def choose_pool(requested: str | None, user: User | None, policy: PoolPolicy) -> str | None:
@@ -74,6 +92,7 @@ class IngestHandler:
         rollup: Rollup,
         max_recipients: int,
         pools: PoolPolicy,
+        feedback_addresses: frozenset[str] = frozenset(),
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -82,6 +101,7 @@ class IngestHandler:
         self.rollup = rollup
         self.max_recipients = max_recipients
         self.pools = pools
+        self.feedback_addresses = feedback_addresses  # lower-cased
         self.in_data = 0  # DATA transactions being published now
 
     # --- hooks --------------------------------------------------------------------------------
@@ -123,6 +143,9 @@ class IngestHandler:
     ) -> str:
         assert isinstance(envelope, IngestEnvelope) and envelope.txn is not None
         address = check_mailbox(address)  # already validated; this lower-cases the domain
+        txn = envelope.txn
+        if address.lower() in self.feedback_addresses or txn.feedback:
+            return self._feedback_rcpt(server, envelope, txn, address, rcpt_options)
         verdict = await judge_recipient(
             address,
             accepted_so_far=len(envelope.txn.routing),
@@ -146,6 +169,8 @@ class IngestHandler:
         txn = envelope.txn
         self.in_data += 1
         try:
+            if txn.feedback:
+                return await self._accept_feedback(envelope, txn)
             return await self._accept_message(server, session, envelope, txn)
         except Exception:
             metrics.TRANSACTIONS.labels("tempfail").inc()
@@ -180,6 +205,58 @@ class IngestHandler:
             )
         )
 
+    def _feedback_rcpt(
+        self,
+        server: IngestSMTP,
+        envelope: IngestEnvelope,
+        txn: Transaction,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        """RCPT of a transaction for feedback addresses: no suppression or DNS verdict (the
+        address is ours), but never mixed with recipients to relay to."""
+        if txn.routing or address.lower() not in self.feedback_addresses:
+            reply = replies.S452_FEEDBACK_SEPARATE
+            self.record_rejection(server, address, reply, "too_many_recipients")
+            return reply
+        metrics.RECIPIENTS.labels("accepted", "").inc()
+        if address not in txn.feedback:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            txn.feedback.append(address)
+        return replies.S250_RCPT_OK
+
+    async def _accept_feedback(self, envelope: IngestEnvelope, txn: Transaction) -> str:
+        """One feedback-loop report: its complaints on the events topic (acked), or 550."""
+        try:
+            complaints = parse_report(envelope.original_content or b"")
+        except FeedbackError as exc:
+            metrics.TRANSACTIONS.labels("rejected").inc()
+            all_metrics.INGEST_FEEDBACK_REJECTED.labels(exc.reason).inc()
+            log.info("feedback report refused: %s", exc, extra={"queue_id": txn.queue_id})
+            return replies.FEEDBACK_REJECTS[exc.reason]
+        events = complaint_events(
+            complaints, rollup=self.rollup, served_pools=self.pools.served_pools
+        )
+        try:
+            await self.publisher.publish_events(events)
+        except PublishError as exc:
+            metrics.TRANSACTIONS.labels("tempfail").inc()
+            log.warning("complaint events not written (%s)", exc, extra={"queue_id": txn.queue_id})
+            return replies.S451_QUEUE_UNAVAILABLE
+        metrics.TRANSACTIONS.labels("queued").inc()
+        for event in events:
+            pool = event.pool or all_metrics.OTHER
+            provider = all_metrics.provider_label(event.routing_key)
+            all_metrics.INGEST_COMPLAINTS.labels(pool, provider).inc()
+            log.info(
+                "complaint (%s) from %s",
+                event.reason,
+                event.routing_key,
+                extra={"queue_id": event.queue_id, "pool": event.pool},
+            )
+        return replies.S250_FEEDBACK.format(count=len(events))
+
     async def _accept_message(
         self, server: IngestSMTP, session: Session, envelope: IngestEnvelope, txn: Transaction
     ) -> str:
@@ -203,12 +280,19 @@ class IngestHandler:
             for recipient in recipients:
                 self.record_rejection(server, recipient, replies.S550_POOL_DENIED, "pool_denied")
             return replies.S550_POOL_DENIED
+        stream = choose_stream(prepared.stream)
+        if stream is None:
+            metrics.TRANSACTIONS.labels("rejected").inc()
+            for recipient in recipients:
+                self.record_rejection(server, recipient, replies.S550_BAD_STREAM, "bad_stream")
+            return replies.S550_BAD_STREAM
         audit = user.name if user else f"trusted:{server.conn.trusted_network}"
+        data = prepared.stamped(txn.queue_id, pool)
         records = [
             QueueRecord(
                 topic=contracts.queue_topic(pool),
                 key=key.encode(),
-                value=prepared.data,
+                value=data,
                 envelope=contracts.Envelope(
                     queue_id=txn.queue_id,
                     pool=pool,
@@ -217,6 +301,7 @@ class IngestHandler:
                     routing_key=key,
                     received_at=txn.received_at,
                     user=audit,
+                    stream=stream,
                 ),
             )
             for key, group in group_by_routing_key(txn.routing).items()
@@ -228,7 +313,7 @@ class IngestHandler:
             log.warning("queueing failed (%s)", exc, extra={"queue_id": txn.queue_id, "pool": pool})
             return replies.S451_QUEUE_UNAVAILABLE
         metrics.TRANSACTIONS.labels("queued").inc()
-        metrics.BYTES.inc(len(prepared.data))
+        metrics.BYTES.inc(len(data))
         self.publisher.emit(
             contracts.Event(
                 type=contracts.EventType.RECEPTION,
@@ -237,7 +322,7 @@ class IngestHandler:
                 sender=sender,
                 code=250,
                 enhanced="2.0.0",
-                size=len(prepared.data),
+                size=len(data),
             )
         )
         log.info(

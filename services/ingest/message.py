@@ -1,4 +1,4 @@
-"""The message as queued: CRLF line endings, trace and missing headers added, pool header
+"""The message as queued: CRLF line endings, trace, id and missing headers added, pool header
 taken out. Works on bytes (the body is never decoded, so 8-bit content passes untouched)."""
 
 from __future__ import annotations
@@ -11,6 +11,13 @@ from email.utils import format_datetime
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+# `X-Mailsluice-Id: <queue id>; pool=<pool>`, right below our Received header: a feedback-loop
+# report quotes the original header, and this is how a complaint finds its message and pool
+# (ingest feedback.py). A client's own copy is taken out, so ours is the only one.
+ID_HEADER = "X-Mailsluice-Id"
+# Chooses the stream: "transactional" mail overtakes "bulk" (the default) at delivery.
+STREAM_HEADER = "X-Mailsluice-Stream"
 
 
 def normalise_line_endings(data: bytes) -> bytes:
@@ -82,21 +89,32 @@ def received_header(trace: Trace) -> bytes:
 class Prepared:
     data: bytes
     pool: str | None  # the pool header's value, None if absent
+    trace_len: int = 0  # length of the Received header at the start of data
+    stream: str | None = None  # the stream header's value, None if absent
+
+    def stamped(self, queue_id: str, pool: str) -> bytes:
+        """The data with the X-Mailsluice-Id header after our Received header."""
+        line = f"{ID_HEADER}: {queue_id}; pool={pool}\r\n".encode()
+        return self.data[: self.trace_len] + line + self.data[self.trace_len :]
 
 
-def prepare_message(raw: bytes, trace: Trace, *, pool_header: str) -> Prepared:
-    """Normalise line ends, take out the pool header, add Message-ID / Date if missing and
-    prepend Received."""
+def prepare_message(
+    raw: bytes, trace: Trace, *, pool_header: str, stream_header: str = STREAM_HEADER
+) -> Prepared:
+    """Normalise line ends, take out the pool and stream headers, add Message-ID / Date if
+    missing and prepend Received."""
     data = normalise_line_endings(raw)
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     fields, rest = split_header(data)
-    wanted = pool_header.lower()
-    pool: str | None = None
+    # Our control headers never reach the recipient; the first occurrence counts.
+    taken: dict[str, str] = {}
+    control = {pool_header.lower(), stream_header.lower(), ID_HEADER.lower()}
     kept: list[list[bytes]] = []
     for lines in fields:
-        if field_name(lines) == wanted:
-            pool = field_value(lines) if pool is None else pool
+        name = field_name(lines)
+        if name in control:
+            taken.setdefault(name, field_value(lines))
         else:
             kept.append(lines)
     names = {field_name(lines) for lines in kept}
@@ -111,4 +129,10 @@ def prepare_message(raw: bytes, trace: Trace, *, pool_header: str) -> Prepared:
     if not rest.startswith(b"\r\n"):
         # No header/body separator (header only, or body without header): add one.
         rest = b"\r\n" + rest
-    return Prepared(received_header(trace) + header + rest, pool)
+    received = received_header(trace)
+    return Prepared(
+        received + header + rest,
+        taken.get(pool_header.lower()),
+        len(received),
+        taken.get(stream_header.lower()),
+    )

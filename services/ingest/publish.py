@@ -42,6 +42,7 @@ class QueueRecord:
 
 
 ProducerFactory = Callable[[], Any]
+_Send = tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]  # topic, value, key, headers
 
 
 class Publisher:
@@ -90,24 +91,33 @@ class Publisher:
 
     async def publish(self, records: list[QueueRecord]) -> None:
         """Send every record and wait for all acknowledgements, or raise PublishError."""
+        await self._publish([(r.topic, r.value, r.key, r.headers()) for r in records])
+
+    async def publish_events(self, events: list[contracts.Event]) -> None:
+        """Events a reply depends on (feedback-loop complaints): like publish(), acked or
+        PublishError."""
+        await self._publish(
+            [
+                (contracts.EVENTS_TOPIC, contracts.encode_event(e), e.queue_id.encode() or None, [])
+                for e in events
+            ]
+        )
+
+    async def _publish(self, sends: list[_Send]) -> None:
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._send_all(records), self._timeout)
+            await asyncio.wait_for(self._send_all(sends), self._timeout)
         except Exception as exc:
             self._broken = True
             self.kafka_ok = False
             raise PublishError(type(exc).__name__) from exc
         metrics.PUBLISH_SECONDS.observe(time.monotonic() - started)
 
-    async def _send_all(self, records: list[QueueRecord]) -> None:
+    async def _send_all(self, sends: list[_Send]) -> None:
         producer = await self._usable_producer()
         acks = []
-        for record in records:
-            acks.append(
-                await producer.send(
-                    record.topic, record.value, key=record.key, headers=record.headers()
-                )
-            )
+        for topic, value, key, headers in sends:
+            acks.append(await producer.send(topic, value, key=key, headers=headers or None))
         await asyncio.gather(*acks)
 
     async def _usable_producer(self) -> Any:

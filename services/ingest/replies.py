@@ -12,6 +12,7 @@ S250_OK = "250 2.0.0 Ok"
 S250_SENDER_OK = "250 2.1.0 Sender ok"
 S250_RCPT_OK = "250 2.1.5 Recipient ok"
 S250_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+S250_FEEDBACK = "250 2.0.0 Ok: {count} complaint(s) recorded"
 
 S421_TOO_MANY_MESSAGES = "421 4.7.0 Too many messages on this connection, closing"
 S421_TOO_MANY_ERRORS = "421 4.7.0 Too many errors on this connection, closing"
@@ -22,6 +23,8 @@ S450_DNS_TEMPFAIL = "450 4.4.3 Recipient domain temporarily unresolvable, try ag
 S451_TEMPFAIL = "451 4.3.0 Temporary failure, try again later"
 S451_QUEUE_UNAVAILABLE = "451 4.3.0 Queue temporarily unavailable, try again later"
 S452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+# 452 makes a client send the remaining recipients in a later transaction (RFC 5321 §4.5.3.1.10).
+S452_FEEDBACK_SEPARATE = "452 4.5.3 Feedback reports go in a transaction of their own"
 
 S500_LINE_TOO_LONG = "500 5.5.2 Line too long"
 S500_COMMAND_TOO_LONG = "500 5.5.2 Command line too long"
@@ -31,11 +34,27 @@ S530_AUTH_REQUIRED = "530 5.7.0 Authentication required"
 S550_SUPPRESSED = "550 5.7.1 Recipient address is suppressed"
 S550_NO_DOMAIN = "550 5.1.2 Recipient domain does not exist"
 S550_POOL_DENIED = "550 5.7.1 Pool not allowed for this sender"
+# 5.6.0: the message content is unusable as given (RFC 3463); names what is accepted.
+S550_BAD_STREAM = "550 5.6.0 X-Mailsluice-Stream must be transactional or bulk"
+# A message to a feedback-loop address that is no usable complaint report (RFC 5965 ARF);
+# 5.6.0: other or undefined media error (RFC 3463).
+S550_NOT_FEEDBACK = "550 5.6.0 Not a feedback report (RFC 5965 multipart/report expected)"
+S550_FEEDBACK_MALFORMED = "550 5.6.0 Malformed feedback report"
+S550_FEEDBACK_NOT_COMPLAINT = "550 5.6.0 Feedback type is not a complaint"
+S550_FEEDBACK_NO_RECIPIENT = "550 5.6.0 Feedback report names no usable recipient"
 S552_SIZE_DECLARED = "552 5.3.4 Message size exceeds fixed maximum message size"
 S552_TOO_BIG = "552 5.3.4 Message too big"
 S554_RELAY_DENIED = "554 5.7.1 Relay access denied"
 S554_PIPELINING = "554 5.5.0 SMTP protocol synchronization error, closing"
 S556_NULL_MX = "556 5.1.10 Recipient domain does not accept mail (null MX)"
+
+# feedback.REJECT_REASONS -> reply.
+FEEDBACK_REJECTS: dict[str, str] = {
+    "not_report": S550_NOT_FEEDBACK,
+    "malformed": S550_FEEDBACK_MALFORMED,
+    "not_complaint": S550_FEEDBACK_NOT_COMPLAINT,
+    "no_recipient": S550_FEEDBACK_NO_RECIPIENT,
+}
 
 # aiosmtpd's built-in replies (exact text) -> ours.
 BUILTIN_REWRITES: dict[str, str] = {

@@ -131,6 +131,7 @@ class IngestService:
                 trusted_pools=frozenset(s.trusted_pool_list()),
                 served_pools=frozenset(self.pools),
             ),
+            feedback_addresses=s.feedback_address_set(),
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -150,6 +151,7 @@ class IngestService:
             session_timeout_s=s.session_timeout_s,
             greet_pause_s=s.greet_pause_s,
             trusted_networks=tuple(s.networks()),
+            feedback_addresses=s.feedback_address_set(),
         )
         context = tls_context(s)
         authenticator = make_authenticator(self.credentials)

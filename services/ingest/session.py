@@ -9,7 +9,9 @@ What this adds to aiosmtpd (everything else is its own RFC 5321 state machine):
   554 5.5.0; commands after EHLO/HELO/DATA in the same packet (RFC 2920 §3.1 forbids it) get
   554 5.5.0 too, and the connection is closed (like Postfix's smtpd_forbid_unauth_pipelining);
 - strict address parsing before aiosmtpd's lenient one (addresses.parse_path), and the relay
-  check (trusted network or authenticated) before MAIL and RCPT.
+  check (trusted network or authenticated) before MAIL and RCPT. The one exception: RCPT to a
+  feedback-loop address is local delivery, open to any client (so MAIL is too when such
+  addresses are configured); every other recipient of a stranger still gets 530.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Transaction:
     started: float  # monotonic
     received_at: float  # epoch
     routing: dict[str, str] = field(default_factory=dict)  # accepted recipient -> routing key
+    feedback: list[str] = field(default_factory=list)  # accepted feedback-loop addresses
 
 
 class IngestEnvelope(Envelope):
@@ -54,6 +57,7 @@ class SessionLimits:
     session_timeout_s: float
     greet_pause_s: float
     trusted_networks: tuple[Network, ...]
+    feedback_addresses: frozenset[str] = frozenset()  # lower-cased
 
 
 @dataclass
@@ -121,6 +125,16 @@ class IngestSMTP(SMTP):
     def relay_allowed(self) -> bool:
         assert self.session is not None
         return bool(self.conn.trusted_network) or bool(self.session.authenticated)
+
+    def is_feedback_path(self, path_arg: str | None) -> bool:
+        """RCPT TO one of the feedback-loop addresses (strictly parsed)."""
+        if not path_arg or not self.limits.feedback_addresses:
+            return False
+        try:
+            address = parse_path(path_arg).address
+        except AddressError:
+            return False
+        return address.lower() in self.limits.feedback_addresses
 
     # --- connection life cycle ----------------------------------------------------------------
 
@@ -244,7 +258,8 @@ class IngestSMTP(SMTP):
             if self.registry.draining:
                 await self.push(replies.S421_SHUTTING_DOWN)
                 return
-            if not self.relay_allowed():
+            # With feedback addresses any client may start a transaction; RCPT then decides.
+            if not self.relay_allowed() and not self.limits.feedback_addresses:
                 await self.push(replies.S530_AUTH_REQUIRED)
                 return
             if self.conn.messages >= self.limits.max_messages:
@@ -263,10 +278,10 @@ class IngestSMTP(SMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert self.session is not None
         if self.session.host_name and self.in_transaction():
-            if not self.relay_allowed():
+            path_arg = self._strip_command_keyword("TO:", arg) if arg else None
+            if not self.relay_allowed() and not self.is_feedback_path(path_arg):
                 await self.push(replies.S530_AUTH_REQUIRED)
                 return
-            path_arg = self._strip_command_keyword("TO:", arg) if arg else None
             if path_arg is not None:
                 try:
                     parse_path(path_arg)

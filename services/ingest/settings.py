@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mailsluice.config import MailsluiceSettings
+from mailsluice.ingest.addresses import AddressError, check_mailbox
 
 MiB = 1024 * 1024
 POOL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -87,12 +88,28 @@ class IngestSettings(MailsluiceSettings):
         20.0, ge=0, le=600, description="On SIGTERM, how long in-flight transactions may finish."
     )
     rollup_file: str = Field("", description="Provider rollup TOML (empty: the packaged one).")
+    feedback_addresses: str = Field(
+        "",
+        description="Comma-separated feedback-loop addresses registered with mailbox providers: "
+        "any client may send to them; each ARF report (RFC 5965) becomes a complaint event, "
+        "nothing is relayed (empty: none).",
+    )
 
     @field_validator("trusted_networks")
     @classmethod
     def _networks(cls, value: str) -> str:
         for item in split_list(value):
             ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("feedback_addresses")
+    @classmethod
+    def _feedback(cls, value: str) -> str:
+        for item in split_list(value):
+            try:
+                check_mailbox(item)
+            except AddressError as exc:
+                raise ValueError(f"bad feedback address {item!r}: {exc.detail}") from None
         return value
 
     @field_validator("trusted_pools", "default_pool")
@@ -118,6 +135,10 @@ class IngestSettings(MailsluiceSettings):
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(n, strict=False) for n in split_list(self.trusted_networks)]
+
+    def feedback_address_set(self) -> frozenset[str]:
+        """Feedback addresses, lower-cased (compared without regard to case)."""
+        return frozenset(item.lower() for item in split_list(self.feedback_addresses))
 
     def trusted_pool_list(self) -> list[str]:
         pools = split_list(self.trusted_pools)

@@ -12,97 +12,52 @@ What it does is scripted by `MxScript`, which may be changed while it runs:
     mx.stop()
 
 Default recipient rules: a local part starting "defer" gets 450 4.2.0, "bounce" gets 550 5.1.1,
-everything else 250.
+everything else 250 (tests/support/mx_script.py). The script, replies and records live in
+support.mx_script, the smtp-sink wrapper in support.smtp_sink and the address helpers in
+support.loopback; all their names are re-exported here for `from support.fake_mx import ...`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-R421_GREETING = "421 4.3.2 Service not available, closing transmission channel"
-R450_DEFER = "450 4.2.0 Mailbox temporarily unavailable"
-R550_BOUNCE = "550 5.1.1 No such user here"
-R451_DATA = "451 4.3.0 Local error in processing, try again later"
-R250_QUEUED = "250 2.0.0 Ok: queued"
+from support.loopback import free_port, next_loopback
+from support.mx_script import (
+    DROP_STAGES,
+    R250_QUEUED,
+    R421_GREETING,
+    R450_DEFER,
+    R451_DATA,
+    R550_BOUNCE,
+    MxScript,
+    ReceivedMessage,
+    default_rcpt_rules,
+)
+from support.smtp_sink import SmtpSink
+
+__all__ = [
+    "DATA_SIZE_LIMIT",
+    "DROP_STAGES",
+    "R250_QUEUED",
+    "R421_GREETING",
+    "R450_DEFER",
+    "R451_DATA",
+    "R550_BOUNCE",
+    "FakeMx",
+    "MxScript",
+    "ReceivedMessage",
+    "SmtpSink",
+    "default_rcpt_rules",
+    "free_port",
+    "next_loopback",
+]
+
 DATA_SIZE_LIMIT = 64 * 1024 * 1024
-DROP_STAGES = ("connect", "ehlo", "mail", "rcpt", "data", "dot")
-
-_loopback_counter = itertools.count(20)
-
-
-def next_loopback() -> str:
-    """A fresh 127.0.0.x address (x from 20 up) so each fake MX can have its own IP."""
-    n = next(_loopback_counter)
-    return f"127.0.{n // 250}.{n % 250 + 2}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def default_rcpt_rules() -> list[tuple[str, str]]:
-    return [("defer", R450_DEFER), ("bounce", R550_BOUNCE)]
-
-
-@dataclass
-class MxScript:
-    """How a FakeMx behaves; fields may be changed at any time."""
-
-    # Sent instead of the 220 banner, then the connection is closed (e.g. R421_GREETING).
-    greeting: str | None = None
-    # (local-part prefix, reply): the first matching rule answers RCPT; no match is 250.
-    rcpt_rules: list[tuple[str, str]] = field(default_factory=default_rcpt_rules)
-    # Optional function of the recipient address returning a reply (None: use rcpt_rules).
-    rcpt_reply: Callable[[str], str | None] | None = None
-    # Reply to MAIL FROM instead of 250 (e.g. "452 4.3.1 Insufficient system storage").
-    mail_reply: str | None = None
-    # Reply after the message body instead of accepting it (e.g. R451_DATA).
-    data_reply: str | None = None
-    # Seconds to wait before the banner and before each reply to EHLO/HELO, MAIL, RCPT, DATA.
-    delay: float = 0.0
-    # Close the connection without a reply at this stage, one of DROP_STAGES:
-    # "connect" (no banner), "ehlo", "mail", "rcpt", "data" (instead of 354), "dot" (after body).
-    drop_at: str | None = None
-
-    def reply_for_rcpt(self, address: str) -> str:
-        if self.rcpt_reply is not None:
-            custom = self.rcpt_reply(address)
-            if custom is not None:
-                return custom
-        local = address.rpartition("@")[0].lower() if "@" in address else address.lower()
-        for prefix, reply in self.rcpt_rules:
-            if local.startswith(prefix):
-                return reply
-        return "250 2.1.5 Ok"
-
-
-@dataclass(frozen=True)
-class ReceivedMessage:
-    """One message the fake MX accepted."""
-
-    mail_from: str
-    rcpt_tos: tuple[str, ...]
-    data: bytes
-    received_at: float  # time.time()
-    peer: tuple[str, int]
-    server: str  # "host:port" of the fake MX
 
 
 class _ScriptedSMTP(SMTP):
@@ -366,105 +321,3 @@ class FakeMx:
             self.rcpt_replies.clear()
             self.connections = 0
             self.transactions = 0
-
-
-class SmtpSink:
-    """Postfix's smtp-sink on host:port in the background, stopped by its pid.
-
-    `extra_args` are smtp-sink flags, e.g. ["-w", "2"] (delay before DATA reply),
-    ["-r", "rcpt"] (reject RCPT with 4xx), ["-f", "data"] (hard-reject DATA), ["-Q", "mail"].
-    With `dump=True`, smtp-sink saves each message as a file in `dump_dir` (its -d format);
-    cleanup() removes that directory.
-    """
-
-    BINARY = "/usr/sbin/smtp-sink"
-
-    def __init__(
-        self,
-        host: str | None = None,
-        port: int = 0,
-        extra_args: list[str] | None = None,
-        dump: bool = False,
-        backlog: int = 100,
-    ) -> None:
-        self.host = host or next_loopback()
-        self.port = port or free_port(self.host)
-        self.extra_args = list(extra_args or [])
-        self.dump = dump
-        self.dump_dir: Path | None = None
-        self.backlog = backlog
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def start(self, timeout: float = 10.0) -> SmtpSink:
-        cmd = [self.BINARY, "-c"]
-        if os.geteuid() == 0:
-            cmd += ["-u", "nobody"]
-        if self.dump and self.dump_dir is None:
-            # Not under pytest's tmp_path: its 0700 parents keep "nobody" out.
-            self.dump_dir = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
-            os.chmod(self.dump_dir, 0o777)
-        if self.dump_dir is not None:
-            cmd += ["-d", f"{self.dump_dir}/msg-"]  # + a random hex suffix
-        cmd += [*self.extra_args, self.address, str(self.backlog)]
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                self._proc.stderr and self._proc.stderr.close()
-                self._proc = None
-                raise RuntimeError(f"smtp-sink exited: {err}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as sock:
-                    sock.recv(512)
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"smtp-sink not listening on {self.address}")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        if proc.stderr:
-            proc.stderr.close()
-
-    def cleanup(self) -> None:
-        """Stop, and remove the dump directory."""
-        self.stop()
-        if self.dump_dir is not None:
-            shutil.rmtree(self.dump_dir, ignore_errors=True)
-            self.dump_dir = None
-
-    def dumped_messages(self) -> list[bytes]:
-        if self.dump_dir is None:
-            return []
-        return [p.read_bytes() for p in sorted(self.dump_dir.iterdir()) if p.is_file()]
-
-    def __enter__(self) -> SmtpSink:
-        return self.start() if self._proc is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()

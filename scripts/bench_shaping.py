@@ -1,0 +1,403 @@
+"""`make bench`, shaping: achieved vs configured rate per destination, and the worst burst.
+
+The running pipeline, on 127.0.0.x, every process started here stopped by its pid:
+
+- a throwaway Kafka broker (or `--bootstrap` to reuse one), a shaping policy limiting
+  destination A and destination B to different rates with stated bursts, C unthrottled;
+- `mailsluice delivery` worker processes, static routes sending each destination to its own
+  aiosmtpd sink, which records when each message arrives and from which worker (each worker
+  binds its own source address);
+- a queue pre-filled with more mail than the limits let through in the measured time, the three
+  destinations interleaved (phase 1 puts them in one partition, so the free C shares it with
+  the throttled A and B).
+
+Phase 1 runs one worker, phase 2 two workers sharing the pool's partitions (the limit must hold
+cluster-wide: one partition, hence one worker, owns a destination). Per destination: configured
+and achieved rate over the steady window (from 5 s after its first message to the end of the
+measurement), the error, the most messages in any 1 s against what the limit allows there
+(burst + one second of rate), and the envelope excess: the most messages, over every window,
+beyond burst + rate * window (0 when GCRA holds exactly). The figures come from
+mailsluice.delivery.shaping_bench. Progress and a table go to stdout, the last line is JSON;
+the exit status is 1 when a stage failed (figures outside the limits are reported, not fatal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kafka_local
+from bench_ours import MAILSLUICE, Service
+from bench_run import say
+from bench_tools import tail
+
+from mailsluice.delivery.shaping_bench import format_rows, measured
+
+WORKER_IPS = ("127.0.0.31", "127.0.0.32")  # source addresses: the sinks tell workers apart
+WARMUP_S = 5.0  # the steady window starts this long after a destination's first message
+SETTLE_S = 8.0  # two workers: let the group settle before mail arrives
+FREE_MESSAGES = 4000
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    domain: str
+    sink_ip: str
+    rate_per_min: float | None  # None: unthrottled
+    burst: int | None
+
+    @property
+    def rate_per_s(self) -> float | None:
+        return None if self.rate_per_min is None else self.rate_per_min / 60
+
+    def messages(self, seconds: float) -> int:
+        """Enough to keep it busy past the measured time (the free one drains at once)."""
+        if self.rate_per_min is None:
+            return FREE_MESSAGES
+        return int(self.rate_per_min * (seconds + 15) / 60)
+
+
+DESTINATIONS = (
+    Destination("A", "a.shaping.example", "127.0.0.41", 600, 5),
+    Destination("B", "b.shaping.example", "127.0.0.42", 150, 2),
+    Destination("C", "c.shaping.example", "127.0.0.43", None, None),
+)
+
+
+def policy_text() -> str:
+    """The bench's shaping policy: generous defaults (C), a rule per limited destination."""
+    lines = [
+        "version = 1",
+        "[defaults]",
+        "connection_limit = 20",
+        'max_message_rate = "100000/s"',
+        "max_deliveries_per_connection = 1000",
+        "max_recipients_per_transaction = 100",
+        'tls = "disabled"',
+    ]
+    for dest in DESTINATIONS:
+        if dest.rate_per_min is not None:
+            lines += [
+                f'[domain."{dest.domain}"]',
+                f'max_message_rate = "{dest.rate_per_min:g}/min,burst={dest.burst}"',
+            ]
+    return "\n".join(lines) + "\n"
+
+
+class StampSink:
+    """An aiosmtpd sink recording (arrival time, client address) of every message."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.stamps: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._controller: Any = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        now = time.monotonic()
+        with self._lock:
+            self.stamps.append((now, str(session.peer[0])))
+        return "250 2.0.0 OK"
+
+    def snapshot(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.stamps)
+
+    def start(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self, hostname=self.host, port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def phase_figures(stamps: dict[str, list[tuple[float, str]]], end: float) -> dict[str, Any]:
+    """Per destination name: shaping_bench.measured() over its arrivals up to `end`, and the
+    share each worker (by source address) delivered."""
+    out: dict[str, Any] = {}
+    for dest in DESTINATIONS:
+        arrived = [(t, ip) for t, ip in stamps.get(dest.name, []) if t < end]
+        times = [t for t, _ in arrived]
+        start = (min(times) if times else end) + WARMUP_S
+        row = measured(times, dest.rate_per_s, dest.burst, start=start, end=end)
+        by_worker = Counter(ip for _, ip in arrived)
+        row["by_worker"] = {
+            f"w{n + 1}": by_worker.get(ip, 0) for n, ip in enumerate(WORKER_IPS) if by_worker[ip]
+        }
+        out[dest.name] = row
+    return out
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def worker_env(
+    bootstrap: str, pool: str, partitions: int, *, policy: Path, routes: str, port: int, ip: str
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MAILSLUICE_KAFKA_BOOTSTRAP": bootstrap,
+        "MAILSLUICE_KAFKA_QUEUE_PARTITIONS": str(partitions),
+        "MAILSLUICE_LOG_JSON_FORMAT": "false",
+        "MAILSLUICE_DELIVERY_POOL": pool,
+        "MAILSLUICE_DELIVERY_HTTP_HOST": "127.0.0.1",
+        "MAILSLUICE_DELIVERY_HTTP_PORT": str(port),
+        "MAILSLUICE_SHAPING_POLICY_FILE": str(policy),
+        "MAILSLUICE_SHAPING_WORKER_ID": f"bench-{ip}",
+        "MAILSLUICE_OUTBOUND_STATIC_ROUTES": routes,
+        "MAILSLUICE_OUTBOUND_SOURCE_ADDRESS": ip,
+        "MAILSLUICE_OUTBOUND_ALLOW_PRIVATE_DESTINATIONS": "true",
+        "MAILSLUICE_OUTBOUND_TLS_POLICY": "none",
+        "MAILSLUICE_OUTBOUND_EHLO_NAME": "delivery.bench.invalid",
+    }
+
+
+async def prepare_queue(bootstrap: str, pool: str, partitions: int, seconds: float) -> int:
+    """Create the pool's topics and enqueue the destinations' mail, interleaved."""
+    from aiokafka import AIOKafkaProducer
+
+    from mailsluice import contracts
+    from mailsluice.config import KafkaSettings
+    from mailsluice.kafka import ensure_topics, standard_topics
+
+    ks = KafkaSettings(bootstrap=bootstrap, queue_partitions=partitions)
+    await ensure_topics(ks, standard_topics(ks, [pool], 1024 * 1024))
+    counts = {dest.domain: dest.messages(seconds) for dest in DESTINATIONS}
+    producer = AIOKafkaProducer(**ks.client_options(), acks="all", linger_ms=5)
+    await producer.start()
+    sent = 0
+    try:
+        futures = []
+        for n in range(max(counts.values())):
+            for domain, count in counts.items():
+                if n >= count:
+                    continue
+                env = contracts.Envelope(
+                    queue_id=f"{pool}-{domain[0]}{n:06d}",
+                    pool=pool,
+                    sender="bench@origin.example",
+                    recipients=(f"r{n}@{domain}",),
+                    routing_key=domain,
+                    received_at=time.time(),
+                )
+                body = f"Subject: shaping {n}\r\nTo: <r{n}@{domain}>\r\n\r\nbench\r\n".encode()
+                futures.append(
+                    await producer.send(
+                        contracts.queue_topic(pool),
+                        body,
+                        key=domain.encode(),
+                        headers=[(contracts.ENVELOPE_HEADER, contracts.encode_envelope(env))],
+                    )
+                )
+                sent += 1
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
+
+
+@dataclass(frozen=True)
+class Phase:
+    label: str
+    workers: int
+    partitions: int
+    rebalance: bool = False  # halfway, stop the worker that owns A: the other takes it over
+
+
+PHASES = (
+    Phase("1w-1p", 1, 1),
+    Phase("2w-4p", 2, 4),
+    Phase("2w-rebal", 2, 4, rebalance=True),
+)
+
+
+def start_workers(
+    stack: ExitStack, phase: Phase, *, pool: str, routes: str, bootstrap: str, work: Path
+) -> dict[str, Service]:
+    """The phase's delivery processes, ready, by source address; stopped by pid on exit."""
+    services = {}
+    for n in range(phase.workers):
+        port = kafka_local.free_port()
+        ip = WORKER_IPS[n]
+        env = worker_env(
+            bootstrap,
+            pool,
+            phase.partitions,
+            policy=work / "policy.toml",
+            routes=routes,
+            port=port,
+            ip=ip,
+        )
+        service = Service(f"{phase.label}-w{n + 1}", ["delivery"], env, work)
+        stack.callback(service.stop)
+        service.start(f"http://127.0.0.1:{port}/readyz")
+        say(f"{phase.label}: worker w{n + 1} ready (pid {service.pid}, source {ip})")
+        services[ip] = service
+    if phase.workers > 1:
+        time.sleep(SETTLE_S)
+    return services
+
+
+def run_phase(
+    phase: Phase, *, bootstrap: str, sinks: dict[str, StampSink], work: Path, seconds: float
+) -> dict[str, Any]:
+    """One pool, the phase's delivery processes, the queue filled once they are up; the
+    figures of the `seconds` after A's first message."""
+    label = phase.label
+    pool = f"shape{os.urandom(4).hex()}"
+    routes = ",".join(
+        f"{dest.domain}={sinks[dest.name].host}:{sinks[dest.name].port}" for dest in DESTINATIONS
+    )
+    base = {name: len(sink.snapshot()) for name, sink in sinks.items()}
+    figures: dict[str, Any] = {"workers": phase.workers, "partitions": phase.partitions}
+    with ExitStack() as stack:
+        services = start_workers(
+            stack, phase, pool=pool, routes=routes, bootstrap=bootstrap, work=work
+        )
+        queued = asyncio.run(prepare_queue(bootstrap, pool, phase.partitions, seconds))
+        say(f"{label}: {queued} messages queued in pool {pool} ({phase.partitions} partitions)")
+        first = wait_first(sinks["A"], base["A"], 60.0)
+        end = first + seconds
+        handover = first + seconds / 2 if phase.rebalance else None
+        while time.monotonic() < end:
+            if handover is not None and time.monotonic() >= handover:
+                owner = sinks["A"].snapshot()[-1][1]
+                say(f"{label}: stopping A's owner ({owner}, pid {services[owner].pid})")
+                services.pop(owner).stop()
+                figures["stopped_at_s"] = round(time.monotonic() - first, 1)
+                handover = None
+            for service in services.values():
+                if service.proc is not None and service.proc.poll() is not None:
+                    raise RuntimeError(f"{service.name} exited: {tail(service.log_path, 10)}")
+            time.sleep(0.5)
+        stamps = {name: sink.snapshot()[base[name] :] for name, sink in sinks.items()}
+        figures["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+        say(f"{label}: measured {seconds:g} s; stopping the worker(s)")
+    # Arrival times (from A's first message) and source, for a look behind the figures.
+    raw = {n: [(round(t - first, 4), ip) for t, ip in v] for n, v in stamps.items()}
+    (work / f"arrivals-{label}.json").write_text(json.dumps(raw))
+    figures["destinations"] = phase_figures(stamps, end)
+    return figures
+
+
+def wait_first(sink: StampSink, base: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stamps = sink.snapshot()
+        if len(stamps) > base:
+            return stamps[base][0]
+        time.sleep(0.05)
+    raise RuntimeError(f"no message reached destination A's sink within {timeout:g} s")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured time per phase")
+    parser.add_argument("--bootstrap", help="reuse this Kafka broker (default: a throwaway one)")
+    parser.add_argument(
+        "--phases",
+        default=",".join(p.label for p in PHASES),
+        help="comma-separated phases to run (default: all)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
+    (work / "policy.toml").write_text(policy_text())
+    with ExitStack() as stack:
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            kafka_dir = work / "kafka"
+            port = kafka_local.free_port()
+            say(f"kafka: starting a broker on 127.0.0.1:{port}")
+            stack.callback(kafka_local.stop, kafka_dir)
+            bootstrap = kafka_local.start(kafka_dir, port=port).bootstrap
+        sinks = {}
+        for dest in DESTINATIONS:
+            sink = StampSink(dest.sink_ip, kafka_local.free_port(dest.sink_ip))
+            sink.start()
+            stack.callback(sink.stop)
+            sinks[dest.name] = sink
+        say("sinks: " + ", ".join(f"{d.name}={d.domain}@{d.sink_ip}" for d in DESTINATIONS))
+        for phase in PHASES:
+            if phase.label not in args.phases.split(","):
+                continue
+            try:
+                figures = run_phase(
+                    phase, bootstrap=bootstrap, sinks=sinks, work=work, seconds=args.seconds
+                )
+            except Exception as exc:
+                result["errors"].append(f"{phase.label}: {exc}")
+                say(f"FAILED {phase.label}: {exc}")
+                continue
+            result["shaping"][phase.label] = figures
+            for line in format_rows(phase.label, figures["destinations"]):
+                print(line, flush=True)
+        say("stopping everything")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not MAILSLUICE.exists():
+        say(f"FAILED: {MAILSLUICE} missing (run make setup)")
+        return 1
+    result: dict[str, Any] = {
+        "shaping": {},
+        "destinations": {
+            d.name: {"domain": d.domain, "rate_per_min": d.rate_per_min, "burst": d.burst}
+            for d in DESTINATIONS
+        },
+        "measured_s": args.seconds,
+        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
+        "errors": [],
+    }
+    work = Path(tempfile.mkdtemp(prefix="mailsluice-bench-shaping-"))
+    say(f"work dir {work}")
+    signal.signal(signal.SIGTERM, _interrupt)  # unwind through the stops (by pid)
+    try:
+        run(args, work, result)
+    except KeyboardInterrupt:
+        result["errors"].append("interrupted")
+    except Exception as exc:
+        result["errors"].append(f"bench: {exc}")
+        say(f"FAILED {exc}")
+    finally:
+        if args.keep or result["errors"]:
+            say(f"logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, sort_keys=True), flush=True)
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Helpers for the operator tests against the real API server: pool manifests and lookups.
+
+tests/test_operator_cluster.py (a pool's life under one operator) and tests/test_operator_runtime.py
+(the operator without Kafka, with only the chart's RBAC, as a process) share them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from support.k8s_cluster import K8sCluster
+from support.k8s_fixtures import apply_crd, get_json, wait_for
+from support.kafka_broker import KafkaBroker
+
+NS = "op-test"
+NS_NO_KAFKA = "op-nokafka"
+
+
+def prepare(cluster: K8sCluster) -> K8sCluster:
+    """The CRD applied and the test namespaces created (idempotent, for module fixtures)."""
+    apply_crd(cluster)
+    for ns in (NS, NS_NO_KAFKA):
+        if get_json(cluster, "namespace", ns) is None:
+            cluster.kubectl("create", "namespace", ns)
+    return cluster
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pool_yaml(name: str, namespace: str = NS, **spec: Any) -> str:
+    body = {
+        "apiVersion": "mailsluice.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "ehloName": "mta.example.test",
+            "sourceAddresses": ["192.0.2.10"],
+            "partitions": 4,
+            "minWorkers": 1,
+            "maxWorkers": 4,
+            "lagPerWorker": 10,
+            "scaleDownStabilizationSeconds": 3,
+            **spec,
+        },
+    }
+    return json.dumps(body)
+
+
+def apply_yaml(cluster: K8sCluster, doc: str) -> None:
+    cluster.kubectl("apply", "--server-side", "--field-manager=test", "-f", "-", input=doc)
+
+
+def get_pool(cluster: K8sCluster, name: str, ns: str = NS) -> dict[str, Any] | None:
+    return get_json(cluster, "sendingpool", name, "-n", ns)
+
+
+def get_deployment(cluster: K8sCluster, pool: str, ns: str = NS) -> dict[str, Any] | None:
+    return get_json(cluster, "deployment", f"mailsluice-delivery-{pool}", "-n", ns)
+
+
+def pretend_workers_ready(cluster: K8sCluster, pool: str, ready: int) -> None:
+    """Write Deployment status as the (absent) deployment controller would."""
+    dep = get_deployment(cluster, pool)
+    assert dep is not None
+    status = {
+        "observedGeneration": dep["metadata"]["generation"],
+        "replicas": dep["spec"]["replicas"],
+        "updatedReplicas": ready,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+    }
+    cluster.kubectl(
+        "patch",
+        "deployment",
+        dep["metadata"]["name"],
+        "-n",
+        NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+
+def delete_pool(cluster: K8sCluster, name: str, ns: str) -> None:
+    # Poll rather than `kubectl delete --timeout`: its watch-based wait proved flaky here.
+    cluster.kubectl("delete", "sendingpool", name, "-n", ns, "--wait=false")
+    try:
+        wait_for(lambda: get_pool(cluster, name, ns) is None, what=f"{name} gone")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {get_pool(cluster, name, ns)}") from None
+
+
+def events_for(cluster: K8sCluster, ns: str, name: str) -> list[dict[str, Any]]:
+    listed = get_json(cluster, "events", "-n", ns) or {}
+    return [e for e in listed.get("items", []) if e["involvedObject"]["name"] == name]
+
+
+async def topic_partitions(kafka: KafkaBroker, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return 0 if described["error_code"] else len(described["partitions"])
+    finally:
+        await admin.close()

@@ -1,0 +1,153 @@
+"""A real Prometheus (Debian's package) for the end-to-end tests, and the helpers around it:
+processes started and stopped by pid, HTTP probes, instant queries, and the check that every
+dashboard panel query parses and returns data.
+
+Used by tests/test_prometheus_e2e.py (the pipeline) and tests/test_operator_prometheus.py (the
+operator); panel queries are substituted as Grafana sends them by scripts/render_dashboards.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mailsluice.dashboards import build
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS = "/usr/bin/prometheus"
+RULES = ROOT / "deploy" / "helm" / "mailsluice" / "rules" / "mailsluice.rules.yaml"
+
+
+def render_module() -> Any:
+    """scripts/render_dashboards.py, loaded by path (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location(
+        "render_dashboards", ROOT / "scripts" / "render_dashboards.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def substitute(expr: str) -> str:
+    return str(render_module().substitute(expr, "1m"))
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=out)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except OSError:
+        return 0, b""
+
+
+async def until(what: str, check: Callable[[], Any], within: float, logs: list[Path]) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(check):
+            return
+        await asyncio.sleep(0.2)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def query(prom: str, expr: str) -> dict[str, Any]:
+    params = urllib.parse.urlencode({"query": expr})
+    status, body = get(f"{prom}/api/v1/query?{params}")
+    data: dict[str, Any] = json.loads(body or b"{}")
+    data["http_status"] = status
+    return data
+
+
+def start_prometheus(
+    tmp_path: Path, port: int, targets: dict[str, int], log: Path
+) -> subprocess.Popen[bytes]:
+    """Prometheus on 127.0.0.1:port scraping 127.0.0.1:<target port>/metrics every second,
+    one job per name in targets."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{target}"]}]}
+            for job, target in targets.items()
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    return start(
+        [
+            PROMETHEUS,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        {"PATH": os.environ.get("PATH", "")},
+        log,
+    )
+
+
+def check_panels(
+    prom: str, stems: list[str], exempt: Callable[[list[str]], bool] = lambda _: False
+) -> tuple[list[str], int]:
+    """Evaluate every panel query of the dashboards `stems`; (problems, queries evaluated).
+    A panel none of whose queries returns data is a problem unless exempt(its queries)."""
+    problems: list[str] = []
+    checked = 0
+    for stem in stems:
+        board = json.loads((build.OUT_DIR / f"mailsluice-{stem}.json").read_text())
+        for title, exprs in build.panel_queries(board):
+            has_data = False
+            for expr in exprs:
+                got = query(prom, substitute(expr))
+                checked += 1
+                if got.get("status") != "success":
+                    problems.append(f"{stem}/{title}: {expr}: {got.get('error')}")
+                elif got["data"]["result"]:
+                    has_data = True
+            if not has_data and not exempt(exprs):
+                problems.append(f"{stem}/{title}: no data")
+    return problems, checked
+
+
+def check_alerts(prom: str, group_prefix: str = "") -> tuple[list[str], int]:
+    """Evaluate every alert expression (of the rule groups named group_prefix...): each must
+    parse. (problems, expressions evaluated)."""
+    problems: list[str] = []
+    checked = 0
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        if not group["name"].startswith(group_prefix):
+            continue
+        for rule in group["rules"]:
+            got = query(prom, rule["expr"])
+            checked += 1
+            if got.get("status") != "success":
+                problems.append(f"alert {rule['alert']}: {got.get('error')}")
+    return problems, checked
