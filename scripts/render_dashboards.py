@@ -104,12 +104,16 @@ def render_all(
     end: float,
     out_dir: Path = OUT,
     rate_interval: str = "1m",
+    *,
+    skip: tuple[str, ...] = (),
 ) -> list[Path]:
+    """Render every dashboard but those whose file stem ends with one of `skip`."""
     return [
         render_dashboard(
             path, prometheus, start=start, end=end, out_dir=out_dir, rate_interval=rate_interval
         )
         for path in sorted(DASHBOARDS.glob("*.json"))
+        if not path.stem.endswith(skip)
     ]
 
 

@@ -1,7 +1,8 @@
 """`make run`: the whole pipeline on this machine, on its embedded defaults.
 
 Starts a single-node Kafka, the sandbox MX (captures everything delivered), ingest on
-127.0.0.1:2525 and a delivery worker for the default pool, all routed to the sandbox so nothing
+127.0.0.1:2525, a delivery worker for the default pool and the stream processors (events become
+suppressions), all routed to the sandbox so nothing
 leaves the machine. Ctrl-C stops everything, each process by its own pid, in reverse order.
 """
 
@@ -35,6 +36,7 @@ LOCAL_ENV = {
 SERVICES = (
     ("sandbox", ["sandbox"], "http://127.0.0.1:8025/healthz"),
     ("delivery", ["delivery", "--pool", "default"], "http://127.0.0.1:9102/readyz"),
+    ("streams", ["streams"], "http://127.0.0.1:9105/readyz"),
     ("ingest", ["ingest"], "http://127.0.0.1:9101/readyz"),
 )
 
@@ -73,7 +75,7 @@ Mailsluice is running locally.
   SMTP ingest       127.0.0.1:2525   (trusted network: loopback, no auth needed)
   sandbox MX        127.0.0.1:1025   (every delivered message lands here)
   sandbox API       http://127.0.0.1:8025/api/v1/messages
-  metrics           http://127.0.0.1:9101/metrics (ingest), http://127.0.0.1:9102/metrics (delivery)
+  metrics           http://127.0.0.1:9101/metrics (ingest), :9102 (delivery), :9105 (streams)
   Kafka             127.0.0.1:{KAFKA_PORT}
 
 Send a message:

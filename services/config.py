@@ -22,6 +22,7 @@ SETTINGS_MODULES = (
     "mailsluice.delivery.settings",
     "mailsluice.delivery.outbound_settings",
     "mailsluice.delivery.shaping_runtime",
+    "mailsluice.delivery.retry_mover",
     "mailsluice.sandbox.settings",
     "mailsluice.streams.settings",
     "mailsluice_operator.settings",

@@ -64,11 +64,6 @@ SMTP_SECONDS = Histogram(
     ["stage"],
     buckets=TIME_BUCKETS,
 )
-COMPLAINTS = Counter(
-    "mailsluice_delivery_complaints_total",
-    "Spam complaints (feedback loop reports) by provider.",
-    ["pool", "provider"],
-)
 
 # --- DNS ---------------------------------------------------------------------------------------
 
@@ -99,8 +94,13 @@ WORKERS = Gauge(
 
 for _stage in SMTP_STAGES:
     SMTP_SECONDS.labels(_stage)
-for _result in RECONCILE_RESULTS:
-    RECONCILES.labels(_result)
+
+
+def init_operator() -> None:
+    """Start the operator's reconcile counters at zero; only the operator process calls this,
+    so other components do not export an operator series."""
+    for result in RECONCILE_RESULTS:
+        RECONCILES.labels(result)
 
 
 def provider_label(routing_key: str) -> str:

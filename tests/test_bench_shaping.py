@@ -110,3 +110,20 @@ def test_bench_script_policy_is_valid_and_names_each_destination():
         else:
             assert limits.rate * 60 == pytest.approx(dest.rate_per_min)
             assert limits.burst == dest.burst
+
+
+def test_bench_script_phase_figures_split_by_worker():
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    import bench_shaping
+
+    w1, w2 = bench_shaping.WORKER_IPS
+    # A handed over from w1 to w2 after 20 s, with a 2 s gap; nothing reached B or C
+    a = [(t, w1) for t in gcra(10.0, 5, 200, start=100.0)]
+    a += [(t, w2) for t in gcra(10.0, 5, 200, start=a[-1][0] + 2.0)]
+    figures = bench_shaping.phase_figures({"A": a}, end=a[-1][0] + 0.05)
+    assert figures["A"]["by_worker"] == {"w1": 200, "w2": 200}
+    assert figures["A"]["max_gap_s"] == pytest.approx(2.0)
+    assert figures["A"]["excess"] == 0.0  # a fresh burst after a 2 s pause is within the limit
+    assert figures["A"]["error_pct"] < -3  # the handover gap costs rate
+    assert figures["B"]["messages"] == 0 and figures["B"]["by_worker"] == {}

@@ -277,6 +277,8 @@ def test_mover_applies_retry_now_and_reports_backlog() -> None:
     assert not ok and "assignment" in detail
     mover.on_assigned([TP])
     assert mover.ready()[0]
+    mover._kafka_error = "unreachable (KafkaConnectionError)"  # what the probe sets
+    assert mover.ready() == (False, "retry mover: Kafka unreachable (KafkaConnectionError)")
 
 
 def test_settings_reject_a_zero_bound() -> None:

@@ -38,6 +38,7 @@ class StreamsProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    app_id: str
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -59,15 +60,10 @@ def _get(url: str) -> tuple[int, str]:
 async def _start_at_end(settings: KafkaSettings, group: str) -> None:
     """Commit the group's offsets at the end of the events topic, so the processor reads only
     this test's events (not every event the session wrote before)."""
+    tps = await _partitions(settings, contracts.EVENTS_TOPIC)
     consumer = make_consumer(settings, group_id=group, client_id="test-streams-offsets")
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(contracts.EVENTS_TOPIC)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(contracts.EVENTS_TOPIC)
-        tps = [TopicPartition(contracts.EVENTS_TOPIC, p) for p in sorted(parts or ())]
-        assert tps, "events topic has no partitions"
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.commit(dict(ends))
@@ -97,12 +93,14 @@ def streams(
         "MAILSLUICE_STREAMS_APP_ID": app_id,
         "MAILSLUICE_STREAMS_HTTP_PORT": str(port),
         "MAILSLUICE_LOG_JSON_FORMAT": "false",
+        "MAILSLUICE_STREAMS_SWEEP_INTERVAL_S": "1",
+        "TMPDIR": str(log.parent),  # faust's data directory
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(EXE), "streams"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
         )
-    running = StreamsProcess(proc, port, log)
+    running = StreamsProcess(proc, port, log, app_id)
     try:
         deadline = time.monotonic() + 120
         while _get(running.url("/readyz"))[0] != 200:
@@ -239,6 +237,42 @@ async def test_repeated_soft_failures_suppress_and_a_delivery_resets(
     assert await _records(follower, expected) == expected, streams.tail()
 
 
+async def test_stale_soft_state_is_swept(
+    streams: StreamsProcess, settings: KafkaSettings, kafka
+) -> None:
+    # A soft failure older than the window makes an entry that the next sweep of its partition
+    # deletes (sweeps run at most every second here); a later event of the same address (a
+    # policy block changes nothing) comes after the interval and triggers that sweep.
+    stale = _addr("stale")
+    await _publish(settings, [_expired(stale, "qs", days_ago=40)])
+    await asyncio.sleep(1.5)
+    block = {"code": 550, "enhanced": "5.7.1", "text": "blocked"}
+    await _publish(settings, [_ev(EventType.BOUNCE, stale, "qs", **block)])
+    changelog = f"{streams.app_id}-soft-failures-changelog"
+    values = await _changelog_values(settings, changelog, json.dumps(stale).encode(), count=2)
+    assert values[0] is not None and json.loads(values[0])["days"]
+    assert values[1] is None  # the tombstone
+
+
+async def _changelog_values(
+    settings: KafkaSettings, topic: str, key: bytes, count: int, wait_s: float = 60
+) -> list[bytes | None]:
+    parts = await _partitions(settings, topic)
+    consumer = make_consumer(settings, group_id=None, client_id="test-streams-changelog")
+    await consumer.start()
+    found: list[bytes | None] = []
+    try:
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while len(found) < count and asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            found += [r.value for rs in batches.values() for r in rs if r.key == key]
+    finally:
+        await consumer.stop()
+    return found
+
+
 def test_metrics_readiness_and_a_clean_stop(streams: StreamsProcess) -> None:
     status, body = _get(streams.url("/readyz"))
     assert status == 200 and json.loads(body)["status"] == "ready"
@@ -268,3 +302,20 @@ def test_bad_settings_exit_2_before_kafka() -> None:
     )
     assert done.returncode == 2
     assert "MAILSLUICE_STREAMS_SOFT_THRESHOLD" in done.stderr
+
+
+def test_unreachable_kafka_exits_1_after_the_start_timeout() -> None:
+    bootstrap = f"127.0.0.1:{kafka_local.free_port()}"
+    env = {
+        **os.environ,
+        "MAILSLUICE_KAFKA_BOOTSTRAP": bootstrap,
+        "MAILSLUICE_STREAMS_START_TIMEOUT_S": "3",
+        "MAILSLUICE_STREAMS_HTTP_PORT": str(kafka_local.free_port()),
+    }
+    began = time.monotonic()
+    done = subprocess.run(
+        [str(EXE), "streams"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1, done.stderr
+    assert bootstrap in done.stderr
+    assert 2 < time.monotonic() - began < 30

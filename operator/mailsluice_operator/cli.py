@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from mailsluice.config import KafkaSettings, load
+from mailsluice.config import KafkaSettings, LogSettings, load
+from mailsluice.observability import setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,14 +35,15 @@ def run(args: argparse.Namespace) -> int:
 
     op = load(OperatorSettings)
     kafka = load(KafkaSettings)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs = load(LogSettings)
+    setup_logging(logs.model_copy(update={"level": "DEBUG"}) if args.verbose else logs, "operator")
     namespace = op.namespace if args.namespace is None else args.namespace
     if op.metrics_port:
         from prometheus_client import start_http_server
 
+        from mailsluice import metrics
+
+        metrics.init_operator()
         start_http_server(op.metrics_port)
     kopf.run(
         registry=build_registry(op, kafka),

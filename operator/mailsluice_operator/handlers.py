@@ -127,7 +127,11 @@ def build_registry(
     ) -> None:
         await _reconcile(body, patch, memo, logger)
 
-    @kopf.timer(*resource, interval=op.scale_interval_s, registry=registry)
+    # A failed round retries at the normal pace, not after kopf's default 60 s backoff: a
+    # short API or Kafka hiccup must not pause scaling for four rounds.
+    @kopf.timer(
+        *resource, interval=op.scale_interval_s, backoff=op.scale_interval_s, registry=registry
+    )
     async def scale(
         body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger, **_: Any
     ) -> None:

@@ -251,7 +251,10 @@ class Attempts:
                 item.env,
                 item.value,
                 now=self.wall(),
-                not_before=self.wall() + deferral.wait,
+                # Due back half a horizon early: it then waits in memory for its slot instead
+                # of arriving after it (fetch and mover latency would be lost rate).
+                not_before=self.wall()
+                + max(0.0, deferral.wait - self.settings.short_horizon_s / 2),
             )
             await self.produce_all([record])
             tier = record.topic.rsplit(".", 1)[-1]

@@ -48,8 +48,11 @@ class Commits:
 
     async def loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:
+            # asyncio.timeout, not wait_for: wait_for (3.11) swallows a cancellation that comes
+            # as the event is set, and the worker's shutdown would then wait for this forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._soon.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._soon.wait()
             if self._soon.is_set():
                 self._soon.clear()
                 await asyncio.sleep(min(FIRST_COMMIT_DELAY_S, self.interval_s))

@@ -4,7 +4,8 @@ feed it (operator commands in, status and warm-up usage out).
 Wiring into a worker (service.py):
 
     runtime = ShapingRuntime(load(ShapingSettings), kafka, settings.pool, defaults=...)
-    worker = Worker(settings, kafka, transport, shaper=runtime.shaper)
+    worker = Worker(settings, kafka, transport, shaper=runtime.shaper,
+                    on_share=runtime.set_share)  # pool-wide warm-up caps follow rebalances
     runtime.queued = worker.scheduler.queued
     runtime.start_background()  # when Kafka answers: restore warm-up usage, follow control
     ...

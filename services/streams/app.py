@@ -189,7 +189,7 @@ class StreamsProcessor:
         streams_metrics.EVENTS.labels(pool, kind).inc()
         if rules.relevant(event):
             address = normalize(event.recipient)
-            await self.by_address.send(key=address.encode(), value=value)
+            await self._send(self.by_address, address.encode(), value, acked=False)
         self._sweep_counters(partition)
 
     async def judge_one(self, value: bytes, partition: int) -> None:
@@ -214,23 +214,29 @@ class StreamsProcessor:
         self._sweep_soft(partition)
 
     async def publish(self, address: str, reason: str) -> None:
-        """Write one suppression record and wait for Kafka's acknowledgement, retrying."""
+        """Write one suppression record and wait for Kafka's acknowledgement."""
         entry = Suppression(address=address, reason=reason, source=SOURCE)
         key, value = contracts.suppression_key(address), contracts.encode_suppression(entry)
+        await self._send(self.suppressions_topic, key, value, acked=True)
+        streams_metrics.SUPPRESSIONS.labels(reason).inc()
+        log.info("suppressed an address: %s", reason)
+
+    async def _send(self, topic: Any, key: bytes, value: bytes, *, acked: bool) -> None:
+        """Send, retrying until Kafka takes the record: skipping it would lose a suppression.
+        Unacknowledged sends are flushed by faust before it commits the source offset."""
         delay = 0.5
         while True:
             try:
-                sent = await self.suppressions_topic.send(key=key, value=value)
-                await sent
-                break
+                sent = await topic.send(key=key, value=value)
+                if acked:
+                    await sent
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("streams: suppression record not written (%s); retrying", exc)
+                log.warning("streams: record to %s not written (%s); retrying", topic, exc)
                 await asyncio.sleep(delay)
                 delay = min(SEND_RETRY_MAX_S, delay * 2)
-        streams_metrics.SUPPRESSIONS.labels(reason).inc()
-        log.info("suppressed an address: %s", reason)
 
     # --- housekeeping (inside stream iteration: table deletes go to the event's partition) --
 
@@ -240,7 +246,7 @@ class StreamsProcessor:
         if last is not None and now - last < self.settings.sweep_interval_s:
             return False
         self._swept[(table, partition)] = now
-        return last is not None  # not on the first event after start: recovery just ran
+        return True
 
     def _sweep_soft(self, partition: int) -> None:
         if not self._due("soft", partition):

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # Only the events and suppressions topics are created here; their configs do not depend on
 # the message size.
 _SPEC_MESSAGE_SIZE = 1024 * 1024
+_RETRY_S = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,25 +57,35 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _prepare(kafka: KafkaSettings, settings: StreamsSettings, *, ensure: bool) -> int:
-    """Create the topics and return the events topic's partition count."""
+    """Create the topics and return the events topic's partition count, retrying while Kafka
+    is unreachable for up to start_timeout_s (then OSError: the pod restarts)."""
     from aiokafka.errors import KafkaError
 
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.start_timeout_s
+    while True:
+        remaining = deadline - loop.time()
+        try:
+            return await asyncio.wait_for(_topics(kafka, settings, ensure, remaining), remaining)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if loop.time() + _RETRY_S >= deadline:
+                raise OSError(f"Kafka at {kafka.bootstrap}: {exc or type(exc).__name__}") from exc
+            log.warning("streams: Kafka not usable yet (%s); retrying", exc)
+            await asyncio.sleep(_RETRY_S)
+
+
+async def _topics(
+    kafka: KafkaSettings, settings: StreamsSettings, ensure: bool, wait_s: float
+) -> int:
     from mailsluice.kafka import ensure_topics, standard_topics, topic_partitions
     from mailsluice.streams.app import internal_topics
 
-    wait_s = settings.start_timeout_s
-    wanted = (contracts.EVENTS_TOPIC, contracts.SUPPRESSIONS_TOPIC)
-    try:
-        if ensure:
-            specs = standard_topics(kafka, [], _SPEC_MESSAGE_SIZE)
-            await asyncio.wait_for(
-                ensure_topics(kafka, [s for s in specs if s.name in wanted], wait_s), wait_s
-            )
-        partitions = len(await topic_partitions(kafka, contracts.EVENTS_TOPIC, wait_s))
-        own = internal_topics(settings.app_id, partitions, kafka)
-        await asyncio.wait_for(ensure_topics(kafka, own, wait_s), wait_s)
-    except KafkaError as exc:
-        raise OSError(f"Kafka at {kafka.bootstrap}: {exc}") from exc
+    if ensure:
+        wanted = (contracts.EVENTS_TOPIC, contracts.SUPPRESSIONS_TOPIC)
+        specs = standard_topics(kafka, [], _SPEC_MESSAGE_SIZE)
+        await ensure_topics(kafka, [s for s in specs if s.name in wanted], wait_s)
+    partitions = len(await topic_partitions(kafka, contracts.EVENTS_TOPIC, wait_s))
+    await ensure_topics(kafka, internal_topics(settings.app_id, partitions, kafka), wait_s)
     return partitions
 
 
