@@ -121,6 +121,8 @@ def service_env(
         "MAILSLUICE_DELIVERY_DEST_MAX_CONCURRENCY": str(plan.concurrency),
         "MAILSLUICE_DELIVERY_DEST_MAX_RATE": "1000000",
         "MAILSLUICE_DELIVERY_DEST_BURST": "100000",
+        # Postfix has no per-destination connection rate either: the same terms for both.
+        "MAILSLUICE_SHAPING_POOL_OVERRIDES": '{"defaults": {"max_connection_rate": "100000/s"}}',
         "MAILSLUICE_OUTBOUND_STATIC_ROUTES": (
             f"{LATENCY_DOMAIN}={LATENCY_SINK_IP}:{ports['latency_sink']},*={sink}"
         ),

@@ -365,6 +365,12 @@ class Delivery:
         "Records sent to a retry delay topic (after a failure or when throttled).",
         ["pool", "tier", "cause"],
     )
+    CONNECTION_RATE_REQUEUES = Counter(
+        "mailsluice_delivery_connection_rate_requeues_total",
+        "Sends queued again because the destination's connection rate allowed no new "
+        "connection (local shaping; not counted as attempts).",
+        ["pool"],
+    )
     DUPLICATES_SKIPPED = Counter(
         "mailsluice_delivery_duplicates_skipped_total",
         "Recipients of redelivered records not sent again because they were already delivered.",

@@ -27,6 +27,7 @@ from mailsluice.delivery import outcomes
 from mailsluice.delivery.dedup import DeliveredCache, warm_from_events
 from mailsluice.delivery.scheduler import Deferral, Job, Scheduler, Shaper
 from mailsluice.delivery.settings import DeliverySettings
+from mailsluice.delivery.transport_limits import S451_CONNECTION_RATE
 from mailsluice.metrics import Delivery as m
 from mailsluice.metrics import ShapingFlow as flow_metrics
 
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 THROTTLED = (451, "4.4.5", "destination throttled; message expired while waiting")
 # Produce retries back off up to this long while Kafka is unavailable.
 PRODUCE_BACKOFF_MAX_S = 5.0
+# A send refused by our own connection rate (no connection could be opened) queues again this
+# much later: it was no attempt, so it neither counts nor goes through a retry tier.
+CONNECTION_RATE_REQUEUE_S = 1.0
 
 
 class TransportLike(Protocol):
@@ -179,6 +183,9 @@ class Attempts:
             except BaseException:
                 self.release(item)
                 raise
+            if results and all(_connection_throttled(r) for r in results):
+                await self.requeue(job)
+                return
             for res in results:
                 if res.kind == "delivered":
                     self.dedup.add(env.queue_id, res.recipient)
@@ -186,6 +193,16 @@ class Attempts:
         finally:
             self.scheduler.done(job, self.mono())
             self.wake()
+
+    async def requeue(self, job: Job[Item]) -> None:
+        """Back into the destination's queue (or to a delay topic past the short horizon)."""
+        now = self.mono()
+        deferral = self.scheduler.push(
+            job.key, job.item, now, ready_at=now + CONNECTION_RATE_REQUEUE_S
+        )
+        m.CONNECTION_RATE_REQUEUES.labels(self.pool).inc()
+        if deferral is not None:
+            await self.defer(deferral)
 
     async def conclude(
         self,
@@ -322,3 +339,7 @@ class Attempts:
                 log.warning("producing outcome records failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, PRODUCE_BACKOFF_MAX_S)
+
+
+def _connection_throttled(res: outcomes.ResultLike) -> bool:
+    return (res.code, res.enhanced, res.text) == S451_CONNECTION_RATE
