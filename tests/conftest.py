@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from support.dns_server import DnsServer
 from support.fake_mx import FakeMx, SmtpSink
+from support.k8s_cluster import K8sCluster
+from support.k8s_fixtures import shared_cluster, stop_shared_cluster
 from support.kafka_broker import KafkaBroker, start_broker
 
 
@@ -28,6 +30,15 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
 
 
 _brokers: list[KafkaBroker] = []
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
+    """A real kube-apiserver + etcd (built from Go modules), started once for every operator
+    and chart test module."""
+    cluster = shared_cluster(tmp_path_factory)
+    yield cluster
+    stop_shared_cluster()
 
 
 @pytest.fixture(autouse=True)

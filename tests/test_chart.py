@@ -13,19 +13,12 @@ from typing import Any
 import pytest
 import yaml
 from support.k8s_cluster import K8sCluster
-from support.k8s_fixtures import CHART, apply_crd, get_json, shared_cluster, stop_shared_cluster
+from support.k8s_fixtures import CHART, apply_crd, get_json
 
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
 KUBE_VERSION = "1.34.0"
 NS = "mailsluice-chart"
 PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
-    cluster = shared_cluster(tmp_path_factory)
-    yield cluster
-    stop_shared_cluster()
 
 
 @pytest.fixture(scope="module")

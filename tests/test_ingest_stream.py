@@ -7,21 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from ingest_fixtures import queue_id_of, queued, running_ingest, smtp_send, uid
+from test_ingest_units import TRACE
 
 from mailsluice.config import KafkaSettings
 from mailsluice.ingest.handler import choose_stream
-from mailsluice.ingest.message import Trace, prepare_message
+from mailsluice.ingest.message import prepare_message
 from mailsluice.ingest.service import IngestService
-
-TRACE = Trace(
-    helo="client.example",
-    peer_ip="127.0.0.1",
-    hostname="mx.test",
-    protocol="ESMTP",
-    queue_id="01ABC",
-    recipients=("a@x.example",),
-    now=0.0,
-)
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,6 @@ from support.k8s_fixtures import (
     condition,
     get_json,
     running_operator,
-    shared_cluster,
-    stop_shared_cluster,
     wait_for,
 )
 from support.kafka_broker import KafkaBroker
@@ -46,13 +44,6 @@ from mailsluice_operator.handlers import build_registry
 from mailsluice_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
-    cluster = shared_cluster(tmp_path_factory)
-    yield cluster
-    stop_shared_cluster()
 
 
 @pytest.fixture(scope="module")

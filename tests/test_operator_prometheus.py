@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,9 @@ from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import (
     apply_crd,
     get_json,
-    shared_cluster,
-    stop_shared_cluster,
 )
 from support.kafka_broker import KafkaBroker
+from support.operator_cluster import pretend_workers_ready
 from support.prometheus import (
     check_alerts,
     check_panels,
@@ -59,13 +57,6 @@ pytestmark = pytest.mark.kafka
 NS = "op-prom"
 VENV_BIN = Path(sys.executable).parent
 RUN_S = 30.0
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
-    cluster = shared_cluster(tmp_path_factory)
-    yield cluster
-    stop_shared_cluster()
 
 
 def _write_kubeconfig(path: Path, cluster: K8sCluster, server: str) -> None:
@@ -101,30 +92,6 @@ def _pool_doc(name: str) -> str:
                 "scaleDownStabilizationSeconds": 3,
             },
         }
-    )
-
-
-def _pretend_ready(cluster: K8sCluster, pool: str, ready: int) -> None:
-    """Write the Deployment's status as the (absent) deployment controller would."""
-    dep = get_json(cluster, "deployment", f"mailsluice-delivery-{pool}", "-n", NS)
-    assert dep is not None
-    status = {
-        "observedGeneration": dep["metadata"]["generation"],
-        "replicas": dep["spec"]["replicas"],
-        "updatedReplicas": ready,
-        "readyReplicas": ready,
-        "availableReplicas": ready,
-    }
-    cluster.kubectl(
-        "patch",
-        "deployment",
-        dep["metadata"]["name"],
-        "-n",
-        NS,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": status}),
     )
 
 
@@ -222,7 +189,7 @@ async def test_operator_dashboard_against_real_prometheus(
             60,
             logs,
         )
-        _pretend_ready(cluster, pools[0], 1)
+        pretend_workers_ready(cluster, pools[0], 1, NS)
         trickle = asyncio.create_task(_produce(kafka, pools[0], 300, burst=30, every_s=2))
         await _produce(kafka, pools[1], 40)  # 4 workers' worth of lag at lagPerWorker 10
         await until("prometheus ready", lambda: get(f"{prom}/-/ready")[0] == 200, 30, logs)

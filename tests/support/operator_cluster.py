@@ -66,9 +66,9 @@ def get_deployment(cluster: K8sCluster, pool: str, ns: str = NS) -> dict[str, An
     return get_json(cluster, "deployment", f"mailsluice-delivery-{pool}", "-n", ns)
 
 
-def pretend_workers_ready(cluster: K8sCluster, pool: str, ready: int) -> None:
+def pretend_workers_ready(cluster: K8sCluster, pool: str, ready: int, ns: str = NS) -> None:
     """Write Deployment status as the (absent) deployment controller would."""
-    dep = get_deployment(cluster, pool)
+    dep = get_deployment(cluster, pool, ns)
     assert dep is not None
     status = {
         "observedGeneration": dep["metadata"]["generation"],
@@ -82,7 +82,7 @@ def pretend_workers_ready(cluster: K8sCluster, pool: str, ready: int) -> None:
         "deployment",
         dep["metadata"]["name"],
         "-n",
-        NS,
+        ns,
         "--subresource=status",
         "--type=merge",
         "-p",
