@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from support.k8s_fixtures import (
     get_json,
 )
 from support.kafka_broker import KafkaBroker
-from support.operator_cluster import pretend_workers_ready
+from support.operator_cluster import apply_yaml, pool_yaml, pretend_workers_ready
 from support.prometheus import (
     check_alerts,
     check_panels,
@@ -74,25 +73,6 @@ def _write_kubeconfig(path: Path, cluster: K8sCluster, server: str) -> None:
         }
     )
     path.write_text(text)
-
-
-def _pool_doc(name: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "mailsluice.io/v1alpha1",
-            "kind": "SendingPool",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "ehloName": "mta.example.test",
-                "sourceAddresses": ["192.0.2.10"],
-                "partitions": 4,
-                "minWorkers": 1,
-                "maxWorkers": 4,
-                "lagPerWorker": 10,
-                "scaleDownStabilizationSeconds": 3,
-            },
-        }
-    )
 
 
 def _env(kafka: KafkaBroker, **extra: str) -> dict[str, str]:
@@ -177,9 +157,7 @@ async def test_operator_dashboard_against_real_prometheus(
         )
         started = time.time()
         for pool in pools:
-            cluster.kubectl(
-                "apply", "--server-side", "--field-manager=test", "-f", "-", input=_pool_doc(pool)
-            )
+            apply_yaml(cluster, pool_yaml(pool, NS))
         await until("pools reconciled", lambda: _reconciled(cluster, pools), 60, logs)
         # The operator created the first pool's topic; its worker joins the consumer group.
         procs.append(start([mailsluice, "delivery"], worker_env, logs[1]))
