@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from support.dns_server import DnsServer
 from support.fake_mx import FakeMx, free_port, next_loopback
+from test_delivery_transport import settings
 
 from mailsluice.contracts import Envelope
 from mailsluice.delivery.engine import PolicyShaper
@@ -58,21 +59,6 @@ def envelope(*rcpts: str, key: str | None = None, pool: str = "shape") -> Envelo
         routing_key=key or rcpts[0].rpartition("@")[2],
         received_at=time.time(),
     )
-
-
-def settings(**kw: Any) -> OutboundSettings:
-    base: dict[str, Any] = {
-        "ehlo_name": "out.mailsluice.test",
-        "connect_timeout_s": 2.0,
-        "greeting_timeout_s": 5.0,
-        "command_timeout_s": 5.0,
-        "mail_timeout_s": 5.0,
-        "rcpt_timeout_s": 5.0,
-        "data_init_timeout_s": 5.0,
-        "data_end_timeout_s": 5.0,
-    }
-    base.update(kw)
-    return OutboundSettings(**base)
 
 
 class Clock:
