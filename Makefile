@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
-TYPECHECK_ROOT := .cache/typecheck
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-deps kafka-jars k8s-build k8s-up k8s-down lint typecheck test run \
@@ -28,18 +27,13 @@ system-deps:
 kafka-jars: system-deps
 	@$(PYTHON) scripts/kafka_local.py fetch
 
-# mypy resolves the import names through links to the mapped source folders.
-$(TYPECHECK_ROOT)/mailsluice:
-	mkdir -p $(TYPECHECK_ROOT)
-	ln -sfn ../../services $(TYPECHECK_ROOT)/mailsluice
-	ln -sfn ../../operator/mailsluice_operator $(TYPECHECK_ROOT)/mailsluice_operator
-
 lint: $(STAMP)
 	$(BIN)/ruff check services operator tests scripts
 	$(BIN)/ruff format --check services operator tests scripts
 
-typecheck: $(STAMP) $(TYPECHECK_ROOT)/mailsluice
+typecheck: $(STAMP)
 	$(BIN)/mypy -p mailsluice -p mailsluice_operator
+	$(BIN)/lint-imports
 
 test: setup k8s-build lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -19,7 +19,7 @@ steady window (from 5 s after its first message to the end of the measurement), 
 most messages in any 1 s against what the limit allows there (burst + one second of rate), the
 envelope excess (the most messages, over every window, beyond burst + rate * window: 0 when
 GCRA holds exactly) and the longest gap between two messages. The figures come from
-mailsluice.delivery.shaping_bench. Progress and a table go to stdout, the last line is JSON;
+bench_shaping_figures. Progress and a table go to stdout, the last line is JSON;
 the exit status is 1 when a stage failed (figures outside the limits are reported, not fatal).
 Other MAILSLUICE_* variables in the environment reach the workers, e.g.
 MAILSLUICE_DELIVERY_SHORT_HORIZON_S=120 keeps a throttled backlog in memory instead of sending
@@ -47,9 +47,8 @@ from typing import Any
 import kafka_local
 from bench_ours import MAILSLUICE, Service
 from bench_run import say
+from bench_shaping_figures import format_rows, measured
 from bench_tools import tail
-
-from mailsluice.delivery.shaping_bench import format_rows, measured
 
 WORKER_IPS = ("127.0.0.31", "127.0.0.32")  # source addresses: the sinks tell workers apart
 WARMUP_S = 5.0  # the steady window starts this long after a destination's first message
@@ -182,9 +181,10 @@ async def prepare_queue(bootstrap: str, pool: str, partitions: int, seconds: flo
     """Create the pool's topics and enqueue the destinations' mail, interleaved."""
     from aiokafka import AIOKafkaProducer
 
-    from mailsluice import contracts
-    from mailsluice.config import KafkaSettings
-    from mailsluice.kafka import ensure_topics, standard_topics
+    from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
+    from mailsluice.contracts.topics import queue_topic
+    from mailsluice.kafka.admin import ensure_topics, standard_topics
+    from mailsluice.kafka.settings import KafkaSettings
 
     ks = KafkaSettings(bootstrap=bootstrap, queue_partitions=partitions)
     await ensure_topics(ks, standard_topics(ks, [pool], 1024 * 1024))
@@ -198,7 +198,7 @@ async def prepare_queue(bootstrap: str, pool: str, partitions: int, seconds: flo
             for domain, count in counts.items():
                 if n >= count:
                     continue
-                env = contracts.Envelope(
+                env = Envelope(
                     queue_id=f"{pool}-{domain[0]}{n:06d}",
                     pool=pool,
                     sender="bench@origin.example",
@@ -209,10 +209,10 @@ async def prepare_queue(bootstrap: str, pool: str, partitions: int, seconds: flo
                 body = f"Subject: shaping {n}\r\nTo: <r{n}@{domain}>\r\n\r\nbench\r\n".encode()
                 futures.append(
                     await producer.send(
-                        contracts.queue_topic(pool),
+                        queue_topic(pool),
                         body,
                         key=domain.encode(),
-                        headers=[(contracts.ENVELOPE_HEADER, contracts.encode_envelope(env))],
+                        headers=[(ENVELOPE_HEADER, encode_envelope(env))],
                     )
                 )
                 sent += 1

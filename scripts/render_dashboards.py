@@ -2,10 +2,10 @@
 
     python scripts/render_dashboards.py --prometheus http://127.0.0.1:9090 --minutes 5
 
-writes docs/dashboards/<dashboard>.png: one image per dashboard, one plot per panel, one line
-per series, queried with /api/v1/query_range the way Grafana would (variables set to "All",
-$__rate_interval as --rate-interval). tests/test_prometheus_e2e.py calls `render_all` at its end
-when MAILSLUICE_RENDER_DASHBOARDS=1, which is how the committed images are made.
+writes docs/dashboards/<dashboard>.png: one image per dashboard, one plot per panel, one line per
+series, queried with /api/v1/query_range the way Grafana would (variables set to "All",
+$__rate_interval as --rate-interval). tests/observability/test_prometheus_e2e.py calls `render_all`
+at its end when MAILSLUICE_RENDER_DASHBOARDS=1, which is how the committed images are made.
 """
 
 from __future__ import annotations

@@ -13,6 +13,14 @@ from support.k8s_fixtures import shared_cluster, stop_shared_cluster
 from support.kafka_broker import KafkaBroker, start_broker
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers are true by construction: every test that uses the broker (directly or through
+    another fixture) is marked `kafka`, and only those."""
+    for item in items:
+        if "kafka" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """A real Kafka 4 broker (KRaft) on 127.0.0.1; `.bootstrap`, `.stop()`, `.start()`.

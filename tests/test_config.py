@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.paths import REPO
 
-from mailsluice.config import KafkaSettings, LogSettings, load, render_docs, settings_classes
+from mailsluice.admin.config import render_docs, settings_classes
+from mailsluice.config import LogSettings, load
+from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.resolver import DnsSettings
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+DOCS = REPO / "docs" / "configuration.md"
 MAILSLUICE = Path(sys.executable).parent / "mailsluice"
 
 

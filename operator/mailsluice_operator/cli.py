@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from mailsluice.config import KafkaSettings, LogSettings, load
-from mailsluice.observability import setup_logging
+from mailsluice.config import LogSettings, load
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.observability.endpoints import setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if op.metrics_port:
         from prometheus_client import start_http_server
 
-        from mailsluice import metrics
+        from mailsluice.metrics.operator import init_operator
 
-        metrics.init_operator()
+        init_operator()
         start_http_server(op.metrics_port)
     kopf.run(
         registry=build_registry(op, kafka),

@@ -15,8 +15,9 @@ from typing import Any
 
 import kopf
 
-from mailsluice import contracts, metrics
-from mailsluice.config import KafkaSettings
+from mailsluice.contracts.topics import queue_topic
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.metrics.operator import RECONCILES, forget_pool, record_workers
 from mailsluice_operator import GROUP, PLURAL, VERSION, kafka_admin, render
 from mailsluice_operator.kube import KubeClient, from_environment
 from mailsluice_operator.reconcile import reconcile
@@ -82,9 +83,9 @@ def build_registry(
                 try:
                     await _reconcile_locked(body, patch, memo, logger)
                 except BaseException:
-                    metrics.RECONCILES.labels("error").inc()
+                    RECONCILES.labels("error").inc()
                     raise
-                metrics.RECONCILES.labels("ok").inc()
+                RECONCILES.labels("ok").inc()
 
     async def _reconcile_locked(
         body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger
@@ -109,7 +110,7 @@ def build_registry(
             )
         memo["scale_history"] = outcome.history
         patch.status.update(outcome.status)
-        metrics.record_workers(body["metadata"]["name"], dict(outcome.status))
+        record_workers(body["metadata"]["name"], dict(outcome.status))
         for event in outcome.events:
             logger.log(
                 logging.WARNING if event.type == "Warning" else logging.INFO,
@@ -152,9 +153,9 @@ def build_registry(
             memo["deleted"] = True
             for kind in CHILD_KINDS:
                 await kube.delete(kind, namespace, names[kind])
-        metrics.forget_pool(name)
+        forget_pool(name)
         # The queue topic stays: it may still hold accepted mail (RFC 5321: never lose it).
-        logger.info("pool %s deleted; topic %s kept", name, contracts.queue_topic(name))
+        logger.info("pool %s deleted; topic %s kept", name, queue_topic(name))
 
     return registry
 

@@ -9,16 +9,10 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 
-from mailsluice import contracts
-from mailsluice.config import KafkaSettings
-from mailsluice.delivery.settings import DeliverySettings
-from mailsluice.kafka import (
-    TopicChange,
-    TopicSpec,
-    existing_partitions,
-    plan_topic_changes,
-    record_limit,
-)
+from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
+from mailsluice.contracts.topics import WARMUP_TOPIC, TopicSpec, queue_topic, queue_topic_spec
+from mailsluice.kafka.admin import TopicChange, existing_partitions, plan_topic_changes
+from mailsluice.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +28,6 @@ class PoolKafkaState:
     lag: int  # total over partitions: end offset minus the group's committed offset
     # Latest warm-up ledger records of the pool (key -> value), for today's usage.
     warmup_records: dict[bytes, bytes] = field(default_factory=dict)
-
-
-def queue_topic_spec(settings: KafkaSettings, topic: str, partitions: int) -> TopicSpec:
-    """The same per-topic configs services/kafka.standard_topics gives queue topics."""
-    size = int(DeliverySettings.model_fields["max_message_size"].default)
-    return TopicSpec(
-        topic,
-        partitions,
-        {
-            "max.message.bytes": str(record_limit(size)),
-            "min.insync.replicas": str(settings.min_insync_replicas),
-        },
-    )
 
 
 def lag_of(
@@ -68,7 +49,7 @@ def lag_of(
 async def ensure_topic(
     admin: AIOKafkaAdminClient, settings: KafkaSettings, spec: TopicSpec
 ) -> TopicChange:
-    """Create the topic or grow it; never shrink (Kafka cannot): as mailsluice.kafka.ensure_topics,
+    """Create the topic or grow it; never shrink (Kafka cannot): as kafka.admin.ensure_topics,
     on a client the caller keeps."""
     (change,) = plan_topic_changes(await existing_partitions(admin), [spec])
     if change.action == "created":
@@ -189,15 +170,14 @@ class KafkaRounds:
     async def _round(self, topic: str, partitions: int, group: str) -> PoolKafkaState:
         try:
             admin, consumer, ledger = await self._open()
-            change = await ensure_topic(
-                admin, self.settings, queue_topic_spec(self.settings, topic, partitions)
+            pool = topic.removeprefix(queue_topic(""))
+            spec = queue_topic_spec(
+                pool, partitions, DEFAULT_MAX_MESSAGE_SIZE, self.settings.min_insync_replicas
             )
+            change = await ensure_topic(admin, self.settings, spec)
             lag, have = await consumer_lag(admin, consumer, topic, group)
             async with self._ledger_lock:
-                pool = topic.removeprefix(contracts.queue_topic(""))
-                records = await read_compacted(
-                    admin, ledger, contracts.WARMUP_TOPIC, f"{pool}/".encode()
-                )
+                records = await read_compacted(admin, ledger, WARMUP_TOPIC, f"{pool}/".encode())
         except Exception:
             await self._reset()
             raise

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailsluice import contracts
-from mailsluice.config import KafkaSettings
-from mailsluice.delivery.warmup import Schedule
+from mailsluice.contracts.topics import consumer_group, queue_topic
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.policy.warmup import Schedule
 from mailsluice_operator import render, scaling, status, warmup
 from mailsluice_operator.kafka_admin import KafkaUnavailable, PoolKafkaState
 from mailsluice_operator.kube import KubeError
@@ -136,7 +136,7 @@ async def reconcile(
     pool = render.Pool(raw.name, raw.namespace, raw.uid, spec)
     previous: Mapping[str, Any] = body.get("status") or {}
     generation = int(body["metadata"].get("generation", 1))
-    topic = contracts.queue_topic(pool.name)
+    topic = queue_topic(pool.name)
     out: dict[str, Any] = {
         "observedGeneration": generation,
         "selector": render.selector_string(pool.name),
@@ -154,9 +154,7 @@ async def reconcile(
     state = None
     if problem is None:
         try:
-            state = await kafka_round(
-                topic, spec["partitions"], contracts.consumer_group(pool.name)
-            )
+            state = await kafka_round(topic, spec["partitions"], consumer_group(pool.name))
         except KafkaUnavailable as exc:
             problem = ("KafkaUnavailable", str(exc))
     replicas, kept, warning = int(previous.get("replicas", spec["minWorkers"])), history, None

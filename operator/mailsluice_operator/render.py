@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from mailsluice import contracts
-from mailsluice.config import KafkaSettings
+from mailsluice.contracts import topics
+from mailsluice.kafka.settings import KafkaSettings
 from mailsluice_operator import API_VERSION, KIND
 from mailsluice_operator.settings import OperatorSettings
 
@@ -285,4 +285,4 @@ def render_all(
 
 
 def queue_topic(pool: Pool) -> str:
-    return contracts.queue_topic(pool.name)
+    return topics.queue_topic(pool.name)

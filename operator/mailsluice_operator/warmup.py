@@ -1,20 +1,21 @@
 """A pool's warm-up as the operator sees it: which day of the ramp, and today's cap.
 
-The ramps themselves are the delivery workers' (mailsluice.delivery.warmup), so the figures in
-status are the ones the workers enforce. Past its last day a ramp is complete and the pool has
-no warm-up cap (None).
+The ramps themselves are the ones the delivery workers enforce (mailsluice.policy.warmup), so
+the figures in status are theirs. Past its last day a ramp is complete and
+the pool has no warm-up cap (None).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mailsluice.delivery import warmup as ramps
+from mailsluice.contracts.warmup import decode_usage, parse_record_key
+from mailsluice.policy import warmup as ramps
+from mailsluice.policy.warmup import ALL, Schedule, from_table
 
 PRESETS = ("none", *ramps.PRESETS)
 
@@ -29,7 +30,7 @@ class WarmupState:
     cap: int | None  # messages allowed today; None: no cap (no schedule, or ramp complete)
 
 
-def schedule(warmup: Mapping[str, Any]) -> ramps.Schedule | None:
+def schedule(warmup: Mapping[str, Any]) -> Schedule | None:
     """The ramp of a spec's warmup block (None: no warm-up); raises WarmupError."""
     table = warmup.get("table") or []
     preset = warmup.get("preset", "none")
@@ -42,7 +43,7 @@ def schedule(warmup: Mapping[str, Any]) -> ramps.Schedule | None:
         if len(set(days)) != len(days):
             raise WarmupError("warm-up table lists a day twice")
         try:
-            return ramps.from_table({int(r["day"]): int(r["volume"]) for r in table}, "day")
+            return from_table({int(r["day"]): int(r["volume"]) for r in table}, "day")
         except ValueError as exc:
             raise WarmupError(str(exc)) from None
     return None if preset == "none" else ramps.PRESETS[preset]()
@@ -57,7 +58,7 @@ def start_date(warmup: Mapping[str, Any], created: str | None) -> dt.date:
         raise WarmupError(f"warm-up startDate {raw!r} is not a YYYY-MM-DD date") from None
 
 
-def state_on(ramp: ramps.Schedule | None, start: dt.date, today: dt.date) -> WarmupState:
+def state_on(ramp: Schedule | None, start: dt.date, today: dt.date) -> WarmupState:
     day = max(1, (today - start).days + 1)
     return WarmupState(day, None if ramp is None else ramp.daily(day))
 
@@ -78,7 +79,7 @@ def workers_for_budget(cap: int | None, usage: int, worker_rate: float) -> int |
 
 
 def today_usage(
-    records: Mapping[bytes, bytes], pool: str, ramp: ramps.Schedule | None, today: dt.date
+    records: Mapping[bytes, bytes], pool: str, ramp: Schedule | None, today: dt.date
 ) -> int | None:
     """Messages the pool's workers counted today, from the warm-up ledger's latest records.
 
@@ -92,11 +93,11 @@ def today_usage(
     total = 0
     for key, value in records.items():
         try:
-            rec_pool, source, scope = ramps.parse_record_key(key)
-            data = json.loads(value)
-            pool_wide = (rec_pool, source) == (pool, "") and scope.startswith(f"{ramps.ALL}@")
-            if pool_wide and float(data["window"]) == midnight:
-                total += int(data["used"])
-        except (ValueError, KeyError, TypeError):
+            rec_pool, source, scope = parse_record_key(key)
+            usage = decode_usage(value)
+            pool_wide = (rec_pool, source) == (pool, "") and scope.startswith(f"{ALL}@")
+            if pool_wide and usage.window == midnight:
+                total += usage.used
+        except ValueError:
             continue  # not a record this operator understands
     return total

@@ -1,8 +1,8 @@
 """Realistic provider replies for every shipped adaptive-backoff rule, and how to feed them.
 
 CASES holds (rule, provider, a reply that triggers it, a realistic reply that must not);
-tests/test_adaptive_rules.py runs every rule against them, tests/test_adaptive_engine.py borrows
-some for the state machine.
+tests/delivery/shaping/test_adaptive_rules.py runs every rule against them,
+tests/delivery/shaping/test_adaptive_engine.py borrows some for the state machine.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Helpers for the operator tests against the real API server: pool manifests and lookups.
 
-tests/test_operator_cluster.py (a pool's life under one operator) and tests/test_operator_runtime.py
+tests/operator/test_cluster.py (a pool's life under one operator) and tests/operator/test_runtime.py
 (the operator without Kafka, with only the chart's RBAC, as a process) share them.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailsluice.config import KafkaSettings
+from mailsluice.kafka.settings import KafkaSettings
 from mailsluice_operator.settings import OperatorSettings
 
 POOL_BODY: dict[str, Any] = {

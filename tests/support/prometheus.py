@@ -2,8 +2,9 @@
 processes started and stopped by pid, HTTP probes, instant queries, and the check that every
 dashboard panel query parses and returns data.
 
-Used by tests/test_prometheus_e2e.py (the pipeline) and tests/test_operator_prometheus.py (the
-operator); panel queries are substituted as Grafana sends them by scripts/render_dashboards.py.
+Used by tests/observability/test_prometheus_e2e.py (the pipeline) and
+tests/operator/test_prometheus.py (the operator); panel queries are substituted as Grafana sends
+them by scripts/render_dashboards.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from mailsluice.dashboards import build
+from mailsluice.observability.dashboards import build
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = "/usr/bin/prometheus"

@@ -1,0 +1,1 @@
+"""Operator tools: one module per `mailsluice` command that is not a service."""

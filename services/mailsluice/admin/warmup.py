@@ -1,0 +1,133 @@
+"""`mailsluice warmup plan|show`: warm-up schedules and today's state of a pool.
+
+`plan` prints a schedule day by day (a preset, or a pool's from the policy, no Kafka needed);
+`show` prints the pool's warm-up day, today's caps and what workers have used this period, from
+the ledger topic mailsluice.warmup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from aiokafka.errors import KafkaError
+
+from mailsluice.config import load
+from mailsluice.contracts.topics import DEFAULT_POOL, WARMUP_TOPIC
+from mailsluice.contracts.warmup import parse_record_key
+from mailsluice.kafka.admin import control_topics, ensure_topics, topic_partitions
+from mailsluice.kafka.clients import make_consumer
+from mailsluice.kafka.compacted import read_to_end
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.policy.shaping import PolicyInvalid, PoolSection, load_policy
+from mailsluice.policy.warmup import ALL, PRESETS, Plan, Schedule, day_number, period_start
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    plan = sub.add_parser("plan", help="print a warm-up schedule day by day")
+    what = plan.add_mutually_exclusive_group(required=True)
+    what.add_argument("--preset", choices=sorted(PRESETS), help="a shipped preset")
+    what.add_argument("--pool", help="the pool's schedule from the policy")
+    show = sub.add_parser("show", help="today's warm-up day, caps and usage of a pool")
+    show.add_argument("--pool", default=DEFAULT_POOL)
+    show.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for Kafka")
+    for p in (plan, show):
+        p.add_argument("--policy", default="", help="policy file (default: the shipped one)")
+        p.add_argument("--overrides", default="", help="the pool's overrides as JSON")
+
+
+def load_plan(args: argparse.Namespace) -> Plan | None:
+    policy = load_policy(args.policy or None)
+    if args.overrides:
+        policy = policy.with_pool(args.pool, PoolSection.model_validate_json(args.overrides))
+    config = policy.warmup(args.pool)
+    return None if config is None else Plan.from_config(config)
+
+
+def plan_lines(schedules: dict[str, Schedule]) -> list[str]:
+    lines = [f"{'SCOPE':<12} {'DAY':>4} {'CAP':>10} {'PER':<5} {'PER DAY':>10}"]
+    for scope, schedule in schedules.items():
+        for day in range(1, schedule.days + 1):
+            lines.append(
+                f"{scope:<12} {day:>4} {schedule.cap(day):>10} {schedule.period:<5} "
+                f"{schedule.daily(day):>10}"
+            )
+        after = "unlimited" if schedule.cap(schedule.days + 1) is None else "hold last cap"
+        lines.append(f"{scope:<12} {'>' + str(schedule.days):>4} {after:>10}")
+    return lines
+
+
+def show_lines(pool: str, plan: Plan, usage: dict[str, int], now: float) -> list[str]:
+    day = day_number(plan.start, now)
+    lines = [f"pool {pool}: warm-up day {day} (started {plan.start.isoformat()})"]
+    for scope, schedule in plan.schedules.items():
+        cap = schedule.cap(day)
+        shown = "complete (no cap)" if cap is None else f"{cap}/{schedule.period}"
+        lines.append(f"  {scope:<12} cap {shown:<20} used this {schedule.period}: {usage[scope]}")
+    if plan.over_cap == "overflow":
+        lines.append(f"  over cap: overflow to pool {plan.overflow_pool}")
+    else:
+        lines.append("  over cap: deferred to the next period")
+    return lines
+
+
+def sum_usage(
+    plan: Plan, pool: str, records: list[tuple[bytes | None, bytes | None]], now: float
+) -> dict[str, int]:
+    """This period's usage per scope; pool-wide ("*@<owner>") records of all workers add up."""
+    latest: dict[bytes, bytes | None] = {}
+    for key, value in records:
+        if key is not None:
+            latest[key] = value
+    usage = dict.fromkeys(plan.schedules, 0)
+    for key, value in latest.items():
+        rec_pool, _source, scope_key = parse_record_key(key)
+        scope = ALL if scope_key.startswith(ALL + "@") else scope_key
+        if rec_pool != pool or value is None or scope not in plan.schedules:
+            continue
+        data = json.loads(value)
+        window = period_start(plan.schedules[scope].period, now)
+        if data.get("start") == plan.start.isoformat() and float(data["window"]) == window:
+            usage[scope] += int(data["used"])
+    return usage
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "plan" and args.preset:
+        print("\n".join(plan_lines({ALL: PRESETS[args.preset]()})))
+        return 0
+    try:
+        plan = load_plan(args)
+    except (PolicyInvalid, OSError, ValueError) as exc:
+        print(f"mailsluice warmup: {exc}", file=sys.stderr)
+        return 2
+    if plan is None:
+        print(f"pool {args.pool} has no warm-up")
+        return 0
+    if args.action == "plan":
+        print("\n".join(plan_lines(plan.schedules)))
+        return 0
+    settings = load(KafkaSettings)
+    try:
+        records = asyncio.run(asyncio.wait_for(read_ledger(settings), args.timeout))
+    except (KafkaError, TimeoutError, OSError, RuntimeError) as exc:
+        print(f"mailsluice warmup: Kafka at {settings.bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    now = time.time()
+    print("\n".join(show_lines(args.pool, plan, sum_usage(plan, args.pool, records, now), now)))
+    return 0
+
+
+async def read_ledger(settings: KafkaSettings) -> list[tuple[bytes | None, bytes | None]]:
+    await ensure_topics(settings, control_topics(settings))
+    consumer = make_consumer(settings, group_id=None, client_id="mailsluice-warmup-cli")
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(settings, WARMUP_TOPIC)
+        return await read_to_end(consumer, partitions)
+    finally:
+        await consumer.stop()

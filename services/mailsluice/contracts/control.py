@@ -1,0 +1,141 @@
+"""Records of the compacted topic mailsluice.control: destination commands and worker status.
+
+Why a topic rather than each worker's HTTP endpoint: workers come and go and a destination moves
+between them on a rebalance; a compacted topic reaches every current and future owner with no
+discovery, and a suspension survives restarts. Two kinds of records share it:
+
+- `cmd/<pool>/<routing key>`: the operator's latest command for a destination (suspend until t,
+  resume, retry-now). Workers read the topic from the beginning at start and follow it.
+- `status/<pool>/<worker id>`: a worker's periodic snapshot of its destinations (state, queue,
+  rate, last error); a null value (tombstone) when it shuts down cleanly. `mailsluice
+  destinations list` reads these.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from mailsluice.contracts.versioning import load_versioned
+
+CommandAction = Literal["suspend", "resume", "retry-now"]
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Command:
+    pool: str
+    key: str  # routing key
+    action: CommandAction
+    until: float = 0.0  # epoch seconds; suspend only
+    reason: str = ""
+    ts: float = field(default_factory=time.time)
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class DestinationRow:
+    """One destination as a worker sees it."""
+
+    key: str
+    state: str  # normal | throttled | recovering | suspended
+    queued: int = 0
+    active: int = 0
+    rate: float = 0.0  # messages per second now (inf: unlimited)
+    connections: int = 0
+    until: float = 0.0  # epoch seconds the suspension or throttle hold lasts
+    last_error: str = ""
+    rule: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    pool: str
+    worker: str
+    ts: float
+    destinations: tuple[DestinationRow, ...]
+
+
+def command_key(pool: str, key: str) -> bytes:
+    return f"cmd/{pool}/{key}".encode()
+
+
+def status_key(pool: str, worker: str) -> bytes:
+    return f"status/{pool}/{worker}".encode()
+
+
+def encode_command(cmd: Command) -> bytes:
+    return json.dumps({"v": VERSION, **asdict(cmd)}, sort_keys=True).encode()
+
+
+def encode_status(status: Status) -> bytes:
+    data = asdict(status)
+    for row in data["destinations"]:
+        # JSON has no infinity; an unlimited rate is written as null
+        row["rate"] = None if row["rate"] == float("inf") else row["rate"]
+    return json.dumps({"v": VERSION, **data}, sort_keys=True).encode()
+
+
+def decode_status(raw: bytes) -> Status:
+    data = load_versioned(raw, VERSION, "control status")
+    rows = []
+    for row in data["destinations"]:
+        row["rate"] = float("inf") if row.get("rate") is None else float(row["rate"])
+        rows.append(DestinationRow(**{k: v for k, v in row.items() if k in _ROW_FIELDS}))
+    return Status(data["pool"], data["worker"], float(data["ts"]), tuple(rows))
+
+
+_ROW_FIELDS = set(DestinationRow.__dataclass_fields__)
+_CMD_FIELDS = set(Command.__dataclass_fields__)
+
+
+def decode_command(raw: bytes) -> Command:
+    data = load_versioned(raw, VERSION, "control command")
+    if data.get("action") not in ("suspend", "resume", "retry-now"):
+        raise ValueError(f"unknown control action {data.get('action')!r}")
+    return Command(**{k: v for k, v in data.items() if k in _CMD_FIELDS})
+
+
+@dataclass
+class ControlState:
+    """The current contents of the control topic, built by applying its records in order."""
+
+    commands: dict[tuple[str, str], Command] = field(default_factory=dict)
+    statuses: dict[tuple[str, str], Status] = field(default_factory=dict)
+
+    def apply(self, key: bytes | None, value: bytes | None) -> Command | None:
+        """Apply one record; returns the command it carries (for a live worker to act on)."""
+        if key is None:
+            return None
+        kind, _, rest = key.decode(errors="replace").partition("/")
+        pool, _, name = rest.partition("/")
+        if not pool or not name:
+            return None
+        try:
+            if kind == "cmd":
+                if value is None:
+                    self.commands.pop((pool, name), None)
+                    return None
+                cmd = decode_command(value)
+                self.commands[(pool, name)] = cmd
+                return cmd
+            if kind == "status":
+                if value is None:
+                    self.statuses.pop((pool, name), None)
+                else:
+                    self.statuses[(pool, name)] = decode_status(value)
+        except (ValueError, KeyError, TypeError):
+            return None  # a record this version cannot read is skipped, not fatal
+        return None
+
+    def rows(self, pool: str | None = None) -> list[tuple[str, str, DestinationRow]]:
+        """(pool, worker, row) of every reported destination, by pool then key."""
+        out = [
+            (p, w, row)
+            for (p, w), status in self.statuses.items()
+            if pool is None or p == pool
+            for row in status.destinations
+        ]
+        return sorted(out, key=lambda item: (item[0], item[2].key))

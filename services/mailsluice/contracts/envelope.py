@@ -1,0 +1,71 @@
+"""Queue records: one message for the recipients of one destination. The envelope travels in a
+Kafka record header, the value is the raw message; queue ids are ULIDs."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from mailsluice.contracts.versioning import load_versioned
+
+VERSION = 1
+
+# Kafka record header carrying the envelope of a queue record (value = raw message bytes).
+ENVELOPE_HEADER = "ms-envelope"
+
+
+Stream = Literal["transactional", "bulk"]
+
+
+class Envelope(BaseModel):
+    """The envelope of one queue record: one message for the recipients of one destination."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = VERSION
+    queue_id: str
+    pool: str
+    stream: Stream = "bulk"
+    sender: str  # "" is the null reverse-path
+    recipients: tuple[str, ...]
+    routing_key: str
+    received_at: float
+    attempt: int = 0  # delivery attempts already made
+    not_before: float = 0.0  # epoch seconds; a retry record is not due before this
+    last_error: str = ""
+    user: str = ""  # authenticated user or trusted network name, for audit
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    return env.model_dump_json().encode()
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    return Envelope.model_validate(load_versioned(raw, VERSION, "envelope"))
+
+
+def envelope_from_headers(headers: Any) -> Envelope:
+    """Find and decode the envelope among a Kafka record's headers."""
+    for name, value in headers or ():
+        if name == ENVELOPE_HEADER:
+            return decode_envelope(value)
+    raise ValueError(f"record has no {ENVELOPE_HEADER} header")
+
+
+# --- queue ids ----------------------------------------------------------------------------------
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A ULID: 48-bit millisecond time + 80 random bits, Crockford base32, sortable by time."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))

@@ -1,0 +1,56 @@
+"""Records of mailsluice.events: the closed set of event types and the event itself."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mailsluice.contracts.versioning import load_versioned
+
+VERSION = 1
+
+
+class EventType(StrEnum):
+    """The closed set of event types on mailsluice.events."""
+
+    RECEPTION = "reception"
+    REJECTION = "rejection"
+    DELIVERY = "delivery"
+    TRANSIENT_FAILURE = "transient_failure"
+    BOUNCE = "bounce"
+    EXPIRATION = "expiration"
+    SUPPRESSION = "suppression"
+    # A recipient marked the message as spam (an ARF feedback-loop report, RFC 5965).
+    COMPLAINT = "complaint"
+
+
+class Event(BaseModel):
+    """One event, keyed by queue id on mailsluice.events."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = VERSION
+    type: EventType
+    ts: float = Field(default_factory=time.time)
+    queue_id: str = ""
+    pool: str = ""
+    sender: str = ""
+    recipient: str = ""
+    routing_key: str = ""
+    code: int = 0  # SMTP reply code, ours or the remote's
+    enhanced: str = ""  # RFC 3463 enhanced status code, e.g. "5.1.1"
+    text: str = ""
+    reason: str = ""  # machine-readable reason or bounce class
+    attempt: int = 0
+    remote: str = ""  # remote host that answered, if any
+    size: int = 0
+
+
+def encode_event(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def decode_event(raw: bytes) -> Event:
+    return Event.model_validate(load_versioned(raw, VERSION, "event"))

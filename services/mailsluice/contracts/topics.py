@@ -1,0 +1,106 @@
+"""Topics: names, the retry delay tiers, consumer groups, and the specs of every topic the
+project creates (partitions and configs; replication comes from the Kafka settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mailsluice.contracts.limits import record_limit
+
+TOPIC_PREFIX = "mailsluice"
+DEFAULT_POOL = "default"
+
+# Keyed by queue id; one closed set of event types (contracts/events.py).
+EVENTS_TOPIC = f"{TOPIC_PREFIX}.events"
+# Compacted, keyed by address (contracts/suppressions.py).
+SUPPRESSIONS_TOPIC = f"{TOPIC_PREFIX}.suppressions"
+# Compacted: destination commands and worker status (contracts/control.py).
+CONTROL_TOPIC = f"{TOPIC_PREFIX}.control"
+# Compacted: the warm-up ledger (contracts/warmup.py).
+WARMUP_TOPIC = f"{TOPIC_PREFIX}.warmup"
+
+# Delay tiers for retries: (name, delay in seconds). A retry goes to the largest tier not
+# longer than the wanted delay, so a message never comes back later than asked by more than
+# the mover's poll interval.
+RETRY_TIERS: tuple[tuple[str, int], ...] = (
+    ("1m", 60),
+    ("10m", 600),
+    ("1h", 3600),
+)
+
+EVENTS_PARTITIONS = 6
+SUPPRESSIONS_PARTITIONS = 3
+EVENTS_RETENTION_MS = 7 * 24 * 3600 * 1000
+# A compacted record stays uncompacted this long, so a reader that just started sees it.
+COMPACTION_LAG_MS = 60_000
+
+
+def queue_topic(pool: str) -> str:
+    """A pool's queue; key: routing key."""
+    return f"{TOPIC_PREFIX}.queue.{pool}"
+
+
+def retry_topic(tier: str) -> str:
+    """A retry delay tier; key: routing key."""
+    return f"{TOPIC_PREFIX}.retry.{tier}"
+
+
+def consumer_group(pool: str) -> str:
+    """The consumer group of a pool's delivery workers."""
+    return f"{TOPIC_PREFIX}.delivery.{pool}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(
+    pools: list[str], max_message_size: int, *, queue_partitions: int, min_insync_replicas: int
+) -> list[TopicSpec]:
+    """Every topic the pipeline needs for the given pools."""
+    isr = {"min.insync.replicas": str(min_insync_replicas)}
+    big = _message_configs(max_message_size, min_insync_replicas)
+    specs = [
+        queue_topic_spec(p, queue_partitions, max_message_size, min_insync_replicas) for p in pools
+    ]
+    specs += [TopicSpec(retry_topic(name), queue_partitions, big) for name, _ in RETRY_TIERS]
+    specs.append(
+        TopicSpec(
+            EVENTS_TOPIC, EVENTS_PARTITIONS, {**isr, "retention.ms": str(EVENTS_RETENTION_MS)}
+        )
+    )
+    specs.append(TopicSpec(SUPPRESSIONS_TOPIC, SUPPRESSIONS_PARTITIONS, _compacted(isr)))
+    return specs + control_topic_specs(min_insync_replicas)
+
+
+def queue_topic_spec(
+    pool: str, partitions: int, max_message_size: int, min_insync_replicas: int
+) -> TopicSpec:
+    """A pool's queue topic: records up to the largest message, on min.insync.replicas."""
+    return TopicSpec(
+        queue_topic(pool), partitions, _message_configs(max_message_size, min_insync_replicas)
+    )
+
+
+def _message_configs(max_message_size: int, min_insync_replicas: int) -> dict[str, str]:
+    return {
+        "max.message.bytes": str(record_limit(max_message_size)),
+        "min.insync.replicas": str(min_insync_replicas),
+    }
+
+
+def control_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
+    """The compacted topics of the shaping engine (control and warm-up ledger)."""
+    compact = _compacted({"min.insync.replicas": str(min_insync_replicas)})
+    return [TopicSpec(CONTROL_TOPIC, 1, compact), TopicSpec(WARMUP_TOPIC, 3, compact)]
+
+
+def _compacted(configs: dict[str, str]) -> dict[str, str]:
+    return {
+        "cleanup.policy": "compact",
+        **configs,
+        "min.compaction.lag.ms": str(COMPACTION_LAG_MS),
+    }

@@ -1,0 +1,428 @@
+"""The retry mover: holds records of the retry delay topics until they are due, then moves them
+back to their pool's queue topic.
+
+Tier topics are not in due order (a throttled record carries whatever wait its destination
+needs), so every fetched record waits in its partition's due-ordered heap (retry_hold.py) and
+leaves when due, whatever its offset; a partition commits only up to its lowest offset not yet
+moved, and a record counts as moved only once its copy on the queue topic is acknowledged.
+Memory is bounded: a partition holding `max_held` records pauses until half of them are gone.
+A retry-now command on the control topic (retry_control.py) releases a destination's held
+records at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mailsluice.config import LogSettings, MailsluiceSettings, load
+from mailsluice.contracts.control import Command
+from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
+from mailsluice.contracts.topics import RETRY_TIERS, TOPIC_PREFIX, retry_topic
+from mailsluice.delivery.retry.control import RetryNowFollower
+from mailsluice.delivery.retry.hold import Held, RetryHold, held_from_record, tier_of
+from mailsluice.kafka.admin import ensure_topics, standard_topics
+from mailsluice.kafka.clients import make_consumer, make_producer
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.metrics.delivery import Delivery as m
+from mailsluice.metrics.retry import (
+    RETRY_BACKLOG,
+    RETRY_MOVER_HELD,
+    RETRY_MOVER_LATENESS,
+    RETRY_MOVER_RELEASED,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP = f"{TOPIC_PREFIX}.retry-mover"
+# Longest sleep between checks; a due record waits at most this long past its not_before, and
+# a retry-now command takes effect within it.
+POLL_S = 0.2
+# How often, and how patiently, readiness checks that Kafka answers.
+PROBE_INTERVAL_S = 5.0
+PROBE_TIMEOUT_S = 10.0
+# Wait after a failed produce round, and between attempts to reach Kafka at start.
+BACKOFF_S = 1.0
+# aiokafka retries a commit while Kafka is away; give up after this (it is retried next round),
+# so stop() and revocations never hang on it.
+COMMIT_TIMEOUT_S = 15.0
+
+
+class RetryMoverSettings(MailsluiceSettings):
+    """The retry mover (`mailsluice retry-mover`, or inside a delivery process)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILSLUICE_RETRY_MOVER_", extra="ignore", frozen=True
+    )
+
+    http_host: str = Field("127.0.0.1", description="Address of /metrics, /healthz, /readyz.")
+    http_port: int = Field(
+        9104, ge=0, le=65535, description="Port of the operator endpoints (standalone mover)."
+    )
+    max_held: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Retry records held in memory per tier partition until due; the partition "
+        "pauses at this many and resumes at half.",
+    )
+    max_held_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of retry records held in memory in all; every partition pauses at "
+        "this many and resumes at half.",
+    )
+    follow_control: bool = Field(
+        True,
+        description="Follow the control topic, so `destinations retry-now` releases held "
+        "retries of that destination at once.",
+    )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, mover: RetryMover) -> None:
+        self._mover = mover
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._mover.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._mover.on_assigned(list(assigned))
+
+
+@dataclass(frozen=True)
+class _Offset:
+    offset: int
+
+
+@dataclass(frozen=True)
+class _First:
+    """What metrics.retry_backlog reads from `_held[tp][0]`: the first record not moved."""
+
+    record: _Offset
+
+
+def tier_topics() -> list[str]:
+    return [retry_topic(name) for name, _ in RETRY_TIERS]
+
+
+class RetryMover:
+    """Usable in-process (start/run/stop) and as the `mailsluice retry-mover` command."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        wall: Callable[[], float] = time.time,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        client_id: str = "mailsluice-retry-mover",
+        consumer_options: dict[str, Any] | None = None,
+        settings: RetryMoverSettings | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.wall = wall
+        self.settings = settings if settings is not None else load(RetryMoverSettings)
+        self.hold = RetryHold(high=self.settings.max_held, high_bytes=self.settings.max_held_bytes)
+        self.control = (
+            RetryNowFollower(kafka, self.retry_now, client_id=f"{client_id}-control")
+            if self.settings.follow_control
+            else None
+        )
+        self._max_message_size = max_message_size
+        self._client_id = client_id
+        self._consumer_options = consumer_options or {}
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()  # one move round or revocation at a time
+        self._tasks: list[asyncio.Task[None]] = []
+        self._assigned_once = False
+        self._kafka_error = ""
+        self.moved = 0
+        self.released = 0  # moved early by a retry-now command
+        self.skipped = 0  # undecodable records
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            self.producer = make_producer(
+                self.kafka,
+                max_message_size=self._max_message_size,
+                client_id=f"{self._client_id}-producer",
+            )
+            await self.producer.start()
+            self.consumer = make_consumer(
+                self.kafka, group_id=GROUP, client_id=self._client_id, **self._consumer_options
+            )
+            self.consumer.subscribe(tier_topics(), listener=_Listener(self))
+            await self.consumer.start()
+        except BaseException:
+            await self._close_clients()
+            raise
+
+    def start_background(self) -> asyncio.Task[None]:
+        """Run in a task (after start()); stop() and await the task to end it."""
+        self._task = asyncio.create_task(self.run(), name="retry-mover")
+        return self._task
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._assigned_once:
+            return False, "retry mover waiting for assignment"
+        if self._kafka_error:
+            return False, f"retry mover: Kafka {self._kafka_error}"
+        return True, f"retry mover holds {self.waiting()} records"
+
+    def waiting(self) -> int:
+        return self.hold.count()
+
+    @property
+    def _held(self) -> dict[Hashable, list[_First]]:
+        """The first unmoved record per partition, for metrics.retry_backlog."""
+        out = {}
+        for tp in self.hold.ledger.partitions():
+            first = self.hold.first_unmoved(tp)
+            if first is not None:
+                out[tp] = [_First(_Offset(first))]
+        return out
+
+    # --- rebalance and retry now ----------------------------------------------------------------
+
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._assigned_once = True
+        log.info("retry mover assigned %d tier partitions", len(assigned))
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Commit what was moved, then drop held records: the next owner fetches them again."""
+        gone = set(revoked)
+        async with self._lock:  # a move round under way finishes (acks, commit) first
+            await self._commit(only=gone)
+            dropped = self.hold.revoke(gone)
+        if dropped:
+            log.info("retry mover revoked partitions; %d held records left to the next", dropped)
+        self._export()
+
+    def retry_now(self, cmd: Command) -> None:
+        """A retry-now command: the destination's held records become due now."""
+        count = self.hold.release(cmd.pool, cmd.key, cmd.ts)
+        if count:
+            log.info("retry-now %s/%s released %d held retries", cmd.pool, cmd.key, count)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.consumer is None:
+            await self.start()
+        self._tasks = [asyncio.create_task(self._probe(), name="retry-mover-probe")]
+        if self.control is not None:
+            self._tasks.append(asyncio.create_task(self.control.run(), name="retry-mover-ctl"))
+        try:
+            while not self._stopping.is_set():
+                await self._round()
+        finally:
+            await self._close()
+
+    async def _round(self) -> None:
+        assert self.consumer is not None
+        next_due = self.hold.next_due()
+        wait = POLL_S if next_due is None else min(POLL_S, max(0.0, next_due - self.wall()))
+        try:
+            batch = await self.consumer.getmany(timeout_ms=int(wait * 1000))
+        except KafkaError as exc:
+            log.warning("retry mover fetch failed: %s", exc)
+            await asyncio.sleep(BACKOFF_S)
+            return
+        assigned = self.consumer.assignment()
+        for tp, records in batch.items():
+            if tp in assigned:  # not a partition revoked since the fetch
+                for record in records:
+                    self.hold.add(held_from_record(tp, record))
+        self._flow()
+        if not await self._move_due():
+            await asyncio.sleep(BACKOFF_S)
+        self._export()
+
+    def _flow(self) -> None:
+        assert self.consumer is not None
+        pause, resume = self.hold.flow()
+        assigned = self.consumer.assignment()
+        if pause := [tp for tp in pause if tp in assigned]:
+            self.consumer.pause(*pause)
+            log.info("retry mover paused %d partitions (memory bound)", len(pause))
+        if resume := [tp for tp in resume if tp in assigned]:
+            self.consumer.resume(*resume)
+
+    async def _move_due(self) -> bool:
+        """Produce every due record, wait for the acks, then commit past them; False when some
+        move failed (they are held again and retried)."""
+        async with self._lock:
+            due = self.hold.take_due(self.wall())
+            if not due:
+                return True
+            results = await asyncio.gather(*(self._move(h) for h in due), return_exceptions=True)
+            now = self.wall()
+            failed = []
+            for held, result in zip(due, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed.append(held)
+                elif self.hold.done(held):
+                    self._count(held, now)
+            self.hold.put_back(failed)
+            await self._commit()
+        if failed:
+            error = next(r for r in results if isinstance(r, BaseException))
+            log.warning("retry mover could not move %d records (%s); retrying", len(failed), error)
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+            return False
+        return True
+
+    async def _move(self, held: Held) -> None:
+        assert self.producer is not None
+        if held.topic is None:
+            return  # undecodable: finished without a copy
+        rec = held.record
+        ack = await self.producer.send(
+            held.topic, rec.value, key=rec.key, headers=list(rec.headers or ())
+        )
+        await ack
+
+    def _count(self, held: Held, now: float) -> None:
+        if held.topic is None:
+            self.skipped += 1
+            return
+        tier = tier_of(str(getattr(held.tp, "topic", "")))
+        self.moved += 1
+        m.MOVER_MOVED.labels(tier).inc()
+        if held.released:
+            self.released += 1
+            RETRY_MOVER_RELEASED.labels(tier).inc()
+        else:
+            RETRY_MOVER_LATENESS.labels(tier).observe(max(0.0, now - held.due))
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        if self.consumer is None:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: off for tp, off in self.hold.to_commit(only).items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
+            # Moved but not committed: the next owner moves them again (a duplicate the
+            # delivery worker's dedup absorbs); never a loss.
+            log.warning("retry mover commit failed: %s", exc)
+            return
+        self.hold.committed(dict(offsets))
+
+    def _export(self) -> None:
+        per_tier = dict.fromkeys((name for name, _ in RETRY_TIERS), 0)
+        for tp, count in self.hold.counts().items():
+            tier = tier_of(str(getattr(tp, "topic", "")))
+            per_tier[tier] = per_tier.get(tier, 0) + count
+        for tier, count in per_tier.items():
+            RETRY_MOVER_HELD.labels(tier).set(count)
+        m.MOVER_WAITING.set(self.hold.count())
+
+    async def _probe(self) -> None:
+        """Readiness: does Kafka answer? (a consumer waits quietly while the broker is down)."""
+        while True:
+            try:
+                assert self.consumer is not None
+                await asyncio.wait_for(self.consumer.topics(), PROBE_TIMEOUT_S)
+                self._kafka_error = ""
+            except (KafkaError, TimeoutError) as exc:
+                self._kafka_error = f"unreachable ({type(exc).__name__})"
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            async with self._lock:
+                await self._commit()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        self.consumer = self.producer = None
+
+
+# --- command --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-ensure-topics",
+        action="store_true",
+        help="do not create missing retry topics at start",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    kafka = load(KafkaSettings)
+    settings = load(RetryMoverSettings)
+    logs = load(LogSettings)
+    from mailsluice.observability.endpoints import setup_logging
+
+    setup_logging(logs, "retry-mover")
+    return asyncio.run(_main(kafka, settings, ensure=not args.no_ensure_topics))
+
+
+async def _main(kafka: KafkaSettings, settings: RetryMoverSettings, *, ensure: bool) -> int:
+    from mailsluice.observability.endpoints import start_http
+
+    mover = RetryMover(kafka, settings=settings)
+    RETRY_BACKLOG.track(mover)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, mover.stop)
+    runner = await start_http(settings.http_host, settings.http_port, mover.ready)
+    log.info("retry mover: metrics on http://%s:%d/metrics", settings.http_host, settings.http_port)
+    try:
+        if await _connect(mover, kafka, ensure=ensure):
+            log.info("retry mover running on %s", ", ".join(tier_topics()))
+            await mover.run()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+async def _connect(mover: RetryMover, kafka: KafkaSettings, *, ensure: bool) -> bool:
+    """Create the tier topics and start the clients, retrying while Kafka is unreachable (the
+    endpoints answer meanwhile, /readyz says not ready); False when stopped first."""
+    while not mover._stopping.is_set():
+        try:
+            if ensure:
+                specs = standard_topics(kafka, [], DEFAULT_MAX_MESSAGE_SIZE)
+                await ensure_topics(kafka, [s for s in specs if s.name in tier_topics()])
+            await mover.start()
+            return True
+        except (KafkaError, OSError) as exc:
+            log.warning("retry mover cannot reach Kafka (%s); retrying", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(mover._stopping.wait(), BACKOFF_S * 2)
+    return False

@@ -1,0 +1,223 @@
+"""`mailsluice delivery --pool NAME`: a delivery worker, the retry mover and the operator endpoints.
+
+SIGTERM (or Ctrl-C) drains: no new fetches, queued messages are handed back uncommitted,
+in-flight sends get `drain_timeout_s` to finish, finished offsets are committed, then exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from mailsluice.config import LogSettings, load
+from mailsluice.delivery.retry.mover import RetryMover
+from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings, delivery_defaults
+from mailsluice.delivery.worker.consumer import TransportLike, Worker, default_dsn_builder
+from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.kafka.admin import ensure_topics, standard_topics
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.metrics.delivery import QUEUE_LAG
+from mailsluice.metrics.retry import RETRY_BACKLOG
+from mailsluice.observability.endpoints import setup_logging, start_http
+from mailsluice.resolver import DnsSettings, make_resolver
+
+log = logging.getLogger(__name__)
+
+# Wait between attempts to reach Kafka at start (the pod stays up and not ready meanwhile).
+KAFKA_RETRY_S = 2.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pool", help="sending pool (default: MAILSLUICE_DELIVERY_POOL)")
+    parser.add_argument(
+        "--no-retry-mover",
+        action="store_true",
+        help="do not run the retry mover in this process (run `mailsluice retry-mover`)",
+    )
+    parser.add_argument(
+        "--no-ensure-topics", action="store_true", help="do not create missing topics at start"
+    )
+
+
+def make_transport(dns_settings: DnsSettings, shaper: Any = None) -> TransportLike:
+    """The SMTP transport, configured from MAILSLUICE_OUTBOUND_* settings; given the pool's
+    shaper (engine.PolicyShaper) it keeps each destination's connection-level policy limits
+    and tells the shaper the MX hosts of hosted domains (provider rollup)."""
+    outbound_mod = importlib.import_module("mailsluice.delivery.transport.settings")
+    transport_mod = importlib.import_module("mailsluice.delivery.transport.client")
+    outbound = load(outbound_mod.OutboundSettings)
+    hooks: dict[str, Any] = {}
+    if shaper is not None:
+        hooks = {"limits": transport_mod.shaper_limits(shaper), "on_mx": shaper.learn_mx}
+    resolver = make_resolver(dns_settings)
+    transport: TransportLike = transport_mod.Transport(outbound, resolver, **hooks)
+    return transport
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load(DeliverySettings)
+    if args.pool:
+        settings = DeliverySettings.model_validate(
+            {**settings.model_dump(exclude_unset=True), "pool": args.pool}
+        )
+    kafka = load(KafkaSettings)
+    logs = load(LogSettings)
+    dns_settings = load(DnsSettings)
+    shaping = load(ShapingSettings)  # policy files are validated here, before any port opens
+    setup_logging(logs, "delivery")
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(
+            _main(
+                settings,
+                kafka,
+                dns_settings,
+                mover=settings.retry_mover and not args.no_retry_mover,
+                ensure=not args.no_ensure_topics,
+                shaping=shaping,
+            )
+        )
+    return 0
+
+
+def shaping_runtime(
+    settings: DeliverySettings, kafka: KafkaSettings, shaping: ShapingSettings
+) -> ShapingRuntime:
+    """The shaping engine of the pool; MAILSLUICE_DELIVERY_DEST_* settings given explicitly
+    become the pool's default limits (provider rules of the policy still apply)."""
+    explicit = settings.model_fields_set
+    defaults = delivery_defaults(
+        settings.dest_max_concurrency if "dest_max_concurrency" in explicit else None,
+        settings.dest_max_rate if "dest_max_rate" in explicit else None,
+        settings.dest_burst if "dest_burst" in explicit else None,
+    )
+    return ShapingRuntime(shaping, kafka, settings.pool, defaults=defaults)
+
+
+async def _main(
+    settings: DeliverySettings,
+    kafka: KafkaSettings,
+    dns_settings: DnsSettings,
+    *,
+    mover: bool,
+    ensure: bool,
+    shaping: ShapingSettings,
+) -> int:
+    runtime = shaping_runtime(settings, kafka, shaping)
+    transport = make_transport(dns_settings, runtime.shaper)
+    service = DeliveryService(
+        settings,
+        kafka,
+        transport,
+        mover=mover,
+        ensure=ensure,
+        build_dsn=default_dsn_builder(),
+        shaper=runtime.shaper,
+        on_share=runtime.set_share,  # warm-up caps follow this worker's share of partitions
+    )
+    runtime.queued = service.worker.scheduler.queued
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    runtime.start_background()
+    try:
+        await service.run(http=True)
+    finally:
+        await runtime.stop()
+        await transport.close()
+    return 0
+
+
+class DeliveryService:
+    """Worker + retry mover + HTTP endpoints; in-process for tests and `make run`."""
+
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        kafka: KafkaSettings,
+        transport: TransportLike,
+        *,
+        mover: bool = True,
+        ensure: bool = True,
+        **worker_options: Any,
+    ) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.ensure = ensure
+        self.worker = Worker(settings, kafka, transport, **worker_options)
+        QUEUE_LAG.track(self.worker)
+        self.mover = (
+            RetryMover(kafka, max_message_size=settings.max_message_size) if mover else None
+        )
+        if self.mover is not None:
+            RETRY_BACKLOG.track(self.mover)
+        self._stop = asyncio.Event()
+        self._state = "starting"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.worker.stop()
+        if self.mover is not None:
+            self.mover.stop()
+
+    def ready(self) -> tuple[bool, str]:
+        if self._state != "running":
+            return False, self._state
+        ok, detail = self.worker.ready()
+        if ok and self.mover is not None:
+            ok, detail = self.mover.ready()
+        return ok, detail
+
+    async def _connect(self) -> bool:
+        """Create topics and start the Kafka clients, retrying while Kafka is unreachable;
+        False when stopped first."""
+        while not self._stop.is_set():
+            try:
+                if self.ensure:
+                    specs = standard_topics(
+                        self.kafka, [self.settings.pool], self.settings.max_message_size
+                    )
+                    await ensure_topics(self.kafka, specs)
+                await self.worker.start()
+                if self.mover is not None:
+                    await self.mover.start()
+                return True
+            except (KafkaError, OSError) as exc:
+                self._state = f"kafka unreachable: {type(exc).__name__}"
+                log.warning("cannot reach Kafka (%s); retrying", exc)
+                await self.worker._close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), KAFKA_RETRY_S)
+        return False
+
+    async def run(self, *, http: bool = False) -> None:
+        runner = None
+        if http:
+            runner = await start_http(self.settings.http_host, self.settings.http_port, self.ready)
+            log.info(
+                "delivery for pool %s: metrics on http://%s:%d/metrics",
+                self.settings.pool,
+                self.settings.http_host,
+                self.settings.http_port,
+            )
+        try:
+            if not await self._connect():
+                return
+            self._state = "running"
+            mover_task = self.mover.start_background() if self.mover is not None else None
+            try:
+                await self.worker.run()
+            finally:
+                self._state = "stopping"
+                if self.mover is not None and mover_task is not None:
+                    self.mover.stop()
+                    await mover_task
+        finally:
+            if runner is not None:
+                await runner.cleanup()

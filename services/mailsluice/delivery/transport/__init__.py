@@ -1,0 +1,1 @@
+"""The SMTP client of delivery: routing, connections, per-destination connection limits."""

@@ -1,0 +1,350 @@
+"""The per-record side of the delivery worker: deliver, conclude, defer or overflow, count, and
+produce the outcome records with retry.
+
+A record is finished (its offset may be committed) only after every record its outcome produces
+(events, retry, bounce, overflow copy) is acknowledged; the worker's Kafka side (worker.py) owns
+the consumer, the offset ledgers and the memory bound, and hands its `finish` and `release`
+callbacks in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from mailsluice.contracts.envelope import (
+    ENVELOPE_HEADER,
+    Envelope,
+    encode_envelope,
+    envelope_from_headers,
+)
+from mailsluice.contracts.topics import queue_topic
+from mailsluice.delivery.shaping.scheduler import Deferral, Job, Scheduler, Shaper
+from mailsluice.delivery.transport.limits import S451_CONNECTION_RATE
+from mailsluice.delivery.worker import outcomes
+from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
+from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.metrics.delivery import Delivery as m
+from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
+
+log = logging.getLogger(__name__)
+
+# A throttled message that would wait past its expiry ends with this (RFC 3463 4.4.5: congestion).
+THROTTLED = (451, "4.4.5", "destination throttled; message expired while waiting")
+# Produce retries back off up to this long while Kafka is unavailable.
+PRODUCE_BACKOFF_MAX_S = 5.0
+# A send refused by our own connection rate (no connection could be opened) queues again this
+# much later: it was no attempt, so it neither counts nor goes through a retry tier.
+CONNECTION_RATE_REQUEUE_S = 1.0
+
+
+class TransportLike(Protocol):
+    async def send(self, env: Envelope, message: bytes) -> Sequence[outcomes.ResultLike]: ...
+    async def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Item:
+    """One queue record held by the worker."""
+
+    tp: TopicPartition
+    offset: int
+    generation: int
+    env: Envelope
+    value: bytes
+
+
+def read_envelope(pool: str, record: ConsumerRecord) -> Envelope | None:
+    """A queue record's envelope; None (logged and counted) when it cannot be decoded: such a
+    record is skipped rather than crash-looping every worker."""
+    try:
+        return envelope_from_headers(record.headers)
+    except ValueError as exc:
+        log.error(
+            "skipping undecodable record %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
+        )
+        m.UNDECODABLE.labels(pool).inc()
+        return None
+
+
+def transactional(item: Item) -> bool:
+    """Transactional mail overtakes bulk mail queued for the same destination."""
+    return item.env.stream == "transactional"
+
+
+def default_dsn_builder() -> outcomes.DsnBuilder | None:
+    """dsn.build_dsn from the transport side, if present."""
+    try:
+        dsn = importlib.import_module("mailsluice.delivery.worker.dsn")
+    except ImportError:
+        log.warning("mailsluice.delivery.worker.dsn missing: bounce messages are off")
+        return None
+    builder: outcomes.DsnBuilder = dsn.build_dsn
+    return builder
+
+
+def overflow_record(env: Envelope, message: bytes, pool: str) -> outcomes.Produce:
+    """The record that moves a message to another pool's queue: the same message, its envelope
+    now naming that pool (so its retries and events belong there too)."""
+    moved = env.model_copy(update={"pool": pool})
+    return outcomes.Produce(
+        queue_topic(pool),
+        env.routing_key.encode(),
+        message,
+        ((ENVELOPE_HEADER, encode_envelope(moved)),),
+    )
+
+
+class Attempts:
+    """Delivery attempts of queued records, and what their outcomes produce."""
+
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        transport: TransportLike,
+        shaper: Shaper,
+        scheduler: Scheduler[Item],
+        dedup: DeliveredCache,
+        *,
+        finish: Callable[[Item], None],
+        release: Callable[[Item], None],
+        wake: Callable[[], None],
+        kafka_state: Callable[[str], None],
+        build_dsn: outcomes.DsnBuilder | None,
+        wall: Callable[[], float],
+        mono: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.settings = settings
+        self.pool = settings.pool
+        self.transport = transport
+        self.shaper = shaper
+        self.scheduler = scheduler
+        self.dedup = dedup
+        self.finish = finish
+        self.release = release
+        self.wake = wake
+        self.kafka_state = kafka_state  # "" once Kafka acknowledged, else the error's name
+        self.build_dsn = build_dsn
+        self.wall = wall
+        self.mono = mono
+        self.rng = rng
+        self.producer: AIOKafkaProducer | None = None  # set by the worker once started
+
+    async def remember_delivered(self, kafka: KafkaSettings) -> None:
+        """After gaining partitions: records past the previous owner's last commit come again;
+        the recent delivery events say which recipients already have the message."""
+        try:
+            added = await warm_from_events(
+                kafka,
+                self.pool,
+                self.dedup,
+                since=self.wall() - self.settings.dedup_warmup_s,
+                budget_s=self.settings.dedup_warmup_budget_s,
+            )
+            log.info("dedup warm-up: %d delivered recipients remembered", added)
+        except (KafkaError, OSError) as exc:
+            log.warning("dedup warm-up failed (%s); duplicates may follow", exc)
+
+    def started(self, job: Job[Item], now: float) -> None:
+        """A job left the scheduler: how long shaping held it past its ready time."""
+        flow_metrics.delay(self.pool, self.shaper.provider(job.key), now - job.ready_at)
+
+    async def deliver(self, job: Job[Item]) -> None:
+        item = job.item
+        env = item.env
+        # The destination's send slot is held until the outcome records are acknowledged, as
+        # a Postfix delivery agent reports before taking the next message: a crash can then
+        # repeat at most one send per slot, since the next owner's dedup warm-up reads the
+        # delivery events of every earlier one.
+        try:
+            todo, done = self.dedup.split(env.queue_id, env.recipients)
+            if done:
+                m.DUPLICATES_SKIPPED.labels(self.pool).inc(len(done))
+                log.debug(
+                    "skipping %d already delivered recipients",
+                    len(done),
+                    extra={"queue_id": env.queue_id},
+                )
+            if not todo:
+                self.finish(item)
+                return
+            send_env = env.model_copy(update={"recipients": tuple(todo)}) if done else env
+            try:
+                results = await self.send(send_env, item.value)
+            except BaseException:
+                self.release(item)
+                raise
+            if results and all(_connection_throttled(r) for r in results):
+                await self.requeue(job)
+                return
+            for res in results:
+                if res.kind == "delivered":
+                    self.dedup.add(env.queue_id, res.recipient)
+            await self.conclude(item, results, send_env)
+        finally:
+            self.scheduler.done(job, self.mono())
+            self.wake()
+
+    async def requeue(self, job: Job[Item]) -> None:
+        """Back into the destination's queue (or to a delay topic past the short horizon)."""
+        now = self.mono()
+        deferral = self.scheduler.push(
+            job.key, job.item, now, ready_at=now + CONNECTION_RATE_REQUEUE_S
+        )
+        m.CONNECTION_RATE_REQUEUES.labels(self.pool).inc()
+        if deferral is not None:
+            await self.defer(deferral)
+
+    async def conclude(
+        self,
+        item: Item,
+        results: Sequence[outcomes.ResultLike],
+        env: Envelope | None = None,
+    ) -> None:
+        """Produce an attempt's outcome records; the record is finished once they are acked."""
+        try:
+            plan = outcomes.plan_outcome(
+                env or item.env,
+                item.value,
+                list(results),
+                now=self.wall(),
+                settings=self.settings,
+                build_dsn=self.build_dsn,
+                rng=self.rng,
+            )
+            await self.produce_all(plan.produces)
+            self.count(plan)
+        except BaseException:
+            self.release(item)
+            raise
+        self.finish(item)
+
+    async def send(self, env: Envelope, value: bytes) -> Sequence[outcomes.ResultLike]:
+        started = self.mono()
+        try:
+            results = await self.transport.send(env, value)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The transport promises not to raise; if it does, retry later rather than lose it.
+            log.exception("transport failed", extra={"queue_id": env.queue_id})
+            text = f"internal error: {type(exc).__name__}"
+            results = [outcomes.LocalResult(r, 451, "4.3.0", text) for r in env.recipients]
+        m.SEND_SECONDS.labels(self.pool).observe(self.mono() - started)
+        self.shaper.observe(
+            env.routing_key, self.mono(), [(r.code, r.enhanced, r.text) for r in results]
+        )
+        return [self._apply_bounce_rules(env.routing_key, r) for r in results]
+
+    def _apply_bounce_rules(self, key: str, res: outcomes.ResultLike) -> outcomes.ResultLike:
+        """A transient reply that a policy rule says will never succeed becomes a bounce."""
+        if res.kind != "transient" or not self.shaper.should_bounce(
+            key, (res.code, res.enhanced, res.text)
+        ):
+            return res
+        return outcomes.as_permanent(res)
+
+    async def defer(self, deferral: Deferral[Item]) -> None:
+        if deferral.overflow_pool:
+            await self.overflow(deferral.job.item, deferral.overflow_pool)
+            return
+        item = deferral.job.item
+        env = item.env
+        if self.wall() + deferral.wait > env.received_at + self.settings.expiry_s:
+            # Throttled until past its expiry: count it as a failed attempt, which expires it.
+            await self.conclude(item, [outcomes.LocalResult(r, *THROTTLED) for r in env.recipients])
+            return
+        try:
+            record = outcomes.plan_throttled(
+                item.env,
+                item.value,
+                now=self.wall(),
+                # Due back half a horizon early: it then waits in memory for its slot instead
+                # of arriving after it (fetch and mover latency would be lost rate).
+                not_before=self.wall()
+                + max(0.0, deferral.wait - self.settings.short_horizon_s / 2),
+            )
+            await self.produce_all([record])
+            tier = record.topic.rsplit(".", 1)[-1]
+            m.RETRIES.labels(self.pool, tier, "throttled").inc()
+            self.finish(item)
+        except BaseException:
+            self.release(item)
+            raise
+
+    async def overflow(self, item: Item, pool: str) -> None:
+        """Over the warm-up cap with overflow configured: the message moves to `pool`'s queue
+        (finished here once that copy is acknowledged, so nothing is lost or kept twice)."""
+        try:
+            await self.produce_all([overflow_record(item.env, item.value, pool)])
+        except BaseException:
+            self.release(item)
+            raise
+        flow_metrics.OVERFLOW.labels(self.pool, pool).inc()
+        log.info(
+            "warm-up cap reached: message moved to pool %s",
+            pool,
+            extra={"queue_id": item.env.queue_id},
+        )
+        self.finish(item)
+
+    def count(self, plan: outcomes.Plan) -> None:
+        for result, rcpts in (
+            ("delivered", plan.delivered),
+            ("deferred", plan.deferred),
+            ("bounced", plan.bounced),
+            ("expired", plan.expired),
+        ):
+            if rcpts:
+                m.RECIPIENTS.labels(self.pool, result).inc(len(rcpts))
+        overall = (
+            "expired"
+            if plan.expired
+            else "bounced"
+            if plan.bounced
+            else "deferred"
+            if plan.deferred
+            else "delivered"
+        )
+        m.ATTEMPTS.labels(self.pool, overall).inc()
+        if plan.retry_tier:
+            m.RETRIES.labels(self.pool, plan.retry_tier, "failure").inc()
+        if plan.dsn:
+            m.DSN_SENT.labels(self.pool).inc()
+
+    async def produce_all(self, records: list[outcomes.Produce]) -> None:
+        """Produce every record and wait for all acks; retry while Kafka is unavailable."""
+        assert self.producer is not None
+        delay = 0.2
+        while True:
+            try:
+                futures = [
+                    await self.producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
+                    for r in records
+                ]
+                await asyncio.gather(*futures)
+                self.kafka_state("")
+                return
+            except KafkaError as exc:
+                self.kafka_state(type(exc).__name__)
+                log.warning("producing outcome records failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PRODUCE_BACKOFF_MAX_S)
+
+
+def _connection_throttled(res: outcomes.ResultLike) -> bool:
+    return (res.code, res.enhanced, res.text) == S451_CONNECTION_RATE

@@ -1,0 +1,409 @@
+"""The delivery worker: consumes a pool's queue topic and delivers, many destinations at once.
+
+This is the Kafka side: consumer, rebalances, fetch with pause/resume, offset commits. The
+per-record side (deliver, conclude, defer, count, produce) is attempts.py.
+
+Records finish out of order, so each partition's offset ledger commits only up to the lowest
+unfinished offset (commits.py): periodically, soon after the first records of newly gained
+partitions finish, when partitions are revoked, and at shutdown. A record is finished only
+after every record its outcome produces (events, retry, bounce) is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from mailsluice.contracts.topics import consumer_group, queue_topic
+from mailsluice.delivery.shaping.scheduler import (
+    DestinationLimits,
+    Scheduler,
+    Shaper,
+    static_policy,
+)
+from mailsluice.delivery.worker import outcomes
+from mailsluice.delivery.worker.attempts import (
+    Attempts,
+    Item,
+    TransportLike,
+    default_dsn_builder,
+    read_envelope,
+    transactional,
+)
+from mailsluice.delivery.worker.commits import Commits
+from mailsluice.delivery.worker.dedup import DeliveredCache
+from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.kafka.clients import make_consumer, make_producer
+from mailsluice.kafka.ledger import Ledger
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.metrics.delivery import Delivery as m
+
+log = logging.getLogger(__name__)
+
+# Resume fetching when the memory bound has this much room again (hysteresis).
+RESUME_FRACTION = 0.8
+# Longest a rebalance waits for in-flight sends of revoked partitions before committing.
+REVOKE_WAIT_S = 5.0
+# How often the worker checks that Kafka answers (readiness).
+PROBE_INTERVAL_S = 5.0
+# How often state of idle destinations is dropped (memory bound).
+FORGET_INTERVAL_S = 60.0
+
+__all__ = ["Item", "ShareCallback", "TransportLike", "Worker", "default_dsn_builder"]
+
+# Told (partitions assigned to this worker, partitions of the pool's queue topic) after every
+# rebalance, e.g. ShapingRuntime.set_share for the warm-up caps.
+ShareCallback = Callable[[int, int], None]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._worker.on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._worker.on_assigned(list(assigned))
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        kafka: KafkaSettings,
+        transport: TransportLike,
+        *,
+        shaper: Shaper | None = None,
+        build_dsn: outcomes.DsnBuilder | None = None,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        consumer_options: dict[str, Any] | None = None,
+        client_id: str = "mailsluice-delivery",
+        on_share: ShareCallback | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.pool = settings.pool
+        self.topic = queue_topic(self.pool)
+        self.transport = transport
+        limits = DestinationLimits(
+            settings.dest_max_concurrency, settings.dest_max_rate, settings.dest_burst
+        )
+        self.shaper = shaper if shaper is not None else Shaper(static_policy(limits))
+        self.scheduler: Scheduler[Item] = Scheduler(
+            self.shaper, settings.short_horizon_s, urgent=transactional
+        )
+        self.build_dsn = build_dsn
+        self.wall = wall
+        self.mono = mono
+        self.rng = rng or random.Random()
+        self.ledger = Ledger()
+        self.dedup = DeliveredCache(settings.dedup_size)
+        self._generation: dict[TopicPartition, int] = {}
+        self._owned: set[TopicPartition] = set()
+        self._held = 0  # items in memory: queued, sending or producing outcomes
+        self._tasks: dict[asyncio.Task[None], Item] = {}
+        self._wake = asyncio.Event()
+        self._warm = asyncio.Event()
+        self._warm.set()
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._paused = False
+        self._assigned_once = False
+        self._kafka_error: str = ""
+        self._client_id = client_id
+        self._consumer_options = consumer_options or {}
+        self._on_share = on_share
+        self.commits = Commits(self.pool, self.ledger, settings.commit_interval_s)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.attempts = Attempts(
+            settings,
+            transport,
+            self.shaper,
+            self.scheduler,
+            self.dedup,
+            finish=self._finish,
+            release=self._release,
+            wake=self._wake.set,
+            kafka_state=self._set_kafka_error,
+            build_dsn=build_dsn,
+            wall=wall,
+            mono=mono,
+            rng=self.rng,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.producer = make_producer(
+            self.kafka,
+            max_message_size=self.settings.max_message_size,
+            client_id=f"{self._client_id}-producer",
+        )
+        await self.producer.start()
+        self.attempts.producer = self.producer
+        self.consumer = make_consumer(
+            self.kafka,
+            group_id=consumer_group(self.pool),
+            client_id=self._client_id,
+            **self._consumer_options,
+        )
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        await self.consumer.start()
+
+    def stop(self) -> None:
+        """Ask the worker to drain and exit (safe from a signal handler)."""
+        self._stopping.set()
+        self._warm.set()
+        self._wake.set()
+        self._room.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def ready(self) -> tuple[bool, str]:
+        if self._kafka_error:
+            return False, f"kafka: {self._kafka_error}"
+        if not self._assigned_once:
+            return False, "waiting for partition assignment"
+        if self.stopping:
+            return False, "draining"
+        return True, f"{self._held} messages in memory"
+
+    async def run(self) -> None:
+        """Fetch and deliver until stop(), then drain and close the Kafka clients."""
+        if self.consumer is None:
+            await self.start()
+        dispatcher = asyncio.create_task(self._dispatch_loop(), name="delivery-dispatch")
+        assert self.consumer is not None
+        committer = asyncio.create_task(self.commits.loop(self.consumer), name="delivery-commit")
+        prober = asyncio.create_task(self._probe_loop(), name="delivery-probe")
+        try:
+            await self._fetch_loop()
+        finally:
+            await self._drain()
+            for task in (dispatcher, committer, prober):
+                task.cancel()
+            await asyncio.gather(dispatcher, committer, prober, return_exceptions=True)
+            await self._commit()
+            await self._close()
+
+    async def _close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def _drain(self) -> None:
+        """No new work; hand back queued records; let sends finish within the drain timeout."""
+        self._stopping.set()
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                self.consumer.pause(*self.consumer.assignment())
+        handed_back = self.scheduler.remove(lambda _item: False)
+        self._held -= len(handed_back)
+        if handed_back:
+            log.info("drain: handed back %d queued messages", len(handed_back))
+        tasks = list(self._tasks)
+        if tasks:
+            log.info("drain: waiting for %d in-flight messages", len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("drain: %d messages unfinished, handed back", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        m.INFLIGHT.labels(self.pool).set(self._held)
+
+    # --- rebalance --------------------------------------------------------------------------
+
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Ledgers first: the consumer may hand out records of these partitions while this
+        # callback still awaits below, and the fetch loop holds them until warm-up is done.
+        for tp in assigned:
+            self._generation[tp] = self._generation.get(tp, 0) + 1
+            self.ledger.partition(tp)
+        gained = set(assigned) - self._owned
+        self._owned = set(assigned)
+        self.commits.gained(gained)
+        self._paused = False
+        self._tell_share(self._owned)
+        if gained and self.settings.dedup_warmup_s > 0 and self.settings.dedup_size > 0:
+            # Records past the previous owner's last commit come again; their delivery events
+            # say which recipients already have the message.
+            self._warm.clear()
+            try:
+                await self.attempts.remember_delivered(self.kafka)
+            finally:
+                self._warm.set()
+        self._assigned_once = True
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        gone = set(revoked)
+        if not gone:
+            return
+        # Sends already under way get a moment to finish, so the next owner repeats less.
+        busy = [t for t, item in self._tasks.items() if item.tp in gone]
+        if busy:
+            await asyncio.wait(busy, timeout=min(REVOKE_WAIT_S, self.settings.drain_timeout_s))
+        await self._commit(only=gone)
+        dropped = self.scheduler.remove(lambda item: item.tp not in gone)
+        self._held -= len(dropped)
+        self.ledger.revoke(gone)
+        for tp in gone:
+            self._generation[tp] = self._generation.get(tp, 0) + 1
+        self.commits.revoked(gone)
+        self._tell_share(self._owned - gone)
+        self._room.set()
+        log.info(
+            "revoked partitions %s (%d queued messages left to the next owner)",
+            sorted(tp.partition for tp in gone),
+            len(dropped),
+        )
+
+    def _tell_share(self, owned: set[TopicPartition]) -> None:
+        """This worker's share of the queue topic's partitions, to whoever divides by it."""
+        if self._on_share is None or self.consumer is None:
+            return
+        total = self.consumer.partitions_for_topic(self.topic)
+        if total:
+            self._on_share(sum(1 for tp in owned if tp.topic == self.topic), len(total))
+
+    # --- fetch ------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        assert self.consumer is not None
+        limit = self.settings.max_inflight
+        while not self.stopping:
+            room = limit - self._held
+            if room <= 0:
+                self._pause()
+                self._room.clear()
+                await self._room.wait()
+                continue
+            if self._paused and self._held <= limit * RESUME_FRACTION:
+                self._resume()
+            try:
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=min(room, 500))
+            except KafkaError as exc:
+                self._kafka_error = type(exc).__name__
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            # Records that arrive while a dedup warm-up runs wait for it.
+            await self._warm.wait()
+            for tp, records in batch.items():
+                for record in records:
+                    self._accept(tp, record)
+            if batch:
+                self._wake.set()
+
+    def _pause(self) -> None:
+        if not self._paused and self.consumer is not None:
+            self.consumer.pause(*self.consumer.assignment())
+            self._paused = True
+            m.PAUSED.labels(self.pool).set(1)
+
+    def _resume(self) -> None:
+        if self._paused and self.consumer is not None:
+            self.consumer.resume(*self.consumer.assignment())
+            self._paused = False
+            m.PAUSED.labels(self.pool).set(0)
+
+    def _accept(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        if not self.ledger.owns(tp):
+            if tp not in self.consumer.assignment():  # type: ignore[union-attr]
+                return  # fetched just before a revocation; the next owner reads it again
+            # Assigned but not yet announced to the listener: never drop a fetched record.
+            self.ledger.partition(tp)
+        self.ledger.add(tp, record.offset)
+        env = read_envelope(self.pool, record)
+        if env is None:  # skipped (and committed past): no worker could read it
+            self.ledger.finish(tp, record.offset)
+            return
+        item = Item(tp, record.offset, self._generation.get(tp, 0), env, record.value or b"")
+        self._held += 1
+        mono_now, wall_now = self.mono(), self.wall()
+        ready_at = mono_now + max(0.0, env.not_before - wall_now)
+        deferral = self.scheduler.push(env.routing_key, item, mono_now, ready_at)
+        if deferral is not None:
+            self._spawn(self.attempts.defer(deferral), item)
+        m.INFLIGHT.labels(self.pool).set(self._held)
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        forget_at = self.mono() + FORGET_INTERVAL_S
+        while not self.stopping:
+            now = self.mono()
+            if now >= forget_at:
+                self.shaper.forget_idle(now, keep=self.scheduler.keys())
+                forget_at = now + FORGET_INTERVAL_S
+            for job in self.scheduler.take(now):
+                self.attempts.started(job, now)
+                self._spawn(self.attempts.deliver(job), job.item)
+            for deferral in self.scheduler.overdue(now):
+                self._spawn(self.attempts.defer(deferral), deferral.job.item)
+            wait = min(self.scheduler.next_wake(self.mono()), 0.5)
+            self._wake.clear()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _spawn(self, coro: Any, item: Item) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks[task] = item
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    def _finish(self, item: Item) -> None:
+        """The record is done: its offset may be committed."""
+        if self._generation.get(item.tp) == item.generation:
+            self.ledger.finish(item.tp, item.offset)
+            self.commits.finished(item.tp)
+        self._release(item)
+
+    def _release(self, item: Item) -> None:
+        self._held -= 1
+        m.INFLIGHT.labels(self.pool).set(self._held)
+        self._room.set()
+
+    # --- Kafka housekeeping ---------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        """Readiness: a metadata request every few seconds tells whether Kafka is reachable
+        (the consumer itself just returns nothing while the brokers are down)."""
+        assert self.consumer is not None
+        while True:
+            try:
+                await self.consumer.topics()
+                if self._kafka_error.startswith("unreachable"):
+                    self._kafka_error = ""
+            except KafkaError as exc:
+                self._kafka_error = f"unreachable ({type(exc).__name__})"
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    def _set_kafka_error(self, error: str) -> None:
+        self._kafka_error = error
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        if self.consumer is not None:
+            await self.commits.commit(self.consumer, only)

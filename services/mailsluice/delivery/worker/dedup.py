@@ -1,0 +1,131 @@
+"""Recipients already delivered, so a redelivered record (after a crash or rebalance) does not
+send them again. Bounded LRU: it covers the redelivery window, not all history."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from mailsluice.contracts.events import EventType, decode_event
+from mailsluice.contracts.topics import EVENTS_TOPIC
+from mailsluice.kafka.admin import existing_partitions
+from mailsluice.kafka.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class DeliveredCache:
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    @staticmethod
+    def _key(queue_id: str, recipient: str) -> tuple[str, str]:
+        return queue_id, recipient.lower()
+
+    def add(self, queue_id: str, recipient: str) -> None:
+        if self._size <= 0:
+            return
+        key = self._key(queue_id, recipient)
+        self._seen[key] = None
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+    def seen(self, queue_id: str, recipient: str) -> bool:
+        key = self._key(queue_id, recipient)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return True
+        return False
+
+    def split(self, queue_id: str, recipients: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        """(still to send, already delivered)."""
+        todo: list[str] = []
+        done: list[str] = []
+        for rcpt in recipients:
+            (done if self.seen(queue_id, rcpt) else todo).append(rcpt)
+        return todo, done
+
+
+async def warm_from_events(
+    kafka: KafkaSettings,
+    pool: str,
+    cache: DeliveredCache,
+    *,
+    since: float,
+    budget_s: float,
+) -> int:
+    """Remember recipients of `pool` delivered since `since` (epoch s), read back from the
+    events topic. A worker that takes over partitions (after a crash or a rebalance) repeats the
+    records past the last commit; their delivery events tell which recipients already have it.
+    Returns how many were added; gives up quietly after `budget_s` (dedup is best effort)."""
+    consumer = AIOKafkaConsumer(
+        **kafka.client_options(),
+        client_id="mailsluice-delivery-dedup",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    added = 0
+    await consumer.start()
+    try:
+        async with asyncio.timeout(budget_s):
+            count = await _partition_count(kafka, EVENTS_TOPIC)
+            tps = [TopicPartition(EVENTS_TOPIC, p) for p in range(count)]
+            if not tps:
+                return 0
+            consumer.assign(tps)
+            starts = await consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
+            ends = await consumer.end_offsets(tps)
+            todo = {}
+            for tp in tps:
+                start = starts.get(tp)
+                if start is None or start.offset >= ends[tp]:
+                    continue
+                consumer.seek(tp, start.offset)
+                todo[tp] = ends[tp]
+            while todo:
+                batch = await consumer.getmany(*todo, timeout_ms=500)
+                for tp, records in batch.items():
+                    for record in records:
+                        added += _remember(cache, pool, record.value)
+                        if record.offset + 1 >= todo.get(tp, 0):
+                            todo.pop(tp, None)
+                for tp in list(todo):
+                    if await consumer.position(tp) >= todo[tp]:
+                        todo.pop(tp)
+    except TimeoutError:
+        log.warning("dedup warm-up stopped after %.0f s (%d remembered)", budget_s, added)
+    finally:
+        await consumer.stop()
+    return added
+
+
+async def _partition_count(kafka: KafkaSettings, topic: str) -> int:
+    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="mailsluice-delivery-dedup")
+    await admin.start()
+    try:
+        return (await existing_partitions(admin)).get(topic, 0)
+    finally:
+        await admin.close()
+
+
+def _remember(cache: DeliveredCache, pool: str, raw: bytes | None) -> int:
+    if not raw:
+        return 0
+    try:
+        event = decode_event(raw)
+    except ValueError:
+        return 0
+    if event.type != EventType.DELIVERY or event.pool != pool:
+        return 0
+    cache.add(event.queue_id, event.recipient)
+    return 1

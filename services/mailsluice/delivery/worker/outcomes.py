@@ -1,0 +1,257 @@
+"""What a delivery attempt's per-recipient results turn into: events, a retry record, a bounce.
+
+Pure functions: they return the records to produce; the worker produces them and only after
+Kafka acknowledged all of them does the queue record count as finished (so a crash in between
+repeats the attempt instead of losing a recipient).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope, new_queue_id
+from mailsluice.contracts.events import Event, EventType, encode_event
+from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
+from mailsluice.delivery.worker import retry_schedule as retry
+from mailsluice.delivery.worker.settings import DeliverySettings
+
+# RFC 3463 X.4.7: delivery time expired.
+EXPIRED_ENHANCED = "4.4.7"
+# Ours, for a recipient the transport returned no result for (a transport bug; retry it).
+NO_RESULT = (451, "4.3.0", "no result from transport")
+THROTTLED_ERROR = "throttled: destination over its limits"
+
+
+class ResultLike(Protocol):
+    """The shape of transport.RecipientResult that outcomes need."""
+
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def code(self) -> int: ...
+    @property
+    def enhanced(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def remote(self) -> str: ...
+    @property
+    def kind(self) -> Literal["delivered", "transient", "permanent"]: ...
+
+
+class DsnBuilder(Protocol):
+    def __call__(
+        self,
+        env: Envelope,
+        message: bytes,
+        failures: list[Any],
+        *,
+        reporting_mta: str,
+        now: float,
+    ) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Produce:
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class Plan:
+    produces: list[Produce] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    bounced: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    retry_tier: str | None = None
+    dsn: bool = False
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """A result made up locally (no remote answer): a transient failure by default."""
+
+    recipient: str
+    code: int = NO_RESULT[0]
+    enhanced: str = NO_RESULT[1]
+    text: str = NO_RESULT[2]
+    remote: str = ""
+
+    @property
+    def kind(self) -> Literal["delivered", "transient", "permanent"]:
+        if 200 <= self.code < 300:
+            return "delivered"
+        return "permanent" if self.code >= 500 else "transient"
+
+
+def event_record(event: Event) -> Produce:
+    return Produce(EVENTS_TOPIC, event.queue_id.encode(), encode_event(event))
+
+
+def _event(
+    kind: EventType, env: Envelope, res: ResultLike, now: float, size: int, *, reason: str = ""
+) -> Produce:
+    return event_record(
+        Event(
+            type=kind,
+            ts=now,
+            queue_id=env.queue_id,
+            pool=env.pool,
+            sender=env.sender,
+            recipient=res.recipient,
+            routing_key=env.routing_key,
+            code=res.code,
+            enhanced=res.enhanced,
+            text=res.text[:1000],
+            reason=reason,
+            attempt=env.attempt + 1,
+            remote=res.remote,
+            size=size,
+        )
+    )
+
+
+def _expired_result(res: ResultLike, attempts: int) -> Any:
+    """The result a DSN reports for an expired recipient: the last error, marked as expired."""
+    text = f"delivery time expired after {attempts} attempts; last error: {res.code} {res.text}"
+    if dataclasses.is_dataclass(res) and not isinstance(res, type):
+        return dataclasses.replace(res, enhanced=EXPIRED_ENHANCED, text=text)
+    return LocalResult(res.recipient, res.code, EXPIRED_ENHANCED, text, res.remote)
+
+
+def as_permanent(res: ResultLike) -> LocalResult:
+    """A transient result turned into a bounce by a policy rule: 4xx -> 5xx, 4.x.x -> 5.x.x,
+    the remote's text kept."""
+    code = res.code + 100 if 400 <= res.code < 500 else 550
+    enhanced = "5" + res.enhanced[1:] if res.enhanced[:1] == "4" else "5.0.0"
+    return LocalResult(
+        res.recipient, code, enhanced, f"{res.text} (bounced by policy rule)", res.remote
+    )
+
+
+def plan_outcome(
+    env: Envelope,
+    message: bytes,
+    results: list[ResultLike],
+    *,
+    now: float,
+    settings: DeliverySettings,
+    build_dsn: DsnBuilder | None,
+    rng: random.Random | None = None,
+) -> Plan:
+    """Turn one attempt's results into events, at most one retry record and at most one DSN."""
+    plan = Plan()
+    size = len(message)
+    by_rcpt = {r.recipient: r for r in results}
+    ordered: list[ResultLike] = [by_rcpt.get(r) or LocalResult(r) for r in env.recipients]
+    transient: list[ResultLike] = []
+    failures: list[Any] = []
+    for res in ordered:
+        if res.kind == "delivered":
+            plan.delivered.append(res.recipient)
+            plan.produces.append(_event(EventType.DELIVERY, env, res, now, size))
+        elif res.kind == "permanent":
+            plan.bounced.append(res.recipient)
+            plan.produces.append(_event(EventType.BOUNCE, env, res, now, size, reason="bounce"))
+            failures.append(res)
+        else:
+            transient.append(res)
+    if transient:
+        attempts = env.attempt + 1
+        delay = retry.backoff(
+            attempts,
+            base=settings.retry_base_s,
+            factor=settings.retry_factor,
+            cap=settings.retry_max_s,
+            jitter=settings.retry_jitter,
+            rng=rng,
+        )
+        if now + delay > env.received_at + settings.expiry_s:
+            for res in transient:
+                plan.expired.append(res.recipient)
+                plan.produces.append(
+                    _event(EventType.EXPIRATION, env, res, now, size, reason="expired")
+                )
+                failures.append(_expired_result(res, attempts))
+        else:
+            for res in transient:
+                plan.deferred.append(res.recipient)
+                plan.produces.append(
+                    _event(EventType.TRANSIENT_FAILURE, env, res, now, size, reason="deferred")
+                )
+            first = transient[0]
+            renv = retry.retry_envelope(
+                env,
+                (r.recipient for r in transient),
+                not_before=now + delay,
+                last_error=f"{first.code} {first.enhanced} {first.text}".strip(),
+            )
+            plan.retry_tier = retry.choose_tier(delay)
+            plan.produces.append(Produce(*_record(renv, message, plan.retry_tier)))
+    if failures and build_dsn is not None:
+        dsn = bounce_record(env, message, failures, now=now, settings=settings, build=build_dsn)
+        if dsn is not None:
+            plan.produces.append(dsn)
+            plan.dsn = True
+    return plan
+
+
+def _record(
+    env: Envelope, message: bytes, tier: str
+) -> tuple[str, bytes, bytes, tuple[tuple[str, bytes], ...]]:
+    topic, key, value, headers = retry.retry_record(env, message, tier)
+    return topic, key, value, tuple(headers)
+
+
+def bounce_record(
+    env: Envelope,
+    message: bytes,
+    failures: list[Any],
+    *,
+    now: float,
+    settings: DeliverySettings,
+    build: DsnBuilder,
+) -> Produce | None:
+    """A DSN to the envelope sender, queued as a new message from the null sender; None when
+    bounces are off or the failed message itself had a null sender (RFC 5321 §4.5.5: no
+    bounce of a bounce)."""
+    if not settings.bounces_enabled or not env.sender or not failures:
+        return None
+    body = build(env, message, failures, reporting_mta=settings.reporting_mta, now=now)
+    domain = env.sender.rpartition("@")[2].lower()
+    dsn_env = Envelope(
+        queue_id=new_queue_id(now),
+        pool=env.pool,
+        stream="transactional",
+        sender="",
+        recipients=(env.sender,),
+        routing_key=domain,
+        received_at=now,
+    )
+    return Produce(
+        queue_topic(env.pool),
+        domain.encode(),
+        body,
+        ((ENVELOPE_HEADER, encode_envelope(dsn_env)),),
+    )
+
+
+def plan_throttled(env: Envelope, message: bytes, *, now: float, not_before: float) -> Produce:
+    """A message that would wait too long for a throttled destination goes to a delay topic;
+    it was not tried, so its attempt count stays."""
+    renv = retry.retry_envelope(
+        env,
+        env.recipients,
+        not_before=not_before,
+        last_error=THROTTLED_ERROR,
+        count_attempt=False,
+    )
+    return Produce(*_record(renv, message, retry.choose_tier(not_before - now)))

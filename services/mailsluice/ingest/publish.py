@@ -1,0 +1,193 @@
+"""Writing to Kafka: queue records (awaited, bounded) and events (fire-and-forget, logged).
+
+The producer is idempotent with acks=all (kafka/clients.py). After any failed or
+timed-out publish the producer is replaced before the next one: an idempotent producer whose
+batches expired can be left with broken sequence numbers, and a fresh one also re-bootstraps
+when the broker comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
+from mailsluice.contracts.events import Event, encode_event
+from mailsluice.contracts.topics import EVENTS_TOPIC
+from mailsluice.kafka.clients import make_producer
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.metrics.ingest import Ingest as metrics
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 2.0
+
+
+class PublishError(Exception):
+    """The message is not (known to be) durable; the client must retry (451)."""
+
+
+@dataclass(frozen=True)
+class QueueRecord:
+    topic: str
+    key: bytes
+    value: bytes
+    envelope: Envelope
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [(ENVELOPE_HEADER, encode_envelope(self.envelope))]
+
+
+ProducerFactory = Callable[[], Any]
+_Send = tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]  # topic, value, key, headers
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        max_message_size: int,
+        publish_timeout_s: float,
+        client_id: str = "mailsluice-ingest",
+        producer_factory: ProducerFactory | None = None,
+    ) -> None:
+        self._timeout = publish_timeout_s
+        self._factory = producer_factory or (
+            lambda: make_producer(settings, max_message_size=max_message_size, client_id=client_id)
+        )
+        self._producer: Any = None
+        self._broken = False
+        self._reset_lock = asyncio.Lock()
+        self._events: set[asyncio.Task[None]] = set()
+        self._health_task: asyncio.Task[None] | None = None
+        self.kafka_ok = False
+
+    async def start(self) -> None:
+        producer = self._factory()
+        await producer.start()
+        self._producer = producer
+        self.kafka_ok = True
+        self._health_task = asyncio.create_task(self._health_loop(), name="ingest-kafka-health")
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            # Bounded: a probe stuck inside the Kafka client must not hold up shutdown.
+            await asyncio.wait({self._health_task}, timeout=5)
+        if self._events:
+            await asyncio.wait(set(self._events), timeout=grace_s)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.flush(), grace_s)
+            await producer.stop()
+        self.kafka_ok = False
+
+    # --- queue records --------------------------------------------------------------------
+
+    async def publish(self, records: list[QueueRecord]) -> None:
+        """Send every record and wait for all acknowledgements, or raise PublishError."""
+        await self._publish([(r.topic, r.value, r.key, r.headers()) for r in records])
+
+    async def publish_events(self, events: list[Event]) -> None:
+        """Events a reply depends on (feedback-loop complaints): like publish(), acked or
+        PublishError."""
+        await self._publish(
+            [(EVENTS_TOPIC, encode_event(e), e.queue_id.encode() or None, []) for e in events]
+        )
+
+    async def _publish(self, sends: list[_Send]) -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._send_all(sends), self._timeout)
+        except Exception as exc:
+            self._broken = True
+            self.kafka_ok = False
+            raise PublishError(type(exc).__name__) from exc
+        metrics.PUBLISH_SECONDS.observe(time.monotonic() - started)
+
+    async def _send_all(self, sends: list[_Send]) -> None:
+        producer = await self._usable_producer()
+        acks = []
+        for topic, value, key, headers in sends:
+            acks.append(await producer.send(topic, value, key=key, headers=headers or None))
+        await asyncio.gather(*acks)
+
+    async def _usable_producer(self) -> Any:
+        async with self._reset_lock:
+            if self._broken or self._producer is None:
+                old, self._producer = self._producer, None
+                if old is not None:
+                    self._stop_later(old)
+                fresh = self._factory()
+                try:
+                    await fresh.start()
+                except BaseException:
+                    self._stop_later(fresh)
+                    raise
+                self._producer = fresh
+                self._broken = False
+                log.info("Kafka producer replaced after a failure")
+            return self._producer
+
+    def _stop_later(self, producer: Any) -> None:
+        async def stop() -> None:
+            try:
+                await asyncio.wait_for(producer.stop(), 30)
+            except Exception:
+                log.warning("stopping a failed Kafka producer failed", exc_info=True)
+
+        task = asyncio.create_task(stop())
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    # --- events ---------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Queue an event without waiting; a failure is logged and counted, never silent."""
+        task = asyncio.create_task(self._send_event(event))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _send_event(self, event: Event) -> None:
+        try:
+            producer = await asyncio.wait_for(self._usable_producer(), self._timeout)
+            ack = await producer.send(
+                EVENTS_TOPIC,
+                encode_event(event),
+                key=event.queue_id.encode() or None,
+            )
+            await asyncio.wait_for(ack, self._timeout)
+        except Exception:
+            metrics.EVENTS_FAILED.inc()
+            log.error(
+                "event %s for %s lost: Kafka write failed",
+                event.type.value,
+                event.queue_id or "-",
+                extra={"queue_id": event.queue_id},
+                exc_info=True,
+            )
+
+    # --- health ---------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await self.check()
+
+    async def check(self) -> bool:
+        """Probe the brokers (metadata request); recovers the producer when Kafka is back."""
+        try:
+            producer = await asyncio.wait_for(self._usable_producer(), self._timeout)
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout)
+        except Exception:
+            self.kafka_ok = False
+            return False
+        self.kafka_ok = True
+        return True

@@ -1,0 +1,149 @@
+"""Settings of the SMTP ingest service (MAILSLUICE_INGEST_*)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from mailsluice.config import MailsluiceSettings
+from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
+from mailsluice.ingest.addresses import AddressError, check_mailbox
+
+MiB = 1024 * 1024
+POOL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class IngestSettings(MailsluiceSettings):
+    """The SMTP ingest: listeners, limits, TLS, authentication, relay control and pools."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILSLUICE_INGEST_", extra="ignore", frozen=True)
+
+    listen_host: str = Field("127.0.0.1", description="Address the SMTP listener binds.")
+    listen_port: int = Field(2525, ge=0, le=65535, description="SMTP port (0: any free port).")
+    http_host: str = Field("127.0.0.1", description="Address of /metrics, /healthz, /readyz.")
+    http_port: int = Field(9101, ge=0, le=65535, description="Port of the operator endpoints.")
+    hostname: str = Field(
+        "", description="Name in the greeting and Received headers (empty: the host's FQDN)."
+    )
+    max_message_size: int = Field(
+        DEFAULT_MAX_MESSAGE_SIZE,
+        ge=1024,
+        le=200 * MiB,
+        description="Largest message accepted (SIZE), bytes.",
+    )
+    max_recipients: int = Field(
+        1000, ge=1, le=100000, description="Recipients per message; more get 452 4.5.3."
+    )
+    max_messages_per_connection: int = Field(
+        1000, ge=1, description="Messages per connection before 421 4.7.0 and close."
+    )
+    max_errors_per_connection: int = Field(
+        20, ge=1, description="Protocol errors per connection before 421 4.7.0 and close."
+    )
+    idle_timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="Close a connection idle this long (421 4.4.2)."
+    )
+    session_timeout_s: float = Field(
+        1800.0, gt=0, le=86400, description="Close any connection open this long (421 4.4.2)."
+    )
+    greet_pause_s: float = Field(
+        0.2,
+        ge=0,
+        le=30,
+        description="Wait before the greeting; a client talking first gets 554 5.5.0 (0: off).",
+    )
+    tls_cert_file: str = Field("", description="PEM certificate; enables STARTTLS when set.")
+    tls_key_file: str = Field("", description="PEM private key of the certificate.")
+    credentials_file: str = Field(
+        "",
+        description="YAML/JSON users file (or Kubernetes Secret mount); empty: no AUTH users.",
+    )
+    trusted_networks: str = Field(
+        "127.0.0.0/8,::1/128",
+        description="Comma-separated CIDRs that may relay without AUTH (empty: none).",
+    )
+    trusted_pools: str = Field(
+        "default", description="Comma-separated pools trusted-network clients may use."
+    )
+    default_pool: str = Field("default", description="Pool of trusted-network mail without header.")
+    pool_header: str = Field(
+        "X-Mailsluice-Pool", description="Header choosing the pool; removed before queueing."
+    )
+    publish_timeout_s: float = Field(
+        15.0, gt=0, le=300, description="Longest wait for Kafka acks before answering 451 4.3.0."
+    )
+    verify_domains: bool = Field(
+        True,
+        description="Check recipient domains in DNS at RCPT (false: accept any domain, e.g. "
+        "when every destination is routed to a sandbox or smarthost).",
+    )
+    mx_cache_size: int = Field(10000, ge=0, description="Domains kept in the MX verdict cache.")
+    mx_cache_max_ttl_s: float = Field(
+        300.0, ge=0, description="Upper bound on how long an MX verdict is cached."
+    )
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, le=600, description="On SIGTERM, how long in-flight transactions may finish."
+    )
+    rollup_file: str = Field("", description="Provider rollup TOML (empty: the packaged one).")
+    feedback_addresses: str = Field(
+        "",
+        description="Comma-separated feedback-loop addresses registered with mailbox providers: "
+        "any client may send to them; each ARF report (RFC 5965) becomes a complaint event, "
+        "nothing is relayed (empty: none).",
+    )
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in split_list(value):
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("feedback_addresses")
+    @classmethod
+    def _feedback(cls, value: str) -> str:
+        for item in split_list(value):
+            try:
+                check_mailbox(item)
+            except AddressError as exc:
+                raise ValueError(f"bad feedback address {item!r}: {exc.detail}") from None
+        return value
+
+    @field_validator("trusted_pools", "default_pool")
+    @classmethod
+    def _pools(cls, value: str) -> str:
+        for item in split_list(value):
+            if not POOL_NAME.match(item):
+                raise ValueError(f"bad pool name {item!r}")
+        return value
+
+    @field_validator("pool_header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,76}", value):
+            raise ValueError("not a valid header name")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> IngestSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in split_list(self.trusted_networks)]
+
+    def feedback_address_set(self) -> frozenset[str]:
+        """Feedback addresses, lower-cased (compared without regard to case)."""
+        return frozenset(item.lower() for item in split_list(self.feedback_addresses))
+
+    def trusted_pool_list(self) -> list[str]:
+        pools = split_list(self.trusted_pools)
+        return pools if self.default_pool in pools else [self.default_pool, *pools]

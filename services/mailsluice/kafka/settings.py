@@ -1,0 +1,58 @@
+"""How every process reaches Kafka, and how the project creates its topics (MAILSLUICE_KAFKA_*)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mailsluice.config import MailsluiceSettings
+
+
+class KafkaSettings(MailsluiceSettings):
+    """How every service reaches Kafka, and how the project creates its topics."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILSLUICE_KAFKA_", extra="ignore", frozen=True)
+
+    bootstrap: str = Field("127.0.0.1:9092", description="Bootstrap servers, comma-separated.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism when the protocol uses SASL."
+    )
+    sasl_username: str = Field("", description="SASL user name.")
+    sasl_password: str = Field("", description="SASL password.")
+    ssl_cafile: str = Field("", description="CA bundle for TLS to the brokers (empty: system).")
+    replication_factor: int = Field(
+        1, ge=1, le=32, description="Replication factor of topics the project creates."
+    )
+    min_insync_replicas: int = Field(
+        1, ge=1, le=32, description="min.insync.replicas of created topics (2 in production)."
+    )
+    queue_partitions: int = Field(
+        12, ge=1, le=10000, description="Partitions of a pool's queue topic (>= max workers)."
+    )
+    request_timeout_ms: int = Field(
+        10000, ge=1000, le=300000, description="Kafka client request timeout."
+    )
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments common to aiokafka clients."""
+        opts: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol.startswith("SASL"):
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile or None)
+        return opts

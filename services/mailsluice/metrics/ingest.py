@@ -1,0 +1,86 @@
+"""Metrics of the SMTP ingest, and of the feedback-loop complaints it takes in."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- ingest -------------------------------------------------------------------------------------
+
+
+class Ingest:
+    """Metrics of the SMTP ingest (`from mailsluice.metrics import Ingest as metrics`)."""
+
+    CONNECTIONS = Counter("mailsluice_ingest_connections_total", "SMTP connections accepted.")
+    CONNECTIONS_OPEN = Gauge("mailsluice_ingest_connections_open", "SMTP connections now open.")
+    TRANSACTIONS = Counter(
+        "mailsluice_ingest_transactions_total",
+        "Message transactions finished at DATA, by result.",
+        ["result"],
+    )
+    TRANSACTION_RESULTS = ("queued", "tempfail", "rejected", "too_big", "aborted")
+    RECIPIENTS = Counter(
+        "mailsluice_ingest_recipients_total",
+        "Recipients judged at RCPT, by result (accepted/rejected) and reject reason.",
+        ["result", "reason"],
+    )
+    BYTES = Counter("mailsluice_ingest_bytes_total", "Bytes of messages queued to Kafka.")
+    PUBLISH_SECONDS = Histogram(
+        "mailsluice_ingest_kafka_publish_seconds",
+        "Time from the first send to the last Kafka acknowledgement of a message.",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+    )
+    TRANSACTION_SECONDS = Histogram(
+        "mailsluice_ingest_transaction_seconds",
+        "Time from MAIL FROM to the reply after DATA.",
+        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    )
+    EVENTS_FAILED = Counter(
+        "mailsluice_ingest_events_failed_total", "Events that could not be written to Kafka."
+    )
+    PROTOCOL_VIOLATIONS = Counter(
+        "mailsluice_ingest_protocol_violations_total",
+        "Connections closed for protocol violations, by kind.",
+        ["kind"],
+    )
+    VIOLATION_KINDS = ("early_talker", "pipelining", "too_many_errors", "too_many_messages")
+
+
+for _result in Ingest.TRANSACTION_RESULTS:
+    Ingest.TRANSACTIONS.labels(_result)
+for _kind in Ingest.VIOLATION_KINDS:
+    Ingest.PROTOCOL_VIOLATIONS.labels(_kind)
+
+
+# --- feedback-loop complaints at ingest (FBL intake, ingest/feedback.py) ------------------------
+
+# Why a message to a feedback-loop address was refused (550 5.6.0).
+FEEDBACK_REJECT_REASONS = ("not_report", "malformed", "not_complaint", "no_recipient")
+
+INGEST_COMPLAINTS = Counter(
+    "mailsluice_ingest_complaints_total",
+    "Spam complaints received as feedback-loop (ARF) reports and written to the events topic, "
+    "by the original message's pool (`other` when the report names none of ours) and the "
+    "complaining recipient's provider.",
+    ["pool", "provider"],
+)
+INGEST_FEEDBACK_REJECTED = Counter(
+    "mailsluice_ingest_feedback_rejected_total",
+    "Messages to a feedback-loop address refused as no usable complaint report, by reason.",
+    ["reason"],
+)
+for _reason in FEEDBACK_REJECT_REASONS:
+    INGEST_FEEDBACK_REJECTED.labels(_reason)
+
+
+INGEST_REJECT_REASONS = (
+    "syntax",
+    "suppressed",
+    "null_mx",
+    "no_domain",
+    "dns_timeout",
+    "too_many_recipients",
+    "relay_denied",
+    "auth_required",
+    "pool_denied",
+    "bad_stream",
+)

@@ -1,0 +1,59 @@
+"""Metrics of the stream processors."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+from mailsluice.metrics.labels import _PROVIDER_NAME, OTHER
+
+# --- stream processors (streams/) ---------------------------------------------------------------
+
+
+class Streams:
+    """Metrics of the stream processors (`... import Streams as streams_metrics`). Counters of
+    this process (Prometheus sums the replicas); the per-day numbers live in the faust table."""
+
+    EVENT_TYPES = (
+        "reception",
+        "rejection",
+        "delivery",
+        "transient_failure",
+        "bounce",
+        "expiration",
+        "suppression",
+        "complaint",
+    )
+    SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce")
+    AGENTS = ("route", "judge")
+
+    EVENTS = Counter(
+        "mailsluice_streams_events_total",
+        "Events read from mailsluice.events by the stream processors, by pool (`other` when the "
+        "event names none) and event type.",
+        ["pool", "type"],
+    )
+    SUPPRESSIONS = Counter(
+        "mailsluice_streams_suppressions_total",
+        "Suppression records the stream processors wrote to mailsluice.suppressions, by reason.",
+        ["reason"],
+    )
+    ERRORS = Counter(
+        "mailsluice_streams_errors_total",
+        "Events a stream processor agent skipped after an error (undecodable or a bug), by agent.",
+        ["agent"],
+    )
+
+    @staticmethod
+    def pool_label(pool: str) -> str:
+        """A pool name as a label value; empty or not a valid name -> other."""
+        return pool if _PROVIDER_NAME.match(pool or "") else OTHER
+
+    @staticmethod
+    def type_label(event_type: str) -> str:
+        return event_type if event_type in Streams.EVENT_TYPES else OTHER
+
+
+for _reason in Streams.SUPPRESSION_REASONS:
+    Streams.SUPPRESSIONS.labels(_reason)
+for _agent in Streams.AGENTS:
+    Streams.ERRORS.labels(_agent)

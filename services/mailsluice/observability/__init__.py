@@ -1,0 +1,1 @@
+"""What every service shows operators: endpoints, logs, the metric catalogue, dashboards."""

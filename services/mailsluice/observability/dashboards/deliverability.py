@@ -1,0 +1,120 @@
+"""Deliverability dashboard: outcomes, deferrals, bounces and shaping per provider."""
+
+from __future__ import annotations
+
+from mailsluice.observability.dashboards.panels import POOL, PP, Panel, rate, ratio
+
+# Feedback-loop (ARF) complaints counted at ingest over recipients delivered to the same provider;
+# a provider with deliveries and no complaint counted shows 0 rather than nothing.
+_COMPLAINTS = rate("mailsluice_ingest_complaints_total", PP, "provider")
+_DELIVERED = rate(
+    "mailsluice_delivery_provider_recipients_total", f'{PP}, result="delivered"', "provider"
+)
+COMPLAINT_RATE = f"({_COMPLAINTS}\n  or 0 * {_DELIVERED})\n  / clamp_min({_DELIVERED}, 1e-9)"
+
+DELIVERABILITY = (
+    Panel(
+        "Outcomes by provider",
+        "ops",
+        (
+            (
+                rate("mailsluice_delivery_provider_recipients_total", PP, "provider, result"),
+                "{{provider}} {{result}}",
+            ),
+        ),
+        "Recipient replies by provider: delivered (2xx), deferred (4xx), bounced (5xx).",
+        width=24,
+    ),
+    Panel(
+        "Deferral rate by provider",
+        "percentunit",
+        (
+            (
+                ratio("mailsluice_delivery_provider_recipients_total", PP, "deferred", "provider"),
+                "{{provider}}",
+            ),
+        ),
+        "Share of a provider's recipient replies that were 4xx.",
+    ),
+    Panel(
+        "Bounce rate by provider",
+        "percentunit",
+        (
+            (
+                ratio("mailsluice_delivery_provider_recipients_total", PP, "bounced", "provider"),
+                "{{provider}}",
+            ),
+        ),
+        "Share of a provider's recipient replies that were 5xx.",
+    ),
+    Panel(
+        "Complaint rate by provider",
+        "percentunit",
+        ((COMPLAINT_RATE, "{{provider}}"),),
+        "Feedback-loop complaints per delivered recipient; Gmail wants < 0.1%, never 0.3%.",
+        width=24,
+    ),
+    Panel(
+        "Top deferral reasons",
+        "ops",
+        (
+            (
+                "topk(10, "
+                + rate("mailsluice_delivery_deferrals_total", PP, "provider, reason")
+                + ")",
+                "{{provider}} {{reason}}",
+            ),
+        ),
+        "Deferrals by RFC 3463 status class (4.7: policy/reputation, 4.2: mailbox, ...).",
+    ),
+    Panel(
+        "Bounces by class",
+        "ops",
+        (
+            (
+                "topk(10, "
+                + rate("mailsluice_delivery_bounces_total", PP, "provider, class")
+                + ")",
+                "{{provider}} {{class}}",
+            ),
+        ),
+        "Bounces by RFC 3463 status class (5.1: bad mailbox, 5.7: policy, ...).",
+    ),
+    Panel(
+        "Suspensions and throttling",
+        "short",
+        (
+            ("sum by (state) (mailsluice_shaping_destinations{" + POOL + "})", "{{state}}"),
+            (
+                rate("mailsluice_shaping_backoff_triggers_total", POOL, "rule, action"),
+                "{{rule}} -> {{action}}",
+            ),
+        ),
+        "Destinations by adaptive state, and backoff rules firing (per second).",
+    ),
+    Panel(
+        "Allowed rate by provider",
+        "ops",
+        (
+            (
+                "mailsluice_shaping_provider_rate_messages_per_second{" + PP + "}",
+                "{{provider}}",
+            ),
+        ),
+        "Message rate the shaper allows a provider now (after adaptive backoff).",
+    ),
+    Panel(
+        "Warm-up progress (used / cap)",
+        "percentunit",
+        (
+            (
+                "max by (pool, scope, period) (mailsluice_warmup_used_messages{" + POOL + "})\n"
+                "  / max by (pool, scope, period) "
+                "(mailsluice_warmup_cap_messages{" + POOL + "} > 0)",
+                "{{pool}} {{scope}} per {{period}}",
+            ),
+            ("max by (pool) (mailsluice_warmup_day{" + POOL + "})", "{{pool}} day"),
+        ),
+        "Share of the current warm-up period's cap used, and the warm-up day.",
+    ),
+)

@@ -1,0 +1,280 @@
+"""The faust app: two agents and two tables around the pure rules in `rules`.
+
+Events are keyed by queue id, but a recipient's soft-failure state must live in one partition,
+so the work is split in two agents (both `concurrency=1`, the design's rule):
+
+- `route` reads mailsluice.events, counts every event (the per-day `daily-counts` table and
+  mailsluice_streams_events_total) and forwards the events that matter for suppression to the
+  internal topic `<app id>-events-by-address`, keyed by the lower-cased recipient.
+- `judge` reads that topic, keeps the `soft-failures` table (address -> days with a counted
+  soft failure) and writes suppression records to mailsluice.suppressions (the encoding of
+  services/mailsluice/suppression/store.py, source "streams").
+
+Tables use the memory store plus their changelog topics (rebuilt from the changelog at start);
+their partition count is the events topic's, which every internal topic copies, because faust
+requires a table's changelog to have as many partitions as the topic its writers read.
+
+Every agent catches its own errors: a faust agent that raises drops its message and stops. An
+undecodable event or a bug skips one event (counted in mailsluice_streams_errors_total); a
+suppression record is retried until Kafka takes it, since skipping it would lose the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from mailsluice.contracts.events import Event, decode_event
+from mailsluice.contracts.suppressions import Suppression, encode_suppression, suppression_key
+from mailsluice.contracts.topics import EVENTS_TOPIC, SUPPRESSIONS_TOPIC, TopicSpec
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.metrics.streams import Streams as streams_metrics
+from mailsluice.streams import rules
+from mailsluice.streams.settings import StreamsSettings
+from mailsluice.suppression.store import normalize
+
+log = logging.getLogger(__name__)
+
+SOURCE = "streams"
+SEND_RETRY_MAX_S = 10.0
+SOFT_TABLE = "soft-failures"
+COUNTERS_TABLE = "daily-counts"
+
+
+def by_address_topic(app_id: str) -> str:
+    return f"{app_id}-events-by-address"
+
+
+def internal_topics(app_id: str, partitions: int, kafka: KafkaSettings) -> list[TopicSpec]:
+    """The app's own topics, created before the worker starts: a topic faust creates while
+    joining the group is missing from that first assignment ("Ignoring missing topic"), and
+    its agent would then read nothing until the next rebalance."""
+    isr = {"min.insync.replicas": str(kafka.min_insync_replicas)}
+    compact = {**isr, "cleanup.policy": "compact"}
+    return [
+        TopicSpec(by_address_topic(app_id), partitions, {**isr, "retention.ms": "604800000"}),
+        TopicSpec(f"{app_id}-{SOFT_TABLE}-changelog", partitions, compact),
+        TopicSpec(f"{app_id}-{COUNTERS_TABLE}-changelog", partitions, compact),
+    ]
+
+
+def faust_broker_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """faust's broker URLs and credentials from the shared Kafka settings."""
+    urls = [f"kafka://{host.strip()}" for host in kafka.bootstrap.split(",") if host.strip()]
+    # Not kafka.request_timeout_ms: faust refuses a request timeout below its session
+    # timeout (60 s), so its own defaults stay.
+    options: dict[str, Any] = {"broker": urls}
+    client = kafka.client_options()
+    ssl_context = client.get("ssl_context")
+    if kafka.security_protocol.startswith("SASL"):
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    elif ssl_context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(ssl_context)
+    return options
+
+
+def day_label(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def counter_key(ts: float, pool: str, event_type: str, partition: int) -> str:
+    """Key of the daily counters table. The source partition is part of the key: a key belongs
+    to one changelog partition, and every partition of the events topic counts every pool."""
+    return f"{day_label(ts)}/{pool}/{event_type}/{partition}"
+
+
+class StreamsProcessor:
+    """The faust app with its topics, tables and agents, built from settings."""
+
+    def __init__(
+        self,
+        settings: StreamsSettings,
+        kafka: KafkaSettings,
+        partitions: int,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.policy = settings.policy()
+        self.partitions = partitions
+        self.wall = wall
+        self._swept: dict[tuple[str, int], float] = {}
+        app_id = settings.app_id
+        self.app = faust.App(
+            app_id,
+            **faust_broker_options(kafka),
+            store="memory://",
+            autodiscover=False,
+            web_enabled=False,
+            datadir=Path(tempfile.gettempdir()) / f"{app_id}-data",
+            topic_partitions=partitions,
+            topic_replication_factor=kafka.replication_factor,
+            producer_acks=-1,
+            consumer_auto_offset_reset="earliest",
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        app = self.app
+        self.events_topic = app.topic(EVENTS_TOPIC, key_type=bytes, value_type=bytes)
+        self.by_address = app.topic(
+            by_address_topic(app_id),
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            internal=True,
+        )
+        self.suppressions_topic = app.topic(SUPPRESSIONS_TOPIC, key_type=bytes, value_type=bytes)
+        # JSON in the changelogs, whatever the app's raw default: keys come back as str.
+        codecs: Any = faust.Schema(key_serializer="json", value_serializer="json")
+        self.soft = app.Table(SOFT_TABLE, partitions=partitions, schema=codecs)
+        self.counters = app.Table(COUNTERS_TABLE, default=int, partitions=partitions, schema=codecs)
+        app.agent(self.events_topic, name="route", concurrency=1)(self._route)
+        app.agent(self.by_address, name="judge", concurrency=1)(self._judge)
+
+    # --- readiness ----------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready once the tables are recovered from their changelogs and no rebalance runs."""
+        recovery: Any = getattr(self.app.tables, "recovery", None)
+        if recovery is None:
+            return False, "starting"
+        if not recovery.completed.is_set():
+            return False, "recovering tables"
+        if self.app.rebalancing:
+            return False, "rebalancing"
+        return True, f"{len(self.soft)} addresses with soft failures"
+
+    # --- agents -------------------------------------------------------------------------
+
+    async def _route(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                await self.route_one(event.value, event.message.partition)
+            except Exception:
+                streams_metrics.ERRORS.labels("route").inc()
+                log.exception("streams route: event skipped")
+
+    async def _judge(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                await self.judge_one(event.value, event.message.partition)
+            except Exception:
+                streams_metrics.ERRORS.labels("judge").inc()
+                log.exception("streams judge: event skipped")
+
+    async def route_one(self, value: bytes, partition: int) -> None:
+        """Count one event and forward it by recipient when it can change a suppression."""
+        event = _decode(value, "route")
+        if event is None:
+            return
+        pool = streams_metrics.pool_label(event.pool)
+        kind = streams_metrics.type_label(str(event.type))
+        self.counters[counter_key(event.ts, pool, kind, partition)] += 1
+        streams_metrics.EVENTS.labels(pool, kind).inc()
+        if rules.relevant(event):
+            address = normalize(event.recipient)
+            await self._send(self.by_address, address.encode(), value, acked=False)
+        self._sweep_counters(partition)
+
+    async def judge_one(self, value: bytes, partition: int) -> None:
+        """Apply the rules to one event routed by recipient: suppress, update or forget."""
+        event = _decode(value, "judge")
+        if event is None:
+            return
+        address = normalize(event.recipient)
+        if address:
+            raw = self.soft.get(address)
+            state = rules.SoftState.from_json(raw) if raw is not None else None
+            decision = rules.decide(event, state, self.policy)
+            # The record first: replaying the event after a crash must find the state that
+            # led to it, so the state changes only once Kafka has the suppression.
+            if decision.suppress is not None:
+                await self.publish(event.recipient.strip(), decision.suppress)
+            if decision.changed:
+                if decision.state is None:
+                    self.soft.pop(address, None)
+                else:
+                    self.soft[address] = {**decision.state.to_json(), "p": partition}
+        self._sweep_soft(partition)
+
+    async def publish(self, address: str, reason: str) -> None:
+        """Write one suppression record and wait for Kafka's acknowledgement."""
+        entry = Suppression(address=address, reason=reason, source=SOURCE)
+        key, value = suppression_key(address), encode_suppression(entry)
+        await self._send(self.suppressions_topic, key, value, acked=True)
+        streams_metrics.SUPPRESSIONS.labels(reason).inc()
+        log.info("suppressed an address: %s", reason)
+
+    async def _send(self, topic: Any, key: bytes, value: bytes, *, acked: bool) -> None:
+        """Send, retrying until Kafka takes the record: skipping it would lose a suppression.
+        Unacknowledged sends are flushed by faust before it commits the source offset."""
+        delay = 0.5
+        while True:
+            try:
+                sent = await topic.send(key=key, value=value)
+                if acked:
+                    await sent
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("streams: record to %s not written (%s); retrying", topic, exc)
+                await asyncio.sleep(delay)
+                delay = min(SEND_RETRY_MAX_S, delay * 2)
+
+    # --- housekeeping (inside stream iteration: table deletes go to the event's partition) --
+
+    def _due(self, table: str, partition: int) -> bool:
+        now = self.wall()
+        last = self._swept.get((table, partition))
+        if last is not None and now - last < self.settings.sweep_interval_s:
+            return False
+        self._swept[(table, partition)] = now
+        return True
+
+    def _sweep_soft(self, partition: int) -> None:
+        if not self._due("soft", partition):
+            return
+        today = rules.day_of(self.wall())
+        stale = [
+            key
+            for key, raw in list(self.soft.items())
+            if isinstance(raw, dict)
+            and raw.get("p") == partition
+            and rules.stale(rules.SoftState.from_json(raw), today, self.policy)
+        ]
+        for key in stale:
+            self.soft.pop(key, None)
+
+    def _sweep_counters(self, partition: int) -> None:
+        if not self._due("counters", partition):
+            return
+        oldest = day_label(self.wall() - self.settings.counter_days * rules.DAY_S)
+        suffix = f"/{partition}"
+        old = [k for k in list(self.counters.keys()) if k.endswith(suffix) and k[:10] < oldest]
+        for key in old:
+            self.counters.pop(key, None)
+
+
+def _decode(value: bytes, agent: str) -> Event | None:
+    try:
+        return decode_event(value)
+    except (ValueError, ValidationError) as exc:
+        streams_metrics.ERRORS.labels(agent).inc()
+        first = (str(exc).splitlines() or [""])[0]
+        log.warning("streams %s: undecodable event skipped: %s", agent, first[:200])
+        return None

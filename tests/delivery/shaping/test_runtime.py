@@ -1,0 +1,200 @@
+"""Shaping settings, and the runtime's Kafka loops against the real broker: operator commands
+reach the worker, status is published, warm-up usage survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from mailsluice.admin import destinations as cli
+from mailsluice.admin import warmup as warmup_cli
+from mailsluice.config import ConfigError, load
+from mailsluice.contracts.control import Command
+from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings, build_shaper
+from mailsluice.kafka.settings import KafkaSettings
+
+
+def test_settings_defaults_use_shipped_files():
+    settings = ShapingSettings()
+    shaper = build_shaper(settings, "default", time.time)
+    assert shaper.shaping("google").connection_limit == 5
+    assert shaper.warmup is None
+    assert len(shaper.adaptive.rules) > 30
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("MAILSLUICE_SHAPING_POLICY_FILE", "/nonexistent/policy.toml", "cannot read"),
+        ("MAILSLUICE_SHAPING_BACKOFF_FILE", "/nonexistent/rules.toml", "cannot read"),
+        ("MAILSLUICE_SHAPING_POOL_OVERRIDES", '{"defaults": {"tls": "never"}}', "tls"),
+        ("MAILSLUICE_SHAPING_STATUS_INTERVAL_S", "0", "greater than 0"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_variable(monkeypatch, capsys, variable, value, fragment):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as exc:
+        load(ShapingSettings)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert variable in err
+    assert fragment in err
+
+
+def test_invalid_policy_file_is_reported_with_line(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text("[defaults]\nconnection_limit = 0\n")
+    monkeypatch.setenv("MAILSLUICE_SHAPING_POLICY_FILE", str(bad))
+    with pytest.raises(ConfigError):
+        load(ShapingSettings)
+    assert "file:2: defaults.connection_limit" in capsys.readouterr().err
+
+
+def test_pool_overrides_apply():
+    overrides = {
+        "provider": {"google": {"connection_limit": 1}},
+        "warmup": {"schedule": "sendgrid-like", "start": "2026-11-01"},
+    }
+    settings = ShapingSettings(pool_overrides=json.dumps(overrides))
+    shaper = build_shaper(settings, "newip", time.time)
+    assert shaper.shaping("google").connection_limit == 1
+    assert shaper.warmup is not None
+    assert shaper.warmup.plan.schedules["*"].cap(1) == 20
+    # the overrides are those of the pool this worker serves, whatever its name
+    assert build_shaper(settings, "other", time.time).warmup is not None
+    assert build_shaper(ShapingSettings(), "newip", time.time).warmup is None
+
+
+async def wait_for(predicate):
+    """Poll `predicate` for up to 20 s (the runtime applies commands in its own task)."""
+    for _ in range(200):
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_runtime_follows_commands_publishes_status_and_keeps_warmup(kafka):
+    settings = ShapingSettings(
+        worker_id="w-test",
+        status_interval_s=3600,  # published explicitly below
+        pool_overrides=json.dumps(
+            {"warmup": {"schedule": "custom", "start": "2026-01-01", "table": {"1": 1000}}}
+        ),
+    )
+    kafka_settings = kafka.settings()
+    runtime = ShapingRuntime(settings, kafka_settings, "t-rt")
+    runtime.queued = lambda key: 3
+    await runtime.start()
+    try:
+        shaper = runtime.shaper
+        assert shaper.try_start("google", runtime.mono())
+        until = time.time() + 3600
+        await cli.send_command(kafka_settings, Command("t-rt", "google", "suspend", until=until))
+        await wait_for(lambda: shaper.wait_time("google", runtime.mono()) > 3000)
+        # a command for another pool is ignored
+        await cli.send_command(kafka_settings, Command("t-other", "yahoo", "suspend", until=until))
+        await runtime.publish()
+        state = await cli.read_state(kafka_settings)
+        rows = {row.key: row for _p, worker, row in state.rows("t-rt") if worker == "w-test"}
+        assert rows["google"].state == "suspended"
+        assert rows["google"].queued == 3
+        assert "yahoo" not in rows
+        await cli.send_command(kafka_settings, Command("t-rt", "google", "resume"))
+        await wait_for(lambda: shaper.wait_time("google", runtime.mono()) < 1)
+        for _ in range(4):
+            assert shaper.warmup.try_take("example.org", time.time()).action == "allow"
+    finally:
+        await runtime.stop()
+    # a restarted worker restores the usage of the current period and its suspension state
+    again = ShapingRuntime(settings, kafka_settings, "t-rt")
+    await again.start()
+    try:
+        assert again.shaper.warmup.status(time.time()).scopes["*"].used == 5  # 1 start + 4 takes
+        assert again.shaper.wait_time("google", again.mono()) < 1  # resumed stays resumed
+        state = await cli.read_state(kafka_settings)
+        assert ("t-rt", "w-test") not in state.statuses  # the clean stop left a tombstone
+        # `mailsluice warmup show` reads the same ledger
+        records = await warmup_cli.read_ledger(kafka_settings)
+        plan = again.shaper.warmup.plan
+        assert warmup_cli.sum_usage(plan, "t-rt", records, time.time()) == {"*": 5}
+    finally:
+        await again.stop()
+
+
+def test_warming_pool_waits_until_the_ledger_is_restored():
+    overrides = {"warmup": {"schedule": "sendgrid-like", "start": "2026-01-01"}}
+    shaper = build_shaper(ShapingSettings(pool_overrides=json.dumps(overrides)), "w", time.time)
+    shaper.warmup_ready = False
+    assert shaper.wait_time("example.org", 0.0) == 1.0
+    assert not shaper.try_start("example.org", 0.0)
+    shaper.warmup_ready = True
+    assert shaper.try_start("example.org", 0.0)
+
+
+async def test_runtime_keeps_trying_while_kafka_is_unreachable():
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    overrides = {"warmup": {"schedule": "sendgrid-like", "start": "2026-01-01"}}
+    settings = ShapingSettings(pool_overrides=json.dumps(overrides))
+    runtime = ShapingRuntime(
+        settings, KafkaSettings(bootstrap=f"127.0.0.1:{port}", request_timeout_ms=1000), "x"
+    )
+    task = runtime.start_background()
+    await asyncio.sleep(1.5)
+    assert not task.done()
+    assert runtime.shaper.warmup_ready is False
+    await runtime.stop()
+    assert task.done()
+
+
+async def test_runtime_background_start_with_kafka(kafka):
+    overrides = {"warmup": {"schedule": "sendgrid-like", "start": "2026-01-01"}}
+    settings = ShapingSettings(pool_overrides=json.dumps(overrides), worker_id="bg")
+    runtime = ShapingRuntime(settings, kafka.settings(), "t-bg")
+    runtime.start_background()
+    try:
+        await wait_for(lambda: runtime.shaper.warmup_ready)
+    finally:
+        await runtime.stop()
+
+
+def test_delivery_dest_settings_become_pool_defaults():
+    from mailsluice.delivery.shaping.runtime import delivery_defaults
+
+    assert delivery_defaults(None, None, None) is None
+    rule = delivery_defaults(2, 1_000_000.0, 100_000)
+    assert rule is not None
+    shaper = build_shaper(ShapingSettings(), "bench", time.time, rule)
+    s = shaper.shaping("sink.example")
+    assert s.connection_limit == 2
+    assert s.message_rates[0].per_second == 1_000_000
+    assert s.burst_of(s.message_rates[0]) == 100_000
+    assert shaper.shaping("google").connection_limit == 5  # provider rules still win
+    assert delivery_defaults(None, 0.25, None).max_message_rate == "0.25/s"
+    # the pool overrides' own defaults win over the worker settings
+    overrides = json.dumps({"defaults": {"connection_limit": 7}})
+    mixed = build_shaper(ShapingSettings(pool_overrides=overrides), "p", time.time, rule)
+    assert mixed.shaping("sink.example").connection_limit == 7
+    assert mixed.shaping("sink.example").message_rates[0].per_second == 1_000_000
+
+
+def test_delivery_service_wiring_uses_explicit_dest_settings_only():
+    from mailsluice.delivery.service import shaping_runtime
+    from mailsluice.delivery.worker.settings import DeliverySettings
+
+    kafka = KafkaSettings()
+    plain = shaping_runtime(DeliverySettings(pool="x"), kafka, ShapingSettings())
+    assert plain.shaper.shaping("a.example").connection_limit == 10  # the policy's defaults
+    assert plain.shaper.pool == "x"
+    custom = DeliverySettings(pool="x", dest_max_concurrency=3, dest_max_rate=5.0)
+    shaped = shaping_runtime(custom, kafka, ShapingSettings()).shaper.shaping("a.example")
+    assert shaped.connection_limit == 3
+    assert shaped.message_rates[0].per_second == 5.0

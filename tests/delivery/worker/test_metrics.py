@@ -1,0 +1,72 @@
+"""Shaping metrics of the worker side: the delay a message spent held by shaping (by pool and
+provider, never a raw domain) and suspensions by the rule (or operator) that caused them."""
+
+from __future__ import annotations
+
+import random
+
+from prometheus_client import REGISTRY
+
+from mailsluice.contracts.control import Command
+from mailsluice.delivery.shaping.engine import PolicyShaper
+from mailsluice.delivery.shaping.scheduler import Job, Scheduler
+from mailsluice.delivery.worker.attempts import Attempts
+from mailsluice.delivery.worker.dedup import DeliveredCache
+from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.policy.shaping import default_policy
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def attempts(pool: str, shaper: PolicyShaper) -> Attempts:
+    return Attempts(
+        DeliverySettings(pool=pool),
+        transport=None,  # type: ignore[arg-type]  # not sent through here
+        shaper=shaper,
+        scheduler=Scheduler(shaper, 5.0),
+        dedup=DeliveredCache(10),
+        finish=lambda _item: None,
+        release=lambda _item: None,
+        wake=lambda: None,
+        kafka_state=lambda _error: None,
+        build_dsn=None,
+        wall=lambda: 0.0,
+        mono=lambda: 0.0,
+        rng=random.Random(1),
+    )
+
+
+def test_shaping_delay_by_provider_and_other_for_domains() -> None:
+    shaper = PolicyShaper(default_policy(), "delay-pool")
+    a = attempts("delay-pool", shaper)
+    a.started(Job("google", None, 0.0, 1.0), 3.5)  # 2.5 s past its ready time
+    a.started(Job("google#2", None, 0.0, 1.0), 1.0)  # went at once
+    a.started(Job("rare.example", None, 0.0, 0.0), 0.2)
+    name = "mailsluice_shaping_delay_seconds"
+    assert value(f"{name}_count", pool="delay-pool", provider="google") == 2
+    assert value(f"{name}_sum", pool="delay-pool", provider="google") == 2.5
+    assert value(f"{name}_bucket", pool="delay-pool", provider="google", le="0.0") == 1
+    assert value(f"{name}_count", pool="delay-pool", provider="other") == 1
+    families = {m.name: m for m in REGISTRY.collect()}
+    providers = {
+        s.labels["provider"]
+        for s in families["mailsluice_shaping_delay_seconds"].samples
+        if s.labels.get("pool") == "delay-pool"
+    }
+    assert providers == {"google", "other"}  # never the raw domain
+
+
+def test_suspensions_by_rule_and_by_operator() -> None:
+    shaper = PolicyShaper(default_policy(), "susp-pool")
+    name = "mailsluice_shaping_suspensions_total"
+    shaper.observe("yahoo", 0.0, [(421, "4.7.0", "[TS04] Messages from 192.0.2.1 deferred")])
+    fired = [f for _k, f in shaper.fired if f.action == "suspend"]
+    assert len(fired) == 1
+    assert value(name, pool="susp-pool", rule=fired[0].rule) == 1
+    shaper.observe("google", 0.0, [(250, "2.0.0", "ok")])  # no rule fires: nothing counted
+    assert shaper.apply_command(Command("susp-pool", "example.org", "suspend", until=1e12), 0.0)
+    assert value(name, pool="susp-pool", rule="operator") == 1
+    shaper.apply_command(Command("susp-pool", "example.org", "resume"), 1.0)
+    assert value(name, pool="susp-pool", rule="operator") == 1

@@ -1,0 +1,131 @@
+"""Warm-up overflow in the running worker (real broker): a pool capped at N messages a day sends
+N and moves the rest to the overflow pool's queue topic, each exactly once, and commits past
+all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import REGISTRY
+from support.delivery_worker import (
+    EventLog,
+    FakeTransport,
+    Running,
+    committed,
+    enqueue,
+    envelope,
+    new_pool,
+    setup_pool,
+)
+
+from mailsluice.contracts.envelope import envelope_from_headers
+from mailsluice.contracts.events import EventType
+from mailsluice.contracts.topics import queue_topic
+from mailsluice.delivery.service import DeliveryService
+from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings
+from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.kafka.settings import KafkaSettings
+
+CAP = 5
+
+
+def overrides(target: str) -> str:
+    today = datetime.now(UTC).date().isoformat()
+    return json.dumps(
+        {
+            "defaults": {"max_message_rate": "1000/s"},
+            "warmup": {
+                "schedule": "custom",
+                "start": today,
+                "table": {"1": CAP},
+                "period": "day",
+                "over_cap": "overflow",
+                "overflow_pool": target,
+            },
+        }
+    )
+
+
+async def read_queue(ks: KafkaSettings, pool: str, count: int, within: float = 30.0) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        queue_topic(pool),
+        bootstrap_servers=ks.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + within
+        while len(out) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(records)
+        # nothing more arrives than expected
+        batch = await consumer.getmany(timeout_ms=1000)
+        for records in batch.values():
+            out.extend(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def overflowed(pool: str, target: str) -> float:
+    labels = {"pool": pool, "target_pool": target}
+    return REGISTRY.get_sample_value("mailsluice_warmup_overflow_messages_total", labels) or 0.0
+
+
+async def test_over_the_warmup_cap_mail_moves_to_the_overflow_pool(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=3)
+    pool, target = new_pool(), new_pool()
+    await setup_pool(ks, pool)
+    await setup_pool(ks, target)
+    runtime = ShapingRuntime(ShapingSettings(pool_overrides=overrides(target)), ks, pool)
+    assert runtime.shaper.warmup is not None
+    shares: list[tuple[int, int]] = []
+
+    def on_share(assigned: int, total: int) -> None:
+        shares.append((assigned, total))
+        runtime.set_share(assigned, total)
+
+    transport = FakeTransport()
+    service = DeliveryService(
+        DeliverySettings(pool=pool, commit_interval_s=0.2),
+        ks,
+        transport,
+        mover=False,
+        shaper=runtime.shaper,
+        on_share=on_share,
+        consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
+    )
+    envs = [envelope(pool, n, (f"r{n}@d{n % 4}.example",)) for n in range(17)]
+    async with EventLog(ks, pool) as events, Running(service):
+        await enqueue(ks, envs)
+        moved = await read_queue(ks, target, len(envs) - CAP)
+        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == CAP)
+        deadline = time.monotonic() + 20
+        while sum((await committed(ks, pool)).values()) != len(envs):
+            assert time.monotonic() < deadline, await committed(ks, pool)
+            await asyncio.sleep(0.2)
+    assert shares and shares[-1] == (3, 3)  # one worker owns every partition: the whole cap
+    sent = {qid for qid, _ in transport.calls}
+    assert len(transport.calls) == CAP
+    moved_envs = [envelope_from_headers(r.headers) for r in moved]
+    assert len(moved_envs) == len(envs) - CAP
+    moved_ids = [e.queue_id for e in moved_envs]
+    assert len(set(moved_ids)) == len(moved_ids)  # each moved once
+    assert sent | set(moved_ids) == {e.queue_id for e in envs}  # nothing lost
+    assert not sent & set(moved_ids)  # and nothing both sent and moved
+    assert all(e.pool == target for e in moved_envs)  # retries and events belong to the target
+    assert {r.value for r in moved} == {b"Subject: t\r\n\r\nhello\r\n"}
+    assert all(r.key == e.routing_key.encode() for r, e in zip(moved, moved_envs, strict=True))
+    assert overflowed(pool, target) == len(envs) - CAP
+    assert runtime.shaper.warmup.status(time.time()).scopes["*"].used == CAP
+    # every send that started was timed by the shaping delay histogram (raw domains: other)
+    delays = {"pool": pool, "provider": "other"}
+    assert REGISTRY.get_sample_value("mailsluice_shaping_delay_seconds_count", delays) == CAP

@@ -1,0 +1,290 @@
+"""Delivery worker against the real Kafka broker, with an in-memory fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from support.delivery_worker import (
+    EventLog,
+    FakeTransport,
+    Running,
+    committed,
+    enqueue,
+    envelope,
+    new_pool,
+    service_for,
+    setup_pool,
+)
+
+from mailsluice.contracts.envelope import Envelope
+from mailsluice.contracts.events import Event, EventType, encode_event
+from mailsluice.contracts.topics import EVENTS_TOPIC
+from mailsluice.delivery.shaping.scheduler import DestinationLimits, Shaper
+from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
+
+
+async def test_every_recipient_ends_delivered_bounced_or_expired(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=3)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    tried: collections.Counter[str] = collections.Counter()
+
+    async def script(env: Envelope, rcpt: str) -> tuple[int, str, str]:
+        tried[f"{env.queue_id}/{rcpt}"] += 1
+        local = rcpt.partition("@")[0]
+        if local.startswith("hard"):
+            return 550, "5.1.1", "no such user"
+        if local.startswith("soft") and tried[f"{env.queue_id}/{rcpt}"] == 1:
+            return 451, "4.7.1", "try again later"
+        if local.startswith("never"):
+            return 421, "4.4.2", "closing connection"
+        return 250, "2.0.0", "ok"
+
+    transport = FakeTransport(script)
+    kinds = ["ok", "ok", "hard", "soft", "never"]
+
+    def make_envs() -> list[Envelope]:
+        # received_at is now: made once the worker is ready, so the expiry clock starts here.
+        envs = []
+        for n in range(40):
+            domain = f"d{n % 5}.example"
+            rcpts = tuple(f"{kinds[(n + i) % 5]}{i}@{domain}" for i in range(1 + n % 3))
+            envs.append(envelope(pool, n, rcpts))
+        return envs
+
+    all_rcpts = {(e.queue_id, r) for e in make_envs() for r in e.recipients}
+    service = service_for(ks, pool, transport, retry_base_s=0.5, retry_max_s=1.0, expiry_s=4.0)
+    async with EventLog(ks, pool) as events, Running(service):
+        await enqueue(ks, make_envs())
+        await events.wait_for(lambda: all_rcpts <= set(events.finals()), within=90)
+        # DSNs for hard bounces and expirations come back through the queue and get delivered.
+        failed_msgs = {
+            e.queue_id for e in events.events if e.type in (EventType.BOUNCE, EventType.EXPIRATION)
+        }
+        await events.wait_for(
+            lambda: (
+                len([e for e in events.of(EventType.DELIVERY) if e.recipient == "s@origin.example"])
+                >= len(failed_msgs)
+            )
+        )
+        assert service.mover is not None
+        moved = service.mover.moved
+    finals = events.finals()
+    ours = {k: v for k, v in finals.items() if k in all_rcpts}
+    duplicates = sum(v - 1 for v in ours.values())
+    assert set(ours) == all_rcpts  # none lost
+    assert duplicates == 0
+    by_type = collections.Counter(
+        e.type for e in events.events if (e.queue_id, e.recipient) in all_rcpts
+    )
+    expected_never = sum(1 for q, r in all_rcpts if r.startswith("never"))
+    expected_hard = sum(1 for q, r in all_rcpts if r.startswith("hard"))
+    assert by_type[EventType.EXPIRATION] == expected_never
+    assert by_type[EventType.BOUNCE] == expected_hard
+    assert by_type[EventType.DELIVERY] == len(all_rcpts) - expected_never - expected_hard
+    assert by_type[EventType.TRANSIENT_FAILURE] >= expected_never + sum(
+        1 for q, r in all_rcpts if r.startswith("soft")
+    )
+    assert moved > 0  # retries really went through the delay topics and came back
+    bounce = events.of(EventType.BOUNCE)[0]
+    assert (bounce.code, bounce.enhanced, bounce.text) == (550, "5.1.1", "no such user")
+    # A soft-failed recipient was retried after the delay, not before.
+    soft = [e for e in events.events if e.recipient.startswith("soft")]
+    first = {}
+    for e in sorted(soft, key=lambda e: e.ts):
+        first.setdefault((e.queue_id, e.recipient), e.ts)
+    for e in soft:
+        if e.type == EventType.DELIVERY:
+            assert e.ts - first[(e.queue_id, e.recipient)] >= 0.45
+            assert e.attempt == 2
+    # No DSN back to a DSN (null sender).
+    assert all(
+        e.sender != "" for e in events.events if e.type in (EventType.BOUNCE, EventType.EXPIRATION)
+    )
+
+
+async def test_out_of_order_completion_never_commits_past_unfinished(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=1)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    release = asyncio.Event()
+
+    async def script(env: Envelope, rcpt: str) -> tuple[int, str, str]:
+        if rcpt.endswith("@slow.example"):
+            await release.wait()
+        return 250, "2.0.0", "ok"
+
+    transport = FakeTransport(script)
+    envs: list[Envelope | None] = [envelope(pool, 0, ("a@slow.example",))]
+    envs += [envelope(pool, n, (f"b@fast{n % 3}.example",)) for n in range(1, 9)]
+    envs.append(None)  # undecodable: skipped and committed past, not a crash loop
+    envs.append(envelope(pool, 10, ("c@fast0.example",)))
+    service = service_for(ks, pool, transport, short_horizon_s=60)
+    async with EventLog(ks, pool) as events, Running(service):
+        await enqueue(ks, envs, pool=pool)
+        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 9)
+        await asyncio.sleep(1.0)  # several commit intervals
+        assert (await committed(ks, pool)).get(0, 0) == 0
+        release.set()
+        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 10)
+        deadline = time.monotonic() + 10
+        while (await committed(ks, pool)).get(0) != 11:
+            assert time.monotonic() < deadline, await committed(ks, pool)
+            await asyncio.sleep(0.2)
+    assert len(transport.calls) == 10
+
+
+async def test_throttled_destination_goes_through_delay_topic(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=1)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    sent_at: dict[str, list[float]] = collections.defaultdict(list)
+
+    async def script(env: Envelope, rcpt: str) -> tuple[int, str, str]:
+        sent_at[env.routing_key].append(time.monotonic())
+        return 250, "2.0.0", "ok"
+
+    transport = FakeTransport(script)
+    envs = [envelope(pool, n, (f"r{n}@slow.example",)) for n in range(12)]
+    envs += [envelope(pool, 100 + n, (f"r{n}@fast.example",)) for n in range(30)]
+
+    def policy(key: str) -> DestinationLimits:
+        if key == "slow.example":
+            return DestinationLimits(max_concurrency=10, rate=4.0, burst=1)
+        return DestinationLimits(max_concurrency=10, rate=1000.0, burst=100)
+
+    service = service_for(ks, pool, transport, Shaper(policy), short_horizon_s=0.5)
+    async with EventLog(ks, pool) as events, Running(service):
+        await enqueue(ks, envs)
+        await events.wait_for(lambda: len(events.finals()) == 42, within=90)
+    assert len(events.of(EventType.TRANSIENT_FAILURE)) == 0
+    assert sum(events.finals().values()) == 42
+    # The rate of the slow destination held: 12 messages at 4/s with burst 1 span >= 2.75 s.
+    slow = sorted(sent_at["slow.example"])
+    assert slow[-1] - slow[0] >= 2.7
+    gaps = [b - a for a, b in itertools.pairwise(slow)]
+    assert min(gaps) >= 0.24
+    # The fast destination in the same partition was not held up by the slow one.
+    fast = sorted(sent_at["fast.example"])
+    assert len(fast) == 30
+    assert fast[-1] - fast[0] < 1.0
+    assert fast[-1] < slow[-1]
+
+
+async def test_sigterm_drain_finishes_in_flight_and_commits(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=1)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    started = asyncio.Event()
+
+    async def script(env: Envelope, rcpt: str) -> tuple[int, str, str]:
+        if rcpt.startswith("slow"):
+            started.set()
+            await asyncio.sleep(1.0)
+        return 250, "2.0.0", "ok"
+
+    transport = FakeTransport(script)
+    envs = [envelope(pool, 0, ("slow@a.example",))]
+    service = service_for(ks, pool, transport, drain_timeout_s=10)
+    async with EventLog(ks, pool) as events:
+        async with Running(service):
+            await enqueue(ks, envs)
+            await asyncio.wait_for(started.wait(), 30)
+        # Left the block: stop() + drain returned; the send had finished and was committed.
+        assert (await committed(ks, pool)).get(0) == 1
+        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 1)
+    assert service.worker.consumer is not None
+
+
+async def test_dedup_skips_recipients_already_delivered(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=1)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    transport = FakeTransport()
+    env = envelope(pool, 0, ("a@x.example", "b@x.example"))
+    service = service_for(ks, pool, transport)
+    service.worker.dedup.add(env.queue_id, "a@x.example")
+    async with EventLog(ks, pool) as events, Running(service):
+        await enqueue(ks, [env])
+        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 1)
+    assert transport.calls == [(env.queue_id, "b@x.example")]
+
+
+async def test_dedup_warm_up_reads_back_delivery_events(kafka: Any) -> None:
+    ks = kafka.settings()
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    producer = AIOKafkaProducer(bootstrap_servers=ks.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for n, kind in enumerate((EventType.DELIVERY, EventType.BOUNCE, EventType.DELIVERY)):
+            event = Event(type=kind, queue_id=f"Q{n}", pool=pool, recipient=f"r{n}@x")
+            await producer.send_and_wait(EVENTS_TOPIC, encode_event(event), key=b"Q")
+        other = Event(type=EventType.DELIVERY, queue_id="Q9", pool="other", recipient="a@x")
+        await producer.send_and_wait(EVENTS_TOPIC, encode_event(other))
+    finally:
+        await producer.stop()
+    cache = DeliveredCache(100)
+    added = await warm_from_events(ks, pool, cache, since=time.time() - 60, budget_s=20)
+    assert added == 2
+    assert cache.seen("Q0", "r0@x")
+    assert cache.seen("Q2", "r2@x")
+    assert not cache.seen("Q1", "r1@x")
+    assert not cache.seen("Q9", "a@x")
+
+
+async def test_two_workers_and_a_rebalance_lose_nothing(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=4)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+
+    async def slowish(_env: Envelope, _rcpt: str) -> tuple[int, str, str]:
+        await asyncio.sleep(0.02)
+        return 250, "2.0.0", "ok"
+
+    first, second = FakeTransport(slowish), FakeTransport(slowish)
+    envs = [envelope(pool, n, (f"r{n}@d{n % 8}.example",)) for n in range(200)]
+    keys = {(e.queue_id, e.recipients[0]) for e in envs}
+    # A small memory bound: the worker pauses its partitions instead of holding everything.
+    one = service_for(ks, pool, first, max_inflight=8, dest_max_concurrency=1)
+    two = service_for(ks, pool, second, max_inflight=8, dest_max_concurrency=1)
+    async with EventLog(ks, pool) as events, Running(one):
+        await enqueue(ks, envs)
+        await events.wait_for(lambda: len(events.finals()) >= 40)
+        async with Running(two):  # joins: a rebalance moves partitions while sends run
+            await events.wait_for(lambda: len(events.finals()) >= 120)
+        await events.wait_for(lambda: keys <= set(events.finals()), within=90)
+    assert len(second.calls) > 0
+    assert len(first.calls) + len(second.calls) >= len(keys)
+    finals = events.finals()
+    duplicates = sum(finals[k] - 1 for k in keys)
+    assert duplicates <= 16  # at most what was in flight at the two rebalances
+    assert one.worker._held == 0
+
+
+async def test_shaper_bounce_rule_bounces_instead_of_retrying(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=1)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+
+    async def deferred(_env: Envelope, _rcpt: str) -> tuple[int, str, str]:
+        return 421, "4.7.0", "retrying will NOT succeed"
+
+    class RuleShaper(Shaper):
+        def should_bounce(self, key: str, reply: tuple[int, str, str]) -> bool:
+            return "NOT succeed" in reply[2]
+
+    shaper = RuleShaper(lambda _k: DestinationLimits(10, 1000.0, 100))
+    service = service_for(ks, pool, FakeTransport(deferred), shaper)
+    async with EventLog(ks, pool) as events, Running(service):
+        await enqueue(ks, [envelope(pool, 0, ("x@y.example",))])
+        # The bounce, then the DSN to the sender (bounced too by the same rule; no DSN of it).
+        await events.wait_for(lambda: len(events.of(EventType.BOUNCE)) == 2)
+    bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "x@y.example")
+    assert (bounce.code, bounce.enhanced) == (521, "5.7.0")
+    assert events.of(EventType.TRANSIENT_FAILURE) == []

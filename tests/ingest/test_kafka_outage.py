@@ -1,0 +1,62 @@
+"""Kafka stopped mid-run: clients get 451, never 250; once Kafka is back, mail flows again.
+
+This module stops and restarts the session's broker; it restarts it in a finally."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from support.ingest import queue_id_of, queued, running_ingest, smtp_send, uid
+
+
+async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_nameserver) -> None:
+    settings = kafka.settings(request_timeout_ms=3000)
+    domain = f"outage-{uid()}.test"
+    dns_server.set_mx(domain, [(10, f"mx.{domain}")])
+    body = b"Subject: outage\r\n\r\nbody\r\n"
+    async with running_ingest(
+        settings,
+        dns_nameserver,
+        is_suppressed=lambda a: False,
+        publish_timeout_s=4.0,
+        serve_http=True,
+        http_port=0,
+    ) as service:
+        before = await asyncio.to_thread(smtp_send, service.port, "s@c.test", [f"a@{domain}"], body)
+        queue_id_of(before.data_reply)
+        assert service.ready() == (True, "ok")
+        try:
+            await asyncio.to_thread(kafka.stop)
+            replies = []
+            for _ in range(2):
+                started = time.monotonic()
+                result = await asyncio.to_thread(
+                    smtp_send, service.port, "s@c.test", [f"b@{domain}"], body
+                )
+                replies.append(result.data_reply)
+                assert time.monotonic() - started < 30
+            assert all(r is not None and r[0] == 451 for r in replies), replies
+            assert replies[0][1].startswith(b"4.3.0 ")
+            assert service.ready()[0] is False
+        finally:
+            await asyncio.to_thread(kafka.start)
+        # the producer recovers by itself: the next messages are queued again
+        deadline = time.monotonic() + 60
+        while True:
+            result = await asyncio.to_thread(
+                smtp_send, service.port, "s@c.test", [f"c@{domain}"], body
+            )
+            if result.data_reply and result.data_reply[0] == 250:
+                break
+            assert result.data_reply and result.data_reply[0] == 451, result
+            assert time.monotonic() < deadline, "mail did not flow again after Kafka returned"
+            await asyncio.sleep(1)
+        queue_id = queue_id_of(result.data_reply)
+        records = await queued(settings, queue_id, expect=1)
+        assert [r.envelope.recipients for r in records] == [(f"c@{domain}",)]
+        for _ in range(50):
+            if service.ready()[0]:
+                break
+            await asyncio.sleep(0.2)
+        assert service.ready() == (True, "ok")

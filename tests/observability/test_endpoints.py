@@ -1,0 +1,81 @@
+"""The operator endpoints every service serves, and the JSON log format."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter
+
+from mailsluice.config import LogSettings
+from mailsluice.observability.endpoints import JsonFormatter, setup_logging, start_http
+
+# Its own registry: the process-wide one holds only the product's metrics (test_metrics_doc).
+REGISTRY = CollectorRegistry()
+PROBE = Counter("probe_total", "A counter only this test increments.", registry=REGISTRY)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_endpoints_report_health_readiness_and_metrics() -> None:
+    state = {"ready": False}
+    port = free_port()
+    runner = await start_http(
+        "127.0.0.1",
+        port,
+        lambda: (state["ready"], "kafka" if not state["ready"] else ""),
+        REGISTRY,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        PROBE.inc()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["status"] == "ok"
+            async with http.get(f"{base}/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["detail"] == "kafka"
+            state["ready"] = True
+            async with http.get(f"{base}/readyz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/metrics") as resp:
+                body = await resp.text()
+                assert resp.headers["Content-Type"].startswith("text/plain")
+                assert "probe_total 1.0" in body
+    finally:
+        await runner.cleanup()
+
+
+def test_json_log_lines_carry_the_context_fields() -> None:
+    record = logging.LogRecord(
+        "mailsluice.x", logging.WARNING, __file__, 1, "hello %s", ("you",), None
+    )
+    record.queue_id = "01ABC"
+    record.pool = "default"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "hello you"
+    assert entry["level"] == "warning"
+    assert entry["queue_id"] == "01ABC"
+    assert entry["pool"] == "default"
+    assert "destination" not in entry
+
+
+def test_setup_logging_installs_one_handler() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(LogSettings(level="DEBUG", json_format=True), "test")
+        assert len(root.handlers) == 1
+        assert isinstance(root.handlers[0].formatter, JsonFormatter)
+        assert root.level == logging.DEBUG
+        assert logging.getLogger("aiokafka").level == logging.WARNING
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)

@@ -1,0 +1,259 @@
+"""The Operator dashboard against a real Prometheus (Debian's package).
+
+`mailsluice operator` runs as a process against the real kube-apiserver (tests/support/
+k8s_cluster) and the real Kafka broker, with two SendingPools; `mailsluice delivery` runs for one
+of them, standing in for the worker pod the operator's Deployment would start (there is no
+kubelet), and delivers a trickle of queue records to a fake MX. The other pool gets a backlog
+and no worker, so the operator wants more workers there than are ready. Prometheus scrapes
+the operator's /metrics port and the worker's; one reconcile error is provoked by making the API
+server unreachable for the operator's own client for a moment.
+Then every Operator dashboard panel query is evaluated through Prometheus' HTTP API: each must
+parse and return data.
+
+With MAILSLUICE_RENDER_DASHBOARDS=1 the run also renders docs/dashboards/operator.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka import AIOKafkaProducer
+from support.fake_mx import free_port
+from support.k8s_cluster import K8sCluster
+from support.k8s_fixtures import (
+    apply_crd,
+    get_json,
+)
+from support.kafka_broker import KafkaBroker
+from support.operator_cluster import apply_yaml, pool_yaml, pretend_workers_ready
+from support.prometheus import (
+    check_alerts,
+    check_panels,
+    get,
+    query,
+    render_module,
+    start,
+    start_prometheus,
+    stop,
+    until,
+)
+
+from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
+from mailsluice.contracts.topics import queue_topic
+from mailsluice.observability.dashboards import build
+
+NS = "op-prom"
+VENV_BIN = Path(sys.executable).parent
+RUN_S = 30.0
+
+
+def _write_kubeconfig(path: Path, cluster: K8sCluster, server: str) -> None:
+    """A kubeconfig for user admin at `server` (the operator re-reads it for every round)."""
+    text = yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
+            ],
+            "users": [{"name": "admin", "user": {"token": cluster.token}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "admin"}}],
+            "current-context": "c",
+        }
+    )
+    path.write_text(text)
+
+
+def _env(kafka: KafkaBroker, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLUICE_")}
+    env.update(MAILSLUICE_KAFKA_BOOTSTRAP=kafka.bootstrap, MAILSLUICE_LOG_LEVEL="INFO", **extra)
+    return env
+
+
+def _sum(prom: str, expr: str) -> float:
+    result = query(prom, expr).get("data", {}).get("result") or []
+    return sum(float(r["value"][1]) for r in result)
+
+
+async def _produce(
+    kafka: KafkaBroker, pool: str, n: int, *, burst: int = 1, every_s: float = 0.0
+) -> None:
+    """n queue records for one recipient each at the fake MX's domain, in bursts every_s apart."""
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(n):
+            env = Envelope(
+                queue_id=f"{pool}-{uuid.uuid4().hex[:12]}",
+                pool=pool,
+                sender="s@origin.example",
+                recipients=(f"ok{i}@example.net",),
+                routing_key="example.net",
+                received_at=time.time(),
+            )
+            await producer.send_and_wait(
+                queue_topic(pool),
+                b"Subject: operator dashboard\r\n\r\nhello\r\n",
+                key=env.routing_key.encode(),
+                headers=[(ENVELOPE_HEADER, encode_envelope(env))],
+            )
+            if (i + 1) % burst == 0:
+                await asyncio.sleep(every_s)
+    finally:
+        await producer.stop()
+
+
+async def test_operator_dashboard_against_real_prometheus(
+    cluster: K8sCluster, kafka: KafkaBroker, fake_mx: Any, dns_server: Any, tmp_path: Path
+) -> None:
+    apply_crd(cluster)
+    if get_json(cluster, "namespace", NS) is None:
+        cluster.kubectl("create", "namespace", NS)
+    tag = uuid.uuid4().hex[:6]
+    pools = [f"opm{tag}a", f"opm{tag}b"]
+    metrics_port, health_port, worker_port, prom_port = (free_port() for _ in range(4))
+    kubeconfig = tmp_path / "kubeconfig"
+    _write_kubeconfig(kubeconfig, cluster, cluster.server)
+    logs = [tmp_path / n for n in ("operator.log", "delivery.log", "prometheus.log")]
+    operator_env = _env(
+        kafka,
+        KUBECONFIG=str(kubeconfig),
+        MAILSLUICE_OPERATOR_METRICS_PORT=str(metrics_port),
+        MAILSLUICE_OPERATOR_HEALTH_PORT=str(health_port),
+        MAILSLUICE_OPERATOR_SCALE_INTERVAL_S="1",
+    )
+    worker_env = _env(
+        kafka,
+        MAILSLUICE_DELIVERY_POOL=pools[0],
+        MAILSLUICE_DELIVERY_HTTP_PORT=str(worker_port),
+        MAILSLUICE_KAFKA_QUEUE_PARTITIONS="4",
+        MAILSLUICE_OUTBOUND_STATIC_ROUTES=f"*={fake_mx().address}",
+        MAILSLUICE_DNS_NAMESERVERS=dns_server.nameserver,
+    )
+    prom = f"http://127.0.0.1:{prom_port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    trickle: asyncio.Task[None] | None = None
+    try:
+        mailsluice = str(VENV_BIN / "mailsluice")
+        procs.append(start([mailsluice, "operator", "--namespace", NS], operator_env, logs[0]))
+        targets = {"operator": metrics_port, "delivery": worker_port}
+        procs.append(start_prometheus(tmp_path, prom_port, targets, logs[2]))
+        await until(
+            "operator /healthz",
+            lambda: get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200,
+            60,
+            logs,
+        )
+        started = time.time()
+        for pool in pools:
+            apply_yaml(cluster, pool_yaml(pool, NS))
+        await until("pools reconciled", lambda: _reconciled(cluster, pools), 60, logs)
+        # The operator created the first pool's topic; its worker joins the consumer group.
+        procs.append(start([mailsluice, "delivery"], worker_env, logs[1]))
+        await until(
+            "worker ready",
+            lambda: get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200,
+            60,
+            logs,
+        )
+        pretend_workers_ready(cluster, pools[0], 1, NS)
+        trickle = asyncio.create_task(_produce(kafka, pools[0], 300, burst=30, every_s=2))
+        await _produce(kafka, pools[1], 40)  # 4 workers' worth of lag at lagPerWorker 10
+        await until("prometheus ready", lambda: get(f"{prom}/-/ready")[0] == 200, 30, logs)
+        await until(
+            "workers scraped",
+            lambda: (
+                _sum(prom, 'sum(mailsluice_operator_workers{kind="desired"})') >= 1 + 4
+                and _sum(prom, 'sum(mailsluice_operator_workers{kind="ready"})') >= 1
+                and _sum(prom, "count(mailsluice_delivery_inflight_messages)") >= 1
+            ),
+            30,
+            logs,
+        )
+        await _provoke_reconcile_error(cluster, kubeconfig, prom, logs)
+        # A few more rounds, so rates over the run have points before and after the error.
+        await until("time passes", lambda: time.time() - started > RUN_S, RUN_S + 5, logs)
+
+        _check_operator_dashboard(prom)
+        if os.environ.get("MAILSLUICE_RENDER_DASHBOARDS") == "1":
+            render = render_module()
+            render.render_dashboard(
+                build.OUT_DIR / "mailsluice-operator.json",
+                prom,
+                start=started - 5,
+                end=time.time(),
+                out_dir=render.OUT,
+                rate_interval="15s",
+            )
+        for pool in pools:
+            cluster.kubectl("delete", "sendingpool", pool, "-n", NS, "--wait=false")
+        await until("pools deleted", lambda: not _any_pool(cluster, pools), 60, logs)
+    finally:
+        if trickle is not None:
+            trickle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trickle
+        for proc in reversed(procs):
+            stop(proc)
+    assert procs[0].returncode == 0, logs[0].read_text()[-3000:]
+
+
+def _check_operator_dashboard(prom: str) -> None:
+    problems, checked = check_panels(prom, ["operator"])
+    alert_problems, alerts = check_alerts(prom, "mailsluice.operator")
+    assert not problems + alert_problems, "\n".join(problems + alert_problems)
+    assert checked >= 5 and alerts >= 2
+    # Every process exports the reconcile counters at zero; these rounds are the operator's.
+    assert _sum(prom, 'sum(mailsluice_operator_reconciles_total{job="operator"})') > 2
+    # The failing-reconcile alert's expression sees the error (its `for` keeps it pending).
+    failing = query(prom, _alert_expr("MailsluiceOperatorReconcileFailing"))
+    assert failing["data"]["result"], failing
+
+
+async def _provoke_reconcile_error(
+    cluster: K8sCluster, kubeconfig: Path, prom: str, logs: list[Path]
+) -> None:
+    """Point the operator's own API client (it reads the kubeconfig for every round) at a port
+    where nothing listens: its rounds raise, as during an API server outage, and are counted as
+    errors; kopf's watch keeps its connection. Then restore the kubeconfig. (kopf retries a
+    failed timer after its default backoff of 60 s, so the pool is not reconciled again within
+    this test.)"""
+    dead = f"127.0.0.1:{free_port()}"
+    _write_kubeconfig(kubeconfig, cluster, f"https://{dead}")
+    try:
+        await until(
+            "a reconcile error scraped",
+            lambda: _sum(prom, 'sum(mailsluice_operator_reconciles_total{result="error"})') > 0,
+            60,
+            logs,
+        )
+        # ... and it is this outage the operator logged, not something else.
+        assert f"Cannot connect to host {dead}" in logs[0].read_text(), logs[0].read_text()[-3000:]
+    finally:
+        _write_kubeconfig(kubeconfig, cluster, cluster.server)
+
+
+def _reconciled(cluster: K8sCluster, pools: list[str]) -> bool:
+    for pool in pools:
+        body = get_json(cluster, "sendingpool", pool, "-n", NS)
+        if not body or (body.get("status") or {}).get("partitions") != 4:
+            return False
+    return True
+
+
+def _any_pool(cluster: K8sCluster, pools: list[str]) -> bool:
+    return any(get_json(cluster, "sendingpool", pool, "-n", NS) for pool in pools)
+
+
+def _alert_expr(name: str) -> str:
+    rules = yaml.safe_load((build.OUT_DIR.parent / "rules" / "mailsluice.rules.yaml").read_text())
+    return next(r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("alert") == name)

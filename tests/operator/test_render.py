@@ -1,0 +1,150 @@
+"""Pure parts of the operator: rendering a pool's children, the CRD and its CLI output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from support.operator_pool import KAFKA, OP, POOL_BODY
+from support.paths import REPO
+
+from mailsluice_operator import crd, render, warmup
+from mailsluice_operator.reconcile import referenced_secrets
+from mailsluice_operator.settings import OperatorSettings
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _pool(**spec: Any) -> render.Pool:
+    body = {**POOL_BODY, "spec": {**POOL_BODY["spec"], **spec}}
+    return render.Pool.from_body(body)
+
+
+def test_deployment_runs_delivery_for_the_pool_hardened() -> None:
+    dep = render.render_deployment(_pool(), 3, KAFKA, OP)
+    assert dep["metadata"]["name"] == "mailsluice-delivery-bulk-a"
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("SendingPool", "1234", True)
+    spec = dep["spec"]
+    assert spec["replicas"] == 3
+    assert spec["selector"]["matchLabels"]["mailsluice.io/pool"] == "bulk-a"
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["delivery", "--pool", "bulk-a"]
+    assert container["image"] == "registry.example/mailsluice:1.2"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MAILSLUICE_KAFKA_BOOTSTRAP"] == "kafka.mail:9092"
+    assert env["MAILSLUICE_KAFKA_REPLICATION_FACTOR"] == "3"
+    assert env["MAILSLUICE_DELIVERY_POOL"] == "bulk-a"
+    assert env["MAILSLUICE_OUTBOUND_EHLO_NAME"] == "mta1.example.com"
+    assert env["MAILSLUICE_OUTBOUND_SOURCE_ADDRESS"] == "192.0.2.10"  # one bind address
+    assert env["MAILSLUICE_LOG_LEVEL"] == "DEBUG"
+    assert env["MAILSLUICE_DELIVERY_HTTP_HOST"] == "::"  # the template wins by name
+    assert len(env) == len(container["env"])  # no duplicate names (server-side apply refuses)
+    assert container["envFrom"] == [{"secretRef": {"name": "kafka-creds"}}]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] > 0
+    assert pod["nodeSelector"] == {"mail.example/ips": "a"}
+    assert pod["tolerations"] == [{"key": "mail", "operator": "Exists"}]
+    assert {"name": "policy", "configMap": {"name": "mailsluice-pool-bulk-a"}} in pod["volumes"]
+
+
+def test_spec_hash_rolls_workers_on_spec_change_only() -> None:
+    def hash_of(pool: render.Pool, replicas: int = 1) -> str:
+        dep = render.render_deployment(pool, replicas, KAFKA, OP)
+        return str(dep["spec"]["template"]["metadata"]["annotations"]["mailsluice.io/spec-hash"])
+
+    base = hash_of(_pool())
+    assert hash_of(_pool(), 4) == base
+    assert hash_of(_pool(replicas=2)) == base
+    assert hash_of(_pool(ehloName="mta2.example.com")) != base
+    assert hash_of(_pool(shaping=[])) != base
+
+
+def test_configmap_and_pdb() -> None:
+    cm = render.render_configmap(_pool())
+    policy = yaml.safe_load(cm["data"]["policy.yaml"])
+    assert policy["pool"] == "bulk-a" and policy["stream"] == "bulk"
+    assert policy["shaping"][0]["match"] == "google"
+    assert policy["warmup"] == {"preset": "ses-45-day"}
+    pdb = render.render_pdb(_pool())
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == render.selector_labels("bulk-a")
+    assert render.selector_string("bulk-a") == (
+        "app.kubernetes.io/component=delivery,app.kubernetes.io/name=mailsluice,"
+        "mailsluice.io/pool=bulk-a"
+    )
+
+
+def test_kafka_ca_secret_is_mounted_and_checked() -> None:
+    op = OperatorSettings(kafka_ca_secret="kafka-ca", kafka_ca_key="bundle.pem")
+    dep = render.render_deployment(_pool(), 1, KAFKA, op)
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MAILSLUICE_KAFKA_SSL_CAFILE"] == "/etc/mailsluice/kafka-ca/bundle.pem"
+    assert {"name": "kafka-ca", "secret": {"secretName": "kafka-ca"}} in pod["volumes"]
+    assert any(m["name"] == "kafka-ca" for m in container["volumeMounts"])
+    assert "kafka-ca" in referenced_secrets({}, op)
+
+
+# --- CRD -----------------------------------------------------------------------------------
+
+
+def test_chart_crd_is_the_generated_one() -> None:
+    path = REPO / "deploy/helm/mailsluice/crds/sendingpool.yaml"
+    assert path.read_text() == crd.crd_yaml(), "regenerate: mailsluice operator --print-crd"
+
+
+def test_crd_shape() -> None:
+    doc = crd.crd()
+    (version,) = doc["spec"]["versions"]
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Ready",
+        "Workers",
+        "Lag",
+        "Warm-up day",
+        "Age",
+    ]
+    schema = version["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]
+    rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
+    assert "self.minWorkers <= self.maxWorkers" in rules
+    assert "self.maxWorkers <= self.partitions" in rules
+    assert schema["properties"]["status"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert spec["properties"]["warmup"]["properties"]["preset"]["enum"] == list(warmup.PRESETS)
+    assert spec["properties"]["stream"]["enum"] == ["transactional", "bulk"]
+
+    def undocumented(node: Any, path: str) -> list[str]:
+        found = []
+        for name, child in (node.get("properties") or {}).items():
+            if "description" not in child and path != ".spec.workerTemplate.resources":
+                found.append(f"{path}.{name}")
+            if child.get("type") == "object":
+                found += undocumented(child, f"{path}.{name}")
+            if child.get("type") == "array":
+                found += undocumented(child["items"], f"{path}.{name}[]")
+        return found
+
+    assert undocumented(spec, ".spec") == []
+
+
+def test_cli_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from mailsluice_operator import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.run(parser.parse_args(["--print-crd"])) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["metadata"]["name"] == (
+        "sendingpools.mailsluice.io"
+    )

@@ -1,0 +1,195 @@
+"""The operator against a real kube-apiserver, each test with its own operator: without a
+reachable Kafka, with only the chart's RBAC, and as the `mailsluice operator` process.
+
+There is no controller-manager (see tests/operator/test_cluster.py); these tests need no workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from support.k8s_cluster import K8sCluster
+from support.k8s_fixtures import (
+    CHART,
+    condition,
+    get_json,
+    running_operator,
+    wait_for,
+)
+from support.kafka_broker import KafkaBroker
+from support.operator_cluster import (
+    NS_NO_KAFKA,
+    apply_yaml,
+    delete_pool,
+    events_for,
+    free_port,
+    get_deployment,
+    get_pool,
+    pool_yaml,
+    prepare,
+)
+
+from mailsluice.kafka.settings import KafkaSettings
+from mailsluice_operator.handlers import build_registry
+from mailsluice_operator.settings import OperatorSettings
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: K8sCluster) -> K8sCluster:
+    return prepare(cluster)
+
+
+def test_kafka_unreachable_is_a_condition_and_the_operator_keeps_running(
+    crd: K8sCluster,
+) -> None:
+    op = OperatorSettings(scale_interval_s=1.0, kafka_timeout_s=2.0)
+    # Nothing listens on that port: every Kafka round fails fast.
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", request_timeout_ms=1000)
+    with running_operator(NS_NO_KAFKA, build_registry(op, settings), crd.kubeconfig):
+        apply_yaml(crd, pool_yaml("lonely", NS_NO_KAFKA))
+        pool = wait_for(
+            lambda: (
+                (p := get_pool(crd, "lonely", NS_NO_KAFKA))
+                and condition(p, "Stalled").get("reason") == "KafkaUnavailable"
+                and p
+            ),
+            what="KafkaUnavailable",
+        )
+        assert condition(pool, "Ready")["status"] == "False"
+        assert get_deployment(crd, "lonely", NS_NO_KAFKA) is not None  # children need no Kafka
+        wait_for(
+            lambda: any(
+                e["reason"] == "KafkaUnavailable" for e in events_for(crd, NS_NO_KAFKA, "lonely")
+            ),
+            what="Warning event",
+        )
+        # Still alive: a spec change is still rendered.
+        apply_yaml(crd, pool_yaml("lonely", NS_NO_KAFKA, ehloName="other.example.test"))
+        wait_for(
+            lambda: (
+                "other.example.test" in json.dumps(get_deployment(crd, "lonely", NS_NO_KAFKA) or {})
+            ),
+            what="spec change rendered",
+        )
+        delete_pool(crd, "lonely", NS_NO_KAFKA)
+
+
+def test_operator_works_with_only_the_charts_rbac(
+    crd: K8sCluster, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """Run the operator as the chart's ServiceAccount: its Role must be enough, and no more."""
+    ns = "op-rbac"
+    if get_json(crd, "namespace", ns) is None:
+        crd.kubectl("create", "namespace", ns)
+    rendered = subprocess.run(
+        [
+            str(crd.helm),
+            "template",
+            "rel",
+            str(CHART),
+            "--namespace",
+            ns,
+            "--kube-version",
+            "1.34.0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    wanted = {"ServiceAccount", "Role", "RoleBinding"}
+    docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in wanted]
+    assert len(docs) == 3
+    crd.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in docs))
+    account = f"system:serviceaccount:{ns}:rel-mailsluice-operator"
+    for verb, resource, allowed in [
+        ("patch", "deployments.apps", "yes"),
+        ("get", "secrets", "yes"),
+        ("list", "secrets", "no"),
+        ("delete", "sendingpools.mailsluice.io", "no"),
+        ("create", "pods", "no"),
+    ]:
+        proc = crd.kubectl(
+            "auth", "can-i", verb, resource, "-n", ns, f"--as={account}", check=False
+        )
+        assert proc.stdout.strip() == allowed, (verb, resource, proc.stdout)
+    token = crd.kubectl("create", "token", "rel-mailsluice-operator", "-n", ns).stdout.strip()
+    kubeconfig = tmp_path / "operator-kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": crd.server, "insecure-skip-tls-verify": True},
+                    }
+                ],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [{"name": "op", "context": {"cluster": "c", "user": "operator"}}],
+                "current-context": "op",
+            }
+        )
+    )
+    op = OperatorSettings(scale_interval_s=1.0, kafka_timeout_s=10.0)
+    with running_operator(ns, build_registry(op, kafka.settings()), kubeconfig):
+        apply_yaml(crd, pool_yaml("rbac", ns))
+        pool = wait_for(
+            lambda: (
+                (p := get_pool(crd, "rbac", ns))
+                and condition(p, "Ready").get("reason") == "NoWorkerReady"
+                and p
+            ),
+            what="status written by the ServiceAccount",
+        )
+        assert pool["status"]["partitions"] == 4
+        assert get_deployment(crd, "rbac", ns) is not None
+        assert get_json(crd, "pdb", "mailsluice-delivery-rbac", "-n", ns) is not None
+        delete_pool(crd, "rbac", ns)
+        assert get_deployment(crd, "rbac", ns) is None
+
+
+def test_operator_command_runs_against_the_kubeconfig(crd: K8sCluster, kafka: KafkaBroker) -> None:
+    """`mailsluice operator` as a process: settings from env, /healthz, a pool, clean SIGTERM."""
+    ns = "op-cli"
+    if get_json(crd, "namespace", ns) is None:
+        crd.kubectl("create", "namespace", ns)
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(crd.kubeconfig),
+        "MAILSLUICE_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "MAILSLUICE_OPERATOR_NAMESPACE": ns,
+        "MAILSLUICE_OPERATOR_HEALTH_PORT": str(port),
+        "MAILSLUICE_OPERATOR_SCALE_INTERVAL_S": "1",
+    }
+    code = "import argparse, sys; from mailsluice_operator import cli; p = argparse.ArgumentParser(); cli.add_arguments(p); sys.exit(cli.run(p.parse_args([])))"  # noqa: E501
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(healthy, what="/healthz")
+        apply_yaml(crd, pool_yaml("cli", ns))
+        wait_for(lambda: get_deployment(crd, "cli", ns), what="Deployment from the process")
+        delete_pool(crd, "cli", ns)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output.decode()[-3000:]

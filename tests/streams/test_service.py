@@ -1,0 +1,320 @@
+"""`mailsluice streams` against the real broker: run as a subprocess (faust's own warnings
+stay out of this process), fed events, judged by the records it writes to the suppressions
+topic, and stopped with SIGTERM by pid."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from support.kafka_broker import kafka_local
+from support.paths import REPO
+
+from mailsluice.contracts.events import Event, EventType, encode_event
+from mailsluice.contracts.suppressions import decode_suppression
+from mailsluice.contracts.topics import EVENTS_TOPIC, SUPPRESSIONS_TOPIC
+from mailsluice.kafka.admin import ensure_topics, standard_topics, topic_partitions
+from mailsluice.kafka.clients import make_consumer, make_producer
+from mailsluice.kafka.settings import KafkaSettings
+
+EXE = REPO / ".venv" / "bin" / "mailsluice"
+DAY = 86400.0
+
+
+@dataclass
+class StreamsProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    app_id: str
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+async def _start_at_end(settings: KafkaSettings, group: str) -> None:
+    """Commit the group's offsets at the end of the events topic, so the processor reads only
+    this test's events (not every event the session wrote before)."""
+    tps = await _partitions(settings, EVENTS_TOPIC)
+    consumer = make_consumer(settings, group_id=group, client_id="test-streams-offsets")
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.commit(dict(ends))
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture(scope="module")
+def settings(kafka) -> KafkaSettings:
+    return kafka.settings()
+
+
+@pytest.fixture(scope="module")
+def streams(
+    kafka, settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StreamsProcess]:
+    wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC)
+    specs = [s for s in standard_topics(settings, [], 1 << 20) if s.name in wanted]
+    app_id = f"test-streams-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(settings, specs))
+    asyncio.run(_start_at_end(settings, app_id))
+    port = kafka_local.free_port()
+    log = tmp_path_factory.mktemp("streams") / "streams.log"
+    env = {
+        **os.environ,
+        "MAILSLUICE_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "MAILSLUICE_STREAMS_APP_ID": app_id,
+        "MAILSLUICE_STREAMS_HTTP_PORT": str(port),
+        "MAILSLUICE_LOG_JSON_FORMAT": "false",
+        "MAILSLUICE_STREAMS_SWEEP_INTERVAL_S": "1",
+        "TMPDIR": str(log.parent),  # faust's data directory
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(EXE), "streams"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
+        )
+    running = StreamsProcess(proc, port, log, app_id)
+    try:
+        deadline = time.monotonic() + 120
+        while _get(running.url("/readyz"))[0] != 200:
+            assert proc.poll() is None, f"streams exited early:\n{running.tail()}"
+            assert time.monotonic() < deadline, f"streams not ready:\n{running.tail()}"
+            time.sleep(0.3)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _publish(settings: KafkaSettings, events: list[Event]) -> None:
+    producer = make_producer(settings, max_message_size=65536, client_id="test-streams")
+    await producer.start()
+    try:
+        for ev in events:
+            await producer.send_and_wait(
+                EVENTS_TOPIC, key=ev.queue_id.encode(), value=encode_event(ev)
+            )
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
+async def follower(settings: KafkaSettings) -> AsyncIterator[AIOKafkaConsumer]:
+    """A reader of the suppressions topic positioned at its end before the test publishes:
+    it sees every record written afterwards, in order per address."""
+    parts = await _partitions(settings, SUPPRESSIONS_TOPIC)
+    consumer = make_consumer(settings, group_id=None, client_id="test-streams-follower")
+    await consumer.start()
+    consumer.assign(parts)
+    await consumer.seek_to_end(*parts)
+    for tp in parts:
+        await consumer.position(tp)  # resolve the end now, before anything is published
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(settings: KafkaSettings, topic: str) -> list[TopicPartition]:
+
+    return await topic_partitions(settings, topic, 30)
+
+
+async def _records(
+    consumer: AIOKafkaConsumer, expected: dict[str, list[str]], wait_s: float = 90
+) -> dict[str, list[str]]:
+    """Reasons written per address (of `expected`'s addresses) until each has its expected
+    number of records, or the timeout."""
+    found: dict[str, list[str]] = {a: [] for a in expected}
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while any(len(found[a]) < len(r) for a, r in expected.items()):
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for record in records:
+                address = (record.key or b"").decode()
+                if address in found and record.value is not None:
+                    entry = decode_suppression(record.value)
+                    assert entry.source == "streams"
+                    found[address].append(entry.reason)
+    return found
+
+
+def _addr(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:10]}@example.test"
+
+
+def _ev(kind: EventType, rcpt: str, queue_id: str, *, days_ago: float = 0, **kw: object) -> Event:
+    fields: dict[str, object] = {"pool": "default", "recipient": rcpt, "queue_id": queue_id}
+    return Event(type=kind, ts=time.time() - days_ago * DAY, **{**fields, **kw})  # type: ignore[arg-type]
+
+
+def _expired(rcpt: str, queue_id: str, days_ago: float) -> Event:
+    return _ev(
+        EventType.EXPIRATION,
+        rcpt,
+        queue_id,
+        days_ago=days_ago,
+        code=421,
+        enhanced="4.4.2",
+        text="connection timed out",
+        reason="expired",
+    )
+
+
+async def test_hard_bounce_and_complaint_suppress_a_policy_block_does_not(
+    streams: StreamsProcess, settings: KafkaSettings, follower: AIOKafkaConsumer
+) -> None:
+    hard, complained, blocked = _addr("hard"), _addr("complaint"), _addr("blocked")
+    # One queue id per address keeps its events in order on one partition; the complaint after
+    # the policy block is the sentinel that shows the block was judged (and wrote nothing).
+    await _publish(
+        settings,
+        [
+            _ev(
+                EventType.BOUNCE,
+                hard.upper(),
+                "qa",
+                code=550,
+                enhanced="5.1.1",
+                text="no such user",
+            ),
+            _ev(EventType.COMPLAINT, complained, "qb", pool="", reason="abuse"),
+            _ev(EventType.BOUNCE, blocked, "qc", code=550, enhanced="5.7.1", text="blocked (spam)"),
+            _ev(EventType.COMPLAINT, blocked, "qc", reason="abuse"),
+        ],
+    )
+    expected = {hard: ["hard-bounce"], complained: ["complaint"], blocked: ["complaint"]}
+    found = await _records(follower, expected)
+    assert found == expected, streams.tail()
+
+
+async def test_repeated_soft_failures_suppress_and_a_delivery_resets(
+    streams: StreamsProcess, settings: KafkaSettings, follower: AIOKafkaConsumer
+) -> None:
+    dead, revived = _addr("dead"), _addr("revived")
+    events = [_expired(dead, "qd", days_ago) for days_ago in (8, 6, 4, 2, 0)]
+    events += [_expired(revived, "qr", days_ago) for days_ago in (8, 6, 4, 2)]
+    events.append(_ev(EventType.DELIVERY, revived, "qr", days_ago=1, code=250, enhanced="2.0.0"))
+    events.append(_expired(revived, "qr", 0))
+    events.append(_ev(EventType.COMPLAINT, revived, "qr", reason="abuse"))  # the sentinel
+    await _publish(settings, events)
+    expected = {dead: ["repeated-soft-bounce"], revived: ["complaint"]}
+    assert await _records(follower, expected) == expected, streams.tail()
+
+
+async def test_stale_soft_state_is_swept(
+    streams: StreamsProcess, settings: KafkaSettings, kafka
+) -> None:
+    # A soft failure older than the window makes an entry that the next sweep of its partition
+    # deletes (sweeps run at most every second here); a later event of the same address (a
+    # policy block changes nothing) comes after the interval and triggers that sweep.
+    stale = _addr("stale")
+    await _publish(settings, [_expired(stale, "qs", days_ago=40)])
+    await asyncio.sleep(1.5)
+    block = {"code": 550, "enhanced": "5.7.1", "text": "blocked"}
+    await _publish(settings, [_ev(EventType.BOUNCE, stale, "qs", **block)])
+    changelog = f"{streams.app_id}-soft-failures-changelog"
+    values = await _changelog_values(settings, changelog, json.dumps(stale).encode(), count=2)
+    assert values[0] is not None and json.loads(values[0])["days"]
+    assert values[1] is None  # the tombstone
+
+
+async def _changelog_values(
+    settings: KafkaSettings, topic: str, key: bytes, count: int, wait_s: float = 60
+) -> list[bytes | None]:
+    parts = await _partitions(settings, topic)
+    consumer = make_consumer(settings, group_id=None, client_id="test-streams-changelog")
+    await consumer.start()
+    found: list[bytes | None] = []
+    try:
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while len(found) < count and asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            found += [r.value for rs in batches.values() for r in rs if r.key == key]
+    finally:
+        await consumer.stop()
+    return found
+
+
+def test_metrics_readiness_and_a_clean_stop(streams: StreamsProcess) -> None:
+    status, body = _get(streams.url("/readyz"))
+    assert status == 200 and json.loads(body)["status"] == "ready"
+    assert _get(streams.url("/healthz"))[0] == 200
+    status, text = _get(streams.url("/metrics"))
+    assert status == 200
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mailsluice_streams_") and not line.startswith("#")
+    }
+    assert samples['mailsluice_streams_events_total{pool="default",type="bounce"}'] >= 2
+    assert samples['mailsluice_streams_events_total{pool="other",type="complaint"}'] >= 1
+    assert samples['mailsluice_streams_suppressions_total{reason="hard-bounce"}'] >= 1
+    assert samples['mailsluice_streams_suppressions_total{reason="repeated-soft-bounce"}'] >= 1
+    assert samples['mailsluice_streams_errors_total{agent="judge"}'] == 0
+    streams.proc.send_signal(signal.SIGTERM)
+    assert streams.proc.wait(timeout=60) == 0, streams.tail()
+    for line in streams.log.read_text(errors="replace").splitlines():
+        assert " ERROR " not in line and " CRITICAL " not in line, line
+
+
+def test_bad_settings_exit_2_before_kafka() -> None:
+    env = {**os.environ, "MAILSLUICE_STREAMS_SOFT_THRESHOLD": "0"}
+    done = subprocess.run(
+        [str(EXE), "streams"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert "MAILSLUICE_STREAMS_SOFT_THRESHOLD" in done.stderr
+
+
+def test_unreachable_kafka_exits_1_after_the_start_timeout() -> None:
+    bootstrap = f"127.0.0.1:{kafka_local.free_port()}"
+    env = {
+        **os.environ,
+        "MAILSLUICE_KAFKA_BOOTSTRAP": bootstrap,
+        "MAILSLUICE_STREAMS_START_TIMEOUT_S": "3",
+        "MAILSLUICE_STREAMS_HTTP_PORT": str(kafka_local.free_port()),
+    }
+    began = time.monotonic()
+    done = subprocess.run(
+        [str(EXE), "streams"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1, done.stderr
+    assert bootstrap in done.stderr
+    assert 2 < time.monotonic() - began < 30

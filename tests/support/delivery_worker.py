@@ -1,0 +1,233 @@
+"""Helpers for delivery worker tests: pools on the real broker, an in-memory fake transport,
+the events a pool produced, a worker running in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
+from mailsluice.contracts.events import Event, EventType, decode_event
+from mailsluice.contracts.topics import EVENTS_TOPIC, consumer_group, queue_topic
+from mailsluice.delivery.service import DeliveryService
+from mailsluice.delivery.shaping.scheduler import Shaper
+from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.kafka.admin import ensure_topics, standard_topics
+from mailsluice.kafka.settings import KafkaSettings
+
+FINAL = {EventType.DELIVERY, EventType.BOUNCE, EventType.EXPIRATION}
+
+
+@dataclass(frozen=True)
+class Result:
+    recipient: str
+    code: int
+    enhanced: str = ""
+    text: str = ""
+    remote: str = "fake[127.0.0.1]:25"
+
+    @property
+    def kind(self) -> Literal["delivered", "transient", "permanent"]:
+        if self.code < 300:
+            return "delivered"
+        return "permanent" if self.code >= 500 else "transient"
+
+
+Script = Callable[[Envelope, str], Awaitable[tuple[int, str, str]]]
+
+
+async def accept_all(_env: Envelope, _rcpt: str) -> tuple[int, str, str]:
+    return 250, "2.0.0", "ok"
+
+
+@dataclass
+class FakeTransport:
+    script: Script = accept_all
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (queue_id, recipient)
+    closed: bool = False
+
+    async def send(self, env: Envelope, message: bytes) -> list[Result]:
+        out = []
+        for rcpt in env.recipients:
+            self.calls.append((env.queue_id, rcpt))
+            code, enhanced, text = await self.script(env, rcpt)
+            out.append(Result(rcpt, code, enhanced, text))
+        return out
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def fake_dsn(
+    env: Envelope, message: bytes, failures: list[Any], *, reporting_mta: str, now: float
+) -> bytes:
+    lines = [f"{f.recipient} {f.code} {f.enhanced}" for f in failures]
+    return ("Subject: Undelivered mail\r\n\r\n" + "\r\n".join(lines) + "\r\n").encode()
+
+
+def new_pool() -> str:
+    return "t" + os.urandom(4).hex()
+
+
+async def setup_pool(kafka_settings: KafkaSettings, pool: str) -> None:
+    await ensure_topics(kafka_settings, standard_topics(kafka_settings, [pool], 1024 * 1024))
+
+
+async def enqueue(
+    kafka_settings: KafkaSettings,
+    envs: list[Envelope | None],
+    body: bytes = b"Subject: t\r\n\r\nhello\r\n",
+    pool: str = "",
+) -> None:
+    """Produce queue records (None: an undecodable record without envelope)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_settings.bootstrap, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        futures = []
+        for env in envs:
+            if env is None:
+                futures.append(
+                    await producer.send(
+                        queue_topic(pool), body, key=b"junk", headers=[("other", b"x")]
+                    )
+                )
+                continue
+            futures.append(
+                await producer.send(
+                    queue_topic(env.pool),
+                    body,
+                    key=env.routing_key.encode(),
+                    headers=[(ENVELOPE_HEADER, encode_envelope(env))],
+                )
+            )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def envelope(
+    pool: str, n: int, recipients: tuple[str, ...], sender: str = "s@origin.example", **kw: Any
+) -> Envelope:
+    domain = recipients[0].rpartition("@")[2]
+    return Envelope(
+        queue_id=f"{pool}-{n:05d}",
+        pool=pool,
+        sender=sender,
+        recipients=recipients,
+        routing_key=domain,
+        received_at=time.time(),
+        **kw,
+    )
+
+
+class EventLog:
+    """Reads mailsluice.events in the background, keeping the events of one pool."""
+
+    def __init__(self, kafka_settings: KafkaSettings, pool: str) -> None:
+        self.pool = pool
+        self.events: list[Event] = []
+        self._consumer = AIOKafkaConsumer(
+            EVENTS_TOPIC,
+            bootstrap_servers=kafka_settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EventLog:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+    async def _read(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for rec in records:
+                    event = decode_event(rec.value)
+                    if event.pool == self.pool:
+                        self.events.append(event)
+
+    def finals(self) -> collections.Counter[tuple[str, str]]:
+        return collections.Counter(
+            (e.queue_id, e.recipient) for e in self.events if e.type in FINAL
+        )
+
+    def of(self, kind: EventType) -> list[Event]:
+        return [e for e in self.events if e.type == kind]
+
+    async def wait_for(self, cond: Callable[[], bool], within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; events so far: {len(self.events)}")
+            await asyncio.sleep(0.1)
+
+
+async def committed(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(consumer_group(pool))
+    finally:
+        await admin.close()
+    return {
+        tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == queue_topic(pool)
+    }
+
+
+class Running:
+    """A DeliveryService running in a task for the duration of a `async with`."""
+
+    def __init__(self, service: DeliveryService) -> None:
+        self.service = service
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> DeliveryService:
+        self.task = asyncio.create_task(self.service.run())
+        deadline = time.monotonic() + 60
+        while not self.service.ready()[0]:
+            if self.task.done():
+                self.task.result()
+            assert time.monotonic() < deadline, self.service.ready()
+            await asyncio.sleep(0.05)
+        return self.service
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.service.stop()
+        await asyncio.wait_for(self.task, 60)
+
+
+def service_for(
+    kafka_settings: KafkaSettings,
+    pool: str,
+    transport: FakeTransport,
+    shaper: Shaper | None = None,
+    **settings: Any,
+) -> DeliveryService:
+    settings.setdefault("commit_interval_s", 0.2)
+    return DeliveryService(
+        DeliverySettings(pool=pool, **settings),
+        kafka_settings,
+        transport,
+        build_dsn=fake_dsn,
+        shaper=shaper,
+        consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
+    )
