@@ -77,7 +77,7 @@ class Shaping:
                 Shaping.WARMUP_USED.labels(pool, scope, info.period).set(info.used)
 
 
-# --- delivery worker: shaping delay, suspensions, warm-up overflow (issues 4 and 6) -------------
+# --- delivery worker: shaping delay, suspensions, warm-up overflow ------------------------------
 
 
 class ShapingFlow:
