@@ -11,7 +11,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.contracts.topics import WARMUP_TOPIC, TopicSpec, queue_topic, queue_topic_spec
-from mailsluice.kafka.admin import TopicChange, existing_partitions, plan_topic_changes
+from mailsluice.kafka.admin import (
+    TopicChange,
+    existing_partitions,
+    partitions_of,
+    plan_topic_changes,
+)
+from mailsluice.kafka.compacted import read_to_end
 from mailsluice.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -73,13 +79,7 @@ async def consumer_lag(
     admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str, group: str
 ) -> tuple[int, int]:
     """(lag, partitions) of `group` on `topic`."""
-    described = await admin.describe_topics([topic])
-    parts = [
-        TopicPartition(topic, p["partition"])
-        for t in described
-        if t["topic"] == topic and not t["error_code"]
-        for p in t["partitions"]
-    ]
+    parts = await partitions_of(admin, topic)
     if not parts:
         return 0, 0
     offsets = await admin.list_consumer_group_offsets(group, partitions=parts)
@@ -96,33 +96,17 @@ async def read_compacted(
 
     The consumer must be this caller's alone: assign() replaces its assignment.
     """
-    described = await admin.describe_topics([topic])
-    parts = [
-        TopicPartition(topic, p["partition"])
-        for t in described
-        if t["topic"] == topic and not t["error_code"]
-        for p in t["partitions"]
-    ]
-    if not parts:
-        return {}
-    ends = await consumer.end_offsets(parts)
-    consumer.assign(parts)
-    await consumer.seek_to_beginning(*parts)
     latest: dict[bytes, bytes] = {}
-    remaining = {tp for tp, end in ends.items() if end > 0}
-    while remaining:
-        batches = await consumer.getmany(*remaining, timeout_ms=500)
-        for records in batches.values():
-            for record in records:
-                if record.key is None or not record.key.startswith(prefix):
-                    continue
-                if record.value is None:
-                    latest.pop(record.key, None)
-                else:
-                    latest[record.key] = record.value
-        for tp in list(remaining):
-            if await consumer.position(tp) >= ends[tp]:
-                remaining.discard(tp)
+
+    def keep(key: bytes | None, value: bytes | None) -> None:
+        if key is None or not key.startswith(prefix):
+            return
+        if value is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = value
+
+    await read_to_end(consumer, await partitions_of(admin, topic), keep)
     return latest
 
 

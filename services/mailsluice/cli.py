@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("ingest", "mailsluice.ingest.service", "run the SMTP ingest service"),
     ("delivery", "mailsluice.delivery.service", "run a delivery worker for a pool"),
-    ("retry-mover", "mailsluice.delivery.retry.mover", "move due retries back to pool queues"),
+    ("retry-mover", "mailsluice.delivery.retry.service", "move due retries back to pool queues"),
     ("streams", "mailsluice.streams.service", "run the stream processors (suppressions)"),
     ("sandbox", "mailsluice.sandbox.server", "run the sandbox MX that captures delivered mail"),
     ("suppress", "mailsluice.admin.suppress", "add, remove or list suppressed addresses"),

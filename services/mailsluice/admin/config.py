@@ -27,7 +27,7 @@ SETTINGS_MODULES = (
     "mailsluice.delivery.worker.settings",
     "mailsluice.delivery.transport.settings",
     "mailsluice.delivery.shaping.runtime",
-    "mailsluice.delivery.retry.mover",
+    "mailsluice.delivery.retry.settings",
     "mailsluice.sandbox.settings",
     "mailsluice.streams.settings",
     "mailsluice_operator.settings",

@@ -1,6 +1,6 @@
 """`mailsluice destinations list|suspend|resume|retry-now`: operate on destinations.
 
-Commands go to the compacted topic mailsluice.control (see delivery/control.py), which every
+Commands go to the compacted topic mailsluice.control (see contracts/control.py), which every
 worker of the pool follows, so they reach whichever worker owns the destination now or later.
 `list` shows what workers last reported there: state, queue, current rate, last error.
 """
@@ -27,9 +27,9 @@ from mailsluice.contracts.control import (
     encode_command,
 )
 from mailsluice.contracts.topics import CONTROL_TOPIC, DEFAULT_POOL
-from mailsluice.kafka.admin import control_topics, ensure_topics, topic_partitions
-from mailsluice.kafka.clients import make_consumer, make_producer
-from mailsluice.kafka.compacted import read_to_end
+from mailsluice.kafka.admin import control_topics, ensure_topics
+from mailsluice.kafka.clients import make_producer
+from mailsluice.kafka.compacted import read_topic
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.policy.units import parse_duration
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(settings: KafkaSettings, args: argparse.Namespace) -> int:
     await ensure_topics(settings, control_topics(settings))
     if args.action == "list":
-        state = await read_state(settings)
+        state = await read_state(settings, args.timeout)
         for line in render(state, args.pool, as_json=args.json, now=time.time()):
             print(line)
         return 0
@@ -119,17 +119,12 @@ async def send_command(settings: KafkaSettings, cmd: Command) -> None:
         await producer.stop()
 
 
-async def read_state(settings: KafkaSettings) -> ControlState:
-    consumer = make_consumer(settings, group_id=None, client_id="mailsluice-ctl")
-    await consumer.start()
-    try:
-        state = ControlState()
-        partitions = await topic_partitions(settings, CONTROL_TOPIC)
-        for key, value in await read_to_end(consumer, partitions):
-            state.apply(key, value)
-        return state
-    finally:
-        await consumer.stop()
+async def read_state(settings: KafkaSettings, timeout_s: float = 30.0) -> ControlState:
+    state = ControlState()
+    await read_topic(
+        settings, CONTROL_TOPIC, state.apply, client_id="mailsluice-ctl", timeout_s=timeout_s
+    )
+    return state
 
 
 def render(state: ControlState, pool: str | None, *, as_json: bool, now: float) -> list[str]:

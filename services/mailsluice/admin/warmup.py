@@ -18,9 +18,8 @@ from aiokafka.errors import KafkaError
 from mailsluice.config import load
 from mailsluice.contracts.topics import DEFAULT_POOL, WARMUP_TOPIC
 from mailsluice.contracts.warmup import parse_record_key
-from mailsluice.kafka.admin import control_topics, ensure_topics, topic_partitions
-from mailsluice.kafka.clients import make_consumer
-from mailsluice.kafka.compacted import read_to_end
+from mailsluice.kafka.admin import control_topics, ensure_topics
+from mailsluice.kafka.compacted import read_topic
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.policy.shaping import PolicyInvalid, PoolSection, load_policy
 from mailsluice.policy.warmup import ALL, PRESETS, Plan, Schedule, day_number, period_start
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     settings = load(KafkaSettings)
     try:
-        records = asyncio.run(asyncio.wait_for(read_ledger(settings), args.timeout))
+        records = asyncio.run(asyncio.wait_for(read_ledger(settings, args.timeout), args.timeout))
     except (KafkaError, TimeoutError, OSError, RuntimeError) as exc:
         print(f"mailsluice warmup: Kafka at {settings.bootstrap}: {exc}", file=sys.stderr)
         return 1
@@ -122,12 +121,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def read_ledger(settings: KafkaSettings) -> list[tuple[bytes | None, bytes | None]]:
+async def read_ledger(
+    settings: KafkaSettings, timeout_s: float = 30.0
+) -> list[tuple[bytes | None, bytes | None]]:
     await ensure_topics(settings, control_topics(settings))
-    consumer = make_consumer(settings, group_id=None, client_id="mailsluice-warmup-cli")
-    await consumer.start()
-    try:
-        partitions = await topic_partitions(settings, WARMUP_TOPIC)
-        return await read_to_end(consumer, partitions)
-    finally:
-        await consumer.stop()
+    records: list[tuple[bytes | None, bytes | None]] = []
+    await read_topic(
+        settings,
+        WARMUP_TOPIC,
+        lambda key, value: records.append((key, value)),
+        client_id="mailsluice-warmup-cli",
+        timeout_s=timeout_s,
+    )
+    return records

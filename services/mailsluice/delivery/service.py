@@ -14,14 +14,13 @@ import logging
 import signal
 from typing import Any
 
-from aiokafka.errors import KafkaError
-
 from mailsluice.config import LogSettings, load
 from mailsluice.delivery.retry.mover import RetryMover
 from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings, delivery_defaults
 from mailsluice.delivery.worker.consumer import TransportLike, Worker, default_dsn_builder
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.admin import ensure_topics, standard_topics
+from mailsluice.kafka.retrying import until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.delivery import QUEUE_LAG
 from mailsluice.metrics.retry import RETRY_BACKLOG
@@ -177,24 +176,27 @@ class DeliveryService:
     async def _connect(self) -> bool:
         """Create topics and start the Kafka clients, retrying while Kafka is unreachable;
         False when stopped first."""
-        while not self._stop.is_set():
-            try:
-                if self.ensure:
-                    specs = standard_topics(
-                        self.kafka, [self.settings.pool], self.settings.max_message_size
-                    )
-                    await ensure_topics(self.kafka, specs)
-                await self.worker.start()
-                if self.mover is not None:
-                    await self.mover.start()
-                return True
-            except (KafkaError, OSError) as exc:
-                self._state = f"kafka unreachable: {type(exc).__name__}"
-                log.warning("cannot reach Kafka (%s); retrying", exc)
-                await self.worker._close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), KAFKA_RETRY_S)
-        return False
+        return await until_kafka_answers(
+            self._start_clients,
+            retry_s=KAFKA_RETRY_S,
+            stop=self._stop,
+            on_failure=self._unreachable,
+        )
+
+    async def _start_clients(self) -> None:
+        if self.ensure:
+            specs = standard_topics(
+                self.kafka, [self.settings.pool], self.settings.max_message_size
+            )
+            await ensure_topics(self.kafka, specs)
+        await self.worker.start()
+        if self.mover is not None:
+            await self.mover.start()
+
+    async def _unreachable(self, exc: Exception) -> None:
+        self._state = f"kafka unreachable: {type(exc).__name__}"
+        log.warning("cannot reach Kafka (%s); retrying", exc)
+        await self.worker._close()
 
     async def run(self, *, http: bool = False) -> None:
         runner = None

@@ -1,4 +1,4 @@
-"""Kafka plumbing every process shares: clients configured the one way the project uses them,
-topic administration, the offset ledger, compacted-topic readers and retrying until Kafka
-answers.
+"""Kafka plumbing every process shares: clients configured the one way the project uses them
+(clients), topic administration (admin), the offset ledger (ledger), the one compacted-view
+reader (compacted) and the one loop that retries until Kafka answers (retrying).
 """

@@ -136,6 +136,18 @@ async def ensure_topics(
         await admin.close()
 
 
+async def partitions_of(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
+    """The partitions of `topic` in partition order; none when it does not exist (yet)."""
+    described = await admin.describe_topics([topic])
+    ids = sorted(
+        p["partition"]
+        for item in described
+        if item["topic"] == topic and not item["error_code"]
+        for p in item["partitions"]
+    )
+    return [TopicPartition(topic, p) for p in ids]
+
+
 async def topic_partitions(
     settings: KafkaSettings, topic: str, wait_s: float = 0.0
 ) -> list[TopicPartition]:
@@ -145,15 +157,11 @@ async def topic_partitions(
     await admin.start()
     try:
         deadline = asyncio.get_running_loop().time() + wait_s
-        while True:
-            described = await admin.describe_topics([topic])
-            for item in described:
-                if item["topic"] == topic and not item["error_code"] and item["partitions"]:
-                    ids = sorted(p["partition"] for p in item["partitions"])
-                    return [TopicPartition(topic, p) for p in ids]
+        while not (found := await partitions_of(admin, topic)):
             if asyncio.get_running_loop().time() >= deadline:
                 raise TimeoutError(f"topic {topic} does not exist (run `mailsluice topics create`)")
             await asyncio.sleep(0.5)
+        return found
     finally:
         await admin.close()
 

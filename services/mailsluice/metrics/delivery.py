@@ -132,12 +132,13 @@ QUEUE_LAG = QueueLagCollector()
 REGISTRY.register(QUEUE_LAG)
 
 
-# --- delivery workers and the retry mover -------------------------------------------------------
+# --- delivery workers ---------------------------------------------------------------------------
 
 
 class Delivery:
-    """Metrics of delivery workers and the retry mover (`... import Delivery as m`). Labels
-    come from closed sets (pool names are configuration, results and tiers are fixed)."""
+    """Metrics of delivery workers (`... import Delivery as m`; the retry mover's are in
+    metrics/retry.py). Labels come from closed sets (pool names are configuration, results and
+    tiers are fixed)."""
 
     ATTEMPT_RESULTS = ("delivered", "deferred", "bounced", "expired")
 
@@ -207,15 +208,6 @@ class Delivery:
         "mailsluice_delivery_smtp_connections_total",
         "Outbound SMTP sessions: opened, reused from the pool, or failed before MAIL FROM.",
         ["result"],
-    )
-    MOVER_MOVED = Counter(
-        "mailsluice_retry_mover_moved_total",
-        "Retry records moved back to their pool's queue topic.",
-        ["tier"],
-    )
-    MOVER_WAITING = Gauge(
-        "mailsluice_retry_mover_waiting_records",
-        "Retry records fetched and held until their not_before.",
     )
 
     # --- connections open per destination class (issue 6; set by delivery.connection_pool) ---

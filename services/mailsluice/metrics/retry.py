@@ -1,5 +1,5 @@
-"""Metrics of the retry mover: backlog per tier read at scrape time, held records, early releases,
-lateness."""
+"""Metrics of the retry mover: backlog per tier read at scrape time, moved, waiting and held
+records, early releases, lateness."""
 
 from __future__ import annotations
 
@@ -67,8 +67,18 @@ RETRY_BACKLOG = RetryBacklogCollector()
 REGISTRY.register(RETRY_BACKLOG)
 
 
-# --- retry mover: held records, early releases, lateness (retry mover helper) ------------------
-# Labels: tier only (contracts.RETRY_TIERS). Updated by delivery/retry_mover.py.
+# --- retry mover: moved, waiting and held records, early releases, lateness --------------------
+# Labels: tier only (contracts.RETRY_TIERS). Updated by delivery/retry/mover.py.
+
+RETRY_MOVER_MOVED = Counter(
+    "mailsluice_retry_mover_moved_total",
+    "Retry records moved back to their pool's queue topic.",
+    ["tier"],
+)
+RETRY_MOVER_WAITING = Gauge(
+    "mailsluice_retry_mover_waiting_records",
+    "Retry records fetched and held until their not_before.",
+)
 
 RETRY_MOVER_HELD = Gauge(
     "mailsluice_retry_mover_held_records",

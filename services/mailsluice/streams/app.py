@@ -8,7 +8,7 @@ so the work is split in two agents (both `concurrency=1`, the design's rule):
   internal topic `<app id>-events-by-address`, keyed by the lower-cased recipient.
 - `judge` reads that topic, keeps the `soft-failures` table (address -> days with a counted
   soft failure) and writes suppression records to mailsluice.suppressions (the encoding of
-  services/mailsluice/suppression/store.py, source "streams").
+  contracts/suppressions.py, source "streams").
 
 Tables use the memory store plus their changelog topics (rebuilt from the changelog at start);
 their partition count is the events topic's, which every internal topic copies, because faust
@@ -21,7 +21,6 @@ suppression record is retried until Kafka takes it, since skipping it would lose
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pydantic import ValidationError
 from mailsluice.contracts.events import Event, decode_event
 from mailsluice.contracts.suppressions import Suppression, encode_suppression, suppression_key
 from mailsluice.contracts.topics import EVENTS_TOPIC, SUPPRESSIONS_TOPIC, TopicSpec
+from mailsluice.kafka.retrying import until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.streams import Streams as streams_metrics
 from mailsluice.streams import rules
@@ -45,6 +45,8 @@ from mailsluice.suppression.store import normalize
 log = logging.getLogger(__name__)
 
 SOURCE = "streams"
+# A suppression record not written is tried again after these waits (doubling up to the max).
+SEND_RETRY_FIRST_S = 0.5
 SEND_RETRY_MAX_S = 10.0
 SOFT_TABLE = "soft-failures"
 COUNTERS_TABLE = "daily-counts"
@@ -222,19 +224,22 @@ class StreamsProcessor:
     async def _send(self, topic: Any, key: bytes, value: bytes, *, acked: bool) -> None:
         """Send, retrying until Kafka takes the record: skipping it would lose a suppression.
         Unacknowledged sends are flushed by faust before it commits the source offset."""
-        delay = 0.5
-        while True:
-            try:
-                sent = await topic.send(key=key, value=value)
-                if acked:
-                    await sent
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("streams: record to %s not written (%s); retrying", topic, exc)
-                await asyncio.sleep(delay)
-                delay = min(SEND_RETRY_MAX_S, delay * 2)
+
+        async def attempt() -> None:
+            sent = await topic.send(key=key, value=value)
+            if acked:
+                await sent
+
+        def not_written(exc: Exception) -> None:
+            log.warning("streams: record to %s not written (%s); retrying", topic, exc)
+
+        await until_kafka_answers(
+            attempt,
+            retry_s=SEND_RETRY_FIRST_S,
+            max_retry_s=SEND_RETRY_MAX_S,
+            errors=(Exception,),
+            on_failure=not_written,
+        )
 
     # --- housekeeping (inside stream iteration: table deletes go to the event's partition) --
 

@@ -61,19 +61,23 @@ def run(args: argparse.Namespace) -> int:
 async def _prepare(kafka: KafkaSettings, settings: StreamsSettings, *, ensure: bool) -> int:
     """Create the topics and return the events topic's partition count, retrying while Kafka
     is unreachable for up to start_timeout_s (then OSError: the pod restarts)."""
-    from aiokafka.errors import KafkaError
+    from mailsluice.kafka.retrying import until_kafka_answers
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.start_timeout_s
-    while True:
+    found: list[int] = []
+
+    async def attempt() -> None:
         remaining = deadline - loop.time()
-        try:
-            return await asyncio.wait_for(_topics(kafka, settings, ensure, remaining), remaining)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            if loop.time() + _RETRY_S >= deadline:
-                raise OSError(f"Kafka at {kafka.bootstrap}: {exc or type(exc).__name__}") from exc
-            log.warning("streams: Kafka not usable yet (%s); retrying", exc)
-            await asyncio.sleep(_RETRY_S)
+        found.append(await asyncio.wait_for(_topics(kafka, settings, ensure, remaining), remaining))
+
+    def give_up_at_the_deadline(exc: Exception) -> None:
+        if loop.time() + _RETRY_S >= deadline:
+            raise OSError(f"Kafka at {kafka.bootstrap}: {exc or type(exc).__name__}") from exc
+        log.warning("streams: Kafka not usable yet (%s); retrying", exc)
+
+    await until_kafka_answers(attempt, retry_s=_RETRY_S, on_failure=give_up_at_the_deadline)
+    return found[0]
 
 
 async def _topics(

@@ -1,8 +1,7 @@
 """An in-memory view of the compacted topic mailsluice.suppressions, followed live.
 
-The store reads every partition from the beginning without a consumer group (each reader
-needs the whole table, and nothing is committed), becomes ready once it has reached the end
-offsets seen at start, and then keeps applying new records in a background task.
+The store is a compacted view (kafka/compacted.py): ready once it has read the topic up to
+the end offsets seen at start, then applying new records in a background task.
 """
 
 from __future__ import annotations
@@ -10,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from mailsluice.contracts.suppressions import (
@@ -24,15 +21,12 @@ from mailsluice.contracts.suppressions import (
     suppression_key,
 )
 from mailsluice.contracts.topics import SUPPRESSIONS_TOPIC
-from mailsluice.kafka.admin import topic_partitions
-from mailsluice.kafka.clients import make_consumer
+from mailsluice.kafka.compacted import CompactedView
 from mailsluice.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 Table = dict[str, Suppression]
-# Kafka error code for a topic that does not exist (yet).
-_UNKNOWN_TOPIC = 3
 
 
 def normalize(address: str) -> str:
@@ -94,11 +88,8 @@ class SuppressionStore:
         self._settings = settings
         self._client_id = client_id
         self._table: Table = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._end: dict[TopicPartition, int] = {}
-        self._ready = False
-        self._ready_event = asyncio.Event()
+        self._view: CompactedView | None = None
+        self._dirty = False
         self._changed = asyncio.Event()
 
     # --- life cycle ---------------------------------------------------------------------
@@ -108,55 +99,32 @@ class SuppressionStore:
 
         Raises TimeoutError (after stopping) if that takes longer than `timeout` seconds.
         """
-        if self._consumer is not None:
+        if self._view is not None:
             raise RuntimeError("SuppressionStore already started")
         # A restart reloads from scratch: entries whose tombstones were compacted away while
         # we were stopped must not survive.
         self._table = {}
-        self._ready_event = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        topic = SUPPRESSIONS_TOPIC
-        tps = await topic_partitions(self._settings, topic, timeout)
-        consumer = make_consumer(self._settings, group_id=None, client_id=self._client_id)
-        self._consumer = consumer
+        self._view = CompactedView(
+            self._settings,
+            SUPPRESSIONS_TOPIC,
+            self._apply,
+            client_id=self._client_id,
+            on_batch=self._after_batch,
+        )
         try:
-            await consumer.start()
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            self._end = dict(await consumer.end_offsets(tps))
-            self._task = asyncio.create_task(self._follow(), name="suppression-store")
-            await self._wait_ready(max(0.0, deadline - loop.time()))
+            await self._view.start(timeout)
         except BaseException:
             await self.stop()
             raise
+        self._dirty = False
+        self._view.follow_in_background()
+        self._notify()
         log.info("suppression store ready: %d entries", len(self._table))
 
-    async def _wait_ready(self, wait_s: float) -> None:
-        assert self._task is not None
-        ready = asyncio.create_task(self._ready_event.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {ready, self._task}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            ready.cancel()
-        if self._task in done:
-            self._task.result()  # re-raises what stopped the follower
-            raise RuntimeError("suppression follower stopped before it was ready")
-        if not done:
-            raise TimeoutError(f"suppression store not caught up within {wait_s:.1f}s")
-
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
-        self._ready = False
+        view, self._view = self._view, None
+        if view is not None:
+            await view.stop()
 
     async def __aenter__(self) -> SuppressionStore:
         await self.start()
@@ -167,38 +135,13 @@ class SuppressionStore:
 
     # --- following ----------------------------------------------------------------------
 
-    async def _follow(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            except KafkaError as exc:
-                # The client reconnects by itself; a lost broker must not end the follower,
-                # or the table would silently go stale.
-                log.warning("suppression follower: %s; retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            changed = self._apply_batches(batches.values())
-            if not self._ready and await self._caught_up(consumer):
-                self._ready = True
-                self._ready_event.set()
-                changed = True
-            if changed:
-                self._notify()
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        self._dirty |= apply_record(self._table, key, value)
 
-    def _apply_batches(self, batches: Iterable[list[Any]]) -> bool:
-        changed = False
-        for records in batches:
-            for record in records:
-                changed |= apply_record(self._table, record.key, record.value)
-        return changed
-
-    async def _caught_up(self, consumer: AIOKafkaConsumer) -> bool:
-        for tp, end in self._end.items():
-            if await consumer.position(tp) < end:
-                return False
-        return True
+    def _after_batch(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self._notify()
 
     def _notify(self) -> None:
         # Wake every waiter, then arm a fresh event for the next change.
@@ -210,7 +153,7 @@ class SuppressionStore:
     @property
     def ready(self) -> bool:
         """True once the store has read the topic up to the end offsets seen at start."""
-        return self._ready
+        return self._view is not None and self._view.ready
 
     def contains(self, address: str) -> bool:
         return normalize(address) in self._table

@@ -15,7 +15,8 @@ from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_enve
 from mailsluice.contracts.topics import queue_topic
 from mailsluice.delivery.retry.control import RetryNowFollower
 from mailsluice.delivery.retry.hold import Held, RetryHold, held_from_record
-from mailsluice.delivery.retry.mover import RetryMover, RetryMoverSettings
+from mailsluice.delivery.retry.mover import RetryMover
+from mailsluice.delivery.retry.settings import RetryMoverSettings
 from mailsluice.metrics.retry import retry_backlog
 
 TP = TopicPartition("mailsluice.retry.1m", 0)

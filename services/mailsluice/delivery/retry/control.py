@@ -1,27 +1,23 @@
 """The retry mover's view of the control topic: retry-now commands release held retries.
 
 `mailsluice destinations retry-now KEY` writes a command to the compacted topic
-mailsluice.control (delivery/control.py). Workers lift their in-memory holds on it; the mover
+mailsluice.control (contracts/control.py). Workers lift their in-memory holds on it; the mover
 follows the same topic, so deferred mail of that destination already on a tier topic comes back
 now rather than at its not_before. Like the workers, it reads the topic from the beginning at
-start (the latest command per destination) and then follows it; decoding is control.py's.
+start (the latest command per destination) and then follows it; decoding is contracts/control.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-
 from mailsluice.contracts.control import Command, ControlState
 from mailsluice.contracts.topics import CONTROL_TOPIC
-from mailsluice.kafka.admin import control_topics, ensure_topics, topic_partitions
-from mailsluice.kafka.clients import make_consumer
-from mailsluice.kafka.compacted import read_to_end
+from mailsluice.kafka.admin import control_topics, ensure_topics
+from mailsluice.kafka.compacted import CompactedView
+from mailsluice.kafka.retrying import KAFKA_DOWN, until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -46,7 +42,7 @@ class RetryNowFollower:
         self.client_id = client_id
         self.state = ControlState()
         self.caught_up = False  # read the topic up to its end once
-        self._consumer: AIOKafkaConsumer | None = None
+        self._view: CompactedView | None = None
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         cmd = self.state.apply(key, value)
@@ -57,38 +53,29 @@ class RetryNowFollower:
         """Follow until cancelled; Kafka errors are retried, never fatal (retry-now is an
         operator's shortcut, the mover moves everything on time without it)."""
         try:
-            while True:
-                try:
-                    await self._start()
-                    await self._follow()
-                except asyncio.CancelledError:
-                    raise
-                except (KafkaError, OSError, RuntimeError) as exc:
-                    log.warning("retry mover cannot follow the control topic (%s); retrying", exc)
-                    await self._close()
-                    await asyncio.sleep(START_RETRY_S)
+            await until_kafka_answers(
+                self._start,
+                retry_s=START_RETRY_S,
+                errors=(*KAFKA_DOWN, RuntimeError),
+                on_failure=self._not_started,
+            )
+            assert self._view is not None
+            await self._view.follow()
         finally:
             await self._close()
 
     async def _start(self) -> None:
         await ensure_topics(self.kafka, control_topics(self.kafka))
-        self._consumer = make_consumer(self.kafka, group_id=None, client_id=self.client_id)
-        await self._consumer.start()
-        partitions = await topic_partitions(self.kafka, CONTROL_TOPIC)
-        for key, value in await read_to_end(self._consumer, partitions):
-            self.apply(key, value)
+        self._view = CompactedView(self.kafka, CONTROL_TOPIC, self.apply, client_id=self.client_id)
+        await self._view.start()
         self.caught_up = True
 
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    self.apply(record.key, record.value)
+    async def _not_started(self, exc: Exception) -> None:
+        log.warning("retry mover cannot follow the control topic (%s); retrying", exc)
+        await self._close()
 
     async def _close(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
+        view, self._view = self._view, None
+        if view is not None:
             with contextlib.suppress(Exception):
-                await consumer.stop()
+                await view.stop()

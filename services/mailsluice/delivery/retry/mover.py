@@ -2,21 +2,19 @@
 back to their pool's queue topic.
 
 Tier topics are not in due order (a throttled record carries whatever wait its destination
-needs), so every fetched record waits in its partition's due-ordered heap (retry_hold.py) and
+needs), so every fetched record waits in its partition's due-ordered heap (hold.py) and
 leaves when due, whatever its offset; a partition commits only up to its lowest offset not yet
 moved, and a record counts as moved only once its copy on the queue topic is acknowledged.
 Memory is bounded: a partition holding `max_held` records pauses until half of them are gone.
-A retry-now command on the control topic (retry_control.py) releases a destination's held
+A retry-now command on the control topic (control.py) releases a destination's held
 records at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -25,24 +23,22 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
-from mailsluice.config import LogSettings, MailsluiceSettings, load
+from mailsluice.config import load
 from mailsluice.contracts.control import Command
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.contracts.topics import RETRY_TIERS, TOPIC_PREFIX, retry_topic
 from mailsluice.delivery.retry.control import RetryNowFollower
 from mailsluice.delivery.retry.hold import Held, RetryHold, held_from_record, tier_of
-from mailsluice.kafka.admin import ensure_topics, standard_topics
+from mailsluice.delivery.retry.settings import RetryMoverSettings
 from mailsluice.kafka.clients import make_consumer, make_producer
 from mailsluice.kafka.settings import KafkaSettings
-from mailsluice.metrics.delivery import Delivery as m
 from mailsluice.metrics.retry import (
-    RETRY_BACKLOG,
     RETRY_MOVER_HELD,
     RETRY_MOVER_LATENESS,
+    RETRY_MOVER_MOVED,
     RETRY_MOVER_RELEASED,
+    RETRY_MOVER_WAITING,
 )
 
 log = logging.getLogger(__name__)
@@ -54,42 +50,11 @@ POLL_S = 0.2
 # How often, and how patiently, readiness checks that Kafka answers.
 PROBE_INTERVAL_S = 5.0
 PROBE_TIMEOUT_S = 10.0
-# Wait after a failed produce round, and between attempts to reach Kafka at start.
+# Wait after a failed fetch or produce round.
 BACKOFF_S = 1.0
 # aiokafka retries a commit while Kafka is away; give up after this (it is retried next round),
 # so stop() and revocations never hang on it.
 COMMIT_TIMEOUT_S = 15.0
-
-
-class RetryMoverSettings(MailsluiceSettings):
-    """The retry mover (`mailsluice retry-mover`, or inside a delivery process)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="MAILSLUICE_RETRY_MOVER_", extra="ignore", frozen=True
-    )
-
-    http_host: str = Field("127.0.0.1", description="Address of /metrics, /healthz, /readyz.")
-    http_port: int = Field(
-        9104, ge=0, le=65535, description="Port of the operator endpoints (standalone mover)."
-    )
-    max_held: int = Field(
-        1000,
-        ge=1,
-        le=1_000_000,
-        description="Retry records held in memory per tier partition until due; the partition "
-        "pauses at this many and resumes at half.",
-    )
-    max_held_bytes: int = Field(
-        256 * 1024 * 1024,
-        ge=1024 * 1024,
-        description="Bytes of retry records held in memory in all; every partition pauses at "
-        "this many and resumes at half.",
-    )
-    follow_control: bool = Field(
-        True,
-        description="Follow the control topic, so `destinations retry-now` releases held "
-        "retries of that destination at once.",
-    )
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -120,7 +85,8 @@ def tier_topics() -> list[str]:
 
 
 class RetryMover:
-    """Usable in-process (start/run/stop) and as the `mailsluice retry-mover` command."""
+    """Usable in-process (start/run/stop) and as the `mailsluice retry-mover` command
+    (service.py)."""
 
     def __init__(
         self,
@@ -180,6 +146,11 @@ class RetryMover:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set by stop()."""
+        return self._stopping
 
     def ready(self) -> tuple[bool, str]:
         if not self._assigned_once:
@@ -308,7 +279,7 @@ class RetryMover:
             return
         tier = tier_of(str(getattr(held.tp, "topic", "")))
         self.moved += 1
-        m.MOVER_MOVED.labels(tier).inc()
+        RETRY_MOVER_MOVED.labels(tier).inc()
         if held.released:
             self.released += 1
             RETRY_MOVER_RELEASED.labels(tier).inc()
@@ -338,7 +309,7 @@ class RetryMover:
             per_tier[tier] = per_tier.get(tier, 0) + count
         for tier, count in per_tier.items():
             RETRY_MOVER_HELD.labels(tier).set(count)
-        m.MOVER_WAITING.set(self.hold.count())
+        RETRY_MOVER_WAITING.set(self.hold.count())
 
     async def _probe(self) -> None:
         """Readiness: does Kafka answer? (a consumer waits quietly while the broker is down)."""
@@ -369,60 +340,3 @@ class RetryMover:
                 with contextlib.suppress(Exception):
                     await client.stop()
         self.consumer = self.producer = None
-
-
-# --- command --------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--no-ensure-topics",
-        action="store_true",
-        help="do not create missing retry topics at start",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    kafka = load(KafkaSettings)
-    settings = load(RetryMoverSettings)
-    logs = load(LogSettings)
-    from mailsluice.observability.endpoints import setup_logging
-
-    setup_logging(logs, "retry-mover")
-    return asyncio.run(_main(kafka, settings, ensure=not args.no_ensure_topics))
-
-
-async def _main(kafka: KafkaSettings, settings: RetryMoverSettings, *, ensure: bool) -> int:
-    from mailsluice.observability.endpoints import start_http
-
-    mover = RetryMover(kafka, settings=settings)
-    RETRY_BACKLOG.track(mover)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, mover.stop)
-    runner = await start_http(settings.http_host, settings.http_port, mover.ready)
-    log.info("retry mover: metrics on http://%s:%d/metrics", settings.http_host, settings.http_port)
-    try:
-        if await _connect(mover, kafka, ensure=ensure):
-            log.info("retry mover running on %s", ", ".join(tier_topics()))
-            await mover.run()
-    finally:
-        await runner.cleanup()
-    return 0
-
-
-async def _connect(mover: RetryMover, kafka: KafkaSettings, *, ensure: bool) -> bool:
-    """Create the tier topics and start the clients, retrying while Kafka is unreachable (the
-    endpoints answer meanwhile, /readyz says not ready); False when stopped first."""
-    while not mover._stopping.is_set():
-        try:
-            if ensure:
-                specs = standard_topics(kafka, [], DEFAULT_MAX_MESSAGE_SIZE)
-                await ensure_topics(kafka, [s for s in specs if s.name in tier_topics()])
-            await mover.start()
-            return True
-        except (KafkaError, OSError) as exc:
-            log.warning("retry mover cannot reach Kafka (%s); retrying", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(mover._stopping.wait(), BACKOFF_S * 2)
-    return False

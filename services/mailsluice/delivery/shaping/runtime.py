@@ -22,8 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -38,9 +37,10 @@ from mailsluice.contracts.control import (
 from mailsluice.contracts.topics import CONTROL_TOPIC, WARMUP_TOPIC
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.warmup import WarmupTracker
-from mailsluice.kafka.admin import control_topics, ensure_topics, topic_partitions
-from mailsluice.kafka.clients import make_consumer, make_producer
-from mailsluice.kafka.compacted import read_to_end
+from mailsluice.kafka.admin import control_topics, ensure_topics
+from mailsluice.kafka.clients import make_producer
+from mailsluice.kafka.compacted import CompactedView, read_topic
+from mailsluice.kafka.retrying import KAFKA_DOWN, until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.shaping import Shaping as shaping_metrics
 from mailsluice.policy.backoff import load_rules
@@ -180,34 +180,36 @@ class ShapingRuntime:
         self.control = ControlState()
         self._tasks: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._control_view: CompactedView | None = None
 
     def start_background(self) -> asyncio.Task[None]:
         """Start when Kafka can be reached, retrying meanwhile (the worker connects on its
         own); a warming pool sends nothing until its ledger is restored."""
         if self.shaper.warmup is not None:
             self.shaper.warmup_ready = False
-
-        async def keep_trying() -> None:
-            while True:
-                try:
-                    await self.start()
-                    return
-                except (KafkaError, OSError, RuntimeError) as exc:
-                    log.warning("shaping runtime cannot start yet (%s); retrying", exc)
-                    await self._close_clients()
-                    await asyncio.sleep(START_RETRY_S)
-
-        task = asyncio.create_task(keep_trying(), name="shaping-start")
+        task = asyncio.create_task(self._start_when_kafka_answers(), name="shaping-start")
         self._tasks.append(task)
         return task
 
+    async def _start_when_kafka_answers(self) -> None:
+        await until_kafka_answers(
+            self.start,
+            retry_s=START_RETRY_S,
+            errors=(*KAFKA_DOWN, RuntimeError),
+            on_failure=self._not_started,
+        )
+
+    async def _not_started(self, exc: Exception) -> None:
+        log.warning("shaping runtime cannot start yet (%s); retrying", exc)
+        await self._close_clients()
+
     async def _close_clients(self) -> None:
-        for client in (self._producer, self._consumer):
+        producer, self._producer = self._producer, None
+        view, self._control_view = self._control_view, None
+        for client in (producer, view):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.stop()
-        self._producer = self._consumer = None
 
     async def start(self) -> None:
         await ensure_topics(self.kafka, control_topics(self.kafka))
@@ -215,15 +217,14 @@ class ShapingRuntime:
             self.kafka, max_message_size=1024 * 1024, client_id="mailsluice-shaping"
         )
         await self._producer.start()
-        self._consumer = make_consumer(self.kafka, group_id=None, client_id="mailsluice-shaping")
-        await self._consumer.start()
         await self._restore_warmup()
         self.shaper.warmup_ready = True
-        partitions = await topic_partitions(self.kafka, CONTROL_TOPIC)
-        for key, value in await read_to_end(self._consumer, partitions):
-            self._apply(key, value)
+        self._control_view = CompactedView(
+            self.kafka, CONTROL_TOPIC, self._apply, client_id="mailsluice-shaping"
+        )
+        await self._control_view.start()
         self._tasks += [
-            asyncio.create_task(self._follow(), name="shaping-control"),
+            asyncio.create_task(self._control_view.follow(), name="shaping-control"),
             asyncio.create_task(self._publish_loop(), name="shaping-status"),
         ]
 
@@ -254,20 +255,6 @@ class ShapingRuntime:
         cmd = self.control.apply(key, value)
         if cmd is not None and self.shaper.apply_command(cmd, self.mono()):
             log.info("destination %s: %s by %s", cmd.key, cmd.action, cmd.by or "operator")
-
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    for record in records:
-                        self._apply(record.key, record.value)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep following; Kafka errors are transient here
-                log.exception("following the control topic failed")
-                await asyncio.sleep(1.0)
 
     async def _publish_loop(self) -> None:
         while True:
@@ -304,15 +291,12 @@ class ShapingRuntime:
         tracker = self.shaper.warmup
         if tracker is None:
             return
-        consumer = make_consumer(self.kafka, group_id=None, client_id="mailsluice-warmup")
-        await consumer.start()
-        try:
-            partitions = await topic_partitions(self.kafka, WARMUP_TOPIC)
-            for key, value in await read_to_end(consumer, partitions):
-                if key is not None:
-                    tracker.restore(key, value)
-        finally:
-            await consumer.stop()
+
+        def restore(key: bytes | None, value: bytes | None) -> None:
+            if key is not None:
+                tracker.restore(key, value)
+
+        await read_topic(self.kafka, WARMUP_TOPIC, restore, client_id="mailsluice-warmup")
 
 
 def status_rows(rows: Iterable[DestinationRow], limit: int = 500) -> tuple[DestinationRow, ...]:

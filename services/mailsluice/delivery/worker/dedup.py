@@ -12,7 +12,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from mailsluice.contracts.events import EventType, decode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
-from mailsluice.kafka.admin import existing_partitions
+from mailsluice.kafka.admin import partitions_of
+from mailsluice.kafka.compacted import read_to_end
 from mailsluice.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -75,33 +76,20 @@ async def warm_from_events(
         isolation_level="read_committed",
     )
     added = 0
+
+    def remember(_key: bytes | None, value: bytes | None) -> None:
+        nonlocal added
+        added += _remember(cache, pool, value)
+
     await consumer.start()
     try:
         async with asyncio.timeout(budget_s):
-            count = await _partition_count(kafka, EVENTS_TOPIC)
-            tps = [TopicPartition(EVENTS_TOPIC, p) for p in range(count)]
+            tps = await _partitions(kafka, EVENTS_TOPIC)
             if not tps:
                 return 0
-            consumer.assign(tps)
             starts = await consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
-            ends = await consumer.end_offsets(tps)
-            todo = {}
-            for tp in tps:
-                start = starts.get(tp)
-                if start is None or start.offset >= ends[tp]:
-                    continue
-                consumer.seek(tp, start.offset)
-                todo[tp] = ends[tp]
-            while todo:
-                batch = await consumer.getmany(*todo, timeout_ms=500)
-                for tp, records in batch.items():
-                    for record in records:
-                        added += _remember(cache, pool, record.value)
-                        if record.offset + 1 >= todo.get(tp, 0):
-                            todo.pop(tp, None)
-                for tp in list(todo):
-                    if await consumer.position(tp) >= todo[tp]:
-                        todo.pop(tp)
+            todo = {tp: found.offset for tp, found in starts.items() if found is not None}
+            await read_to_end(consumer, list(todo), remember, start=todo)
     except TimeoutError:
         log.warning("dedup warm-up stopped after %.0f s (%d remembered)", budget_s, added)
     finally:
@@ -109,11 +97,11 @@ async def warm_from_events(
     return added
 
 
-async def _partition_count(kafka: KafkaSettings, topic: str) -> int:
+async def _partitions(kafka: KafkaSettings, topic: str) -> list[TopicPartition]:
     admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="mailsluice-delivery-dedup")
     await admin.start()
     try:
-        return (await existing_partitions(admin)).get(topic, 0)
+        return await partitions_of(admin, topic)
     finally:
         await admin.close()
 
