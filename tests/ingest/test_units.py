@@ -20,8 +20,8 @@ from mailsluice.ingest.message import normalise_line_endings, prepare_message
 from mailsluice.ingest.session import trusted_network_of
 from mailsluice.ingest.settings import IngestSettings
 from mailsluice.ingest.verdicts import MxCache, judge_recipient
+from mailsluice.mx import MxAnswer
 from mailsluice.policy.rollup import default_rollup
-from mailsluice.resolver import MxAnswer
 
 # --- addresses ----------------------------------------------------------------------------------
 
