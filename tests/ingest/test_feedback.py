@@ -17,7 +17,7 @@ from mailsluice.ingest.feedback import (
     parse_report,
 )
 from mailsluice.ingest.message import Trace, prepare_message
-from mailsluice.ingest.plan import UNWRITTEN, Count, Transaction, plan_feedback
+from mailsluice.ingest.plan import UNWRITTEN, Count, Plan, Transaction, plan_feedback
 from mailsluice.ingest.replies import FEEDBACK_REJECTS
 from mailsluice.metrics.ingest import FEEDBACK_REJECT_REASONS
 from mailsluice.policy.rollup import load_rollup
@@ -278,7 +278,7 @@ def test_stamp_follows_our_received_and_a_clients_own_copy_goes() -> None:
     assert parse_report(quoted) == [Complaint("a@x.example", "abuse", QID, "bulk")]
 
 
-def _plan(raw: bytes):  # type: ignore[no-untyped-def]
+def _plan(raw: bytes) -> Plan:
     txn = Transaction(QID, 0.0, 0.0, feedback=["fbl@x.test"])
     return plan_feedback(txn, raw, rollup=load_rollup(), served_pools=frozenset({"bulk"}), now=9.0)
 

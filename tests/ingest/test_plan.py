@@ -11,6 +11,7 @@ from typing import get_args
 
 import pytest
 from support.ingest import queued, uid
+from support.kafka_broker import KafkaBroker
 
 from mailsluice.contracts.events import EventType
 from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
@@ -58,9 +59,15 @@ def content(**headers: str) -> bytes:
     return ("Subject: hi\r\n" + "".join(lines) + "\r\nbody\r\n").encode()
 
 
-def plan(client: Client = TRUSTED, raw: bytes | None = None, **kw: object) -> Plan:
-    transaction = txn(**kw)  # type: ignore[arg-type]
+def plan(
+    client: Client = TRUSTED,
+    raw: bytes | None = None,
+    *,
+    sender: str = "s@client.test",
+    routing: dict[str, str] | None = None,
+) -> Plan:
     raw = content() if raw is None else raw
+    transaction = txn(sender, routing)
     return plan_message(transaction, raw, client, hostname="mx.test", pools=POOLS, now=NOW)
 
 
@@ -169,7 +176,9 @@ def test_a_plan_depends_on_its_inputs_only() -> None:
     ],
     ids=["trusted-bulk", "bad-name", "user-default", "user-unknown", "bad-stream"],
 )
-def test_a_refused_message_plan(client: Client, headers: dict, reply: str, reason: str) -> None:
+def test_a_refused_message_plan(
+    client: Client, headers: dict[str, str], reply: str, reason: str
+) -> None:
     got = plan(client, content(**headers))
     assert not got.writes and got.records == () and got.events == ()
     assert got.outcome.reply == reply and reply.startswith("550 5.")
@@ -270,7 +279,7 @@ async def test_kafka_without_acks_in_time_answers_451(silent_broker: str) -> Non
     assert outcome is planned.unwritten and outcome.reply.startswith("451 4.3.0 ")
 
 
-async def test_every_record_acknowledged_answers_250(kafka) -> None:  # type: ignore[no-untyped-def]
+async def test_every_record_acknowledged_answers_250(kafka: KafkaBroker) -> None:
     settings = kafka.settings()
     await ensure_topics(settings, standard_topics(settings, ["default"], 1 << 20))
     publisher = Publisher(settings, max_message_size=1 << 20, publish_timeout_s=10.0)

@@ -64,6 +64,8 @@ class Client:
 
 @dataclass(frozen=True)
 class PoolPolicy:
+    """Which pools a sender may use: the header that asks, and the defaults."""
+
     header: str
     default_pool: str
     trusted_pools: frozenset[str]
@@ -128,6 +130,8 @@ UNWRITTEN = Outcome(replies.S451_QUEUE_UNAVAILABLE, (Count("transactions", ("tem
 
 @dataclass(frozen=True)
 class Plan:
+    """What DATA does: publish the records and events, then answer with one of the outcomes."""
+
     outcome: Outcome  # once every write is acknowledged; at once when there is nothing to write
     records: tuple[QueueRecord, ...] = ()  # queue records, published with acks
     events: tuple[Event, ...] = ()  # events the reply depends on, published with acks
@@ -274,18 +278,19 @@ def queue_records(
 
 def queued(txn: Transaction, data: bytes, *, pool: str, records: int, now: float) -> Outcome:
     """The outcome once every queue record of a message is acknowledged."""
+    reply = replies.S250_QUEUED.format(queue_id=txn.queue_id)
     reception = Event(
         type=EventType.RECEPTION,
         ts=now,
         queue_id=txn.queue_id,
         pool=pool,
         sender=txn.sender,
-        code=250,
-        enhanced="2.0.0",
+        code=int(replies.code_of(reply)),
+        enhanced=replies.enhanced_of(reply),
         size=len(data),
     )
     return Outcome(
-        replies.S250_QUEUED.format(queue_id=txn.queue_id),
+        reply,
         counts=(Count("transactions", ("queued",)), Count("bytes", amount=len(data))),
         events=(reception,),
         notes=(
