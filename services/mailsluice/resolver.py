@@ -1,11 +1,9 @@
-"""DNS for ingest and delivery: an async resolver from settings, and MX lookups classified the
-way SMTP needs them (RFC 5321 §5.1, RFC 7505 null MX)."""
+"""DNS for ingest and delivery: an async resolver from settings, and MX lookups answered as
+mx.MxAnswer (the I/O side; the answer itself is plain data in mx.py)."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Literal
 
 import dns.asyncresolver
 import dns.exception
@@ -18,6 +16,7 @@ from pydantic_settings import SettingsConfigDict
 from mailsluice.config import MailsluiceSettings
 from mailsluice.metrics.labels import Stopwatch
 from mailsluice.metrics.resolver import DNS_FAILURES_TOTAL, DNS_SECONDS
+from mailsluice.mx import MxAnswer
 
 
 class DnsSettings(MailsluiceSettings):
@@ -61,22 +60,6 @@ def make_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
     resolver.lifetime = settings.timeout_s
     resolver.timeout = min(settings.timeout_s, 2.0)
     return resolver
-
-
-MxKind = Literal["mx", "implicit", "null_mx", "nxdomain", "temp_fail"]
-
-
-@dataclass(frozen=True)
-class MxAnswer:
-    """The outcome of an MX lookup. `hosts` is in preference order (lowest first); for an
-    implicit MX (no MX records, RFC 5321 §5.1) it is the domain itself."""
-
-    domain: str
-    kind: MxKind
-    hosts: tuple[str, ...] = ()
-    ttl: int = 0
-    detail: str = ""
-    preferences: tuple[int, ...] = field(default=(), compare=False)
 
 
 async def lookup_mx(resolver: dns.asyncresolver.Resolver, domain: str) -> MxAnswer:

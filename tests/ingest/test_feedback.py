@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mailsluice.contracts.events import Event, EventType
+from mailsluice.contracts.events import EventType
 from mailsluice.ingest import replies
 from mailsluice.ingest.feedback import (
     Complaint,
@@ -16,12 +16,9 @@ from mailsluice.ingest.feedback import (
     complaint_events,
     parse_report,
 )
-from mailsluice.ingest.handler import IngestHandler, PoolPolicy
 from mailsluice.ingest.message import Trace, prepare_message
-from mailsluice.ingest.publish import PublishError
+from mailsluice.ingest.plan import UNWRITTEN, Count, Plan, Transaction, plan_feedback
 from mailsluice.ingest.replies import FEEDBACK_REJECTS
-from mailsluice.ingest.session import IngestEnvelope, Transaction
-from mailsluice.ingest.verdicts import unverified_mx
 from mailsluice.metrics.ingest import FEEDBACK_REJECT_REASONS
 from mailsluice.policy.rollup import load_rollup
 
@@ -238,7 +235,7 @@ def test_every_reject_reason_has_a_550_reply() -> None:
 def test_complaint_events_roll_up_the_provider_and_drop_unknown_pools() -> None:
     complaints = parse_report(YAHOO) + parse_report(FASTMAIL)
     events = complaint_events(
-        complaints, rollup=load_rollup(), served_pools=frozenset({"bulk", "default"})
+        complaints, rollup=load_rollup(), served_pools=frozenset({"bulk", "default"}), now=7.0
     )
     summary = [(e.type, e.recipient, e.queue_id, e.pool, e.routing_key, e.reason) for e in events]
     complaint = EventType.COMPLAINT
@@ -249,6 +246,7 @@ def test_complaint_events_roll_up_the_provider_and_drop_unknown_pools() -> None:
     ]
     assert events[0].sender == "bounces@sender.test"
     assert events[0].text == "Yahoo!-Mail-Feedback/2.0"
+    assert {e.ts for e in events} == {7.0}
 
 
 TRACE = Trace(
@@ -280,43 +278,60 @@ def test_stamp_follows_our_received_and_a_clients_own_copy_goes() -> None:
     assert parse_report(quoted) == [Complaint("a@x.example", "abuse", QID, "bulk")]
 
 
-class _Publisher:
-    def __init__(self, fail: bool) -> None:
-        self.fail = fail
-        self.written: list[Event] = []
-
-    async def publish_events(self, events: list[Event]) -> None:
-        if self.fail:
-            raise PublishError("TimeoutError")
-        self.written += events
-
-
-def _handler(publisher: _Publisher) -> IngestHandler:
-    return IngestHandler(
-        hostname="mx.test",
-        publisher=publisher,  # type: ignore[arg-type]
-        is_suppressed=lambda _address: False,
-        mx_lookup=unverified_mx,
-        rollup=load_rollup(),
-        max_recipients=10,
-        pools=PoolPolicy("X-Mailsluice-Pool", "default", frozenset({"bulk"}), frozenset({"bulk"})),
-        feedback_addresses=frozenset({"fbl@x.test"}),
-    )
+def _plan(raw: bytes) -> Plan:
+    txn = Transaction(QID, 0.0, 0.0, feedback=["fbl@x.test"])
+    return plan_feedback(txn, raw, rollup=load_rollup(), served_pools=frozenset({"bulk"}), now=9.0)
 
 
 @pytest.mark.parametrize(
-    ("raw", "fail", "reply", "written"),
+    ("raw", "reply", "complaints", "counts"),
     [
-        (YAHOO, False, "250 2.0.0 Ok: 1 complaint(s) recorded", 1),
-        (FASTMAIL, False, "250 2.0.0 Ok: 2 complaint(s) recorded", 2),
-        (YAHOO, True, replies.S451_QUEUE_UNAVAILABLE, 0),  # never 250 without the acks
-        (NOT_SPAM, False, replies.S550_FEEDBACK_NOT_COMPLAINT, 0),
+        (
+            YAHOO,
+            "250 2.0.0 Ok: 1 complaint(s) recorded",
+            [("alice@yahoo.com", "bulk")],
+            (Count("transactions", ("queued",)), Count("complaints", ("bulk", "yahoo"))),
+        ),
+        (
+            FASTMAIL,
+            "250 2.0.0 Ok: 2 complaint(s) recorded",
+            [("dan@fastmail.com", ""), ("Erin@fastmail.com", "")],
+            (
+                Count("transactions", ("queued",)),
+                Count("complaints", ("other", "other")),
+                Count("complaints", ("other", "other")),
+            ),
+        ),
+        (
+            NOT_SPAM,
+            replies.S550_FEEDBACK_NOT_COMPLAINT,
+            [],
+            (
+                Count("transactions", ("rejected",)),
+                Count("feedback_rejected", ("not_complaint",)),
+            ),
+        ),
     ],
+    ids=["yahoo", "fastmail", "not-spam"],
 )
-async def test_intake_replies(raw: bytes, fail: bool, reply: str, written: int) -> None:
-    publisher = _Publisher(fail)
-    envelope = IngestEnvelope()
-    envelope.original_content = raw
-    txn = Transaction(QID, 0.0, 0.0, feedback=["fbl@x.test"])
-    assert await _handler(publisher)._accept_feedback(envelope, txn) == reply
-    assert len(publisher.written) == written
+def test_intake_plans(raw: bytes, reply: str, complaints: list, counts: tuple) -> None:
+    """The complaints are written with acks before the 250 (never 250 without them: the
+    publish step answers UNWRITTEN otherwise); a refused report writes nothing."""
+    plan = _plan(raw)
+    assert plan.outcome.reply == reply
+    assert plan.outcome.counts == counts
+    assert [(e.recipient, e.pool) for e in plan.events] == complaints
+    assert all(e.type == EventType.COMPLAINT and e.ts == 9.0 for e in plan.events)
+    assert plan.writes == bool(complaints)
+    assert plan.outcome.events == ()  # nothing emitted without acks
+    assert plan.unwritten == UNWRITTEN and plan.unwritten.reply.startswith("451 4.3.0 ")
+    logged = [(n.text, n.queue_id, n.pool) for n in plan.outcome.notes]
+    if complaints:
+        keys = [e.routing_key for e in plan.events]
+        assert logged == [
+            (f"complaint (abuse) from {k}", QID, p)
+            for k, (_, p) in zip(keys, complaints, strict=True)
+        ]
+    else:
+        refused = "feedback report refused: not_complaint: feedback type not-spam"
+        assert logged == [(refused, QID, None)]

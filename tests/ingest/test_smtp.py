@@ -262,7 +262,7 @@ async def test_unexpected_errors_answer_451_without_internals(
     def exploding(address: str) -> bool:
         raise RuntimeError("secret internals /etc/passwd")
 
-    async def exploding_publish(records) -> None:
+    async def exploding_publish(records, events=()) -> None:
         raise KeyError("secret internals")
 
     client = await RawClient.connect(ingest.port)

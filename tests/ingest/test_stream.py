@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from support.ingest import TRACE, queue_id_of, queued, running_ingest, smtp_send, uid
 
-from mailsluice.ingest.handler import choose_stream
 from mailsluice.ingest.message import prepare_message
+from mailsluice.ingest.plan import choose_stream
 from mailsluice.ingest.service import IngestService
 from mailsluice.kafka.settings import KafkaSettings
 

@@ -15,13 +15,13 @@ from support.paths import REPO
 from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import AddressError, parse_path
 from mailsluice.ingest.auth import Credentials, hash_password, main, parse_users, verify_password
-from mailsluice.ingest.handler import PoolPolicy, choose_pool, group_by_routing_key
 from mailsluice.ingest.message import normalise_line_endings, prepare_message
-from mailsluice.ingest.session import trusted_network_of
+from mailsluice.ingest.plan import PoolPolicy, choose_pool, group_by_routing_key
+from mailsluice.ingest.protocol import trusted_network_of
 from mailsluice.ingest.settings import IngestSettings
 from mailsluice.ingest.verdicts import MxCache, judge_recipient
+from mailsluice.mx import MxAnswer
 from mailsluice.policy.rollup import default_rollup
-from mailsluice.resolver import MxAnswer
 
 # --- addresses ----------------------------------------------------------------------------------
 

@@ -182,6 +182,16 @@ async def swaks(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(["swaks", *args], proc.returncode, out.decode(), "")
 
 
+async def eventually(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Return once condition() holds (checked on every event-loop turn), or fail after
+    `within_s`: for state the server changes after the client has seen the reply."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not condition():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
 # --- Kafka --------------------------------------------------------------------------------------
 
 

@@ -212,14 +212,15 @@ def _date(value: str) -> float | None:
 
 
 def complaint_events(
-    complaints: list[Complaint], *, rollup: Rollup, served_pools: frozenset[str]
+    complaints: list[Complaint], *, rollup: Rollup, served_pools: frozenset[str], now: float
 ) -> list[Event]:
-    """One `complaint` event per complaint. The routing key comes from the recipient's domain
-    alone (no DNS at complaint time); a pool this ingest does not serve is left out, since
-    anyone can write the header of a report."""
+    """One `complaint` event per complaint, stamped `now`. The routing key comes from the
+    recipient's domain alone (no DNS at complaint time); a pool this ingest does not serve is
+    left out, since anyone can write the header of a report."""
     return [
         Event(
             type=EventType.COMPLAINT,
+            ts=now,
             queue_id=c.queue_id,
             pool=c.pool if c.pool in served_pools else "",
             sender=c.sender,

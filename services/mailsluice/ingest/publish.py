@@ -1,4 +1,5 @@
-"""Writing to Kafka: queue records (awaited, bounded) and events (fire-and-forget, logged).
+"""Writing to Kafka: the one publish step of a transaction's plan (records and events awaited
+with acks, bounded) and events emitted without waiting (logged, counted when lost).
 
 The producer is idempotent with acks=all (kafka/clients.py). After any failed or
 timed-out publish the producer is replaced before the next one: an idempotent producer whose
@@ -12,13 +13,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
 from mailsluice.contracts.events import Event, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
+from mailsluice.ingest.plan import Outcome, Plan, QueueRecord
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.ingest import Ingest as metrics
@@ -30,17 +30,6 @@ HEALTH_INTERVAL_S = 2.0
 
 class PublishError(Exception):
     """The message is not (known to be) durable; the client must retry (451)."""
-
-
-@dataclass(frozen=True)
-class QueueRecord:
-    topic: str
-    key: bytes
-    value: bytes
-    envelope: Envelope
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return [(ENVELOPE_HEADER, encode_envelope(self.envelope))]
 
 
 ProducerFactory = Callable[[], Any]
@@ -89,20 +78,13 @@ class Publisher:
             await producer.stop()
         self.kafka_ok = False
 
-    # --- queue records --------------------------------------------------------------------
+    # --- records a reply depends on -------------------------------------------------------
 
-    async def publish(self, records: list[QueueRecord]) -> None:
-        """Send every record and wait for all acknowledgements, or raise PublishError."""
-        await self._publish([(r.topic, r.value, r.key, r.headers()) for r in records])
-
-    async def publish_events(self, events: list[Event]) -> None:
-        """Events a reply depends on (feedback-loop complaints): like publish(), acked or
+    async def publish(self, records: Sequence[QueueRecord], events: Sequence[Event] = ()) -> None:
+        """Send every queue record and event and wait for all acknowledgements, or raise
         PublishError."""
-        await self._publish(
-            [(EVENTS_TOPIC, encode_event(e), e.queue_id.encode() or None, []) for e in events]
-        )
-
-    async def _publish(self, sends: list[_Send]) -> None:
+        sends: list[_Send] = [(r.topic, r.value, r.key, r.headers()) for r in records]
+        sends += [(EVENTS_TOPIC, encode_event(e), e.queue_id.encode() or None, []) for e in events]
         started = time.monotonic()
         try:
             await asyncio.wait_for(self._send_all(sends), self._timeout)
@@ -191,3 +173,19 @@ class Publisher:
             return False
         self.kafka_ok = True
         return True
+
+
+async def publish_plan(publisher: Publisher, plan: Plan) -> Outcome:
+    """The one publish step of a transaction: every record and event of the plan sent with acks.
+    The plan's outcome (250) only once all are acknowledged; UNWRITTEN (451 4.3.0) on any
+    failure or timeout. A plan with nothing to write answers at once, without Kafka."""
+    if not plan.writes:
+        return plan.outcome
+    try:
+        await publisher.publish(plan.records, plan.events)
+    except PublishError as exc:
+        if plan.unwritten_note is not None:
+            note = plan.unwritten_note
+            log.warning("%s (%s)", note.text, exc, extra=note.extra)
+        return plan.unwritten
+    return plan.outcome

@@ -7,6 +7,8 @@ client always sees one consistent dialect.
 from __future__ import annotations
 
 S220_READY_SUFFIX = "ESMTP Mailsluice"
+# Added to aiosmtpd's EHLO keywords, before its closing "250 HELP" (RFC 2920, RFC 2034).
+EHLO_EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES")
 S221_BYE = "221 2.0.0 Bye"
 S250_OK = "250 2.0.0 Ok"
 S250_SENDER_OK = "250 2.1.0 Sender ok"

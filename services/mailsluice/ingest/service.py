@@ -17,10 +17,12 @@ from aiohttp import web
 
 from mailsluice.config import LogSettings, load
 from mailsluice.ingest.auth import Credentials
-from mailsluice.ingest.handler import IngestHandler, PoolPolicy, make_authenticator
+from mailsluice.ingest.handler import IngestHandler, make_authenticator
+from mailsluice.ingest.plan import PoolPolicy
+from mailsluice.ingest.protocol import SessionLimits
 from mailsluice.ingest.publish import Publisher
 from mailsluice.ingest.replies import S220_READY_SUFFIX, S421_SHUTTING_DOWN
-from mailsluice.ingest.session import IngestSMTP, Registry, SessionLimits
+from mailsluice.ingest.session import IngestSMTP, Registry
 from mailsluice.ingest.settings import IngestSettings
 from mailsluice.ingest.verdicts import IsSuppressed, MxCache, MxLookup, unverified_mx
 from mailsluice.kafka.admin import ensure_topics, standard_topics

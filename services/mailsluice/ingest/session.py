@@ -1,85 +1,59 @@
-"""The SMTP protocol edge: aiosmtpd's SMTP with our limits and protocol policing.
+"""The SMTP protocol edge: aiosmtpd's SMTP with the policy of protocol.py applied, and nothing
+else. Every override below asks protocol.py, counts what it says, then hands over to aiosmtpd.
 
-What this adds to aiosmtpd (everything else is its own RFC 5321 state machine):
-- replies rewritten to carry RFC 3463 enhanced codes (replies.BUILTIN_REWRITES);
-- any 421 reply closes the connection; protocol errors are counted and past the limit the
-  client gets 421 4.7.0 and is disconnected; max messages per connection;
-- an idle timeout and a total session timeout, both announced with 421 4.4.2;
-- a greeting pause: a client that talks before the 220 greeting is an early talker and gets
-  554 5.5.0; commands after EHLO/HELO/DATA in the same packet (RFC 2920 §3.1 forbids it) get
-  554 5.5.0 too, and the connection is closed (like Postfix's smtpd_forbid_unauth_pipelining);
-- strict address parsing before aiosmtpd's lenient one (addresses.parse_path), and the relay
-  check (trusted network or authenticated) before MAIL and RCPT. The one exception: RCPT to a
-  feedback-loop address is local delivery, open to any client (so MAIL is too when such
-  addresses are configured); every other recipient of a stranger still gets 530.
+Most of it uses aiosmtpd's documented extension points: `_create_envelope()`, `push()` and the
+`smtp_<COMMAND>()` methods, the `transport`, `session`, `envelope` and `loop` attributes, and
+the asyncio protocol's own `connection_made()` / `connection_lost()`. Where aiosmtpd offers no
+documented hook, PRIVATE_API names what is used instead; tests/ingest/test_aiosmtpd_contract.py
+fails when an aiosmtpd release changes any of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope
 
 from mailsluice.ingest import replies
-from mailsluice.ingest.addresses import AddressError, parse_path
+from mailsluice.ingest.plan import Transaction
+from mailsluice.ingest.protocol import (
+    ConnState,
+    Refusal,
+    SessionLimits,
+    after_reply,
+    check_mail,
+    check_rcpt,
+    early_talker,
+    out_of_sync,
+    trusted_network_of,
+)
 from mailsluice.metrics.ingest import Ingest as metrics
 
 log = logging.getLogger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass
-class Transaction:
-    queue_id: str
-    started: float  # monotonic
-    received_at: float  # epoch
-    routing: dict[str, str] = field(default_factory=dict)  # accepted recipient -> routing key
-    feedback: list[str] = field(default_factory=list)  # accepted feedback-loop addresses
+# aiosmtpd's undocumented parts this module relies on, and why.
+PRIVATE_API = {
+    # The per-connection command loop, which sends the 220 greeting first: the greeting pause
+    # runs before it (aiosmtpd has no hook before the greeting).
+    "_handle_client": "coroutine method (self), started once per connection",
+    # Called when aiosmtpd's idle timer (the `timeout` argument) fires: 421 before the close.
+    "_timeout_cb": "method (self)",
+    # The connection's asyncio.StreamReader (asyncio keeps unread bytes in its `_buffer`):
+    # input not yet read while a reply is due reveals an early talker or pipelining.
+    "_reader": "asyncio.StreamReader with a `_buffer` of unread bytes",
+    # A dict shared by the class that every EHLO grows: made per connection, reset per EHLO.
+    "command_size_limits": "defaultdict of command -> line limit, default command_size_limit",
+}
 
 
 class IngestEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.txn: Transaction | None = None
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    max_messages: int
-    max_errors: int
-    session_timeout_s: float
-    greet_pause_s: float
-    trusted_networks: tuple[Network, ...]
-    feedback_addresses: frozenset[str] = frozenset()  # lower-cased
-
-
-@dataclass
-class ConnState:
-    trusted_network: str = ""  # the trusted network the peer is in, "" if none
-    peer_ip: str = ""
-    messages: int = 0
-    errors: int = 0
-    closing: bool = False
-
-
-def trusted_network_of(ip: str, networks: tuple[Network, ...]) -> str:
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    for network in networks:
-        if address.version == network.version and address in network:
-            return str(network)
-    return ""
 
 
 class Registry:
@@ -103,7 +77,6 @@ class IngestSMTP(SMTP):
         on_rejected: Callable[[IngestSMTP, str, str, str], None],
         **kwargs: Any,
     ) -> None:
-        # Per instance: aiosmtpd keeps this dict on the class and grows it on every EHLO.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(handler, **kwargs)
         self.limits = limits
@@ -126,23 +99,15 @@ class IngestSMTP(SMTP):
         assert self.session is not None
         return bool(self.conn.trusted_network) or bool(self.session.authenticated)
 
-    def is_feedback_path(self, path_arg: str | None) -> bool:
-        """RCPT TO one of the feedback-loop addresses (strictly parsed)."""
-        if not path_arg or not self.limits.feedback_addresses:
-            return False
-        try:
-            address = parse_path(path_arg).address
-        except AddressError:
-            return False
-        return address.lower() in self.limits.feedback_addresses
+    def _pending_input(self) -> bool:
+        return bool(getattr(self._reader, "_buffer", b""))
 
     # --- connection life cycle ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self._original_transport is None
         super().connection_made(transport)
-        if not first or self._registered:
-            return  # the same connection after STARTTLS
+        if self._registered:
+            return  # the same connection again, over TLS after STARTTLS
         self._registered = True
         peer = transport.get_extra_info("peername")
         self.conn.peer_ip = str(peer[0]) if peer else ""
@@ -153,7 +118,7 @@ class IngestSMTP(SMTP):
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_OPEN.inc()
         self._session_timer = self.loop.call_later(
-            self.limits.session_timeout_s, self._expire, replies.S421_SESSION_TIMEOUT
+            self.limits.session_timeout_s, self.close_with, replies.S421_SESSION_TIMEOUT
         )
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -166,37 +131,24 @@ class IngestSMTP(SMTP):
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
-        self._expire(replies.S421_IDLE_TIMEOUT)
-
-    def _expire(self, reply: str) -> None:
-        self.close_with(reply)
+        self.close_with(replies.S421_IDLE_TIMEOUT)
 
     def close_with(self, reply: str) -> None:
         """Send a final reply and close (timeouts, shutdown: outside the command loop)."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
             return
         self.conn.closing = True
-        self._writer.write(reply.encode() + b"\r\n")
+        transport.write(reply.encode() + b"\r\n")
         transport.close()
 
-    def _pending_input(self) -> bool:
-        return bool(getattr(self._reader, "_buffer", b""))
-
-    async def _violation(self, kind: str) -> None:
-        metrics.PROTOCOL_VIOLATIONS.labels(kind).inc()
-        log.info("protocol violation (%s) from %s", kind, self.conn.peer_ip)
-        await self.push(replies.S554_PIPELINING)
-        if self.transport is not None:
-            self.transport.close()
-
     async def _handle_client(self) -> None:
-        pause = self.limits.greet_pause_s
-        if pause > 0:
-            await asyncio.sleep(pause)
-            if self._pending_input():
-                metrics.PROTOCOL_VIOLATIONS.labels("early_talker").inc()
-                self.close_with(replies.S554_PIPELINING)
+        if self.limits.greet_pause_s > 0:
+            await asyncio.sleep(self.limits.greet_pause_s)
+            refusal = early_talker(self._pending_input())
+            if refusal is not None:
+                metrics.PROTOCOL_VIOLATIONS.labels(refusal.violation).inc()
+                self.close_with(refusal.reply)
                 return
         await super()._handle_client()
 
@@ -208,89 +160,74 @@ class IngestSMTP(SMTP):
         if self.conn.closing:
             return
         await super().push(text)
-        code, final = text[:3], text[3:4] != "-"
-        if not final:
-            return
-        if code == "421":
+        after = after_reply(text, self.conn, self.limits)
+        if after.violation:
+            metrics.PROTOCOL_VIOLATIONS.labels(after.violation).inc()
+        if after.transaction:
+            metrics.TRANSACTIONS.labels(after.transaction).inc()
+        if after.close:
             self.conn.closing = True
             if self.transport is not None:
                 self.transport.close()
-        elif code in replies.ERROR_CODES:
-            self.conn.errors += 1
-            if self.conn.errors >= self.limits.max_errors:
-                metrics.PROTOCOL_VIOLATIONS.labels("too_many_errors").inc()
-                await self.push(replies.S421_TOO_MANY_ERRORS)
-        elif text == replies.S552_TOO_BIG:
-            metrics.TRANSACTIONS.labels("too_big").inc()
+        if after.then:
+            await self.push(after.then)
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        if refusal.violation:
+            metrics.PROTOCOL_VIOLATIONS.labels(refusal.violation).inc()
+        if refusal.reason:
+            self._on_rejected(self, refusal.recipient, refusal.reply, refusal.reason)
+        await self.push(refusal.reply)
+
+    async def _in_sync(self, command: str) -> bool:
+        refusal = out_of_sync(command, self._pending_input())
+        if refusal is None:
+            return True
+        log.info("protocol violation (%s) from %s", refusal.violation, self.conn.peer_ip)
+        await self._refuse(refusal)
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
     # --- commands -----------------------------------------------------------------------------
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        if self._pending_input():
-            await self._violation("pipelining")
-            return
-        self.command_size_limits.clear()
-        await super().smtp_EHLO(hostname)
+        if await self._in_sync("EHLO"):
+            self.command_size_limits.clear()
+            await super().smtp_EHLO(hostname)
 
     async def smtp_HELO(self, hostname: str) -> None:
-        if self._pending_input():
-            await self._violation("pipelining")
-            return
-        await super().smtp_HELO(hostname)
+        if await self._in_sync("HELO"):
+            await super().smtp_HELO(hostname)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
-        # Plaintext sent after STARTTLS in the same packet would be read as if it came over
-        # TLS (the STARTTLS command-injection class); refuse instead of silently dropping it.
-        if self._pending_input():
-            await self._violation("pipelining")
-            return
-        await super().smtp_STARTTLS(arg)
+        if await self._in_sync("STARTTLS"):
+            await super().smtp_STARTTLS(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
-        if self._pending_input():
-            await self._violation("pipelining")
-            return
-        await super().smtp_DATA(arg)
+        if await self._in_sync("DATA"):
+            await super().smtp_DATA(arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         assert self.session is not None
         if self.session.host_name and not self.in_transaction():
-            if self.registry.draining:
-                await self.push(replies.S421_SHUTTING_DOWN)
+            refusal = check_mail(
+                arg,
+                self.conn,
+                self.limits,
+                relay_allowed=self.relay_allowed(),
+                draining=self.registry.draining,
+            )
+            if refusal is not None:
+                await self._refuse(refusal)
                 return
-            # With feedback addresses any client may start a transaction; RCPT then decides.
-            if not self.relay_allowed() and not self.limits.feedback_addresses:
-                await self.push(replies.S530_AUTH_REQUIRED)
-                return
-            if self.conn.messages >= self.limits.max_messages:
-                metrics.PROTOCOL_VIOLATIONS.labels("too_many_messages").inc()
-                await self.push(replies.S421_TOO_MANY_MESSAGES)
-                return
-            path_arg = self._strip_command_keyword("FROM:", arg) if arg else None
-            if path_arg is not None:
-                try:
-                    parse_path(path_arg, allow_null=True)
-                except AddressError:
-                    await self.push(replies.S501_BAD_SENDER)
-                    return
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert self.session is not None
         if self.session.host_name and self.in_transaction():
-            path_arg = self._strip_command_keyword("TO:", arg) if arg else None
-            if not self.relay_allowed() and not self.is_feedback_path(path_arg):
-                await self.push(replies.S530_AUTH_REQUIRED)
+            refusal = check_rcpt(arg, self.limits, relay_allowed=self.relay_allowed())
+            if refusal is not None:
+                await self._refuse(refusal)
                 return
-            if path_arg is not None:
-                try:
-                    parse_path(path_arg)
-                except AddressError as exc:
-                    if exc.kind == "relay_trick":
-                        reply, reason = replies.S554_RELAY_DENIED, "relay_denied"
-                    else:
-                        reply, reason = replies.S501_BAD_RECIPIENT, "syntax"
-                    self._on_rejected(self, path_arg, reply, reason)
-                    await self.push(reply)
-                    return
         await super().smtp_RCPT(arg)

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mailsluice.ingest import replies
+from mailsluice.mx import MxAnswer
 from mailsluice.policy.rollup import Rollup
-from mailsluice.resolver import MxAnswer
 
 MxLookup = Callable[[str], Awaitable[MxAnswer]]
 IsSuppressed = Callable[[str], bool]

@@ -23,7 +23,7 @@ from mailsluice.delivery.transport.settings import (
     parse_endpoint,
     parse_static_routes,
 )
-from mailsluice.resolver import MxAnswer
+from mailsluice.mx import MxAnswer
 
 
 class Clock:

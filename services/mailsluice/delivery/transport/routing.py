@@ -20,7 +20,8 @@ import dns.rdatatype
 import dns.resolver
 
 from mailsluice.delivery.transport.settings import Endpoint, OutboundSettings
-from mailsluice.resolver import MxAnswer, lookup_mx
+from mailsluice.mx import MxAnswer
+from mailsluice.resolver import lookup_mx
 
 # Local failures, as (code, enhanced, text); RFC 3463 enhanced codes.
 S556_NULL_MX = (556, "5.1.10", "Recipient domain accepts no mail (null MX, RFC 7505)")
