@@ -19,9 +19,6 @@ OVER_LIMIT: set[str] = {
     "services/mailsluice/delivery/worker/consumer.py:Worker.__init__",
     "services/mailsluice/delivery/worker/outcomes.py:plan_outcome",
     "services/mailsluice/ingest/handler.py:IngestHandler._accept_message",
-    "operator/mailsluice_operator/crd.py:spec_schema",
-    "operator/mailsluice_operator/handlers.py:build_registry",
-    "operator/mailsluice_operator/reconcile.py:reconcile",
 }
 
 
