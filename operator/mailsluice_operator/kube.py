@@ -173,9 +173,11 @@ class KubeApi:
 
 
 @asynccontextmanager
-async def connect(timeout_s: float = 30.0) -> AsyncIterator[KubeApi]:
-    """A client with freshly loaded credentials, closed (with its connections) on exit."""
-    credentials = await load_credentials()
+async def connect(
+    timeout_s: float = 30.0, *, credentials: Credentials | None = None
+) -> AsyncIterator[KubeApi]:
+    """A client (with freshly loaded credentials unless given), closed with its connections."""
+    credentials = credentials or await load_credentials()
     with _unavailable("cannot use the Kubernetes credentials"):
         api_client = client.ApiClient(configuration=credentials.configuration)
     async with api_client:
