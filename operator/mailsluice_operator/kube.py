@@ -5,8 +5,8 @@ so re-applying the same manifest is a no-op and fields other managers own are le
 Credentials come from the in-cluster service account, else from $KUBECONFIG (or ~/.kube/config)
 with everything kubectl reads there: contexts, certificates as files or inline data, tokens and
 token files, exec credential plugins. They are loaded for every round, so a rewritten kubeconfig
-or a rotated token is used at once; inline certificates go to temporary files the library writes
-once per distinct content and removes at exit.
+or a rotated token is used at once (an exec plugin runs once per round); inline certificates go
+to temporary files the library writes once per distinct content and removes at exit.
 """
 
 from __future__ import annotations
