@@ -1,6 +1,7 @@
 """The SendingPool operator: turns SendingPool resources into topics, workers and status.
 
-Pure parts (crd, render, scaling, status, warmup) hold the logic; kube, kafka_admin and
+Pure parts hold the logic: spec (the CRD's models, with schema and crd built from them),
+reconcile (one round, over problems, render, scaling, status and warmup). kube, kafka_admin and
 handlers are the thin edges that talk to the API server, Kafka and kopf.
 """
 

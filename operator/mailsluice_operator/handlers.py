@@ -1,7 +1,10 @@
 """kopf handlers: thin glue from SendingPool changes and a timer to `reconcile`.
 
-`build_registry` registers everything on a fresh registry, so the CLI and the tests (KopfRunner)
-run the same handlers with their own settings and nothing happens at import time.
+The handlers are module-level functions; `build_registry` registers them on a fresh registry and
+hands them what one operator run shares (settings, the Kafka rounds, the clock) as kopf's
+`param`. So the CLI and the tests (KopfRunner) run the same handlers with their own settings,
+and nothing is registered at import time. Per-pool state (a lock, the scale history) lives in
+kopf's per-object `memo`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -18,18 +22,55 @@ import kopf
 from mailsluice.contracts.topics import queue_topic
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.operator import RECONCILES, forget_pool, record_workers
-from mailsluice_operator import GROUP, PLURAL, VERSION, kafka_admin, render
-from mailsluice_operator.kube import KubeClient, from_environment
+from mailsluice_operator import GROUP, PLURAL, VERSION, kafka_admin, kube, render
 from mailsluice_operator.reconcile import reconcile
 from mailsluice_operator.settings import OperatorSettings
 
 FINALIZER = f"{GROUP}/operator"
+RESOURCE = (GROUP, VERSION, PLURAL)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 CHILD_KINDS = ("Deployment", "PodDisruptionBudget", "ConfigMap")
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every handler of one operator run gets as `param`."""
+
+    op: OperatorSettings
+    kafka: KafkaSettings
+    kafka_round: kafka_admin.KafkaRounds
+    clock: Callable[[], dt.datetime] = _utcnow
+
+
+def build_registry(
+    op: OperatorSettings,
+    kafka: KafkaSettings,
+    *,
+    clock: Callable[[], dt.datetime] = _utcnow,
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    shared = Shared(op, kafka, kafka_admin.KafkaRounds(kafka, op.kafka_timeout_s), clock)
+    _add(kopf.on.login(registry=registry), login)
+    _add(kopf.on.startup(registry=registry), startup)
+    _add(kopf.on.cleanup(registry=registry, param=shared), cleanup)
+    for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        _add(on(*RESOURCE, registry=registry, param=shared), on_change)
+    # A failed round retries at the normal pace, not after kopf's default 60 s backoff: a
+    # short API or Kafka hiccup must not pause scaling for four rounds.
+    every = op.scale_interval_s
+    timer = kopf.timer(*RESOURCE, interval=every, backoff=every, registry=registry, param=shared)
+    _add(timer, scale)
+    _add(kopf.on.delete(*RESOURCE, registry=registry, param=shared), on_delete)
+    return registry
+
+
+def _add(decorator: Callable[[Any], object], handler: Callable[..., object]) -> None:
+    # kopf types `param` as optional; every handler registered here gets it.
+    decorator(handler)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -48,116 +89,108 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.background.cancellation_polling = 1.0
 
 
-def build_registry(
-    op: OperatorSettings,
-    kafka: KafkaSettings,
-    *,
-    clock: Callable[[], dt.datetime] = _utcnow,
-) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
-    resource = (GROUP, VERSION, PLURAL)
-    kafka_round = kafka_admin.KafkaRounds(kafka, op.kafka_timeout_s)
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's own connection uses the credentials our client uses (in-cluster, else the full
+    kubeconfig); kopf logs in again when they expire or the API server refuses them."""
+    return await kube.connection_info(await kube.load_credentials())
 
-    @kopf.on.login(registry=registry)
-    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # A fresh registry has no default login handlers: in-cluster first, then kubeconfig.
-        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
-            **kwargs
-        ) or kopf.login_with_kubeconfig(**kwargs)
-        return info
 
-    @kopf.on.cleanup(registry=registry)
-    async def _cleanup(**_: Any) -> None:
-        # Let Kafka rounds cut short by shutdown finish, then close the clients.
-        await kafka_round.close(op.kafka_timeout_s * 3)
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure(settings)
 
-    @kopf.on.startup(registry=registry)
-    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure(settings)
 
-    async def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger) -> None:
-        if body["metadata"].get("deletionTimestamp"):
-            return  # on_delete owns the pool now
-        async with _lock(memo):
-            if not memo.get("deleted"):
-                try:
-                    await _reconcile_locked(body, patch, memo, logger)
-                except BaseException:
-                    RECONCILES.labels("error").inc()
-                    raise
-                RECONCILES.labels("ok").inc()
+async def cleanup(param: Shared, **_: Any) -> None:
+    # Let Kafka rounds cut short by shutdown finish, then close the clients.
+    await param.kafka_round.close(param.op.kafka_timeout_s * 3)
 
-    async def _reconcile_locked(
-        body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger
-    ) -> None:
-        status = body.get("status") or {}
-        history = memo.get("scale_history")
-        if history is None and "replicas" in status:
-            # After an operator restart: do not scale down before a full window has passed.
-            history = ((time.monotonic(), int(status["replicas"])),)
-        now = clock()
-        async with KubeClient(from_environment()) as kube:
-            outcome = await reconcile(
-                body,
-                kube=kube,
-                kafka_round=kafka_round,
-                op=op,
-                kafka=kafka,
-                monotonic=time.monotonic(),
-                today=now.date(),
-                now_iso=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                history=history or (),
-            )
-        memo["scale_history"] = outcome.history
-        patch.status.update(outcome.status)
-        record_workers(body["metadata"]["name"], dict(outcome.status))
-        for event in outcome.events:
-            logger.log(
-                logging.WARNING if event.type == "Warning" else logging.INFO,
-                "%s: %s",
-                event.reason,
-                event.message,
-            )
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, registry=registry)
-    @kopf.on.resume(*resource, registry=registry)
-    async def on_change(
-        body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger, **_: Any
-    ) -> None:
-        await _reconcile(body, patch, memo, logger)
+async def on_change(
+    body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger, param: Shared, **_: Any
+) -> None:
+    await _reconcile(body, patch, memo, logger, param)
 
-    # A failed round retries at the normal pace, not after kopf's default 60 s backoff: a
-    # short API or Kafka hiccup must not pause scaling for four rounds.
-    @kopf.timer(
-        *resource, interval=op.scale_interval_s, backoff=op.scale_interval_s, registry=registry
-    )
-    async def scale(
-        body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger, **_: Any
-    ) -> None:
-        await _reconcile(body, patch, memo, logger)
 
-    @kopf.on.delete(*resource, registry=registry)
-    async def on_delete(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
-        # Owner references let the garbage collector do this in a full cluster; deleting here
-        # too makes removal prompt and works where no controller-manager runs.
-        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-        names = {
-            "Deployment": render.deployment_name(name),
-            "PodDisruptionBudget": render.deployment_name(name),
-            "ConfigMap": render.configmap_name(name),
-        }
-        async with _lock(memo), KubeClient(from_environment()) as kube:
-            # The timer may be mid-round; after the lock it sees "deleted" and writes nothing.
-            memo["deleted"] = True
-            for kind in CHILD_KINDS:
-                await kube.delete(kind, namespace, names[kind])
-        forget_pool(name)
-        # The queue topic stays: it may still hold accepted mail (RFC 5321: never lose it).
-        logger.info("pool %s deleted; topic %s kept", name, queue_topic(name))
+async def scale(
+    body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger, param: Shared, **_: Any
+) -> None:
+    await _reconcile(body, patch, memo, logger, param)
 
-    return registry
+
+async def on_delete(body: kopf.Body, memo: Any, logger: Logger, param: Shared, **_: Any) -> None:
+    # Owner references let the garbage collector do this in a full cluster; deleting here
+    # too makes removal prompt and works where no controller-manager runs.
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    names = {
+        "Deployment": render.deployment_name(name),
+        "PodDisruptionBudget": render.deployment_name(name),
+        "ConfigMap": render.configmap_name(name),
+    }
+    async with _lock(memo):
+        # The timer may be mid-round; after the lock it sees "deleted" and writes nothing.
+        memo["deleted"] = True
+        try:
+            async with kube.connect() as api:
+                for kind in CHILD_KINDS:
+                    await api.delete(kind, namespace, names[kind])
+        except kube.KubeUnavailable as exc:
+            raise kopf.TemporaryError(str(exc), delay=param.op.scale_interval_s) from exc
+    forget_pool(name)
+    # The queue topic stays: it may still hold accepted mail (RFC 5321: never lose it).
+    logger.info("pool %s deleted; topic %s kept", name, queue_topic(name))
+
+
+async def _reconcile(
+    body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger, shared: Shared
+) -> None:
+    if body["metadata"].get("deletionTimestamp"):
+        return  # on_delete owns the pool now
+    async with _lock(memo):
+        if memo.get("deleted"):
+            return
+        try:
+            await _reconcile_locked(body, patch, memo, logger, shared)
+        except kube.KubeUnavailable as exc:
+            RECONCILES.labels("error").inc()
+            # No answer from the API server: kopf tries again at the timer's pace.
+            raise kopf.TemporaryError(str(exc), delay=shared.op.scale_interval_s) from exc
+        except BaseException:
+            RECONCILES.labels("error").inc()
+            raise
+        RECONCILES.labels("ok").inc()
+
+
+async def _reconcile_locked(
+    body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Logger, shared: Shared
+) -> None:
+    status = body.get("status") or {}
+    history = memo.get("scale_history")
+    if history is None and "replicas" in status:
+        # After an operator restart: do not scale down before a full window has passed.
+        history = ((time.monotonic(), int(status["replicas"])),)
+    now = shared.clock()
+    async with kube.connect() as api:
+        outcome = await reconcile(
+            body,
+            kube=api,
+            kafka_round=shared.kafka_round,
+            op=shared.op,
+            kafka=shared.kafka,
+            monotonic=time.monotonic(),
+            today=now.date(),
+            now_iso=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            history=history or (),
+        )
+    memo["scale_history"] = outcome.history
+    patch.status.update(outcome.status)
+    record_workers(body["metadata"]["name"], dict(outcome.status))
+    for event in outcome.events:
+        logger.log(
+            logging.WARNING if event.type == "Warning" else logging.INFO,
+            "%s: %s",
+            event.reason,
+            event.message,
+        )
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 def _lock(memo: Any) -> asyncio.Lock:

@@ -1,193 +1,184 @@
-"""A small async Kubernetes API client (aiohttp): server-side apply, get, delete.
+"""The operator's Kubernetes edge on kubernetes_asyncio: credentials, and a pool's children.
 
 kopf watches and patches the SendingPools; the children are written here with server-side apply,
 so re-applying the same manifest is a no-op and fields other managers own are left alone.
-Credentials come from the in-cluster service account, else $KUBECONFIG / ~/.kube/config.
+Credentials come from the in-cluster service account, else from $KUBECONFIG (or ~/.kube/config)
+with everything kubectl reads there: contexts, certificates as files or inline data, tokens and
+token files, exec credential plugins. They are loaded for every round, so a rewritten kubeconfig
+or a rotated token is used at once (an exec plugin runs once per round); inline certificates go
+to temporary files the library writes once per distinct content and removes at exit.
 """
 
 from __future__ import annotations
 
-import base64
+import datetime as dt
 import json
 import os
-import ssl
-import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
-import yaml
+import kopf
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config import ConfigException, load_kube_config
+from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
 from mailsluice_operator import FIELD_MANAGER
+from mailsluice_operator.reconcile import KubeError
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DEFAULT_KUBECONFIG = "~/.kube/config"
+APPLY_PATCH = "application/apply-patch+yaml"
 
-# kind -> (API path prefix, plural) for the kinds the operator writes.
-KINDS: dict[str, tuple[str, str]] = {
-    "ConfigMap": ("/api/v1", "configmaps"),
-    "Secret": ("/api/v1", "secrets"),
-    "Deployment": ("/apis/apps/v1", "deployments"),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+# kind -> (typed API of its group, the kind's name in that API's method names)
+KINDS: dict[str, tuple[type[Any], str]] = {
+    "ConfigMap": (client.CoreV1Api, "config_map"),
+    "Secret": (client.CoreV1Api, "secret"),
+    "Deployment": (client.AppsV1Api, "deployment"),
+    "PodDisruptionBudget": (client.PolicyV1Api, "pod_disruption_budget"),
 }
 
 
-class KubeError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Kubernetes API answered {status}: {message}")
-        self.status = status
+class KubeUnavailable(RuntimeError):
+    """No answer: the API server is unreachable, timed out, or the credentials cannot be loaded."""
 
 
 @dataclass(frozen=True)
 class Credentials:
-    server: str
-    ssl_context: ssl.SSLContext | bool
-    token: str | None = None
+    configuration: client.Configuration
+    expires: dt.datetime | None = None  # an exec plugin's token expiry; None: until refused
 
 
-def _data_file(data_b64: str) -> str:
-    # ssl wants client certificates as files.
-    with tempfile.NamedTemporaryFile(
-        delete=False, prefix="mailsluice-kube-", suffix=".pem"
-    ) as handle:
-        handle.write(base64.b64decode(data_b64))
-    return handle.name
-
-
-def from_kubeconfig(path: Path) -> Credentials:
-    config = yaml.safe_load(path.read_text())
-    context_name = config.get("current-context")
-    contexts = {c["name"]: c["context"] for c in config.get("contexts", [])}
-    context = contexts[context_name] if context_name else next(iter(contexts.values()))
-    cluster = {c["name"]: c["cluster"] for c in config["clusters"]}[context["cluster"]]
-    user = {u["name"]: u.get("user") or {} for u in config.get("users", [])}.get(
-        context.get("user", ""), {}
-    )
-    base = path.parent
-    ctx: ssl.SSLContext | bool
-    if cluster.get("insecure-skip-tls-verify"):
-        ctx = False
-    else:
-        ctx = ssl.create_default_context()
-        if cluster.get("certificate-authority-data"):
-            pem = base64.b64decode(cluster["certificate-authority-data"]).decode()
-            ctx.load_verify_locations(cadata=pem)
-        elif cluster.get("certificate-authority"):
-            ctx.load_verify_locations(cafile=str(base / cluster["certificate-authority"]))
-        cert = user.get("client-certificate-data")
-        certfile = _data_file(cert) if cert else user.get("client-certificate")
-        key = user.get("client-key-data")
-        keyfile = _data_file(key) if key else user.get("client-key")
-        if certfile and keyfile:
-            ctx.load_cert_chain(str(base / certfile), str(base / keyfile))
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = (base / user["tokenFile"]).read_text().strip()
-    return Credentials(cluster["server"].rstrip("/"), ctx, token)
-
-
-def from_environment() -> Credentials:
+async def load_credentials(
+    sa_dir: Path = SA_DIR, environ: Mapping[str, str] = os.environ
+) -> Credentials:
     """In-cluster service account if there is one, else the kubeconfig kubectl would use."""
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    if host and (SA_DIR / "token").exists():
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        ctx = ssl.create_default_context(cafile=str(SA_DIR / "ca.crt"))
-        if ":" in host:
-            host = f"[{host}]"
-        return Credentials(f"https://{host}:{port}", ctx, (SA_DIR / "token").read_text().strip())
-    path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or "~/.kube/config"
-    return from_kubeconfig(Path(path).expanduser())
-
-
-def object_path(kind: str, namespace: str, name: str | None = None) -> str:
-    prefix, plural = KINDS[kind]
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
-    return f"{path}/{name}" if name else path
-
-
-class KubeClient:
-    """One aiohttp session to the API server; use as an async context manager."""
-
-    def __init__(self, credentials: Credentials, timeout_s: float = 30.0) -> None:
-        self.credentials = credentials
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> KubeClient:
-        headers = {"Accept": "application/json"}
-        if self.credentials.token:
-            headers["Authorization"] = f"Bearer {self.credentials.token}"
-        self._session = aiohttp.ClientSession(
-            base_url=self.credentials.server,
-            headers=headers,
-            timeout=self._timeout,
-            # No pooled connections: each handler run opens and closes its own, so nothing is
-            # left open when kopf cancels a handler at shutdown.
-            connector=aiohttp.TCPConnector(ssl=self.credentials.ssl_context, force_close=True),
+    config = client.Configuration()
+    # Tolerate fields a newer API server adds or leaves out: we read only what we use.
+    config.client_side_validation = False
+    with _unavailable("cannot load Kubernetes credentials"):
+        if environ.get("KUBERNETES_SERVICE_HOST") and (sa_dir / "token").exists():
+            InClusterConfigLoader(
+                token_filename=str(sa_dir / "token"),
+                cert_filename=str(sa_dir / "ca.crt"),
+                environ=dict(environ),
+            ).load_and_set(config)
+            return Credentials(config)
+        paths = environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
+        loader = await load_kube_config(
+            config_file=paths, client_configuration=config, persist_config=False
         )
-        return self
+    return Credentials(config, getattr(loader, "exec_plugin_expiry", None))
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> dict[str, Any] | None:
-        assert self._session is not None, "use KubeClient as an async context manager"
-        data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if data is not None else {}
-        async with self._session.request(
-            method, path, data=data, params=params, headers=headers
-        ) as resp:
-            text = await resp.text()
-            if resp.status == 404 and method in ("GET", "DELETE"):
-                return None
-            if resp.status >= 400:
-                try:
-                    message = json.loads(text).get("message", text)
-                except ValueError:
-                    message = text
-                raise KubeError(resp.status, message)
-            result: dict[str, Any] = json.loads(text) if text else {}
-            return result
+async def connection_info(credentials: Credentials) -> kopf.ConnectionInfo:
+    """The same credentials for kopf's own connection (its watches and status patches)."""
+    config = credentials.configuration
+    header = await config.get_api_key_with_prefix("BearerToken")
+    scheme, _, token = str(header or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=str(config.host),
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        proxy_url=config.proxy,
+        expiration=credentials.expires,
+    )
+
+
+@contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (aiohttp.ClientError, TimeoutError, ConfigException, OSError) as exc:
+        raise KubeUnavailable(f"{what}: {exc}") from exc
+
+
+@contextmanager
+def _answered() -> Iterator[None]:
+    try:
+        yield
+    except ApiException as exc:
+        raise KubeError(exc.status or 0, _message(exc)) from None
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.body or exc.reason)
+
+
+class KubeApi:
+    """apply, get and delete of the kinds the operator writes, over one ApiClient."""
+
+    def __init__(self, api_client: client.ApiClient, timeout_s: float) -> None:
+        self._client = api_client
+        self._timeout_s = timeout_s
+
+    def _call(self, verb: str, kind: str) -> Any:
+        api, name = KINDS[kind]
+        return getattr(api(self._client), f"{verb}_namespaced_{name}")
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._client.sanitize_for_serialization(obj)
+        return result
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply (force: the operator owns its children's fields)."""
         meta = manifest["metadata"]
-        path = object_path(manifest["kind"], meta["namespace"], meta["name"])
-        result = await self._request(
-            "PATCH",
-            path,
-            body=manifest,
-            params={"fieldManager": FIELD_MANAGER, "force": "true"},
-            content_type="application/apply-patch+yaml",
-        )
-        assert result is not None
-        return result
+        patch = self._call("patch", manifest["kind"])
+        with _unavailable("Kubernetes API unreachable"), _answered():
+            applied = await patch(
+                meta["name"],
+                meta["namespace"],
+                dict(manifest),
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY_PATCH,
+                _request_timeout=self._timeout_s,
+            )
+        return self._plain(applied)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._request("GET", object_path(kind, namespace, name))
+        read = self._call("read", kind)
+        try:
+            with _unavailable("Kubernetes API unreachable"), _answered():
+                found = await read(name, namespace, _request_timeout=self._timeout_s)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._plain(found)
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
         """True if it was there; background propagation, as kubectl does by default."""
-        found = await self._request(
-            "DELETE",
-            object_path(kind, namespace, name),
-            body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-        )
-        return found is not None
+        delete = self._call("delete", kind)
+        options = client.V1DeleteOptions(propagation_policy="Background")
+        try:
+            with _unavailable("Kubernetes API unreachable"), _answered():
+                await delete(name, namespace, body=options, _request_timeout=self._timeout_s)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+
+@asynccontextmanager
+async def connect(
+    timeout_s: float = 30.0, *, credentials: Credentials | None = None
+) -> AsyncIterator[KubeApi]:
+    """A client (with freshly loaded credentials unless given), closed with its connections."""
+    credentials = credentials or await load_credentials()
+    with _unavailable("cannot use the Kubernetes credentials"):
+        api_client = client.ApiClient(configuration=credentials.configuration)
+    async with api_client:
+        yield KubeApi(api_client, timeout_s)

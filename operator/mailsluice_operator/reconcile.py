@@ -1,13 +1,13 @@
 """One reconciliation of a SendingPool: validate, topic and lag, replicas, children, status.
 
 Handlers and the scaling timer both call `reconcile`; it takes its edges (API client, Kafka round,
-clocks) as arguments and returns the status to write and the events to post.
+clocks) as arguments and returns the status to write and the events to post. A problem found on
+the way (see `problems`) ends the round early and shows in the status conditions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,15 +17,24 @@ from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.policy.warmup import Schedule
 from mailsluice_operator import render, scaling, status, warmup
 from mailsluice_operator.kafka_admin import KafkaUnavailable, PoolKafkaState
-from mailsluice_operator.kube import KubeError
+from mailsluice_operator.problems import PermanentProblem, PoolProblem, TemporaryProblem
 from mailsluice_operator.settings import OperatorSettings
-
-log = logging.getLogger(__name__)
+from mailsluice_operator.spec import check_limits
 
 KafkaRound = Callable[[str, int, str], Awaitable[PoolKafkaState]]  # topic, partitions, group
 
 
+class KubeError(RuntimeError):
+    """The API server answered with an error status (refused, forbidden, invalid, ...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Kubernetes API answered {status}: {message}")
+        self.status = status
+
+
 class Kube(Protocol):
+    """What reconcile needs of the API server; errors it answers with are KubeError."""
+
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -45,31 +54,17 @@ class Outcome:
     history: scaling.History = ()
 
 
-DEFAULTS: dict[str, Any] = {
-    "partitions": 12,
-    "minWorkers": 1,
-    "maxWorkers": 4,
-    "lagPerWorker": 1000,
-    "workerThroughput": 50.0,
-    "scaleDownStabilizationSeconds": 300,
-}
+@dataclass
+class Round:
+    """What one reconciliation learns, step by step."""
 
-
-def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The CRD's defaults, again: specs stored before a default existed may lack them."""
-    return {**DEFAULTS, **spec}
-
-
-def spec_problem(spec: Mapping[str, Any]) -> tuple[str, str] | None:
-    """Limits the schema should have refused; checked again so an old CRD cannot crash us."""
-    lo, hi, parts = spec["minWorkers"], spec["maxWorkers"], spec["partitions"]
-    if not 0 <= lo <= hi:
-        return "InvalidLimits", f"minWorkers {lo} must be between 0 and maxWorkers {hi}"
-    if hi > parts:
-        return "InvalidLimits", f"maxWorkers {hi} exceeds partitions {parts}"
-    if spec["lagPerWorker"] < 1 or spec["workerThroughput"] <= 0:
-        return "InvalidLimits", "lagPerWorker and workerThroughput must be positive"
-    return None
+    pool: render.Pool  # with the CRD's defaults
+    status: dict[str, Any]
+    replicas: int
+    history: scaling.History
+    problem: PoolProblem | None = None
+    warning: PoolProblem | None = None  # the pool works, but not as the spec asks
+    deployment: Mapping[str, Any] = field(default_factory=dict)  # as the API server stored it
 
 
 def referenced_secrets(spec: Mapping[str, Any], op: OperatorSettings) -> list[str]:
@@ -131,108 +126,116 @@ async def reconcile(
     now_iso: str,
     history: scaling.History,
 ) -> Outcome:
-    raw = render.Pool.from_body(body)
-    spec = with_defaults(raw.spec)
-    pool = render.Pool(raw.name, raw.namespace, raw.uid, spec)
+    pool = render.Pool.from_body(body)
+    meta = body["metadata"]
     previous: Mapping[str, Any] = body.get("status") or {}
-    generation = int(body["metadata"].get("generation", 1))
-    topic = queue_topic(pool.name)
-    out: dict[str, Any] = {
+    generation = int(meta.get("generation", 1))
+    fixed = {
         "observedGeneration": generation,
         "selector": render.selector_string(pool.name),
-        "topic": topic,
+        "topic": queue_topic(pool.name),
     }
-    problem = spec_problem(spec)
-    ramp = Ramp(None, warmup.WarmupState(0, 0))
+    found = Round(pool, fixed, int(previous.get("replicas", pool.spec["minWorkers"])), history)
     try:
-        ramp = _ramp(spec, body["metadata"].get("creationTimestamp"), today)
-        out.update(warmupDay=ramp.state.day, todayCap=ramp.state.cap)
-    except warmup.WarmupError as exc:
-        problem = problem or ("InvalidWarmup", str(exc))
-    if problem is None:
-        problem = await _missing_secret(kube, pool.namespace, referenced_secrets(spec, op))
-    state = None
-    if problem is None:
-        try:
-            state = await kafka_round(topic, spec["partitions"], consumer_group(pool.name))
-        except KafkaUnavailable as exc:
-            problem = ("KafkaUnavailable", str(exc))
-    replicas, kept, warning = int(previous.get("replicas", spec["minWorkers"])), history, None
-    if state is not None:
-        warning = _shrink_refused(topic, spec, state)
-        usage = warmup.today_usage(state.warmup_records, pool.name, ramp.schedule, today)
-        budget = warmup.workers_for_budget(ramp.state.cap, usage or 0, spec["workerThroughput"])
-        decision, kept = _scale(spec, state, budget, history, monotonic)
-        replicas = decision.replicas
-        out.update(lag=state.lag, partitions=state.partitions, todayUsage=usage)
-        out["lastScaleReason"] = decision.reason
-    deployment: dict[str, Any] = {}
-    if problem is None or problem[0] == "KafkaUnavailable":
-        # Children do not depend on Kafka: keep them in step with the spec even while it is away.
-        try:
-            deployment = await _apply_children(kube, pool, replicas, kafka, op)
-        except KubeError as exc:
-            problem = problem or ("ApplyFailed", str(exc))
-    health = _health(problem, warning, replicas, deployment)
-    out.update(replicas=replicas, readyReplicas=health.ready)
-    out["conditions"] = status.merge_conditions(
+        ramp = _checked_ramp(pool.spec, meta.get("creationTimestamp"), today, found.status)
+        await _check_secrets(kube, pool.namespace, referenced_secrets(pool.spec, op))
+    except PoolProblem as exc:
+        found.problem = exc
+    else:
+        await _scale_on_kafka(found, kafka_round, ramp, today, monotonic)
+        await _apply_children(found, kube, kafka, op)
+    health = _health(found)
+    found.status.update(replicas=found.replicas, readyReplicas=health.ready)
+    found.status["conditions"] = status.merge_conditions(
         previous.get("conditions"),
         status.conditions_for(health),
         generation=generation,
         now=now_iso,
     )
-    return Outcome(out, _events(previous, out, problem or warning), kept)
+    trouble = found.problem or found.warning
+    return Outcome(found.status, _events(previous, found.status, trouble), found.history)
 
 
-def _shrink_refused(
-    topic: str, spec: Mapping[str, Any], state: PoolKafkaState
-) -> tuple[str, str] | None:
-    if state.change.action != "shrink-refused":
-        return None
-    return (
-        "PartitionsShrinkRefused",
-        f"topic {topic} has {state.partitions} partitions; Kafka cannot shrink it to "
-        f"{spec['partitions']}",
-    )
+def _checked_ramp(
+    spec: Mapping[str, Any], created: str | None, today: dt.date, out: dict[str, Any]
+) -> Ramp:
+    """The warm-up ramp, with today's place on it put into `out`; raises PermanentProblem for a
+    spec the CRD should have refused (its limits reported before its warm-up)."""
+    try:
+        ramp = _ramp(spec, created, today)
+    except warmup.WarmupError as exc:
+        check_limits(spec)
+        raise PermanentProblem("InvalidWarmup", str(exc)) from None
+    out.update(warmupDay=ramp.state.day, todayCap=ramp.state.cap)
+    check_limits(spec)
+    return ramp
 
 
-async def _apply_children(
-    kube: Kube, pool: render.Pool, replicas: int, kafka: KafkaSettings, op: OperatorSettings
-) -> dict[str, Any]:
-    """Server-side apply every child; returns the Deployment as the API server stored it."""
-    deployment: dict[str, Any] = {}
-    for manifest in render.render_all(pool, replicas, kafka, op):
-        applied = await kube.apply(manifest)
-        if manifest["kind"] == "Deployment":
-            deployment = applied
-    return deployment
-
-
-async def _missing_secret(kube: Kube, namespace: str, names: list[str]) -> tuple[str, str] | None:
+async def _check_secrets(kube: Kube, namespace: str, names: list[str]) -> None:
+    """Raises TemporaryProblem for the first Secret the workers would miss."""
     for name in names:
         try:
             found = await kube.get("Secret", namespace, name)
         except KubeError as exc:
-            return "SecretUnreadable", f"cannot read Secret {name}: {exc}"
+            problem = TemporaryProblem("SecretUnreadable", f"cannot read Secret {name}: {exc}")
+            raise problem from None
         if found is None:
-            return "SecretNotFound", f"Secret {namespace}/{name} does not exist"
-    return None
+            raise TemporaryProblem("SecretNotFound", f"Secret {namespace}/{name} does not exist")
 
 
-def _health(
-    problem: tuple[str, str] | None,
-    warning: tuple[str, str] | None,
-    replicas: int,
-    deployment: Mapping[str, Any],
-) -> status.Health:
+async def _scale_on_kafka(
+    found: Round, kafka_round: KafkaRound, ramp: Ramp, today: dt.date, monotonic: float
+) -> None:
+    """Topic, lag and today's warm-up usage from Kafka, and the replicas they call for; while
+    Kafka is away the pool keeps the replicas it has."""
+    pool, spec = found.pool, found.pool.spec
+    topic = queue_topic(pool.name)
+    try:
+        state = await kafka_round(topic, spec["partitions"], consumer_group(pool.name))
+    except KafkaUnavailable as exc:
+        found.problem = TemporaryProblem("KafkaUnavailable", str(exc))
+        return
+    if state.change.action == "shrink-refused":
+        found.warning = PermanentProblem(
+            "PartitionsShrinkRefused",
+            f"topic {topic} has {state.partitions} partitions; Kafka cannot shrink it to "
+            f"{spec['partitions']}",
+        )
+    usage = warmup.today_usage(state.warmup_records, pool.name, ramp.schedule, today)
+    budget = warmup.workers_for_budget(ramp.state.cap, usage or 0, spec["workerThroughput"])
+    decision, found.history = _scale(spec, state, budget, found.history, monotonic)
+    found.replicas = decision.replicas
+    found.status.update(lag=state.lag, partitions=state.partitions, todayUsage=usage)
+    found.status["lastScaleReason"] = decision.reason
+
+
+async def _apply_children(
+    found: Round, kube: Kube, kafka: KafkaSettings, op: OperatorSettings
+) -> None:
+    """Server-side apply every child. Children do not depend on Kafka: they follow the spec even
+    while it is away. Keeps the Deployment as the API server stored it, for the health."""
+    deployment: Mapping[str, Any] = {}
+    try:
+        for manifest in render.render_all(found.pool, found.replicas, kafka, op):
+            applied = await kube.apply(manifest)
+            if manifest["kind"] == "Deployment":
+                deployment = applied
+    except KubeError as exc:
+        found.problem = found.problem or TemporaryProblem("ApplyFailed", str(exc))
+        return
+    found.deployment = deployment
+
+
+def _health(found: Round) -> status.Health:
+    deployment = found.deployment
     dstatus = deployment.get("status") or {}
     current = dstatus.get("observedGeneration", 0) >= (deployment.get("metadata") or {}).get(
         "generation", 1
     )
     return status.Health(
-        problem=problem,
-        warning=warning,
-        desired=replicas,
+        problem=found.problem,
+        warning=found.warning,
+        desired=found.replicas,
         ready=int(dstatus.get("readyReplicas", 0)),
         updated=int(dstatus.get("updatedReplicas", 0)) if current else 0,
     )
@@ -246,14 +249,14 @@ def _condition(conds: Any, type_: str) -> Mapping[str, Any]:
 
 
 def _events(
-    previous: Mapping[str, Any], now: Mapping[str, Any], trouble: tuple[str, str] | None
+    previous: Mapping[str, Any], now: Mapping[str, Any], trouble: PoolProblem | None
 ) -> list[PostedEvent]:
     """Events on changes only, so a timer tick does not repeat them."""
     events = []
     before = _condition(previous.get("conditions"), status.STALLED)
     after = _condition(now["conditions"], status.STALLED)
-    if trouble and (before.get("status") != "True" or before.get("reason") != trouble[0]):
-        events.append(PostedEvent("Warning", trouble[0], trouble[1]))
+    if trouble and (before.get("status") != "True" or before.get("reason") != trouble.reason):
+        events.append(PostedEvent("Warning", trouble.reason, trouble.message))
     if before.get("status") == "True" and after.get("status") == "False":
         events.append(PostedEvent("Normal", "Recovered", "the pool is progressing again"))
     if "replicas" in previous and previous["replicas"] != now["replicas"]:

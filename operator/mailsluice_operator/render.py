@@ -18,6 +18,7 @@ from mailsluice.contracts import topics
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice_operator import API_VERSION, KIND
 from mailsluice_operator.settings import OperatorSettings
+from mailsluice_operator.spec import with_defaults
 
 Manifest = dict[str, Any]
 
@@ -35,7 +36,7 @@ DEFAULT_RESOURCES = {
 
 @dataclass(frozen=True)
 class Pool:
-    """The parts of a SendingPool body that rendering needs."""
+    """The parts of a SendingPool body that rendering needs; the spec with the CRD's defaults."""
 
     name: str
     namespace: str
@@ -45,7 +46,8 @@ class Pool:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Pool:
         meta = body["metadata"]
-        return cls(meta["name"], meta["namespace"], meta["uid"], body.get("spec") or {})
+        spec = with_defaults(body.get("spec") or {})
+        return cls(meta["name"], meta["namespace"], meta["uid"], spec)
 
 
 def deployment_name(pool: str) -> str:
@@ -102,10 +104,10 @@ def policy_document(pool: Pool) -> dict[str, Any]:
     spec = pool.spec
     return {
         "pool": pool.name,
-        "stream": spec.get("stream", "transactional"),
+        "stream": spec["stream"],
         "ehloName": spec.get("ehloName", ""),
         "sourceAddresses": list(spec.get("sourceAddresses") or []),
-        "warmup": dict(spec.get("warmup") or {"preset": "none"}),
+        "warmup": dict(spec["warmup"]),
         "shaping": [dict(rule) for rule in spec.get("shaping") or []],
     }
 
@@ -152,7 +154,7 @@ def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[d
     spec = pool.spec
     ours: list[dict[str, Any]] = [
         *kafka_env(kafka, op),
-        {"name": "MAILSLUICE_KAFKA_QUEUE_PARTITIONS", "value": str(spec.get("partitions", 12))},
+        {"name": "MAILSLUICE_KAFKA_QUEUE_PARTITIONS", "value": str(spec["partitions"])},
         {"name": "MAILSLUICE_DELIVERY_POOL", "value": pool.name},
         {"name": "MAILSLUICE_DELIVERY_HTTP_HOST", "value": "0.0.0.0"},
         {"name": "MAILSLUICE_DELIVERY_HTTP_PORT", "value": str(op.http_port)},
@@ -163,7 +165,7 @@ def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[d
             "value": (list(spec.get("sourceAddresses") or []) or [""])[0],
         },
         {"name": "MAILSLUICE_POOL_POLICY_FILE", "value": f"{POLICY_DIR}/{POLICY_FILE}"},
-        {"name": "MAILSLUICE_POOL_STREAM", "value": str(spec.get("stream", "transactional"))},
+        {"name": "MAILSLUICE_POOL_STREAM", "value": str(spec["stream"])},
     ]
     template_env = [dict(e) for e in (spec.get("workerTemplate") or {}).get("env") or []]
     overridden = {e["name"] for e in template_env}

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailsluice_operator.problems import PoolProblem
+
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
@@ -51,10 +53,10 @@ def merge_conditions(
 class Health:
     """What one reconciliation found, reduced to what the conditions need."""
 
-    problem: tuple[str, str] | None = None  # (reason, message) that stops progress: Stalled
+    problem: PoolProblem | None = None  # stops progress: Stalled, and not Ready
     # Desired state unreachable but the pool still works (e.g. partitions cannot shrink): Stalled
     # with this reason while Ready follows the workers.
-    warning: tuple[str, str] | None = None
+    warning: PoolProblem | None = None
     desired: int = 0
     ready: int = 0
     updated: int = 0
@@ -67,7 +69,7 @@ def conditions_for(health: Health) -> list[Condition]:
     zero, at least one worker is ready. Reconciling means workers are still rolling or scaling.
     """
     if health.problem:
-        reason, message = health.problem
+        reason, message = health.problem.reason, health.problem.message
         return [
             Condition(READY, False, reason, message),
             Condition(RECONCILING, False, reason, "stalled; see the Stalled condition"),
@@ -93,7 +95,7 @@ def conditions_for(health: Health) -> list[Condition]:
         else Condition(RECONCILING, False, "Reconciled", "workers match the spec")
     )
     stalled = (
-        Condition(STALLED, True, *health.warning)
+        Condition(STALLED, True, health.warning.reason, health.warning.message)
         if health.warning
         else Condition(STALLED, False, "Progressing", "no blocking problem")
     )

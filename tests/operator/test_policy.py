@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mailsluice_operator import scaling, status, warmup
+from mailsluice_operator.problems import PermanentProblem, TemporaryProblem
 
 # --- warm-up -------------------------------------------------------------------------------
 
@@ -124,14 +125,16 @@ def test_conditions_follow_health_and_keep_transition_times() -> None:
     assert {c["observedGeneration"] for c in first} == {3}
     again = status.merge_conditions(first, healthy, generation=4, now="T2")
     assert [c["lastTransitionTime"] for c in again] == ["T1", "T1", "T1"]
-    broken = status.conditions_for(status.Health(problem=("KafkaUnavailable", "down")))
+    broken = status.conditions_for(
+        status.Health(problem=TemporaryProblem("KafkaUnavailable", "down"))
+    )
     after = status.merge_conditions(again, broken, generation=4, now="T3")
     assert [(c["status"], c["lastTransitionTime"]) for c in after] == [
         ("False", "T3"),
         ("False", "T1"),
         ("True", "T3"),
     ]
-    assert after[2]["reason"] == "KafkaUnavailable"
+    assert (after[2]["reason"], after[2]["message"]) == ("KafkaUnavailable", "down")
 
 
 def test_conditions_rolling_zero_and_shrink() -> None:
@@ -144,6 +147,9 @@ def test_conditions_rolling_zero_and_shrink() -> None:
     assert status.conditions_for(status.Health(desired=0))[0].reason == "ScaledToZero"
     assert not status.conditions_for(status.Health(desired=1))[0].status
     shrink = status.conditions_for(
-        status.Health(desired=1, ready=1, updated=1, warning=("PartitionsShrinkRefused", "m"))
+        status.Health(
+            desired=1, ready=1, updated=1, warning=PermanentProblem("PartitionsShrinkRefused", "m")
+        )
     )
     assert shrink[0].status and shrink[2].status and shrink[2].reason == "PartitionsShrinkRefused"
+    assert shrink[2].message == "m"

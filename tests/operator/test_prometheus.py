@@ -29,10 +29,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from support.fake_mx import free_port
 from support.k8s_cluster import K8sCluster
-from support.k8s_fixtures import (
-    apply_crd,
-    get_json,
-)
+from support.k8s_fixtures import apply_crd, get_json, write_kubeconfig
 from support.kafka_broker import KafkaBroker
 from support.operator_cluster import apply_yaml, pool_yaml, pretend_workers_ready
 from support.prometheus import (
@@ -58,19 +55,7 @@ RUN_S = 30.0
 
 def _write_kubeconfig(path: Path, cluster: K8sCluster, server: str) -> None:
     """A kubeconfig for user admin at `server` (the operator re-reads it for every round)."""
-    text = yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
-            ],
-            "users": [{"name": "admin", "user": {"token": cluster.token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "admin"}}],
-            "current-context": "c",
-        }
-    )
-    path.write_text(text)
+    write_kubeconfig(path, server, {"token": cluster.token})
 
 
 def _env(kafka: KafkaBroker, **extra: str) -> dict[str, str]:
@@ -224,9 +209,8 @@ async def _provoke_reconcile_error(
 ) -> None:
     """Point the operator's own API client (it reads the kubeconfig for every round) at a port
     where nothing listens: its rounds raise, as during an API server outage, and are counted as
-    errors; kopf's watch keeps its connection. Then restore the kubeconfig. (kopf retries a
-    failed timer after its default backoff of 60 s, so the pool is not reconciled again within
-    this test.)"""
+    errors; kopf's watch keeps its connection. Then restore the kubeconfig; kopf retries the
+    failed rounds after the scale interval."""
     dead = f"127.0.0.1:{free_port()}"
     _write_kubeconfig(kubeconfig, cluster, f"https://{dead}")
     try:

@@ -12,7 +12,7 @@ from mailsluice.contracts.warmup import WarmupUsage, encode_usage, record_key
 from mailsluice.kafka.admin import TopicChange
 from mailsluice_operator import warmup
 from mailsluice_operator.kafka_admin import KafkaUnavailable, PoolKafkaState, lag_of
-from mailsluice_operator.reconcile import reconcile
+from mailsluice_operator.reconcile import KubeError, reconcile
 from mailsluice_operator.settings import OperatorSettings
 
 TODAY = dt.date(2026, 11, 26)
@@ -30,15 +30,24 @@ def test_lag_counts_uncommitted_partitions_from_earliest() -> None:
 
 
 class FakeKube:
-    def __init__(self, secrets: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(
+        self,
+        secrets: set[str] = frozenset(),  # type: ignore[assignment]
+        refuse: Exception | None = None,
+    ) -> None:
         self.applied: list[dict[str, Any]] = []
         self.secrets = secrets
+        self.refuse = refuse  # raised by apply and get
 
     async def apply(self, manifest: Any) -> dict[str, Any]:
+        if self.refuse:
+            raise self.refuse
         self.applied.append(manifest)
         return {**manifest, "status": {"readyReplicas": 1, "updatedReplicas": 1}}
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.refuse:
+            raise self.refuse
         return {"kind": kind} if name in self.secrets else None
 
 
@@ -172,3 +181,28 @@ async def test_spent_warmup_budget_keeps_only_min_workers() -> None:
     assert (out.status["todayUsage"], out.status["todayCap"]) == (cap, cap)
     assert out.status["replicas"] == 0
     assert "warm-up budget" in out.status["lastScaleReason"]
+
+
+async def test_api_server_answers_are_conditions_and_silence_is_raised() -> None:
+    """A refused write stalls the pool (the next round tries again); no answer at all is the
+    operator's own failure and leaves reconcile, for the handler to count and retry."""
+    refused = KubeError(422, "Deployment is invalid")
+    out = await _reconcile(POOL_BODY, FakeKube(refuse=refused), _kafka(lag=0))
+    conds = {c["type"]: c for c in out.status["conditions"]}
+    assert (conds["Stalled"]["reason"], conds["Ready"]["status"]) == ("ApplyFailed", "False")
+    assert conds["Stalled"]["message"] == "Kubernetes API answered 422: Deployment is invalid"
+    secret_spec = {"workerTemplate": {"env": [_secret_env("smtp")]}}
+    body = {**POOL_BODY, "spec": {**POOL_BODY["spec"], **secret_spec}}
+    out = await _reconcile(body, FakeKube(refuse=KubeError(403, "forbidden")), _kafka(lag=0))
+    stalled = out.status["conditions"][2]
+    assert (stalled["reason"], stalled["message"]) == (
+        "SecretUnreadable",
+        "cannot read Secret smtp: Kubernetes API answered 403: forbidden",
+    )
+    silent = RuntimeError("no answer")
+    with pytest.raises(RuntimeError, match="no answer"):
+        await _reconcile(POOL_BODY, FakeKube(refuse=silent), _kafka(lag=0))
+
+
+def _secret_env(name: str) -> dict[str, Any]:
+    return {"name": "X", "valueFrom": {"secretKeyRef": {"name": name, "key": "k"}}}

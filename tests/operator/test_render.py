@@ -12,6 +12,7 @@ from support.paths import REPO
 from mailsluice_operator import crd, render, warmup
 from mailsluice_operator.reconcile import referenced_secrets
 from mailsluice_operator.settings import OperatorSettings
+from mailsluice_operator.spec import with_defaults
 
 # --- rendering -----------------------------------------------------------------------------
 
@@ -135,6 +136,60 @@ def test_crd_shape() -> None:
         return found
 
     assert undocumented(spec, ".spec") == []
+
+
+def test_crd_schema_is_structural() -> None:
+    """What the API server requires of a CRD schema, and pydantic's JSON Schema does not give."""
+
+    def offences(node: Any, path: str) -> list[str]:
+        if isinstance(node, list):
+            return [o for i, item in enumerate(node) for o in offences(item, f"{path}[{i}]")]
+        if not isinstance(node, dict):
+            return []
+        found = [f"{path}.{k}" for k in ("$ref", "$defs", "anyOf", "allOf", "title") if k in node]
+        if node.get("additionalProperties") is True or (
+            "exclusiveMinimum" in node
+            and (node["exclusiveMinimum"] is not True or "minimum" not in node)
+        ):
+            found.append(path)
+        if node.get("default", ...) is None:
+            found.append(f"{path}.default")
+        return found + [o for k, v in node.items() for o in offences(v, f"{path}.{k}")]
+
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert offences(schema, "") == []
+    spec = schema["properties"]["spec"]["properties"]
+    assert spec["workerThroughput"]["minimum"] == 0
+    assert spec["partitions"] == {
+        "type": "integer",
+        "format": "int32",
+        "description": "Partitions of the pool's queue topic; grows, never shrinks.",
+        "default": 12,
+        "maximum": 1000,
+        "minimum": 1,
+    }
+    env = spec["workerTemplate"]["properties"]["env"]["items"]
+    assert env["x-kubernetes-preserve-unknown-fields"] is True and env["required"] == ["name"]
+
+
+def test_defaults_come_from_the_crd_schema() -> None:
+    assert with_defaults({"ehloName": "mta.example"}) == {
+        "ehloName": "mta.example",
+        "stream": "transactional",
+        "warmup": {"preset": "none"},
+        "partitions": 12,
+        "minWorkers": 1,
+        "maxWorkers": 4,
+        "lagPerWorker": 1000,
+        "workerThroughput": 50,
+        "scaleDownStabilizationSeconds": 300,
+    }
+    table = {"warmup": {"table": [{"day": 1, "volume": 5}]}, "partitions": 3, "stream": "bulk"}
+    got = with_defaults(table)
+    assert got["warmup"] == {"table": [{"day": 1, "volume": 5}], "preset": "none"}
+    assert (got["partitions"], got["stream"]) == (3, "bulk")
+    assert "preset" not in table["warmup"]  # the input is left as it was
+    assert render.Pool.from_body(POOL_BODY).spec == with_defaults(POOL_BODY["spec"])
 
 
 def test_cli_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,6 +23,7 @@ from support.k8s_fixtures import (
     get_json,
     running_operator,
     wait_for,
+    write_kubeconfig,
 )
 from support.kafka_broker import KafkaBroker
 from support.operator_cluster import (
@@ -122,23 +123,8 @@ def test_operator_works_with_only_the_charts_rbac(
         )
         assert proc.stdout.strip() == allowed, (verb, resource, proc.stdout)
     token = crd.kubectl("create", "token", "rel-mailsluice-operator", "-n", ns).stdout.strip()
-    kubeconfig = tmp_path / "operator-kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "c",
-                        "cluster": {"server": crd.server, "insecure-skip-tls-verify": True},
-                    }
-                ],
-                "users": [{"name": "operator", "user": {"token": token}}],
-                "contexts": [{"name": "op", "context": {"cluster": "c", "user": "operator"}}],
-                "current-context": "op",
-            }
-        )
+    kubeconfig = write_kubeconfig(
+        tmp_path / "operator-kubeconfig", crd.server, {"token": token}, ca_file=crd.ca_file
     )
     op = OperatorSettings(scale_interval_s=1.0, kafka_timeout_s=10.0)
     with running_operator(ns, build_registry(op, kafka.settings()), kubeconfig):

@@ -119,6 +119,11 @@ class K8sCluster:
         return str(self._running.server)
 
     @property
+    def ca_file(self) -> Path:
+        """The apiserver's self-signed serving certificate followed by the CA that signed it."""
+        return self.directory / "certs" / "apiserver.crt"
+
+    @property
     def token(self) -> str:
         """Bearer token of user `admin` in group system:masters."""
         return str(self._running.token)

@@ -6,6 +6,7 @@ first; each module's session fixture registers the (idempotent) stop.
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from support.k8s_cluster import K8sCluster
 
@@ -78,6 +80,28 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
         if cond.get("type") == type_:
             return dict(cond)
     return {}
+
+
+def write_kubeconfig(
+    path: Path, server: str, user: dict[str, Any], *, ca_file: Path | None = None
+) -> Path:
+    """A one-context kubeconfig for `user` at `server`; TLS verified against `ca_file` (inline,
+    as certificate-authority-data) when given, else not verified."""
+    cluster: dict[str, Any] = {"server": server}
+    if ca_file is None:
+        cluster["insecure-skip-tls-verify"] = True
+    else:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_file.read_bytes()).decode()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @contextmanager
