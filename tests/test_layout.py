@@ -17,7 +17,6 @@ OVER_LIMIT: set[str] = {
     "services/mailsluice/delivery/worker/consumer.py",
     "services/mailsluice/delivery/worker/consumer.py:Worker.__init__",
     "services/mailsluice/delivery/worker/outcomes.py:plan_outcome",
-    "services/mailsluice/ingest/handler.py:IngestHandler._accept_message",
 }
 
 
