@@ -34,13 +34,6 @@ CONNECT_POLL_S = 0.05
 # Connection-rate limiters kept; idle ones (full credit, nothing to remember) go first.
 MAX_GATES = 10_000
 
-# Worded apart from remote rate-limit texts, so no backoff rule mistakes it for the remote's.
-S451_CONNECTION_RATE = (
-    451,
-    "4.4.5",
-    "No new connection allowed yet by the destination's connection rate (local shaping)",
-)
-
 
 @dataclass(frozen=True)
 class TransportLimits:
