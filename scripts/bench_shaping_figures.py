@@ -85,7 +85,9 @@ def simulated(
             starts[job.key].append(now)
         sched.overdue(now)
         now += step
-    configured = {k: shaper.limits(k).rate for k in keys}
+    configured = {
+        k: min(r.per_second for r in shaper.limiters.limits_for(k).message_rates) for k in keys
+    }
     return summarize(starts, configured, warmup_s=5.0)
 
 

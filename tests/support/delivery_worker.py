@@ -18,7 +18,7 @@ from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_enve
 from mailsluice.contracts.events import Event, EventType, decode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC, consumer_group, queue_topic
 from mailsluice.delivery.service import DeliveryService
-from mailsluice.delivery.shaping.scheduler import Shaper
+from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
@@ -219,7 +219,7 @@ def service_for(
     kafka_settings: KafkaSettings,
     pool: str,
     transport: FakeTransport,
-    shaper: Shaper | None = None,
+    shaper: PolicyShaper | None = None,
     **settings: Any,
 ) -> DeliveryService:
     settings.setdefault("commit_interval_s", 0.2)

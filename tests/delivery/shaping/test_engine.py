@@ -145,7 +145,7 @@ def test_reputation_deferral_throttles_then_rate_recovers():
     end = 30 + 90 * 60 + 4 * 15 * 60
     shaper.wait_time("google", end + 1)
     assert shaper.limiters.get("google", end + 1).current_rate() == pytest.approx(10.0)
-    assert shaper.limits("google").rate == pytest.approx(10.0)
+    assert shaper.limiters.limits_for("google").message_rates[0].per_second == pytest.approx(10.0)
 
 
 def test_suspension_defers_and_resume_lifts_it():
@@ -196,10 +196,10 @@ def test_bounce_rule_is_exposed():
 
 def test_mx_rollup_at_delivery():
     shaper = PolicyShaper(load_policy_text(POLICY), "default", rules=[])
-    assert shaper.limits("hosted.example").max_concurrency == 10
+    assert shaper.limiters.limits_for("hosted.example").connections == 10
     shaper.learn_mx("hosted.example", ["aspmx.l.google.com"])
     assert shaper.provider("hosted.example") == "google"
-    assert shaper.limits("hosted.example").max_concurrency == 5
+    assert shaper.limiters.limits_for("hosted.example").connections == 5
 
 
 def test_warmup_cap_defers_until_next_hour():

@@ -1,18 +1,17 @@
-"""GCRA limiter, per-destination shaper and scheduler, with an injected clock."""
+"""GCRA limiter, per-destination shaper and scheduler, with an injected clock. The shaper is the
+one a worker gets without a shaping policy (support.shaping.uniform)."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from pydantic import ValidationError
+from support.shaping import uniform
 
-from mailsluice.delivery.shaping.limiter import Gcra, Rate
-from mailsluice.delivery.shaping.scheduler import (
-    DestinationLimits,
-    Scheduler,
-    Shaper,
-    static_policy,
-)
+from mailsluice.delivery.shaping.limiter import Gcra, Limits, Rate
+from mailsluice.delivery.shaping.scheduler import Scheduler
+from mailsluice.delivery.worker.settings import DeliverySettings
 
 
 def test_gcra_idle_limiter_allows_exactly_the_burst() -> None:
@@ -61,12 +60,7 @@ def test_gcra_unlimited_rate() -> None:
 
 
 def test_shaper_concurrency_limit_and_per_key_policy() -> None:
-    def policy(key: str) -> DestinationLimits:
-        if key == "slow.example":
-            return DestinationLimits(max_concurrency=1, rate=1000, burst=100)
-        return DestinationLimits(max_concurrency=3, rate=1000, burst=100)
-
-    shaper = Shaper(policy)
+    shaper = uniform(3, 1000, 100, domains={"slow.example": (1, 1000, 100)})
     assert shaper.try_start("slow.example", 0.0)
     assert not shaper.try_start("slow.example", 0.0)
     assert shaper.wait_time("slow.example", 0.0) == math.inf
@@ -77,7 +71,7 @@ def test_shaper_concurrency_limit_and_per_key_policy() -> None:
 
 
 def test_shaper_forgets_idle_destinations() -> None:
-    shaper = Shaper(static_policy(DestinationLimits(2, 1.0, 1)))
+    shaper = uniform(2, 1.0, 1)
     assert shaper.try_start("a", 0.0)
     shaper.finished("a", 0.0)
     shaper.forget_idle(0.5)
@@ -87,13 +81,11 @@ def test_shaper_forgets_idle_destinations() -> None:
 
 
 def _sched(rate: float = 10.0, burst: int = 2, conc: int = 10, horizon: float = 1.0):
-    return Scheduler[str](Shaper(static_policy(DestinationLimits(conc, rate, burst))), horizon)
+    return Scheduler[str](uniform(conc, rate, burst), horizon)
 
 
 def test_throttled_destination_does_not_block_others() -> None:
-    s = Scheduler[str](
-        Shaper(lambda k: DestinationLimits(10, 1.0 if k == "slow" else 10.0, 1)), 5.0
-    )
+    s = Scheduler[str](uniform(10, 10.0, 1, domains={"slow": (10, 1.0, 1)}), 5.0)
     for i in range(3):
         assert s.push("slow", f"s{i}", 0.0) is None
     for i in range(3):
@@ -157,6 +149,11 @@ def test_remove_hands_back_items() -> None:
     assert sorted(j.item for j in s) == ["p0-0", "p0-2"]
 
 
-def test_invalid_limits_refused() -> None:
+@pytest.mark.parametrize(
+    "field", [{"dest_max_concurrency": 0}, {"dest_max_rate": 0.0}, {"dest_burst": 0}]
+)
+def test_invalid_limits_refused(field: dict[str, float]) -> None:
+    with pytest.raises(ValidationError):
+        DeliverySettings(**field)
     with pytest.raises(ValueError):
-        DestinationLimits(max_concurrency=0)
+        Limits(connections=0)

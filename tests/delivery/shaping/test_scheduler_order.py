@@ -4,18 +4,13 @@ destination's rate, overdue jobs leave in arrival order, and deferrals say where
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 
 import pytest
+from support.shaping import uniform
 
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.scheduler import (
-    DestinationLimits,
-    Scheduler,
-    Shaper,
-    static_policy,
-)
+from mailsluice.delivery.shaping.scheduler import Scheduler
 from mailsluice.delivery.shaping.warmup import WarmupTracker
 from mailsluice.policy.shaping import load_policy_text
 from mailsluice.policy.warmup import Plan, Schedule
@@ -25,9 +20,9 @@ def tx(item: str) -> bool:
     return item.startswith("tx")
 
 
-def sched(rate: float = math.inf, conc: int = 100, burst: int = 100, horizon: float = 30.0):
-    shaper = Shaper(static_policy(DestinationLimits(conc, rate, burst)))
-    return Scheduler(shaper, horizon, urgent=tx)
+def sched(rate: float = 1e6, conc: int = 100, burst: int = 100, horizon: float = 30.0):
+    """Rate 1e6/s with a burst of 100: no rate limit at the test's steps (10 ms)."""
+    return Scheduler(uniform(conc, rate, burst), horizon, urgent=tx)
 
 
 def run(s: Scheduler, until: float, step: float = 0.01) -> list[tuple[float, str]]:

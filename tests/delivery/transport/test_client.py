@@ -101,8 +101,8 @@ async def test_slow_server_times_out_transient(fake_mx, transports) -> None:
 
 
 async def test_slow_rcpt_reply_times_out(fake_mx, transports) -> None:
-    mx = fake_mx(delay=1.0)  # every reply comes after 1 s; only RCPT's limit is shorter
-    t = transports(settings(static_routes=f"*={mx.address}", rcpt_timeout_s=0.5))
+    mx = fake_mx(delay=0.6)  # every reply comes after 0.6 s; only RCPT's limit is shorter
+    t = transports(settings(static_routes=f"*={mx.address}", rcpt_timeout_s=0.3))
     results = await t.send(envelope("a@example.test", "b@example.test"), MESSAGE)
     assert [(r.code, r.enhanced) for r in results] == [(451, "4.4.2")] * 2
     assert mx.messages == []

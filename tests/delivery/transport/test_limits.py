@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from prometheus_client import REGISTRY
 from support.dns_server import DnsServer
 from support.fake_mx import FakeMx, free_port, next_loopback
@@ -20,7 +19,7 @@ from mailsluice.contracts.envelope import Envelope
 from mailsluice.delivery.service import make_transport
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.limiter import Rate
-from mailsluice.delivery.transport.client import RecipientResult, Transport, shaper_limits
+from mailsluice.delivery.transport.client import RecipientResult, shaper_limits
 from mailsluice.delivery.transport.limits import (
     ConnectGates,
     TransportLimits,
@@ -28,9 +27,8 @@ from mailsluice.delivery.transport.limits import (
     effective_tls,
     limits_from_shaping,
 )
-from mailsluice.delivery.transport.settings import OutboundSettings
 from mailsluice.policy.shaping import default_policy, load_policy_text
-from mailsluice.resolver import DnsSettings, make_resolver
+from mailsluice.resolver import DnsSettings
 
 MESSAGE = b"From: a@sender.test\r\nSubject: shaping\r\n\r\nHello.\r\n"
 OPEN = "mailsluice_delivery_connections_open"
@@ -67,21 +65,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def transports() -> AsyncIterator[Callable[..., Transport]]:
-    made: list[Transport] = []
-
-    def make(s: OutboundSettings, dns: DnsServer | None = None, **kw: Any) -> Transport:
-        nameservers = dns.nameserver if dns else "127.0.0.1:9"
-        t = Transport(s, make_resolver(DnsSettings(nameservers=nameservers, timeout_s=2.0)), **kw)
-        made.append(t)
-        return t
-
-    yield make
-    for t in made:
-        await t.close()
 
 
 def fixed(**kw: Any) -> Callable[[str], TransportLimits]:

@@ -19,7 +19,7 @@ from support.delivery_worker import (
 
 from mailsluice.contracts.envelope import Envelope
 from mailsluice.contracts.events import EventType
-from mailsluice.delivery.transport.limits import S451_CONNECTION_RATE
+from mailsluice.delivery.transport.replies import S451_CONNECTION_RATE
 
 
 def value(name: str, **labels: str) -> float:

@@ -20,12 +20,17 @@ from support.delivery_worker import (
     service_for,
     setup_pool,
 )
+from support.shaping import uniform
 
 from mailsluice.contracts.envelope import Envelope
 from mailsluice.contracts.events import Event, EventType, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
-from mailsluice.delivery.shaping.scheduler import DestinationLimits, Shaper
+from mailsluice.delivery.shaping.limiter import Rate
+from mailsluice.delivery.worker.attempts import transactional
+from mailsluice.delivery.worker.consumer import Worker
 from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
+from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.kafka.settings import KafkaSettings
 
 
 async def test_every_recipient_ends_delivered_bounced_or_expired(kafka: Any) -> None:
@@ -153,12 +158,8 @@ async def test_throttled_destination_goes_through_delay_topic(kafka: Any) -> Non
     envs = [envelope(pool, n, (f"r{n}@slow.example",)) for n in range(12)]
     envs += [envelope(pool, 100 + n, (f"r{n}@fast.example",)) for n in range(30)]
 
-    def policy(key: str) -> DestinationLimits:
-        if key == "slow.example":
-            return DestinationLimits(max_concurrency=10, rate=4.0, burst=1)
-        return DestinationLimits(max_concurrency=10, rate=1000.0, burst=100)
-
-    service = service_for(ks, pool, transport, Shaper(policy), short_horizon_s=0.5)
+    shaper = uniform(10, 1000.0, 100, domains={"slow.example": (10, 4.0, 1)})
+    service = service_for(ks, pool, transport, shaper, short_horizon_s=0.5)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, envs)
         await events.wait_for(lambda: len(events.finals()) == 42, within=90)
@@ -275,11 +276,14 @@ async def test_shaper_bounce_rule_bounces_instead_of_retrying(kafka: Any) -> Non
     async def deferred(_env: Envelope, _rcpt: str) -> tuple[int, str, str]:
         return 421, "4.7.0", "retrying will NOT succeed"
 
-    class RuleShaper(Shaper):
-        def should_bounce(self, key: str, reply: tuple[int, str, str]) -> bool:
-            return "NOT succeed" in reply[2]
-
-    shaper = RuleShaper(lambda _k: DestinationLimits(10, 1000.0, 100))
+    rule = """
+[[rule]]
+name = "never-succeeds"
+code = '^4'
+text = 'retrying will not succeed'
+action = "bounce"
+"""
+    shaper = uniform(10, 1000.0, 100, rules=rule)
     service = service_for(ks, pool, FakeTransport(deferred), shaper)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [envelope(pool, 0, ("x@y.example",))])
@@ -288,3 +292,26 @@ async def test_shaper_bounce_rule_bounces_instead_of_retrying(kafka: Any) -> Non
     bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "x@y.example")
     assert (bounce.code, bounce.enhanced) == (521, "5.7.0")
     assert events.of(EventType.TRANSIENT_FAILURE) == []
+    # every reply reached the shaper, which fired the rule for the message and for its DSN
+    assert [f.rule for _key, f in shaper.fired] == ["never-succeeds"] * 2
+
+
+def test_a_worker_given_no_shaper_holds_every_destination_to_its_dest_settings() -> None:
+    settings = DeliverySettings(
+        pool=new_pool(), dest_max_concurrency=3, dest_max_rate=4.0, dest_burst=2
+    )
+    worker = Worker(settings, KafkaSettings(), FakeTransport())
+    shaper = worker.shaper
+    for key in ("gmail.com", "google", "example.org"):  # no provider rules apply
+        limits = shaper.limiters.limits_for(key)
+        assert limits.connections == 3
+        assert limits.message_rates == (Rate(4.0, 1.0, 2),)
+    assert shaper.adaptive.rules == ()  # no adaptive backoff
+    # a destination seen first starts with its burst: two now, the third a quarter second later
+    assert [shaper.try_start("example.org", 0.0) for _ in range(3)] == [True, True, False]
+    assert shaper.wait_time("example.org", 0.0) == 0.25
+    for _ in range(2):
+        shaper.finished("example.org", 0.0)
+    # transactional mail goes first in each destination's queue
+    assert worker.scheduler.urgent is transactional
+    assert worker.scheduler.horizon == settings.short_horizon_s

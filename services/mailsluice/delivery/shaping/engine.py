@@ -1,7 +1,7 @@
 """The shaping engine behind the worker's scheduler: policy limits, adaptive backoff, warm-up.
 
-`PolicyShaper` is a drop-in `scheduler.Shaper`: the scheduler asks it when a destination's
-next message may start, and feeds it every reply. Per routing key it combines
+`PolicyShaper` is what the scheduler asks (scheduler.Shaper) when a destination's next message
+may start, and it hears every reply of a send (`observe`). Per routing key it combines
 
 - the shaping policy (shaping.toml merged with pool overrides) -> connections and GCRA rates,
   divided among shards for "name#n" keys;
@@ -12,6 +12,8 @@ A destination that must wait longer than the scheduler's horizon (suspended, ove
 cap, deeply throttled) gets a long estimate_wait, so its messages go to a delay topic instead of
 holding memory, and never delay other destinations. Times: `now` is the scheduler's monotonic
 clock; warm-up days and operator commands use wall time from the injected `wall` clock.
+
+A worker run without a shaping policy uses `uniform_policy`: one rule for every destination.
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ from collections.abc import Callable, Iterable
 from mailsluice.contracts.control import Command, DestinationRow
 from mailsluice.delivery.shaping.adaptive import AdaptiveEngine, Fired
 from mailsluice.delivery.shaping.limiter import LimiterSet, Limits, Rate
-from mailsluice.delivery.shaping.scheduler import DestinationLimits, Shaper
 from mailsluice.delivery.shaping.warmup import WarmupTracker
 from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
 from mailsluice.policy.backoff import BackoffRule, normalize_text
-from mailsluice.policy.shaping import Policy, Shaping
+from mailsluice.policy.shaping import Policy, PolicyFile, Rule, Shaping, default_policy
 
 # While the warm-up ledger is not yet restored, a warming pool's mail waits this long and asks
 # again (short: it stays in memory rather than going to a delay topic).
@@ -42,7 +43,19 @@ def base_limits(shaping: Shaping) -> Limits:
     return Limits(shaping.connection_limit, rates, conn_rate)
 
 
-class PolicyShaper(Shaper):
+def uniform_policy(defaults: Rule) -> Policy:
+    """One rule for every destination: `defaults` over the shipped policy's [defaults], with no
+    provider, domain or pool rules."""
+    merged = {
+        **default_policy().model.defaults.model_dump(exclude_none=True),
+        **defaults.model_dump(exclude_none=True),
+    }
+    return Policy(PolicyFile(defaults=Rule(**merged)))
+
+
+class PolicyShaper:
+    """The scheduler's shaper (scheduler.Shaper) for one pool; see the module docstring."""
+
     def __init__(
         self,
         policy: Policy,
@@ -51,17 +64,19 @@ class PolicyShaper(Shaper):
         rules: Iterable[BackoffRule] | None = None,
         warmup: WarmupTracker | None = None,
         wall: Callable[[], float] = time.time,
+        prime_new: bool = True,
     ) -> None:
-        super().__init__(self._scheduler_limits)
+        """`rules` None: the shipped backoff rules. `prime_new` False lets a destination seen
+        for the first time start with its burst credit."""
         self.policy = policy
         self.pool = pool
         self.adaptive = AdaptiveEngine(rules)
         self.warmup = warmup
         self.wall = wall
-        # New limiters start without burst credit: a destination handed over by a rebalance
-        # may just have had its burst from the previous owner.
+        # By default new limiters start without burst credit: a destination handed over by a
+        # rebalance may just have had its burst from the previous owner.
         self.limiters = LimiterSet(
-            self._base, shards=lambda k: self.policy.resolve(k, pool).shards, prime_new=True
+            self._base, shards=lambda k: self.policy.resolve(k, pool).shards, prime_new=prime_new
         )
         self._dirty: set[str] = set()
         self.fired: list[tuple[str, Fired]] = []  # rules fired since the caller last drained
@@ -88,16 +103,6 @@ class PolicyShaper(Shaper):
     def _base(self, base_key: str) -> Limits:
         return base_limits(self.shaping(base_key))
 
-    def _scheduler_limits(self, key: str) -> DestinationLimits:
-        """For code that still asks the base class's question."""
-        limits = self.limiters.limits_for(key)
-        rate = min((r.per_second for r in limits.message_rates), default=math.inf)
-        burst = min((r.burst for r in limits.message_rates), default=limits.connections)
-        return DestinationLimits(limits.connections, rate, burst)
-
-    def limits(self, key: str) -> DestinationLimits:
-        return self._scheduler_limits(key)
-
     def _sync(self, key: str, now: float) -> None:
         """Apply policy changes and the adaptive state to the destination's limiter (keeping
         its GCRA state, so no change grants a burst)."""
@@ -115,10 +120,7 @@ class PolicyShaper(Shaper):
         )
         self.limiters.refresh(key, limits)
 
-    # --- the Shaper interface ---------------------------------------------------------------
-
-    def refresh(self, key: str) -> None:
-        self._dirty.add(key)
+    # --- what the scheduler asks (scheduler.Shaper) -----------------------------------------
 
     def _blocked_for(self, key: str, now: float, queued: int = 0) -> float:
         """Seconds the destination is held regardless of its rate: suspension, warm-up cap."""
@@ -174,7 +176,18 @@ class PolicyShaper(Shaper):
             backlog = min(backlog, change - now)
         return max(self._blocked_for(key, now, queued), backlog)
 
+    def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
+        keep_list = list(keep)
+        # a destination whose adaptive state goes must get its base limits back first
+        self._dirty.update(self.adaptive.forget_idle(now, keep_list))
+        self.limiters.forget_idle(now, keep_list)
+        self._dirty.intersection_update(self.limiters.keys())
+
+    # --- what the worker tells and asks ------------------------------------------------------
+
     def observe(self, key: str, now: float, codes: list[tuple[int, str, str]]) -> None:
+        """Every reply (code, enhanced, text) of a send to `key`: backoff rules that match
+        change the destination's limits at once."""
         provider = self.provider(key)
         for reply in codes:
             for fired in self.adaptive.observe(key, provider, reply, now):
@@ -197,13 +210,6 @@ class PolicyShaper(Shaper):
 
     def active(self, key: str) -> int:
         return self.limiters.active(key)
-
-    def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
-        keep_list = list(keep)
-        # a destination whose adaptive state goes must get its base limits back first
-        self._dirty.update(self.adaptive.forget_idle(now, keep_list))
-        self.limiters.forget_idle(now, keep_list)
-        self._dirty.intersection_update(self.limiters.keys())
 
     def __len__(self) -> int:
         return len(self.limiters)

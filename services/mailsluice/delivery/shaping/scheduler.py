@@ -3,9 +3,9 @@
 A destination over its limits never holds up another: each routing key has its own queue, and a
 message that would wait longer than a short horizon leaves memory for a delay topic. Within a
 destination, any ready message may start (transactional first, then by ready time and arrival):
-a retried message due later never blocks the ready ones behind it. Limits come
-from a policy lookup per routing key; the shaping engine (issue 4) extends `Shaper` with policy
-files, warm-up caps and adaptive backoff by overriding `limits()` and `observe()`.
+a retried message due later never blocks the ready ones behind it. When a message may start is
+the shaper's answer (`Shaper`, implemented by engine.PolicyShaper: policy rates, adaptive
+backoff, warm-up caps).
 """
 
 from __future__ import annotations
@@ -15,122 +15,39 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
-
-from mailsluice.delivery.shaping.limiter import Gcra, Rate
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class DestinationLimits:
-    max_concurrency: int = 10
-    rate: float = 100.0  # messages per second; math.inf for no rate limit
-    burst: int = 10  # messages that may go back to back before the rate applies
-
-    def __post_init__(self) -> None:
-        if self.max_concurrency < 1 or self.rate <= 0 or self.burst < 1:
-            raise ValueError(f"invalid destination limits {self}")
-
-    def as_rate(self) -> Rate:
-        return Rate(self.rate, 1.0, self.burst)
-
-
-PolicyLookup = Callable[[str], DestinationLimits]
-
-
-def static_policy(limits: DestinationLimits) -> PolicyLookup:
-    return lambda _key: limits
-
-
-@dataclass
-class _DestState:
-    limits: DestinationLimits
-    gcra: Gcra
-    active: int = 0
-
-
-class Shaper:
-    """Concurrency and rate per routing key, with limits from a policy lookup."""
-
-    def __init__(self, policy: PolicyLookup) -> None:
-        self._policy = policy
-        self._dests: dict[str, _DestState] = {}
-
-    def limits(self, key: str) -> DestinationLimits:
-        return self._policy(key)
-
-    def _state(self, key: str) -> _DestState:
-        state = self._dests.get(key)
-        if state is None:
-            limits = self.limits(key)
-            state = self._dests[key] = _DestState(limits, Gcra(limits.as_rate()))
-        return state
-
-    def refresh(self, key: str) -> None:
-        """Re-read the policy for a destination (after a policy change)."""
-        state = self._state(key)
-        limits = self.limits(key)
-        if limits != state.limits:
-            state.limits = limits
-            state.gcra.configure(limits.as_rate())
+class Shaper(Protocol):
+    """What the scheduler asks per routing key (engine.PolicyShaper answers). `now` is the
+    scheduler's monotonic clock."""
 
     def wait_time(self, key: str, now: float) -> float:
         """0.0 when a send may start now; inf while the destination's connections are all busy
-        (a finish wakes it); otherwise seconds until the rate allows one."""
-        state = self._state(key)
-        if state.active >= state.limits.max_concurrency:
-            return math.inf
-        return state.gcra.wait_time(now)
+        (a finish wakes it); otherwise seconds until one may."""
+        ...
 
     def try_start(self, key: str, now: float) -> bool:
-        state = self._state(key)
-        if state.active >= state.limits.max_concurrency or not state.gcra.try_acquire(now):
-            return False
-        state.active += 1
-        return True
+        """Take a send slot (rate and connection) if one is free now."""
+        ...
 
     def finished(self, key: str, now: float) -> None:
-        state = self._dests.get(key)
-        if state is not None and state.active > 0:
-            state.active -= 1
+        """A send that try_start allowed is over: its connection is free again."""
+        ...
 
     def estimate_wait(self, key: str, now: float, queued: int) -> float:
-        """Seconds a new message behind `queued` others would wait under the rate limit."""
-        return self._state(key).gcra.backlog_time(now, queued)
-
-    def observe(self, key: str, now: float, codes: list[tuple[int, str, str]]) -> None:
-        """Hook for adaptive backoff: (code, enhanced, text) of each result of a send."""
-
-    def should_bounce(self, key: str, reply: tuple[int, str, str]) -> bool:
-        """Hook for bounce rules: True turns this transient reply into a bounce."""
-        return False
-
-    def provider(self, key: str) -> str | None:
-        """The policy provider a destination rolls up to (None: none, or no policy)."""
-        return None
+        """Seconds a new message behind `queued` others would wait."""
+        ...
 
     def overflow_pool(self, key: str, now: float, queued: int) -> str:
-        """The pool a message behind `queued` others goes to instead of waiting (warm-up cap
-        spent and overflow configured); "" to wait."""
-        return ""
-
-    def active(self, key: str) -> int:
-        state = self._dests.get(key)
-        return state.active if state else 0
+        """The pool a message behind `queued` others goes to instead of waiting; "" to wait."""
+        ...
 
     def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
-        """Drop state of destinations with nothing active and full credit (bounds memory)."""
-        keep_set = set(keep)
-        for key in [
-            k
-            for k, s in self._dests.items()
-            if k not in keep_set and s.active == 0 and s.gcra.idle(now)
-        ]:
-            del self._dests[key]
-
-    def __len__(self) -> int:
-        return len(self._dests)
+        """Drop the state of idle destinations not in `keep` (bounds memory)."""
+        ...
 
 
 @dataclass(eq=False)
@@ -219,7 +136,7 @@ class _Queue(Generic[T]):
 
 @dataclass
 class Scheduler(Generic[T]):
-    """Per-destination queues in front of a Shaper. Times are monotonic seconds."""
+    """Per-destination queues in front of a shaper. Times are monotonic seconds."""
 
     shaper: Shaper
     horizon: float
@@ -319,6 +236,10 @@ class Scheduler(Generic[T]):
             if not q:
                 del self._queues[key]
         return dropped
+
+    def forget_idle(self, now: float) -> None:
+        """Let the shaper drop idle destinations, keeping those with queued jobs."""
+        self.shaper.forget_idle(now, keep=self._queues)
 
     def __iter__(self) -> Iterator[Job[T]]:
         for q in self._queues.values():

@@ -26,7 +26,6 @@ from mailsluice.contracts.envelope import Envelope
 from mailsluice.delivery.shaping.limiter import shards_of
 from mailsluice.delivery.transport.connection import (
     CONNECTIONS,
-    REUSE_PROBE_AFTER_S,
     Connection,
     HopError,
     PoolKey,
@@ -51,11 +50,10 @@ from mailsluice.delivery.transport.replies import (
     S451_DROPPED,
     S451_LOCAL_ERROR,
     S451_TIMEOUT,
-    S451_TLS_FAILED,
-    S451_TLS_NOT_OFFERED,
     S552_TOO_BIG,
     S553_BAD_ADDRESS,
     S553_NEEDS_SMTPUTF8,
+    Reply,
     split_reply,
     with_detail,
 )
@@ -64,26 +62,7 @@ from mailsluice.delivery.transport.settings import OutboundSettings
 from mailsluice.metrics.delivery import SMTP_SECONDS, count_attempt
 from mailsluice.metrics.labels import Stopwatch
 
-# Names other modules and tests import from here, wherever they are defined now.
-__all__ = [
-    "CONNECTIONS",
-    "REUSE_PROBE_AFTER_S",
-    "S451_CONNECT_FAILED",
-    "S451_DROPPED",
-    "S451_LOCAL_ERROR",
-    "S451_TIMEOUT",
-    "S451_TLS_FAILED",
-    "S451_TLS_NOT_OFFERED",
-    "S552_TOO_BIG",
-    "S553_BAD_ADDRESS",
-    "S553_NEEDS_SMTPUTF8",
-    "RecipientResult",
-    "Transport",
-    "TransportLimits",
-    "shaper_limits",
-    "split_reply",
-    "wire_data",
-]
+__all__ = ["RecipientResult", "Transport", "shaper_limits", "wire_data"]
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +99,7 @@ class _Txn:
         for rcpt in targets:
             self.results[rcpt] = RecipientResult(rcpt, resp.code, enhanced, text, self.remote)
 
-    def local(self, targets: list[str], reply: tuple[int, str, str]) -> None:
+    def local(self, targets: list[str], reply: Reply) -> None:
         for rcpt in targets:
             self.results[rcpt] = RecipientResult(rcpt, *reply, self.remote)
 
@@ -281,8 +260,8 @@ class Transport:
             return await self._transaction(conn, sender, rcpts, payload), True
         assert last is not None  # a Route always has at least one hop
         # A 5xx greeting from every host is permanent; anything transient on the way is not.
-        code = last.code if all_permanent or last.code < 500 else S451_CONNECT_FAILED[0]
-        enhanced = last.enhanced if code == last.code else S451_CONNECT_FAILED[1]
+        code = last.code if all_permanent or last.code < 500 else S451_CONNECT_FAILED.code
+        enhanced = last.enhanced if code == last.code else S451_CONNECT_FAILED.enhanced
         return [RecipientResult(r, code, enhanced, last.text, "") for r in rcpts], False
 
     async def _transaction(
@@ -315,7 +294,7 @@ class Transport:
         if not pending:
             return await self._pool.release(conn, dirty=False)
         options = self._mail_options(conn, sender, pending, len(payload))
-        if isinstance(options, tuple):
+        if isinstance(options, Reply):
             txn.local(pending, options)
             return await self._pool.release(conn, dirty=False)
         try:
@@ -350,7 +329,7 @@ class Transport:
 
     def _mail_options(
         self, conn: Connection, sender: str, rcpts: list[str], size: int
-    ) -> list[bytes] | tuple[int, str, str]:
+    ) -> list[bytes] | Reply:
         smtp = conn.smtp
         options: list[bytes] = []
         limit = smtp.esmtp_extensions.get("size", "")

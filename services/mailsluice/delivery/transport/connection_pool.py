@@ -31,7 +31,8 @@ from mailsluice.delivery.transport.connection import (
     quit_connection,
     start_session,
 )
-from mailsluice.delivery.transport.limits import CONNECT_POLL_S, S451_CONNECTION_RATE, Destination
+from mailsluice.delivery.transport.limits import CONNECT_POLL_S, Destination
+from mailsluice.delivery.transport.replies import S451_CONNECTION_RATE
 from mailsluice.delivery.transport.routing import Hop
 from mailsluice.delivery.transport.settings import OutboundSettings
 from mailsluice.metrics.delivery import SMTP_SECONDS, Delivery

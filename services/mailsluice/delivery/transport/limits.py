@@ -9,10 +9,11 @@ the transport applies what only it can see, per envelope routing key:
   "disabled" never starts it; a static route or smarthost follows MAILSLUICE_OUTBOUND_TLS_POLICY
   instead, since configuration chose that relay, not the destination's MX;
 - connections per minute: a new connection needs a token of the key's GCRA (limiter.Gcra); with
-  none left the send reuses an idle connection or waits briefly, then defers (451 4.4.5).
+  none left the send reuses an idle connection or waits briefly, then defers
+  (replies.S451_CONNECTION_RATE, which the worker queues again rather than counting an attempt).
 
-The transport gets them through `LimitsLookup`, a function of the routing key; without one it
-behaves as before (OutboundSettings only). `shaper_limits` adapts the shaping engine's
+The transport gets them through `LimitsLookup`, a function of the routing key; without one
+OutboundSettings alone apply. `shaper_limits` adapts the shaping engine's
 `PolicyShaper.shaping`.
 """
 
@@ -33,13 +34,6 @@ CONNECT_WAIT_MAX_S = 5.0
 CONNECT_POLL_S = 0.05
 # Connection-rate limiters kept; idle ones (full credit, nothing to remember) go first.
 MAX_GATES = 10_000
-
-# Worded apart from remote rate-limit texts, so no backoff rule mistakes it for the remote's.
-S451_CONNECTION_RATE = (
-    451,
-    "4.4.5",
-    "No new connection allowed yet by the destination's connection rate (local shaping)",
-)
 
 
 @dataclass(frozen=True)

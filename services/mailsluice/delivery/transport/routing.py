@@ -19,20 +19,17 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
+from mailsluice.delivery.transport.replies import (
+    S450_DNS_TEMP,
+    S550_MX_NOT_FOUND,
+    S550_NXDOMAIN,
+    S554_PRIVATE_DESTINATION,
+    S556_NULL_MX,
+    Reply,
+)
 from mailsluice.delivery.transport.settings import Endpoint, OutboundSettings
 from mailsluice.mx import MxAnswer
 from mailsluice.resolver import lookup_mx
-
-# Local failures, as (code, enhanced, text); RFC 3463 enhanced codes.
-S556_NULL_MX = (556, "5.1.10", "Recipient domain accepts no mail (null MX, RFC 7505)")
-S550_NXDOMAIN = (550, "5.1.2", "Recipient domain does not exist")
-S450_DNS_TEMP = (450, "4.4.3", "Temporary DNS failure looking up the recipient domain")
-S550_MX_NOT_FOUND = (550, "5.4.4", "No address found for any MX host of the domain")
-S554_PRIVATE_DESTINATION = (
-    554,
-    "5.4.4",
-    "Refusing to deliver: MX resolves to a private, loopback or reserved address",
-)
 
 # Answers that carry no TTL (NXDOMAIN, null MX, A records via implicit MX) are cached this long;
 # real TTLs are clamped so one zone cannot pin an answer for days or bypass the cache entirely.
@@ -89,7 +86,7 @@ MxLookup = Callable[[str], Awaitable[MxAnswer]]
 HostLookup = Callable[[str], Awaitable[HostAnswer]]
 
 
-def failure(reply: tuple[int, str, str], detail: str = "") -> RouteFailure:
+def failure(reply: Reply, detail: str = "") -> RouteFailure:
     code, enhanced, text = reply
     return RouteFailure(code, enhanced, f"{text} ({detail})" if detail else text)
 

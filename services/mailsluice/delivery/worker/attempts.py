@@ -2,9 +2,10 @@
 produce the outcome records with retry.
 
 A record is finished (its offset may be committed) only after every record its outcome produces
-(events, retry, bounce, overflow copy) is acknowledged; the worker's Kafka side (worker.py) owns
+(events, retry, bounce, overflow copy) is acknowledged; the worker's Kafka side (consumer.py) owns
 the consumer, the offset ledgers and the memory bound, and hands its `finish` and `release`
-callbacks in.
+callbacks in. Every reply of a send goes to the shaper (`observe`), which may slow the
+destination down at once; a bounce rule turns a transient reply into a bounce.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from mailsluice.contracts.envelope import (
     envelope_from_headers,
 )
 from mailsluice.contracts.topics import queue_topic
-from mailsluice.delivery.shaping.scheduler import Deferral, Job, Scheduler, Shaper
-from mailsluice.delivery.transport.limits import S451_CONNECTION_RATE
+from mailsluice.delivery.shaping.engine import PolicyShaper
+from mailsluice.delivery.shaping.scheduler import Deferral, Job, Scheduler
+from mailsluice.delivery.transport.replies import (
+    S451_CONNECTION_RATE,
+    S451_THROTTLED_EXPIRED,
+    S451_TRANSPORT_RAISED,
+    with_detail,
+)
 from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
 from mailsluice.delivery.worker.settings import DeliverySettings
@@ -38,8 +45,6 @@ from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
 
 log = logging.getLogger(__name__)
 
-# A throttled message that would wait past its expiry ends with this (RFC 3463 4.4.5: congestion).
-THROTTLED = (451, "4.4.5", "destination throttled; message expired while waiting")
 # Produce retries back off up to this long while Kafka is unavailable.
 PRODUCE_BACKOFF_MAX_S = 5.0
 # A send refused by our own connection rate (no connection could be opened) queues again this
@@ -115,7 +120,7 @@ class Attempts:
         self,
         settings: DeliverySettings,
         transport: TransportLike,
-        shaper: Shaper,
+        shaper: PolicyShaper,
         scheduler: Scheduler[Item],
         dedup: DeliveredCache,
         *,
@@ -242,8 +247,8 @@ class Attempts:
         except Exception as exc:
             # The transport promises not to raise; if it does, retry later rather than lose it.
             log.exception("transport failed", extra={"queue_id": env.queue_id})
-            text = f"internal error: {type(exc).__name__}"
-            results = [outcomes.LocalResult(r, 451, "4.3.0", text) for r in env.recipients]
+            reply = with_detail(S451_TRANSPORT_RAISED, type(exc).__name__)
+            results = [outcomes.LocalResult(r, *reply) for r in env.recipients]
         m.SEND_SECONDS.labels(self.pool).observe(self.mono() - started)
         self.shaper.observe(
             env.routing_key, self.mono(), [(r.code, r.enhanced, r.text) for r in results]
@@ -266,17 +271,16 @@ class Attempts:
         env = item.env
         if self.wall() + deferral.wait > env.received_at + self.settings.expiry_s:
             # Throttled until past its expiry: count it as a failed attempt, which expires it.
-            await self.conclude(item, [outcomes.LocalResult(r, *THROTTLED) for r in env.recipients])
+            expired = [outcomes.LocalResult(r, *S451_THROTTLED_EXPIRED) for r in env.recipients]
+            await self.conclude(item, expired)
             return
         try:
             record = outcomes.plan_throttled(
                 item.env,
                 item.value,
                 now=self.wall(),
-                # Due back half a horizon early: it then waits in memory for its slot instead
-                # of arriving after it (fetch and mover latency would be lost rate).
                 not_before=self.wall()
-                + max(0.0, deferral.wait - self.settings.short_horizon_s / 2),
+                + outcomes.throttled_delay(deferral.wait, self.settings.short_horizon_s),
             )
             await self.produce_all([record])
             tier = record.topic.rsplit(".", 1)[-1]

@@ -1,7 +1,8 @@
 """The delivery worker: consumes a pool's queue topic and delivers, many destinations at once.
 
-This is the Kafka side: consumer, rebalances, fetch with pause/resume, offset commits. The
-per-record side (deliver, conclude, defer, count, produce) is attempts.py.
+This is the Kafka side: consumer, rebalances, fetch with pause/resume, offset commits. Fetched
+records wait in memory under the shaping limits (dispatch.py); the per-record side (deliver,
+conclude, defer, count, produce) is attempts.py.
 
 Records finish out of order, so each partition's offset ledger commits only up to the lowest
 unfinished offset (commits.py): periodically, soon after the first records of newly gained
@@ -24,12 +25,9 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from mailsluice.contracts.topics import consumer_group, queue_topic
-from mailsluice.delivery.shaping.scheduler import (
-    DestinationLimits,
-    Scheduler,
-    Shaper,
-    static_policy,
-)
+from mailsluice.delivery.shaping.engine import PolicyShaper, uniform_policy
+from mailsluice.delivery.shaping.runtime import delivery_defaults
+from mailsluice.delivery.shaping.scheduler import Scheduler
 from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.attempts import (
     Attempts,
@@ -41,6 +39,7 @@ from mailsluice.delivery.worker.attempts import (
 )
 from mailsluice.delivery.worker.commits import Commits
 from mailsluice.delivery.worker.dedup import DeliveredCache
+from mailsluice.delivery.worker.dispatch import Dispatch
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.clients import make_consumer, make_producer
 from mailsluice.kafka.ledger import Ledger
@@ -55,14 +54,31 @@ RESUME_FRACTION = 0.8
 REVOKE_WAIT_S = 5.0
 # How often the worker checks that Kafka answers (readiness).
 PROBE_INTERVAL_S = 5.0
-# How often state of idle destinations is dropped (memory bound).
-FORGET_INTERVAL_S = 60.0
 
-__all__ = ["Item", "ShareCallback", "TransportLike", "Worker", "default_dsn_builder"]
+__all__ = [
+    "Item",
+    "ShareCallback",
+    "TransportLike",
+    "Worker",
+    "default_dsn_builder",
+    "default_shaper",
+]
 
 # Told (partitions assigned to this worker, partitions of the pool's queue topic) after every
 # rebalance, e.g. ShapingRuntime.set_share for the warm-up caps.
 ShareCallback = Callable[[int, int], None]
+
+
+def default_shaper(settings: DeliverySettings, wall: Callable[[], float]) -> PolicyShaper:
+    """The shaper of a worker given none: every destination under the MAILSLUICE_DELIVERY_DEST_*
+    limits, without provider rules or adaptive backoff; a new destination starts with its
+    burst."""
+    rule = delivery_defaults(
+        settings.dest_max_concurrency, settings.dest_max_rate, settings.dest_burst
+    )
+    assert rule is not None  # every field given
+    policy = uniform_policy(rule)
+    return PolicyShaper(policy, settings.pool, rules=[], wall=wall, prime_new=False)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -83,7 +99,7 @@ class Worker:
         kafka: KafkaSettings,
         transport: TransportLike,
         *,
-        shaper: Shaper | None = None,
+        shaper: PolicyShaper | None = None,
         build_dsn: outcomes.DsnBuilder | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
@@ -96,25 +112,20 @@ class Worker:
         self.kafka = kafka
         self.pool = settings.pool
         self.topic = queue_topic(self.pool)
-        self.transport = transport
-        limits = DestinationLimits(
-            settings.dest_max_concurrency, settings.dest_max_rate, settings.dest_burst
-        )
-        self.shaper = shaper if shaper is not None else Shaper(static_policy(limits))
+        self.shaper = shaper if shaper is not None else default_shaper(settings, wall)
         self.scheduler: Scheduler[Item] = Scheduler(
             self.shaper, settings.short_horizon_s, urgent=transactional
         )
-        self.build_dsn = build_dsn
         self.wall = wall
         self.mono = mono
-        self.rng = rng or random.Random()
         self.ledger = Ledger()
         self.dedup = DeliveredCache(settings.dedup_size)
+        self.commits = Commits(self.pool, self.ledger, settings.commit_interval_s)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
         self._generation: dict[TopicPartition, int] = {}
         self._owned: set[TopicPartition] = set()
         self._held = 0  # items in memory: queued, sending or producing outcomes
-        self._tasks: dict[asyncio.Task[None], Item] = {}
-        self._wake = asyncio.Event()
         self._warm = asyncio.Event()
         self._warm.set()
         self._room = asyncio.Event()
@@ -125,9 +136,7 @@ class Worker:
         self._client_id = client_id
         self._consumer_options = consumer_options or {}
         self._on_share = on_share
-        self.commits = Commits(self.pool, self.ledger, settings.commit_interval_s)
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        wake = asyncio.Event()
         self.attempts = Attempts(
             settings,
             transport,
@@ -136,13 +145,14 @@ class Worker:
             self.dedup,
             finish=self._finish,
             release=self._release,
-            wake=self._wake.set,
+            wake=wake.set,
             kafka_state=self._set_kafka_error,
             build_dsn=build_dsn,
             wall=wall,
             mono=mono,
-            rng=self.rng,
+            rng=rng or random.Random(),
         )
+        self.dispatch = Dispatch(self.scheduler, self.attempts, wake, mono)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -167,7 +177,7 @@ class Worker:
         """Ask the worker to drain and exit (safe from a signal handler)."""
         self._stopping.set()
         self._warm.set()
-        self._wake.set()
+        self.dispatch.wake.set()
         self._room.set()
 
     @property
@@ -187,7 +197,9 @@ class Worker:
         """Fetch and deliver until stop(), then drain and close the Kafka clients."""
         if self.consumer is None:
             await self.start()
-        dispatcher = asyncio.create_task(self._dispatch_loop(), name="delivery-dispatch")
+        dispatcher = asyncio.create_task(
+            self.dispatch.run(self._stopping), name="delivery-dispatch"
+        )
         assert self.consumer is not None
         committer = asyncio.create_task(self.commits.loop(self.consumer), name="delivery-commit")
         prober = asyncio.create_task(self._probe_loop(), name="delivery-probe")
@@ -213,19 +225,11 @@ class Worker:
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 self.consumer.pause(*self.consumer.assignment())
-        handed_back = self.scheduler.remove(lambda _item: False)
-        self._held -= len(handed_back)
+        handed_back = self.dispatch.take_back()
+        self._held -= handed_back
         if handed_back:
-            log.info("drain: handed back %d queued messages", len(handed_back))
-        tasks = list(self._tasks)
-        if tasks:
-            log.info("drain: waiting for %d in-flight messages", len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("drain: %d messages unfinished, handed back", len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+            log.info("drain: handed back %d queued messages", handed_back)
+        await self.dispatch.drain(self.settings.drain_timeout_s)
         m.INFLIGHT.labels(self.pool).set(self._held)
 
     # --- rebalance --------------------------------------------------------------------------
@@ -257,12 +261,10 @@ class Worker:
         if not gone:
             return
         # Sends already under way get a moment to finish, so the next owner repeats less.
-        busy = [t for t, item in self._tasks.items() if item.tp in gone]
-        if busy:
-            await asyncio.wait(busy, timeout=min(REVOKE_WAIT_S, self.settings.drain_timeout_s))
+        await self.dispatch.settle(gone, min(REVOKE_WAIT_S, self.settings.drain_timeout_s))
         await self._commit(only=gone)
-        dropped = self.scheduler.remove(lambda item: item.tp not in gone)
-        self._held -= len(dropped)
+        dropped = self.dispatch.take_back(gone)
+        self._held -= dropped
         self.ledger.revoke(gone)
         for tp in gone:
             self._generation[tp] = self._generation.get(tp, 0) + 1
@@ -272,7 +274,7 @@ class Worker:
         log.info(
             "revoked partitions %s (%d queued messages left to the next owner)",
             sorted(tp.partition for tp in gone),
-            len(dropped),
+            dropped,
         )
 
     def _tell_share(self, owned: set[TopicPartition]) -> None:
@@ -310,7 +312,7 @@ class Worker:
                 for record in records:
                     self._accept(tp, record)
             if batch:
-                self._wake.set()
+                self.dispatch.wake.set()
 
     def _pause(self) -> None:
         if not self._paused and self.consumer is not None:
@@ -338,41 +340,10 @@ class Worker:
         item = Item(tp, record.offset, self._generation.get(tp, 0), env, record.value or b"")
         self._held += 1
         mono_now, wall_now = self.mono(), self.wall()
-        ready_at = mono_now + max(0.0, env.not_before - wall_now)
-        deferral = self.scheduler.push(env.routing_key, item, mono_now, ready_at)
-        if deferral is not None:
-            self._spawn(self.attempts.defer(deferral), item)
+        self.dispatch.push(item, mono_now, mono_now + max(0.0, env.not_before - wall_now))
         m.INFLIGHT.labels(self.pool).set(self._held)
 
-    # --- dispatch ---------------------------------------------------------------------------
-
-    async def _dispatch_loop(self) -> None:
-        forget_at = self.mono() + FORGET_INTERVAL_S
-        while not self.stopping:
-            now = self.mono()
-            if now >= forget_at:
-                self.shaper.forget_idle(now, keep=self.scheduler.keys())
-                forget_at = now + FORGET_INTERVAL_S
-            for job in self.scheduler.take(now):
-                self.attempts.started(job, now)
-                self._spawn(self.attempts.deliver(job), job.item)
-            for deferral in self.scheduler.overdue(now):
-                self._spawn(self.attempts.defer(deferral), deferral.job.item)
-            wait = min(self.scheduler.next_wake(self.mono()), 0.5)
-            self._wake.clear()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
-
-    def _spawn(self, coro: Any, item: Item) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks[task] = item
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery task failed", exc_info=task.exception())
+    # --- outcomes ---------------------------------------------------------------------------
 
     def _finish(self, item: Item) -> None:
         """The record is done: its offset may be committed."""

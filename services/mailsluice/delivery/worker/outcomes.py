@@ -15,13 +15,12 @@ from typing import Any, Literal, Protocol
 from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope, new_queue_id
 from mailsluice.contracts.events import Event, EventType, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
+from mailsluice.delivery.transport.replies import S451_NO_RESULT
 from mailsluice.delivery.worker import retry_schedule as retry
 from mailsluice.delivery.worker.settings import DeliverySettings
 
 # RFC 3463 X.4.7: delivery time expired.
 EXPIRED_ENHANCED = "4.4.7"
-# Ours, for a recipient the transport returned no result for (a transport bug; retry it).
-NO_RESULT = (451, "4.3.0", "no result from transport")
 THROTTLED_ERROR = "throttled: destination over its limits"
 
 
@@ -80,9 +79,9 @@ class LocalResult:
     """A result made up locally (no remote answer): a transient failure by default."""
 
     recipient: str
-    code: int = NO_RESULT[0]
-    enhanced: str = NO_RESULT[1]
-    text: str = NO_RESULT[2]
+    code: int = S451_NO_RESULT.code
+    enhanced: str = S451_NO_RESULT.enhanced
+    text: str = S451_NO_RESULT.text
     remote: str = ""
 
     @property
@@ -165,43 +164,60 @@ def plan_outcome(
         else:
             transient.append(res)
     if transient:
-        attempts = env.attempt + 1
-        delay = retry.backoff(
-            attempts,
-            base=settings.retry_base_s,
-            factor=settings.retry_factor,
-            cap=settings.retry_max_s,
-            jitter=settings.retry_jitter,
-            rng=rng,
+        failures += _plan_transient(
+            plan, env, message, transient, now=now, settings=settings, rng=rng
         )
-        if now + delay > env.received_at + settings.expiry_s:
-            for res in transient:
-                plan.expired.append(res.recipient)
-                plan.produces.append(
-                    _event(EventType.EXPIRATION, env, res, now, size, reason="expired")
-                )
-                failures.append(_expired_result(res, attempts))
-        else:
-            for res in transient:
-                plan.deferred.append(res.recipient)
-                plan.produces.append(
-                    _event(EventType.TRANSIENT_FAILURE, env, res, now, size, reason="deferred")
-                )
-            first = transient[0]
-            renv = retry.retry_envelope(
-                env,
-                (r.recipient for r in transient),
-                not_before=now + delay,
-                last_error=f"{first.code} {first.enhanced} {first.text}".strip(),
-            )
-            plan.retry_tier = retry.choose_tier(delay)
-            plan.produces.append(Produce(*_record(renv, message, plan.retry_tier)))
     if failures and build_dsn is not None:
         dsn = bounce_record(env, message, failures, now=now, settings=settings, build=build_dsn)
         if dsn is not None:
             plan.produces.append(dsn)
             plan.dsn = True
     return plan
+
+
+def _plan_transient(
+    plan: Plan,
+    env: Envelope,
+    message: bytes,
+    transient: list[ResultLike],
+    *,
+    now: float,
+    settings: DeliverySettings,
+    rng: random.Random | None,
+) -> list[Any]:
+    """Transient failures: one retry record for all of them, or, when the next try would come
+    after the message's expiry, expirations. Returns the failures a DSN reports."""
+    size = len(message)
+    attempts = env.attempt + 1
+    delay = retry.backoff(
+        attempts,
+        base=settings.retry_base_s,
+        factor=settings.retry_factor,
+        cap=settings.retry_max_s,
+        jitter=settings.retry_jitter,
+        rng=rng,
+    )
+    if now + delay > env.received_at + settings.expiry_s:
+        for res in transient:
+            plan.expired.append(res.recipient)
+            expired = _event(EventType.EXPIRATION, env, res, now, size, reason="expired")
+            plan.produces.append(expired)
+        return [_expired_result(res, attempts) for res in transient]
+    for res in transient:
+        plan.deferred.append(res.recipient)
+        plan.produces.append(
+            _event(EventType.TRANSIENT_FAILURE, env, res, now, size, reason="deferred")
+        )
+    first = transient[0]
+    renv = retry.retry_envelope(
+        env,
+        (r.recipient for r in transient),
+        not_before=now + delay,
+        last_error=f"{first.code} {first.enhanced} {first.text}".strip(),
+    )
+    plan.retry_tier = retry.choose_tier(delay)
+    plan.produces.append(Produce(*_record(renv, message, plan.retry_tier)))
+    return []
 
 
 def _record(
@@ -242,6 +258,13 @@ def bounce_record(
         body,
         ((ENVELOPE_HEADER, encode_envelope(dsn_env)),),
     )
+
+
+def throttled_delay(wait: float, horizon: float) -> float:
+    """How long a message the scheduler deferred for `wait` seconds stays in a delay topic: it
+    comes back half a `horizon` early and waits in memory for its slot, since arriving after
+    it (fetch and mover latency) would be lost rate."""
+    return max(0.0, wait - horizon / 2)
 
 
 def plan_throttled(env: Envelope, message: bytes, *, now: float, not_before: float) -> Produce:
