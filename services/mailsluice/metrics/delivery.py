@@ -209,8 +209,7 @@ class Delivery:
         "Outbound SMTP sessions: opened, reused from the pool, or failed before MAIL FROM.",
         ["result"],
     )
-
-    # --- connections open per destination class (issue 6; set by delivery.connection_pool) ---
+    # set by delivery/transport/connection_pool.py
     CONNECTIONS_OPEN = Gauge(
         "mailsluice_delivery_connections_open",
         "Outbound SMTP connections open now (sending or idle in the pool), by the provider of "
