@@ -87,11 +87,12 @@ def dns_nameserver(dns_server: DnsServer) -> str:
 
 @pytest.fixture
 def fake_mx() -> Iterator[Callable[..., FakeMx]]:
-    """Factory: `fake_mx(host=None, port=0, **MxScript fields)` starts a FakeMx (stopped after)."""
+    """Factory: `fake_mx(host=None, port=0, tls_context=None, **MxScript fields)` starts a
+    FakeMx (stopped after); see support/fake_mx.py for the faults an address asks for."""
     started: list[FakeMx] = []
 
-    def make(host: str | None = None, port: int = 0, **script: Any) -> FakeMx:
-        mx = FakeMx(host, port, **script).start()
+    def make(host: str | None = None, port: int = 0, **options: Any) -> FakeMx:
+        mx = FakeMx(host, port, **options).start()
         started.append(mx)
         return mx
 

@@ -53,10 +53,10 @@ async def test_real_transport_delivers_bounces_retries_and_expires(
     try:
         async with EventLog(ks, pool) as events, Running(service):
             envs = [
-                envelope(pool, 0, ("ok1@b.example", "ok2@b.example", "bounce1@b.example")),
-                envelope(pool, 1, ("defer1@c.example",)),
+                envelope(pool, 0, ("ok1@b.example", "ok2@b.example", "permfail+1@b.example")),
+                envelope(pool, 1, ("tempfail+1@c.example",)),
                 envelope(pool, 2, ("ok3@c.example",), sender=""),
-                envelope(pool, 3, ("bounce2@d.example",), sender=""),
+                envelope(pool, 3, ("permfail+2@d.example",), sender=""),
             ]
             await enqueue(ks, envs)
             keys = {(e.queue_id, r) for e in envs for r in e.recipients}
@@ -79,11 +79,11 @@ async def test_real_transport_delivers_bounces_retries_and_expires(
     types = {(e.queue_id, e.recipient): e.type for e in events.events if e.type in events_final()}
     q = [e.queue_id for e in envs]
     assert types[(q[0], "ok1@b.example")] == EventType.DELIVERY
-    assert types[(q[0], "bounce1@b.example")] == EventType.BOUNCE
-    assert types[(q[1], "defer1@c.example")] == EventType.EXPIRATION
+    assert types[(q[0], "permfail+1@b.example")] == EventType.BOUNCE
+    assert types[(q[1], "tempfail+1@c.example")] == EventType.EXPIRATION
     assert types[(q[2], "ok3@c.example")] == EventType.DELIVERY
-    assert types[(q[3], "bounce2@d.example")] == EventType.BOUNCE
-    bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "bounce1@b.example")
+    assert types[(q[3], "permfail+2@d.example")] == EventType.BOUNCE
+    bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "permfail+1@b.example")
     assert (bounce.code, bounce.enhanced) == (550, "5.1.1")
     assert mx.address in bounce.remote or bounce.remote
     deferrals = [e for e in events.of(EventType.TRANSIENT_FAILURE) if e.queue_id == q[1]]
@@ -92,9 +92,9 @@ async def test_real_transport_delivers_bounces_retries_and_expires(
     assert len(dsns) == 2
     assert all(m.mail_from in ("", "<>") for m in dsns)
     texts = b"\n".join(m.data for m in dsns)
-    assert b"bounce1@b.example" in texts
-    assert b"defer1@c.example" in texts
-    assert b"bounce2@d.example" not in texts
+    assert b"permfail+1@b.example" in texts
+    assert b"tempfail+1@c.example" in texts
+    assert b"permfail+2@d.example" not in texts
     delivered = [r for m in mx.messages for r in m.rcpt_tos]
     assert sorted(r for r in delivered if r.startswith("ok")) == [
         "ok1@b.example",

@@ -11,7 +11,8 @@ from email.message import EmailMessage
 
 import pytest
 from prometheus_client import REGISTRY
-from support.ingest import events, queue_id_of, queued, read_topic, running_ingest, uid
+from support.ingest import events, queue_id_of, queued, running_ingest, uid
+from support.topic_reader import read_topic
 
 from mailsluice.contracts.events import EventType
 from mailsluice.contracts.topics import queue_topic
@@ -131,7 +132,6 @@ async def test_report_about_our_message_becomes_a_complaint_event(
         queue_topic("default"),
         lambda r: marker.encode() in r.value,
         expect=0,
-        settle=2.0,
     )
     assert leaked == []
 

@@ -51,7 +51,7 @@ def _env(kafka: Any, **extra: str) -> dict[str, str]:
 
 
 def _send_batch(port: int, n: int, pool: str) -> int:
-    """n messages with ok/defer/bounce recipients at a provider and at an other domain, and one
+    """n messages with ok/tempfail/permfail recipients at a provider and at an other domain, and one
     recipient whose domain does not exist (rejected at RCPT). Returns messages accepted."""
     queued = 0
     for i in range(n):
@@ -63,9 +63,9 @@ def _send_batch(port: int, n: int, pool: str) -> int:
         msg.set_content("hello\n" * 20)
         rcpts = [f"ok{i}@gmail.com", f"ok{i}@example.net", f"user{i}@nx.example"]
         if i % 3 == 0:
-            rcpts += [f"defer{i}@gmail.com", f"bounce{i}@example.net"]
+            rcpts += [f"tempfail+{i}@gmail.com", f"permfail+{i}@example.net"]
         if i % 4 == 0:
-            rcpts += [f"bounce{i}@gmail.com", f"defer{i}@example.net"]
+            rcpts += [f"permfail+{i}@gmail.com", f"tempfail+{i}@example.net"]
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.ehlo("client.test")
             client.mail("sender@origin.example")

@@ -34,6 +34,7 @@ from support.operator_cluster import (
     pool_yaml,
     prepare,
 )
+from support.tls import self_signed
 
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice_operator import FIELD_MANAGER, kube
@@ -196,16 +197,7 @@ def test_inline_client_certificates_are_written_once_and_removed_at_exit(
 ) -> None:
     """Certificate and key given as data go to files ssl can load: one pair however many
     rounds run, and none left behind when the process ends."""
-    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=probe", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed(tmp_path, "probe")
     user = {
         "token": crd.token,
         "client-certificate-data": base64.b64encode(cert.read_bytes()).decode(),
