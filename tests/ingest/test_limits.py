@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from support.eventually import eventually
 from support.ingest import RawClient, queued, running_ingest, uid
 from support.topic_reader import read_topic
 
@@ -123,7 +124,7 @@ async def test_idle_and_session_timeouts(kafka_settings, dns_nameserver) -> None
                 reply = await busy.cmd("NOOP")
                 if reply != "250 2.0.0 Ok":
                     return reply
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # a client that talks slowly but never idles 0.5 s
             return "never closed"
 
         try:
@@ -261,10 +262,17 @@ async def test_shutdown_finishes_open_transaction_then_closes(
         try:
             await start_data(client, domain)
             stopping = asyncio.create_task(service.stop())
-            await asyncio.sleep(0.3)
+
+            async def refused() -> bool:
+                try:
+                    other = await RawClient.connect(port)
+                except OSError:
+                    return True
+                await other.close()
+                return False
+
+            await eventually(refused, within=10, what="no longer accepting")
             assert not stopping.done()  # waiting for the open transaction
-            with pytest.raises(OSError):
-                await RawClient.connect(port)  # no longer accepting
             await client.send(b"Subject: last\r\n\r\nbody\r\n.\r\n")
             reply = await client.reply()
             assert reply.startswith("250 2.0.0 Ok: queued as ")

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from email.message import EmailMessage
 
 import pytest
+from support.eventually import eventually
 from support.ingest import (
     RawClient,
     events,
@@ -345,16 +346,17 @@ async def test_the_service_process_queues_mail_and_stops_cleanly_on_sigterm(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        deadline = asyncio.get_running_loop().time() + 60
-        while True:
+
+        async def listening() -> bool:
+            assert proc.returncode is None, "ingest exited early"
             try:
                 client = await RawClient.connect(smtp_port)
-                break
             except OSError:
-                assert proc.returncode is None, "ingest exited early"
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.3)
-        await client.close()
+                return False
+            await client.close()
+            return True
+
+        await eventually(listening, within=60, interval=0.3, what="ingest listening")
         done = await swaks(
             "--server",
             f"127.0.0.1:{smtp_port}",

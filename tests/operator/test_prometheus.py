@@ -27,22 +27,14 @@ from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaProducer
+from support.eventually import eventually
 from support.fake_mx import free_port
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import apply_crd, get_json, write_kubeconfig
 from support.kafka_broker import KafkaBroker
 from support.operator_cluster import apply_yaml, pool_yaml, pretend_workers_ready
-from support.prometheus import (
-    check_alerts,
-    check_panels,
-    get,
-    query,
-    render_module,
-    start,
-    start_prometheus,
-    stop,
-    until,
-)
+from support.processes import get, product_env, start, stop, tails
+from support.prometheus import check_alerts, check_panels, query, render_module, start_prometheus
 
 from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
 from mailsluice.contracts.topics import queue_topic
@@ -56,12 +48,6 @@ RUN_S = 30.0
 def _write_kubeconfig(path: Path, cluster: K8sCluster, server: str) -> None:
     """A kubeconfig for user admin at `server` (the operator re-reads it for every round)."""
     write_kubeconfig(path, server, {"token": cluster.token})
-
-
-def _env(kafka: KafkaBroker, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLUICE_")}
-    env.update(MAILSLUICE_KAFKA_BOOTSTRAP=kafka.bootstrap, MAILSLUICE_LOG_LEVEL="INFO", **extra)
-    return env
 
 
 def _sum(prom: str, expr: str) -> float:
@@ -92,7 +78,7 @@ async def _produce(
                 headers=[(ENVELOPE_HEADER, encode_envelope(env))],
             )
             if (i + 1) % burst == 0:
-                await asyncio.sleep(every_s)
+                await asyncio.sleep(every_s)  # the traffic's shape: bursts every_s apart
     finally:
         await producer.stop()
 
@@ -109,15 +95,15 @@ async def test_operator_dashboard_against_real_prometheus(
     kubeconfig = tmp_path / "kubeconfig"
     _write_kubeconfig(kubeconfig, cluster, cluster.server)
     logs = [tmp_path / n for n in ("operator.log", "delivery.log", "prometheus.log")]
-    operator_env = _env(
-        kafka,
+    operator_env = product_env(
+        kafka.bootstrap,
         KUBECONFIG=str(kubeconfig),
         MAILSLUICE_OPERATOR_METRICS_PORT=str(metrics_port),
         MAILSLUICE_OPERATOR_HEALTH_PORT=str(health_port),
         MAILSLUICE_OPERATOR_SCALE_INTERVAL_S="1",
     )
-    worker_env = _env(
-        kafka,
+    worker_env = product_env(
+        kafka.bootstrap,
         MAILSLUICE_DELIVERY_POOL=pools[0],
         MAILSLUICE_DELIVERY_HTTP_PORT=str(worker_port),
         MAILSLUICE_KAFKA_QUEUE_PARTITIONS="4",
@@ -132,41 +118,57 @@ async def test_operator_dashboard_against_real_prometheus(
         procs.append(start([mailsluice, "operator", "--namespace", NS], operator_env, logs[0]))
         targets = {"operator": metrics_port, "delivery": worker_port}
         procs.append(start_prometheus(tmp_path, prom_port, targets, logs[2]))
-        await until(
-            "operator /healthz",
+        await eventually(
             lambda: get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200,
-            60,
-            logs,
+            within=60,
+            what="operator /healthz",
+            detail=lambda: tails(logs),
+            blocking=True,
         )
         started = time.time()
         for pool in pools:
             apply_yaml(cluster, pool_yaml(pool, NS))
-        await until("pools reconciled", lambda: _reconciled(cluster, pools), 60, logs)
+        await eventually(
+            lambda: _reconciled(cluster, pools),
+            within=60,
+            what="pools reconciled",
+            detail=lambda: tails(logs),
+            blocking=True,
+        )
         # The operator created the first pool's topic; its worker joins the consumer group.
         procs.append(start([mailsluice, "delivery"], worker_env, logs[1]))
-        await until(
-            "worker ready",
+        await eventually(
             lambda: get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200,
-            60,
-            logs,
+            within=60,
+            what="worker ready",
+            detail=lambda: tails(logs),
+            blocking=True,
         )
         pretend_workers_ready(cluster, pools[0], 1, NS)
         trickle = asyncio.create_task(_produce(kafka, pools[0], 300, burst=30, every_s=2))
         await _produce(kafka, pools[1], 40)  # 4 workers' worth of lag at lagPerWorker 10
-        await until("prometheus ready", lambda: get(f"{prom}/-/ready")[0] == 200, 30, logs)
-        await until(
-            "workers scraped",
+        await eventually(
+            lambda: get(f"{prom}/-/ready")[0] == 200,
+            within=30,
+            what="prometheus ready",
+            detail=lambda: tails(logs),
+            blocking=True,
+        )
+        await eventually(
             lambda: (
                 _sum(prom, 'sum(mailsluice_operator_workers{kind="desired"})') >= 1 + 4
                 and _sum(prom, 'sum(mailsluice_operator_workers{kind="ready"})') >= 1
                 and _sum(prom, "count(mailsluice_delivery_inflight_messages)") >= 1
             ),
-            30,
-            logs,
+            within=30,
+            what="workers scraped",
+            detail=lambda: tails(logs),
+            blocking=True,
         )
         await _provoke_reconcile_error(cluster, kubeconfig, prom, logs)
-        # A few more rounds, so rates over the run have points before and after the error.
-        await until("time passes", lambda: time.time() - started > RUN_S, RUN_S + 5, logs)
+        # The run's length, not a wait for something: a few more rounds, so rates over the run
+        # have points before and after the error.
+        await asyncio.sleep(max(0.0, started + RUN_S - time.time()))
 
         _check_operator_dashboard(prom)
         if os.environ.get("MAILSLUICE_RENDER_DASHBOARDS") == "1":
@@ -181,7 +183,13 @@ async def test_operator_dashboard_against_real_prometheus(
             )
         for pool in pools:
             cluster.kubectl("delete", "sendingpool", pool, "-n", NS, "--wait=false")
-        await until("pools deleted", lambda: not _any_pool(cluster, pools), 60, logs)
+        await eventually(
+            lambda: not _any_pool(cluster, pools),
+            within=60,
+            what="pools deleted",
+            detail=lambda: tails(logs),
+            blocking=True,
+        )
     finally:
         if trickle is not None:
             trickle.cancel()
@@ -214,11 +222,12 @@ async def _provoke_reconcile_error(
     dead = f"127.0.0.1:{free_port()}"
     _write_kubeconfig(kubeconfig, cluster, f"https://{dead}")
     try:
-        await until(
-            "a reconcile error scraped",
+        await eventually(
             lambda: _sum(prom, 'sum(mailsluice_operator_reconciles_total{result="error"})') > 0,
-            60,
-            logs,
+            within=60,
+            what="a reconcile error scraped",
+            detail=lambda: tails(logs),
+            blocking=True,
         )
         # ... and it is this outage the operator logged, not something else.
         assert f"Cannot connect to host {dead}" in logs[0].read_text(), logs[0].read_text()[-3000:]

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from support.eventually import eventually, eventually_sync
 from support.kafka_broker import kafka_local
 from support.paths import REPO
+from support.topic_reader import read_topic
 
 from mailsluice.contracts.events import Event, EventType, encode_event
 from mailsluice.contracts.suppressions import decode_suppression
@@ -102,11 +104,12 @@ def streams(
         )
     running = StreamsProcess(proc, port, log, app_id)
     try:
-        deadline = time.monotonic() + 120
-        while _get(running.url("/readyz"))[0] != 200:
+
+        def ready() -> bool:
             assert proc.poll() is None, f"streams exited early:\n{running.tail()}"
-            assert time.monotonic() < deadline, f"streams not ready:\n{running.tail()}"
-            time.sleep(0.3)
+            return _get(running.url("/readyz"))[0] == 200
+
+        eventually_sync(ready, within=120, interval=0.3, what="streams ready", detail=running.tail)
         yield running
     finally:
         if proc.poll() is None:
@@ -153,15 +156,13 @@ async def _partitions(settings: KafkaSettings, topic: str) -> list[TopicPartitio
 
 
 async def _records(
-    consumer: AIOKafkaConsumer, expected: dict[str, list[str]], wait_s: float = 90
+    consumer: AIOKafkaConsumer, expected: dict[str, list[str]], streams: StreamsProcess
 ) -> dict[str, list[str]]:
-    """Reasons written per address (of `expected`'s addresses) until each has its expected
-    number of records, or the timeout."""
+    """Reasons written per address (of `expected`'s addresses), once each has its expected
+    number of records."""
     found: dict[str, list[str]] = {a: [] for a in expected}
-    deadline = asyncio.get_running_loop().time() + wait_s
-    while any(len(found[a]) < len(r) for a, r in expected.items()):
-        if asyncio.get_running_loop().time() > deadline:
-            break
+
+    async def complete() -> bool:
         batches = await consumer.getmany(timeout_ms=500)
         for records in batches.values():
             for record in records:
@@ -170,6 +171,15 @@ async def _records(
                     entry = decode_suppression(record.value)
                     assert entry.source == "streams"
                     found[address].append(entry.reason)
+        return all(len(found[a]) >= len(r) for a, r in expected.items())
+
+    await eventually(
+        complete,
+        within=90,
+        interval=0,
+        what=f"the suppressions {expected}",
+        detail=lambda: f"found {found}\n{streams.tail()}",
+    )
     return found
 
 
@@ -218,7 +228,7 @@ async def test_hard_bounce_and_complaint_suppress_a_policy_block_does_not(
         ],
     )
     expected = {hard: ["hard-bounce"], complained: ["complaint"], blocked: ["complaint"]}
-    found = await _records(follower, expected)
+    found = await _records(follower, expected, streams)
     assert found == expected, streams.tail()
 
 
@@ -233,7 +243,7 @@ async def test_repeated_soft_failures_suppress_and_a_delivery_resets(
     events.append(_ev(EventType.COMPLAINT, revived, "qr", reason="abuse"))  # the sentinel
     await _publish(settings, events)
     expected = {dead: ["repeated-soft-bounce"], revived: ["complaint"]}
-    assert await _records(follower, expected) == expected, streams.tail()
+    assert await _records(follower, expected, streams) == expected, streams.tail()
 
 
 async def test_stale_soft_state_is_swept(
@@ -243,33 +253,18 @@ async def test_stale_soft_state_is_swept(
     # deletes (sweeps run at most every second here); a later event of the same address (a
     # policy block changes nothing) comes after the interval and triggers that sweep.
     stale = _addr("stale")
+    changelog = f"{streams.app_id}-soft-failures-changelog"
+    key = json.dumps(stale).encode()
     await _publish(settings, [_expired(stale, "qs", days_ago=40)])
+    await read_topic(settings, changelog, lambda r: r.key == key, expect=1, within=60)
+    # The sweep interval is wall time in the processor: the next event must come after it.
     await asyncio.sleep(1.5)
     block = {"code": 550, "enhanced": "5.7.1", "text": "blocked"}
     await _publish(settings, [_ev(EventType.BOUNCE, stale, "qs", **block)])
-    changelog = f"{streams.app_id}-soft-failures-changelog"
-    values = await _changelog_values(settings, changelog, json.dumps(stale).encode(), count=2)
+    found = await read_topic(settings, changelog, lambda r: r.key == key, expect=2, within=60)
+    values = [r.value for r in found]
     assert values[0] is not None and json.loads(values[0])["days"]
     assert values[1] is None  # the tombstone
-
-
-async def _changelog_values(
-    settings: KafkaSettings, topic: str, key: bytes, count: int, wait_s: float = 60
-) -> list[bytes | None]:
-    parts = await _partitions(settings, topic)
-    consumer = make_consumer(settings, group_id=None, client_id="test-streams-changelog")
-    await consumer.start()
-    found: list[bytes | None] = []
-    try:
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        deadline = asyncio.get_running_loop().time() + wait_s
-        while len(found) < count and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            found += [r.value for rs in batches.values() for r in rs if r.key == key]
-    finally:
-        await consumer.stop()
-    return found
 
 
 def test_metrics_readiness_and_a_clean_stop(streams: StreamsProcess) -> None:

@@ -20,8 +20,9 @@ from mailsluice.contracts.topics import EVENTS_TOPIC, consumer_group, queue_topi
 from mailsluice.delivery.service import DeliveryService
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.worker.settings import DeliverySettings
-from mailsluice.kafka.admin import ensure_topics, standard_topics
+from mailsluice.kafka.admin import ensure_topics, standard_topics, topic_partitions
 from mailsluice.kafka.settings import KafkaSettings
+from support.eventually import eventually
 
 FINAL = {EventType.DELIVERY, EventType.BOUNCE, EventType.EXPIRATION}
 
@@ -172,12 +173,10 @@ class EventLog:
     def of(self, kind: EventType) -> list[Event]:
         return [e for e in self.events if e.type == kind]
 
-    async def wait_for(self, cond: Callable[[], bool], within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        while not cond():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; events so far: {len(self.events)}")
-            await asyncio.sleep(0.1)
+    def summary(self) -> str:
+        """The events so far by type, for a failure message."""
+        counts = collections.Counter(e.type.value for e in self.events)
+        return f"events so far: {dict(sorted(counts.items()))}"
 
 
 async def committed(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
@@ -192,27 +191,62 @@ async def committed(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
     }
 
 
+async def committed_total(kafka_settings: KafkaSettings, pool: str) -> int:
+    """The pool's committed offsets summed over its queue partitions."""
+    return sum((await committed(kafka_settings, pool)).values())
+
+
+async def queue_ends(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
+    """The end offset of each partition of the pool's queue topic, now."""
+    partitions = await topic_partitions(kafka_settings, queue_topic(pool), 30)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_settings.bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def drained(kafka_settings: KafkaSettings, pool: str) -> bool:
+    """Whether the pool's group has committed every record its queue topic holds now: each
+    record, and whatever it produced before it finished (a DSN, a retry), is done."""
+    ends, done = await queue_ends(kafka_settings, pool), await committed(kafka_settings, pool)
+    return all(done.get(partition, 0) >= end for partition, end in ends.items())
+
+
 class Running:
-    """A DeliveryService running in a task for the duration of a `async with`."""
+    """A DeliveryService running in a task for the duration of a `async with` (or between
+    start() and stop())."""
 
     def __init__(self, service: DeliveryService) -> None:
         self.service = service
         self.task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> DeliveryService:
-        self.task = asyncio.create_task(self.service.run())
-        deadline = time.monotonic() + 60
-        while not self.service.ready()[0]:
-            if self.task.done():
-                self.task.result()
-            assert time.monotonic() < deadline, self.service.ready()
-            await asyncio.sleep(0.05)
+    async def start(self) -> DeliveryService:
+        task = self.task = asyncio.create_task(self.service.run())
+
+        def ready() -> bool:
+            if task.done():
+                task.result()  # a crash ends the wait with its own error
+                raise AssertionError("the delivery service ended before it was ready")
+            return self.service.ready()[0]
+
+        await eventually(
+            ready, within=60, what="the delivery service to be ready", detail=self.service.ready
+        )
         return self.service
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def stop(self) -> None:
         assert self.task is not None
         self.service.stop()
         await asyncio.wait_for(self.task, 60)
+
+    async def __aenter__(self) -> DeliveryService:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 def service_for(

@@ -12,8 +12,9 @@ seconds the test fails with an AssertionError that names `what`, the last value 
 given, `detail()` (a log tail, the state so far). The interval between checks is only how often
 to look: nothing depends on its length, so it is never a synchronisation by itself.
 
-`eventually_sync` is the same for sync tests and code on other threads (kubectl probes, smtplib
-clients, the fake MX's own thread).
+A blocking check (an HTTP probe, kubectl) runs in a thread with `blocking=True`, so the event
+loop goes on meanwhile. `eventually_sync` is the same for sync tests and code on other threads
+(kubectl probes, smtplib clients, the fake MX's own thread).
 """
 
 from __future__ import annotations
@@ -34,17 +35,22 @@ async def eventually(
     what: str,
     interval: float = 0.05,
     detail: Callable[[], object] | None = None,
+    blocking: bool = False,
 ) -> T:
-    """Return condition()'s first truthy value; fail the test after `within` seconds."""
+    """Return condition()'s first truthy value; fail the test after `within` seconds.
+    `blocking=True` runs each check in a thread (an HTTP probe, kubectl, a PromQL query)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
-        value = condition()
+        value = asyncio.to_thread(condition) if blocking else condition()
         if inspect.isawaitable(value):
+            scope = asyncio.timeout_at(deadline)
             try:
-                async with asyncio.timeout_at(deadline):
+                async with scope:
                     value = await value
             except TimeoutError:
+                if not scope.expired():
+                    raise
                 raise AssertionError(
                     f"timed out after {within:g} s waiting for {what} (the check never ended)"
                 ) from None

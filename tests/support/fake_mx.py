@@ -180,7 +180,7 @@ class _ScriptedSMTP(_Recording, SMTP):
         if not self._greeted:
             self._greeted = True
             if script.delay:
-                await asyncio.sleep(script.delay)
+                await asyncio.sleep(script.delay)  # a slow banner is what the script asks
         if script.drop_at == "data" and text.startswith("354"):
             self._drop = True
         if self._drop:
@@ -335,7 +335,7 @@ class FakeMx:
 
     async def _pause(self) -> None:
         if self.script.delay:
-            await asyncio.sleep(self.script.delay)
+            await asyncio.sleep(self.script.delay)  # a slow server is what the script asks
 
     async def handle_EHLO(
         self,
@@ -392,7 +392,7 @@ class FakeMx:
         await self._pause()
         fault = self.script.fault_for_rcpt(address)
         if fault.delay:
-            await asyncio.sleep(fault.delay)
+            await asyncio.sleep(fault.delay)  # slow-S@: a slow answer is what it asks
         if self.script.drop_at == "rcpt" or fault.rcpt_reply is None:
             server.drop_before_reply()
             return R421_CLOSING  # never sent

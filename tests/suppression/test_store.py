@@ -228,6 +228,7 @@ async def test_store_keeps_following_across_a_broker_restart(
         # Blocking process control runs in a thread so the store's follower keeps running.
         await asyncio.to_thread(kafka.stop)
         try:
+            # The outage itself: it lasts a whole fetch of the follower (1 s), which meets it.
             await asyncio.sleep(1.0)
             assert st.ready  # the last known table stays usable during an outage
         finally:

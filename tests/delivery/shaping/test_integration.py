@@ -15,11 +15,12 @@ import contextlib
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from support.delivery_worker import Result, Running
+from support.eventually import eventually
 from support.shaping import BURST, RATE_PER_MIN, limited_shaper, per_minute, worst_window
 
 from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
@@ -31,21 +32,6 @@ from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Result:
-    recipient: str
-    code: int
-    enhanced: str = "2.0.0"
-    text: str = "ok"
-    remote: str = "fake[127.0.0.1]:25"
-
-    @property
-    def kind(self) -> Literal["delivered", "transient", "permanent"]:
-        if self.code < 300:
-            return "delivered"
-        return "permanent" if self.code >= 500 else "transient"
 
 
 class RecordingTransport:
@@ -62,8 +48,8 @@ class RecordingTransport:
         self.starts[env.routing_key].append(now)
         self.mine[env.routing_key].append(now)
         self.seen[env.routing_key].set()
-        await asyncio.sleep(0.002)
-        return [Result(r, 250) for r in env.recipients]
+        await asyncio.sleep(0.002)  # a send takes a little while, as a real one does
+        return [Result(r, 250, "2.0.0", "ok") for r in env.recipients]
 
     async def close(self) -> None:
         pass
@@ -111,36 +97,16 @@ def service(
     )
 
 
-async def start(svc: DeliveryService) -> asyncio.Task[None]:
-    task = asyncio.create_task(svc.run())
-    deadline = time.monotonic() + 60
-    while not svc.ready()[0]:
-        if task.done():
-            task.result()
-        assert time.monotonic() < deadline, svc.ready()
-        await asyncio.sleep(0.05)
-    return task
-
-
-async def stop(svc: DeliveryService, task: asyncio.Task[None]) -> None:
-    svc.stop()
-    await asyncio.wait_for(task, 60)
-
-
 async def test_rate_holds_with_one_worker_and_free_destination_runs_full_speed(kafka):
     ks = kafka.settings(queue_partitions=1)  # both destinations in the same partition
     pool = "t" + os.urandom(4).hex()
     await ensure_topics(ks, standard_topics(ks, [pool], 1024 * 1024))
     transport = RecordingTransport()
-    svc = service(ks, pool, transport, limited_shaper())
-    task = await start(svc)
-    try:
+    async with Running(service(ks, pool, transport, limited_shaper())):
         t0 = time.monotonic()
         await enqueue(ks, pool, "limited.example", 450)
         await enqueue(ks, pool, "free.example", 1500)
-        await asyncio.sleep(35)
-    finally:
-        await stop(svc, task)
+        await asyncio.sleep(35)  # the measured run itself, in wall time
     limited = transport.starts["limited.example"]
     free = transport.starts["free.example"]
     begin = limited[0]
@@ -161,27 +127,34 @@ async def test_rate_holds_across_two_workers_and_a_rebalance(kafka):
     transports = RecordingTransport(starts), RecordingTransport(starts)
     # A long horizon keeps the backlog in memory and on the partition, so what is measured
     # after the rebalance is the shaping, not when deferred mail comes back from delay topics.
-    workers = [service(ks, pool, t, limited_shaper(), short_horizon_s=150) for t in transports]
-    tasks: list[asyncio.Task[None] | None] = [await start(w) for w in workers]
+    workers = [
+        Running(service(ks, pool, t, limited_shaper(), short_horizon_s=150)) for t in transports
+    ]
+    running = [await w.start() for w in workers]
     key = "limited.example"
     try:
-        await asyncio.sleep(8)  # let the group settle with two members
+
+        def settled() -> bool:
+            shares = [
+                len(s.worker.consumer.assignment()) if s.worker.consumer else 0 for s in running
+            ]
+            return shares == [2, 2]
+
+        # the group settled with two members, each owning two of the four partitions
+        await eventually(settled, within=60, interval=0.2, what="two members with 2 partitions")
         await enqueue(ks, pool, key, 800)
-        await asyncio.sleep(25)
+        await asyncio.sleep(25)  # the measured run before the rebalance
         # a rebalance: the owner of the destination stops, the survivor takes it over
         owner = next(i for i, t in enumerate(transports) if t.mine[key])
         survivor = transports[1 - owner]
         left = time.monotonic()
-        owner_task, tasks[owner] = tasks[owner], None
-        assert owner_task is not None
-        await stop(workers[owner], owner_task)
+        await workers.pop(owner).stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(survivor.seen[key].wait(), left + 20 - time.monotonic())
-        await asyncio.sleep(25)
+        await asyncio.sleep(25)  # the measured run after it
     finally:
-        for worker, task in zip(workers, tasks, strict=True):
-            if task is not None:
-                await stop(worker, task)
+        for worker in workers:
+            await worker.stop()
     end = time.monotonic()
     limited = sorted(starts[key])
     begin = limited[0]

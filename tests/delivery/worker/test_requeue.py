@@ -16,6 +16,7 @@ from support.delivery_worker import (
     service_for,
     setup_pool,
 )
+from support.eventually import eventually
 
 from mailsluice.contracts.envelope import Envelope
 from mailsluice.contracts.events import EventType
@@ -42,7 +43,12 @@ async def test_connection_rate_refusal_queues_again_without_an_attempt(kafka: An
     service = service_for(ks, pool, transport)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [envelope(pool, 0, ("x@y.example",))])
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 1)
+        await eventually(
+            lambda: len(events.of(EventType.DELIVERY)) == 1,
+            within=60,
+            what="a delivery event",
+            detail=events.summary,
+        )
     assert len(transport.calls) == 3  # two refusals, then the delivery
     assert events.of(EventType.TRANSIENT_FAILURE) == []
     assert value("mailsluice_delivery_connection_rate_requeues_total", pool=pool) == 2

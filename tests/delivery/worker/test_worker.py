@@ -20,6 +20,7 @@ from support.delivery_worker import (
     service_for,
     setup_pool,
 )
+from support.eventually import eventually
 from support.shaping import uniform
 
 from mailsluice.contracts.envelope import Envelope
@@ -66,16 +67,24 @@ async def test_every_recipient_ends_delivered_bounced_or_expired(kafka: Any) -> 
     service = service_for(ks, pool, transport, retry_base_s=0.5, retry_max_s=1.0, expiry_s=4.0)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, make_envs())
-        await events.wait_for(lambda: all_rcpts <= set(events.finals()), within=90)
+        await eventually(
+            lambda: all_rcpts <= set(events.finals()),
+            within=90,
+            what="every recipient's final event",
+            detail=events.summary,
+        )
         # DSNs for hard bounces and expirations come back through the queue and get delivered.
         failed_msgs = {
             e.queue_id for e in events.events if e.type in (EventType.BOUNCE, EventType.EXPIRATION)
         }
-        await events.wait_for(
+        await eventually(
             lambda: (
                 len([e for e in events.of(EventType.DELIVERY) if e.recipient == "s@origin.example"])
                 >= len(failed_msgs)
-            )
+            ),
+            within=60,
+            what="a DSN delivered for each failed message",
+            detail=events.summary,
         )
         assert service.mover is not None
         moved = service.mover.moved
@@ -132,15 +141,34 @@ async def test_out_of_order_completion_never_commits_past_unfinished(kafka: Any)
     service = service_for(ks, pool, transport, short_horizon_s=60)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, envs, pool=pool)
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 9)
-        await asyncio.sleep(1.0)  # several commit intervals
+        await eventually(
+            lambda: len(events.of(EventType.DELIVERY)) == 9,
+            within=60,
+            what="9 delivery events",
+            detail=events.summary,
+        )
+        # A window of several commit intervals (0.2 s): nothing past the unfinished first
+        # record may be committed in it, and an absence can only be watched over time.
+        await asyncio.sleep(1.0)
         assert (await committed(ks, pool)).get(0, 0) == 0
         release.set()
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 10)
-        deadline = time.monotonic() + 10
-        while (await committed(ks, pool)).get(0) != 11:
-            assert time.monotonic() < deadline, await committed(ks, pool)
-            await asyncio.sleep(0.2)
+        await eventually(
+            lambda: len(events.of(EventType.DELIVERY)) == 10,
+            within=60,
+            what="10 delivery events",
+            detail=events.summary,
+        )
+
+        async def all_committed() -> bool:
+            return (await committed(ks, pool)).get(0) == 11
+
+        await eventually(
+            all_committed,
+            within=10,
+            interval=0.2,
+            what="offset 11 committed",
+            detail=lambda: committed(ks, pool),
+        )
     assert len(transport.calls) == 10
 
 
@@ -162,7 +190,12 @@ async def test_throttled_destination_goes_through_delay_topic(kafka: Any) -> Non
     service = service_for(ks, pool, transport, shaper, short_horizon_s=0.5)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, envs)
-        await events.wait_for(lambda: len(events.finals()) == 42, within=90)
+        await eventually(
+            lambda: len(events.finals()) == 42,
+            within=90,
+            what="42 final events",
+            detail=events.summary,
+        )
     assert len(events.of(EventType.TRANSIENT_FAILURE)) == 0
     assert sum(events.finals().values()) == 42
     # The rate of the slow destination held: 12 messages at 4/s with burst 1 span >= 2.75 s.
@@ -186,7 +219,7 @@ async def test_sigterm_drain_finishes_in_flight_and_commits(kafka: Any) -> None:
     async def script(env: Envelope, rcpt: str) -> tuple[int, str, str]:
         if rcpt.startswith("slow"):
             started.set()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # a send still in flight when the stop comes
         return 250, "2.0.0", "ok"
 
     transport = FakeTransport(script)
@@ -198,7 +231,12 @@ async def test_sigterm_drain_finishes_in_flight_and_commits(kafka: Any) -> None:
             await asyncio.wait_for(started.wait(), 30)
         # Left the block: stop() + drain returned; the send had finished and was committed.
         assert (await committed(ks, pool)).get(0) == 1
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 1)
+        await eventually(
+            lambda: len(events.of(EventType.DELIVERY)) == 1,
+            within=60,
+            what="a delivery event",
+            detail=events.summary,
+        )
     assert service.worker.consumer is not None
 
 
@@ -212,7 +250,12 @@ async def test_dedup_skips_recipients_already_delivered(kafka: Any) -> None:
     service.worker.dedup.add(env.queue_id, "a@x.example")
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [env])
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 1)
+        await eventually(
+            lambda: len(events.of(EventType.DELIVERY)) == 1,
+            within=60,
+            what="a delivery event",
+            detail=events.summary,
+        )
     assert transport.calls == [(env.queue_id, "b@x.example")]
 
 
@@ -245,7 +288,7 @@ async def test_two_workers_and_a_rebalance_lose_nothing(kafka: Any) -> None:
     await setup_pool(ks, pool)
 
     async def slowish(_env: Envelope, _rcpt: str) -> tuple[int, str, str]:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # sends take a while, so the rebalance meets some in flight
         return 250, "2.0.0", "ok"
 
     first, second = FakeTransport(slowish), FakeTransport(slowish)
@@ -256,10 +299,25 @@ async def test_two_workers_and_a_rebalance_lose_nothing(kafka: Any) -> None:
     two = service_for(ks, pool, second, max_inflight=8, dest_max_concurrency=1)
     async with EventLog(ks, pool) as events, Running(one):
         await enqueue(ks, envs)
-        await events.wait_for(lambda: len(events.finals()) >= 40)
+        await eventually(
+            lambda: len(events.finals()) >= 40,
+            within=60,
+            what="at least 40 final events",
+            detail=events.summary,
+        )
         async with Running(two):  # joins: a rebalance moves partitions while sends run
-            await events.wait_for(lambda: len(events.finals()) >= 120)
-        await events.wait_for(lambda: keys <= set(events.finals()), within=90)
+            await eventually(
+                lambda: len(events.finals()) >= 120,
+                within=60,
+                what="at least 120 final events",
+                detail=events.summary,
+            )
+        await eventually(
+            lambda: keys <= set(events.finals()),
+            within=90,
+            what="every recipient's final event",
+            detail=events.summary,
+        )
     assert len(second.calls) > 0
     assert len(first.calls) + len(second.calls) >= len(keys)
     finals = events.finals()
@@ -288,7 +346,12 @@ action = "bounce"
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [envelope(pool, 0, ("x@y.example",))])
         # The bounce, then the DSN to the sender (bounced too by the same rule; no DSN of it).
-        await events.wait_for(lambda: len(events.of(EventType.BOUNCE)) == 2)
+        await eventually(
+            lambda: len(events.of(EventType.BOUNCE)) == 2,
+            within=60,
+            what="2 bounce events",
+            detail=events.summary,
+        )
     bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "x@y.example")
     assert (bounce.code, bounce.enhanced) == (521, "5.7.0")
     assert events.of(EventType.TRANSIENT_FAILURE) == []
