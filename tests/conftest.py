@@ -12,6 +12,8 @@ from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import shared_cluster, stop_shared_cluster
 from support.kafka_broker import KafkaBroker, start_broker
 
+from mailsluice.kafka.settings import KafkaSettings
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers are true by construction: every test that uses the broker (directly or through
@@ -38,6 +40,12 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
 
 
 _brokers: list[KafkaBroker] = []
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka: KafkaBroker) -> KafkaSettings:
+    """Settings of the clients of the session broker, as the product reads them."""
+    return kafka.settings()
 
 
 @pytest.fixture(scope="session")

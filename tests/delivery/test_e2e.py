@@ -12,7 +12,7 @@ from support.delivery_worker import (
     EventLog,
     Running,
     committed,
-    drained,
+    committed_to_end,
     enqueue,
     envelope,
     new_pool,
@@ -56,12 +56,7 @@ async def test_real_transport_delivers_bounces_retries_and_expires(
             ]
             await enqueue(ks, envs)
             keys = {(e.queue_id, r) for e in envs for r in e.recipients}
-            await eventually(
-                lambda: keys <= set(events.finals()),
-                within=60,
-                what="every recipient's final event",
-                detail=events.summary,
-            )
+            await events.expect_final(keys)
             # Two DSNs (bounce of 0, expiry of 1) go back to s@origin.example; none for the
             # null-sender message 3.
             await eventually(
@@ -78,9 +73,7 @@ async def test_real_transport_delivers_bounces_retries_and_expires(
                 detail=events.summary,
             )
             # Every queue record, any further DSN included, finished: what the MX got is all.
-            await eventually(
-                lambda: drained(ks, pool), within=30, what="the queue committed to its end"
-            )
+            await committed_to_end(ks, pool)
     finally:
         await transport.close()
     types = {(e.queue_id, e.recipient): e.type for e in events.events if e.type in events_final()}
@@ -182,19 +175,8 @@ async def test_sigkill_mid_run_loses_nothing_and_duplicates_stay_small(
                 blocking=True,
             )
             assert 503 in statuses
-            await eventually(
-                lambda: keys <= set(events.finals()),
-                within=120,
-                what="every recipient's final event",
-                detail=events.summary,
-            )
-            await eventually(
-                lambda: drained(ks, pool),
-                within=30,
-                interval=0.3,
-                what="the queue committed to its end",
-                detail=lambda: committed(ks, pool),
-            )
+            await events.expect_final(keys, within=120)
+            await committed_to_end(ks, pool)
         finally:
             stop(proc)
     assert proc.returncode == 0, log_path.read_text()[-3000:]

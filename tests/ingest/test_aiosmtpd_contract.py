@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult
-from prometheus_client import REGISTRY
 from support.eventually import eventually
 from support.ingest import RawClient
 from support.loopback import free_port
+from support.metrics import sample
 from support.tls import server_context, trusting_client_context
 
 from mailsluice.ingest import replies
@@ -116,10 +116,6 @@ async def ingest_smtp(
             connection.close_with(replies.S421_SHUTTING_DOWN)
         await server.wait_closed()
         await publisher.stop()
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 # --- the private API ----------------------------------------------------------------------------

@@ -18,18 +18,6 @@ from mailsluice.kafka.settings import KafkaSettings
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
-def domain(dns_server) -> str:
-    name = f"auth-{uid()}.test"
-    dns_server.set_mx(name, [(10, f"mx.{name}")])
-    return name
-
-
-@pytest.fixture(scope="module")
 async def ingest(kafka_settings, dns_nameserver, tmp_path_factory) -> AsyncIterator[IngestService]:
     """Loopback is NOT trusted here: only authenticated users may relay."""
     directory = tmp_path_factory.mktemp("auth")

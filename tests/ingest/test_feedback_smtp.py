@@ -24,12 +24,8 @@ TRUSTED_IP = "127.0.0.2"  # the sending application; 127.0.0.1 is a stranger her
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
 async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]:
+    """This module's ingest, with the settings its tests are about."""
     async with running_ingest(
         kafka_settings,
         dns_nameserver,

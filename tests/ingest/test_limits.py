@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from support.eventually import eventually
-from support.ingest import RawClient, queued, running_ingest, uid
+from support.ingest import RawClient, accepts, queued, running_ingest, uid
 from support.topic_reader import read_topic
 
 from mailsluice.contracts.envelope import envelope_from_headers
@@ -18,19 +18,8 @@ from mailsluice.kafka.settings import KafkaSettings
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
-def domain(dns_server) -> str:
-    name = f"limits-{uid()}.test"
-    dns_server.set_mx(name, [(10, f"mx.{name}")])
-    return name
-
-
-@pytest.fixture(scope="module")
 async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]:
+    """This module's ingest, with the settings its tests are about."""
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
@@ -264,12 +253,7 @@ async def test_shutdown_finishes_open_transaction_then_closes(
             stopping = asyncio.create_task(service.stop())
 
             async def refused() -> bool:
-                try:
-                    other = await RawClient.connect(port)
-                except OSError:
-                    return True
-                await other.close()
-                return False
+                return not await accepts(port, greeting=False)
 
             await eventually(refused, within=10, what="no longer accepting")
             assert not stopping.done()  # waiting for the open transaction

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import smtplib
@@ -109,14 +110,15 @@ async def test_dashboards_and_alerts_against_real_prometheus(
     def answers(url: str) -> Callable[[], bool]:
         return lambda: get(url)[0] == 200
 
+    # Each check blocks (HTTP, PromQL); a failure shows the processes' logs.
+    watched = functools.partial(eventually, detail=lambda: tails(logs), blocking=True)
+
     try:
         procs.append(start([str(VENV_BIN / "mailsluice"), "ingest"], ingest_env, logs[0]))
-        await eventually(
+        await watched(
             answers(f"http://127.0.0.1:{ingest_http}/readyz"),
             within=30,
             what="ingest ready",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
         procs.append(start([str(VENV_BIN / "mailsluice"), "delivery"], delivery_env, logs[1]))
         procs.append(
@@ -124,19 +126,15 @@ async def test_dashboards_and_alerts_against_real_prometheus(
                 tmp_path, prom_port, {"ingest": ingest_http, "delivery": delivery_http}, logs[2]
             )
         )
-        await eventually(
+        await watched(
             answers(f"http://127.0.0.1:{delivery_http}/readyz"),
             within=40,
             what="delivery ready",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
-        await eventually(
+        await watched(
             answers(f"{prom}/-/ready"),
             within=30,
             what="prometheus ready",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
         started = time.time()
         queued = 0
@@ -156,12 +154,10 @@ async def test_dashboards_and_alerts_against_real_prometheus(
             )
 
         # Deliveries, deferrals (retried, then expired) and bounces have all been scraped.
-        await eventually(
+        await watched(
             outcomes_scraped,
             within=30,
             what="outcomes scraped",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
         problems: list[str] = []
 

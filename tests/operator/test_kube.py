@@ -25,11 +25,11 @@ from support.k8s_fixtures import (
     running_operator,
     write_kubeconfig,
 )
+from support.loopback import free_port
 from support.operator_cluster import (
     NS_NO_KAFKA,
     apply_yaml,
     delete_pool,
-    free_port,
     get_deployment,
     get_pool,
     pool_yaml,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaProducer
+from support.delivery_worker import enqueue, envelope
 from support.eventually import eventually
 from support.fake_mx import free_port
 from support.k8s_cluster import K8sCluster
@@ -36,8 +37,7 @@ from support.operator_cluster import apply_yaml, pool_yaml, pretend_workers_read
 from support.processes import get, product_env, start, stop, tails
 from support.prometheus import check_alerts, check_panels, query, render_module, start_prometheus
 
-from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
-from mailsluice.contracts.topics import queue_topic
+from mailsluice.contracts.envelope import Envelope
 from mailsluice.observability.dashboards import build
 
 NS = "op-prom"
@@ -56,31 +56,17 @@ def _sum(prom: str, expr: str) -> float:
 
 
 async def _produce(
-    kafka: KafkaBroker, pool: str, n: int, *, burst: int = 1, every_s: float = 0.0
+    kafka: KafkaBroker, pool: str, n: int, *, burst: int = 0, every_s: float = 0.0
 ) -> None:
     """n queue records for one recipient each at the fake MX's domain, in bursts every_s apart."""
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for i in range(n):
-            env = Envelope(
-                queue_id=f"{pool}-{uuid.uuid4().hex[:12]}",
-                pool=pool,
-                sender="s@origin.example",
-                recipients=(f"ok{i}@example.net",),
-                routing_key="example.net",
-                received_at=time.time(),
-            )
-            await producer.send_and_wait(
-                queue_topic(pool),
-                b"Subject: operator dashboard\r\n\r\nhello\r\n",
-                key=env.routing_key.encode(),
-                headers=[(ENVELOPE_HEADER, encode_envelope(env))],
-            )
-            if (i + 1) % burst == 0:
-                await asyncio.sleep(every_s)  # the traffic's shape: bursts every_s apart
-    finally:
-        await producer.stop()
+    size = burst or n
+    for first in range(0, n, size):
+        if first:
+            await asyncio.sleep(every_s)  # the traffic's shape: bursts every_s apart
+        envs: list[Envelope | None] = [
+            envelope(pool, i, (f"ok{i}@example.net",)) for i in range(first, min(first + size, n))
+        ]
+        await enqueue(kafka.settings(), envs, b"Subject: operator dashboard\r\n\r\nhello\r\n")
 
 
 async def test_operator_dashboard_against_real_prometheus(
@@ -112,49 +98,43 @@ async def test_operator_dashboard_against_real_prometheus(
     )
     prom = f"http://127.0.0.1:{prom_port}"
     procs: list[subprocess.Popen[bytes]] = []
+    # Each check blocks (HTTP, kubectl, PromQL); a failure shows the processes' logs.
+    watched = functools.partial(eventually, detail=lambda: tails(logs), blocking=True)
     trickle: asyncio.Task[None] | None = None
     try:
         mailsluice = str(VENV_BIN / "mailsluice")
         procs.append(start([mailsluice, "operator", "--namespace", NS], operator_env, logs[0]))
         targets = {"operator": metrics_port, "delivery": worker_port}
         procs.append(start_prometheus(tmp_path, prom_port, targets, logs[2]))
-        await eventually(
+        await watched(
             lambda: get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200,
             within=60,
             what="operator /healthz",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
         started = time.time()
         for pool in pools:
             apply_yaml(cluster, pool_yaml(pool, NS))
-        await eventually(
+        await watched(
             lambda: _reconciled(cluster, pools),
             within=60,
             what="pools reconciled",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
         # The operator created the first pool's topic; its worker joins the consumer group.
         procs.append(start([mailsluice, "delivery"], worker_env, logs[1]))
-        await eventually(
+        await watched(
             lambda: get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200,
             within=60,
             what="worker ready",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
         pretend_workers_ready(cluster, pools[0], 1, NS)
         trickle = asyncio.create_task(_produce(kafka, pools[0], 300, burst=30, every_s=2))
         await _produce(kafka, pools[1], 40)  # 4 workers' worth of lag at lagPerWorker 10
-        await eventually(
+        await watched(
             lambda: get(f"{prom}/-/ready")[0] == 200,
             within=30,
             what="prometheus ready",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
-        await eventually(
+        await watched(
             lambda: (
                 _sum(prom, 'sum(mailsluice_operator_workers{kind="desired"})') >= 1 + 4
                 and _sum(prom, 'sum(mailsluice_operator_workers{kind="ready"})') >= 1
@@ -162,8 +142,6 @@ async def test_operator_dashboard_against_real_prometheus(
             ),
             within=30,
             what="workers scraped",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
         await _provoke_reconcile_error(cluster, kubeconfig, prom, logs)
         # The run's length, not a wait for something: a few more rounds, so rates over the run
@@ -183,12 +161,10 @@ async def test_operator_dashboard_against_real_prometheus(
             )
         for pool in pools:
             cluster.kubectl("delete", "sendingpool", pool, "-n", NS, "--wait=false")
-        await eventually(
+        await watched(
             lambda: not _any_pool(cluster, pools),
             within=60,
             what="pools deleted",
-            detail=lambda: tails(logs),
-            blocking=True,
         )
     finally:
         if trickle is not None:

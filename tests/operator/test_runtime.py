@@ -26,12 +26,12 @@ from support.k8s_fixtures import (
     write_kubeconfig,
 )
 from support.kafka_broker import KafkaBroker
+from support.loopback import free_port
 from support.operator_cluster import (
     NS_NO_KAFKA,
     apply_yaml,
     delete_pool,
     events_for,
-    free_port,
     get_deployment,
     get_pool,
     pool_yaml,

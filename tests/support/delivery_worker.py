@@ -85,10 +85,11 @@ async def setup_pool(kafka_settings: KafkaSettings, pool: str) -> None:
 async def enqueue(
     kafka_settings: KafkaSettings,
     envs: list[Envelope | None],
-    body: bytes = b"Subject: t\r\n\r\nhello\r\n",
+    body: bytes | Callable[[Envelope], bytes] = b"Subject: t\r\n\r\nhello\r\n",
     pool: str = "",
 ) -> None:
-    """Produce queue records (None: an undecodable record without envelope)."""
+    """Produce queue records keyed by routing key, in order (None: an undecodable record
+    without envelope, on `pool`'s queue); `body` may be a function of the envelope."""
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka_settings.bootstrap, acks="all", enable_idempotence=True
     )
@@ -99,14 +100,17 @@ async def enqueue(
             if env is None:
                 futures.append(
                     await producer.send(
-                        queue_topic(pool), body, key=b"junk", headers=[("other", b"x")]
+                        queue_topic(pool),
+                        body if isinstance(body, bytes) else b"junk",
+                        key=b"junk",
+                        headers=[("other", b"x")],
                     )
                 )
                 continue
             futures.append(
                 await producer.send(
                     queue_topic(env.pool),
-                    body,
+                    body(env) if callable(body) else body,
                     key=env.routing_key.encode(),
                     headers=[(ENVELOPE_HEADER, encode_envelope(env))],
                 )
@@ -119,16 +123,17 @@ async def enqueue(
 def envelope(
     pool: str, n: int, recipients: tuple[str, ...], sender: str = "s@origin.example", **kw: Any
 ) -> Envelope:
-    domain = recipients[0].rpartition("@")[2]
-    return Envelope(
-        queue_id=f"{pool}-{n:05d}",
-        pool=pool,
-        sender=sender,
-        recipients=recipients,
-        routing_key=domain,
-        received_at=time.time(),
-        **kw,
-    )
+    """The envelope of message `n` of `pool`, routed by its first recipient's domain, received
+    now; `kw` sets any other field (or overrides one of these)."""
+    fields: dict[str, Any] = {
+        "queue_id": f"{pool}-{n:05d}",
+        "pool": pool,
+        "sender": sender,
+        "recipients": recipients,
+        "routing_key": recipients[0].rpartition("@")[2],
+        "received_at": time.time(),
+    }
+    return Envelope(**{**fields, **kw})
 
 
 class EventLog:
@@ -178,6 +183,24 @@ class EventLog:
         counts = collections.Counter(e.type.value for e in self.events)
         return f"events so far: {dict(sorted(counts.items()))}"
 
+    async def expect(self, kind: EventType, count: int, *, within: float = 60) -> None:
+        """Wait until exactly `count` events of `kind` have come."""
+        await eventually(
+            lambda: len(self.of(kind)) == count,
+            within=within,
+            what=f"{count} {kind.value} events",
+            detail=self.summary,
+        )
+
+    async def expect_final(self, keys: set[tuple[str, str]], *, within: float = 60) -> None:
+        """Wait until each (queue id, recipient) of `keys` has its final event."""
+        await eventually(
+            lambda: keys <= set(self.finals()),
+            within=within,
+            what=f"the final events of {len(keys)} recipients",
+            detail=self.summary,
+        )
+
 
 async def committed(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
@@ -206,6 +229,17 @@ async def queue_ends(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]
     finally:
         await consumer.stop()
     return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def committed_to_end(kafka_settings: KafkaSettings, pool: str, within: float = 30) -> None:
+    """Wait until the pool's group has committed its queue topic up to the end as it stands."""
+    await eventually(
+        lambda: drained(kafka_settings, pool),
+        within=within,
+        interval=0.2,
+        what=f"{queue_topic(pool)} committed to its end",
+        detail=lambda: committed(kafka_settings, pool),
+    )
 
 
 async def drained(kafka_settings: KafkaSettings, pool: str) -> bool:
@@ -252,16 +286,23 @@ class Running:
 def service_for(
     kafka_settings: KafkaSettings,
     pool: str,
-    transport: FakeTransport,
+    transport: Any,
     shaper: PolicyShaper | None = None,
+    *,
+    mover: bool = True,
+    on_share: Callable[[int, int], None] | None = None,
     **settings: Any,
 ) -> DeliveryService:
+    """A DeliveryService of `pool` over `transport` (DSNs made up by fake_dsn), committing every
+    0.2 s unless `settings` say otherwise, whose consumer notices a lost member within 6 s."""
     settings.setdefault("commit_interval_s", 0.2)
     return DeliveryService(
         DeliverySettings(pool=pool, **settings),
         kafka_settings,
         transport,
+        mover=mover,
         build_dsn=fake_dsn,
         shaper=shaper,
+        on_share=on_share,
         consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
     )

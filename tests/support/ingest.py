@@ -164,6 +164,16 @@ class RawClient:
             await self.writer.wait_closed()
 
 
+async def accepts(port: int, *, greeting: bool = True) -> bool:
+    """Whether the SMTP server on `port` takes a connection (and greets it, with `greeting`)."""
+    try:
+        client = await RawClient.connect(port, greeting=greeting)
+    except OSError:
+        return False
+    await client.close()
+    return True
+
+
 async def swaks(*args: str) -> subprocess.CompletedProcess[str]:
     proc = await asyncio.create_subprocess_exec(
         "/usr/bin/swaks",

@@ -7,7 +7,6 @@ tests/operator/test_cluster.py (a pool's life under one operator) and tests/oper
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -28,12 +27,6 @@ def prepare(cluster: K8sCluster) -> K8sCluster:
         if get_json(cluster, "namespace", ns) is None:
             cluster.kubectl("create", "namespace", ns)
     return cluster
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pool_yaml(name: str, namespace: str = NS, **spec: Any) -> str:

@@ -86,10 +86,14 @@ class Arrivals:
                 self.first.setdefault(env.queue_id, now)
                 self.count += 1
 
-    async def check(self, done: Callable[[], bool]) -> bool:
-        """Fetch once, then tell whether done() holds (a condition for eventually)."""
-        await self.poll()
-        return done()
+    async def expect(self, done: Callable[[], bool], *, within: float, what: str) -> None:
+        """Fetch until done() holds."""
+
+        async def fetched() -> bool:
+            await self.poll()
+            return done()
+
+        await eventually(fetched, within=within, interval=0, what=what, detail=self.detail)
 
     async def watch(self, seconds: float) -> None:
         """Keep fetching for `seconds`: what must not arrive meanwhile."""

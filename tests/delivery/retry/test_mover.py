@@ -7,7 +7,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from support.delivery_worker import envelope, new_pool, setup_pool
-from support.eventually import eventually
 from support.retry_mover import arrivals, produce_retries, running_mover
 
 from mailsluice.contracts.topics import retry_topic
@@ -34,12 +33,8 @@ async def test_mover_waits_for_not_before_without_blocking_other_partitions(kafk
             await producer.send_and_wait(retry_topic(TIER), b"junk", partition=1)
         finally:
             await producer.stop()
-        await eventually(
-            lambda: seen.check(lambda: len(seen.first) == 2),
-            within=60,
-            interval=0,
-            what="both records back on the queue",
-            detail=seen.detail,
+        await seen.expect(
+            lambda: len(seen.first) == 2, within=60, what="both records back on the queue"
         )
     assert seen.first[late.queue_id] >= late.not_before
     assert seen.first[soon.queue_id] < late.not_before  # not held behind the other partition

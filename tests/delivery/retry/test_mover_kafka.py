@@ -49,12 +49,8 @@ async def test_records_out_of_due_order_leave_in_due_order(kafka: Any) -> None:
             envelope(pool, 2, ("c@mid.example",), not_before=now + 5.0),
         ]
         await produce_retries(ks, TIER, envs)
-        await eventually(
-            lambda: seen.check(lambda: len(seen.first) == 3),
-            within=60,
-            interval=0,
-            what="three records back on the queue",
-            detail=seen.detail,
+        await seen.expect(
+            lambda: len(seen.first) == 3, within=60, what="three records back on the queue"
         )
     order = sorted(seen.first, key=seen.first.__getitem__)
     assert order == [envs[1].queue_id, envs[2].queue_id, envs[0].queue_id]
@@ -81,23 +77,15 @@ async def test_retry_now_releases_a_held_record_early(kafka: Any) -> None:
         assert seen.first == {}
         asked = time.time()
         await send_command(ks, Command(pool, "slow.example", "retry-now", ts=asked, by="test"))
-        await eventually(
-            lambda: seen.check(lambda: slow.queue_id in seen.first),
-            within=10,
-            interval=0,
-            what="the released record",
-            detail=seen.detail,
+        await seen.expect(
+            lambda: slow.queue_id in seen.first, within=10, what="the released record"
         )
         assert seen.first[slow.queue_id] - asked < 3.0
         assert other.queue_id not in seen.first  # another destination keeps its due time
         assert mover.released >= 1
         # the other one still comes on time, so nothing of this test stays uncommitted
-        await eventually(
-            lambda: seen.check(lambda: other.queue_id in seen.first),
-            within=30,
-            interval=0,
-            what="the other record, on time",
-            detail=seen.detail,
+        await seen.expect(
+            lambda: other.queue_id in seen.first, within=30, what="the other record, on time"
         )
     assert seen.first[other.queue_id] >= other.not_before
 
@@ -148,24 +136,18 @@ async def test_standalone_mover_killed_midway_loses_nothing(kafka: Any) -> None:
         await produce_retries(ks, TIER, envs[:12], partition=0)
         await produce_retries(ks, TIER, envs[12:], partition=1)
         async with arrivals(ks, pool) as seen:
-            await eventually(
-                lambda: seen.check(lambda: len(seen.first) >= 6),
-                within=60,
-                interval=0,
-                what="six records back on the queue",
-                detail=seen.detail,
+            await seen.expect(
+                lambda: len(seen.first) >= 6, within=60, what="six records back on the queue"
             )
             stop(first, signal.SIGKILL)  # no commit, no leaving the group
             assert len(seen.first) < len(envs)
             second = start_standalone(ks, port)
             try:
                 await wait_ready(port, second)
-                await eventually(
-                    lambda: seen.check(lambda: len(seen.first) == len(envs)),
+                await seen.expect(
+                    lambda: len(seen.first) == len(envs),
                     within=90,
-                    interval=0,
                     what="every record back on the queue",
-                    detail=seen.detail,
                 )
             finally:
                 stop(second)

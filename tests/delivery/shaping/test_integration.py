@@ -15,19 +15,13 @@ import contextlib
 import os
 import time
 from collections import defaultdict
-from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from support.delivery_worker import Result, Running
+from support.delivery_worker import Result, Running, enqueue, envelope, service_for
 from support.eventually import eventually
 from support.shaping import BURST, RATE_PER_MIN, limited_shaper, per_minute, worst_window
 
-from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
-from mailsluice.contracts.topics import queue_topic
-from mailsluice.delivery.service import DeliveryService
-from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.contracts.envelope import Envelope
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 
@@ -55,46 +49,13 @@ class RecordingTransport:
         pass
 
 
-async def enqueue(
-    ks: KafkaSettings, pool: str, key: str, count: int, *, batch: str = "a", stream: str = "bulk"
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=ks.bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = []
-        for n in range(count):
-            env = Envelope(
-                queue_id=f"{pool}-{key}-{batch}{n:06d}",
-                pool=pool,
-                sender="s@origin.example",
-                recipients=(f"r{n}@{key}",),
-                routing_key=key,
-                received_at=time.time(),
-                stream=stream,
-            )
-            futures.append(
-                await producer.send(
-                    queue_topic(pool),
-                    b"Subject: t\r\n\r\nhello\r\n",
-                    key=key.encode(),
-                    headers=[(ENVELOPE_HEADER, encode_envelope(env))],
-                )
-            )
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-def service(
-    ks: KafkaSettings, pool: str, transport: Any, shaper: PolicyShaper, **settings: Any
-) -> DeliveryService:
-    return DeliveryService(
-        DeliverySettings(pool=pool, commit_interval_s=0.2, max_inflight=2000, **settings),
-        ks,
-        transport,
-        shaper=shaper,
-        consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
-    )
+async def enqueue_for(ks: KafkaSettings, pool: str, key: str, count: int) -> None:
+    """`count` bulk messages to one destination, one recipient each."""
+    envs: list[Envelope | None] = [
+        envelope(pool, n, (f"r{n}@{key}",), queue_id=f"{pool}-{key}-a{n:06d}", stream="bulk")
+        for n in range(count)
+    ]
+    await enqueue(ks, envs)
 
 
 async def test_rate_holds_with_one_worker_and_free_destination_runs_full_speed(kafka):
@@ -102,10 +63,10 @@ async def test_rate_holds_with_one_worker_and_free_destination_runs_full_speed(k
     pool = "t" + os.urandom(4).hex()
     await ensure_topics(ks, standard_topics(ks, [pool], 1024 * 1024))
     transport = RecordingTransport()
-    async with Running(service(ks, pool, transport, limited_shaper())):
+    async with Running(service_for(ks, pool, transport, limited_shaper(), max_inflight=2000)):
         t0 = time.monotonic()
-        await enqueue(ks, pool, "limited.example", 450)
-        await enqueue(ks, pool, "free.example", 1500)
+        await enqueue_for(ks, pool, "limited.example", 450)
+        await enqueue_for(ks, pool, "free.example", 1500)
         await asyncio.sleep(35)  # the measured run itself, in wall time
     limited = transport.starts["limited.example"]
     free = transport.starts["free.example"]
@@ -128,7 +89,8 @@ async def test_rate_holds_across_two_workers_and_a_rebalance(kafka):
     # A long horizon keeps the backlog in memory and on the partition, so what is measured
     # after the rebalance is the shaping, not when deferred mail comes back from delay topics.
     workers = [
-        Running(service(ks, pool, t, limited_shaper(), short_horizon_s=150)) for t in transports
+        Running(service_for(ks, pool, t, limited_shaper(), max_inflight=2000, short_horizon_s=150))
+        for t in transports
     ]
     running = [await w.start() for w in workers]
     key = "limited.example"
@@ -142,7 +104,7 @@ async def test_rate_holds_across_two_workers_and_a_rebalance(kafka):
 
         # the group settled with two members, each owning two of the four partitions
         await eventually(settled, within=60, interval=0.2, what="two members with 2 partitions")
-        await enqueue(ks, pool, key, 800)
+        await enqueue_for(ks, pool, key, 800)
         await asyncio.sleep(25)  # the measured run before the rebalance
         # a rebalance: the owner of the destination stops, the survivor takes it over
         owner = next(i for i, t in enumerate(transports) if t.mine[key])

@@ -14,22 +14,20 @@ from support.delivery_worker import (
     EventLog,
     FakeTransport,
     Running,
-    committed,
+    committed_to_end,
     committed_total,
     enqueue,
     envelope,
     new_pool,
+    service_for,
     setup_pool,
 )
-from support.eventually import eventually
 from support.topic_reader import read_topic
 
 from mailsluice.contracts.envelope import envelope_from_headers
 from mailsluice.contracts.events import EventType
 from mailsluice.contracts.topics import queue_topic
-from mailsluice.delivery.service import DeliveryService
 from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings
-from mailsluice.delivery.worker.settings import DeliverySettings
 
 CAP = 5
 
@@ -70,35 +68,13 @@ async def test_over_the_warmup_cap_mail_moves_to_the_overflow_pool(kafka: Any) -
         runtime.set_share(assigned, total)
 
     transport = FakeTransport()
-    service = DeliveryService(
-        DeliverySettings(pool=pool, commit_interval_s=0.2),
-        ks,
-        transport,
-        mover=False,
-        shaper=runtime.shaper,
-        on_share=on_share,
-        consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
-    )
+    service = service_for(ks, pool, transport, runtime.shaper, mover=False, on_share=on_share)
     envs = [envelope(pool, n, (f"r{n}@d{n % 4}.example",)) for n in range(17)]
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, envs)
-        await eventually(
-            lambda: len(events.of(EventType.DELIVERY)) == CAP,
-            within=60,
-            what=f"{CAP} delivery events",
-            detail=events.summary,
-        )
-
-        async def all_committed() -> bool:
-            return await committed_total(ks, pool) == len(envs)
-
-        await eventually(
-            all_committed,
-            within=20,
-            interval=0.2,
-            what="every record committed",
-            detail=lambda: committed(ks, pool),
-        )
+        await events.expect(EventType.DELIVERY, CAP)
+        await committed_to_end(ks, pool, within=20)
+        assert await committed_total(ks, pool) == len(envs)
     # A record is finished only once its overflow copy is acknowledged: with every offset
     # committed, the target's queue as it stands holds every copy there will be.
     moved = await read_topic(ks, queue_topic(target), lambda _r: True, expect=0)

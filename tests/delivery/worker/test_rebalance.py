@@ -20,36 +20,20 @@ from support.delivery_worker import (
     enqueue,
     envelope,
     new_pool,
+    service_for,
     setup_pool,
 )
 from support.eventually import eventually
 
 from mailsluice.contracts.events import EventType
-from mailsluice.delivery.service import DeliveryService
 from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings
-from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.settings import KafkaSettings
-
-CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
 
 
 def warming_runtime(ks: KafkaSettings, pool: str, cap: int) -> ShapingRuntime:
     today = datetime.now(UTC).date().isoformat()
     overrides = {"warmup": {"schedule": "custom", "start": today, "table": {"1": cap}}}
     return ShapingRuntime(ShapingSettings(pool_overrides=json.dumps(overrides)), ks, pool)
-
-
-def service(
-    ks: KafkaSettings, pool: str, on_share: Callable[[int, int], None] | None = None, **kw: Any
-) -> DeliveryService:
-    return DeliveryService(
-        DeliverySettings(pool=pool, **kw),
-        ks,
-        FakeTransport(),
-        mover=False,
-        on_share=on_share,
-        consumer_options=CONSUMER,
-    )
 
 
 def pool_cap(runtime: ShapingRuntime) -> int | None:
@@ -71,8 +55,12 @@ async def test_warmup_share_follows_the_assigned_partitions(kafka: Any) -> None:
 
         return on_share
 
-    first = service(ks, pool, recorder("first", first_rt))
-    second = service(ks, pool, recorder("second", second_rt))
+    first = service_for(
+        ks, pool, FakeTransport(), mover=False, on_share=recorder("first", first_rt)
+    )
+    second = service_for(
+        ks, pool, FakeTransport(), mover=False, on_share=recorder("second", second_rt)
+    )
     async with Running(first):
         assert calls["first"][-1] == (4, 4)
         assert pool_cap(first_rt) == 100
@@ -99,7 +87,7 @@ async def test_first_records_after_start_and_takeover_commit_soon(kafka: Any) ->
     ks = kafka.settings(queue_partitions=4)
     pool = new_pool()
     await setup_pool(ks, pool)
-    first = service(ks, pool, commit_interval_s=60.0)
+    first = service_for(ks, pool, FakeTransport(), mover=False, commit_interval_s=60.0)
     envs = [envelope(pool, n, (f"r{n}@d{n % 8}.example",)) for n in range(8)]
 
     async def committed_at_least(count: int) -> bool:
@@ -107,12 +95,7 @@ async def test_first_records_after_start_and_takeover_commit_soon(kafka: Any) ->
 
     async with EventLog(ks, pool) as events, Running(first):
         await enqueue(ks, envs)
-        await eventually(
-            lambda: len(events.of(EventType.DELIVERY)) == 8,
-            within=60,
-            what="8 delivery events",
-            detail=events.summary,
-        )
+        await events.expect(EventType.DELIVERY, 8)
         # within 5 s: a whole interval would be 60 s
         await eventually(
             lambda: committed_at_least(8),
@@ -124,17 +107,12 @@ async def test_first_records_after_start_and_takeover_commit_soon(kafka: Any) ->
         # later records wait for the interval again: only the first finish commits early
         more = [envelope(pool, 100 + n, (f"s{n}@d{n % 8}.example",)) for n in range(8)]
         await enqueue(ks, more)
-        await eventually(
-            lambda: len(events.of(EventType.DELIVERY)) == 16,
-            within=60,
-            what="16 delivery events",
-            detail=events.summary,
-        )
+        await events.expect(EventType.DELIVERY, 16)
         # A window four times the first-commit delay: an early commit would show in it, and
         # an absence can only be watched over time.
         await asyncio.sleep(2.0)
         assert await committed_total(ks, pool) == 8
-        second = service(ks, pool, commit_interval_s=60.0)
+        second = service_for(ks, pool, FakeTransport(), mover=False, commit_interval_s=60.0)
         async with Running(second):
             assert second.worker.consumer is not None
             consumer = second.worker.consumer
@@ -146,12 +124,7 @@ async def test_first_records_after_start_and_takeover_commit_soon(kafka: Any) ->
             taken = {tp.partition for tp in second.worker.consumer.assignment()}
             last = [envelope(pool, 200 + n, (f"t{n}@d{n % 8}.example",)) for n in range(16)]
             await enqueue(ks, last)
-            await eventually(
-                lambda: len(events.of(EventType.DELIVERY)) == 32,
-                within=60,
-                what="32 delivery events",
-                detail=events.summary,
-            )
+            await events.expect(EventType.DELIVERY, 32)
             assert second.worker.consumer is not None
             ends = {
                 tp.partition: second.worker.consumer.highwater(tp)

@@ -14,6 +14,7 @@ from support.delivery_worker import (
     FakeTransport,
     Running,
     committed,
+    committed_to_end,
     enqueue,
     envelope,
     new_pool,
@@ -67,12 +68,7 @@ async def test_every_recipient_ends_delivered_bounced_or_expired(kafka: Any) -> 
     service = service_for(ks, pool, transport, retry_base_s=0.5, retry_max_s=1.0, expiry_s=4.0)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, make_envs())
-        await eventually(
-            lambda: all_rcpts <= set(events.finals()),
-            within=90,
-            what="every recipient's final event",
-            detail=events.summary,
-        )
+        await events.expect_final(all_rcpts, within=90)
         # DSNs for hard bounces and expirations come back through the queue and get delivered.
         failed_msgs = {
             e.queue_id for e in events.events if e.type in (EventType.BOUNCE, EventType.EXPIRATION)
@@ -141,34 +137,15 @@ async def test_out_of_order_completion_never_commits_past_unfinished(kafka: Any)
     service = service_for(ks, pool, transport, short_horizon_s=60)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, envs, pool=pool)
-        await eventually(
-            lambda: len(events.of(EventType.DELIVERY)) == 9,
-            within=60,
-            what="9 delivery events",
-            detail=events.summary,
-        )
+        await events.expect(EventType.DELIVERY, 9)
         # A window of several commit intervals (0.2 s): nothing past the unfinished first
         # record may be committed in it, and an absence can only be watched over time.
         await asyncio.sleep(1.0)
         assert (await committed(ks, pool)).get(0, 0) == 0
         release.set()
-        await eventually(
-            lambda: len(events.of(EventType.DELIVERY)) == 10,
-            within=60,
-            what="10 delivery events",
-            detail=events.summary,
-        )
-
-        async def all_committed() -> bool:
-            return (await committed(ks, pool)).get(0) == 11
-
-        await eventually(
-            all_committed,
-            within=10,
-            interval=0.2,
-            what="offset 11 committed",
-            detail=lambda: committed(ks, pool),
-        )
+        await events.expect(EventType.DELIVERY, 10)
+        await committed_to_end(ks, pool, within=10)
+        assert (await committed(ks, pool)).get(0) == 11
     assert len(transport.calls) == 10
 
 
@@ -231,12 +208,7 @@ async def test_sigterm_drain_finishes_in_flight_and_commits(kafka: Any) -> None:
             await asyncio.wait_for(started.wait(), 30)
         # Left the block: stop() + drain returned; the send had finished and was committed.
         assert (await committed(ks, pool)).get(0) == 1
-        await eventually(
-            lambda: len(events.of(EventType.DELIVERY)) == 1,
-            within=60,
-            what="a delivery event",
-            detail=events.summary,
-        )
+        await events.expect(EventType.DELIVERY, 1)
     assert service.worker.consumer is not None
 
 
@@ -250,12 +222,7 @@ async def test_dedup_skips_recipients_already_delivered(kafka: Any) -> None:
     service.worker.dedup.add(env.queue_id, "a@x.example")
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [env])
-        await eventually(
-            lambda: len(events.of(EventType.DELIVERY)) == 1,
-            within=60,
-            what="a delivery event",
-            detail=events.summary,
-        )
+        await events.expect(EventType.DELIVERY, 1)
     assert transport.calls == [(env.queue_id, "b@x.example")]
 
 
@@ -312,12 +279,7 @@ async def test_two_workers_and_a_rebalance_lose_nothing(kafka: Any) -> None:
                 what="at least 120 final events",
                 detail=events.summary,
             )
-        await eventually(
-            lambda: keys <= set(events.finals()),
-            within=90,
-            what="every recipient's final event",
-            detail=events.summary,
-        )
+        await events.expect_final(keys, within=90)
     assert len(second.calls) > 0
     assert len(first.calls) + len(second.calls) >= len(keys)
     finals = events.finals()
@@ -346,12 +308,7 @@ action = "bounce"
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [envelope(pool, 0, ("x@y.example",))])
         # The bounce, then the DSN to the sender (bounced too by the same rule; no DSN of it).
-        await eventually(
-            lambda: len(events.of(EventType.BOUNCE)) == 2,
-            within=60,
-            what="2 bounce events",
-            detail=events.summary,
-        )
+        await events.expect(EventType.BOUNCE, 2)
     bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "x@y.example")
     assert (bounce.code, bounce.enhanced) == (521, "5.7.0")
     assert events.of(EventType.TRANSIENT_FAILURE) == []
