@@ -284,7 +284,7 @@ def test_fake_mx_rcpt_faults_by_address(
     assert mx.rcpt_replies == [(rcpt, reply), ("ok@example.test", "250 2.1.5 Ok")]
 
 
-def test_fake_mx_only_accepted_recipients_get_the_message(fake_mx: Callable[..., FakeMx]) -> None:
+def test_fake_mx_recipient_rules(fake_mx: Callable[..., FakeMx]) -> None:
     mx = fake_mx()
     with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
         refused = client.sendmail(
@@ -297,7 +297,8 @@ def test_fake_mx_only_accepted_recipients_get_the_message(fake_mx: Callable[...,
         "permfail+1@example.test": 550,
     }
     [msg] = mx.wait_for_messages(1)
-    assert msg.rcpt_tos == ("ok@example.test",)
+    assert msg.rcpt_tos == ("ok@example.test",)  # only the accepted recipient
+    assert [r[:9] for _, r in mx.rcpt_replies] == ["450 4.2.0", "550 5.1.1", "250 2.1.5"]
 
 
 def test_fake_mx_defer_421_answers_then_closes(fake_mx: Callable[..., FakeMx]) -> None:

@@ -7,10 +7,10 @@ does.
 `condition` is called until it returns something truthy, which is returned. It may be a plain
 function or return an awaitable (an async probe such as reading committed offsets; the deadline
 bounds it too), and it may raise to end the wait at once (say, when the process it waits for
-has exited). After `within`
-seconds the test fails with an AssertionError that names `what`, the last value seen and, if
-given, `detail()` (a log tail, the state so far). The interval between checks is only how often
-to look: nothing depends on its length, so it is never a synchronisation by itself.
+has exited). After `within` seconds the test fails with an AssertionError that names `what`,
+the last value seen and, if given, `detail()` (a log tail, the state so far). The interval
+between checks is only how often to look: nothing depends on its length, so it is never a
+synchronisation by itself.
 
 A blocking check (an HTTP probe, kubectl) runs in a thread with `blocking=True`, so the event
 loop goes on meanwhile. `eventually_sync` is the same for sync tests and code on other threads
@@ -60,7 +60,8 @@ async def eventually(
             extra = detail() if detail is not None else None
             if inspect.isawaitable(extra):
                 extra = await extra
-            raise AssertionError(_message(what, within, value, extra, detail is not None))
+            text = None if detail is None else str(extra)
+            raise AssertionError(_message(what, within, value, text))
         await asyncio.sleep(interval)
 
 
@@ -79,11 +80,11 @@ def eventually_sync(
         if value:
             return value
         if time.monotonic() >= deadline:
-            extra = detail() if detail is not None else None
-            raise AssertionError(_message(what, within, value, extra, detail is not None))
+            text = None if detail is None else str(detail())
+            raise AssertionError(_message(what, within, value, text))
         time.sleep(interval)
 
 
-def _message(what: str, within: float, last: Any, extra: object, has_detail: bool) -> str:
+def _message(what: str, within: float, last: Any, detail: str | None) -> str:
     text = f"timed out after {within:g} s waiting for {what} (last: {last!r})"
-    return f"{text}\n{extra}" if has_detail else text
+    return text if detail is None else f"{text}\n{detail}"

@@ -35,7 +35,7 @@ TEXTS = {
 
 _FAULT = re.compile(
     r"(?P<name>tempfail|permfail|defer-421|drop)"
-    r"|(?P<stage>rcpt|data)-(?P<code>[245]\d\d)(?:-(?P<enhanced>[245]\.\d{1,3}\.\d{1,3}))?"
+    r"|(?P<stage>rcpt|data)-(?P<code>[45]\d\d)(?:-(?P<enhanced>[45]\.\d{1,3}\.\d{1,3}))?"
     r"|slow-(?P<seconds>\d+(?:\.\d+)?)"
 )
 
