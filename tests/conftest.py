@@ -12,6 +12,8 @@ from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import shared_cluster, stop_shared_cluster
 from support.kafka_broker import KafkaBroker, start_broker
 
+from mailsluice.kafka.settings import KafkaSettings
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers are true by construction: every test that uses the broker (directly or through
@@ -38,6 +40,12 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
 
 
 _brokers: list[KafkaBroker] = []
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka: KafkaBroker) -> KafkaSettings:
+    """Settings of the clients of the session broker, as the product reads them."""
+    return kafka.settings()
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +95,12 @@ def dns_nameserver(dns_server: DnsServer) -> str:
 
 @pytest.fixture
 def fake_mx() -> Iterator[Callable[..., FakeMx]]:
-    """Factory: `fake_mx(host=None, port=0, **MxScript fields)` starts a FakeMx (stopped after)."""
+    """Factory: `fake_mx(host=None, port=0, tls_context=None, **MxScript fields)` starts a
+    FakeMx (stopped after); see support/fake_mx.py for the faults an address asks for."""
     started: list[FakeMx] = []
 
-    def make(host: str | None = None, port: int = 0, **script: Any) -> FakeMx:
-        mx = FakeMx(host, port, **script).start()
+    def make(host: str | None = None, port: int = 0, **options: Any) -> FakeMx:
+        mx = FakeMx(host, port, **options).start()
         started.append(mx)
         return mx
 

@@ -6,37 +6,23 @@ import asyncio
 import json
 import os
 
+from support.delivery_worker import enqueue, envelope
+
 from mailsluice.cli import main
-from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
-from mailsluice.contracts.topics import queue_topic
 from mailsluice.kafka.admin import ensure_topics, standard_topics
-from mailsluice.kafka.clients import make_producer
 
 
 async def test_peek_prints_newest_records_of_a_pool_queue(kafka, monkeypatch, capsys) -> None:
     settings = kafka.settings(queue_partitions=2)
     pool = "peek" + os.urandom(3).hex()
     await ensure_topics(settings, standard_topics(settings, [pool], 1 << 20))
-    producer = make_producer(settings, max_message_size=1 << 20, client_id="test-peek")
-    await producer.start()
-    try:
-        for n in range(3):
-            env = Envelope(
-                queue_id=f"Q{n}",
-                pool=pool,
-                sender="a@b.test",
-                recipients=(f"r{n}@c.test",),
-                routing_key="c.test",
-                received_at=1.0,
-            )
-            await producer.send_and_wait(
-                queue_topic(pool),
-                f"Subject: number {n}\r\n\r\nbody\r\n".encode(),
-                key=b"c.test",
-                headers=[(ENVELOPE_HEADER, encode_envelope(env))],
-            )
-    finally:
-        await producer.stop()
+    envs = [
+        envelope(pool, n, (f"r{n}@c.test",), "a@b.test", queue_id=f"Q{n}", received_at=1.0)
+        for n in range(3)
+    ]
+    await enqueue(
+        settings, envs, lambda env: f"Subject: number {env.queue_id[1:]}\r\n\r\nbody\r\n".encode()
+    )
     monkeypatch.setenv("MAILSLUICE_KAFKA_BOOTSTRAP", kafka.bootstrap)
     # peek runs its own event loop: call it from a thread, away from the test's loop
     code = await asyncio.to_thread(main, ["peek", "--pool", pool, "-n", "2"])

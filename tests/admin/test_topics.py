@@ -78,14 +78,9 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
 # --- ensure_topics on the real broker ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
 @pytest.fixture
-async def admin(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(**settings.client_options(), client_id="test-topics")
+async def admin(kafka_settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(**kafka_settings.client_options(), client_id="test-topics")
     await client.start()
     try:
         yield client
@@ -112,51 +107,51 @@ async def topic_configs(admin: AIOKafkaAdminClient, topic: str) -> dict[str, str
 
 
 async def test_ensure_topics_creates_with_partitions_and_configs(
-    settings: KafkaSettings, admin: AIOKafkaAdminClient
+    kafka_settings: KafkaSettings, admin: AIOKafkaAdminClient
 ) -> None:
     compacted, big = unique_topic("compact"), unique_topic("big")
     wanted = [
         TopicSpec(compacted, 3, {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}),
         TopicSpec(big, 2, {"max.message.bytes": str(record_limit(5_000_000))}),
     ]
-    changes = await ensure_topics(settings, wanted)
+    changes = await ensure_topics(kafka_settings, wanted)
     assert changes == [TopicChange(compacted, "created", 3), TopicChange(big, "created", 2)]
     # A new topic reaches the metadata a moment after CreateTopics returns.
-    await asyncio.wait_for(wait_for_topics(settings, {compacted: 3, big: 2}), 30)
+    await asyncio.wait_for(wait_for_topics(kafka_settings, {compacted: 3, big: 2}), 30)
     assert await partitions(admin, compacted) == 3
     assert await partitions(admin, big) == 2
     assert (await topic_configs(admin, compacted))["cleanup.policy"] == "compact"
     assert (await topic_configs(admin, big))["max.message.bytes"] == str(record_limit(5_000_000))
 
     # Idempotent: the same request again changes nothing.
-    again = await ensure_topics(settings, wanted)
+    again = await ensure_topics(kafka_settings, wanted)
     assert [c.action for c in again] == ["unchanged", "unchanged"]
 
 
 async def test_ensure_topics_grows_but_never_shrinks(
-    settings: KafkaSettings, admin: AIOKafkaAdminClient
+    kafka_settings: KafkaSettings, admin: AIOKafkaAdminClient
 ) -> None:
     topic = unique_topic("grow")
-    await ensure_topics(settings, [TopicSpec(topic, 2)])
-    await asyncio.wait_for(wait_for_topics(settings, {topic: 2}), 30)
-    grown = await ensure_topics(settings, [TopicSpec(topic, 5)])
+    await ensure_topics(kafka_settings, [TopicSpec(topic, 2)])
+    await asyncio.wait_for(wait_for_topics(kafka_settings, {topic: 2}), 30)
+    grown = await ensure_topics(kafka_settings, [TopicSpec(topic, 5)])
     assert grown == [TopicChange(topic, "grown", 5)]
-    await asyncio.wait_for(wait_for_topics(settings, {topic: 5}), 30)
+    await asyncio.wait_for(wait_for_topics(kafka_settings, {topic: 5}), 30)
     assert await partitions(admin, topic) == 5
-    refused = await ensure_topics(settings, [TopicSpec(topic, 1)])
+    refused = await ensure_topics(kafka_settings, [TopicSpec(topic, 1)])
     assert refused == [TopicChange(topic, "shrink-refused", 5)]
     assert await partitions(admin, topic) == 5
 
 
 async def test_standard_topics_created_on_the_broker(
-    settings: KafkaSettings, admin: AIOKafkaAdminClient
+    kafka_settings: KafkaSettings, admin: AIOKafkaAdminClient
 ) -> None:
     # A pool of our own and one queue partition, so nothing another test uses is grown.
     pool = f"t{uuid.uuid4().hex[:8]}"
-    own = settings.model_copy(update={"queue_partitions": 1})
+    own = kafka_settings.model_copy(update={"queue_partitions": 1})
     await ensure_topics(own, standard_topics(own, [pool], 2_000_000))
     queue = queue_topic(pool)
-    await asyncio.wait_for(wait_for_topics(settings, {queue: 1}), 30)
+    await asyncio.wait_for(wait_for_topics(kafka_settings, {queue: 1}), 30)
     assert await partitions(admin, queue) == 1
     assert (await topic_configs(admin, queue))["max.message.bytes"] == str(record_limit(2_000_000))
     suppressions = await topic_configs(admin, SUPPRESSIONS_TOPIC)

@@ -3,33 +3,22 @@ tools for real: smtp-source into smtp-sink, and the private Postfix relay starte
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from support.paths import SCRIPTS
+from support.scripts import script
 
-
-def _script(name: str) -> ModuleType:
-    # bench*.py import their neighbours (bench_tools, kafka_local, ...) by plain name.
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    return importlib.import_module(name)
-
-
-bp = _script("bench_postfix")
-bench = _script("bench")
-latency = _script("bench_latency")
-run = _script("bench_run")
-smtp = _script("bench_smtp")
-tools = _script("bench_tools")
+bp = script("bench_postfix")
+bench = script("bench")
+latency = script("bench_latency")
+run = script("bench_run")
+smtp = script("bench_smtp")
+tools = script("bench_tools")
 
 
 # --------------------------------------------------------------------------- parsers

@@ -3,15 +3,8 @@ worker process killed with SIGKILL in the middle of a run."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +12,15 @@ from support.delivery_worker import (
     EventLog,
     Running,
     committed,
+    committed_to_end,
     enqueue,
     envelope,
     new_pool,
     setup_pool,
 )
+from support.eventually import eventually
 from support.fake_mx import free_port
+from support.processes import get, product_env, start, stop, tails
 
 from mailsluice.contracts.events import EventType
 from mailsluice.delivery.service import DeliveryService
@@ -53,17 +49,17 @@ async def test_real_transport_delivers_bounces_retries_and_expires(
     try:
         async with EventLog(ks, pool) as events, Running(service):
             envs = [
-                envelope(pool, 0, ("ok1@b.example", "ok2@b.example", "bounce1@b.example")),
-                envelope(pool, 1, ("defer1@c.example",)),
+                envelope(pool, 0, ("ok1@b.example", "ok2@b.example", "permfail+1@b.example")),
+                envelope(pool, 1, ("tempfail+1@c.example",)),
                 envelope(pool, 2, ("ok3@c.example",), sender=""),
-                envelope(pool, 3, ("bounce2@d.example",), sender=""),
+                envelope(pool, 3, ("permfail+2@d.example",), sender=""),
             ]
             await enqueue(ks, envs)
             keys = {(e.queue_id, r) for e in envs for r in e.recipients}
-            await events.wait_for(lambda: keys <= set(events.finals()), within=60)
+            await events.expect_final(keys)
             # Two DSNs (bounce of 0, expiry of 1) go back to s@origin.example; none for the
             # null-sender message 3.
-            await events.wait_for(
+            await eventually(
                 lambda: (
                     sum(
                         1
@@ -71,19 +67,23 @@ async def test_real_transport_delivers_bounces_retries_and_expires(
                         if e.recipient == "s@origin.example"
                     )
                     >= 2
-                )
+                ),
+                within=60,
+                what="two DSNs delivered",
+                detail=events.summary,
             )
-            await asyncio.sleep(0.5)
+            # Every queue record, any further DSN included, finished: what the MX got is all.
+            await committed_to_end(ks, pool)
     finally:
         await transport.close()
     types = {(e.queue_id, e.recipient): e.type for e in events.events if e.type in events_final()}
     q = [e.queue_id for e in envs]
     assert types[(q[0], "ok1@b.example")] == EventType.DELIVERY
-    assert types[(q[0], "bounce1@b.example")] == EventType.BOUNCE
-    assert types[(q[1], "defer1@c.example")] == EventType.EXPIRATION
+    assert types[(q[0], "permfail+1@b.example")] == EventType.BOUNCE
+    assert types[(q[1], "tempfail+1@c.example")] == EventType.EXPIRATION
     assert types[(q[2], "ok3@c.example")] == EventType.DELIVERY
-    assert types[(q[3], "bounce2@d.example")] == EventType.BOUNCE
-    bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "bounce1@b.example")
+    assert types[(q[3], "permfail+2@d.example")] == EventType.BOUNCE
+    bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "permfail+1@b.example")
     assert (bounce.code, bounce.enhanced) == (550, "5.1.1")
     assert mx.address in bounce.remote or bounce.remote
     deferrals = [e for e in events.of(EventType.TRANSIENT_FAILURE) if e.queue_id == q[1]]
@@ -92,9 +92,9 @@ async def test_real_transport_delivers_bounces_retries_and_expires(
     assert len(dsns) == 2
     assert all(m.mail_from in ("", "<>") for m in dsns)
     texts = b"\n".join(m.data for m in dsns)
-    assert b"bounce1@b.example" in texts
-    assert b"defer1@c.example" in texts
-    assert b"bounce2@d.example" not in texts
+    assert b"permfail+1@b.example" in texts
+    assert b"tempfail+1@c.example" in texts
+    assert b"permfail+2@d.example" not in texts
     delivered = [r for m in mx.messages for r in m.rcpt_tos]
     assert sorted(r for r in delivered if r.startswith("ok")) == [
         "ok1@b.example",
@@ -108,9 +108,8 @@ def events_final() -> set[EventType]:
 
 
 def _worker_env(kafka: Any, pool: str, mx_address: str, dns_nameserver: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLUICE_")}
-    env.update(
-        MAILSLUICE_KAFKA_BOOTSTRAP=kafka.bootstrap,
+    return product_env(
+        kafka.bootstrap,
         MAILSLUICE_KAFKA_QUEUE_PARTITIONS="3",
         MAILSLUICE_DELIVERY_POOL=pool,
         MAILSLUICE_DELIVERY_HTTP_PORT=str(free_port()),
@@ -118,50 +117,7 @@ def _worker_env(kafka: Any, pool: str, mx_address: str, dns_nameserver: str) -> 
         MAILSLUICE_DELIVERY_DEST_MAX_CONCURRENCY="2",
         MAILSLUICE_OUTBOUND_STATIC_ROUTES=f"*={mx_address}",
         MAILSLUICE_DNS_NAMESERVERS=dns_nameserver,
-        MAILSLUICE_LOG_LEVEL="INFO",
     )
-    return env
-
-
-def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as out:
-        return subprocess.Popen(
-            [str(VENV_BIN / "mailsluice"), "delivery"], env=env, stdout=out, stderr=out
-        )
-
-
-async def _ready(port: int, within: float) -> tuple[bool, bool]:
-    """Poll /readyz until it answers 200 (the worker has its assignment); also tell whether
-    it answered 503 before that."""
-
-    def get() -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except OSError:
-            return 0
-
-    deadline = time.monotonic() + within
-    seen_not_ready = False
-    while time.monotonic() < deadline:
-        status = await asyncio.to_thread(get)
-        if status == 200:
-            return True, seen_not_ready
-        seen_not_ready = seen_not_ready or status == 503
-        await asyncio.sleep(0.1)
-    return False, seen_not_ready
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 async def test_sigkill_mid_run_loses_nothing_and_duplicates_stay_small(
@@ -181,31 +137,48 @@ async def test_sigkill_mid_run_loses_nothing_and_duplicates_stay_small(
     keys = {(e.queue_id, r) for e in envs for r in e.recipients}
     async with EventLog(ks, pool) as events:
         await enqueue(ks, envs)
-        proc = _start_worker(env, log_path)
+        worker = [str(VENV_BIN / "mailsluice"), "delivery"]
+        proc = start(worker, env, log_path)
+
+        def delivered(count: int) -> bool:
+            assert proc.poll() is None, tails([log_path])
+            return len(mx.messages) >= count
+
         try:
-            deadline = time.monotonic() + 60
-            while len(mx.messages) < n_messages // 5:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                await asyncio.sleep(0.01)
+            await eventually(
+                lambda: delivered(n_messages // 5),
+                within=60,
+                interval=0.01,
+                what="a fifth of the messages delivered",
+                detail=lambda: tails([log_path]),
+            )
             before = await committed(ks, pool)
             proc.kill()  # SIGKILL: no drain, no commit
             proc.wait(10)
             killed_at = len(mx.messages)
             assert killed_at < n_messages, "the run finished before the kill; make it slower"
-            proc = _start_worker(env, log_path)
-            port = int(env["MAILSLUICE_DELIVERY_HTTP_PORT"])
+            proc = start(worker, env, log_path)
+            readyz = f"http://127.0.0.1:{env['MAILSLUICE_DELIVERY_HTTP_PORT']}/readyz"
+            statuses: list[int] = []
+
+            def ready() -> bool:
+                statuses.append(get(readyz)[0])
+                return statuses[-1] == 200
+
             # Not ready while the group waits for the killed member's session to expire.
-            ready, was_not_ready = await _ready(port, within=60)
-            assert ready, log_path.read_text()[-3000:]
-            assert was_not_ready
-            await events.wait_for(lambda: keys <= set(events.finals()), within=120)
-            deadline = time.monotonic() + 30
-            while sum((await committed(ks, pool)).values()) < n_messages:
-                assert time.monotonic() < deadline, await committed(ks, pool)
-                await asyncio.sleep(0.3)
+            await eventually(
+                ready,
+                within=60,
+                interval=0.1,
+                what="the restarted worker's assignment",
+                detail=lambda: tails([log_path]),
+                blocking=True,
+            )
+            assert 503 in statuses
+            await events.expect_final(keys, within=120)
+            await committed_to_end(ks, pool)
         finally:
-            _stop(proc)
+            stop(proc)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
     received = collections.Counter(r for m in mx.messages for r in m.rcpt_tos)
     wanted = {r for _, r in keys}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,8 +19,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from support.dns_server import DnsServer
+from support.eventually import eventually, eventually_sync
 from support.fake_mx import R421_GREETING, R451_DATA, FakeMx, SmtpSink
 from support.kafka_broker import KafkaBroker, kafka_local
+from support.tls import server_context, trusting_client_context
 
 MESSAGE = b"Subject: hello\r\nFrom: a@sender.test\r\nTo: b@example.test\r\n\r\nbody line\r\n"
 
@@ -36,6 +40,8 @@ async def _create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None
 
 
 async def _consume(bootstrap: str, topic: str, count: int, group: str) -> list[bytes]:
+    """At least `count` records of `topic` for `group` (what one fetch returns beyond that
+    too), then commit."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -46,12 +52,21 @@ async def _consume(bootstrap: str, topic: str, count: int, group: str) -> list[b
     )
     await consumer.start()
     got: list[bytes] = []
+
+    async def fetched() -> bool:
+        batches = await consumer.getmany(timeout_ms=1000)
+        for records in batches.values():
+            got.extend(r.value for r in records)
+        return len(got) >= count
+
     try:
-        deadline = time.monotonic() + 60
-        while len(got) < count and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=1000)
-            for records in batches.values():
-                got += [r.value for r in records]
+        await eventually(
+            fetched,
+            within=60,
+            interval=0,
+            what=f"{count} records of {topic}",
+            detail=lambda: f"{len(got)} read",
+        )
         await consumer.commit()
     finally:
         await consumer.stop()
@@ -233,24 +248,147 @@ def test_fake_mx_accepts_and_records(fake_mx: Callable[..., FakeMx]) -> None:
     assert msg.data.replace(b"\r\n", b"\n") == MESSAGE.replace(b"\r\n", b"\n")
     assert msg.peer[0] == "127.0.0.1"
     assert msg.server == f"127.0.0.21:{mx.port}"
+    assert msg.tls is False
     assert (mx.connections, mx.transactions) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("local", "reply"),
+    [
+        ("tempfail", "450 4.2.0 Mailbox temporarily unavailable"),
+        ("TempFail+3", "450 4.2.0 Mailbox temporarily unavailable"),
+        ("permfail+x.y", "550 5.1.1 No such user here"),
+        ("rcpt-452", "452 4.5.3 Too many recipients"),
+        ("rcpt-554-5.7.26", "554 5.7.26 Rejected by policy"),
+        ("rcpt-503", "503 5.0.0 Fault asked for by the address"),
+        ("data-451", "250 2.1.5 Ok"),
+        ("slow-0.01", "250 2.1.5 Ok"),
+        # Near misses are ordinary addresses.
+        ("tempfailure", "250 2.1.5 Ok"),
+        ("x+tempfail", "250 2.1.5 Ok"),
+        ("rcpt-45", "250 2.1.5 Ok"),
+        ("slow-abc", "250 2.1.5 Ok"),
+    ],
+)
+def test_fake_mx_rcpt_faults_by_address(
+    fake_mx: Callable[..., FakeMx], local: str, reply: str
+) -> None:
+    mx = fake_mx()
+    rcpt = f"{local}@example.test"
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("a@sender.test")
+        code, text = client.rcpt(rcpt)
+        assert f"{code} {text.decode()}" == reply
+        assert client.rcpt("ok@example.test")[0] == 250  # the connection goes on
+    assert mx.rcpt_replies == [(rcpt, reply), ("ok@example.test", "250 2.1.5 Ok")]
 
 
 def test_fake_mx_recipient_rules(fake_mx: Callable[..., FakeMx]) -> None:
     mx = fake_mx()
     with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        refused = client.sendmail(
+            "a@sender.test",
+            ["tempfail+1@example.test", "permfail+1@example.test", "ok@example.test"],
+            MESSAGE,
+        )
+    assert {r: code for r, (code, _) in refused.items()} == {
+        "tempfail+1@example.test": 450,
+        "permfail+1@example.test": 550,
+    }
+    [msg] = mx.wait_for_messages(1)
+    assert msg.rcpt_tos == ("ok@example.test",)  # only the accepted recipient
+    assert [r[:9] for _, r in mx.rcpt_replies] == ["450 4.2.0", "550 5.1.1", "250 2.1.5"]
+
+
+def test_fake_mx_defer_421_answers_then_closes(fake_mx: Callable[..., FakeMx]) -> None:
+    mx = fake_mx()
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
         client.ehlo("client.test")
         client.mail("a@sender.test")
-        assert client.rcpt("defer-1@example.test")[0] == 450
-        assert client.rcpt("bounce-1@example.test")[0] == 550
-        code, _ = client.rcpt("ok@example.test")
-        assert code == 250
-        assert client.data(MESSAGE)[0] == 250
+        code, text = client.rcpt("defer-421@example.test")
+        assert (code, text) == (421, b"4.7.0 Too many errors, closing connection")
+        eventually_sync(
+            lambda: mx.open_connections == 0, within=5, what="the server to close the connection"
+        )
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.rcpt("ok@example.test")
+    assert not mx.sessions[0].open
+    assert mx.messages == []
+
+
+def test_fake_mx_drop_by_address_closes_without_a_reply(fake_mx: Callable[..., FakeMx]) -> None:
+    mx = fake_mx()
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("a@sender.test")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.rcpt("drop+2@example.test")
+    assert mx.rcpt_replies == []
+    assert mx.sessions[0].commands() == ["EHLO", "MAIL", "RCPT"]
+
+
+def test_fake_mx_slow_by_address(fake_mx: Callable[..., FakeMx]) -> None:
+    mx = fake_mx()
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("a@sender.test")
+        client.sock.settimeout(0.1)  # shorter than what the address asks for
+        with pytest.raises((TimeoutError, smtplib.SMTPServerDisconnected)):
+            client.rcpt("slow-0.5@example.test")
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("a@sender.test")
+        began = time.monotonic()
+        assert client.rcpt("slow-0.3+b@example.test")[0] == 250
+        assert time.monotonic() - began >= 0.3
+
+
+@pytest.mark.parametrize(
+    ("local", "code", "text"),
+    [
+        ("data-451", 451, b"4.3.0 Local error in processing, try again later"),
+        ("data-552-5.2.3+big", 552, b"5.2.3 Mailbox full"),
+    ],
+)
+def test_fake_mx_data_faults_by_address(
+    fake_mx: Callable[..., FakeMx], local: str, code: int, text: bytes
+) -> None:
+    mx = fake_mx()
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail("a@sender.test", ["ok@example.test", f"{local}@example.test"], MESSAGE)
+        assert (info.value.smtp_code, info.value.smtp_error) == (code, text)
+        # the next transaction without it is accepted
+        client.sendmail("a@sender.test", ["ok@example.test"], MESSAGE)
     [msg] = mx.wait_for_messages(1)
     assert msg.rcpt_tos == ("ok@example.test",)
-    assert [r[:3] for _, r in mx.rcpt_replies] == ["450", "550", "250"]
-    assert mx.rcpt_replies[0][1].startswith("450 4.2.0")
-    assert mx.rcpt_replies[1][1].startswith("550 5.1.1")
+
+
+def test_fake_mx_script_reply_wins_over_the_address(fake_mx: Callable[..., FakeMx]) -> None:
+    mx = fake_mx(rcpt_reply=lambda a: "421 4.7.0 Go away" if a.startswith("two") else None)
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("a@sender.test")
+        assert client.rcpt("two@example.test")[0] == 421
+        assert client.rcpt("permfail@example.test")[0] == 550  # None: the address decides
+
+
+def test_fake_mx_records_the_exact_bytes(fake_mx: Callable[..., FakeMx]) -> None:
+    mx = fake_mx()
+    body = b"Subject: dots\r\n\r\n.leading dot\r\n..two\r\nend"
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.sendmail("a@sender.test", ["b@example.test"], body)
+        client.sendmail("a@sender.test", ["c@example.test"], b"")
+    [session] = mx.sessions
+    assert session.commands() == ["EHLO", "MAIL", "RCPT", "DATA", "MAIL", "RCPT", "DATA", "QUIT"]
+    first, second = session.data_phases()
+    # smtplib dot-stuffs and terminates; the server recorded it before un-stuffing
+    assert first == b"Subject: dots\r\n\r\n..leading dot\r\n...two\r\nend\r\n.\r\n"
+    assert second == b"\r\n.\r\n"  # an empty body
+    assert bytes(session.wire).startswith(b"ehlo ")
+    assert bytes(session.wire).endswith(b"QUIT\r\n")
+    assert mx.wait_for_messages(2)[0].data == body + b"\r\n"  # un-stuffed again
 
 
 def test_fake_mx_greeting_421(fake_mx: Callable[..., FakeMx]) -> None:
@@ -260,6 +398,53 @@ def test_fake_mx_greeting_421(fake_mx: Callable[..., FakeMx]) -> None:
     assert info.value.smtp_code == 421
     assert mx.connections == 1
     assert mx.messages == []
+
+
+def test_fake_mx_silent_accepts_and_never_greets(fake_mx: Callable[..., FakeMx]) -> None:
+    mx = fake_mx(silent=True)
+    with socket.create_connection((mx.host, mx.port), timeout=0.2) as sock:
+        with pytest.raises(TimeoutError):
+            sock.recv(100)  # no banner
+        sock.sendall(b"EHLO client.test\r\n")
+        eventually_sync(lambda: mx.sessions[0].wire, within=5, what="the server to read")
+        assert mx.open_connections == 1
+    eventually_sync(lambda: mx.open_connections == 0, within=5, what="the client's close seen")
+    assert bytes(mx.sessions[0].wire) == b"EHLO client.test\r\n"
+
+
+def test_fake_mx_helo_only(fake_mx: Callable[..., FakeMx]) -> None:
+    mx = fake_mx(ehlo=False)
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        assert client.ehlo("client.test")[0] == 502
+        assert client.helo("client.test")[0] == 250
+        client.sendmail("a@sender.test", ["b@example.test"], MESSAGE)
+    assert mx.sessions[0].commands()[:4] == ["EHLO", "HELO", "MAIL", "RCPT"]
+    assert len(mx.wait_for_messages(1)) == 1
+
+
+def test_fake_mx_real_starttls(fake_mx: Callable[..., FakeMx], tmp_path: Path) -> None:
+    mx = fake_mx(tls_context=server_context(tmp_path, "mx.tls.test"))
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.starttls(context=trusting_client_context())
+        client.sendmail("a@sender.test", ["b@example.test"], MESSAGE)
+    [msg] = mx.wait_for_messages(1)
+    assert msg.tls is True
+    # after the handshake the record goes on with the decrypted commands
+    assert mx.sessions[0].commands() == ["EHLO", "STARTTLS", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+def test_fake_mx_broken_tls(fake_mx: Callable[..., FakeMx]) -> None:
+    mx = fake_mx(broken_tls=True)
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.ehlo("client.test")
+        assert client.has_extn("starttls")
+        with pytest.raises((ssl.SSLError, OSError)):
+            client.starttls()
+    assert mx.sessions[0].commands() == ["EHLO", "STARTTLS"]
+    # plaintext still works
+    with smtplib.SMTP(mx.host, mx.port, timeout=10) as client:
+        client.sendmail("a@sender.test", ["b@example.test"], MESSAGE)
+    assert len(mx.wait_for_messages(1)) == 1
 
 
 def test_fake_mx_451_after_data(fake_mx: Callable[..., FakeMx]) -> None:
@@ -298,10 +483,7 @@ def test_fake_mx_drop(fake_mx: Callable[..., FakeMx], stage: str) -> None:
         finally:
             client.close()
     assert mx.messages == []
-    deadline = time.monotonic() + 5
-    while mx.open_connections and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert mx.open_connections == 0
+    eventually_sync(lambda: mx.open_connections == 0, within=5, what="the dropped connection")
 
 
 async def test_fake_mx_from_async_code(fake_mx: Callable[..., FakeMx]) -> None:
@@ -337,10 +519,7 @@ def test_smtp_sink_accepts(smtp_sink: Callable[..., SmtpSink]) -> None:
     sink = smtp_sink("127.0.0.41", dump=True)
     with smtplib.SMTP(sink.host, sink.port, timeout=10) as client:
         assert client.sendmail("a@sender.test", ["b@example.test"], MESSAGE) == {}
-    deadline = time.monotonic() + 5
-    while not sink.dumped_messages() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    [dumped] = sink.dumped_messages()
+    [dumped] = eventually_sync(sink.dumped_messages, within=5, what="smtp-sink's dump file")
     assert b"body line" in dumped
     assert b"b@example.test" in dumped
     pid = sink.pid

@@ -23,9 +23,11 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult
-from prometheus_client import REGISTRY
-from support.ingest import RawClient, eventually, make_cert
+from support.eventually import eventually
+from support.ingest import RawClient
 from support.loopback import free_port
+from support.metrics import sample
+from support.tls import server_context, trusting_client_context
 
 from mailsluice.ingest import replies
 from mailsluice.ingest.handler import IngestHandler
@@ -114,10 +116,6 @@ async def ingest_smtp(
             connection.close_with(replies.S421_SHUTTING_DOWN)
         await server.wait_closed()
         await publisher.stop()
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 # --- the private API ----------------------------------------------------------------------------
@@ -436,12 +434,8 @@ async def test_mail_and_rcpt_gates_run_before_aiosmtpd() -> None:
 
 async def test_a_connection_is_registered_once_across_starttls(tmp_path: Path) -> None:
     """connection_made runs again over TLS after STARTTLS: one connection all the same."""
-    cert, key = make_cert(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    client_context = ssl.create_default_context()
-    client_context.check_hostname = False
-    client_context.verify_mode = ssl.CERT_NONE
+    context = server_context(tmp_path, "ingest.test")
+    client_context = trusting_client_context()
     opened = sample("mailsluice_ingest_connections_total")
     async with ingest_smtp(tls=context) as server:
         client = await RawClient.connect(server.port)
@@ -455,4 +449,6 @@ async def test_a_connection_is_registered_once_across_starttls(tmp_path: Path) -
             assert await client.cmd("QUIT") == replies.S221_BYE
         finally:
             await client.close()
-        await eventually(lambda: not server.registry.connections)
+        await eventually(
+            lambda: not server.registry.connections, within=10, what="the registry to empty"
+        )

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from support.ingest import RawClient, make_cert, queue_id_of, queued, running_ingest, uid
+from support.ingest import RawClient, queue_id_of, queued, running_ingest, uid
+from support.tls import self_signed, trusting_client_context
 
 from mailsluice.ingest.auth import hash_password
 from mailsluice.ingest.service import IngestService
@@ -18,22 +18,10 @@ from mailsluice.kafka.settings import KafkaSettings
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
-def domain(dns_server) -> str:
-    name = f"auth-{uid()}.test"
-    dns_server.set_mx(name, [(10, f"mx.{name}")])
-    return name
-
-
-@pytest.fixture(scope="module")
 async def ingest(kafka_settings, dns_nameserver, tmp_path_factory) -> AsyncIterator[IngestService]:
     """Loopback is NOT trusted here: only authenticated users may relay."""
     directory = tmp_path_factory.mktemp("auth")
-    cert, key = make_cert(directory)
+    cert, key = self_signed(directory, "ingest.test")
     users = directory / "users.yaml"
     users.write_text(
         "users:\n"
@@ -47,8 +35,8 @@ async def ingest(kafka_settings, dns_nameserver, tmp_path_factory) -> AsyncItera
         dns_nameserver,
         is_suppressed=lambda a: False,
         trusted_networks="",
-        tls_cert_file=cert,
-        tls_key_file=key,
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
         credentials_file=str(users),
         serve_http=True,
     ) as service:
@@ -58,10 +46,7 @@ async def ingest(kafka_settings, dns_nameserver, tmp_path_factory) -> AsyncItera
 def tls_client(port: int) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", port, timeout=30)
     client.ehlo("client.test")
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    client.starttls(context=context)
+    client.starttls(context=trusting_client_context())
     client.ehlo("client.test")
     return client
 

@@ -11,7 +11,8 @@ from email.message import EmailMessage
 
 import pytest
 from prometheus_client import REGISTRY
-from support.ingest import events, queue_id_of, queued, read_topic, running_ingest, uid
+from support.ingest import events, queue_id_of, queued, running_ingest, uid
+from support.topic_reader import read_topic
 
 from mailsluice.contracts.events import EventType
 from mailsluice.contracts.topics import queue_topic
@@ -23,12 +24,8 @@ TRUSTED_IP = "127.0.0.2"  # the sending application; 127.0.0.1 is a stranger her
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
 async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]:
+    """This module's ingest, with the settings its tests are about."""
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
@@ -131,7 +128,6 @@ async def test_report_about_our_message_becomes_a_complaint_event(
         queue_topic("default"),
         lambda r: marker.encode() in r.value,
         expect=0,
-        settle=2.0,
     )
     assert leaked == []
 

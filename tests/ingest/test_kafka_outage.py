@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from support.ingest import queue_id_of, queued, running_ingest, smtp_send, uid
+from support.eventually import eventually
+from support.ingest import SendResult, queue_id_of, queued, running_ingest, smtp_send, uid
 
 
 async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_nameserver) -> None:
@@ -42,21 +43,23 @@ async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_names
         finally:
             await asyncio.to_thread(kafka.start)
         # the producer recovers by itself: the next messages are queued again
-        deadline = time.monotonic() + 60
-        while True:
-            result = await asyncio.to_thread(
-                smtp_send, service.port, "s@c.test", [f"c@{domain}"], body
-            )
+
+        def queued_again() -> SendResult | None:
+            result = smtp_send(service.port, "s@c.test", [f"c@{domain}"], body)
             if result.data_reply and result.data_reply[0] == 250:
-                break
+                return result
             assert result.data_reply and result.data_reply[0] == 451, result
-            assert time.monotonic() < deadline, "mail did not flow again after Kafka returned"
-            await asyncio.sleep(1)
+            return None
+
+        result = await eventually(
+            queued_again,
+            within=60,
+            interval=1,
+            what="mail to flow again after Kafka returned",
+            blocking=True,
+        )
         queue_id = queue_id_of(result.data_reply)
         records = await queued(settings, queue_id, expect=1)
         assert [r.envelope.recipients for r in records] == [(f"c@{domain}",)]
-        for _ in range(50):
-            if service.ready()[0]:
-                break
-            await asyncio.sleep(0.2)
+        await eventually(lambda: service.ready()[0], within=10, what="ready again")
         assert service.ready() == (True, "ok")

@@ -7,7 +7,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from support.ingest import RawClient, queued, read_topic, running_ingest, uid
+from support.eventually import eventually
+from support.ingest import RawClient, accepts, queued, running_ingest, uid
+from support.topic_reader import read_topic
 
 from mailsluice.contracts.envelope import envelope_from_headers
 from mailsluice.contracts.topics import queue_topic
@@ -16,19 +18,8 @@ from mailsluice.kafka.settings import KafkaSettings
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
-def domain(dns_server) -> str:
-    name = f"limits-{uid()}.test"
-    dns_server.set_mx(name, [(10, f"mx.{name}")])
-    return name
-
-
-@pytest.fixture(scope="module")
 async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]:
+    """This module's ingest, with the settings its tests are about."""
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
@@ -122,7 +113,7 @@ async def test_idle_and_session_timeouts(kafka_settings, dns_nameserver) -> None
                 reply = await busy.cmd("NOOP")
                 if reply != "250 2.0.0 Ok":
                     return reply
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # a client that talks slowly but never idles 0.5 s
             return "never closed"
 
         try:
@@ -176,8 +167,7 @@ async def test_smuggled_end_of_data_never_splits_a_message(
         kafka_settings,
         queue_topic("default"),
         lambda r: marker in " ".join(envelope_from_headers(r.headers).recipients),
-        expect=1,
-        wait_s=2,
+        expect=0,
     )
     assert stray == []
 
@@ -261,10 +251,12 @@ async def test_shutdown_finishes_open_transaction_then_closes(
         try:
             await start_data(client, domain)
             stopping = asyncio.create_task(service.stop())
-            await asyncio.sleep(0.3)
+
+            async def refused() -> bool:
+                return not await accepts(port, greeting=False)
+
+            await eventually(refused, within=10, what="no longer accepting")
             assert not stopping.done()  # waiting for the open transaction
-            with pytest.raises(OSError):
-                await RawClient.connect(port)  # no longer accepting
             await client.send(b"Subject: last\r\n\r\nbody\r\n.\r\n")
             reply = await client.reply()
             assert reply.startswith("250 2.0.0 Ok: queued as ")

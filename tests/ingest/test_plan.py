@@ -4,7 +4,6 @@ out against a real Publisher: Kafka unreachable, Kafka silent, and the real brok
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import get_args
@@ -12,6 +11,7 @@ from typing import get_args
 import pytest
 from support.ingest import queued, uid
 from support.kafka_broker import KafkaBroker
+from support.loopback import free_port
 
 from mailsluice.contracts.events import EventType
 from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
@@ -217,12 +217,6 @@ def feedback_plan() -> Plan:
     return plan_feedback(
         transaction, ARF, rollup=load_rollup(), served_pools=POOLS.served_pools, now=NOW
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

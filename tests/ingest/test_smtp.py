@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 
 import pytest
+from support.eventually import eventually
 from support.ingest import (
     RawClient,
+    accepts,
     events,
     queue_id_of,
     queued,
@@ -17,23 +18,12 @@ from support.ingest import (
     swaks,
     uid,
 )
+from support.loopback import free_port
 
 from mailsluice.ingest.service import IngestService
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.suppression.store import add_suppression
-
-
-@pytest.fixture(scope="module")
-def kafka_settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
-async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]:
-    """One ingest for the module, with the real suppression store."""
-    async with running_ingest(kafka_settings, dns_nameserver) as service:
-        yield service
 
 
 def message(subject: str = "hello", body: str = "Hello there.\n") -> bytes:
@@ -315,13 +305,7 @@ async def test_the_service_process_queues_mail_and_stops_cleanly_on_sigterm(
     """`mailsluice ingest` as a process: configured by environment, stopped by SIGTERM."""
     import os
     import signal
-    import socket
     import sys
-
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
 
     domain = f"process-{uid()}.test"
     dns_server.set_mx(domain, [(10, f"mx.{domain}")])
@@ -345,16 +329,12 @@ async def test_the_service_process_queues_mail_and_stops_cleanly_on_sigterm(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        deadline = asyncio.get_running_loop().time() + 60
-        while True:
-            try:
-                client = await RawClient.connect(smtp_port)
-                break
-            except OSError:
-                assert proc.returncode is None, "ingest exited early"
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.3)
-        await client.close()
+
+        async def listening() -> bool:
+            assert proc.returncode is None, "ingest exited early"
+            return await accepts(smtp_port)
+
+        await eventually(listening, within=60, interval=0.3, what="ingest listening")
         done = await swaks(
             "--server",
             f"127.0.0.1:{smtp_port}",

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-from support.ingest import TRACE, queue_id_of, queued, running_ingest, smtp_send, uid
+from support.ingest import TRACE, queue_id_of, queued, smtp_send, uid
 
 from mailsluice.ingest.message import prepare_message
 from mailsluice.ingest.plan import choose_stream
@@ -39,17 +38,6 @@ def test_prepare_takes_out_the_stream_and_pool_headers() -> None:
     assert (out.stream, out.pool) == ("transactional", "p")  # the first occurrence counts
     assert b"mailsluice-stream" not in out.data.lower()
     assert b"\r\nSubject: receipt\r\n" in out.data
-
-
-@pytest.fixture(scope="module")
-def kafka_settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
-async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]:
-    async with running_ingest(kafka_settings, dns_nameserver) as service:
-        yield service
 
 
 async def test_the_stream_header_reaches_the_envelope(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from support.eventually import eventually
 from support.ingest import TRACE
 from support.paths import REPO
 
@@ -199,7 +200,8 @@ async def test_mx_cache_shares_one_lookup_between_concurrent_callers() -> None:
 
     cache = MxCache(slow)
     tasks = [asyncio.create_task(cache("x.example")) for _ in range(10)]
-    await asyncio.sleep(0.01)
+    # Tasks start in creation order: once the first is in the lookup, all ten have asked.
+    await eventually(lambda: calls, within=5, what="the lookup started")
     gate.set()
     results = await asyncio.gather(*tasks)
     assert calls == ["x.example"]

@@ -19,21 +19,16 @@ from mailsluice.kafka.settings import KafkaSettings
 WITHIN_S = 30.0  # bound on a hang, not a synchronisation
 
 
-@pytest.fixture(scope="module")
-def settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
 @pytest.fixture
-async def topic(settings: KafkaSettings) -> str:
+async def topic(kafka_settings: KafkaSettings) -> str:
     name = f"mailsluice.test.compacted-{uuid.uuid4().hex[:8]}"
-    await ensure_topics(settings, [TopicSpec(name, 2, {"cleanup.policy": "compact"})])
+    await ensure_topics(kafka_settings, [TopicSpec(name, 2, {"cleanup.policy": "compact"})])
     return name
 
 
 @pytest.fixture
-async def producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
-    prod = make_producer(settings, max_message_size=65536, client_id="test-compacted")
+async def producer(kafka_settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    prod = make_producer(kafka_settings, max_message_size=65536, client_id="test-compacted")
     await prod.start()
     try:
         yield prod
@@ -61,7 +56,7 @@ def table_of(table: dict[bytes, bytes]) -> Callable[[bytes | None, bytes | None]
 
 
 async def test_read_topic_applies_every_record_up_to_the_end(
-    settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
+    kafka_settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
 ) -> None:
     await put(producer, topic, b"a", b"1", partition=0)
     await put(producer, topic, b"b", b"1", partition=1)
@@ -69,18 +64,20 @@ async def test_read_topic_applies_every_record_up_to_the_end(
     await put(producer, topic, b"b", None, partition=1)
     await put(producer, topic, b"c", b"1", partition=1)
     table: dict[bytes, bytes] = {}
-    await read_topic(settings, topic, table_of(table), client_id="test-compacted", timeout_s=60)
+    await read_topic(
+        kafka_settings, topic, table_of(table), client_id="test-compacted", timeout_s=60
+    )
     assert table == {b"a": b"2", b"c": b"1"}
 
 
 async def test_read_to_end_starts_where_told_and_counts_what_it_applied(
-    settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
+    kafka_settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
 ) -> None:
     for n in range(5):
         await put(producer, topic, f"k{n}".encode(), b"v", partition=0)
     await put(producer, topic, b"other", b"v", partition=1)
     seen: list[bytes | None] = []
-    consumer = make_consumer(settings, group_id=None, client_id="test-compacted")
+    consumer = make_consumer(kafka_settings, group_id=None, client_id="test-compacted")
     await consumer.start()
     try:
         p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
@@ -95,10 +92,10 @@ async def test_read_to_end_starts_where_told_and_counts_what_it_applied(
 
 
 async def test_a_read_that_takes_too_long_names_the_topic(
-    settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
+    kafka_settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
 ) -> None:
     await put(producer, topic, b"a", b"1")
-    consumer = make_consumer(settings, group_id=None, client_id="test-compacted")
+    consumer = make_consumer(kafka_settings, group_id=None, client_id="test-compacted")
     await consumer.start()
     try:
         with pytest.raises(TimeoutError, match=f"{topic} not read to its end within 0s"):
@@ -109,22 +106,24 @@ async def test_a_read_that_takes_too_long_names_the_topic(
         await consumer.stop()
 
 
-async def test_a_missing_topic_fails_cleanly(settings: KafkaSettings) -> None:
+async def test_a_missing_topic_fails_cleanly(kafka_settings: KafkaSettings) -> None:
     missing = f"mailsluice.test.missing-{uuid.uuid4().hex[:8]}"
-    view = CompactedView(settings, missing, lambda key, value: None, client_id="test-compacted")
+    view = CompactedView(
+        kafka_settings, missing, lambda key, value: None, client_id="test-compacted"
+    )
     with pytest.raises(TimeoutError, match="does not exist"):
         await view.start(timeout_s=1.0)
     assert not view.ready
 
 
 async def test_the_view_is_ready_after_the_read_and_follows_new_records(
-    settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
+    kafka_settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
 ) -> None:
     await put(producer, topic, b"old", b"1")
     table: dict[bytes, bytes] = {}
     batches = asyncio.Event()
     view = CompactedView(
-        settings, topic, table_of(table), client_id="test-compacted", on_batch=batches.set
+        kafka_settings, topic, table_of(table), client_id="test-compacted", on_batch=batches.set
     )
     assert not view.ready
     await view.start(timeout_s=60)
@@ -147,7 +146,7 @@ async def test_the_view_is_ready_after_the_read_and_follows_new_records(
 
 
 async def test_the_follower_survives_a_failing_apply_and_waits_before_the_next_fetch(
-    settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
+    kafka_settings: KafkaSettings, topic: str, producer: AIOKafkaProducer
 ) -> None:
     applied: list[bytes] = []
     waits: list[float] = []
@@ -164,7 +163,7 @@ async def test_the_follower_survives_a_failing_apply_and_waits_before_the_next_f
         failed.set()
 
     view = CompactedView(
-        settings,
+        kafka_settings,
         topic,
         apply,
         client_id="test-compacted",

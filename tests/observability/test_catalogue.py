@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
+from support.metrics import sample
 from support.paths import REPO
 
 from mailsluice.metrics.delivery import QUEUE_LAG, count_attempt
@@ -75,10 +76,6 @@ def test_provider_label_and_status_class_are_closed() -> None:
     assert set(STATUS_CLASSES) >= {"4.0", "5.7", OTHER}
 
 
-def _value(name: str, labels: dict[str, str]) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 def test_count_attempt_counts_by_provider_and_time_in_queue() -> None:
     env = SimpleNamespace(pool="doc-pool", routing_key="rare.example", stream="bulk", received_at=0)
     replies = [
@@ -90,12 +87,12 @@ def test_count_attempt_counts_by_provider_and_time_in_queue() -> None:
     count_attempt(env, replies, now=30.0)
     for result in OUTCOME_RESULTS:
         labels = {**base, "source": "bulk", "result": result}
-        assert _value("mailsluice_delivery_provider_recipients_total", labels) == 1
-    assert _value("mailsluice_delivery_deferrals_total", {**base, "reason": "4.2"}) == 1
-    assert _value("mailsluice_delivery_bounces_total", {**base, "class": "5.1"}) == 1
+        assert sample("mailsluice_delivery_provider_recipients_total", **labels) == 1
+    assert sample("mailsluice_delivery_deferrals_total", **{**base, "reason": "4.2"}) == 1
+    assert sample("mailsluice_delivery_bounces_total", **{**base, "class": "5.1"}) == 1
     age = {"pool": "doc-pool", "le": "60.0"}
-    assert _value("mailsluice_delivery_queue_age_seconds_bucket", age) == 1
-    assert _value("mailsluice_delivery_queue_age_seconds_bucket", {**age, "le": "15.0"}) == 0
+    assert sample("mailsluice_delivery_queue_age_seconds_bucket", **age) == 1
+    assert sample("mailsluice_delivery_queue_age_seconds_bucket", **{**age, "le": "15.0"}) == 0
 
 
 def test_queue_lag_reads_the_worker_state() -> None:
@@ -106,9 +103,9 @@ def test_queue_lag_reads_the_worker_state() -> None:
     worker.consumer, worker.ledger = consumer, ledger
     QUEUE_LAG.track(worker)
     labels = {"pool": "lag-pool", "partition": "2"}
-    assert _value("mailsluice_delivery_queue_lag_records", labels) == 3
+    assert sample("mailsluice_delivery_queue_lag_records", **labels) == 3
     del worker  # tracked weakly: a stopped worker disappears from the metric
-    assert _value("mailsluice_delivery_queue_lag_records", labels) == 0
+    assert sample("mailsluice_delivery_queue_lag_records", **labels) == 0
 
 
 class _Worker:
@@ -120,8 +117,8 @@ class _Worker:
 def test_operator_workers_follow_the_status_and_go_with_the_pool() -> None:
     record_workers("op-pool", {"replicas": 3, "readyReplicas": 1})
     desired = {"pool": "op-pool", "kind": "desired"}
-    assert _value("mailsluice_operator_workers", desired) == 3
-    assert _value("mailsluice_operator_workers", {**desired, "kind": "ready"}) == 1
+    assert sample("mailsluice_operator_workers", **desired) == 3
+    assert sample("mailsluice_operator_workers", **{**desired, "kind": "ready"}) == 1
     forget_pool("op-pool")
     assert REGISTRY.get_sample_value("mailsluice_operator_workers", desired) is None
 

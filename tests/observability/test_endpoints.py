@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
+from support.loopback import free_port
 
 from mailsluice.config import LogSettings
 from mailsluice.observability.endpoints import JsonFormatter, setup_logging, start_http
@@ -15,12 +15,6 @@ from mailsluice.observability.endpoints import JsonFormatter, setup_logging, sta
 # Its own registry: the process-wide one holds only the product's metrics (test_metrics_doc).
 REGISTRY = CollectorRegistry()
 PROBE = Counter("probe_total", "A counter only this test increments.", registry=REGISTRY)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_endpoints_report_health_readiness_and_metrics() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import smtplib
@@ -17,19 +18,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from support.eventually import eventually
 from support.fake_mx import free_port
 from support.paths import REPO
-from support.prometheus import check_alerts, check_panels, start_prometheus
-from support.prometheus import get as _get
-from support.prometheus import query as _query
-from support.prometheus import render_module as _render_module
-from support.prometheus import start as _start
-from support.prometheus import stop as _stop
-from support.prometheus import until as _until
+from support.processes import get, product_env, start, stop, tails
+from support.prometheus import check_alerts, check_panels, query, render_module, start_prometheus
 
 from mailsluice.observability.dashboards import build
 
@@ -44,14 +42,8 @@ SHAPING = ("mailsluice_shaping_", "mailsluice_warmup_")
 TRAFFIC_S = 25.0
 
 
-def _env(kafka: Any, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLUICE_")}
-    env.update(MAILSLUICE_KAFKA_BOOTSTRAP=kafka.bootstrap, MAILSLUICE_LOG_LEVEL="INFO", **extra)
-    return env
-
-
 def _send_batch(port: int, n: int, pool: str) -> int:
-    """n messages with ok/defer/bounce recipients at a provider and at an other domain, and one
+    """n messages with ok/tempfail/permfail recipients at a provider and at an other domain, and one
     recipient whose domain does not exist (rejected at RCPT). Returns messages accepted."""
     queued = 0
     for i in range(n):
@@ -63,9 +55,9 @@ def _send_batch(port: int, n: int, pool: str) -> int:
         msg.set_content("hello\n" * 20)
         rcpts = [f"ok{i}@gmail.com", f"ok{i}@example.net", f"user{i}@nx.example"]
         if i % 3 == 0:
-            rcpts += [f"defer{i}@gmail.com", f"bounce{i}@example.net"]
+            rcpts += [f"tempfail+{i}@gmail.com", f"permfail+{i}@example.net"]
         if i % 4 == 0:
-            rcpts += [f"bounce{i}@gmail.com", f"defer{i}@example.net"]
+            rcpts += [f"permfail+{i}@gmail.com", f"tempfail+{i}@example.net"]
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.ehlo("client.test")
             client.mail("sender@origin.example")
@@ -85,8 +77,8 @@ async def test_dashboards_and_alerts_against_real_prometheus(
     dns_server.set_nxdomain("nx.example")
     smtp_port, ingest_http, delivery_http, prom_port = (free_port() for _ in range(4))
     logs = [tmp_path / n for n in ("ingest.log", "delivery.log", "prometheus.log")]
-    ingest_env = _env(
-        kafka,
+    ingest_env = product_env(
+        kafka.bootstrap,
         MAILSLUICE_INGEST_LISTEN_PORT=str(smtp_port),
         MAILSLUICE_INGEST_HTTP_PORT=str(ingest_http),
         MAILSLUICE_INGEST_HOSTNAME="ingest.test",
@@ -98,8 +90,8 @@ async def test_dashboards_and_alerts_against_real_prometheus(
     )
     today = dt.datetime.now(dt.UTC).date().isoformat()
     warmup = {"schedule": "custom", "start": today, "table": {"1": 100000}}
-    delivery_env = _env(
-        kafka,
+    delivery_env = product_env(
+        kafka.bootstrap,
         MAILSLUICE_DELIVERY_POOL=pool,
         MAILSLUICE_DELIVERY_HTTP_PORT=str(delivery_http),
         MAILSLUICE_DELIVERY_COMMIT_INTERVAL_S="0.5",
@@ -114,63 +106,87 @@ async def test_dashboards_and_alerts_against_real_prometheus(
     )
     prom = f"http://127.0.0.1:{prom_port}"
     procs: list[subprocess.Popen[bytes]] = []
+
+    def answers(url: str) -> Callable[[], bool]:
+        return lambda: get(url)[0] == 200
+
+    # Each check blocks (HTTP, PromQL); a failure shows the processes' logs.
+    watched = functools.partial(eventually, detail=lambda: tails(logs), blocking=True)
+
     try:
-        procs.append(_start([str(VENV_BIN / "mailsluice"), "ingest"], ingest_env, logs[0]))
-        await _until(
-            "ingest ready",
-            lambda: _get(f"http://127.0.0.1:{ingest_http}/readyz")[0] == 200,
-            30,
-            logs,
+        procs.append(start([str(VENV_BIN / "mailsluice"), "ingest"], ingest_env, logs[0]))
+        await watched(
+            answers(f"http://127.0.0.1:{ingest_http}/readyz"),
+            within=30,
+            what="ingest ready",
         )
-        procs.append(_start([str(VENV_BIN / "mailsluice"), "delivery"], delivery_env, logs[1]))
+        procs.append(start([str(VENV_BIN / "mailsluice"), "delivery"], delivery_env, logs[1]))
         procs.append(
             start_prometheus(
                 tmp_path, prom_port, {"ingest": ingest_http, "delivery": delivery_http}, logs[2]
             )
         )
-        await _until(
-            "delivery ready",
-            lambda: _get(f"http://127.0.0.1:{delivery_http}/readyz")[0] == 200,
-            40,
-            logs,
+        await watched(
+            answers(f"http://127.0.0.1:{delivery_http}/readyz"),
+            within=40,
+            what="delivery ready",
         )
-        await _until("prometheus ready", lambda: _get(f"{prom}/-/ready")[0] == 200, 30, logs)
+        await watched(
+            answers(f"{prom}/-/ready"),
+            within=30,
+            what="prometheus ready",
+        )
         started = time.time()
         queued = 0
         while time.time() - started < TRAFFIC_S:
             queued += await asyncio.to_thread(_send_batch, smtp_port, 4, pool)
+            # The traffic's shape: batches spread over the run, so rates have points.
             await asyncio.sleep(0.5)
         assert queued > 20
-        # Deliveries, deferrals (retried, then expired) and bounces have all been scraped.
-        await _until(
-            "outcomes scraped",
-            lambda: all(
-                _query(
+
+        def outcomes_scraped() -> bool:
+            return all(
+                query(
                     prom,
                     f'sum(mailsluice_delivery_recipients_total{{pool="{pool}",result="{r}"}})',
                 )["data"]["result"]
                 for r in ("delivered", "deferred", "bounced")
-            ),
-            30,
-            logs,
-        )
-        await asyncio.sleep(2)
+            )
 
-        problems, checked = _check_queries(prom, _shaping_runs(delivery_http))
-        assert not problems, "\n".join(problems)
+        # Deliveries, deferrals (retried, then expired) and bounces have all been scraped.
+        await watched(
+            outcomes_scraped,
+            within=30,
+            what="outcomes scraped",
+        )
+        problems: list[str] = []
+
+        def every_query_answers() -> int:
+            found, checked = _check_queries(prom, _shaping_runs(delivery_http))
+            problems[:] = found
+            return 0 if found else checked
+
+        checked = await eventually(
+            every_query_answers,
+            within=30,
+            interval=1,
+            blocking=True,
+            what="every panel query and alert expression to answer",
+            detail=lambda: "\n".join(problems),
+        )
         assert checked > 40
         # The pipeline's own health: the queue drained and nothing fired that should not.
-        lag = _query(prom, f'sum(mailsluice_delivery_queue_lag_records{{pool="{pool}"}})')
+        lag = query(prom, f'sum(mailsluice_delivery_queue_lag_records{{pool="{pool}"}})')
         assert lag["data"]["result"], "queue lag not exported"
         if os.environ.get("MAILSLUICE_RENDER_DASHBOARDS") == "1":
             # A 15 s rate window: the images cover a run of well under a minute.
             # The operator's dashboard is rendered by test_operator_prometheus, which runs one.
-            _render_module().render_all(
+            render_module().render_all(
                 prom, started - 5, time.time(), rate_interval="15s", skip=("operator",)
             )
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
 
 
 def _check_queries(prom: str, shaping_runs: bool) -> tuple[list[str], int]:
@@ -183,7 +199,7 @@ def _check_queries(prom: str, shaping_runs: bool) -> tuple[list[str], int]:
 
 
 def _shaping_runs(port: int) -> bool:
-    _, body = _get(f"http://127.0.0.1:{port}/metrics")
+    _, body = get(f"http://127.0.0.1:{port}/metrics")
     return any(line.startswith("mailsluice_shaping_") for line in body.decode().splitlines())
 
 

@@ -7,7 +7,6 @@ would; cleanup on delete is the operator's own delete handler.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import time
@@ -17,12 +16,13 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from support.eventually import eventually, eventually_sync
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import (
+    KUBECTL_POLL_S,
     condition,
     get_json,
     running_operator,
-    wait_for,
 )
 from support.kafka_broker import KafkaBroker
 from support.operator_cluster import (
@@ -119,7 +119,9 @@ async def test_pool_gets_children_topic_and_ready_status(
     crd: K8sCluster, operator: None, kafka: KafkaBroker
 ) -> None:
     apply_yaml(crd, pool_yaml("alpha", warmup={"preset": "none"}))
-    dep = wait_for(lambda: get_deployment(crd, "alpha"), what="Deployment")
+    dep = eventually_sync(
+        lambda: get_deployment(crd, "alpha"), within=60, interval=KUBECTL_POLL_S, what="Deployment"
+    )
     pool = get_pool(crd, "alpha")
     assert pool is not None
     owner = dep["metadata"]["ownerReferences"][0]
@@ -144,20 +146,24 @@ async def test_pool_gets_children_topic_and_ready_status(
     assert await topic_partitions(kafka, "mailsluice.queue.alpha") == 4
 
     # No pods without a controller-manager: the pool says so rather than claiming Ready.
-    pool = wait_for(
+    pool = eventually_sync(
         lambda: (
             (p := get_pool(crd, "alpha"))
             and condition(p, "Ready").get("reason") == "NoWorkerReady"
             and p
         ),
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="NoWorkerReady",
     )
     assert condition(pool, "Ready")["status"] == "False"
     pretend_workers_ready(crd, "alpha", 1)
-    pool = wait_for(
+    pool = eventually_sync(
         lambda: (
             (p := get_pool(crd, "alpha")) and condition(p, "Ready").get("status") == "True" and p
         ),
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="Ready",
     )
     st = pool["status"]
@@ -175,7 +181,9 @@ async def test_pool_gets_children_topic_and_ready_status(
 
 
 def test_spec_change_rolls_the_workers(crd: K8sCluster, operator: None) -> None:
-    before = wait_for(lambda: get_deployment(crd, "alpha"), what="Deployment")
+    before = eventually_sync(
+        lambda: get_deployment(crd, "alpha"), within=60, interval=KUBECTL_POLL_S, what="Deployment"
+    )
     old_hash = before["spec"]["template"]["metadata"]["annotations"]["mailsluice.io/spec-hash"]
     apply_yaml(crd, pool_yaml("alpha", ehloName="mta2.example.test", warmup={"preset": "none"}))
 
@@ -184,7 +192,9 @@ def test_spec_change_rolls_the_workers(crd: K8sCluster, operator: None) -> None:
         annotations = dep["spec"]["template"]["metadata"]["annotations"] if dep else {}
         return dep if annotations["mailsluice.io/spec-hash"] != old_hash else None
 
-    dep = rolled_dep = wait_for(rolled, what="new spec hash")
+    dep = rolled_dep = eventually_sync(
+        rolled, within=60, interval=KUBECTL_POLL_S, what="new spec hash"
+    )
     env = {
         e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
     }
@@ -192,12 +202,14 @@ def test_spec_change_rolls_the_workers(crd: K8sCluster, operator: None) -> None:
     assert rolled_dep["metadata"]["generation"] > before["metadata"]["generation"]
     cm = get_json(crd, "configmap", "mailsluice-pool-alpha", "-n", NS)
     assert cm is not None and "mta2.example.test" in cm["data"]["policy.yaml"]
-    pool = wait_for(
+    pool = eventually_sync(
         lambda: (
             (p := get_pool(crd, "alpha"))
             and p["status"].get("observedGeneration") == p["metadata"]["generation"]
             and p
         ),
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="observedGeneration",
     )
     assert pool["metadata"]["generation"] >= 2
@@ -223,7 +235,9 @@ async def test_lag_raises_replicas_and_draining_lowers_them(
         return pool if status.get("replicas") == want and status.get("lag") == lag else None
 
     # ceil(35 / 10) = 4 = partitions = max
-    pool = await asyncio.to_thread(wait_for, lambda: replicas(4, 35), what="4 workers")
+    pool = await eventually(
+        lambda: replicas(4, 35), within=60, interval=KUBECTL_POLL_S, what="4 workers", blocking=True
+    )
     assert "lag 35" in pool["status"]["lastScaleReason"]
 
     # Drain: the pool's consumer group commits the end of every partition.
@@ -241,7 +255,9 @@ async def test_lag_raises_replicas_and_draining_lowers_them(
     finally:
         await consumer.stop()
     drained = time.monotonic()
-    await asyncio.to_thread(wait_for, lambda: replicas(1, 0), timeout=30, what="1 worker")
+    await eventually(
+        lambda: replicas(1, 0), within=30, interval=KUBECTL_POLL_S, what="1 worker", blocking=True
+    )
     # Not at once: the pool holds 4 for its 3 s scale-down window (the last high reading was
     # at most one 1 s tick before the drain).
     assert time.monotonic() - drained >= 1.5
@@ -253,8 +269,11 @@ async def test_scale_subresource_pins_and_shrink_is_a_condition(
     crd: K8sCluster, operator: None, kafka: KafkaBroker
 ) -> None:
     crd.kubectl("scale", "sendingpool", "alpha", "-n", NS, "--replicas=2")
-    wait_for(
-        lambda: (d := get_deployment(crd, "alpha")) and d["spec"]["replicas"] == 2, what="pinned 2"
+    eventually_sync(
+        lambda: (d := get_deployment(crd, "alpha")) and d["spec"]["replicas"] == 2,
+        within=60,
+        interval=KUBECTL_POLL_S,
+        what="pinned 2",
     )
     scale = get_json(crd, "sendingpool", "alpha", "-n", NS, "--subresource=scale")
     assert scale is not None and scale["spec"]["replicas"] == 2
@@ -280,12 +299,14 @@ async def test_scale_subresource_pins_and_shrink_is_a_condition(
             warmup={"preset": "none"},
         ),
     )
-    pool = wait_for(
+    pool = eventually_sync(
         lambda: (
             (p := get_pool(crd, "alpha"))
             and condition(p, "Stalled").get("reason") == "PartitionsShrinkRefused"
             and p
         ),
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="PartitionsShrinkRefused",
     )
     assert condition(pool, "Stalled")["status"] == "True"
@@ -294,8 +315,11 @@ async def test_scale_subresource_pins_and_shrink_is_a_condition(
     assert any(e["reason"] == "PartitionsShrinkRefused" for e in events_for(crd, NS, "alpha"))
     # Growing works.
     apply_yaml(crd, pool_yaml("alpha", ehloName="mta2.example.test", partitions=6))
-    wait_for(
-        lambda: (p := get_pool(crd, "alpha")) and p["status"].get("partitions") == 6, what="grown"
+    eventually_sync(
+        lambda: (p := get_pool(crd, "alpha")) and p["status"].get("partitions") == 6,
+        within=60,
+        interval=KUBECTL_POLL_S,
+        what="grown",
     )
     assert await topic_partitions(kafka, "mailsluice.queue.alpha") == 6
 
@@ -334,29 +358,37 @@ async def test_warmup_and_missing_secret_show_in_status(
         crd,
         pool_yaml("warm", warmup={"preset": "ses-45-day"}, workerTemplate={"env": env}),
     )
-    pool = wait_for(
+    pool = eventually_sync(
         lambda: (
             (p := get_pool(crd, "warm")) and condition(p, "Stalled").get("status") == "True" and p
         ),
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="SecretNotFound",
     )
     assert condition(pool, "Stalled")["reason"] == "SecretNotFound"
     assert condition(pool, "Ready")["status"] == "False"
-    wait_for(
+    eventually_sync(
         lambda: any(e["reason"] == "SecretNotFound" for e in events_for(crd, NS, "warm")),
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="Warning event",
     )
     crd.kubectl("create", "secret", "generic", "smtp", "-n", NS, "--from-literal=pw=s3cret")
-    pool = wait_for(
+    pool = eventually_sync(
         lambda: (
             (p := get_pool(crd, "warm")) and condition(p, "Stalled").get("status") == "False" and p
         ),
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="recovered",
     )
-    pool = await asyncio.to_thread(
-        wait_for,
+    pool = await eventually(
         lambda: (p := get_pool(crd, "warm")) and p["status"].get("todayUsage") == 42 and p,
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="today's usage from the ledger",
+        blocking=True,
     )
     assert pool["status"]["warmupDay"] == 1 and pool["status"]["todayCap"] == 100
     assert get_deployment(crd, "warm") is not None

@@ -15,25 +15,27 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support.eventually import eventually_sync
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import (
+    KUBECTL_POLL_S,
     condition,
     environ,
     get_json,
     running_operator,
-    wait_for,
     write_kubeconfig,
 )
+from support.loopback import free_port
 from support.operator_cluster import (
     NS_NO_KAFKA,
     apply_yaml,
     delete_pool,
-    free_port,
     get_deployment,
     get_pool,
     pool_yaml,
     prepare,
 )
+from support.tls import self_signed
 
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice_operator import FIELD_MANAGER, kube
@@ -130,12 +132,19 @@ def test_operator_runs_on_exec_plugin_credentials(crd: K8sCluster, tmp_path: Pat
     settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", request_timeout_ms=1000)
     with running_operator(NS_NO_KAFKA, build_registry(op, settings), kubeconfig):
         apply_yaml(crd, pool_yaml("viaexec", NS_NO_KAFKA))
-        wait_for(lambda: get_deployment(crd, "viaexec", NS_NO_KAFKA), what="Deployment")
-        wait_for(
+        eventually_sync(
+            lambda: get_deployment(crd, "viaexec", NS_NO_KAFKA),
+            within=60,
+            interval=KUBECTL_POLL_S,
+            what="Deployment",
+        )
+        eventually_sync(
             lambda: (
                 condition(get_pool(crd, "viaexec", NS_NO_KAFKA), "Stalled").get("reason")
                 == "KafkaUnavailable"
             ),
+            within=60,
+            interval=KUBECTL_POLL_S,
             what="status written by kopf",
         )
         delete_pool(crd, "viaexec", NS_NO_KAFKA)
@@ -152,11 +161,13 @@ async def test_in_cluster_service_account(crd: K8sCluster, tmp_path: Path) -> No
     crd.kubectl(
         "create", "rolebinding", "probe", "--role=probe", f"--serviceaccount={NS}:probe", "-n", NS
     )
-    wait_for(
+    eventually_sync(
         lambda: (
             crd.kubectl("auth", "can-i", "get", "secrets", "-n", NS, f"--as={account}").stdout
             == "yes\n"
         ),
+        within=60,
+        interval=KUBECTL_POLL_S,
         what="RoleBinding in effect",
     )
     sa_dir = tmp_path / "serviceaccount"
@@ -196,16 +207,7 @@ def test_inline_client_certificates_are_written_once_and_removed_at_exit(
 ) -> None:
     """Certificate and key given as data go to files ssl can load: one pair however many
     rounds run, and none left behind when the process ends."""
-    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=probe", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed(tmp_path, "probe")
     user = {
         "token": crd.token,
         "client-certificate-data": base64.b64encode(cert.read_bytes()).decode(),

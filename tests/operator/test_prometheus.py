@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -26,26 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaProducer
+from support.delivery_worker import enqueue, envelope
+from support.eventually import eventually
 from support.fake_mx import free_port
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import apply_crd, get_json, write_kubeconfig
 from support.kafka_broker import KafkaBroker
 from support.operator_cluster import apply_yaml, pool_yaml, pretend_workers_ready
-from support.prometheus import (
-    check_alerts,
-    check_panels,
-    get,
-    query,
-    render_module,
-    start,
-    start_prometheus,
-    stop,
-    until,
-)
+from support.processes import get, product_env, start, stop, tails
+from support.prometheus import check_alerts, check_panels, query, render_module, start_prometheus
 
-from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
-from mailsluice.contracts.topics import queue_topic
+from mailsluice.contracts.envelope import Envelope
 from mailsluice.observability.dashboards import build
 
 NS = "op-prom"
@@ -58,43 +50,23 @@ def _write_kubeconfig(path: Path, cluster: K8sCluster, server: str) -> None:
     write_kubeconfig(path, server, {"token": cluster.token})
 
 
-def _env(kafka: KafkaBroker, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLUICE_")}
-    env.update(MAILSLUICE_KAFKA_BOOTSTRAP=kafka.bootstrap, MAILSLUICE_LOG_LEVEL="INFO", **extra)
-    return env
-
-
 def _sum(prom: str, expr: str) -> float:
     result = query(prom, expr).get("data", {}).get("result") or []
     return sum(float(r["value"][1]) for r in result)
 
 
 async def _produce(
-    kafka: KafkaBroker, pool: str, n: int, *, burst: int = 1, every_s: float = 0.0
+    kafka: KafkaBroker, pool: str, n: int, *, burst: int = 0, every_s: float = 0.0
 ) -> None:
     """n queue records for one recipient each at the fake MX's domain, in bursts every_s apart."""
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for i in range(n):
-            env = Envelope(
-                queue_id=f"{pool}-{uuid.uuid4().hex[:12]}",
-                pool=pool,
-                sender="s@origin.example",
-                recipients=(f"ok{i}@example.net",),
-                routing_key="example.net",
-                received_at=time.time(),
-            )
-            await producer.send_and_wait(
-                queue_topic(pool),
-                b"Subject: operator dashboard\r\n\r\nhello\r\n",
-                key=env.routing_key.encode(),
-                headers=[(ENVELOPE_HEADER, encode_envelope(env))],
-            )
-            if (i + 1) % burst == 0:
-                await asyncio.sleep(every_s)
-    finally:
-        await producer.stop()
+    size = burst or n
+    for first in range(0, n, size):
+        if first:
+            await asyncio.sleep(every_s)  # the traffic's shape: bursts every_s apart
+        envs: list[Envelope | None] = [
+            envelope(pool, i, (f"ok{i}@example.net",)) for i in range(first, min(first + size, n))
+        ]
+        await enqueue(kafka.settings(), envs, b"Subject: operator dashboard\r\n\r\nhello\r\n")
 
 
 async def test_operator_dashboard_against_real_prometheus(
@@ -109,15 +81,15 @@ async def test_operator_dashboard_against_real_prometheus(
     kubeconfig = tmp_path / "kubeconfig"
     _write_kubeconfig(kubeconfig, cluster, cluster.server)
     logs = [tmp_path / n for n in ("operator.log", "delivery.log", "prometheus.log")]
-    operator_env = _env(
-        kafka,
+    operator_env = product_env(
+        kafka.bootstrap,
         KUBECONFIG=str(kubeconfig),
         MAILSLUICE_OPERATOR_METRICS_PORT=str(metrics_port),
         MAILSLUICE_OPERATOR_HEALTH_PORT=str(health_port),
         MAILSLUICE_OPERATOR_SCALE_INTERVAL_S="1",
     )
-    worker_env = _env(
-        kafka,
+    worker_env = product_env(
+        kafka.bootstrap,
         MAILSLUICE_DELIVERY_POOL=pools[0],
         MAILSLUICE_DELIVERY_HTTP_PORT=str(worker_port),
         MAILSLUICE_KAFKA_QUEUE_PARTITIONS="4",
@@ -126,47 +98,55 @@ async def test_operator_dashboard_against_real_prometheus(
     )
     prom = f"http://127.0.0.1:{prom_port}"
     procs: list[subprocess.Popen[bytes]] = []
+    # Each check blocks (HTTP, kubectl, PromQL); a failure shows the processes' logs.
+    watched = functools.partial(eventually, detail=lambda: tails(logs), blocking=True)
     trickle: asyncio.Task[None] | None = None
     try:
         mailsluice = str(VENV_BIN / "mailsluice")
         procs.append(start([mailsluice, "operator", "--namespace", NS], operator_env, logs[0]))
         targets = {"operator": metrics_port, "delivery": worker_port}
         procs.append(start_prometheus(tmp_path, prom_port, targets, logs[2]))
-        await until(
-            "operator /healthz",
+        await watched(
             lambda: get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200,
-            60,
-            logs,
+            within=60,
+            what="operator /healthz",
         )
         started = time.time()
         for pool in pools:
             apply_yaml(cluster, pool_yaml(pool, NS))
-        await until("pools reconciled", lambda: _reconciled(cluster, pools), 60, logs)
+        await watched(
+            lambda: _reconciled(cluster, pools),
+            within=60,
+            what="pools reconciled",
+        )
         # The operator created the first pool's topic; its worker joins the consumer group.
         procs.append(start([mailsluice, "delivery"], worker_env, logs[1]))
-        await until(
-            "worker ready",
+        await watched(
             lambda: get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200,
-            60,
-            logs,
+            within=60,
+            what="worker ready",
         )
         pretend_workers_ready(cluster, pools[0], 1, NS)
         trickle = asyncio.create_task(_produce(kafka, pools[0], 300, burst=30, every_s=2))
         await _produce(kafka, pools[1], 40)  # 4 workers' worth of lag at lagPerWorker 10
-        await until("prometheus ready", lambda: get(f"{prom}/-/ready")[0] == 200, 30, logs)
-        await until(
-            "workers scraped",
+        await watched(
+            lambda: get(f"{prom}/-/ready")[0] == 200,
+            within=30,
+            what="prometheus ready",
+        )
+        await watched(
             lambda: (
                 _sum(prom, 'sum(mailsluice_operator_workers{kind="desired"})') >= 1 + 4
                 and _sum(prom, 'sum(mailsluice_operator_workers{kind="ready"})') >= 1
                 and _sum(prom, "count(mailsluice_delivery_inflight_messages)") >= 1
             ),
-            30,
-            logs,
+            within=30,
+            what="workers scraped",
         )
         await _provoke_reconcile_error(cluster, kubeconfig, prom, logs)
-        # A few more rounds, so rates over the run have points before and after the error.
-        await until("time passes", lambda: time.time() - started > RUN_S, RUN_S + 5, logs)
+        # The run's length, not a wait for something: a few more rounds, so rates over the run
+        # have points before and after the error.
+        await asyncio.sleep(max(0.0, started + RUN_S - time.time()))
 
         _check_operator_dashboard(prom)
         if os.environ.get("MAILSLUICE_RENDER_DASHBOARDS") == "1":
@@ -181,7 +161,11 @@ async def test_operator_dashboard_against_real_prometheus(
             )
         for pool in pools:
             cluster.kubectl("delete", "sendingpool", pool, "-n", NS, "--wait=false")
-        await until("pools deleted", lambda: not _any_pool(cluster, pools), 60, logs)
+        await watched(
+            lambda: not _any_pool(cluster, pools),
+            within=60,
+            what="pools deleted",
+        )
     finally:
         if trickle is not None:
             trickle.cancel()
@@ -214,11 +198,12 @@ async def _provoke_reconcile_error(
     dead = f"127.0.0.1:{free_port()}"
     _write_kubeconfig(kubeconfig, cluster, f"https://{dead}")
     try:
-        await until(
-            "a reconcile error scraped",
+        await eventually(
             lambda: _sum(prom, 'sum(mailsluice_operator_reconciles_total{result="error"})') > 0,
-            60,
-            logs,
+            within=60,
+            what="a reconcile error scraped",
+            detail=lambda: tails(logs),
+            blocking=True,
         )
         # ... and it is this outage the operator logged, not something else.
         assert f"Cannot connect to host {dead}" in logs[0].read_text(), logs[0].read_text()[-3000:]

@@ -11,32 +11,33 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from support.eventually import eventually_sync
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import (
     CHART,
+    KUBECTL_POLL_S,
     condition,
     get_json,
     running_operator,
-    wait_for,
     write_kubeconfig,
 )
 from support.kafka_broker import KafkaBroker
+from support.loopback import free_port
 from support.operator_cluster import (
     NS_NO_KAFKA,
     apply_yaml,
     delete_pool,
     events_for,
-    free_port,
     get_deployment,
     get_pool,
     pool_yaml,
     prepare,
 )
+from support.processes import get
 
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice_operator.handlers import build_registry
@@ -56,28 +57,34 @@ def test_kafka_unreachable_is_a_condition_and_the_operator_keeps_running(
     settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", request_timeout_ms=1000)
     with running_operator(NS_NO_KAFKA, build_registry(op, settings), crd.kubeconfig):
         apply_yaml(crd, pool_yaml("lonely", NS_NO_KAFKA))
-        pool = wait_for(
+        pool = eventually_sync(
             lambda: (
                 (p := get_pool(crd, "lonely", NS_NO_KAFKA))
                 and condition(p, "Stalled").get("reason") == "KafkaUnavailable"
                 and p
             ),
+            within=60,
+            interval=KUBECTL_POLL_S,
             what="KafkaUnavailable",
         )
         assert condition(pool, "Ready")["status"] == "False"
         assert get_deployment(crd, "lonely", NS_NO_KAFKA) is not None  # children need no Kafka
-        wait_for(
+        eventually_sync(
             lambda: any(
                 e["reason"] == "KafkaUnavailable" for e in events_for(crd, NS_NO_KAFKA, "lonely")
             ),
+            within=60,
+            interval=KUBECTL_POLL_S,
             what="Warning event",
         )
         # Still alive: a spec change is still rendered.
         apply_yaml(crd, pool_yaml("lonely", NS_NO_KAFKA, ehloName="other.example.test"))
-        wait_for(
+        eventually_sync(
             lambda: (
                 "other.example.test" in json.dumps(get_deployment(crd, "lonely", NS_NO_KAFKA) or {})
             ),
+            within=60,
+            interval=KUBECTL_POLL_S,
             what="spec change rendered",
         )
         delete_pool(crd, "lonely", NS_NO_KAFKA)
@@ -129,12 +136,14 @@ def test_operator_works_with_only_the_charts_rbac(
     op = OperatorSettings(scale_interval_s=1.0, kafka_timeout_s=10.0)
     with running_operator(ns, build_registry(op, kafka.settings()), kubeconfig):
         apply_yaml(crd, pool_yaml("rbac", ns))
-        pool = wait_for(
+        pool = eventually_sync(
             lambda: (
                 (p := get_pool(crd, "rbac", ns))
                 and condition(p, "Ready").get("reason") == "NoWorkerReady"
                 and p
             ),
+            within=60,
+            interval=KUBECTL_POLL_S,
             what="status written by the ServiceAccount",
         )
         assert pool["status"]["partitions"] == 4
@@ -163,17 +172,18 @@ def test_operator_command_runs_against_the_kubeconfig(crd: K8sCluster, kafka: Ka
         [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(healthy, what="/healthz")
+        eventually_sync(
+            lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+            within=60,
+            what="/healthz",
+        )
         apply_yaml(crd, pool_yaml("cli", ns))
-        wait_for(lambda: get_deployment(crd, "cli", ns), what="Deployment from the process")
+        eventually_sync(
+            lambda: get_deployment(crd, "cli", ns),
+            within=60,
+            interval=KUBECTL_POLL_S,
+            what="Deployment from the process",
+        )
         delete_pool(crd, "cli", ns)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -9,14 +9,15 @@ import smtplib
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
 import aiohttp
 import pytest
+from support.eventually import eventually_sync
 from support.fake_mx import free_port
+from support.processes import get
 
 from mailsluice.sandbox.server import Sandbox
 from mailsluice.sandbox.settings import SandboxSettings
@@ -147,15 +148,11 @@ def test_cli_prints_endpoints_and_stops_on_sigint() -> None:
         first = proc.stdout.readline()
         assert f"smtp://127.0.0.1:{smtp_port}" in first
         assert f"http://127.0.0.1:{http_port}/api/v1/messages" in proc.stdout.readline()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        eventually_sync(
+            lambda: get(f"http://127.0.0.1:{http_port}/healthz")[0] == 200,
+            within=10,
+            what="the sandbox's /healthz",
+        )
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err

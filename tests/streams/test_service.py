@@ -13,14 +13,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from support.kafka_broker import kafka_local
+from aiokafka import TopicPartition
+from support.eventually import eventually_sync
+from support.loopback import free_port
 from support.paths import REPO
+from support.topic_reader import read_topic, reading
 
 from mailsluice.contracts.events import Event, EventType, encode_event
 from mailsluice.contracts.suppressions import decode_suppression
@@ -57,11 +60,11 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-async def _start_at_end(settings: KafkaSettings, group: str) -> None:
+async def _start_at_end(kafka_settings: KafkaSettings, group: str) -> None:
     """Commit the group's offsets at the end of the events topic, so the processor reads only
     this test's events (not every event the session wrote before)."""
-    tps = await _partitions(settings, EVENTS_TOPIC)
-    consumer = make_consumer(settings, group_id=group, client_id="test-streams-offsets")
+    tps = await _partitions(kafka_settings, EVENTS_TOPIC)
+    consumer = make_consumer(kafka_settings, group_id=group, client_id="test-streams-offsets")
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -72,20 +75,15 @@ async def _start_at_end(settings: KafkaSettings, group: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
-@pytest.fixture(scope="module")
 def streams(
-    kafka, settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory
+    kafka, kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StreamsProcess]:
     wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC)
-    specs = [s for s in standard_topics(settings, [], 1 << 20) if s.name in wanted]
+    specs = [s for s in standard_topics(kafka_settings, [], 1 << 20) if s.name in wanted]
     app_id = f"test-streams-{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_topics(settings, specs))
-    asyncio.run(_start_at_end(settings, app_id))
-    port = kafka_local.free_port()
+    asyncio.run(ensure_topics(kafka_settings, specs))
+    asyncio.run(_start_at_end(kafka_settings, app_id))
+    port = free_port()
     log = tmp_path_factory.mktemp("streams") / "streams.log"
     env = {
         **os.environ,
@@ -102,11 +100,12 @@ def streams(
         )
     running = StreamsProcess(proc, port, log, app_id)
     try:
-        deadline = time.monotonic() + 120
-        while _get(running.url("/readyz"))[0] != 200:
+
+        def ready() -> bool:
             assert proc.poll() is None, f"streams exited early:\n{running.tail()}"
-            assert time.monotonic() < deadline, f"streams not ready:\n{running.tail()}"
-            time.sleep(0.3)
+            return _get(running.url("/readyz"))[0] == 200
+
+        eventually_sync(ready, within=120, interval=0.3, what="streams ready", detail=running.tail)
         yield running
     finally:
         if proc.poll() is None:
@@ -118,8 +117,8 @@ def streams(
                 proc.wait()
 
 
-async def _publish(settings: KafkaSettings, events: list[Event]) -> None:
-    producer = make_producer(settings, max_message_size=65536, client_id="test-streams")
+async def _publish(kafka_settings: KafkaSettings, events: list[Event]) -> None:
+    producer = make_producer(kafka_settings, max_message_size=65536, client_id="test-streams")
     await producer.start()
     try:
         for ev in events:
@@ -130,46 +129,32 @@ async def _publish(settings: KafkaSettings, events: list[Event]) -> None:
         await producer.stop()
 
 
-@pytest.fixture
-async def follower(settings: KafkaSettings) -> AsyncIterator[AIOKafkaConsumer]:
-    """A reader of the suppressions topic positioned at its end before the test publishes:
-    it sees every record written afterwards, in order per address."""
-    parts = await _partitions(settings, SUPPRESSIONS_TOPIC)
-    consumer = make_consumer(settings, group_id=None, client_id="test-streams-follower")
-    await consumer.start()
-    consumer.assign(parts)
-    await consumer.seek_to_end(*parts)
-    for tp in parts:
-        await consumer.position(tp)  # resolve the end now, before anything is published
-    try:
-        yield consumer
-    finally:
-        await consumer.stop()
+async def _partitions(kafka_settings: KafkaSettings, topic: str) -> list[TopicPartition]:
 
-
-async def _partitions(settings: KafkaSettings, topic: str) -> list[TopicPartition]:
-
-    return await topic_partitions(settings, topic, 30)
+    return await topic_partitions(kafka_settings, topic, 30)
 
 
 async def _records(
-    consumer: AIOKafkaConsumer, expected: dict[str, list[str]], wait_s: float = 90
+    kafka_settings: KafkaSettings, expected: dict[str, list[str]], streams: StreamsProcess
 ) -> dict[str, list[str]]:
-    """Reasons written per address (of `expected`'s addresses) until each has its expected
-    number of records, or the timeout."""
+    """Reasons written per address of `expected` (addresses of this test alone), once there
+    are as many records as expected."""
+
+    def wanted(record: Any) -> bool:
+        return (record.key or b"").decode() in expected and record.value is not None
+
+    async with reading(kafka_settings, SUPPRESSIONS_TOPIC, wanted) as reader:
+        try:
+            records = await reader.at_least(
+                sum(len(r) for r in expected.values()), within=90, what="suppressions"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{streams.tail()}") from None
     found: dict[str, list[str]] = {a: [] for a in expected}
-    deadline = asyncio.get_running_loop().time() + wait_s
-    while any(len(found[a]) < len(r) for a, r in expected.items()):
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        batches = await consumer.getmany(timeout_ms=500)
-        for records in batches.values():
-            for record in records:
-                address = (record.key or b"").decode()
-                if address in found and record.value is not None:
-                    entry = decode_suppression(record.value)
-                    assert entry.source == "streams"
-                    found[address].append(entry.reason)
+    for record in records:
+        entry = decode_suppression(record.value)
+        assert entry.source == "streams"
+        found[record.key.decode()].append(entry.reason)
     return found
 
 
@@ -196,13 +181,13 @@ def _expired(rcpt: str, queue_id: str, days_ago: float) -> Event:
 
 
 async def test_hard_bounce_and_complaint_suppress_a_policy_block_does_not(
-    streams: StreamsProcess, settings: KafkaSettings, follower: AIOKafkaConsumer
+    streams: StreamsProcess, kafka_settings: KafkaSettings
 ) -> None:
     hard, complained, blocked = _addr("hard"), _addr("complaint"), _addr("blocked")
     # One queue id per address keeps its events in order on one partition; the complaint after
     # the policy block is the sentinel that shows the block was judged (and wrote nothing).
     await _publish(
-        settings,
+        kafka_settings,
         [
             _ev(
                 EventType.BOUNCE,
@@ -218,12 +203,12 @@ async def test_hard_bounce_and_complaint_suppress_a_policy_block_does_not(
         ],
     )
     expected = {hard: ["hard-bounce"], complained: ["complaint"], blocked: ["complaint"]}
-    found = await _records(follower, expected)
+    found = await _records(kafka_settings, expected, streams)
     assert found == expected, streams.tail()
 
 
 async def test_repeated_soft_failures_suppress_and_a_delivery_resets(
-    streams: StreamsProcess, settings: KafkaSettings, follower: AIOKafkaConsumer
+    streams: StreamsProcess, kafka_settings: KafkaSettings
 ) -> None:
     dead, revived = _addr("dead"), _addr("revived")
     events = [_expired(dead, "qd", days_ago) for days_ago in (8, 6, 4, 2, 0)]
@@ -231,45 +216,30 @@ async def test_repeated_soft_failures_suppress_and_a_delivery_resets(
     events.append(_ev(EventType.DELIVERY, revived, "qr", days_ago=1, code=250, enhanced="2.0.0"))
     events.append(_expired(revived, "qr", 0))
     events.append(_ev(EventType.COMPLAINT, revived, "qr", reason="abuse"))  # the sentinel
-    await _publish(settings, events)
+    await _publish(kafka_settings, events)
     expected = {dead: ["repeated-soft-bounce"], revived: ["complaint"]}
-    assert await _records(follower, expected) == expected, streams.tail()
+    assert await _records(kafka_settings, expected, streams) == expected, streams.tail()
 
 
 async def test_stale_soft_state_is_swept(
-    streams: StreamsProcess, settings: KafkaSettings, kafka
+    streams: StreamsProcess, kafka_settings: KafkaSettings, kafka
 ) -> None:
     # A soft failure older than the window makes an entry that the next sweep of its partition
     # deletes (sweeps run at most every second here); a later event of the same address (a
     # policy block changes nothing) comes after the interval and triggers that sweep.
     stale = _addr("stale")
-    await _publish(settings, [_expired(stale, "qs", days_ago=40)])
+    changelog = f"{streams.app_id}-soft-failures-changelog"
+    key = json.dumps(stale).encode()
+    await _publish(kafka_settings, [_expired(stale, "qs", days_ago=40)])
+    await read_topic(kafka_settings, changelog, lambda r: r.key == key, expect=1, within=60)
+    # The sweep interval is wall time in the processor: the next event must come after it.
     await asyncio.sleep(1.5)
     block = {"code": 550, "enhanced": "5.7.1", "text": "blocked"}
-    await _publish(settings, [_ev(EventType.BOUNCE, stale, "qs", **block)])
-    changelog = f"{streams.app_id}-soft-failures-changelog"
-    values = await _changelog_values(settings, changelog, json.dumps(stale).encode(), count=2)
+    await _publish(kafka_settings, [_ev(EventType.BOUNCE, stale, "qs", **block)])
+    found = await read_topic(kafka_settings, changelog, lambda r: r.key == key, expect=2, within=60)
+    values = [r.value for r in found]
     assert values[0] is not None and json.loads(values[0])["days"]
     assert values[1] is None  # the tombstone
-
-
-async def _changelog_values(
-    settings: KafkaSettings, topic: str, key: bytes, count: int, wait_s: float = 60
-) -> list[bytes | None]:
-    parts = await _partitions(settings, topic)
-    consumer = make_consumer(settings, group_id=None, client_id="test-streams-changelog")
-    await consumer.start()
-    found: list[bytes | None] = []
-    try:
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        deadline = asyncio.get_running_loop().time() + wait_s
-        while len(found) < count and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            found += [r.value for rs in batches.values() for r in rs if r.key == key]
-    finally:
-        await consumer.stop()
-    return found
 
 
 def test_metrics_readiness_and_a_clean_stop(streams: StreamsProcess) -> None:
@@ -304,12 +274,12 @@ def test_bad_settings_exit_2_before_kafka() -> None:
 
 
 def test_unreachable_kafka_exits_1_after_the_start_timeout() -> None:
-    bootstrap = f"127.0.0.1:{kafka_local.free_port()}"
+    bootstrap = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
         "MAILSLUICE_KAFKA_BOOTSTRAP": bootstrap,
         "MAILSLUICE_STREAMS_START_TIMEOUT_S": "3",
-        "MAILSLUICE_STREAMS_HTTP_PORT": str(kafka_local.free_port()),
+        "MAILSLUICE_STREAMS_HTTP_PORT": str(free_port()),
     }
     began = time.monotonic()
     done = subprocess.run(

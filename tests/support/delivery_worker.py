@@ -20,8 +20,9 @@ from mailsluice.contracts.topics import EVENTS_TOPIC, consumer_group, queue_topi
 from mailsluice.delivery.service import DeliveryService
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.worker.settings import DeliverySettings
-from mailsluice.kafka.admin import ensure_topics, standard_topics
+from mailsluice.kafka.admin import ensure_topics, standard_topics, topic_partitions
 from mailsluice.kafka.settings import KafkaSettings
+from support.eventually import eventually
 
 FINAL = {EventType.DELIVERY, EventType.BOUNCE, EventType.EXPIRATION}
 
@@ -84,10 +85,11 @@ async def setup_pool(kafka_settings: KafkaSettings, pool: str) -> None:
 async def enqueue(
     kafka_settings: KafkaSettings,
     envs: list[Envelope | None],
-    body: bytes = b"Subject: t\r\n\r\nhello\r\n",
+    body: bytes | Callable[[Envelope], bytes] = b"Subject: t\r\n\r\nhello\r\n",
     pool: str = "",
 ) -> None:
-    """Produce queue records (None: an undecodable record without envelope)."""
+    """Produce queue records keyed by routing key, in order (None: an undecodable record
+    without envelope, on `pool`'s queue); `body` may be a function of the envelope."""
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka_settings.bootstrap, acks="all", enable_idempotence=True
     )
@@ -98,14 +100,17 @@ async def enqueue(
             if env is None:
                 futures.append(
                     await producer.send(
-                        queue_topic(pool), body, key=b"junk", headers=[("other", b"x")]
+                        queue_topic(pool),
+                        body if isinstance(body, bytes) else b"junk",
+                        key=b"junk",
+                        headers=[("other", b"x")],
                     )
                 )
                 continue
             futures.append(
                 await producer.send(
                     queue_topic(env.pool),
-                    body,
+                    body(env) if callable(body) else body,
                     key=env.routing_key.encode(),
                     headers=[(ENVELOPE_HEADER, encode_envelope(env))],
                 )
@@ -118,16 +123,17 @@ async def enqueue(
 def envelope(
     pool: str, n: int, recipients: tuple[str, ...], sender: str = "s@origin.example", **kw: Any
 ) -> Envelope:
-    domain = recipients[0].rpartition("@")[2]
-    return Envelope(
-        queue_id=f"{pool}-{n:05d}",
-        pool=pool,
-        sender=sender,
-        recipients=recipients,
-        routing_key=domain,
-        received_at=time.time(),
-        **kw,
-    )
+    """The envelope of message `n` of `pool`, routed by its first recipient's domain, received
+    now; `kw` sets any other field (or overrides one of these)."""
+    fields: dict[str, Any] = {
+        "queue_id": f"{pool}-{n:05d}",
+        "pool": pool,
+        "sender": sender,
+        "recipients": recipients,
+        "routing_key": recipients[0].rpartition("@")[2],
+        "received_at": time.time(),
+    }
+    return Envelope(**{**fields, **kw})
 
 
 class EventLog:
@@ -172,12 +178,28 @@ class EventLog:
     def of(self, kind: EventType) -> list[Event]:
         return [e for e in self.events if e.type == kind]
 
-    async def wait_for(self, cond: Callable[[], bool], within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        while not cond():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; events so far: {len(self.events)}")
-            await asyncio.sleep(0.1)
+    def summary(self) -> str:
+        """The events so far by type, for a failure message."""
+        counts = collections.Counter(e.type.value for e in self.events)
+        return f"events so far: {dict(sorted(counts.items()))}"
+
+    async def expect(self, kind: EventType, count: int, *, within: float = 60) -> None:
+        """Wait until exactly `count` events of `kind` have come."""
+        await eventually(
+            lambda: len(self.of(kind)) == count,
+            within=within,
+            what=f"{count} {kind.value} events",
+            detail=self.summary,
+        )
+
+    async def expect_final(self, keys: set[tuple[str, str]], *, within: float = 60) -> None:
+        """Wait until each (queue id, recipient) of `keys` has its final event."""
+        await eventually(
+            lambda: keys <= set(self.finals()),
+            within=within,
+            what=f"the final events of {len(keys)} recipients",
+            detail=self.summary,
+        )
 
 
 async def committed(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
@@ -192,42 +214,95 @@ async def committed(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
     }
 
 
+async def committed_total(kafka_settings: KafkaSettings, pool: str) -> int:
+    """The pool's committed offsets summed over its queue partitions."""
+    return sum((await committed(kafka_settings, pool)).values())
+
+
+async def queue_ends(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
+    """The end offset of each partition of the pool's queue topic, now."""
+    partitions = await topic_partitions(kafka_settings, queue_topic(pool), 30)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_settings.bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def committed_to_end(kafka_settings: KafkaSettings, pool: str, within: float = 30) -> None:
+    """Wait until the pool's group has committed its queue topic up to the end as it stands."""
+    await eventually(
+        lambda: drained(kafka_settings, pool),
+        within=within,
+        interval=0.2,
+        what=f"{queue_topic(pool)} committed to its end",
+        detail=lambda: committed(kafka_settings, pool),
+    )
+
+
+async def drained(kafka_settings: KafkaSettings, pool: str) -> bool:
+    """Whether the pool's group has committed every record its queue topic holds now: each
+    record, and whatever it produced before it finished (a DSN, a retry), is done."""
+    ends, done = await queue_ends(kafka_settings, pool), await committed(kafka_settings, pool)
+    return all(done.get(partition, 0) >= end for partition, end in ends.items())
+
+
 class Running:
-    """A DeliveryService running in a task for the duration of a `async with`."""
+    """A DeliveryService running in a task for the duration of a `async with` (or between
+    start() and stop())."""
 
     def __init__(self, service: DeliveryService) -> None:
         self.service = service
         self.task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> DeliveryService:
-        self.task = asyncio.create_task(self.service.run())
-        deadline = time.monotonic() + 60
-        while not self.service.ready()[0]:
-            if self.task.done():
-                self.task.result()
-            assert time.monotonic() < deadline, self.service.ready()
-            await asyncio.sleep(0.05)
+    async def start(self) -> DeliveryService:
+        task = self.task = asyncio.create_task(self.service.run())
+
+        def ready() -> bool:
+            if task.done():
+                task.result()  # a crash ends the wait with its own error
+                raise AssertionError("the delivery service ended before it was ready")
+            return self.service.ready()[0]
+
+        await eventually(
+            ready, within=60, what="the delivery service to be ready", detail=self.service.ready
+        )
         return self.service
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def stop(self) -> None:
         assert self.task is not None
         self.service.stop()
         await asyncio.wait_for(self.task, 60)
+
+    async def __aenter__(self) -> DeliveryService:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 def service_for(
     kafka_settings: KafkaSettings,
     pool: str,
-    transport: FakeTransport,
+    transport: Any,
     shaper: PolicyShaper | None = None,
+    *,
+    mover: bool = True,
+    on_share: Callable[[int, int], None] | None = None,
     **settings: Any,
 ) -> DeliveryService:
+    """A DeliveryService of `pool` over `transport` (DSNs made up by fake_dsn), committing every
+    0.2 s unless `settings` say otherwise, whose consumer notices a lost member within 6 s."""
     settings.setdefault("commit_interval_s", 0.2)
     return DeliveryService(
         DeliverySettings(pool=pool, **settings),
         kafka_settings,
         transport,
+        mover=mover,
         build_dsn=fake_dsn,
         shaper=shaper,
+        on_share=on_share,
         consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
     )

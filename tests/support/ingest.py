@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import smtplib
-import ssl
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-from aiokafka import TopicPartition
 
 from mailsluice.contracts.envelope import Envelope, envelope_from_headers
 from mailsluice.contracts.events import Event, decode_event
@@ -22,9 +18,10 @@ from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
 from mailsluice.ingest.message import Trace
 from mailsluice.ingest.service import IngestService
 from mailsluice.ingest.settings import IngestSettings
-from mailsluice.kafka.clients import make_consumer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.resolver import DnsSettings
+from support.tls import trusting_client_context
+from support.topic_reader import read_topic
 
 
 def uid() -> str:
@@ -92,10 +89,7 @@ def smtp_send(
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("client.test")
         if starttls:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            client.starttls(context=context)
+            client.starttls(context=trusting_client_context())
             client.ehlo("client.test")
         if login:
             client.login(*login)
@@ -170,6 +164,16 @@ class RawClient:
             await self.writer.wait_closed()
 
 
+async def accepts(port: int, *, greeting: bool = True) -> bool:
+    """Whether the SMTP server on `port` takes a connection (and greets it, with `greeting`)."""
+    try:
+        client = await RawClient.connect(port, greeting=greeting)
+    except OSError:
+        return False
+    await client.close()
+    return True
+
+
 async def swaks(*args: str) -> subprocess.CompletedProcess[str]:
     proc = await asyncio.create_subprocess_exec(
         "/usr/bin/swaks",
@@ -180,16 +184,6 @@ async def swaks(*args: str) -> subprocess.CompletedProcess[str]:
     out, _ = await proc.communicate()
     assert proc.returncode is not None
     return subprocess.CompletedProcess(["swaks", *args], proc.returncode, out.decode(), "")
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    """Return once condition() holds (checked on every event-loop turn), or fail after
-    `within_s`: for state the server changes after the client has seen the reply."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not condition():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
 
 
 # --- Kafka --------------------------------------------------------------------------------------
@@ -204,58 +198,19 @@ class QueuedRecord:
     partition: int
 
 
-async def read_topic(
-    settings: KafkaSettings,
-    topic: str,
-    match: Callable[[Any], bool],
-    *,
-    expect: int,
-    wait_s: float = 20.0,
-    settle: float = 0.0,
-) -> list[Any]:
-    """Every record of `topic` (from the beginning) for which match(record) holds; returns once
-    `expect` are found (then waits `settle` seconds more for any extra) or at the timeout."""
-    consumer = make_consumer(settings, group_id=None, client_id=f"test-reader-{uid()}")
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions:
-            await asyncio.sleep(0.2)
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        settle_until: float | None = None
-        while loop.time() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                found.extend(r for r in records if match(r))
-            if len(found) >= expect:
-                if settle_until is None:
-                    settle_until = loop.time() + settle
-                if loop.time() >= settle_until:
-                    break
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def queued(
     settings: KafkaSettings,
     queue_id: str,
     *,
     pool: str = "default",
     expect: int,
-    settle: float = 1.0,
 ) -> list[QueuedRecord]:
+    """The records of one message in a pool's queue, once `expect` are there."""
+
     def match(record: Any) -> bool:
         return envelope_from_headers(record.headers).queue_id == queue_id
 
-    records = await read_topic(settings, queue_topic(pool), match, expect=expect, settle=settle)
+    records = await read_topic(settings, queue_topic(pool), match, expect=expect)
     return [
         QueuedRecord(
             r.key.decode(),
@@ -276,7 +231,6 @@ async def events(
         EVENTS_TOPIC,
         lambda r: match(decode_event(r.value)),
         expect=expect,
-        settle=0.5,
     )
     return [decode_event(r.value) for r in records]
 
@@ -286,31 +240,6 @@ def queue_id_of(reply: tuple[int, bytes] | None) -> str:
     text = reply[1].decode()
     assert text.startswith("2.0.0 Ok: queued as "), text
     return text.rsplit(" ", 1)[1]
-
-
-def make_cert(directory: Path) -> tuple[str, str]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ingest.test",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return str(cert), str(key)
 
 
 # A trace with an injection attempt in HELO, shared by the message tests.

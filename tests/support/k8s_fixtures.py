@@ -10,12 +10,11 @@ import base64
 import gc
 import json
 import os
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -26,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "mailsluice"
 CRD_FILE = CHART / "crds" / "sendingpool.yaml"
 CRD_NAME = "sendingpools.mailsluice.io"
+# How often a wait on the API server looks again: each look is a kubectl process.
+KUBECTL_POLL_S = 0.5
 
-T = TypeVar("T")
 _SHARED: dict[str, K8sCluster] = {}
 
 
@@ -48,20 +48,6 @@ def stop_shared_cluster() -> None:
 def apply_crd(cluster: K8sCluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-
-
-def wait_for(
-    probe: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.5, what: str = ""
-) -> T:
-    """Call probe until it returns something truthy; fail with the last value after timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or probe}: {last!r}")
 
 
 def get_json(cluster: K8sCluster, *args: str) -> dict[str, Any] | None:

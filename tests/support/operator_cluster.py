@@ -7,13 +7,13 @@ tests/operator/test_cluster.py (a pool's life under one operator) and tests/oper
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from support.eventually import eventually_sync
 from support.k8s_cluster import K8sCluster
-from support.k8s_fixtures import apply_crd, get_json, wait_for
+from support.k8s_fixtures import KUBECTL_POLL_S, apply_crd, get_json
 from support.kafka_broker import KafkaBroker
 
 NS = "op-test"
@@ -27,12 +27,6 @@ def prepare(cluster: K8sCluster) -> K8sCluster:
         if get_json(cluster, "namespace", ns) is None:
             cluster.kubectl("create", "namespace", ns)
     return cluster
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pool_yaml(name: str, namespace: str = NS, **spec: Any) -> str:
@@ -93,10 +87,13 @@ def pretend_workers_ready(cluster: K8sCluster, pool: str, ready: int, ns: str = 
 def delete_pool(cluster: K8sCluster, name: str, ns: str) -> None:
     # Poll rather than `kubectl delete --timeout`: its watch-based wait proved flaky here.
     cluster.kubectl("delete", "sendingpool", name, "-n", ns, "--wait=false")
-    try:
-        wait_for(lambda: get_pool(cluster, name, ns) is None, what=f"{name} gone")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: {get_pool(cluster, name, ns)}") from None
+    eventually_sync(
+        lambda: get_pool(cluster, name, ns) is None,
+        within=60,
+        interval=KUBECTL_POLL_S,
+        what=f"{name} gone",
+        detail=lambda: get_pool(cluster, name, ns),
+    )
 
 
 def events_for(cluster: K8sCluster, ns: str, name: str) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """A real Prometheus (Debian's package) for the end-to-end tests, and the helpers around it:
-processes started and stopped by pid, HTTP probes, instant queries, and the check that every
-dashboard panel query parses and returns data.
+instant queries, and the check that every dashboard panel query parses and returns data
+(processes are started and probed with support.processes).
 
 Used by tests/observability/test_prometheus_e2e.py (the pipeline) and
 tests/operator/test_prometheus.py (the operator); panel queries are substituted as Grafana sends
@@ -9,16 +9,11 @@ them by scripts/render_dashboards.py.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
-import signal
 import subprocess
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +21,7 @@ from typing import Any
 import yaml
 
 from mailsluice.observability.dashboards import build
+from support.processes import get, start
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = "/usr/bin/prometheus"
@@ -45,41 +41,6 @@ def render_module() -> Any:
 
 def substitute(expr: str) -> str:
     return str(render_module().substitute(expr, "1m"))
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=out)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
-    except OSError:
-        return 0, b""
-
-
-async def until(what: str, check: Callable[[], Any], within: float, logs: list[Path]) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(check):
-            return
-        await asyncio.sleep(0.2)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
 def query(prom: str, expr: str) -> dict[str, Any]:

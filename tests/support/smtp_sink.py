@@ -8,9 +8,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
+from support.eventually import eventually_sync
 from support.loopback import free_port, next_loopback
 
 
@@ -67,21 +67,24 @@ class SmtpSink:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                self._proc.stderr and self._proc.stderr.close()
-                self._proc = None
-                raise RuntimeError(f"smtp-sink exited: {err}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as sock:
-                    sock.recv(512)
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"smtp-sink not listening on {self.address}")
+        try:
+            eventually_sync(self._greets, within=timeout, what=f"smtp-sink on {self.address}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _greets(self) -> bool:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+            raise RuntimeError(f"smtp-sink exited: {err}")
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as sock:
+                sock.recv(512)
+        except OSError:
+            return False
+        return True
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None

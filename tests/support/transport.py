@@ -14,13 +14,16 @@ from support.dns_server import DnsServer
 MESSAGE = b"From: a@sender.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 
 
-def envelope(*rcpts: str, sender: str = "a@sender.test") -> Envelope:
+def envelope(
+    *rcpts: str, sender: str = "a@sender.test", key: str | None = None, pool: str = "default"
+) -> Envelope:
+    """A queue envelope for `rcpts`, routed by the first one's domain unless `key` is given."""
     return Envelope(
         queue_id="Q1",
-        pool="default",
+        pool=pool,
         sender=sender,
         recipients=rcpts,
-        routing_key=rcpts[0].rpartition("@")[2],
+        routing_key=key or rcpts[0].rpartition("@")[2],
         received_at=time.time(),
     )
 

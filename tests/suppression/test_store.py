@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from support.loopback import free_port
 from support.paths import REPO
 
 from mailsluice.admin.suppress import address_problem, format_entry, suppressions_spec
@@ -107,15 +108,10 @@ def test_format_entry() -> None:
 # --- the store against the real broker --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def settings(kafka) -> KafkaSettings:
-    return kafka.settings()
-
-
 @pytest.fixture
-async def producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
-    await ensure_topics(settings, suppressions_spec(settings))
-    prod = make_producer(settings, max_message_size=65536, client_id="test-suppression")
+async def producer(kafka_settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    await ensure_topics(kafka_settings, suppressions_spec(kafka_settings))
+    prod = make_producer(kafka_settings, max_message_size=65536, client_id="test-suppression")
     await prod.start()
     try:
         yield prod
@@ -125,9 +121,9 @@ async def producer(settings: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
 
 @pytest.fixture
 async def store(
-    settings: KafkaSettings, producer: AIOKafkaProducer
+    kafka_settings: KafkaSettings, producer: AIOKafkaProducer
 ) -> AsyncIterator[SuppressionStore]:
-    st = SuppressionStore(settings, client_id="test-suppression-store")
+    st = SuppressionStore(kafka_settings, client_id="test-suppression-store")
     await st.start(timeout=60)
     try:
         yield st
@@ -168,7 +164,7 @@ async def test_store_is_case_insensitive(
 
 
 async def test_new_store_loads_current_state_before_ready(
-    settings: KafkaSettings, producer: AIOKafkaProducer
+    kafka_settings: KafkaSettings, producer: AIOKafkaProducer
 ) -> None:
     kept, removed, updated = unique_address("kept"), unique_address("gone"), unique_address("upd")
     await add_suppression(producer, kept, reason="manual")
@@ -177,7 +173,7 @@ async def test_new_store_loads_current_state_before_ready(
     await remove_suppression(producer, removed)
     await add_suppression(producer, updated.upper(), reason="second")
 
-    fresh = SuppressionStore(settings, client_id="test-suppression-fresh")
+    fresh = SuppressionStore(kafka_settings, client_id="test-suppression-fresh")
     assert not fresh.ready
     await fresh.start(timeout=60)
     try:
@@ -206,34 +202,35 @@ async def test_wait_for_times_out(store: SuppressionStore) -> None:
 
 
 async def test_store_start_fails_cleanly_without_the_topic(
-    settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mailsluice.suppression import store as store_module
 
     missing = f"mailsluice.test.missing-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(store_module, "SUPPRESSIONS_TOPIC", missing)
-    st = SuppressionStore(settings)
+    st = SuppressionStore(kafka_settings)
     with pytest.raises(TimeoutError, match="does not exist"):
         await st.start(timeout=1.5)
     assert not st.ready
 
 
 async def test_store_keeps_following_across_a_broker_restart(
-    kafka, settings: KafkaSettings
+    kafka, kafka_settings: KafkaSettings
 ) -> None:
-    await ensure_topics(settings, suppressions_spec(settings))
-    st = SuppressionStore(settings, client_id="test-suppression-restart")
+    await ensure_topics(kafka_settings, suppressions_spec(kafka_settings))
+    st = SuppressionStore(kafka_settings, client_id="test-suppression-restart")
     await st.start(timeout=60)
     try:
         # Blocking process control runs in a thread so the store's follower keeps running.
         await asyncio.to_thread(kafka.stop)
         try:
+            # The outage itself: it lasts a whole fetch of the follower (1 s), which meets it.
             await asyncio.sleep(1.0)
             assert st.ready  # the last known table stays usable during an outage
         finally:
             await asyncio.to_thread(kafka.start)
         address = unique_address("after-restart")
-        prod = make_producer(settings, max_message_size=65536, client_id="test-restart")
+        prod = make_producer(kafka_settings, max_message_size=65536, client_id="test-restart")
         await prod.start()
         try:
             await add_suppression(prod, address)
@@ -292,9 +289,8 @@ def test_cli_rejects_bad_addresses(
 def test_cli_reports_unreachable_kafka(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from support.kafka_broker import kafka_local
 
-    bootstrap = f"127.0.0.1:{kafka_local.free_port()}"
+    bootstrap = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("MAILSLUICE_KAFKA_BOOTSTRAP", bootstrap)
     assert main(["suppress", "--timeout", "5", "list"]) == 1
     assert bootstrap in capsys.readouterr().err

@@ -3,117 +3,29 @@ kill -9 of the standalone `mailsluice retry-mover` that loses nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import REGISTRY
 from support.delivery_worker import envelope, new_pool, setup_pool
+from support.eventually import eventually
 from support.loopback import free_port
+from support.processes import get, stop
+from support.retry_mover import arrivals, produce_retries, running_mover
 
 from mailsluice.admin.destinations import send_command
 from mailsluice.contracts.control import Command
-from mailsluice.contracts.envelope import (
-    ENVELOPE_HEADER,
-    Envelope,
-    encode_envelope,
-    envelope_from_headers,
-)
-from mailsluice.contracts.topics import queue_topic, retry_topic
-from mailsluice.delivery.retry.mover import RetryMover
 from mailsluice.kafka.settings import KafkaSettings
 
 MAILSLUICE = Path(sys.executable).parent / "mailsluice"
 # The least used tier in the test session, so other tests' retries rarely share a partition.
 TIER = "1h"
-
-
-async def produce(ks: KafkaSettings, envs: list[Envelope], partition: int = 0) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=ks.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for env in envs:
-            headers = [(ENVELOPE_HEADER, encode_envelope(env))]
-            await producer.send_and_wait(
-                retry_topic(TIER),
-                f"body {env.queue_id}".encode(),
-                key=env.routing_key.encode(),
-                headers=headers,
-                partition=partition,
-            )
-    finally:
-        await producer.stop()
-
-
-class Arrivals:
-    """Records arriving on a pool's queue topic: queue id -> wall time of first arrival."""
-
-    def __init__(self, ks: KafkaSettings, pool: str) -> None:
-        self.consumer = AIOKafkaConsumer(
-            queue_topic(pool),
-            bootstrap_servers=ks.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-        )
-        self.first: dict[str, float] = {}
-        self.count = 0
-
-    async def poll(self) -> None:
-        batch = await self.consumer.getmany(timeout_ms=50)
-        now = time.time()
-        for records in batch.values():
-            for rec in records:
-                env = envelope_from_headers(rec.headers)
-                assert rec.value == f"body {env.queue_id}".encode()
-                assert rec.key == env.routing_key.encode()
-                self.first.setdefault(env.queue_id, now)
-                self.count += 1
-
-    async def watch(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            await self.poll()
-
-    async def until(self, done: Callable[[], bool], within: float) -> None:
-        deadline = time.monotonic() + within
-        while not done():
-            assert time.monotonic() < deadline, sorted(self.first)
-            await self.poll()
-
-
-@asynccontextmanager
-async def arrivals(ks: KafkaSettings, pool: str) -> AsyncIterator[Arrivals]:
-    found = Arrivals(ks, pool)
-    await found.consumer.start()
-    try:
-        yield found
-    finally:
-        await found.consumer.stop()
-
-
-@asynccontextmanager
-async def running_mover(ks: KafkaSettings, **kw: Any) -> AsyncIterator[RetryMover]:
-    mover = RetryMover(ks, consumer_options={"session_timeout_ms": 6000}, **kw)
-    await mover.start()
-    task = mover.start_background()
-    try:
-        deadline = time.monotonic() + 60
-        while not mover.ready()[0]:
-            assert time.monotonic() < deadline, mover.ready()
-            await asyncio.sleep(0.05)
-        yield mover
-    finally:
-        mover.stop()
-        await asyncio.wait_for(task, 30)
 
 
 def lateness_count() -> float:
@@ -136,8 +48,10 @@ async def test_records_out_of_due_order_leave_in_due_order(kafka: Any) -> None:
             envelope(pool, 1, ("b@soon.example",), not_before=now + 3.0),
             envelope(pool, 2, ("c@mid.example",), not_before=now + 5.0),
         ]
-        await produce(ks, envs)
-        await seen.until(lambda: len(seen.first) == 3, within=60)
+        await produce_retries(ks, TIER, envs)
+        await seen.expect(
+            lambda: len(seen.first) == 3, within=60, what="three records back on the queue"
+        )
     order = sorted(seen.first, key=seen.first.__getitem__)
     assert order == [envs[1].queue_id, envs[2].queue_id, envs[0].queue_id]
     for env in envs:
@@ -157,21 +71,22 @@ async def test_retry_now_releases_a_held_record_early(kafka: Any) -> None:
         now = time.time()
         slow = envelope(pool, 0, ("a@slow.example",), not_before=now + 3600)
         other = envelope(pool, 1, ("b@other.example",), not_before=now + 12)
-        await produce(ks, [slow, other])
-        deadline = time.monotonic() + 30
-        while mover.waiting() < 2:  # both fetched and held
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await produce_retries(ks, TIER, [slow, other])
+        await eventually(lambda: mover.waiting() >= 2, within=30, what="both fetched and held")
         await seen.watch(1.0)
         assert seen.first == {}
         asked = time.time()
         await send_command(ks, Command(pool, "slow.example", "retry-now", ts=asked, by="test"))
-        await seen.until(lambda: slow.queue_id in seen.first, within=10)
+        await seen.expect(
+            lambda: slow.queue_id in seen.first, within=10, what="the released record"
+        )
         assert seen.first[slow.queue_id] - asked < 3.0
         assert other.queue_id not in seen.first  # another destination keeps its due time
         assert mover.released >= 1
         # the other one still comes on time, so nothing of this test stays uncommitted
-        await seen.until(lambda: other.queue_id in seen.first, within=30)
+        await seen.expect(
+            lambda: other.queue_id in seen.first, within=30, what="the other record, on time"
+        )
     assert seen.first[other.queue_id] >= other.not_before
 
 
@@ -188,33 +103,18 @@ def start_standalone(ks: KafkaSettings, port: int) -> subprocess.Popen[bytes]:
 
 async def wait_ready(port: int, proc: subprocess.Popen[bytes], within: float = 60) -> str:
     """Wait for /readyz to say ready; returns the /metrics text then."""
-    deadline = time.monotonic() + within
+
+    def ready() -> bool:
+        assert proc.poll() is None, "retry mover exited"
+        return get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+
+    await eventually(ready, within=within, what="the retry mover ready", blocking=True)
     async with aiohttp.ClientSession() as http:
-        while True:
-            assert proc.poll() is None, "retry mover exited"
-            assert time.monotonic() < deadline, "retry mover never became ready"
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
         async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
             assert resp.status == 200
         async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
             assert resp.status == 200
             return await resp.text()
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 async def test_standalone_mover_killed_midway_loses_nothing(kafka: Any) -> None:
@@ -233,16 +133,22 @@ async def test_standalone_mover_killed_midway_loses_nothing(kafka: Any) -> None:
             envelope(pool, n, (f"r{n}@d{n % 3}.example",), not_before=now + 1 + (n * 7 % 24) / 4)
             for n in range(24)
         ]
-        await produce(ks, envs[:12], partition=0)
-        await produce(ks, envs[12:], partition=1)
+        await produce_retries(ks, TIER, envs[:12], partition=0)
+        await produce_retries(ks, TIER, envs[12:], partition=1)
         async with arrivals(ks, pool) as seen:
-            await seen.until(lambda: len(seen.first) >= 6, within=60)
+            await seen.expect(
+                lambda: len(seen.first) >= 6, within=60, what="six records back on the queue"
+            )
             stop(first, signal.SIGKILL)  # no commit, no leaving the group
             assert len(seen.first) < len(envs)
             second = start_standalone(ks, port)
             try:
                 await wait_ready(port, second)
-                await seen.until(lambda: len(seen.first) == len(envs), within=90)
+                await seen.expect(
+                    lambda: len(seen.first) == len(envs),
+                    within=90,
+                    what="every record back on the queue",
+                )
             finally:
                 stop(second)
                 assert second.returncode == 0

@@ -15,37 +15,17 @@ import contextlib
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Literal
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from support.delivery_worker import Result, Running, enqueue, envelope, service_for
+from support.eventually import eventually
 from support.shaping import BURST, RATE_PER_MIN, limited_shaper, per_minute, worst_window
 
-from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
-from mailsluice.contracts.topics import queue_topic
-from mailsluice.delivery.service import DeliveryService
-from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.contracts.envelope import Envelope
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Result:
-    recipient: str
-    code: int
-    enhanced: str = "2.0.0"
-    text: str = "ok"
-    remote: str = "fake[127.0.0.1]:25"
-
-    @property
-    def kind(self) -> Literal["delivered", "transient", "permanent"]:
-        if self.code < 300:
-            return "delivered"
-        return "permanent" if self.code >= 500 else "transient"
 
 
 class RecordingTransport:
@@ -62,69 +42,20 @@ class RecordingTransport:
         self.starts[env.routing_key].append(now)
         self.mine[env.routing_key].append(now)
         self.seen[env.routing_key].set()
-        await asyncio.sleep(0.002)
-        return [Result(r, 250) for r in env.recipients]
+        await asyncio.sleep(0.002)  # a send takes a little while, as a real one does
+        return [Result(r, 250, "2.0.0", "ok") for r in env.recipients]
 
     async def close(self) -> None:
         pass
 
 
-async def enqueue(
-    ks: KafkaSettings, pool: str, key: str, count: int, *, batch: str = "a", stream: str = "bulk"
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=ks.bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = []
-        for n in range(count):
-            env = Envelope(
-                queue_id=f"{pool}-{key}-{batch}{n:06d}",
-                pool=pool,
-                sender="s@origin.example",
-                recipients=(f"r{n}@{key}",),
-                routing_key=key,
-                received_at=time.time(),
-                stream=stream,
-            )
-            futures.append(
-                await producer.send(
-                    queue_topic(pool),
-                    b"Subject: t\r\n\r\nhello\r\n",
-                    key=key.encode(),
-                    headers=[(ENVELOPE_HEADER, encode_envelope(env))],
-                )
-            )
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-def service(
-    ks: KafkaSettings, pool: str, transport: Any, shaper: PolicyShaper, **settings: Any
-) -> DeliveryService:
-    return DeliveryService(
-        DeliverySettings(pool=pool, commit_interval_s=0.2, max_inflight=2000, **settings),
-        ks,
-        transport,
-        shaper=shaper,
-        consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
-    )
-
-
-async def start(svc: DeliveryService) -> asyncio.Task[None]:
-    task = asyncio.create_task(svc.run())
-    deadline = time.monotonic() + 60
-    while not svc.ready()[0]:
-        if task.done():
-            task.result()
-        assert time.monotonic() < deadline, svc.ready()
-        await asyncio.sleep(0.05)
-    return task
-
-
-async def stop(svc: DeliveryService, task: asyncio.Task[None]) -> None:
-    svc.stop()
-    await asyncio.wait_for(task, 60)
+async def enqueue_for(ks: KafkaSettings, pool: str, key: str, count: int) -> None:
+    """`count` bulk messages to one destination, one recipient each."""
+    envs: list[Envelope | None] = [
+        envelope(pool, n, (f"r{n}@{key}",), queue_id=f"{pool}-{key}-a{n:06d}", stream="bulk")
+        for n in range(count)
+    ]
+    await enqueue(ks, envs)
 
 
 async def test_rate_holds_with_one_worker_and_free_destination_runs_full_speed(kafka):
@@ -132,15 +63,11 @@ async def test_rate_holds_with_one_worker_and_free_destination_runs_full_speed(k
     pool = "t" + os.urandom(4).hex()
     await ensure_topics(ks, standard_topics(ks, [pool], 1024 * 1024))
     transport = RecordingTransport()
-    svc = service(ks, pool, transport, limited_shaper())
-    task = await start(svc)
-    try:
+    async with Running(service_for(ks, pool, transport, limited_shaper(), max_inflight=2000)):
         t0 = time.monotonic()
-        await enqueue(ks, pool, "limited.example", 450)
-        await enqueue(ks, pool, "free.example", 1500)
-        await asyncio.sleep(35)
-    finally:
-        await stop(svc, task)
+        await enqueue_for(ks, pool, "limited.example", 450)
+        await enqueue_for(ks, pool, "free.example", 1500)
+        await asyncio.sleep(35)  # the measured run itself, in wall time
     limited = transport.starts["limited.example"]
     free = transport.starts["free.example"]
     begin = limited[0]
@@ -161,27 +88,35 @@ async def test_rate_holds_across_two_workers_and_a_rebalance(kafka):
     transports = RecordingTransport(starts), RecordingTransport(starts)
     # A long horizon keeps the backlog in memory and on the partition, so what is measured
     # after the rebalance is the shaping, not when deferred mail comes back from delay topics.
-    workers = [service(ks, pool, t, limited_shaper(), short_horizon_s=150) for t in transports]
-    tasks: list[asyncio.Task[None] | None] = [await start(w) for w in workers]
+    workers = [
+        Running(service_for(ks, pool, t, limited_shaper(), max_inflight=2000, short_horizon_s=150))
+        for t in transports
+    ]
+    running = [await w.start() for w in workers]
     key = "limited.example"
     try:
-        await asyncio.sleep(8)  # let the group settle with two members
-        await enqueue(ks, pool, key, 800)
-        await asyncio.sleep(25)
+
+        def settled() -> bool:
+            shares = [
+                len(s.worker.consumer.assignment()) if s.worker.consumer else 0 for s in running
+            ]
+            return shares == [2, 2]
+
+        # the group settled with two members, each owning two of the four partitions
+        await eventually(settled, within=60, interval=0.2, what="two members with 2 partitions")
+        await enqueue_for(ks, pool, key, 800)
+        await asyncio.sleep(25)  # the measured run before the rebalance
         # a rebalance: the owner of the destination stops, the survivor takes it over
         owner = next(i for i, t in enumerate(transports) if t.mine[key])
         survivor = transports[1 - owner]
         left = time.monotonic()
-        owner_task, tasks[owner] = tasks[owner], None
-        assert owner_task is not None
-        await stop(workers[owner], owner_task)
+        await workers.pop(owner).stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(survivor.seen[key].wait(), left + 20 - time.monotonic())
-        await asyncio.sleep(25)
+        await asyncio.sleep(25)  # the measured run after it
     finally:
-        for worker, task in zip(workers, tasks, strict=True):
-            if task is not None:
-                await stop(worker, task)
+        for worker in workers:
+            await worker.stop()
     end = time.monotonic()
     limited = sorted(starts[key])
     begin = limited[0]

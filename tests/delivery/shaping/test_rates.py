@@ -17,7 +17,7 @@ import time
 
 import pytest
 from aiokafka import TopicPartition
-from bench_shaping_figures import envelope_excess
+from support.scripts import script
 from support.shaping import (
     BURST,
     RATE_PER_MIN,
@@ -32,6 +32,8 @@ from support.shaping import (
 from mailsluice.contracts.envelope import Envelope
 from mailsluice.delivery.worker.attempts import Item, transactional
 
+# The bench's own measure of what a destination received beyond its GCRA envelope.
+shaping_figures = script("bench_shaping_figures")
 RATE_PER_S = RATE_PER_MIN / 60
 
 
@@ -47,7 +49,7 @@ def test_rate_holds_with_one_worker_and_free_destination_runs_full_speed(return_
     assert per_minute(limited, begin + 5, begin + 65) == pytest.approx(RATE_PER_MIN, rel=0.05)
     # the stated burst plus what the rate allows within the window, never more
     assert worst_window(limited, 1.0) <= BURST + RATE_PER_S
-    assert envelope_excess(limited, RATE_PER_S, BURST) == 0.0
+    assert shaping_figures.envelope_excess(limited, RATE_PER_S, BURST) == 0.0
     assert worker.deferred > 0  # the backlog went through the delay topics and came back
     # the free destination finished its 1500 at once, not at the limited rate
     assert len(free) == 1500
@@ -80,7 +82,7 @@ def test_rate_holds_across_a_handover_with_no_burst() -> None:
     for a in range(0, 40, 10):
         assert per_minute(limited, left + a, left + a + 10) <= RATE_PER_MIN * 1.05
     assert worst_window(limited, 1.0) <= BURST + RATE_PER_S
-    assert envelope_excess(limited, RATE_PER_S, BURST) == 0.0
+    assert shaping_figures.envelope_excess(limited, RATE_PER_S, BURST) == 0.0
     # the new owner sends at the limit at once
     assert next(t for t in limited if t > left) < left + 0.5
     assert per_minute(limited, left + 20, left + 40) == pytest.approx(RATE_PER_MIN, rel=0.05)
@@ -89,7 +91,7 @@ def test_rate_holds_across_a_handover_with_no_burst() -> None:
 def test_a_new_owner_with_burst_credit_would_exceed_the_envelope() -> None:
     # What the shaper's priming of new destinations prevents (so the test above can fail).
     limited, _left = handover(prime_new=False)
-    assert envelope_excess(limited, RATE_PER_S, BURST) > 0.0
+    assert shaping_figures.envelope_excess(limited, RATE_PER_S, BURST) > 0.0
 
 
 def test_reputation_reply_throttles_and_rate_recovers() -> None:

@@ -3,11 +3,11 @@ reach the worker, status is published, warm-up usage survives a restart."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
 import pytest
+from support.eventually import eventually
 
 from mailsluice.admin import destinations as cli
 from mailsluice.admin import warmup as warmup_cli
@@ -68,15 +68,6 @@ def test_pool_overrides_apply():
     assert build_shaper(ShapingSettings(), "newip", time.time).warmup is None
 
 
-async def wait_for(predicate):
-    """Poll `predicate` for up to 20 s (the runtime applies commands in its own task)."""
-    for _ in range(200):
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 async def test_runtime_follows_commands_publishes_status_and_keeps_warmup(kafka):
     settings = ShapingSettings(
         worker_id="w-test",
@@ -94,7 +85,12 @@ async def test_runtime_follows_commands_publishes_status_and_keeps_warmup(kafka)
         assert shaper.try_start("google", runtime.mono())
         until = time.time() + 3600
         await cli.send_command(kafka_settings, Command("t-rt", "google", "suspend", until=until))
-        await wait_for(lambda: shaper.wait_time("google", runtime.mono()) > 3000)
+        # the runtime applies commands in its own task
+        await eventually(
+            lambda: shaper.wait_time("google", runtime.mono()) > 3000,
+            within=20,
+            what="google suspended",
+        )
         # a command for another pool is ignored
         await cli.send_command(kafka_settings, Command("t-other", "yahoo", "suspend", until=until))
         await runtime.publish()
@@ -104,7 +100,9 @@ async def test_runtime_follows_commands_publishes_status_and_keeps_warmup(kafka)
         assert rows["google"].queued == 3
         assert "yahoo" not in rows
         await cli.send_command(kafka_settings, Command("t-rt", "google", "resume"))
-        await wait_for(lambda: shaper.wait_time("google", runtime.mono()) < 1)
+        await eventually(
+            lambda: shaper.wait_time("google", runtime.mono()) < 1, within=20, what="google resumed"
+        )
         for _ in range(4):
             assert shaper.warmup.try_take("example.org", time.time()).action == "allow"
     finally:
@@ -148,11 +146,12 @@ async def test_runtime_keeps_trying_while_kafka_is_unreachable(caplog):
         settings, KafkaSettings(bootstrap=f"127.0.0.1:{port}", request_timeout_ms=1000), "x"
     )
     task = runtime.start_background()
-    deadline = time.monotonic() + 30
-    while "shaping runtime cannot start yet" not in caplog.text:  # a failed attempt is logged
+
+    def failed_once() -> bool:
         assert not task.done(), task
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+        return "shaping runtime cannot start yet" in caplog.text
+
+    await eventually(failed_once, within=30, what="a failed attempt logged")
     assert not task.done()  # retrying after the failure, not ended by it
     assert runtime.shaper.warmup_ready is False
     await runtime.stop()
@@ -165,7 +164,9 @@ async def test_runtime_background_start_with_kafka(kafka):
     runtime = ShapingRuntime(settings, kafka.settings(), "t-bg")
     runtime.start_background()
     try:
-        await wait_for(lambda: runtime.shaper.warmup_ready)
+        await eventually(
+            lambda: runtime.shaper.warmup_ready, within=20, what="the warm-up ledger restored"
+        )
     finally:
         await runtime.stop()
 

@@ -1,28 +1,21 @@
-"""Transport.send against real SMTP servers on 127.0.0.x: fake MXes scripted per test, a raw
-socket server that records the exact bytes on the wire, and Postfix's smtp-sink."""
+"""Transport.send against real SMTP servers on 127.0.0.x: fake MXes (faults asked for by the
+recipient address or scripted per test, the exact bytes on the wire recorded) and Postfix's
+smtp-sink."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from typing import Any
 
 import aiosmtplib
 import pytest
+from support.eventually import eventually
 from support.fake_mx import R421_GREETING, SmtpSink, free_port
 from support.transport import MESSAGE, envelope, settings
 
 from mailsluice.delivery.transport.client import RecipientResult, Transport, wire_data
 from mailsluice.resolver import DnsSettings, make_resolver
-
-
-async def eventually(predicate: Callable[[], bool], within_s: float = 5.0) -> bool:
-    for _ in range(int(within_s / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
 
 
 def kinds(results: list[RecipientResult]) -> list[str]:
@@ -34,14 +27,17 @@ async def test_accepts_and_reports_per_recipient(fake_mx, transports) -> None:
     t = transports(settings(static_routes=f"example.test={mx.address}"))
     results = await t.send(
         envelope(
-            "ok@example.test", "defer1@example.test", "bounce1@example.test", "ok2@example.test"
+            "ok@example.test",
+            "tempfail+1@example.test",
+            "permfail+1@example.test",
+            "ok2@example.test",
         ),
         MESSAGE,
     )
     assert [(r.recipient, r.code, r.enhanced) for r in results] == [
         ("ok@example.test", 250, "2.0.0"),
-        ("defer1@example.test", 450, "4.2.0"),
-        ("bounce1@example.test", 550, "5.1.1"),
+        ("tempfail+1@example.test", 450, "4.2.0"),
+        ("permfail+1@example.test", 550, "5.1.1"),
         ("ok2@example.test", 250, "2.0.0"),
     ]
     assert kinds(results) == ["delivered", "transient", "permanent", "delivered"]
@@ -65,7 +61,7 @@ async def test_null_sender_and_ehlo_name(fake_mx, transports) -> None:
 async def test_451_after_data_is_transient_for_accepted_only(fake_mx, transports) -> None:
     mx = fake_mx(data_reply="451 4.3.0 Local error")
     t = transports(settings(static_routes=f"*={mx.address}"))
-    results = await t.send(envelope("a@example.test", "bounce@example.test"), MESSAGE)
+    results = await t.send(envelope("a@example.test", "permfail@example.test"), MESSAGE)
     assert [(r.code, r.enhanced) for r in results] == [(451, "4.3.0"), (550, "5.1.1")]
 
 
@@ -77,18 +73,15 @@ async def test_mail_from_refused(fake_mx, transports) -> None:
 
 
 async def test_421_at_rcpt_closes_and_defers_the_rest(fake_mx, transports) -> None:
-    def reply(addr: str) -> str | None:
-        return "421 4.7.0 Too many errors" if addr.startswith("two") else None
-
-    mx = fake_mx(rcpt_reply=reply)
+    mx = fake_mx()
     t = transports(settings(static_routes=f"*={mx.address}"))
     results = await t.send(
-        envelope("one@example.test", "two@example.test", "three@example.test"), MESSAGE
+        envelope("one@example.test", "defer-421@example.test", "three@example.test"), MESSAGE
     )
     assert [r.code for r in results] == [421, 421, 421]
     assert kinds(results) == ["transient"] * 3
     assert mx.messages == []
-    assert [a for a, _ in mx.rcpt_replies] == ["one@example.test", "two@example.test"]
+    assert [a for a, _ in mx.rcpt_replies] == ["one@example.test", "defer-421@example.test"]
 
 
 async def test_slow_server_times_out_transient(fake_mx, transports) -> None:
@@ -146,7 +139,7 @@ async def test_connection_reuse(fake_mx, transports) -> None:
 async def test_reuse_after_refused_transaction_uses_rset(fake_mx, transports) -> None:
     mx = fake_mx()
     t = transports(settings(static_routes=f"*={mx.address}"))
-    assert kinds(await t.send(envelope("bounce@example.test"), MESSAGE)) == ["permanent"]
+    assert kinds(await t.send(envelope("permfail@example.test"), MESSAGE)) == ["permanent"]
     assert kinds(await t.send(envelope("ok@example.test"), MESSAGE)) == ["delivered"]
     assert mx.connections == 1
     (msg,) = await mx.messages_arrived(1)
@@ -158,7 +151,7 @@ async def test_idle_connections_are_closed(fake_mx, transports) -> None:
     t = transports(settings(static_routes=f"*={mx.address}", idle_keep_s=0.2))
     assert kinds(await t.send(envelope("a@example.test"), MESSAGE)) == ["delivered"]
     assert mx.open_connections == 1
-    assert await eventually(lambda: mx.open_connections == 0)
+    await eventually(lambda: mx.open_connections == 0, within=5, what="the idle connection closed")
     assert kinds(await t.send(envelope("b@example.test"), MESSAGE)) == ["delivered"]
     assert mx.connections == 2
 
@@ -260,47 +253,6 @@ async def test_mx_to_private_address_refused_unless_static(fake_mx, dns_zone, tr
 # --- what goes on the wire -----------------------------------------------------------------
 
 
-class RawMx:
-    """A minimal SMTP server that records the exact bytes of each DATA phase."""
-
-    def __init__(self) -> None:
-        self.payloads: list[bytes] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> RawMx:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 raw ESMTP\r\n")
-        try:
-            while line := await reader.readline():
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    writer.write(b"250-raw\r\n250 8BITMIME\r\n")
-                elif verb == b"DATA":
-                    writer.write(b"354 go\r\n")
-                    await writer.drain()
-                    self.payloads.append(await reader.readuntil(b"\r\n.\r\n"))
-                    writer.write(b"250 2.0.0 ok\r\n")
-                elif verb == b"QUIT":
-                    writer.write(b"221 bye\r\n")
-                    await writer.drain()
-                    break
-                else:
-                    writer.write(b"250 ok\r\n")
-                await writer.drain()
-        finally:
-            writer.close()
-
-
 def unstuff(payload: bytes) -> bytes:
     assert payload.endswith(b"\r\n.\r\n")
     body = payload[: -len(b".\r\n")]
@@ -318,16 +270,20 @@ SMUGGLING = [
 
 
 @pytest.mark.parametrize("message", SMUGGLING)
-async def test_wire_output_cannot_smuggle(message: bytes, transports) -> None:
-    raw = await RawMx().start()
-    try:
-        t = transports(settings(static_routes=f"*=127.0.0.1:{raw.port}"))
-        (result,) = await t.send(envelope("a@example.test"), message)
-        assert result.kind == "delivered"
-        (payload,) = raw.payloads
-    finally:
-        await t.close()
-        await raw.stop()
+async def test_wire_output_cannot_smuggle(message: bytes, fake_mx, transports) -> None:
+    mx = fake_mx()
+    t = transports(settings(static_routes=f"*={mx.address}"))
+    (result,) = await t.send(envelope("a@example.test"), message)
+    assert result.kind == "delivered"
+    (session,) = mx.sessions
+    (payload,) = session.data_phases()
+    # The server read one transaction's commands and nothing smuggled after the body.
+    assert session.commands()[:4] == ["EHLO", "MAIL", "RCPT", "DATA"]
+    assert [c for c in session.commands() if c in ("MAIL", "RCPT", "DATA")] == [
+        "MAIL",
+        "RCPT",
+        "DATA",
+    ]
     # The data phase ended exactly where we meant it to: nothing after the terminator.
     assert payload == wire_data(message)
     # No bare CR or LF anywhere on the wire.
@@ -356,8 +312,11 @@ async def test_smtp_sink_target(smtp_sink, transports) -> None:
         results = await t.send(envelope(f"a{i}@example.test", f"b{i}@example.test"), MESSAGE)
         assert kinds(results) == ["delivered", "delivered"]
     await t.close()
-    assert await eventually(lambda: len(sink.dumped_messages()) >= 5)
-    dumps = sink.dumped_messages()
+    dumps = await eventually(
+        lambda: len(sink.dumped_messages()) >= 5 and sink.dumped_messages(),
+        within=5,
+        what="five messages in smtp-sink's dump",
+    )
     assert len(dumps) == 5
     assert all(b"Subject: hi" in d for d in dumps)
 
@@ -412,24 +371,16 @@ async def test_dead_pooled_connection_is_replaced_without_failing(fake_mx, trans
     assert t.connections_opened == 2
 
 
-async def test_cancelled_send_closes_its_connection(transports) -> None:
-    closed = asyncio.Event()
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # no banner; returns b"" when the client closes
-        closed.set()
-        writer.close()
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        t = transports(settings(static_routes=f"*=127.0.0.1:{port}"))
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(t.send(envelope("a@example.test"), MESSAGE), 0.3)
-        await asyncio.wait_for(closed.wait(), 5)
-    finally:
-        server.close()
-        await server.wait_closed()
+async def test_cancelled_send_closes_its_connection(fake_mx, transports) -> None:
+    mx = fake_mx(silent=True)  # accepts, never greets
+    t = transports(settings(static_routes=f"*={mx.address}"))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(t.send(envelope("a@example.test"), MESSAGE), 0.3)
+    await eventually(
+        lambda: mx.connections == 1 and mx.open_connections == 0,
+        within=5,
+        what="the cancelled send to close its connection",
+    )
 
 
 async def test_dns_timeout_is_transient(dns_zone) -> None:

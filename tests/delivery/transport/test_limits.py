@@ -13,9 +13,8 @@ from typing import Any
 from prometheus_client import REGISTRY
 from support.dns_server import DnsServer
 from support.fake_mx import FakeMx, free_port, next_loopback
-from support.transport import settings
+from support.transport import envelope, settings
 
-from mailsluice.contracts.envelope import Envelope
 from mailsluice.delivery.service import make_transport
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.limiter import Rate
@@ -46,17 +45,6 @@ mx_suffixes = ["big.example"]
 shards = 4
 tls = "required"
 """
-
-
-def envelope(*rcpts: str, key: str | None = None, pool: str = "shape") -> Envelope:
-    return Envelope(
-        queue_id="Q1",
-        pool=pool,
-        sender="a@sender.test",
-        recipients=rcpts,
-        routing_key=key or rcpts[0].rpartition("@")[2],
-        received_at=time.time(),
-    )
 
 
 class Clock:
@@ -110,8 +98,8 @@ async def test_recipients_per_transaction_splits_the_message(fake_mx, transports
         settings(static_routes=f"*={mx.address}"), limits=fixed(recipients_per_transaction=3)
     )
     rcpts = [f"r{i}@example.test" for i in range(7)]
-    rcpts[1] = "defer1@example.test"
-    rcpts[5] = "bounce5@example.test"
+    rcpts[1] = "tempfail+1@example.test"
+    rcpts[5] = "permfail+5@example.test"
     results = await t.send(envelope(*rcpts), MESSAGE)
     assert [r.recipient for r in results] == rcpts  # one result each, in order
     assert [r.kind for r in results] == [

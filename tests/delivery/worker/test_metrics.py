@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from prometheus_client import REGISTRY
+from support.metrics import sample
 
 from mailsluice.contracts.control import Command
 from mailsluice.delivery.shaping.engine import PolicyShaper
@@ -14,10 +15,6 @@ from mailsluice.delivery.worker.attempts import Attempts
 from mailsluice.delivery.worker.dedup import DeliveredCache
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.policy.shaping import default_policy
-
-
-def value(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def attempts(pool: str, shaper: PolicyShaper) -> Attempts:
@@ -45,10 +42,10 @@ def test_shaping_delay_by_provider_and_other_for_domains() -> None:
     a.started(Job("google#2", None, 0.0, 1.0), 1.0)  # went at once
     a.started(Job("rare.example", None, 0.0, 0.0), 0.2)
     name = "mailsluice_shaping_delay_seconds"
-    assert value(f"{name}_count", pool="delay-pool", provider="google") == 2
-    assert value(f"{name}_sum", pool="delay-pool", provider="google") == 2.5
-    assert value(f"{name}_bucket", pool="delay-pool", provider="google", le="0.0") == 1
-    assert value(f"{name}_count", pool="delay-pool", provider="other") == 1
+    assert sample(f"{name}_count", pool="delay-pool", provider="google") == 2
+    assert sample(f"{name}_sum", pool="delay-pool", provider="google") == 2.5
+    assert sample(f"{name}_bucket", pool="delay-pool", provider="google", le="0.0") == 1
+    assert sample(f"{name}_count", pool="delay-pool", provider="other") == 1
     families = {m.name: m for m in REGISTRY.collect()}
     providers = {
         s.labels["provider"]
@@ -64,9 +61,9 @@ def test_suspensions_by_rule_and_by_operator() -> None:
     shaper.observe("yahoo", 0.0, [(421, "4.7.0", "[TS04] Messages from 192.0.2.1 deferred")])
     fired = [f for _k, f in shaper.fired if f.action == "suspend"]
     assert len(fired) == 1
-    assert value(name, pool="susp-pool", rule=fired[0].rule) == 1
+    assert sample(name, pool="susp-pool", rule=fired[0].rule) == 1
     shaper.observe("google", 0.0, [(250, "2.0.0", "ok")])  # no rule fires: nothing counted
     assert shaper.apply_command(Command("susp-pool", "example.org", "suspend", until=1e12), 0.0)
-    assert value(name, pool="susp-pool", rule="operator") == 1
+    assert sample(name, pool="susp-pool", rule="operator") == 1
     shaper.apply_command(Command("susp-pool", "example.org", "resume"), 1.0)
-    assert value(name, pool="susp-pool", rule="operator") == 1
+    assert sample(name, pool="susp-pool", rule="operator") == 1

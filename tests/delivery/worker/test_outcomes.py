@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import random
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+
+from support.delivery_worker import Result
 
 from mailsluice.contracts.envelope import Envelope, envelope_from_headers
 from mailsluice.contracts.events import Event, EventType, decode_event
@@ -15,19 +17,8 @@ from mailsluice.delivery.worker.settings import DeliverySettings
 NOW = 1_000_000.0
 
 
-@dataclass(frozen=True)
-class R:
-    recipient: str
-    code: int
-    enhanced: str = ""
-    text: str = ""
-    remote: str = "mx.b.example[127.0.0.5]:25"
-
-    @property
-    def kind(self) -> Literal["delivered", "transient", "permanent"]:
-        if self.code < 300:
-            return "delivered"
-        return "permanent" if self.code >= 500 else "transient"
+# A transport's result for one recipient, from this remote MX.
+R = functools.partial(Result, remote="mx.b.example[127.0.0.5]:25")
 
 
 class FakeDsn:

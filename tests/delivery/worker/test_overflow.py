@@ -4,32 +4,30 @@ all of them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 from support.delivery_worker import (
     EventLog,
     FakeTransport,
     Running,
-    committed,
+    committed_to_end,
+    committed_total,
     enqueue,
     envelope,
     new_pool,
+    service_for,
     setup_pool,
 )
+from support.topic_reader import read_topic
 
 from mailsluice.contracts.envelope import envelope_from_headers
 from mailsluice.contracts.events import EventType
 from mailsluice.contracts.topics import queue_topic
-from mailsluice.delivery.service import DeliveryService
 from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings
-from mailsluice.delivery.worker.settings import DeliverySettings
-from mailsluice.kafka.settings import KafkaSettings
 
 CAP = 5
 
@@ -51,30 +49,6 @@ def overrides(target: str) -> str:
     )
 
 
-async def read_queue(ks: KafkaSettings, pool: str, count: int, within: float = 30.0) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        queue_topic(pool),
-        bootstrap_servers=ks.bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + within
-        while len(out) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                out.extend(records)
-        # nothing more arrives than expected
-        batch = await consumer.getmany(timeout_ms=1000)
-        for records in batch.values():
-            out.extend(records)
-    finally:
-        await consumer.stop()
-    return out
-
-
 def overflowed(pool: str, target: str) -> float:
     labels = {"pool": pool, "target_pool": target}
     return REGISTRY.get_sample_value("mailsluice_warmup_overflow_messages_total", labels) or 0.0
@@ -94,24 +68,16 @@ async def test_over_the_warmup_cap_mail_moves_to_the_overflow_pool(kafka: Any) -
         runtime.set_share(assigned, total)
 
     transport = FakeTransport()
-    service = DeliveryService(
-        DeliverySettings(pool=pool, commit_interval_s=0.2),
-        ks,
-        transport,
-        mover=False,
-        shaper=runtime.shaper,
-        on_share=on_share,
-        consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
-    )
+    service = service_for(ks, pool, transport, runtime.shaper, mover=False, on_share=on_share)
     envs = [envelope(pool, n, (f"r{n}@d{n % 4}.example",)) for n in range(17)]
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, envs)
-        moved = await read_queue(ks, target, len(envs) - CAP)
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == CAP)
-        deadline = time.monotonic() + 20
-        while sum((await committed(ks, pool)).values()) != len(envs):
-            assert time.monotonic() < deadline, await committed(ks, pool)
-            await asyncio.sleep(0.2)
+        await events.expect(EventType.DELIVERY, CAP)
+        await committed_to_end(ks, pool, within=20)
+        assert await committed_total(ks, pool) == len(envs)
+    # A record is finished only once its overflow copy is acknowledged: with every offset
+    # committed, the target's queue as it stands holds every copy there will be.
+    moved = await read_topic(ks, queue_topic(target), lambda _r: True, expect=0)
     assert shares and shares[-1] == (3, 3)  # one worker owns every partition: the whole cap
     sent = {qid for qid, _ in transport.calls}
     assert len(transport.calls) == CAP

@@ -16,45 +16,24 @@ from support.delivery_worker import (
     FakeTransport,
     Running,
     committed,
+    committed_total,
     enqueue,
     envelope,
     new_pool,
+    service_for,
     setup_pool,
 )
+from support.eventually import eventually
 
 from mailsluice.contracts.events import EventType
-from mailsluice.delivery.service import DeliveryService
 from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings
-from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.settings import KafkaSettings
-
-CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
 
 
 def warming_runtime(ks: KafkaSettings, pool: str, cap: int) -> ShapingRuntime:
     today = datetime.now(UTC).date().isoformat()
     overrides = {"warmup": {"schedule": "custom", "start": today, "table": {"1": cap}}}
     return ShapingRuntime(ShapingSettings(pool_overrides=json.dumps(overrides)), ks, pool)
-
-
-def service(
-    ks: KafkaSettings, pool: str, on_share: Callable[[int, int], None] | None = None, **kw: Any
-) -> DeliveryService:
-    return DeliveryService(
-        DeliverySettings(pool=pool, **kw),
-        ks,
-        FakeTransport(),
-        mover=False,
-        on_share=on_share,
-        consumer_options=CONSUMER,
-    )
-
-
-async def until(cond: Callable[[], bool], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
 
 
 def pool_cap(runtime: ShapingRuntime) -> int | None:
@@ -76,17 +55,31 @@ async def test_warmup_share_follows_the_assigned_partitions(kafka: Any) -> None:
 
         return on_share
 
-    first = service(ks, pool, recorder("first", first_rt))
-    second = service(ks, pool, recorder("second", second_rt))
+    first = service_for(
+        ks, pool, FakeTransport(), mover=False, on_share=recorder("first", first_rt)
+    )
+    second = service_for(
+        ks, pool, FakeTransport(), mover=False, on_share=recorder("second", second_rt)
+    )
     async with Running(first):
         assert calls["first"][-1] == (4, 4)
         assert pool_cap(first_rt) == 100
         async with Running(second):
-            await until(lambda: calls["first"][-1] == (2, 4) and calls["second"][-1] == (2, 4))
+            await eventually(
+                lambda: calls["first"][-1] == (2, 4) and calls["second"][-1] == (2, 4),
+                within=60,
+                what="two shares of 2 partitions",
+                detail=lambda: calls,
+            )
             assert pool_cap(first_rt) == pool_cap(second_rt) == 50
             # the first worker gave everything up during the rebalance before its new share
             assert (0, 4) in calls["first"]
-        await until(lambda: calls["first"][-1] == (4, 4))
+        await eventually(
+            lambda: calls["first"][-1] == (4, 4),
+            within=60,
+            what="the first worker's share back to 4",
+            detail=lambda: calls,
+        )
         assert pool_cap(first_rt) == 100
 
 
@@ -94,32 +87,44 @@ async def test_first_records_after_start_and_takeover_commit_soon(kafka: Any) ->
     ks = kafka.settings(queue_partitions=4)
     pool = new_pool()
     await setup_pool(ks, pool)
-    first = service(ks, pool, commit_interval_s=60.0)
+    first = service_for(ks, pool, FakeTransport(), mover=False, commit_interval_s=60.0)
     envs = [envelope(pool, n, (f"r{n}@d{n % 8}.example",)) for n in range(8)]
+
+    async def committed_at_least(count: int) -> bool:
+        return await committed_total(ks, pool) >= count
+
     async with EventLog(ks, pool) as events, Running(first):
         await enqueue(ks, envs)
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 8)
-        started = time.monotonic()
-        while sum((await committed(ks, pool)).values()) < 8:
-            # a whole interval would be 60 s
-            assert time.monotonic() - started < 5, await committed(ks, pool)
-            await asyncio.sleep(0.2)
+        await events.expect(EventType.DELIVERY, 8)
+        # within 5 s: a whole interval would be 60 s
+        await eventually(
+            lambda: committed_at_least(8),
+            within=5,
+            interval=0.2,
+            what="the first records committed",
+            detail=lambda: committed(ks, pool),
+        )
         # later records wait for the interval again: only the first finish commits early
         more = [envelope(pool, 100 + n, (f"s{n}@d{n % 8}.example",)) for n in range(8)]
         await enqueue(ks, more)
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 16)
+        await events.expect(EventType.DELIVERY, 16)
+        # A window four times the first-commit delay: an early commit would show in it, and
+        # an absence can only be watched over time.
         await asyncio.sleep(2.0)
-        assert sum((await committed(ks, pool)).values()) == 8
-        second = service(ks, pool, commit_interval_s=60.0)
+        assert await committed_total(ks, pool) == 8
+        second = service_for(ks, pool, FakeTransport(), mover=False, commit_interval_s=60.0)
         async with Running(second):
             assert second.worker.consumer is not None
-            await until(lambda: len(second.worker.consumer.assignment()) == 2)
+            consumer = second.worker.consumer
+            await eventually(
+                lambda: len(consumer.assignment()) == 2, within=60, what="two partitions taken"
+            )
             # the revocation committed the first worker's finished records
-            assert sum((await committed(ks, pool)).values()) == 16
+            assert await committed_total(ks, pool) == 16
             taken = {tp.partition for tp in second.worker.consumer.assignment()}
             last = [envelope(pool, 200 + n, (f"t{n}@d{n % 8}.example",)) for n in range(16)]
             await enqueue(ks, last)
-            await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 32)
+            await events.expect(EventType.DELIVERY, 32)
             assert second.worker.consumer is not None
             ends = {
                 tp.partition: second.worker.consumer.highwater(tp)
@@ -127,10 +132,15 @@ async def test_first_records_after_start_and_takeover_commit_soon(kafka: Any) ->
             }
             taken = {p for p in taken if ends[p]}  # partitions that got records
             assert taken
-            started = time.monotonic()
-            while True:
+
+            async def taken_committed() -> bool:
                 now_committed = await committed(ks, pool)
-                if all(now_committed.get(p) == ends[p] for p in taken):
-                    break
-                assert time.monotonic() - started < 5, (now_committed, ends)
-                await asyncio.sleep(0.2)
+                return all(now_committed.get(p) == ends[p] for p in taken)
+
+            await eventually(
+                taken_committed,
+                within=5,
+                interval=0.2,
+                what=f"the taken partitions committed to {ends}",
+                detail=lambda: committed(ks, pool),
+            )

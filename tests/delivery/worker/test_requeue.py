@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import REGISTRY
 from support.delivery_worker import (
     EventLog,
     FakeTransport,
@@ -16,14 +15,11 @@ from support.delivery_worker import (
     service_for,
     setup_pool,
 )
+from support.metrics import sample
 
 from mailsluice.contracts.envelope import Envelope
 from mailsluice.contracts.events import EventType
 from mailsluice.delivery.transport.replies import S451_CONNECTION_RATE
-
-
-def value(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_connection_rate_refusal_queues_again_without_an_attempt(kafka: Any) -> None:
@@ -42,10 +38,10 @@ async def test_connection_rate_refusal_queues_again_without_an_attempt(kafka: An
     service = service_for(ks, pool, transport)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [envelope(pool, 0, ("x@y.example",))])
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 1)
+        await events.expect(EventType.DELIVERY, 1)
     assert len(transport.calls) == 3  # two refusals, then the delivery
     assert events.of(EventType.TRANSIENT_FAILURE) == []
-    assert value("mailsluice_delivery_connection_rate_requeues_total", pool=pool) == 2
+    assert sample("mailsluice_delivery_connection_rate_requeues_total", pool=pool) == 2
     attempts = "mailsluice_delivery_attempts_total"
-    assert value(attempts, pool=pool, result="delivered") == 1
-    assert value(attempts, pool=pool, result="deferred") == 0
+    assert sample(attempts, pool=pool, result="delivered") == 1
+    assert sample(attempts, pool=pool, result="deferred") == 0

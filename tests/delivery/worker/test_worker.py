@@ -14,12 +14,14 @@ from support.delivery_worker import (
     FakeTransport,
     Running,
     committed,
+    committed_to_end,
     enqueue,
     envelope,
     new_pool,
     service_for,
     setup_pool,
 )
+from support.eventually import eventually
 from support.shaping import uniform
 
 from mailsluice.contracts.envelope import Envelope
@@ -66,16 +68,19 @@ async def test_every_recipient_ends_delivered_bounced_or_expired(kafka: Any) -> 
     service = service_for(ks, pool, transport, retry_base_s=0.5, retry_max_s=1.0, expiry_s=4.0)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, make_envs())
-        await events.wait_for(lambda: all_rcpts <= set(events.finals()), within=90)
+        await events.expect_final(all_rcpts, within=90)
         # DSNs for hard bounces and expirations come back through the queue and get delivered.
         failed_msgs = {
             e.queue_id for e in events.events if e.type in (EventType.BOUNCE, EventType.EXPIRATION)
         }
-        await events.wait_for(
+        await eventually(
             lambda: (
                 len([e for e in events.of(EventType.DELIVERY) if e.recipient == "s@origin.example"])
                 >= len(failed_msgs)
-            )
+            ),
+            within=60,
+            what="a DSN delivered for each failed message",
+            detail=events.summary,
         )
         assert service.mover is not None
         moved = service.mover.moved
@@ -132,15 +137,15 @@ async def test_out_of_order_completion_never_commits_past_unfinished(kafka: Any)
     service = service_for(ks, pool, transport, short_horizon_s=60)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, envs, pool=pool)
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 9)
-        await asyncio.sleep(1.0)  # several commit intervals
+        await events.expect(EventType.DELIVERY, 9)
+        # A window of several commit intervals (0.2 s): nothing past the unfinished first
+        # record may be committed in it, and an absence can only be watched over time.
+        await asyncio.sleep(1.0)
         assert (await committed(ks, pool)).get(0, 0) == 0
         release.set()
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 10)
-        deadline = time.monotonic() + 10
-        while (await committed(ks, pool)).get(0) != 11:
-            assert time.monotonic() < deadline, await committed(ks, pool)
-            await asyncio.sleep(0.2)
+        await events.expect(EventType.DELIVERY, 10)
+        await committed_to_end(ks, pool, within=10)
+        assert (await committed(ks, pool)).get(0) == 11
     assert len(transport.calls) == 10
 
 
@@ -162,7 +167,12 @@ async def test_throttled_destination_goes_through_delay_topic(kafka: Any) -> Non
     service = service_for(ks, pool, transport, shaper, short_horizon_s=0.5)
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, envs)
-        await events.wait_for(lambda: len(events.finals()) == 42, within=90)
+        await eventually(
+            lambda: len(events.finals()) == 42,
+            within=90,
+            what="42 final events",
+            detail=events.summary,
+        )
     assert len(events.of(EventType.TRANSIENT_FAILURE)) == 0
     assert sum(events.finals().values()) == 42
     # The rate of the slow destination held: 12 messages at 4/s with burst 1 span >= 2.75 s.
@@ -186,7 +196,7 @@ async def test_sigterm_drain_finishes_in_flight_and_commits(kafka: Any) -> None:
     async def script(env: Envelope, rcpt: str) -> tuple[int, str, str]:
         if rcpt.startswith("slow"):
             started.set()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # a send still in flight when the stop comes
         return 250, "2.0.0", "ok"
 
     transport = FakeTransport(script)
@@ -198,7 +208,7 @@ async def test_sigterm_drain_finishes_in_flight_and_commits(kafka: Any) -> None:
             await asyncio.wait_for(started.wait(), 30)
         # Left the block: stop() + drain returned; the send had finished and was committed.
         assert (await committed(ks, pool)).get(0) == 1
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 1)
+        await events.expect(EventType.DELIVERY, 1)
     assert service.worker.consumer is not None
 
 
@@ -212,7 +222,7 @@ async def test_dedup_skips_recipients_already_delivered(kafka: Any) -> None:
     service.worker.dedup.add(env.queue_id, "a@x.example")
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [env])
-        await events.wait_for(lambda: len(events.of(EventType.DELIVERY)) == 1)
+        await events.expect(EventType.DELIVERY, 1)
     assert transport.calls == [(env.queue_id, "b@x.example")]
 
 
@@ -245,7 +255,7 @@ async def test_two_workers_and_a_rebalance_lose_nothing(kafka: Any) -> None:
     await setup_pool(ks, pool)
 
     async def slowish(_env: Envelope, _rcpt: str) -> tuple[int, str, str]:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # sends take a while, so the rebalance meets some in flight
         return 250, "2.0.0", "ok"
 
     first, second = FakeTransport(slowish), FakeTransport(slowish)
@@ -256,10 +266,20 @@ async def test_two_workers_and_a_rebalance_lose_nothing(kafka: Any) -> None:
     two = service_for(ks, pool, second, max_inflight=8, dest_max_concurrency=1)
     async with EventLog(ks, pool) as events, Running(one):
         await enqueue(ks, envs)
-        await events.wait_for(lambda: len(events.finals()) >= 40)
+        await eventually(
+            lambda: len(events.finals()) >= 40,
+            within=60,
+            what="at least 40 final events",
+            detail=events.summary,
+        )
         async with Running(two):  # joins: a rebalance moves partitions while sends run
-            await events.wait_for(lambda: len(events.finals()) >= 120)
-        await events.wait_for(lambda: keys <= set(events.finals()), within=90)
+            await eventually(
+                lambda: len(events.finals()) >= 120,
+                within=60,
+                what="at least 120 final events",
+                detail=events.summary,
+            )
+        await events.expect_final(keys, within=90)
     assert len(second.calls) > 0
     assert len(first.calls) + len(second.calls) >= len(keys)
     finals = events.finals()
@@ -288,7 +308,7 @@ action = "bounce"
     async with EventLog(ks, pool) as events, Running(service):
         await enqueue(ks, [envelope(pool, 0, ("x@y.example",))])
         # The bounce, then the DSN to the sender (bounced too by the same rule; no DSN of it).
-        await events.wait_for(lambda: len(events.of(EventType.BOUNCE)) == 2)
+        await events.expect(EventType.BOUNCE, 2)
     bounce = next(e for e in events.of(EventType.BOUNCE) if e.recipient == "x@y.example")
     assert (bounce.code, bounce.enhanced) == (521, "5.7.0")
     assert events.of(EventType.TRANSIENT_FAILURE) == []
