@@ -9,6 +9,9 @@ discovery, and a suspension survives restarts. Two kinds of records share it:
 - `status/<pool>/<worker id>`: a worker's periodic snapshot of its destinations (state, queue,
   rate, last error); a null value (tombstone) when it shuts down cleanly. `mailsluice
   destinations list` reads these.
+- `learned/<pool>/<source address>/<routing key>`: the limits a worker's controller learned for
+  a destination from one source address, so a restarted worker or the next owner after a
+  rebalance starts from them instead of from scratch.
 """
 
 from __future__ import annotations
@@ -47,7 +50,31 @@ class DestinationRow:
     connections: int = 0
     until: float = 0.0  # epoch seconds the suspension or throttle hold lasts
     last_error: str = ""
-    rule: str = ""
+    rule: str = ""  # the reply rule behind the state (or "operator")
+    source: str = ""  # the source address the row is about ("": the pool's only one)
+    ceiling: float = 0.0  # learned ceiling in messages per second (0: none found)
+    per_connection: int = 0  # messages per connection in force
+    last_class: str = ""  # class of the last reply that moved the state
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What a controller learned about a destination from one source address."""
+
+    pool: str
+    source: str
+    key: str  # routing key
+    state: str
+    rate: float  # messages per second in force
+    ceiling: float = 0.0  # learned ceiling in messages per second (0: none found)
+    connections: int = 0
+    learned_connections: int = 0  # 0: no connection limit found
+    per_connection: int = 0  # 0: no per-connection cap found
+    until: float = 0.0  # epoch seconds the state lasts (0: open-ended)
+    block_interval: float = 0.0  # seconds of the next block, backed off
+    last_class: str = ""
+    last_reply: str = ""
+    ts: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,22 @@ def command_key(pool: str, key: str) -> bytes:
 
 def status_key(pool: str, worker: str) -> bytes:
     return f"status/{pool}/{worker}".encode()
+
+
+def learned_key(pool: str, source: str, key: str) -> bytes:
+    return f"learned/{pool}/{source}/{key}".encode()
+
+
+def encode_learned(learned: Learned) -> bytes:
+    data = asdict(learned)
+    data["rate"] = None if data["rate"] == float("inf") else data["rate"]  # JSON has no inf
+    return json.dumps({"v": VERSION, **data}, sort_keys=True, allow_nan=False).encode()
+
+
+def decode_learned(raw: bytes) -> Learned:
+    data = load_versioned(raw, VERSION, "control learned limits")
+    data["rate"] = float("inf") if data.get("rate") is None else float(data["rate"])
+    return Learned(**{k: v for k, v in data.items() if k in _LEARNED_FIELDS})
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -89,6 +132,7 @@ def decode_status(raw: bytes) -> Status:
 
 _ROW_FIELDS = set(DestinationRow.__dataclass_fields__)
 _CMD_FIELDS = set(Command.__dataclass_fields__)
+_LEARNED_FIELDS = set(Learned.__dataclass_fields__)
 
 
 def decode_command(raw: bytes) -> Command:
@@ -104,6 +148,7 @@ class ControlState:
 
     commands: dict[tuple[str, str], Command] = field(default_factory=dict)
     statuses: dict[tuple[str, str], Status] = field(default_factory=dict)
+    learned: dict[tuple[str, str, str], Learned] = field(default_factory=dict)
 
     def apply(self, key: bytes | None, value: bytes | None) -> Command | None:
         """Apply one record; returns the command it carries (for a live worker to act on)."""
@@ -126,9 +171,20 @@ class ControlState:
                     self.statuses.pop((pool, name), None)
                 else:
                     self.statuses[(pool, name)] = decode_status(value)
+            if kind == "learned":
+                self._apply_learned(pool, name, value)
         except (ValueError, KeyError, TypeError):
             return None  # a record this version cannot read is skipped, not fatal
         return None
+
+    def _apply_learned(self, pool: str, name: str, value: bytes | None) -> None:
+        source, _, key = name.partition("/")
+        if not key:
+            return
+        if value is None:
+            self.learned.pop((pool, source, key), None)
+        else:
+            self.learned[(pool, source, key)] = decode_learned(value)
 
     def rows(self, pool: str | None = None) -> list[tuple[str, str, DestinationRow]]:
         """(pool, worker, row) of every reported destination, by pool then key."""

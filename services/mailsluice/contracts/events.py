@@ -24,6 +24,9 @@ class EventType(StrEnum):
     SUPPRESSION = "suppression"
     # A recipient marked the message as spam (an ARF feedback-loop report, RFC 5965).
     COMPLAINT = "complaint"
+    # A destination's shaping state changed for one source address (slowed down, blocked,
+    # probing, back to normal): keyed by routing key, no queue id.
+    DESTINATION_STATE = "destination_state"
 
 
 class Event(BaseModel):
@@ -46,6 +49,14 @@ class Event(BaseModel):
     attempt: int = 0
     remote: str = ""  # remote host that answered, if any
     size: int = 0
+    # destination_state only: which source address, the states, the reply's class, and the
+    # limits the destination has from that source now
+    source: str = ""
+    state_from: str = ""
+    state_to: str = ""
+    reply_class: str = ""
+    rate: float = 0.0  # messages per second
+    connections: int = 0
 
 
 def encode_event(event: Event) -> bytes:
