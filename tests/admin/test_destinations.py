@@ -90,16 +90,54 @@ def test_bad_duration_exits_2_before_kafka(capsys):
 def test_render_table_and_json():
     state = ControlState()
     row = DestinationRow(
-        "google", "throttled", 3, 1, 1 / 60, 1, 0.0, "421 4.7.28 unusual rate", "google-x"
+        "google",
+        "hold",
+        3,
+        1,
+        0.5,
+        2,
+        0.0,
+        "421 4.7.28 unusual rate",
+        "google-x",
+        source="192.0.2.10",
+        ceiling=0.75,
+        per_connection=40,
+        last_class="reputation",
     )
     state.apply(status_key("p", "w"), encode_status(Status("p", "w", 1.0, (row,))))
     cmd = Command("p", "yahoo", "suspend", until=2e9, reason="maintenance", ts=1.0)
     state.apply(command_key("p", "yahoo"), encode_command(cmd))
     lines = cli.render(state, None, as_json=False, now=1.0)
     assert lines[0].startswith("POOL")
-    assert "google" in lines[1]
-    assert "throttled" in lines[1]
-    assert "421 4.7.28 unusual rate" in lines[1]
+    assert lines[0].split()[:12] == [
+        "POOL",
+        "DESTINATION",
+        "SOURCE",
+        "STATE",
+        "QUEUED",
+        "ACTIVE",
+        "RATE/MIN",
+        "CEIL/MIN",
+        "CONNS",
+        "PER-CONN",
+        "CLASS",
+        "UNTIL",
+    ]
+    # per minute: 0.5/s is 30/min, the learned ceiling 0.75/s is 45/min
+    assert lines[1].split()[:11] == [
+        "p",
+        "google",
+        "192.0.2.10",
+        "hold",
+        "3",
+        "1",
+        "30",
+        "45",
+        "2",
+        "40",
+        "reputation",
+    ]
+    assert lines[1].endswith("421 4.7.28 unusual rate")
     assert "yahoo" in lines[2]
     assert "(suspend)" in lines[2]
     assert "maintenance" in lines[2]

@@ -144,8 +144,9 @@ def render(state: ControlState, pool: str | None, *, as_json: bool, now: float) 
             )
         return out
     header = (
-        f"{'POOL':<12} {'DESTINATION':<28} {'STATE':<11} {'QUEUED':>7} {'ACTIVE':>6} "
-        f"{'RATE/S':>9} {'CONNS':>5} {'UNTIL':<20} LAST ERROR"
+        f"{'POOL':<12} {'DESTINATION':<28} {'SOURCE':<15} {'STATE':<10} {'QUEUED':>7} "
+        f"{'ACTIVE':>6} {'RATE/MIN':>9} {'CEIL/MIN':>9} {'CONNS':>5} {'PER-CONN':>8} "
+        f"{'CLASS':<14} {'UNTIL':<20} LAST REPLY"
     )
     lines = [header]
     for p, _worker, row in rows:
@@ -154,19 +155,23 @@ def render(state: ControlState, pool: str | None, *, as_json: bool, now: float) 
     for (p, key), cmd in sorted(commands.items()):
         if (p, key) not in reported and _active(cmd, now):
             until = _when(cmd.until) if cmd.action == "suspend" else ""
+            state = "(" + cmd.action + ")"
             lines.append(
-                f"{p:<12} {key:<28} {'(' + cmd.action + ')':<11} {'':>7} {'':>6} "
-                f"{'':>9} {'':>5} {until:<20} {cmd.reason}"
+                f"{p:<12} {key:<28} {'':<15} {state:<10} {'':>7} {'':>6} {'':>9} {'':>9} "
+                f"{'':>5} {'':>8} {'':<14} {until:<20} {cmd.reason}"
             )
     return lines
 
 
 def _row_line(pool: str, row: DestinationRow) -> str:
-    rate = "unlimited" if math.isinf(row.rate) else f"{row.rate:.3g}"
+    rate = "unlimited" if math.isinf(row.rate) else f"{row.rate * 60:.4g}"
+    ceiling = f"{row.ceiling * 60:.4g}" if row.ceiling else "-"
     until = _when(row.until) if row.until else ""
     return (
-        f"{pool:<12} {row.key:<28} {row.state:<11} {row.queued:>7} {row.active:>6} "
-        f"{rate:>9} {row.connections:>5} {until:<20} {row.last_error[:120]}"
+        f"{pool:<12} {row.key:<28} {row.source or '-':<15} {row.state:<10} {row.queued:>7} "
+        f"{row.active:>6} {rate:>9} {ceiling:>9} {row.connections:>5} "
+        f"{row.per_connection or '-':>8} {row.last_class or '-':<14} {until:<20} "
+        f"{row.last_error[:120]}"
     )
 
 

@@ -1,5 +1,6 @@
-"""Metrics of the shaping engine: destination states, backoff triggers, provider rates, warm-up,
-and what shaping did to messages (delay, suspensions, overflow)."""
+"""Metrics of the shaping engine: destination states and their changes, what providers may
+receive now and what was learned of them, warm-up, and what shaping did to messages (delay,
+suspensions, overflow)."""
 
 from __future__ import annotations
 
@@ -9,33 +10,47 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from mailsluice.metrics.labels import OTHER, provider_label
+from mailsluice.policy.replies import ReplyClass
 
-# --- end of connections open per destination class ---
-
+# Label values of reply_class: the closed set, or OTHER.
+REPLY_CLASSES = frozenset(c.value for c in ReplyClass)
 
 # --- shaping and warm-up ------------------------------------------------------------------------
 
 
 class Shaping:
-    """Metrics of the shaping engine (`... import Shaping as shaping_metrics`). Pool, provider
-    and rule names are configuration, states and actions are fixed; destinations that are raw
-    domains are counted, never named."""
+    """Metrics of the shaping engine (`... import Shaping as shaping_metrics`). Pool and
+    provider names are configuration, states and reply classes are fixed; destinations that
+    are raw domains are counted, never named, and source addresses are summed over."""
 
-    STATES = ("normal", "throttled", "recovering", "suspended")
+    STATES = ("fixed", "slow_start", "steady", "hold", "probing", "blocked", "probe", "suspended")
 
     DESTINATIONS = Gauge(
         "mailsluice_shaping_destinations",
-        "Destinations known to the worker, by adaptive state.",
+        "Destination lanes (one per destination and source address) known to the worker, by "
+        "controller state.",
         ["pool", "state"],
     )
-    BACKOFF_TRIGGERS = Counter(
-        "mailsluice_shaping_backoff_triggers_total",
-        "Adaptive backoff rules that fired, by rule and action.",
-        ["pool", "rule", "action"],
+    STATE_CHANGES = Counter(
+        "mailsluice_shaping_state_changes_total",
+        "Destination state changes (or newly learned limits), by the state entered and the "
+        "class of the reply that caused it.",
+        ["pool", "state", "reply_class"],
     )
     PROVIDER_RATE = Gauge(
         "mailsluice_shaping_provider_rate_messages_per_second",
-        "Current allowed message rate of provider destinations (after backoff).",
+        "Message rate provider destinations may receive now, all source addresses together.",
+        ["pool", "provider"],
+    )
+    PROVIDER_CEILING = Gauge(
+        "mailsluice_shaping_provider_learned_ceiling_messages_per_second",
+        "Rate at which provider destinations last deferred, all source addresses together "
+        "(0: no limit found yet).",
+        ["pool", "provider"],
+    )
+    PROVIDER_CONNECTIONS = Gauge(
+        "mailsluice_shaping_provider_connections",
+        "Connections provider destinations may have open now, all source addresses together.",
         ["pool", "provider"],
     )
     WARMUP_DAY = Gauge("mailsluice_warmup_day", "Day of the pool's warm-up (1 = start).", ["pool"])
@@ -51,23 +66,36 @@ class Shaping:
     )
 
     @staticmethod
+    def changed(pool: str, change: Any) -> None:
+        """One state change (controller.Change)."""
+        reply_class = change.cls if change.cls in REPLY_CLASSES else OTHER
+        state = change.to_state if change.to_state in Shaping.STATES else OTHER
+        Shaping.STATE_CHANGES.labels(pool, state, reply_class).inc()
+
+    @staticmethod
     def export(shaper: Any, now: float) -> None:
-        """Update the gauges from a PolicyShaper's state (call periodically); drains fired
-        rules."""
+        """Update the gauges from a PolicyShaper's state (call periodically)."""
         pool = shaper.pool
-        for _key, fired in shaper.fired:
-            Shaping.BACKOFF_TRIGGERS.labels(pool, fired.rule, fired.action).inc()
-        shaper.fired.clear()
         states: Tally[str] = Tally()
-        for key in set(shaper.limiters.keys()) | set(shaper.adaptive.keys()):
-            state = shaper.adaptive.peek(key)
-            states[state.mode(now) if state is not None else "normal"] += 1
-            provider = shaper.provider(key)
-            if provider is not None and provider == key.partition("#")[0]:
-                rate = shaper.limiters.get(key, now).current_rate()
-                Shaping.PROVIDER_RATE.labels(pool, key).set(rate)
+        rate: Tally[str] = Tally()
+        ceiling: Tally[str] = Tally()
+        conns: Tally[str] = Tally()
+        for lane in shaper.lanes.all():
+            suspension = shaper.suspended.get(lane.key)
+            held = suspension is not None and now < suspension.until
+            states["suspended" if held else lane.steering.state] += 1
+            provider = shaper.provider(lane.key)
+            if provider is not None and provider == lane.key.partition("#")[0]:
+                learned = lane.steering.learned()
+                rate[provider] += lane.rate(now)
+                ceiling[provider] += learned.ceiling if learned.ceiling < float("inf") else 0.0
+                conns[provider] += lane.steering.connections(now)
         for state_name in Shaping.STATES:
             Shaping.DESTINATIONS.labels(pool, state_name).set(states[state_name])
+        for provider in rate:
+            Shaping.PROVIDER_RATE.labels(pool, provider).set(rate[provider])
+            Shaping.PROVIDER_CEILING.labels(pool, provider).set(ceiling[provider])
+            Shaping.PROVIDER_CONNECTIONS.labels(pool, provider).set(conns[provider])
         if shaper.warmup is not None:
             status = shaper.warmup.status(shaper.wall())
             Shaping.WARMUP_DAY.labels(pool).set(status.day)
@@ -94,8 +122,8 @@ class ShapingFlow:
     )
     SUSPENSIONS = Counter(
         "mailsluice_shaping_suspensions_total",
-        "Destination suspensions, by the backoff rule that suspended it (`operator`: a "
-        "`mailsluice destinations suspend` command).",
+        "Destination suspensions by `mailsluice destinations suspend` commands (`rule` is "
+        "always `operator`: blocks by a destination count as state changes to `blocked`).",
         ["pool", "rule"],
     )
     OVERFLOW = Counter(

@@ -59,6 +59,9 @@ class Rule(BaseModel):
     max_recipients_per_transaction: int | None = Field(default=None, ge=1, le=10000)
     tls: TlsMode | None = None
     shards: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
+    # False: the rates and connections are used as configured instead of as ceilings the
+    # destination's controller learns under (a relay or smarthost of one's own)
+    adaptive: bool | None = None
 
     @field_validator("max_message_rate")
     @classmethod
@@ -168,6 +171,7 @@ class Shaping:
     tls: TlsMode
     shards: int
     provider: str | None
+    adaptive: bool = True
 
     def burst_of(self, rate: RateSpec) -> int:
         """A stated burst, else one message per connection, never more than the rate's count."""
@@ -259,6 +263,7 @@ class Policy:
             tls=merged["tls"],
             shards=merged.get("shards", 1),
             provider=provider,
+            adaptive=merged.get("adaptive", True),
         )
 
     def shards(self, key: str) -> int:

@@ -1,56 +1,73 @@
-"""The shaping engine behind the worker's scheduler: policy limits, adaptive backoff, warm-up.
+"""The shaping engine behind the worker's scheduler: policy ceilings, learned limits, warm-up.
 
 `PolicyShaper` is what the scheduler asks (scheduler.Shaper) when a destination's next message
-may start, and it hears every reply of a send (`observe`). Per routing key it combines
+may start and from which source address, and it hears every reply of a send (`observe`). Per
+routing key it combines
 
-- the shaping policy (shaping.toml merged with pool overrides) -> connections and GCRA rates,
-  divided among shards for "name#n" keys;
-- adaptive backoff (backoff.toml) -> suspended, or rate / connections cut and recovering;
-- the pool's warm-up -> a cap per hour or day (waits until the next period when over it).
+- the shaping policy (shaping.toml merged with pool overrides) -> ceilings: connections, rates,
+  messages per connection, divided among shards for "name#n" keys;
+- one lane per source address (lanes.py), each with a controller (controller.py) that learns
+  the destination's real limits from its replies, classified by the reply rules (replies.toml);
+- the pool's warm-up -> a cap per hour or day (waits until the next period when over it);
+- operator commands: suspend until t, resume.
 
-A destination that must wait longer than the scheduler's horizon (suspended, over its warm-up
-cap, deeply throttled) gets a long estimate_wait, so its messages go to a delay topic instead of
-holding memory, and never delay other destinations. Times: `now` is the scheduler's monotonic
-clock; warm-up days and operator commands use wall time from the injected `wall` clock.
-
-A worker run without a shaping policy uses `uniform_policy`: one rule for every destination.
+A destination that must wait longer than the scheduler's horizon (suspended, blocked, over its
+warm-up cap, slowed down) gets a long estimate, so its messages go to a delay topic instead of
+holding memory; each gets the next free slot (`reserve`), so they come back spread at the rate
+the destination takes. Times: `now` is the scheduler's monotonic clock; warm-up days, operator
+commands and published records use wall time from the injected `wall` clock.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
-from mailsluice.contracts.control import Command, DestinationRow
-from mailsluice.delivery.shaping.adaptive import AdaptiveEngine, Fired
-from mailsluice.delivery.shaping.limiter import LimiterSet, Limits, Rate
+from mailsluice.contracts.control import Command
+from mailsluice.delivery.shaping.controller import Ceilings, Change, Controller, Learned
+from mailsluice.delivery.shaping.lanes import Lanes, Policy, Steering
+from mailsluice.delivery.shaping.limiter import Rate
+from mailsluice.delivery.shaping.signals import ResultView, Verdict, read_results
 from mailsluice.delivery.shaping.warmup import WarmupTracker
-from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
-from mailsluice.policy.backoff import BackoffRule, normalize_text
-from mailsluice.policy.shaping import Policy, PolicyFile, Rule, Shaping, default_policy
+from mailsluice.policy.replies import ReplyRule, default_replies
+from mailsluice.policy.shaping import Policy as PolicyData
+from mailsluice.policy.shaping import PolicyFile, Rule, Shaping, default_policy
 
 # While the warm-up ledger is not yet restored, a warming pool's mail waits this long and asks
 # again (short: it stays in memory rather than going to a delay topic).
 WARMUP_NOT_READY_WAIT_S = 1.0
 
 
-def base_limits(shaping: Shaping) -> Limits:
-    """Limiter limits of a resolved policy rule."""
-    rates = tuple(Rate(r.count, r.period, shaping.burst_of(r)) for r in shaping.message_rates)
-    conn = shaping.connection_rate
-    conn_rate = None if conn is None else Rate(conn.count, conn.period, shaping.burst_of(conn))
-    return Limits(shaping.connection_limit, rates, conn_rate)
-
-
-def uniform_policy(defaults: Rule) -> Policy:
+def uniform_policy(defaults: Rule) -> PolicyData:
     """One rule for every destination: `defaults` over the shipped policy's [defaults], with no
     provider, domain or pool rules."""
     merged = {
         **default_policy().model.defaults.model_dump(exclude_none=True),
         **defaults.model_dump(exclude_none=True),
     }
-    return Policy(PolicyFile(defaults=Rule(**merged)))
+    return PolicyData(PolicyFile(defaults=Rule(**merged)))
+
+
+def lane_policy(shaping: Shaping, shards: int, *, adaptive: bool) -> Policy:
+    """A resolved policy rule as one lane's ceilings; a shard gets 1/shards of them."""
+    rates = tuple(
+        Rate(r.count / shards, r.period, max(1, shaping.burst_of(r) // shards))
+        for r in shaping.message_rates
+    )
+    ceilings = Ceilings(
+        rate=min((r.per_second for r in rates), default=math.inf),
+        connections=max(1, math.ceil(shaping.connection_limit / shards)),
+        per_connection=shaping.max_deliveries_per_connection,
+    )
+    return Policy(ceilings, rates, adaptive and shaping.adaptive)
+
+
+@dataclass(frozen=True)
+class Suspension:
+    until: float  # monotonic
+    reason: str
 
 
 class PolicyShaper:
@@ -58,31 +75,31 @@ class PolicyShaper:
 
     def __init__(
         self,
-        policy: Policy,
+        policy: PolicyData,
         pool: str,
         *,
-        rules: Iterable[BackoffRule] | None = None,
+        rules: Sequence[ReplyRule] | None = None,
+        sources: Sequence[str] = (),
         warmup: WarmupTracker | None = None,
         wall: Callable[[], float] = time.time,
         prime_new: bool = True,
+        adaptive: bool = True,
     ) -> None:
-        """`rules` None: the shipped backoff rules. `prime_new` False lets a destination seen
-        for the first time start with its burst credit."""
+        """`rules` None: the shipped reply rules. `adaptive` False holds every destination to
+        its policy as configured. `prime_new` False lets a destination seen for the first time
+        start with its burst credit."""
         self.policy = policy
         self.pool = pool
-        self.adaptive = AdaptiveEngine(rules)
+        self.rules = tuple(default_replies() if rules is None else rules)
         self.warmup = warmup
         self.wall = wall
-        # By default new limiters start without burst credit: a destination handed over by a
-        # rebalance may just have had its burst from the previous owner.
-        self.limiters = LimiterSet(
-            self._base, shards=lambda k: self.policy.resolve(k, pool).shards, prime_new=prime_new
-        )
-        self._dirty: set[str] = set()
-        self.fired: list[tuple[str, Fired]] = []  # rules fired since the caller last drained
+        self.adaptive = adaptive
+        self.lanes = Lanes(list(sources), self._lane_policy, self._controller, prime_new)
+        self.suspended: dict[str, Suspension] = {}
         # False until the warm-up usage of this period is restored from the ledger (a
         # restarted worker must not send today's cap again)
         self.warmup_ready = True
+        self.rule_of: dict[tuple[str, str], str] = {}  # (source, key) -> rule of last change
         self._mx: dict[str, tuple[str, ...]] = {}
 
     # --- policy -----------------------------------------------------------------------------
@@ -98,36 +115,38 @@ class PolicyShaper:
         hosts = tuple(mx_hosts)
         if self._mx.get(key) != hosts:
             self._mx[key] = hosts
-            self._dirty.add(key)
+            self.lanes.refresh(key)
 
-    def _base(self, base_key: str) -> Limits:
-        return base_limits(self.shaping(base_key))
+    def _lane_policy(self, key: str) -> Policy:
+        base, sep, num = key.rpartition("#")
+        sharded = bool(sep) and num.isdigit()
+        shaping = self.shaping(key)
+        return lane_policy(shaping, shaping.shards if sharded else 1, adaptive=self.adaptive)
 
-    def _sync(self, key: str, now: float) -> None:
-        """Apply policy changes and the adaptive state to the destination's limiter (keeping
-        its GCRA state, so no change grants a burst)."""
-        if self.adaptive.peek(key) is None and key not in self._dirty:
-            return
-        self._dirty.discard(key)
-        base = self.limiters.limits_for(key)
-        rate = min((r.per_second for r in base.message_rates), default=math.inf)
-        adj = self.adaptive.adjust(key, rate, base.connections, now)
-        factor = 1.0 if math.isinf(rate) or adj.rate >= rate else adj.rate / rate
-        limits = Limits(
-            adj.connections,
-            tuple(r.scaled(factor) for r in base.message_rates),
-            base.connection_rate,
-        )
-        self.limiters.refresh(key, limits)
+    @staticmethod
+    def _controller(
+        source: str, key: str, ceilings: Ceilings, now: float, learned: Learned | None
+    ) -> Steering:
+        return Controller(source, key, ceilings, now, learned=learned)
+
+    def per_connection(self, key: str, source: str, now: float) -> int:
+        """Messages a connection from `source` may carry to `key` (policy or learned)."""
+        for lane in self.lanes.of(key, now):
+            if lane.source == source or not source:
+                return lane.steering.per_connection()
+        return self.shaping(key).max_deliveries_per_connection
 
     # --- what the scheduler asks (scheduler.Shaper) -----------------------------------------
 
     def _blocked_for(self, key: str, now: float, queued: int = 0) -> float:
-        """Seconds the destination is held regardless of its rate: suspension, warm-up cap."""
+        """Seconds the destination is held whatever its lanes say: suspension, warm-up cap."""
         wait = 0.0
-        state = self.adaptive.peek(key)
-        if state is not None and now < state.suspended_until:
-            wait = state.suspended_until - now
+        held = self.suspended.get(key)
+        if held is not None:
+            if now < held.until:
+                wait = held.until - now
+            else:
+                del self.suspended[key]
         if self.warmup is not None:
             if not self.warmup_ready:
                 return max(wait, WARMUP_NOT_READY_WAIT_S)
@@ -135,23 +154,50 @@ class PolicyShaper:
         return wait
 
     def wait_time(self, key: str, now: float) -> float:
-        self.limiters.get(key, now)
-        self._sync(key, now)
         blocked = self._blocked_for(key, now)
         if blocked > 0.0:
             return blocked
-        return self.limiters.wait_time(key, now)
+        return self.lanes.wait_time(key, now)
 
-    def try_start(self, key: str, now: float) -> bool:
-        if self.wait_time(key, now) > 0.0:
-            return False
+    def try_start(self, key: str, now: float) -> str | None:
+        if self._blocked_for(key, now) > 0.0:
+            return None
+        if self.lanes.wait_time(key, now) > 0.0:
+            return None
         if self.warmup is not None:
             decision = self.warmup.try_take(self.provider(key), self.wall())
             if decision.action != "allow":
                 # wait_time said the cap has room, so this is rare (a cap shrinking between
                 # the two calls): wait; the scheduler overflows the job once it is overdue
-                return False
-        return self.limiters.try_acquire(key, now)
+                return None
+        return self.lanes.try_start(key, now)
+
+    def finished(self, key: str, source: str, now: float) -> None:
+        self.lanes.finished(key, source, now)
+
+    def estimate_wait(self, key: str, now: float, queued: int) -> float:
+        backlog = self.lanes.backlog(key, now, queued)
+        behind = self.lanes.reserved_until(key) - now  # messages already sent to wait
+        return max(self._blocked_for(key, now, queued), backlog, behind)
+
+    def reserve(self, key: str, now: float, wait: float) -> float:
+        return self.lanes.reserve(key, now, wait)
+
+    def why_held(self, key: str, now: float) -> tuple[str, str]:
+        """Why a message of `key` leaves memory: (held, error text for its record)."""
+        held = self.suspended.get(key)
+        if held is not None and now < held.until:
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_at(held.until, now)))
+            return "suspended", f"destination suspended by {held.reason} until {until}"
+        if self.warmup is not None and self._blocked_for(key, now) > 0.0:
+            return "warmup", "held: the pool's warm-up cap for this destination is spent"
+        lanes = self.lanes.of(key, now)
+        if all(lane.steering.wait(now) > 0.0 for lane in lanes):
+            last = max(lanes, key=lambda lane: lane.steering.learned().last_reply)
+            reply = last.steering.learned().last_reply
+            return "blocked", f"destination blocks this sender for now: {reply}".strip(": ")
+        rate = self.lanes.rate(key, now)
+        return "throttled", f"throttled: waiting for capacity at {rate * 60:.4g}/min"
 
     def overflow_pool(self, key: str, now: float, queued: int) -> str:
         """The warm-up's overflow pool when the message behind `queued` others is over
@@ -163,100 +209,55 @@ class PolicyShaper:
             return ""
         return tracker.plan.overflow_pool
 
-    def finished(self, key: str, now: float) -> None:
-        self.limiters.release(key)
-
-    def estimate_wait(self, key: str, now: float, queued: int) -> float:
-        self.limiters.get(key, now)
-        self._sync(key, now)
-        backlog = self.limiters.backlog_time(key, now, queued)
-        change = self.adaptive.next_change(key, now)
-        if change is not None:
-            # computed at the throttled rate: come back when the rate rises and ask again
-            backlog = min(backlog, change - now)
-        return max(self._blocked_for(key, now, queued), backlog)
-
     def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
-        keep_list = list(keep)
-        # a destination whose adaptive state goes must get its base limits back first
-        self._dirty.update(self.adaptive.forget_idle(now, keep_list))
-        self.limiters.forget_idle(now, keep_list)
-        self._dirty.intersection_update(self.limiters.keys())
+        for key in self.lanes.forget_idle(now, keep):
+            self._mx.pop(key, None)
+            for source in self.lanes.sources or ("",):
+                self.rule_of.pop((source, key), None)
 
-    # --- what the worker tells and asks ------------------------------------------------------
+    # --- what the worker tells ------------------------------------------------------------
 
-    def observe(self, key: str, now: float, codes: list[tuple[int, str, str]]) -> None:
-        """Every reply (code, enhanced, text) of a send to `key`: backoff rules that match
-        change the destination's limits at once."""
-        provider = self.provider(key)
-        for reply in codes:
-            for fired in self.adaptive.observe(key, provider, reply, now):
-                self.fired.append((key, fired))
-                if fired.action == "suspend":
-                    flow_metrics.SUSPENSIONS.labels(self.pool, fired.rule).inc()
-        del self.fired[:-1000]  # bounded if nobody drains it
-        self._sync(key, now)
-
-    def should_bounce(self, key: str, reply: tuple[int, str, str]) -> bool:
-        """True when a bounce rule matches this transient reply (e.g. "Retrying will NOT
-        succeed"): the worker should bounce the recipient instead of retrying."""
-        code, enhanced, text = reply
-        provider = self.provider(key)
-        clean = normalize_text(code, enhanced, text)
-        return any(
-            r.action == "bounce" and r.applies_to(provider) and r.matches(code, enhanced, clean)
-            for r in self.adaptive.rules
+    def observe(self, key: str, now: float, results: Sequence[ResultView]) -> Verdict:
+        """Every per-recipient result of a send to `key`: each distinct reply is classified
+        and moves the controller of the source it came from; the verdict says which
+        recipients bounce (the provider says retrying will not succeed) and which wait for
+        capacity instead of the failure schedule."""
+        signals, verdict = read_results(
+            results,
+            now,
+            self.provider(key),
+            self.rules,
+            lambda source: self.lanes.active(key, source),
         )
+        for source, signal, rule in signals:
+            if self.lanes.observe(key, source, signal) is not None:
+                self.rule_of[(source, key)] = rule
+        return verdict
+
+    def drain_changes(self) -> list[tuple[Change, str]]:
+        """State changes since the last call, each with the reply rule behind it."""
+        changes, self.lanes.changes = self.lanes.changes, []
+        return [(c, self.rule_of.get((c.source, c.key), "")) for c in changes]
 
     def active(self, key: str) -> int:
-        return self.limiters.active(key)
+        return self.lanes.active(key)
 
     def __len__(self) -> int:
-        return len(self.limiters)
+        return len(self.lanes)
 
-    # --- operator commands and status ---------------------------------------------------------
+    # --- operator commands ------------------------------------------------------------------
 
     def apply_command(self, cmd: Command, now: float) -> bool:
         """Apply a control command for this pool; True when it concerns this worker's pool."""
         if cmd.pool != self.pool:
             return False
         if cmd.action == "suspend":
-            self.adaptive.suspend(cmd.key, now + max(0.0, cmd.until - self.wall()), "operator")
-            flow_metrics.SUSPENSIONS.labels(self.pool, "operator").inc()
-        else:  # resume and retry-now both lift holds; retry-now also wakes deferred mail
-            self.adaptive.resume(cmd.key)
-        self._dirty.add(cmd.key)
-        self._sync(cmd.key, now)
+            until = now + max(0.0, cmd.until - self.wall())
+            self.suspended[cmd.key] = Suspension(until, cmd.by or "operator")
+        else:  # resume and retry-now both lift every hold; retry-now also wakes deferred mail
+            self.suspended.pop(cmd.key, None)
+            self.lanes.lift(cmd.key, now)
         return True
 
-    def rows(self, now: float, queued: Callable[[str], int]) -> list[DestinationRow]:
-        """A snapshot of known destinations for `mailsluice destinations list`."""
-        wall = self.wall()
-        out = []
-        for key in sorted(set(self.limiters.keys()) | set(self.adaptive.keys())):
-            dest = self.limiters.get(key, now)
-            self._sync(key, now)
-            state = self.adaptive.peek(key)
-            mode = state.mode(now) if state is not None else "normal"
-            until = 0.0
-            rule = ""
-            if state is not None and mode == "suspended":
-                until, rule = wall + state.suspended_until - now, state.suspend_reason
-            elif state is not None and state.throttle is not None and mode != "normal":
-                t = state.throttle
-                until = wall + (t.hold_until if mode == "throttled" else t.end()) - now
-                rule = t.rule
-            out.append(
-                DestinationRow(
-                    key,
-                    mode,
-                    queued(key),
-                    dest.active,
-                    dest.current_rate(),
-                    dest.limits.connections,
-                    until,
-                    state.last_error if state is not None else "",
-                    rule,
-                )
-            )
-        return out
+    def _wall_at(self, mono: float, now: float) -> float:
+        return self.wall() + mono - now

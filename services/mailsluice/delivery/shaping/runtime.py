@@ -1,9 +1,11 @@
-"""The shaping engine's side of a running delivery worker: settings, and the Kafka loops that
-feed it (operator commands in, status and warm-up usage out).
+"""The shaping engine's side of a running delivery worker: the Kafka loops that feed it
+(operator commands and learned limits in; status, learned limits, state-change events and
+warm-up usage out).
 
 Wiring into a worker (service.py):
 
-    runtime = ShapingRuntime(load(ShapingSettings), kafka, settings.pool, defaults=...)
+    runtime = ShapingRuntime(load(ShapingSettings), kafka, settings.pool, defaults=...,
+                             sources=outbound.source_addresses)
     worker = Worker(settings, kafka, transport, shaper=runtime.shaper,
                     on_share=runtime.set_share)  # pool-wide warm-up caps follow rebalances
     runtime.queued = worker.scheduler.queued
@@ -20,138 +22,39 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import SettingsConfigDict
 
-from mailsluice.config import MailsluiceSettings
 from mailsluice.contracts.control import (
     ControlState,
     DestinationRow,
     Status,
+    decode_learned,
+    encode_learned,
     encode_status,
+    learned_key,
     status_key,
 )
-from mailsluice.contracts.topics import CONTROL_TOPIC, WARMUP_TOPIC
-from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.warmup import WarmupTracker
+from mailsluice.contracts.events import encode_event
+from mailsluice.contracts.topics import CONTROL_TOPIC, EVENTS_TOPIC, WARMUP_TOPIC
+from mailsluice.delivery.shaping import status as shaping_status
+from mailsluice.delivery.shaping.changes import change_event, log_change
+from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
 from mailsluice.kafka.admin import control_topics, ensure_topics
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.compacted import CompactedView, read_topic
 from mailsluice.kafka.retrying import KAFKA_DOWN, until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.shaping import Shaping as shaping_metrics
-from mailsluice.policy.backoff import load_rules
-from mailsluice.policy.shaping import PolicyInvalid, PoolSection, Rule, load_policy
-from mailsluice.policy.warmup import Plan
+from mailsluice.policy.shaping import Rule
 
 log = logging.getLogger(__name__)
 
 # Wait between attempts to reach Kafka at start.
 START_RETRY_S = 2.0
-# The shipped policy's default rate, for a burst given without a rate.
-DEFAULT_RATE_PER_S = 100.0
-
-
-class ShapingSettings(MailsluiceSettings):
-    """Shaping engine of delivery workers: policy files, pool overrides, control and status."""
-
-    model_config = SettingsConfigDict(env_prefix="MAILSLUICE_SHAPING_", extra="ignore", frozen=True)
-
-    policy_file: str = Field(
-        "", description="Shaping policy TOML (empty: the shipped mailsluice/policy/shaping.toml)."
-    )
-    backoff_file: str = Field(
-        "", description="Adaptive backoff rules TOML (empty: the shipped backoff.toml)."
-    )
-    pool_overrides: str = Field(
-        "",
-        description="JSON of this pool's overrides: {defaults, provider, domain, warmup} as in "
-        "a policy file's [pool.<name>] section (from the SendingPool resource).",
-    )
-    status_interval_s: float = Field(
-        10.0, gt=0, le=3600, description="How often status and warm-up usage are published."
-    )
-    worker_id: str = Field("", description="Name in status records (empty: host name and pid).")
-
-    @field_validator("policy_file")
-    @classmethod
-    def _policy(cls, value: str) -> str:
-        _check(lambda: load_policy(value or None))
-        return value
-
-    @field_validator("backoff_file")
-    @classmethod
-    def _rules(cls, value: str) -> str:
-        _check(lambda: load_rules(value or None))
-        return value
-
-    @field_validator("pool_overrides")
-    @classmethod
-    def _overrides(cls, value: str) -> str:
-        if value:
-            try:
-                PoolSection.model_validate_json(value)
-            except ValidationError as exc:
-                raise ValueError(str(exc).replace("\n", "; ")) from None
-        return value
-
-
-def _check(load: Callable[[], object]) -> None:
-    try:
-        load()
-    except PolicyInvalid as exc:
-        raise ValueError("; ".join(e.format("file") for e in exc.errors)) from None
-    except OSError as exc:
-        raise ValueError(f"cannot read: {exc}") from None
-
-
-def build_shaper(
-    settings: ShapingSettings,
-    pool: str,
-    wall: Callable[[], float],
-    defaults: Rule | None = None,
-) -> PolicyShaper:
-    """The engine of one pool. `defaults` (from the worker's MAILSLUICE_DELIVERY_DEST_*
-    settings) are pool defaults; the pool overrides' own defaults win over them."""
-    policy = load_policy(settings.policy_file or None)
-    section = PoolSection()
-    if settings.pool_overrides:
-        section = PoolSection.model_validate_json(settings.pool_overrides)
-    if defaults is not None:
-        merged = {
-            **defaults.model_dump(exclude_none=True),
-            **section.defaults.model_dump(exclude_none=True),
-        }
-        section = section.model_copy(update={"defaults": Rule(**merged)})
-    if settings.pool_overrides or defaults is not None:
-        policy = policy.with_pool(pool, section)
-    warmup_config = policy.warmup(pool)
-    tracker = None
-    if warmup_config is not None:
-        plan = Plan.from_config(warmup_config)
-        # The owner names this worker's share of a pool-wide cap in the warm-up ledger; it must
-        # survive restarts, hence the configured id or "0" (one worker per warming pool).
-        owner = settings.worker_id or "0"
-        tracker = WarmupTracker(pool, plan, source=warmup_config.source, owner=owner)
-    rules = load_rules(settings.backoff_file or None)
-    return PolicyShaper(policy, pool, rules=rules, warmup=tracker, wall=wall)
-
-
-def delivery_defaults(
-    concurrency: int | None, rate: float | None, burst: int | None
-) -> Rule | None:
-    """Pool defaults from the worker's per-destination settings that were set explicitly."""
-    fields: dict[str, object] = {}
-    if concurrency is not None:
-        fields["connection_limit"] = concurrency
-    if rate is not None or burst is not None:
-        per_s = rate if rate is not None else DEFAULT_RATE_PER_S
-        number = f"{per_s:.6f}".rstrip("0").rstrip(".")  # the rate syntax has no exponents
-        fields["max_message_rate"] = f"{number}/s" + (f",burst={burst}" if burst else "")
-    return Rule.model_validate(fields) if fields else None
+# How often state changes become log lines and events (promptly: they explain what mail does).
+CHANGES_INTERVAL_S = 1.0
 
 
 def _worker_id(configured: str) -> str:
@@ -168,6 +71,7 @@ class ShapingRuntime:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         defaults: Rule | None = None,
+        sources: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.kafka = kafka
@@ -175,7 +79,7 @@ class ShapingRuntime:
         self.wall = wall
         self.mono = mono
         self.worker_id = _worker_id(settings.worker_id)
-        self.shaper = build_shaper(settings, pool, wall, defaults)
+        self.shaper = build_shaper(settings, pool, wall, defaults, sources)
         self.queued: Callable[[str], int] = lambda _key: 0
         self.control = ControlState()
         self._tasks: list[asyncio.Task[None]] = []
@@ -226,6 +130,7 @@ class ShapingRuntime:
         self._tasks += [
             asyncio.create_task(self._control_view.follow(), name="shaping-control"),
             asyncio.create_task(self._publish_loop(), name="shaping-status"),
+            asyncio.create_task(self._changes_loop(), name="shaping-changes"),
         ]
 
     def set_share(self, assigned: int, total: int) -> None:
@@ -245,6 +150,8 @@ class ShapingRuntime:
         self._tasks = []
         if self._producer is not None and self.shaper.warmup_ready:
             with contextlib.suppress(Exception):
+                await self._publish_changes()
+                await self._publish_learned()
                 await self._publish_warmup()
                 await self._producer.send_and_wait(
                     CONTROL_TOPIC, None, key=status_key(self.pool, self.worker_id)
@@ -252,6 +159,9 @@ class ShapingRuntime:
         await self._close_clients()
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is not None and value is not None and key.startswith(b"learned/"):
+            self._restore_learned(value)
+            return
         cmd = self.control.apply(key, value)
         if cmd is not None and self.shaper.apply_command(cmd, self.mono()):
             log.info("destination %s: %s by %s", cmd.key, cmd.action, cmd.by or "operator")
@@ -266,18 +176,65 @@ class ShapingRuntime:
             except Exception:
                 log.exception("publishing shaping status failed")
 
+    def _restore_learned(self, value: bytes) -> None:
+        try:
+            record = decode_learned(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping a learned-limits record this version cannot read: %s", exc)
+            return
+        shaping_status.restore(self.shaper, record, self.mono())
+
+    async def _changes_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHANGES_INTERVAL_S)
+            try:
+                await self._publish_changes()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("publishing destination state changes failed")
+
+    async def _publish_changes(self) -> None:
+        """Each state change since the last call: a log line, a destination_state event, a
+        metric; then the learned limits they changed."""
+        assert self._producer is not None
+        changes = self.shaper.drain_changes()
+        if not changes:
+            return
+        now, wall = self.mono(), self.wall()
+        acks = []
+        for change, rule in changes:
+            at = wall + change.at - now
+            log_change(self.pool, change, rule, at)
+            shaping_metrics.changed(self.pool, change)
+            event = encode_event(change_event(self.pool, change, at))
+            acks.append(await self._producer.send(EVENTS_TOPIC, event, key=change.key.encode()))
+        await asyncio.gather(*acks)
+        await self._publish_learned()
+
+    async def _publish_learned(self) -> None:
+        assert self._producer is not None
+        for record in shaping_status.learned_records(self.shaper, self.mono()):
+            await self._producer.send_and_wait(
+                CONTROL_TOPIC,
+                encode_learned(record),
+                key=learned_key(record.pool, record.source, record.key),
+            )
+
     async def publish(self) -> None:
-        """Status to the control topic, warm-up usage to the ledger, and metrics."""
+        """Status and learned limits to the control topic, warm-up usage to the ledger, and
+        metrics."""
         assert self._producer is not None
         now = self.mono()
         shaping_metrics.export(self.shaper, now)
-        rows = status_rows(self.shaper.rows(now, self.queued))
+        rows = status_rows(shaping_status.rows(self.shaper, now, self.queued))
         status = Status(self.pool, self.worker_id, self.wall(), rows)
         await self._producer.send_and_wait(
             CONTROL_TOPIC,
             encode_status(status),
             key=status_key(self.pool, self.worker_id),
         )
+        await self._publish_learned()
         await self._publish_warmup()
 
     async def _publish_warmup(self) -> None:

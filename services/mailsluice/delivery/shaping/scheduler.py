@@ -29,16 +29,26 @@ class Shaper(Protocol):
         (a finish wakes it); otherwise seconds until one may."""
         ...
 
-    def try_start(self, key: str, now: float) -> bool:
-        """Take a send slot (rate and connection) if one is free now."""
+    def try_start(self, key: str, now: float) -> str | None:
+        """Take a send slot (rate and connection) if one is free now: the source address
+        the send goes out from; None when none is free."""
         ...
 
-    def finished(self, key: str, now: float) -> None:
-        """A send that try_start allowed is over: its connection is free again."""
+    def finished(self, key: str, source: str, now: float) -> None:
+        """A send that try_start allowed from `source` is over: its connection is free."""
         ...
 
     def estimate_wait(self, key: str, now: float, queued: int) -> float:
         """Seconds a new message behind `queued` others would wait."""
+        ...
+
+    def reserve(self, key: str, now: float, wait: float) -> float:
+        """A message leaves memory to wait at least `wait` seconds: its slot, as a wait (later
+        than `wait` when others left before it)."""
+        ...
+
+    def why_held(self, key: str, now: float) -> tuple[str, str]:
+        """Why a message of `key` leaves memory: (envelope `held`, error text)."""
         ...
 
     def overflow_pool(self, key: str, now: float, queued: int) -> str:
@@ -56,6 +66,7 @@ class Job(Generic[T]):
     item: T
     enqueued: float
     ready_at: float
+    source: str = ""  # the source address the send goes out from, once started
     # Set when the job left its queue (started, overdue or removed): the queue's heaps and
     # arrival order drop it lazily.
     gone: bool = field(default=False, repr=False)
@@ -69,6 +80,8 @@ class Deferral(Generic[T]):
     job: Job[T]
     wait: float
     overflow_pool: str = ""
+    held: str = "throttled"  # why (the envelope's `held`)
+    reason: str = ""  # the error text its record carries
 
 
 _Entry = tuple[float, int, Job[T]]
@@ -161,18 +174,32 @@ class Scheduler(Generic[T]):
         return self.urgent is not None and self.urgent(item)
 
     def _deferral(self, job: Job[T], wait: float, now: float, queued: int) -> Deferral[T]:
-        return Deferral(job, wait, self.shaper.overflow_pool(job.key, now, queued))
+        pool = self.shaper.overflow_pool(job.key, now, queued)
+        if pool:
+            return Deferral(job, wait, pool)
+        held, reason = self.shaper.why_held(job.key, now)
+        return Deferral(job, self.shaper.reserve(job.key, now, wait), "", held, reason)
 
     def push(
-        self, key: str, item: T, now: float, ready_at: float | None = None
+        self,
+        key: str,
+        item: T,
+        now: float,
+        ready_at: float | None = None,
+        *,
+        slotted: bool = False,
     ) -> Deferral[T] | None:
         """Queue a job; or, when it would wait longer than the horizon, hand it back as a
-        Deferral (the caller sends it to a delay topic, or to the overflow pool)."""
+        Deferral (the caller sends it to a delay topic, or to the overflow pool). A `slotted`
+        job comes back from a delay topic at the slot it was given: it waits for its ready
+        time, not behind the messages that left after it."""
         job = Job(key, item, now, now if ready_at is None else ready_at)
         urgent = self._is_urgent(item)
         q = self._queues.get(key)
         ahead = 0 if q is None else q.live_urgent if urgent else len(q)
-        wait = max(job.ready_at - now, self.shaper.estimate_wait(key, now, ahead))
+        wait = job.ready_at - now
+        if not slotted:
+            wait = max(wait, self.shaper.estimate_wait(key, now, ahead))
         if wait > self.horizon:
             return self._deferral(job, wait, now, ahead)
         q = self._queues.setdefault(key, _Queue())
@@ -186,7 +213,11 @@ class Scheduler(Generic[T]):
         started: list[Job[T]] = []
         for key in list(self._queues):
             q = self._queues[key]
-            while (job := q.ready(now)) is not None and self.shaper.try_start(key, now):
+            while (job := q.ready(now)) is not None:
+                source = self.shaper.try_start(key, now)
+                if source is None:
+                    break
+                job.source = source
                 q.take(job, self._is_urgent(job.item))
                 started.append(job)
                 self._count -= 1
@@ -195,7 +226,7 @@ class Scheduler(Generic[T]):
         return started
 
     def done(self, job: Job[T], now: float) -> None:
-        self.shaper.finished(job.key, now)
+        self.shaper.finished(job.key, job.source, now)
 
     def overdue(self, now: float) -> list[Deferral[T]]:
         """Jobs that waited longer than the horizon (e.g. all connections of their destination

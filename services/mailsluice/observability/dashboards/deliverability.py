@@ -81,27 +81,33 @@ DELIVERABILITY = (
         "Bounces by RFC 3463 status class (5.1: bad mailbox, 5.7: policy, ...).",
     ),
     Panel(
-        "Suspensions and throttling",
+        "Destination states",
         "short",
         (
             ("sum by (state) (mailsluice_shaping_destinations{" + POOL + "})", "{{state}}"),
             (
-                rate("mailsluice_shaping_backoff_triggers_total", POOL, "rule, action"),
-                "{{rule}} -> {{action}}",
+                rate("mailsluice_shaping_state_changes_total", POOL, "state, reply_class"),
+                "-> {{state}} on {{reply_class}}",
             ),
         ),
-        "Destinations by adaptive state, and backoff rules firing (per second).",
+        "Destination lanes (destination x source address) by controller state, and state "
+        "changes by the reply class that caused them (per second).",
     ),
     Panel(
-        "Allowed rate by provider",
+        "Allowed and learned rate by provider",
         "ops",
         (
             (
                 "mailsluice_shaping_provider_rate_messages_per_second{" + PP + "}",
-                "{{provider}}",
+                "{{provider}} now",
+            ),
+            (
+                "mailsluice_shaping_provider_learned_ceiling_messages_per_second{" + PP + "}",
+                "{{provider}} learned ceiling",
             ),
         ),
-        "Message rate the shaper allows a provider now (after adaptive backoff).",
+        "Message rate a provider may receive now, and the rate at which it last deferred "
+        "(all source addresses together).",
     ),
     Panel(
         "Warm-up progress (used / cap)",

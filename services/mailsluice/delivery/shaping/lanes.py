@@ -1,0 +1,343 @@
+"""Lanes: one per (source address, routing key), each a controller and the limiter it drives.
+
+Providers count per source IP, so every address of a pool learns its own limits for a
+destination (its controller) and is held to them (its GCRA and connection count). A
+destination's messages go to whichever of its lanes may send now, in turn, so each address
+carries what it may send and a blocked or cold address leaves the others sending.
+
+A lane's limiter runs at the controller's rate with a burst of one (providers meter smoothly),
+plus the policy's own rates, which are ceilings: a per-day cap still holds while the controller
+is under it. Plain data with the clock passed in, like the controller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from mailsluice.delivery.shaping.controller import Ceilings, Change, Controller, Learned, Signal
+from mailsluice.delivery.shaping.limiter import DestinationLimiter, Limits, Rate
+
+# Changes kept for whoever drains them (the runtime logs and publishes them).
+MAX_CHANGES = 10_000
+# Learned limits kept for lanes not in memory (restored when their key comes back).
+MAX_KNOWN = 50_000
+
+
+class Steering(Protocol):
+    """What a lane needs of its controller (controller.Controller, or Fixed)."""
+
+    state: str
+
+    def rate(self, now: float) -> float: ...
+    def connections(self, now: float) -> int: ...
+    def per_connection(self) -> int: ...
+    def wait(self, now: float) -> float: ...
+    def started(self, now: float) -> None: ...
+    def observe(self, s: Signal) -> Change | None: ...
+    def tick(self, now: float) -> Change | None: ...
+    def next_change(self, now: float) -> float | None: ...
+    def learned(self) -> Learned: ...
+    def set_ceilings(self, c: Ceilings) -> None: ...
+
+
+class Fixed:
+    """A lane held to its ceilings as configured, learning nothing: destinations whose policy
+    says `adaptive = false` (a relay of one's own), and workers run without a shaping policy."""
+
+    state = "fixed"
+
+    def __init__(self, source: str, key: str, ceilings: Ceilings) -> None:
+        self.source, self.key, self.ceilings = source, key, ceilings
+
+    def rate(self, now: float) -> float:
+        return self.ceilings.rate
+
+    def connections(self, now: float) -> int:
+        return self.ceilings.connections
+
+    def per_connection(self) -> int:
+        return self.ceilings.per_connection
+
+    def wait(self, now: float) -> float:
+        return 0.0
+
+    def started(self, now: float) -> None:
+        return None
+
+    def observe(self, s: Signal) -> Change | None:
+        return None
+
+    def tick(self, now: float) -> Change | None:
+        return None
+
+    def next_change(self, now: float) -> float | None:
+        return None
+
+    def learned(self) -> Learned:
+        c = self.ceilings
+        return Learned(
+            rate=c.rate,
+            ceiling=math.inf,
+            connections=c.connections,
+            learned_connections=0,
+            per_connection=0,
+            state=self.state,
+            until=0.0,
+            last_class="",
+            last_reply="",
+            block_interval=0.0,
+        )
+
+    def set_ceilings(self, c: Ceilings) -> None:
+        self.ceilings = c
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the policy says of one routing key: the controller's ceilings, the policy's own
+    rates (kept as ceilings in the limiter) and whether the key learns."""
+
+    ceilings: Ceilings
+    rates: tuple[Rate, ...] = ()
+    adaptive: bool = True
+
+
+@dataclass(eq=False)
+class Lane:
+    source: str
+    key: str
+    steering: Steering
+    limiter: DestinationLimiter
+    rates: tuple[Rate, ...]
+    applied: tuple[float, int] = (-1.0, -1)
+    dirty: bool = False  # changed since its learned state was last published
+    heard: bool = False  # has had a reply of its own (then it trusts itself over records)
+
+    def sync(self, now: float) -> None:
+        """Hand the controller's rate and connections to the limiter (keeping its state, so a
+        change never grants a burst)."""
+        rate, conns = self.steering.rate(now), self.steering.connections(now)
+        if (rate, conns) == self.applied:
+            return
+        self.applied = (rate, conns)
+        own = () if rate <= 0.0 or math.isinf(rate) else (Rate(rate, 1.0, 1),)
+        self.limiter.configure(Limits(max(1, conns), (*own, *self.rates), None))
+
+    def wait(self, now: float) -> float:
+        """0.0: a send may start now; inf: its connections are all busy; else seconds."""
+        held = self.steering.wait(now)
+        if held > 0.0:
+            return held
+        self.sync(now)
+        return self.limiter.wait_time(now)
+
+    def try_start(self, now: float) -> bool:
+        if self.wait(now) > 0.0 or not self.limiter.try_acquire(now):
+            return False
+        self.steering.started(now)
+        return True
+
+    def rate(self, now: float) -> float:
+        return 0.0 if self.steering.wait(now) > 0.0 else self.steering.rate(now)
+
+
+@dataclass
+class Lanes:
+    """The lanes of every routing key a worker knows, created on demand."""
+
+    sources: Sequence[str]
+    policy: Callable[[str], Policy]
+    make: Callable[[str, str, Ceilings, float, Learned | None], Steering]
+    prime_new: bool = True
+    changes: list[Change] = field(default_factory=list)
+    _lanes: dict[str, list[Lane]] = field(default_factory=dict)
+    _turn: dict[str, int] = field(default_factory=dict)
+    _slots: dict[str, float] = field(default_factory=dict)  # latest reserved deferral slot
+    _restored: dict[tuple[str, str], Learned] = field(default_factory=dict)
+    _primed: set[str] = field(default_factory=set)
+
+    def of(self, key: str, now: float) -> list[Lane]:
+        lanes = self._lanes.get(key)
+        if lanes is None:
+            lanes = self._lanes[key] = [self._new(s, key, now) for s in self.sources or ("",)]
+        for lane in lanes:
+            self._note(lane, lane.steering.tick(now))
+        return lanes
+
+    def _new(self, source: str, key: str, now: float) -> Lane:
+        pol = self.policy(key)
+        learned = self._restored.get((source, key))
+        if pol.adaptive:
+            steering = self.make(source, key, pol.ceilings, now, learned)
+        else:
+            steering = Fixed(source, key, pol.ceilings)
+        prime = now if self.prime_new or key in self._primed else None
+        limiter = DestinationLimiter.create(Limits(1, pol.rates, None), prime)
+        return Lane(source, key, steering, limiter, pol.rates)
+
+    def _note(self, lane: Lane, change: Change | None) -> None:
+        if change is None:
+            return
+        lane.dirty = True
+        self.changes.append(change)
+        del self.changes[:-MAX_CHANGES]
+
+    # --- what the scheduler asks --------------------------------------------------------------
+
+    def wait_time(self, key: str, now: float) -> float:
+        return min(lane.wait(now) for lane in self.of(key, now))
+
+    def try_start(self, key: str, now: float) -> str | None:
+        """The source a send may start from now (its slot taken), in turn; None: none may."""
+        lanes = self.of(key, now)
+        first = self._turn.get(key, 0)
+        for i in range(len(lanes)):
+            lane = lanes[(first + i) % len(lanes)]
+            if lane.try_start(now):
+                self._turn[key] = (first + i + 1) % len(lanes)
+                return lane.source
+        return None
+
+    def finished(self, key: str, source: str, now: float) -> None:
+        for lane in self._lanes.get(key, ()):
+            if lane.source == source:
+                lane.limiter.release()
+
+    def rate(self, key: str, now: float) -> float:
+        """Messages per second the key may receive now, all sources together."""
+        return sum(lane.rate(now) for lane in self.of(key, now))
+
+    def backlog(self, key: str, now: float, queued: int) -> float:
+        """Seconds until the message behind `queued` others may start: each open lane takes
+        its share by rate; with every lane held, when the first is released."""
+        lanes = self.of(key, now)
+        open_lanes = [(lane, lane.rate(now)) for lane in lanes if lane.steering.wait(now) <= 0.0]
+        if not open_lanes:
+            return min(lane.steering.wait(now) for lane in lanes)
+        total = sum(rate for _lane, rate in open_lanes)
+        waits = []
+        for lane, rate in open_lanes:
+            lane.sync(now)
+            share = queued * rate / total if total > 0 and math.isfinite(total) else 0.0
+            waits.append(lane.limiter.backlog_time(now, math.floor(share)))
+        return min(waits) if queued == 0 else max(waits)
+
+    def reserve(self, key: str, now: float, wait: float) -> float:
+        """A message leaves memory to wait `wait` seconds: it gets the next slot after those
+        already given out, so deferred messages come back spread at the key's rate instead of
+        all at once (and defer again). Returns its wait."""
+        rate = self.rate(key, now)
+        step = 1.0 / rate if rate > 0.0 and math.isfinite(rate) else 0.0
+        slot = max(now + wait, self._slots.get(key, 0.0) + step)
+        self._slots[key] = slot
+        return slot - now
+
+    def reserved_until(self, key: str) -> float:
+        return self._slots.get(key, 0.0)
+
+    def release_slots(self, key: str) -> None:
+        self._slots.pop(key, None)
+
+    def next_change(self, key: str, now: float) -> float | None:
+        times = [t for lane in self.of(key, now) if (t := lane.steering.next_change(now))]
+        return min(times, default=None)
+
+    # --- what the worker tells ----------------------------------------------------------------
+
+    def observe(self, key: str, source: str, signal: Signal) -> Change | None:
+        for lane in self.of(key, signal.at):
+            if lane.source == source or len(self.sources) <= 1:
+                lane.heard = True
+                change = lane.steering.observe(signal)
+                self._note(lane, change)
+                lane.sync(signal.at)
+                return change
+        return None
+
+    def refresh(self, key: str) -> None:
+        """The policy of `key` changed (or its MX rolled it up into a provider)."""
+        pol = self.policy(key)
+        for lane in self._lanes.get(key, ()):
+            lane.steering.set_ceilings(pol.ceilings)
+            lane.rates = pol.rates
+            lane.applied = (-1.0, -1)
+
+    def handover(self, keys: Iterable[str], now: float) -> None:
+        """Keys this worker just took over: no burst credit (the previous owner used it)."""
+        for key in keys:
+            lanes = self._lanes.get(key)
+            if lanes is None:
+                self._primed.add(key)
+            for lane in lanes or ():
+                lane.limiter.prime(now)
+
+    # --- learned state, operator, memory ------------------------------------------------------
+
+    def restore(self, source: str, key: str, learned: Learned, now: float) -> None:
+        """Learned limits from the control topic (this worker's own too, read back): used
+        when the lane is created, or at once by a lane that has heard no reply yet."""
+        self._restored.pop((source, key), None)
+        self._restored[(source, key)] = learned  # newest last: the first to go is the oldest
+        while len(self._restored) > MAX_KNOWN:
+            del self._restored[next(iter(self._restored))]
+        pol = self.policy(key)
+        for lane in self._lanes.get(key, ()):
+            if lane.source == source and not lane.heard and pol.adaptive:
+                lane.steering = self.make(source, key, pol.ceilings, now, learned)
+                lane.applied = (-1.0, -1)
+
+    def lift(self, key: str, now: float) -> None:
+        """The operator resumed the key: every lane leaves a block or hold at once, keeping
+        what it learned about rates and connections."""
+        self._slots.pop(key, None)
+        pol = self.policy(key)
+        for lane in self._lanes.get(key, ()):
+            if lane.steering.state in ("blocked", "probe", "hold") and pol.adaptive:
+                learned = replace(lane.steering.learned(), state="steady", until=0.0)
+                lane.steering = self.make(lane.source, key, pol.ceilings, now, learned)
+                lane.applied = (-1.0, -1)
+                lane.dirty = True
+
+    def dirty(self) -> list[Lane]:
+        out = [lane for lanes in self._lanes.values() for lane in lanes if lane.dirty]
+        for lane in out:
+            lane.dirty = False
+        return out
+
+    def all(self) -> list[Lane]:
+        return [lane for key in sorted(self._lanes) for lane in self._lanes[key]]
+
+    def keys(self) -> list[str]:
+        return list(self._lanes)
+
+    def active(self, key: str, source: str | None = None) -> int:
+        """Sends under way to `key` (from `source` only, when given)."""
+        lanes = self._lanes.get(key, ())
+        return sum(l.limiter.active for l in lanes if source is None or l.source == source)
+
+    def forget_idle(self, now: float, keep: Iterable[str] = ()) -> list[str]:
+        """Drop keys whose lanes are idle, have learned nothing worth keeping in memory and
+        have no reserved slots ahead; returns them."""
+        keep_set = set(keep)
+        dropped = []
+        for key, lanes in list(self._lanes.items()):
+            if key in keep_set or self._slots.get(key, 0.0) > now:
+                continue
+            if all(_idle(lane, now) for lane in lanes):
+                del self._lanes[key]
+                self._turn.pop(key, None)
+                self._slots.pop(key, None)
+                dropped.append(key)
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+
+def _idle(lane: Lane, now: float) -> bool:
+    if not lane.limiter.idle(now) or lane.dirty:
+        return False
+    return lane.steering.state in ("fixed", "slow_start", "steady")
