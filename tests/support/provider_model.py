@@ -162,55 +162,31 @@ _MICROSOFT_BLOCK_LIST = _r(
     "service provider since part of their network is on our block list (S3150)."
 )
 
-# Per provider, its ways of answering; the first is the usual one.
+_REPUTATION = ReplyClass.REPUTATION
+_GOOGLE = ProviderTexts(_GOOGLE_RATE, _TOO_MANY_CONNECTIONS, _TOO_MANY_MESSAGES, _BLOCKED)
+_YAHOO = ProviderTexts(
+    _YAHOO_TSS04, _TOO_MANY_CONNECTIONS, _YAHOO_MAX_PER_CONNECTION, _BLOCKED, _REPUTATION
+)
+_MICROSOFT = ProviderTexts(
+    _MICROSOFT_BUSY, _MICROSOFT_CONNECTIONS, _TOO_MANY_MESSAGES, _MICROSOFT_BLOCK_LIST
+)
+_ISP = ProviderTexts(
+    _r("450 4.2.1 rate limit exceeded, slow down"),
+    _r("421 4.7.0 too many connections from your IP"),
+    _TOO_MANY_MESSAGES,
+    _BLOCKED,
+)
+
+# Per provider, its ways of answering; the first is the usual one. Yahoo's second blocks with
+# a text that says it will never lift (the classifier marks it a bounce).
 PROVIDERS: dict[str, tuple[ProviderTexts, ...]] = {
-    "google": (
-        ProviderTexts(_GOOGLE_RATE, _TOO_MANY_CONNECTIONS, _TOO_MANY_MESSAGES, _BLOCKED),
-        ProviderTexts(
-            _GOOGLE_UNSOLICITED,
-            _TOO_MANY_CONNECTIONS,
-            _TOO_MANY_MESSAGES,
-            _BLOCKED,
-            rate_class=ReplyClass.REPUTATION,
-        ),
-    ),
-    "yahoo": (
-        ProviderTexts(
-            _YAHOO_TSS04,
-            _TOO_MANY_CONNECTIONS,
-            _YAHOO_MAX_PER_CONNECTION,
-            _BLOCKED,
-            rate_class=ReplyClass.REPUTATION,
-        ),
-        # A block the provider says will never lift: the classifier marks it a bounce.
-        ProviderTexts(
-            _YAHOO_TSS04,
-            _TOO_MANY_CONNECTIONS,
-            _YAHOO_MAX_PER_CONNECTION,
-            _YAHOO_TSS09,
-            rate_class=ReplyClass.REPUTATION,
-        ),
-    ),
+    "google": (_GOOGLE, replace(_GOOGLE, rate=_GOOGLE_UNSOLICITED, rate_class=_REPUTATION)),
+    "yahoo": (_YAHOO, replace(_YAHOO, block=_YAHOO_TSS09)),
     "microsoft": (
-        ProviderTexts(
-            _MICROSOFT_BUSY, _MICROSOFT_CONNECTIONS, _TOO_MANY_MESSAGES, _MICROSOFT_BLOCK_LIST
-        ),
-        ProviderTexts(
-            _MICROSOFT_REPUTATION,
-            _MICROSOFT_CONNECTIONS,
-            _TOO_MANY_MESSAGES,
-            _MICROSOFT_BLOCK_LIST,
-            rate_class=ReplyClass.REPUTATION,
-        ),
+        _MICROSOFT,
+        replace(_MICROSOFT, rate=_MICROSOFT_REPUTATION, rate_class=_REPUTATION),
     ),
-    "isp": (
-        ProviderTexts(
-            _r("450 4.2.1 rate limit exceeded, slow down"),
-            _r("421 4.7.0 too many connections from your IP"),
-            _TOO_MANY_MESSAGES,
-            _BLOCKED,
-        ),
-    ),
+    "isp": (_ISP,),
 }
 
 
