@@ -21,7 +21,7 @@ def run(*argv: str) -> int:
     return check.run(parser.parse_args(list(argv)))
 
 
-@pytest.mark.parametrize("name", ["shaping.toml", "backoff.toml"])
+@pytest.mark.parametrize("name", ["shaping.toml", "backoff.toml", "replies.toml"])
 def test_shipped_files_are_valid(name, capsys):
     assert run("check", str(SHIPPED / name)) == 0
     assert ": ok (" in capsys.readouterr().out
@@ -163,6 +163,45 @@ def test_kind_detection_and_override(tmp_path, capsys):
     assert "1 backoff rules" in capsys.readouterr().out
     assert run("check", "--kind", "shaping", str(rules)) == 1
     assert "defaults" in capsys.readouterr().err
+    assert run("check", "--kind", "replies", str(rules)) == 1
+    assert "rule[0].class: Field required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ('[[rule]]\nname = "a"\ntext = "x"\nclass = "rate"\n', "replies"),
+        ('[[rule]]\nname = "a"\ntext = "x"\n', "replies"),
+        ('[[rule]]\nname = "a"\ntext = "x"\naction = "bounce"\nclass = "rate"\n', "replies"),
+        ('[[rule]]\nname = "a"\ntext = "x"\naction = "bounce"\n', "backoff"),
+        ("rule = 3\n", "replies"),
+        ("[defaults]\n", "shaping"),
+        ("not toml [\n", "shaping"),
+    ],
+)
+def test_detect_kind(text, kind):
+    assert check.detect_kind(text) == kind
+
+
+def test_replies_file_checked_with_lines(tmp_path, capsys):
+    good = tmp_path / "replies.toml"
+    good.write_text(
+        '[[rule]]\nname = "a"\nprovider = "acme"\ntext = "slow down"\nclass = "rate"\n'
+        'examples = ["450 4.7.1 slow down"]\n'
+    )
+    assert run("check", str(good)) == 0
+    assert f"{good}: ok (1 reply rules, 1 providers)" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[rule]]\nname = "a"\ntext = "x"\nclass = "rate"\nmin_block = "5m"\n\n'
+        '[[rule]]\nname = "a"\ntext = "(y"\nclass = "block"\n'
+    )
+    assert run("check", str(bad)) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{bad}:5: rule[0].min_block: min_block belongs to block rules, not to class rate",
+        f"{bad}:9: rule[1].text: invalid regular expression: missing ), unterminated subpattern "
+        "at position 0",
+    ]
 
 
 def test_syntax_error_and_unreadable_file(tmp_path, capsys):

@@ -1,8 +1,10 @@
-"""`mailsluice policy check FILE...`: validate shaping policies and backoff rule files.
+"""`mailsluice policy check FILE...`: validate shaping policies, reply class files and backoff
+rule files.
 
 Exit 0 when every file is valid; 1 when any is invalid, printing "FILE:LINE: key: error" for
 each error (on stderr); 2 when a file cannot be read. The kind of file is detected (a file with
-[[rule]] tables is a backoff rule file) or given with --kind.
+[[rule]] tables is a replies file, or a backoff rule file when its rules have an `action` and
+no `class`) or given with --kind.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import tomllib
 
 from mailsluice.policy.backoff import validate_rules_text
+from mailsluice.policy.replies import validate_replies_text
 from mailsluice.policy.shaping import PolicyError, validate_text
 
 
@@ -19,16 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     check = sub.add_parser(
         "check",
-        help="validate shaping policy or backoff rule files",
-        description="Validate shaping policy (shaping.toml) or backoff rule (backoff.toml) "
-        "files. Exit 0 when valid; otherwise print FILE:LINE: key: error and exit 1.",
+        help="validate shaping policy, reply class or backoff rule files",
+        description="Validate shaping policy (shaping.toml), reply class (replies.toml) or "
+        "backoff rule (backoff.toml) files. Exit 0 when valid; otherwise print "
+        "FILE:LINE: key: error and exit 1.",
     )
     check.add_argument("files", nargs="+", metavar="FILE")
     check.add_argument(
         "--kind",
-        choices=("auto", "shaping", "backoff"),
+        choices=("auto", "shaping", "replies", "backoff"),
         default="auto",
-        help="kind of file (auto: files with [[rule]] tables are backoff rules)",
+        help="kind of file (auto: files with [[rule]] tables are replies, or backoff rules "
+        "when their rules have an action and no class)",
     )
 
 
@@ -37,13 +42,25 @@ def detect_kind(text: str) -> str:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return "shaping"  # either way the syntax error is reported the same
-    return "backoff" if "rule" in data else "shaping"
+    rules = data.get("rule")
+    if rules is None:
+        return "shaping"
+    tables = [r for r in rules if isinstance(r, dict)] if isinstance(rules, list) else []
+    backoff = any("action" in r for r in tables) and not any("class" in r for r in tables)
+    return "backoff" if backoff else "replies"
 
 
 def check_text(text: str, kind: str = "auto") -> tuple[str, list[PolicyError], str]:
     """(kind, errors, summary) for one file's text."""
     if kind == "auto":
         kind = detect_kind(text)
+    if kind == "replies":
+        replies, errors = validate_replies_text(text)
+        summary = ""
+        if replies is not None:
+            providers = {r.provider for r in replies} - {"*"}
+            summary = f"{len(replies)} reply rules, {len(providers)} providers"
+        return kind, errors, summary
     if kind == "backoff":
         rules, errors = validate_rules_text(text)
         summary = f"{len(rules)} backoff rules" if rules is not None else ""

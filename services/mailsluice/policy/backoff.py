@@ -21,12 +21,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mailsluice.policy.replies import normalize_text
 from mailsluice.policy.shaping import PolicyError, PolicyInvalid, parse_toml_model
 from mailsluice.policy.shaping import shipped_text as _shipped_text
 from mailsluice.policy.tomlpos import line_of
 from mailsluice.policy.units import Threshold, parse_duration, parse_rate, parse_threshold
 
 Action = Literal["suspend", "throttle", "bounce"]
+
+__all__ = [
+    "Action",
+    "BackoffRule",
+    "RecoveryDefaults",
+    "RuleModel",
+    "RulesFile",
+    "compile_rules",
+    "default_rules",
+    "load_rules",
+    "load_rules_text",
+    "normalize_text",
+    "validate_rules_text",
+]
 
 
 def _regex(value: str) -> str:
@@ -144,17 +159,6 @@ class BackoffRule:
             and (self.enhanced is None or self.enhanced.search(enhanced) is not None)
             and (self.text is None or self.text.search(text) is not None)
         )
-
-
-def normalize_text(code: int, enhanced: str, text: str) -> str:
-    """One line of reply text without the code / enhanced code each line of a multi-line
-    reply repeats ("421-4.7.28 ... 421-4.7.28 ..."), so patterns may span lines."""
-    out = " ".join(text.split())
-    if code:
-        out = re.sub(rf"(?:^|(?<=\s)){code}[ -]", "", out)
-    if enhanced:
-        out = re.sub(rf"(?:^|(?<=\s)){re.escape(enhanced)}(?=\s|$)", "", out)
-    return " ".join(out.split())
 
 
 def compile_rules(model: RulesFile) -> list[BackoffRule]:
