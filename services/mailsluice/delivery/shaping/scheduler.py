@@ -56,6 +56,8 @@ class Job(Generic[T]):
     item: T
     enqueued: float
     ready_at: float
+    # The source address the job is sent from ("": the transport's first configured one).
+    source: str = ""
     # Set when the job left its queue (started, overdue or removed): the queue's heaps and
     # arrival order drop it lazily.
     gone: bool = field(default=False, repr=False)
