@@ -66,11 +66,15 @@ class Job(Generic[T]):
 @dataclass
 class Deferral(Generic[T]):
     """A job leaving memory for a delay topic, due again in `wait` seconds; or, when
-    `overflow_pool` is set, for that pool's queue (its warm-up cap is spent)."""
+    `overflow_pool` is set, for that pool's queue (its warm-up cap is spent). `held` names the
+    hold (the envelope's `held`: "suspended", "blocked", "throttled", "warmup") and `reason`
+    is the error text its record carries ("": the worker's text for the hold)."""
 
     job: Job[T]
     wait: float
     overflow_pool: str = ""
+    held: str = "throttled"
+    reason: str = ""
 
 
 _Entry = tuple[float, int, Job[T]]

@@ -285,6 +285,8 @@ class Attempts:
                 now=self.wall(),
                 not_before=self.wall()
                 + outcomes.throttled_delay(deferral.wait, self.settings.short_horizon_s),
+                held=deferral.held,
+                reason=deferral.reason,
             )
             await self.produce_all([record])
             tier = record.topic.rsplit(".", 1)[-1]
