@@ -159,10 +159,10 @@ def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[d
         {"name": "MAILSLUICE_DELIVERY_HTTP_HOST", "value": "0.0.0.0"},
         {"name": "MAILSLUICE_DELIVERY_HTTP_PORT", "value": str(op.http_port)},
         {"name": "MAILSLUICE_OUTBOUND_EHLO_NAME", "value": str(spec.get("ehloName", ""))},
-        # The worker binds one address; the pool's others are in the policy ConfigMap.
+        # Every address of the pool: the worker spreads its sends over them.
         {
-            "name": "MAILSLUICE_OUTBOUND_SOURCE_ADDRESS",
-            "value": (list(spec.get("sourceAddresses") or []) or [""])[0],
+            "name": "MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES",
+            "value": ",".join(spec.get("sourceAddresses") or []),
         },
         {"name": "MAILSLUICE_POOL_POLICY_FILE", "value": f"{POLICY_DIR}/{POLICY_FILE}"},
         {"name": "MAILSLUICE_POOL_STREAM", "value": str(spec["stream"])},

@@ -10,6 +10,7 @@ never used to parse one: `SPEC_SCHEMA` and `with_defaults` are what the rest of 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -163,8 +164,12 @@ class PoolSpec(Model):
     source_addresses: list[Annotated[str, Field(min_length=2, max_length=45)]] | None = Field(
         None,
         max_length=64,
-        description="IP addresses the workers send from (must exist on their nodes).",
-        json_schema_extra=_rules(("self.all(a, isIP(a))", "every source address is an IP")),
+        description="IP addresses the workers send from (must exist on their nodes); mail is "
+        "spread over all of them.",
+        json_schema_extra={
+            **_rules(("self.all(a, isIP(a))", "every source address is an IP")),
+            "x-kubernetes-list-type": "set",  # the API server refuses duplicates
+        },
     )
     ehlo_name: str = Field(
         max_length=253,
@@ -271,7 +276,9 @@ def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_limits(spec: Mapping[str, Any]) -> None:
-    """The CRD's limits on a defaulted spec; raises PermanentProblem("InvalidLimits")."""
+    """The CRD's limits on a defaulted spec; raises PermanentProblem("InvalidLimits", or
+    "InvalidSourceAddresses")."""
+    check_source_addresses(spec)
     lo, hi, parts = spec["minWorkers"], spec["maxWorkers"], spec["partitions"]
     if not 0 <= lo <= hi:
         raise PermanentProblem(
@@ -283,3 +290,22 @@ def check_limits(spec: Mapping[str, Any]) -> None:
         raise PermanentProblem(
             "InvalidLimits", "lagPerWorker and workerThroughput must be positive"
         )
+
+
+def check_source_addresses(spec: Mapping[str, Any]) -> None:
+    """Every source address an IP literal, none twice (also spelled differently, as IPv6 can
+    be); raises PermanentProblem("InvalidSourceAddresses")."""
+    seen: dict[str, str] = {}
+    for text in spec.get("sourceAddresses") or []:
+        try:
+            address = str(ipaddress.ip_address(str(text).strip()))
+        except ValueError:
+            raise PermanentProblem(
+                "InvalidSourceAddresses", f"source address {text!r} is not an IP address"
+            ) from None
+        if address in seen:
+            raise PermanentProblem(
+                "InvalidSourceAddresses",
+                f"source address {text} is given twice (as {seen[address]} too)",
+            )
+        seen[address] = str(text)

@@ -70,6 +70,9 @@ def test_crd_is_established_and_refuses_invalid_specs(crd: K8sCluster) -> None:
         'Unsupported value: "fast"': {"stream": "fast"},
         'Unsupported value: "yolo"': {"warmup": {"preset": "yolo"}},
         "every source address is an IP": {"sourceAddresses": ["mta.example.test"]},
+        'spec.sourceAddresses[1]: Duplicate value: "192.0.2.10"': {
+            "sourceAddresses": ["192.0.2.10", "192.0.2.10"]
+        },
         "either a warm-up preset or a table": {
             "warmup": {"preset": "ses-45-day", "table": [{"day": 1, "volume": 10}]}
         },

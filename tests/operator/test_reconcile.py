@@ -96,6 +96,8 @@ async def test_reconcile_applies_children_and_reports() -> None:
         ({"warmup": {"preset": "bogus"}}, "InvalidWarmup"),
         ({"minWorkers": 5, "maxWorkers": 2}, "InvalidLimits"),
         ({"maxWorkers": 9}, "InvalidLimits"),
+        ({"sourceAddresses": ["192.0.2.10", "mta.example.test"]}, "InvalidSourceAddresses"),
+        ({"sourceAddresses": ["2001:db8::1", "2001:DB8:0::1"]}, "InvalidSourceAddresses"),
         (
             {
                 "workerTemplate": {

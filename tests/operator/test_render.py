@@ -39,7 +39,7 @@ def test_deployment_runs_delivery_for_the_pool_hardened() -> None:
     assert env["MAILSLUICE_KAFKA_REPLICATION_FACTOR"] == "3"
     assert env["MAILSLUICE_DELIVERY_POOL"] == "bulk-a"
     assert env["MAILSLUICE_OUTBOUND_EHLO_NAME"] == "mta1.example.com"
-    assert env["MAILSLUICE_OUTBOUND_SOURCE_ADDRESS"] == "192.0.2.10"  # one bind address
+    assert env["MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES"] == "192.0.2.10,192.0.2.11"  # every one
     assert env["MAILSLUICE_LOG_LEVEL"] == "DEBUG"
     assert env["MAILSLUICE_DELIVERY_HTTP_HOST"] == "::"  # the template wins by name
     assert len(env) == len(container["env"])  # no duplicate names (server-side apply refuses)
@@ -63,6 +63,23 @@ def test_spec_hash_rolls_workers_on_spec_change_only() -> None:
     assert hash_of(_pool(replicas=2)) == base
     assert hash_of(_pool(ehloName="mta2.example.com")) != base
     assert hash_of(_pool(shaping=[])) != base
+    assert hash_of(_pool(sourceAddresses=["192.0.2.10"])) != base  # workers bind anew
+
+
+@pytest.mark.parametrize(
+    ("addresses", "rendered"),
+    [
+        (["192.0.2.10", "2001:db8::10", "192.0.2.11"], "192.0.2.10,2001:db8::10,192.0.2.11"),
+        (["192.0.2.10"], "192.0.2.10"),
+        ([], ""),
+        (None, ""),
+    ],
+)
+def test_worker_env_has_every_source_address(addresses: list[str] | None, rendered: str) -> None:
+    env = render.worker_env(_pool(sourceAddresses=addresses), KAFKA, OP)
+    values = {e["name"]: e["value"] for e in env}
+    assert values["MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES"] == rendered
+    assert "MAILSLUICE_OUTBOUND_SOURCE_ADDRESS" not in values
 
 
 def test_configmap_and_pdb() -> None:

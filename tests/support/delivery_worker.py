@@ -53,9 +53,11 @@ async def accept_all(_env: Envelope, _rcpt: str) -> tuple[int, str, str]:
 class FakeTransport:
     script: Script = accept_all
     calls: list[tuple[str, str]] = field(default_factory=list)  # (queue_id, recipient)
+    sources: list[str] = field(default_factory=list)  # the source address of each send
     closed: bool = False
 
-    async def send(self, env: Envelope, message: bytes) -> list[Result]:
+    async def send(self, env: Envelope, message: bytes, *, source: str = "") -> list[Result]:
+        self.sources.append(source)
         out = []
         for rcpt in env.recipients:
             self.calls.append((env.queue_id, rcpt))

@@ -1,5 +1,10 @@
 """Queue records: one message for the recipients of one destination. The envelope travels in a
-Kafka record header, the value is the raw message; queue ids are ULIDs."""
+Kafka record header, the value is the raw message; queue ids are ULIDs.
+
+Fields are added within version 1 only when they are optional with a default that means what
+a record without them meant: an older reader ignores them (`extra="ignore"`) and an older
+record reads as the default. `held` came that way: "" is what every earlier record was.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,12 @@ class Envelope(BaseModel):
     attempt: int = 0  # delivery attempts already made
     not_before: float = 0.0  # epoch seconds; a retry record is not due before this
     last_error: str = ""
+    # Why a record waits on a delay topic: "" for a failure retry (tried, and `last_error` is
+    # the remote's reply), otherwise the shaping hold that deferred it untried ("suspended",
+    # "blocked", "throttled", "warmup"; `last_error` then says why in words). A plain string,
+    # not a closed set, so a reason added later still reads here. `destinations resume`
+    # releases the held records and leaves failure retries on their schedule.
+    held: str = ""
     user: str = ""  # authenticated user or trusted network name, for audit
 
 

@@ -22,6 +22,7 @@ class Streams:
         "expiration",
         "suppression",
         "complaint",
+        "destination_state",
     )
     SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce")
     AGENTS = ("route", "judge")

@@ -1,4 +1,5 @@
-"""The retry mover's decisions without Kafka: due order, commits, retry-now, memory bound."""
+"""The retry mover's decisions without Kafka: due order, commits, resume and retry-now, memory
+bound."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from mailsluice.contracts.control import Command, command_key, encode_command
-from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope
+from mailsluice.contracts.envelope import (
+    ENVELOPE_HEADER,
+    Envelope,
+    encode_envelope,
+    envelope_from_headers,
+)
 from mailsluice.contracts.topics import queue_topic
-from mailsluice.delivery.retry.control import RetryNowFollower
-from mailsluice.delivery.retry.hold import Held, RetryHold, held_from_record
+from mailsluice.delivery.retry.control import ReleaseFollower
+from mailsluice.delivery.retry.hold import (
+    Held,
+    RetryHold,
+    held_from_record,
+    moved_headers,
+    released_envelope,
+)
 from mailsluice.delivery.retry.mover import RetryMover
 from mailsluice.delivery.retry.settings import RetryMoverSettings
 from mailsluice.metrics.retry import retry_backlog
@@ -155,6 +167,90 @@ def test_retry_now_also_covers_records_fetched_later() -> None:
     assert offsets(hold.take_due(clock())) == [0]
 
 
+def test_resume_releases_shaping_holds_and_retry_now_everything() -> None:
+    clock = Clock()
+    hold = RetryHold()
+    before = clock.now - 10
+    hold.add(held(0, clock.now + 7200, shaping="suspended", written=before))
+    hold.add(held(1, clock.now + 300, written=before))  # a failure retry: tried, 4xx
+    hold.add(held(2, clock.now + 60, shaping="throttled", written=before))
+    hold.add(held(3, clock.now + 3600, shaping="warmup", key="google#1", written=before))
+    hold.add(held(4, clock.now + 7200, shaping="suspended", written=clock.now + 1))  # after
+    hold.add(held(5, clock.now + 7200, shaping="suspended", key="other.example", written=before))
+    assert hold.release("p", "d.example", before=clock.now, shaped_only=True) == 2
+    assert hold.release("p", "google", before=clock.now, shaped_only=True) == 1
+    assert sorted(offsets(hold.take_due(clock()))) == [0, 2, 3]
+    # the failure retry keeps its schedule until a retry-now, which also takes it
+    assert hold.next_due() == clock.now + 300
+    assert hold.release("p", "d.example", before=clock.now, shaped_only=True) == 0  # again
+    assert hold.release("p", "d.example", before=clock.now) == 1
+    (retry,) = hold.take_due(clock())
+    assert retry.offset == 1 and retry.released
+    assert hold.next_due() == clock.now + 7200  # written after the commands, another key
+
+
+def test_resume_also_covers_shaping_holds_fetched_later() -> None:
+    clock = Clock()
+    hold = RetryHold()
+    assert hold.release("p", "d.example", before=clock.now, shaped_only=True) == 0
+    hold.add(held(0, clock.now + 600, shaping="blocked", written=clock.now - 1))
+    hold.add(held(1, clock.now + 600, written=clock.now - 1))
+    hold.add(held(2, clock.now + 600, shaping="blocked", written=clock.now + 1))
+    assert offsets(hold.take_due(clock())) == [0]
+    hold.release("p", "d.example", before=clock.now)  # a retry-now after the resume
+    assert offsets(hold.take_due(clock())) == [1]
+
+
+def tier_record(env: Envelope, offset: int = 5, timestamp: int = 1_700_000_000_000) -> Any:
+    headers = [("trace", b"t1"), (ENVELOPE_HEADER, encode_envelope(env))]
+    return SimpleNamespace(
+        offset=offset, headers=headers, timestamp=timestamp, key=b"d.example", value=b"m"
+    )
+
+
+def tier_env(**kw: Any) -> Envelope:
+    fields: dict[str, Any] = {
+        "queue_id": "Q1",
+        "pool": "p",
+        "sender": "s@x.example",
+        "recipients": ("a@d.example",),
+        "routing_key": "d.example",
+        "received_at": 1.0,
+        "attempt": 2,
+        "not_before": 1_700_007_200.0,
+    }
+    return Envelope(**{**fields, **kw})
+
+
+def copy_of(h: Held, now: float) -> tuple[Envelope, list[tuple[str, bytes]]]:
+    headers = moved_headers(h, now)
+    assert headers[0] == ("trace", b"t1")  # other headers travel unchanged
+    return envelope_from_headers(headers), headers
+
+
+def test_a_released_copy_is_due_at_once_and_no_longer_held() -> None:
+    now = 1_700_000_100.0
+    throttled = tier_env(held="suspended", last_error="suspended by operator until 12:00")
+    failed = tier_env(queue_id="Q2", last_error="452 4.2.2 Mailbox full")
+    hold = RetryHold()
+    for offset, env in enumerate((throttled, failed)):
+        h = held_from_record(TP, tier_record(env, offset))
+        assert h.shaping == env.held
+        hold.add(h)
+    # moved when due, a record travels as it is
+    on_time = hold.take_due(throttled.not_before)
+    assert moved_headers(on_time[0], now) == list(on_time[0].record.headers)
+    hold.put_back(on_time)
+    hold.release("p", "d.example", before=now)
+    shaped, retried = sorted(hold.take_due(now), key=lambda h: h.offset)
+    env, _ = copy_of(shaped, now)
+    assert (env.not_before, env.held, env.last_error) == (now, "", "")
+    assert env.attempt == 2 and env.recipients == throttled.recipients  # never tried: same
+    env, _ = copy_of(retried, now)
+    assert (env.not_before, env.held, env.last_error) == (now, "", "452 4.2.2 Mailbox full")
+    assert released_envelope(failed, now).queue_id == "Q2"
+
+
 def test_pause_at_the_bound_and_resume_at_half() -> None:
     clock = Clock()
     hold = RetryHold(high=4)
@@ -245,36 +341,42 @@ def test_held_from_record_reads_the_envelope() -> None:
     assert held_from_record(TP, record(None)).topic is None
 
 
-def test_follower_hands_over_retry_now_commands_only() -> None:
+def test_follower_hands_over_resume_and_retry_now_commands_only() -> None:
     seen: list[Command] = []
-    follower = RetryNowFollower(SimpleNamespace(), seen.append)  # type: ignore[arg-type]
+    follower = ReleaseFollower(SimpleNamespace(), seen.append)  # type: ignore[arg-type]
     for action in ("suspend", "retry-now", "resume"):
         cmd = Command("p", "slow.example", action, ts=100.0)  # type: ignore[arg-type]
         follower.apply(command_key("p", "slow.example"), encode_command(cmd))
     follower.apply(command_key("p", "slow.example"), None)  # a tombstone
     follower.apply(command_key("p", "x"), b"{garbage")  # skipped, not fatal
     follower.apply(b"status/p/w1", None)
-    assert [(c.action, c.key, c.ts) for c in seen] == [("retry-now", "slow.example", 100.0)]
+    assert [(c.action, c.key, c.ts) for c in seen] == [
+        ("retry-now", "slow.example", 100.0),
+        ("resume", "slow.example", 100.0),
+    ]
 
 
-def test_mover_applies_retry_now_and_reports_backlog() -> None:
+def test_mover_applies_resume_and_retry_now_and_reports_backlog() -> None:
     mover = RetryMover(
         SimpleNamespace(),  # type: ignore[arg-type]
         settings=RetryMoverSettings(max_held=10, follow_control=False),
     )
     now = time.time()
+    mover.hold.add(held(3, now + 600, key="slow.example", written=now - 5, shaping="blocked"))
     mover.hold.add(held(4, now + 600, key="slow.example", written=now - 5))
     mover.hold.add(held(5, now + 1, key="fast.example", written=now - 5))
-    mover.retry_now(Command("p", "slow.example", "retry-now", ts=now))
+    mover.on_command(Command("p", "slow.example", "resume", ts=now))
+    assert offsets(mover.hold.take_due(now)) == [3]
+    mover.on_command(Command("p", "slow.example", "retry-now", ts=now))
     assert offsets(mover.hold.take_due(now)) == [4]
-    assert mover.waiting() == 2
+    assert mover.waiting() == 3
     # metrics.retry_backlog reads the first unmoved record of each partition
     mover.consumer = SimpleNamespace(  # type: ignore[assignment]
         assignment=lambda: [TP], highwater=lambda _tp: 20
     )
-    assert retry_backlog(mover) == {"1m": 16}
+    assert retry_backlog(mover) == {"1m": 17}  # offsets 3 to 19
     mover._export()
-    assert REGISTRY.get_sample_value("mailsluice_retry_mover_held_records", {"tier": "1m"}) == 2
+    assert REGISTRY.get_sample_value("mailsluice_retry_mover_held_records", {"tier": "1m"}) == 3
     assert REGISTRY.get_sample_value("mailsluice_retry_mover_held_records", {"tier": "1h"}) == 0
     ok, detail = mover.ready()
     assert not ok and "assignment" in detail

@@ -37,7 +37,7 @@ class RecordingTransport:
         self.mine: dict[str, list[float]] = defaultdict(list)
         self.seen: dict[str, asyncio.Event] = defaultdict(asyncio.Event)  # set at the first send
 
-    async def send(self, env: Envelope, message: bytes) -> list[Result]:
+    async def send(self, env: Envelope, message: bytes, *, source: str = "") -> list[Result]:
         now = time.monotonic()
         self.starts[env.routing_key].append(now)
         self.mine[env.routing_key].append(now)

@@ -6,10 +6,12 @@ connections-open gauge counts connections by pool and provider."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 from support.dns_server import DnsServer
 from support.fake_mx import FakeMx, free_port, next_loopback
@@ -26,6 +28,7 @@ from mailsluice.delivery.transport.limits import (
     effective_tls,
     limits_from_shaping,
 )
+from mailsluice.delivery.transport.settings import OutboundSettings
 from mailsluice.policy.shaping import default_policy, load_policy_text
 from mailsluice.resolver import DnsSettings
 
@@ -181,21 +184,73 @@ async def test_tls_required_never_reuses_a_plaintext_connection(
     assert again.kind == "delivered" and mx.connections == 2  # the idle one is still there
 
 
-async def test_static_routes_follow_the_outbound_tls_setting(fake_mx, transports) -> None:
+def relay_settings(route: str, mx: FakeMx, **kw: Any) -> OutboundSettings:
+    """Mail for every domain through `mx`, by a static route or as the smarthost."""
+    if route == "static":
+        return settings(static_routes=f"*={mx.address}", **kw)
+    return settings(smarthost=mx.address, **kw)
+
+
+@pytest.mark.parametrize("route", ["static", "smarthost"])
+async def test_tls_required_by_the_key_holds_through_a_relay(
+    fake_mx, transports, route: str
+) -> None:
+    mx = fake_mx()  # aiosmtpd without TLS: no STARTTLS
+    s = relay_settings(route, mx, tls_policy="none")
+    t = transports(s, limits=fixed(tls="required"))
+    results = await t.send(envelope("a@example.test", "b@example.test"), MESSAGE)
+    assert summary(results) == [
+        ("a@example.test", 451, "4.7.4"),
+        ("b@example.test", 451, "4.7.4"),
+    ]
+    assert {r.phase for r in results} == {"tls"}
+    assert mx.connections == 1 and mx.transactions == 0  # no plaintext retry
+
+
+@pytest.mark.parametrize("route", ["static", "smarthost"])
+async def test_googles_tls_rule_holds_through_a_relay(fake_mx, transports, route: str) -> None:
     mx = fake_mx()
-    t = transports(settings(static_routes=f"*={mx.address}"), limits=fixed(tls="required"))
-    (result,) = await t.send(envelope("a@example.test"), MESSAGE)
-    assert result.kind == "delivered"  # configuration chose this relay, not the domain's MX
+    shaper = PolicyShaper(default_policy(), "shape")
+    t = transports(relay_settings(route, mx), limits=shaper_limits(shaper))
+    (google,) = await t.send(envelope("a@gmail.com", key="google"), MESSAGE)
+    assert (google.code, google.enhanced) == (451, "4.7.4")
+    (plain,) = await t.send(envelope("a@plain.test"), MESSAGE)
+    assert plain.kind == "delivered"  # the relay itself is fine for keys without the rule
+    assert mx.transactions == 1
 
 
-def test_effective_tls() -> None:
-    assert effective_tls("opportunistic", "required", static=False) == "required"
-    assert effective_tls("none", "required", static=False) == "required"
-    assert effective_tls("required", "disabled", static=False) == "none"
-    assert effective_tls("required", "opportunistic", static=False) == "required"
-    assert effective_tls("none", "opportunistic", static=False) == "none"
-    assert effective_tls("opportunistic", None, static=False) == "opportunistic"
-    assert effective_tls("none", "required", static=True) == "none"
+@pytest.mark.parametrize("route", ["static", "smarthost"])
+async def test_the_keys_other_limits_apply_through_a_relay(fake_mx, transports, route: str) -> None:
+    mx = fake_mx()
+    policy = load_policy_text(POLICY)
+    shaper = PolicyShaper(policy, "shape")
+    limits = shaper_limits(shaper)
+    t = transports(relay_settings(route, mx), limits=limits, clock=Clock(), connect_wait_max_s=0.1)
+    results = await t.send(envelope(*(f"r{i}@relayed.test" for i in range(5))), MESSAGE)
+    assert [r.kind for r in results] == ["delivered"] * 5
+    # 2 recipients per transaction, 2 messages per connection: 3 transactions, 2 connections.
+    assert mx.transactions == 3 and mx.connections == 2
+    assert [len(m.rcpt_tos) for m in await mx.messages_arrived(3)] == [2, 2, 1]
+    # The policy's 60/min with a burst of 8, one message per connection: 8 sends, then none.
+    one_each = dataclasses.replace(limits("relayed.test"), messages_per_connection=1)
+    assert one_each.connection_rate == Rate(60, 60, 8)
+    t = transports(
+        relay_settings(route, mx), limits=lambda _k: one_each, clock=Clock(), connect_wait_max_s=0.1
+    )
+    sent = [await t.send(envelope(f"x{i}@relayed.test"), MESSAGE) for i in range(9)]
+    assert [r.enhanced for (r,) in sent] == ["2.0.0"] * 8 + ["4.4.5"]
+
+
+def test_effective_tls_the_stricter_wins() -> None:
+    assert effective_tls("opportunistic", "required") == "required"
+    assert effective_tls("none", "required") == "required"
+    assert effective_tls("required", "disabled") == "required"  # the setting is stricter
+    assert effective_tls("required", "opportunistic") == "required"
+    assert effective_tls("required", None) == "required"
+    assert effective_tls("opportunistic", "disabled") == "none"
+    assert effective_tls("none", "opportunistic") == "none"  # the default rule adds nothing
+    assert effective_tls("opportunistic", "opportunistic") == "opportunistic"
+    assert effective_tls("opportunistic", None) == "opportunistic"
 
 
 # --- connections per minute --------------------------------------------------------------------

@@ -96,7 +96,11 @@ def test_settings_validate_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MAILSLUICE_OUTBOUND_STATIC_ROUTES")
     for name, bad in (
         ("SMARTHOST", "relay:0"),
-        ("SOURCE_ADDRESS", "not-an-ip"),
+        ("SOURCE_ADDRESSES", "not-an-ip"),
+        ("SOURCE_ADDRESSES", "127.0.0.21,mx.example.test"),
+        ("SOURCE_ADDRESSES", "127.0.0.21,127.0.0.21"),
+        ("SOURCE_ADDRESSES", "2001:db8::1,2001:DB8:0::1"),  # the same address, spelled twice
+        ("SOURCE_ADDRESSES", "127.0.0.0/24"),
         ("EHLO_NAME", "two words"),
         ("TLS_POLICY", "sometimes"),
     ):
@@ -104,6 +108,15 @@ def test_settings_validate_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValidationError):
             OutboundSettings()
         monkeypatch.delenv(f"MAILSLUICE_OUTBOUND_{name}")
+
+
+def test_source_addresses_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert OutboundSettings().source_addresses == ()
+    monkeypatch.setenv("MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES", " 127.0.0.21, 2001:DB8::1 ,")
+    assert OutboundSettings().source_addresses == ("127.0.0.21", "2001:db8::1")
+    monkeypatch.setenv("MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES", "")
+    assert OutboundSettings().source_addresses == ()
+    assert OutboundSettings(source_addresses=["127.0.0.22"]).source_addresses == ("127.0.0.22",)
 
 
 # --- pure functions ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import functools
 import random
 from typing import Any
 
+import pytest
 from support.delivery_worker import Result
 
 from mailsluice.contracts.envelope import Envelope, envelope_from_headers
@@ -181,6 +182,44 @@ def test_throttled_record_keeps_attempt_count() -> None:
     assert renv.recipients == env.recipients
     assert rec.topic == retry_topic("1m")
     assert renv.last_error == outcomes.THROTTLED_ERROR
+    assert renv.held == "throttled"
+
+
+@pytest.mark.parametrize(
+    ("held", "reason", "last_error"),
+    [
+        ("throttled", "", outcomes.THROTTLED_ERROR),
+        ("throttled", "421 4.7.28 unusual rate", "421 4.7.28 unusual rate"),
+        ("suspended", "suspended by operator until 2026-01-01T12:00:00Z", None),
+        ("suspended", "", ""),  # never the throttle text for another hold
+        ("blocked", "421 4.7.0 blocked, try in 10 minutes", None),
+        ("blocked", "", ""),
+        ("warmup", "warm-up cap of gmail reached for today", None),
+        ("warmup", "", ""),
+        ("", "", outcomes.THROTTLED_ERROR),  # a deferral is always a hold
+    ],
+)
+def test_throttled_record_says_which_hold_and_why(
+    held: str, reason: str, last_error: str | None
+) -> None:
+    # an earlier attempt's reply is not why the message waits now
+    env = _env(attempt=1, last_error="452 4.2.2 Mailbox full", not_before=NOW - 1)
+    rec = outcomes.plan_throttled(
+        env, b"m", now=NOW, not_before=NOW + 4000, held=held, reason=reason
+    )
+    renv = envelope_from_headers(rec.headers)
+    assert renv.held == (held or "throttled")
+    assert renv.last_error == (reason if last_error is None else last_error)
+    assert (renv.attempt, renv.not_before) == (1, NOW + 4000)
+    assert rec.topic == retry_topic("1h")
+
+
+def test_a_failure_retry_of_a_once_held_message_is_not_held() -> None:
+    env = _env(held="suspended", last_error="suspended by operator")
+    plan = _plan(env, [R(r, 452, "4.2.2", "Mailbox full") for r in env.recipients])
+    (retry,) = _retries(plan)
+    renv = envelope_from_headers(retry.headers)
+    assert (renv.held, renv.last_error, renv.attempt) == ("", "452 4.2.2 Mailbox full", 1)
 
 
 def test_policy_bounce_turns_transient_into_permanent() -> None:

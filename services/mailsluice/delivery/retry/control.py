@@ -1,10 +1,13 @@
-"""The retry mover's view of the control topic: retry-now commands release held retries.
+"""The retry mover's view of the control topic: resume and retry-now commands release held
+retries.
 
-`mailsluice destinations retry-now KEY` writes a command to the compacted topic
+`mailsluice destinations resume|retry-now KEY` writes a command to the compacted topic
 mailsluice.control (contracts/control.py). Workers lift their in-memory holds on it; the mover
 follows the same topic, so deferred mail of that destination already on a tier topic comes back
-now rather than at its not_before. Like the workers, it reads the topic from the beginning at
-start (the latest command per destination) and then follows it; decoding is contracts/control.py's.
+now rather than at its not_before, which was computed for a hold that no longer stands
+(hold.py says which records each command releases). Like the workers, it reads the topic from
+the beginning at start (the latest command per destination) and then follows it; decoding is
+contracts/control.py's.
 """
 
 from __future__ import annotations
@@ -26,19 +29,24 @@ log = logging.getLogger(__name__)
 START_RETRY_S = 2.0
 
 
-class RetryNowFollower:
-    """Calls `on_retry_now` with every retry-now command on the control topic: the ones there
-    at start (so a restarted mover releases what it released before) and each new one."""
+# The commands that release held records; a suspend holds nothing here (the worker defers).
+RELEASING = ("resume", "retry-now")
+
+
+class ReleaseFollower:
+    """Calls `on_release` with every resume and retry-now command on the control topic: the
+    ones there at start (so a restarted mover releases what it released before) and each new
+    one."""
 
     def __init__(
         self,
         kafka: KafkaSettings,
-        on_retry_now: Callable[[Command], None],
+        on_release: Callable[[Command], None],
         *,
         client_id: str = "mailsluice-retry-mover-control",
     ) -> None:
         self.kafka = kafka
-        self.on_retry_now = on_retry_now
+        self.on_release = on_release
         self.client_id = client_id
         self.state = ControlState()
         self.caught_up = False  # read the topic up to its end once
@@ -46,11 +54,11 @@ class RetryNowFollower:
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         cmd = self.state.apply(key, value)
-        if cmd is not None and cmd.action == "retry-now":
-            self.on_retry_now(cmd)
+        if cmd is not None and cmd.action in RELEASING:
+            self.on_release(cmd)
 
     async def run(self) -> None:
-        """Follow until cancelled; Kafka errors are retried, never fatal (retry-now is an
+        """Follow until cancelled; Kafka errors are retried, never fatal (a release is an
         operator's shortcut, the mover moves everything on time without it)."""
         try:
             await until_kafka_answers(

@@ -11,12 +11,18 @@ Memory is bounded twice: a partition holding `high` records is paused, and resum
 down to `low` (hysteresis, so it does not flap on every record); and when all held records
 together reach `high_bytes`, every partition pauses until they are down to half of that.
 
-An operator's retry-now command (delivery/control.py) releases the held records of its
-destination that were written to the tier topic before the command; records deferred after it
+An operator's command on the control topic (control.py) releases held records of its
+destination written to the tier topic before the command: `retry-now` all of them, `resume`
+only those shaping deferred untried (the envelope's `held` says which), since a failure retry
+waits for the remote, not for us, and keeps its schedule. Records deferred after the command
 keep their due time. The release is remembered, so records of that destination not fetched yet
 (a paused partition) are released when they arrive, and a restart, which replays the latest
 command per destination, releases the same records again — already moved ones are committed and
 never come back.
+
+A released record's copy is due at once, so its envelope is rewritten (`moved_headers`): the
+worker holds a record until its not_before, and the old one would send it straight back to a
+delay topic; and a shaping hold's text, now over, must not read as the message's last error.
 
 Plain data, no Kafka: the mover passes the wall clock in (`now`), so tests drive time.
 """
@@ -30,7 +36,13 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailsluice.contracts.envelope import envelope_from_headers
+from mailsluice.contracts.envelope import (
+    ENVELOPE_HEADER,
+    Envelope,
+    decode_envelope,
+    encode_envelope,
+    envelope_from_headers,
+)
 from mailsluice.contracts.topics import queue_topic
 from mailsluice.kafka.ledger import Ledger
 
@@ -55,8 +67,9 @@ class Held:
     key: str = ""  # routing key
     written: float = 0.0  # epoch seconds the record was written to the tier topic
     record: Any = None  # the Kafka record, opaque here
-    released: bool = field(default=False)  # made due early by a retry-now command
+    released: bool = field(default=False)  # made due early by a resume or retry-now command
     size: int = 0  # bytes it takes in memory (value, key, headers)
+    shaping: str = ""  # the envelope's `held`: the hold that deferred it ("": a failure retry)
 
 
 def tier_of(topic: str) -> str:
@@ -84,11 +97,34 @@ def held_from_record(tp: Hashable, record: Any) -> Held:
         written,
         record,
         size=size,
+        shaping=env.held,
     )
 
 
+def released_envelope(env: Envelope, now: float) -> Envelope:
+    """The envelope of a released record's copy: due `now`, no longer held, and its last error
+    kept only when it is a remote's reply (a failure retry), not the text of a lifted hold."""
+    return env.model_copy(
+        update={"not_before": now, "held": "", "last_error": "" if env.held else env.last_error}
+    )
+
+
+def moved_headers(held: Held, now: float) -> list[tuple[str, bytes]]:
+    """The headers of a record's copy on its queue topic: as they were for a record moved when
+    due, with the envelope rewritten (released_envelope) for a released one."""
+    headers = list(held.record.headers or ())
+    if not held.released:
+        return headers
+    for i, (name, value) in enumerate(headers):
+        if name == ENVELOPE_HEADER:
+            env = released_envelope(decode_envelope(value), now)
+            headers[i] = (name, encode_envelope(env))
+            break
+    return headers
+
+
 def releases_key(key: str) -> str:
-    """A retry-now for a provider also releases its shards ("google" covers "google#3")."""
+    """A command for a provider also releases its shards ("google" covers "google#3")."""
     return key.partition("#")[0]
 
 
@@ -110,13 +146,16 @@ class RetryHold:
         self.ledger = Ledger()
         self._heaps: dict[Hashable, list[tuple[float, int, Held]]] = {}
         self._tie = itertools.count()  # equal due times leave in fetch order
-        self._releases: dict[tuple[str, str], float] = {}  # (pool, key) -> command time
+        # (pool, key) -> time of the latest command: retry-now releases every held record,
+        # resume only the shaping-held ones
+        self._retry_now: dict[tuple[str, str], float] = {}
+        self._resumed: dict[tuple[str, str], float] = {}
         self._paused: set[Hashable] = set()
 
     # --- records in and out ---------------------------------------------------------------------
 
     def add(self, held: Held) -> bool:
-        """A record was fetched: hold it until due (or release it now when a retry-now covers
+        """A record was fetched: hold it until due (or release it now when a command covers
         it). False for an offset already held (fetched twice), which is ignored."""
         if self.ledger.owns(held.tp) and self.ledger.partition(held.tp).is_pending(held.offset):
             return False
@@ -154,15 +193,17 @@ class RetryHold:
         due = float("-inf") if held.released or held.topic is None else held.due
         heapq.heappush(self._heaps.setdefault(held.tp, []), (due, next(self._tie), held))
 
-    # --- retry now ------------------------------------------------------------------------------
+    # --- resume and retry now ------------------------------------------------------------------
 
-    def release(self, pool: str, key: str, before: float) -> int:
-        """A retry-now command for (pool, key) issued at `before`: records of that destination
-        written up to then become due now. Returns how many held records it released."""
+    def release(self, pool: str, key: str, before: float, *, shaped_only: bool = False) -> int:
+        """A command for (pool, key) issued at `before`: records of that destination written up
+        to then become due now; with `shaped_only` (resume) only those a shaping hold deferred.
+        Returns how many held records it released."""
         mark = (pool, releases_key(key))
-        if self._releases.get(mark, float("-inf")) >= before:
+        marks = self._resumed if shaped_only else self._retry_now
+        if marks.get(mark, float("-inf")) >= before:
             return 0
-        self._releases[mark] = before
+        marks[mark] = before
         released = 0
         for heap in self._heaps.values():
             hit = [entry for entry in heap if not entry[2].released and self._covered(entry[2])]
@@ -178,8 +219,10 @@ class RetryHold:
     def _covered(self, held: Held) -> bool:
         if held.topic is None:
             return False
-        before = self._releases.get((held.pool, releases_key(held.key)))
-        return before is not None and held.written <= before
+        mark = (held.pool, releases_key(held.key))
+        if held.written <= self._retry_now.get(mark, float("-inf")):
+            return True
+        return bool(held.shaping) and held.written <= self._resumed.get(mark, float("-inf"))
 
     # --- partitions -----------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ needs), so every fetched record waits in its partition's due-ordered heap (hold.
 leaves when due, whatever its offset; a partition commits only up to its lowest offset not yet
 moved, and a record counts as moved only once its copy on the queue topic is acknowledged.
 Memory is bounded: a partition holding `max_held` records pauses until half of them are gone.
-A retry-now command on the control topic (control.py) releases a destination's held
-records at once.
+A resume or retry-now command on the control topic (control.py) releases a destination's held
+records at once (hold.py says which), their copies due on arrival.
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ from mailsluice.config import load
 from mailsluice.contracts.control import Command
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.contracts.topics import RETRY_TIERS, TOPIC_PREFIX, retry_topic
-from mailsluice.delivery.retry.control import RetryNowFollower
-from mailsluice.delivery.retry.hold import Held, RetryHold, held_from_record, tier_of
+from mailsluice.delivery.retry.control import ReleaseFollower
+from mailsluice.delivery.retry.hold import (
+    Held,
+    RetryHold,
+    held_from_record,
+    moved_headers,
+    tier_of,
+)
 from mailsluice.delivery.retry.settings import RetryMoverSettings
 from mailsluice.kafka.clients import make_consumer, make_producer
 from mailsluice.kafka.settings import KafkaSettings
@@ -45,7 +51,7 @@ log = logging.getLogger(__name__)
 
 GROUP = f"{TOPIC_PREFIX}.retry-mover"
 # Longest sleep between checks; a due record waits at most this long past its not_before, and
-# a retry-now command takes effect within it.
+# a resume or retry-now command takes effect within it.
 POLL_S = 0.2
 # How often, and how patiently, readiness checks that Kafka answers.
 PROBE_INTERVAL_S = 5.0
@@ -103,7 +109,7 @@ class RetryMover:
         self.settings = settings if settings is not None else load(RetryMoverSettings)
         self.hold = RetryHold(high=self.settings.max_held, high_bytes=self.settings.max_held_bytes)
         self.control = (
-            RetryNowFollower(kafka, self.retry_now, client_id=f"{client_id}-control")
+            ReleaseFollower(kafka, self.on_command, client_id=f"{client_id}-control")
             if self.settings.follow_control
             else None
         )
@@ -116,7 +122,7 @@ class RetryMover:
         self._assigned_once = False
         self._kafka_error = ""
         self.moved = 0
-        self.released = 0  # moved early by a retry-now command
+        self.released = 0  # moved early by a resume or retry-now command
         self.skipped = 0  # undecodable records
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -172,7 +178,7 @@ class RetryMover:
                 out[tp] = [_First(_Offset(first))]
         return out
 
-    # --- rebalance and retry now ----------------------------------------------------------------
+    # --- rebalance and releases ----------------------------------------------------------------
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
         self._assigned_once = True
@@ -188,11 +194,12 @@ class RetryMover:
             log.info("retry mover revoked partitions; %d held records left to the next", dropped)
         self._export()
 
-    def retry_now(self, cmd: Command) -> None:
-        """A retry-now command: the destination's held records become due now."""
-        count = self.hold.release(cmd.pool, cmd.key, cmd.ts)
+    def on_command(self, cmd: Command) -> None:
+        """A resume (shaping holds) or retry-now (every held record) of a destination: its
+        records written before the command become due now."""
+        count = self.hold.release(cmd.pool, cmd.key, cmd.ts, shaped_only=cmd.action == "resume")
         if count:
-            log.info("retry-now %s/%s released %d held retries", cmd.pool, cmd.key, count)
+            log.info("%s %s/%s released %d held records", cmd.action, cmd.pool, cmd.key, count)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -242,17 +249,19 @@ class RetryMover:
         """Produce every due record, wait for the acks, then commit past them; False when some
         move failed (they are held again and retried)."""
         async with self._lock:
-            due = self.hold.take_due(self.wall())
+            now = self.wall()
+            due = self.hold.take_due(now)
             if not due:
                 return True
-            results = await asyncio.gather(*(self._move(h) for h in due), return_exceptions=True)
-            now = self.wall()
+            moves = (self._move(h, now) for h in due)
+            results = await asyncio.gather(*moves, return_exceptions=True)
+            acked = self.wall()
             failed = []
             for held, result in zip(due, results, strict=True):
                 if isinstance(result, BaseException):
                     failed.append(held)
                 elif self.hold.done(held):
-                    self._count(held, now)
+                    self._count(held, acked)
             self.hold.put_back(failed)
             await self._commit()
         if failed:
@@ -263,13 +272,13 @@ class RetryMover:
             return False
         return True
 
-    async def _move(self, held: Held) -> None:
+    async def _move(self, held: Held, now: float) -> None:
         assert self.producer is not None
         if held.topic is None:
             return  # undecodable: finished without a copy
         rec = held.record
         ack = await self.producer.send(
-            held.topic, rec.value, key=rec.key, headers=list(rec.headers or ())
+            held.topic, rec.value, key=rec.key, headers=moved_headers(held, now)
         )
         await ack
 

@@ -66,7 +66,8 @@ class Job(Generic[T]):
     item: T
     enqueued: float
     ready_at: float
-    source: str = ""  # the source address the send goes out from, once started
+    # The source address the job is sent from ("": the transport's first configured one).
+    source: str = ""
     # Set when the job left its queue (started, overdue or removed): the queue's heaps and
     # arrival order drop it lazily.
     gone: bool = field(default=False, repr=False)
@@ -75,13 +76,15 @@ class Job(Generic[T]):
 @dataclass
 class Deferral(Generic[T]):
     """A job leaving memory for a delay topic, due again in `wait` seconds; or, when
-    `overflow_pool` is set, for that pool's queue (its warm-up cap is spent)."""
+    `overflow_pool` is set, for that pool's queue (its warm-up cap is spent). `held` names the
+    hold (the envelope's `held`: "suspended", "blocked", "throttled", "warmup") and `reason`
+    is the error text its record carries ("": the worker's text for the hold)."""
 
     job: Job[T]
     wait: float
     overflow_pool: str = ""
-    held: str = "throttled"  # why (the envelope's `held`)
-    reason: str = ""  # the error text its record carries
+    held: str = "throttled"
+    reason: str = ""
 
 
 _Entry = tuple[float, int, Job[T]]

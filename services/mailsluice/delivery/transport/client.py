@@ -3,23 +3,25 @@ destination and returns one result per recipient; remote, DNS and TLS trouble be
 never exceptions.
 
 Recipients are grouped by domain, each group routed and sent over a connection from the pool in
-`connection_pool` (`smtp_connection` opens connections, negotiates TLS and writes the wire-ready
-DATA payload); a pooled connection found dead at MAIL FROM is replaced. The envelope's routing
-key brings per-destination limits (`transport_limits`: messages per connection, recipients per
-transaction, TLS, connection rate), and a hosted domain's MX hosts are reported to `on_mx` so
-the shaper can roll the domain up into its provider before its limits are looked up.
+`connection_pool` (`connection` opens connections, negotiates TLS and writes the wire-ready
+DATA payload; `transaction` runs MAIL, RCPT and DATA); a pooled connection found dead at MAIL
+FROM is replaced. The envelope's routing key brings per-destination limits (`limits`: messages
+per connection, recipients per transaction, TLS, connection rate), on every route, and a hosted
+domain's MX hosts are reported to `on_mx` so the shaper can roll the domain up into its provider
+before its limits are looked up.
+
+Each send goes out from one source address of MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES (the caller's
+pick, by default the first): its connections are bound to it and pooled apart from the others',
+since providers count rates, connections and reputation per source IP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
-import aiosmtplib
 import dns.asyncresolver
 
 from mailsluice.contracts.envelope import Envelope
@@ -30,7 +32,6 @@ from mailsluice.delivery.transport.connection import (
     HopError,
     PoolKey,
     StaleConnection,
-    send_data,
     wire_data,
 )
 from mailsluice.delivery.transport.connection_pool import ConnectionPool, ConnectRateLimited
@@ -47,67 +48,17 @@ from mailsluice.delivery.transport.limits import (
 )
 from mailsluice.delivery.transport.replies import (
     S451_CONNECT_FAILED,
-    S451_DROPPED,
     S451_LOCAL_ERROR,
-    S451_TIMEOUT,
-    S552_TOO_BIG,
-    S553_BAD_ADDRESS,
-    S553_NEEDS_SMTPUTF8,
-    Reply,
-    split_reply,
     with_detail,
 )
 from mailsluice.delivery.transport.routing import Route, RouteFailure, Router
 from mailsluice.delivery.transport.settings import OutboundSettings
-from mailsluice.metrics.delivery import SMTP_SECONDS, count_attempt
-from mailsluice.metrics.labels import Stopwatch
+from mailsluice.delivery.transport.transaction import RecipientResult, Transaction
+from mailsluice.metrics.delivery import count_attempt
 
 __all__ = ["RecipientResult", "Transport", "shaper_limits", "wire_data"]
 
 log = logging.getLogger(__name__)
-
-_UNSAFE_ADDRESS = re.compile(r"[\x00-\x1f\x7f<>]")
-
-
-@dataclass(frozen=True)
-class RecipientResult:
-    recipient: str
-    code: int
-    enhanced: str
-    text: str
-    remote: str = ""
-
-    @property
-    def kind(self) -> Literal["delivered", "transient", "permanent"]:
-        if 200 <= self.code < 300:
-            return "delivered"
-        if 500 <= self.code < 600:
-            return "permanent"
-        return "transient"
-
-
-class _Txn:
-    """Per-recipient results of one transaction as they come in."""
-
-    def __init__(self, remote: str, rcpts: list[str]) -> None:
-        self.remote = remote
-        self.rcpts = rcpts
-        self.results: dict[str, RecipientResult] = {}
-
-    def remote_reply(self, targets: list[str], resp: aiosmtplib.SMTPResponse) -> None:
-        enhanced, text = split_reply(resp.code, resp.message)
-        for rcpt in targets:
-            self.results[rcpt] = RecipientResult(rcpt, resp.code, enhanced, text, self.remote)
-
-    def local(self, targets: list[str], reply: Reply) -> None:
-        for rcpt in targets:
-            self.results[rcpt] = RecipientResult(rcpt, *reply, self.remote)
-
-    def pending(self) -> list[str]:
-        return [r for r in self.rcpts if r not in self.results]
-
-    def ordered(self) -> list[RecipientResult]:
-        return [self.results[r] for r in self.rcpts]
 
 
 class Transport:
@@ -152,19 +103,35 @@ class Transport:
 
     # --- public ----------------------------------------------------------------------------
 
-    async def send(self, env: Envelope, message: bytes) -> list[RecipientResult]:
-        """Deliver to every recipient of `env`; one result per recipient, in order."""
+    async def send(
+        self, env: Envelope, message: bytes, *, source: str = ""
+    ) -> list[RecipientResult]:
+        """Deliver to every recipient of `env` from `source` (one of the configured source
+        addresses; "": the first, or any when none is configured); one result per recipient,
+        in order."""
+        bound = self._source(source)
+        if bound is None:
+            log.error("source address %s is not configured", source)
+            reply = with_detail(S451_LOCAL_ERROR, f"source address {source} is not configured")
+            return [RecipientResult(r, *reply, source=source) for r in env.recipients]
         payload = wire_data(message)
         groups: dict[str, list[str]] = {}
         for rcpt in env.recipients:
             groups.setdefault(rcpt.rpartition("@")[2].lower(), []).append(rcpt)
         results: dict[str, RecipientResult] = {}
         for domain, rcpts in groups.items():
-            for res in await self._send_domain(env, domain, rcpts, payload):
+            for res in await self._send_domain(env, domain, rcpts, payload, bound):
                 results[res.recipient] = res
         ordered = [results[r] for r in env.recipients]
         count_attempt(env, ordered, time.time())
         return ordered
+
+    def _source(self, source: str) -> str | None:
+        """The address a send binds to; None when `source` is not a configured one."""
+        configured = self._settings.source_addresses
+        if not source:
+            return configured[0] if configured else ""
+        return source if source in configured else None
 
     async def close(self) -> None:
         await self._pool.close()
@@ -172,33 +139,34 @@ class Transport:
     # --- one destination -------------------------------------------------------------------
 
     async def _send_domain(
-        self, env: Envelope, domain: str, rcpts: list[str], payload: bytes
+        self, env: Envelope, domain: str, rcpts: list[str], payload: bytes, source: str
     ) -> list[RecipientResult]:
         try:
             route = await self._router.route(domain)
             if isinstance(route, RouteFailure):
-                return [RecipientResult(r, route.code, route.enhanced, route.text) for r in rcpts]
-            dest = self._destination(env, domain, route)
+                reply = (route.code, route.enhanced, route.text)
+                return [RecipientResult(r, *reply, source=source) for r in rcpts]
+            dest = self._destination(env, domain, route, source)
             return await self._send_batches(route, dest, env.sender, rcpts, payload)
         except Exception:
             # A bug here must not lose the message: the caller retries a transient result.
             log.exception("transport failed unexpectedly", extra={"destination": "-"})
-            return [RecipientResult(r, *S451_LOCAL_ERROR) for r in rcpts]
+            return [RecipientResult(r, *S451_LOCAL_ERROR, source=source) for r in rcpts]
 
-    def _destination(self, env: Envelope, domain: str, route: Route) -> Destination:
+    def _destination(self, env: Envelope, domain: str, route: Route, source: str) -> Destination:
         """The routing key's limits, after telling the shaper the MX hosts of a hosted domain
-        (so the limits are already its provider's)."""
+        (so the limits are already its provider's); the same on every kind of route."""
         key = env.routing_key
         if self._on_mx is not None and route.mx_hosts and shards_of(key)[0] == domain:
             self._on_mx(key, route.mx_hosts)
         limits = self._limits(key) if self._limits is not None else TransportLimits()
-        gate = self._gates.get(key, limits.connection_rate, self._clock())
+        gate = self._gates.get(key, limits.connection_rate, self._clock(), source)
         return destination(
             key,
             env.pool,
             limits,
             self._settings,
-            static=route.static,
+            source=source,
             gate=gate,
             max_wait_s=self._connect_wait_max_s,
         )
@@ -214,11 +182,8 @@ class Transport:
             got, connected = await self._send_route(route, dest, sender, batch, payload)
             results += got
             if not connected:
-                first = got[0]
                 rest = [r for later in todo[i + 1 :] for r in later]
-                results += [
-                    RecipientResult(r, first.code, first.enhanced, first.text) for r in rest
-                ]
+                results += [dataclasses.replace(got[0], recipient=r) for r in rest]
                 break
         return results
 
@@ -262,104 +227,10 @@ class Transport:
         # A 5xx greeting from every host is permanent; anything transient on the way is not.
         code = last.code if all_permanent or last.code < 500 else S451_CONNECT_FAILED.code
         enhanced = last.enhanced if code == last.code else S451_CONNECT_FAILED.enhanced
-        return [RecipientResult(r, code, enhanced, last.text, "") for r in rcpts], False
+        failed = RecipientResult("", code, enhanced, last.text, "", last.phase, 0, dest.source)
+        return [dataclasses.replace(failed, recipient=r) for r in rcpts], False
 
     async def _transaction(
         self, conn: Connection, sender: str, rcpts: list[str], payload: bytes
     ) -> list[RecipientResult]:
-        txn = _Txn(str(conn.hop), rcpts)
-        for rcpt in rcpts:
-            if not _safe_address(rcpt) or not _safe_address(sender):
-                txn.local([rcpt], S553_BAD_ADDRESS)
-        try:
-            with Stopwatch(SMTP_SECONDS.labels("transaction")):
-                await self._exchange(conn, txn, sender, payload)
-        except StaleConnection:
-            raise
-        except aiosmtplib.SMTPTimeoutError as exc:
-            conn.close()
-            txn.local(txn.pending(), with_detail(S451_TIMEOUT, str(exc)))
-        except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
-            conn.close()
-            txn.local(txn.pending(), with_detail(S451_DROPPED, str(exc) or type(exc).__name__))
-        except BaseException:  # cancelled mid-transaction: the session state is unknown
-            conn.close()
-            raise
-        return txn.ordered()
-
-    async def _exchange(self, conn: Connection, txn: _Txn, sender: str, payload: bytes) -> None:
-        """MAIL, RCPT for each pending recipient, DATA for the accepted ones."""
-        s = self._settings
-        pending = txn.pending()
-        if not pending:
-            return await self._pool.release(conn, dirty=False)
-        options = self._mail_options(conn, sender, pending, len(payload))
-        if isinstance(options, Reply):
-            txn.local(pending, options)
-            return await self._pool.release(conn, dirty=False)
-        try:
-            resp = await conn.command(s.mail_timeout_s, b"MAIL", b"FROM:" + _path(sender), *options)
-        except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
-            if conn.reused:
-                conn.close()
-                raise StaleConnection from None
-            raise
-        if resp.code != 250:
-            txn.remote_reply(pending, resp)
-            return await self._after_failure(conn, resp.code)
-        accepted: list[str] = []
-        for i, rcpt in enumerate(pending):
-            resp = await conn.command(s.rcpt_timeout_s, b"RCPT", b"TO:" + _path(rcpt))
-            if resp.code in (250, 251):
-                accepted.append(rcpt)
-                continue
-            txn.remote_reply([rcpt], resp)
-            if resp.code == 421:  # service closing: the rest were never asked
-                txn.remote_reply([*accepted, *pending[i + 1 :]], resp)
-                conn.close()
-                return None
-        if not accepted:
-            return await self._after_failure(conn, 0)
-        resp = await send_data(conn, payload, s)
-        txn.remote_reply(accepted, resp)
-        if resp.code != 250:
-            return await self._after_failure(conn, resp.code)
-        conn.sent += 1
-        return await self._pool.release(conn, dirty=False)
-
-    def _mail_options(
-        self, conn: Connection, sender: str, rcpts: list[str], size: int
-    ) -> list[bytes] | Reply:
-        smtp = conn.smtp
-        options: list[bytes] = []
-        limit = smtp.esmtp_extensions.get("size", "")
-        if limit.isdigit() and int(limit) and size > int(limit):
-            return S552_TOO_BIG
-        if smtp.supports_extension("size"):
-            options.append(b"SIZE=%d" % size)
-        if smtp.supports_extension("8bitmime"):
-            options.append(b"BODY=8BITMIME")
-        if not all(a.isascii() for a in (sender, *rcpts)):
-            if not smtp.supports_extension("smtputf8"):
-                return S553_NEEDS_SMTPUTF8
-            options.append(b"SMTPUTF8")
-        return options
-
-    async def _after_failure(self, conn: Connection, code: int) -> None:
-        if code == 421 or not conn.usable():
-            conn.close()
-            return
-        await self._pool.release(conn, dirty=True)
-
-
-def _safe_address(address: str) -> bool:
-    """No controls or angle brackets, and spaces only in a quoted local part: nothing that
-    could change the command line."""
-    if _UNSAFE_ADDRESS.search(address):
-        return False
-    return " " not in address or address.startswith('"')
-
-
-def _path(address: str) -> bytes:
-    """An envelope address as an SMTP path: '<local@domain>', or '<>' for the null sender."""
-    return b"<" + address.encode("utf-8") + b">"
+        return await Transaction(conn, self._pool, self._settings, rcpts).run(sender, payload)

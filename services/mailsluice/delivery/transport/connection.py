@@ -15,7 +15,7 @@ import socket
 import ssl
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiosmtplib
 
@@ -32,6 +32,7 @@ from mailsluice.delivery.transport.routing import Hop
 from mailsluice.delivery.transport.settings import OutboundSettings, TlsPolicy
 from mailsluice.metrics.delivery import SMTP_SECONDS, Delivery
 from mailsluice.metrics.labels import Stopwatch
+from mailsluice.policy.replies import Phase
 
 CONNECTIONS = Delivery.SMTP_CONNECTIONS
 
@@ -41,7 +42,9 @@ REUSE_PROBE_AFTER_S = 2.0
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
-PoolKey = tuple[str, int, str]
+PoolKey = tuple[str, int, str]  # (address, port, source address)
+# Where a reply came from; "" for one made up without the remote (our own limits, routing).
+ResultPhase = Phase | Literal[""]
 
 
 def wire_data(message: bytes) -> bytes:
@@ -54,11 +57,13 @@ def wire_data(message: bytes) -> bytes:
 
 
 class HopError(Exception):
-    """A failure before MAIL FROM on one hop: the next hop may do better."""
+    """A failure before MAIL FROM on one hop: the next hop may do better. `phase` is where in
+    the dialogue it happened ("" when no remote was involved)."""
 
-    def __init__(self, code: int, enhanced: str, text: str) -> None:
+    def __init__(self, code: int, enhanced: str, text: str, phase: ResultPhase = "") -> None:
         super().__init__(f"{code} {enhanced} {text}")
         self.code, self.enhanced, self.text = code, enhanced, text
+        self.phase: ResultPhase = phase
 
 
 class TlsFailed(HopError):
@@ -81,6 +86,11 @@ class Connection:
     tls: bool = False  # STARTTLS succeeded
     max_messages: int = sys.maxsize  # QUIT after this many (the current destination's limit)
     open_gauge: Any = None  # the connections-open gauge child counting this connection
+
+    @property
+    def source(self) -> str:
+        """The local address the connection was bound to ("" when not bound)."""
+        return self.key[2]
 
     def usable(self) -> bool:
         return not self.closed and self.smtp.is_connected
@@ -134,26 +144,27 @@ def make_tls_context(verify: bool) -> ssl.SSLContext:
     return context
 
 
-async def open_socket(hop: Hop, settings: OutboundSettings) -> socket.socket:
+async def open_socket(hop: Hop, settings: OutboundSettings, source: str = "") -> socket.socket:
     """Connect a socket ourselves: the connect timeout differs from the greeting timeout
-    (RFC 5321 §4.5.3.2), and the source address is bound here."""
+    (RFC 5321 §4.5.3.2), and the source address ("": any) is bound here."""
     family = socket.AF_INET6 if ":" in hop.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
-        if settings.source_address:
-            sock.bind((settings.source_address, 0))
+        if source:
+            sock.bind((source, 0))
         loop = asyncio.get_running_loop()
         await asyncio.wait_for(
             loop.sock_connect(sock, (hop.address, hop.port)), settings.connect_timeout_s
         )
     except TimeoutError:
         sock.close()
-        raise HopError(*with_detail(S451_CONNECT_FAILED, f"{hop}: connect timed out")) from None
+        detail = f"{hop}: connect timed out"
+        raise HopError(*with_detail(S451_CONNECT_FAILED, detail), "connect") from None
     except OSError as exc:
         sock.close()
         detail = f"{hop}: {exc.strerror or exc}"
-        raise HopError(*with_detail(S451_CONNECT_FAILED, detail)) from None
+        raise HopError(*with_detail(S451_CONNECT_FAILED, detail), "connect") from None
     except BaseException:
         sock.close()
         raise
@@ -178,7 +189,7 @@ async def maybe_starttls(
         return
     if not smtp.supports_extension("starttls"):
         if policy == "required":
-            raise HopError(*S451_TLS_NOT_OFFERED)
+            raise HopError(*S451_TLS_NOT_OFFERED, "tls")
         return
     try:
         with Stopwatch(SMTP_SECONDS.labels("tls")):
@@ -188,10 +199,11 @@ async def maybe_starttls(
     except aiosmtplib.SMTPResponseException as exc:
         if policy == "opportunistic" and 400 <= exc.code < 500 and exc.code != 421:
             return  # offered STARTTLS, then refused it: the session goes on in plaintext
-        raise HopError(*with_detail(S451_TLS_FAILED, f"{exc.code} {exc.message}")) from None
+        detail = f"{exc.code} {exc.message}"
+        raise HopError(*with_detail(S451_TLS_FAILED, detail), "tls") from None
     except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
         detail = str(exc) or type(exc).__name__
-        raise TlsFailed(*with_detail(S451_TLS_FAILED, detail)) from None
+        raise TlsFailed(*with_detail(S451_TLS_FAILED, detail), "tls") from None
 
 
 async def start_session(
@@ -202,11 +214,14 @@ async def start_session(
     policy: TlsPolicy | None = None,
 ) -> Connection:
     """Greeting, EHLO/HELO and STARTTLS on a connected socket; any failure closes `conn` and
-    becomes a HopError."""
+    becomes a HopError of the phase it happened in."""
     hop = conn.hop
+    phase: Phase = "greeting"
     try:
         await conn.smtp.connect(timeout=settings.greeting_timeout_s)
+        phase = "ehlo"
         await hello(conn.smtp, settings)
+        phase = "tls"
         tls = settings.tls_policy if policy is None else policy
         await maybe_starttls(conn, settings, plaintext=plaintext, policy=tls)
     except HopError:
@@ -215,13 +230,13 @@ async def start_session(
     except aiosmtplib.SMTPResponseException as exc:
         conn.close()
         enhanced, text = split_reply(exc.code, exc.message)
-        raise HopError(exc.code, enhanced, text) from None
+        raise HopError(exc.code, enhanced, text, phase) from None
     except aiosmtplib.SMTPTimeoutError as exc:
         conn.close()
-        raise HopError(*with_detail(S451_TIMEOUT, f"{hop}: {exc}")) from None
+        raise HopError(*with_detail(S451_TIMEOUT, f"{hop}: {exc}"), phase) from None
     except (aiosmtplib.SMTPException, OSError) as exc:
         conn.close()
-        raise HopError(*with_detail(S451_DROPPED, f"{hop}: {exc}")) from None
+        raise HopError(*with_detail(S451_DROPPED, f"{hop}: {exc}"), phase) from None
     except BaseException:
         conn.close()
         raise

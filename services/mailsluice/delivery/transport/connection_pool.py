@@ -1,7 +1,8 @@
 """The bounded pool of outbound SMTP connections, and the per-destination rules for taking one.
 
-Connections are reused per (address, port, source address): idle ones wait in the pool for
-`idle_keep_s`; one idle for more than a moment is checked with RSET first. Each send names its
+Connections are reused per (address, port, source address), so one opened from a source
+address never carries mail of another: idle ones wait in the pool for `idle_keep_s`; one idle
+for more than a moment is checked with RSET first. Each send names its
 `Destination` (transport_limits): a connection carries at most that destination's messages per
 connection, a TLS-required destination only takes encrypted ones, and a new connection needs a
 token of the destination's connection rate — without one, the send takes an idle connection
@@ -58,8 +59,9 @@ class ConnectionPool:
         self.connections_opened = 0  # for tests and metrics
         self._closed = False
 
-    def _key(self, hop: Hop) -> PoolKey:
-        return (hop.address, hop.port, self._settings.source_address)
+    @staticmethod
+    def _key(hop: Hop, dest: Destination) -> PoolKey:
+        return (hop.address, hop.port, dest.source)
 
     async def acquire(self, hop: Hop, dest: Destination) -> Connection:
         """An idle connection to `hop` that still answers and suits `dest`, or a new one when
@@ -80,7 +82,7 @@ class ConnectionPool:
 
     async def _reuse(self, hop: Hop, dest: Destination) -> Connection | None:
         """A pooled connection for `dest`, checked with RSET when idle for more than a moment."""
-        while conn := self._take_idle(self._key(hop), dest):
+        while conn := self._take_idle(self._key(hop, dest), dest):
             if not self._fresh(conn):
                 await quit_connection(conn)
                 continue
@@ -136,7 +138,7 @@ class ConnectionPool:
         s = self._settings
         await self._admit(dest)
         with Stopwatch(SMTP_SECONDS.labels("connect")):
-            sock = await open_socket(hop, s)
+            sock = await open_socket(hop, s, dest.source)
         self.connections_opened += 1
         CONNECTIONS.labels("opened").inc()
         gauge = Delivery.CONNECTIONS_OPEN.labels(dest.pool, dest.provider)
@@ -150,7 +152,7 @@ class ConnectionPool:
             tls_context=self._tls_context,
             sock=sock,
         )
-        conn = Connection(smtp, hop, self._key(hop), max_messages=dest.max_messages)
+        conn = Connection(smtp, hop, self._key(hop, dest), max_messages=dest.max_messages)
         conn.open_gauge = gauge  # from here on, close() takes it off the gauge
         policy = dest.tls_policy
         return await start_session(conn, s, plaintext=plaintext, policy=policy)

@@ -6,11 +6,15 @@ the transport applies what only it can see, per envelope routing key:
 - messages per connection: a connection that carried that many messages is closed (QUIT);
 - recipients per transaction: more recipients are sent as several transactions;
 - TLS: "required" never falls back to plaintext (a server without STARTTLS gives 451 4.7.4),
-  "disabled" never starts it; a static route or smarthost follows MAILSLUICE_OUTBOUND_TLS_POLICY
-  instead, since configuration chose that relay, not the destination's MX;
-- connections per minute: a new connection needs a token of the key's GCRA (limiter.Gcra); with
-  none left the send reuses an idle connection or waits briefly, then defers
-  (replies.S451_CONNECTION_RATE, which the worker queues again rather than counting an attempt).
+  "disabled" never starts it unless the setting requires it (`effective_tls`); the same on
+  static routes and through the smarthost as on MX routes;
+- connections per minute: a new connection needs a token of the GCRA (limiter.Gcra) of the
+  key and source address; with none left the send reuses an idle connection or waits briefly,
+  then defers (replies.S451_CONNECTION_RATE, which the worker queues again rather than counting
+  an attempt).
+
+Every one of them follows the routing key, whichever way the mail leaves: a static route or
+the smarthost carries mail for the key's recipients, and the limits are theirs.
 
 The transport gets them through `LimitsLookup`, a function of the routing key; without one
 OutboundSettings alone apply. `shaper_limits` adapts the shaping engine's
@@ -84,12 +88,19 @@ def shaper_limits(shaper: ShapingSource) -> LimitsLookup:
     return lookup
 
 
-def effective_tls(setting: TlsPolicy, policy: TlsMode | None, *, static: bool) -> TlsPolicy:
-    """The STARTTLS policy of one send: the destination's rule for MX routes ("opportunistic"
-    leaves the setting in force), the setting alone for static routes and the smarthost."""
-    if static or policy is None or policy == "opportunistic":
-        return setting
-    return "required" if policy == "required" else "none"
+def effective_tls(setting: TlsPolicy, policy: TlsMode | None) -> TlsPolicy:
+    """The STARTTLS policy of one send: the stricter of the setting and the destination's rule.
+
+    "required" on either side holds, on every route. A provider requiring TLS (gmail) requires
+    it of the whole path its mail takes: a static route or smarthost that carries the mail in
+    plaintext leaks what the provider's rule exists to protect, and a relay that cannot do TLS
+    is a configuration error better seen as a 451 4.7.4 than as silently plaintext mail. Below
+    that, the destination's "disabled" (a server whose STARTTLS is broken) turns off an
+    opportunistic attempt, and its "opportunistic" (the default rule) leaves the setting as it
+    is, so MAILSLUICE_OUTBOUND_TLS_POLICY=none still means none for ordinary destinations."""
+    if setting == "required" or policy == "required":
+        return "required"
+    return "none" if policy == "disabled" else setting
 
 
 @dataclass
@@ -99,6 +110,7 @@ class Destination:
     key: str
     pool: str
     provider: str  # metric label: a provider name or "other", never a domain
+    source: str  # the local address connections are bound to ("": any)
     tls_policy: TlsPolicy
     max_messages: int
     max_recipients: int  # per transaction; 0: no limit
@@ -119,21 +131,22 @@ class Destination:
 
 
 class ConnectGates:
-    """The connection-rate GCRA of each routing key, kept across sends (bounded)."""
+    """The connection-rate GCRA of each routing key and source address, kept across sends
+    (bounded): a provider counts connections per source IP, so each address has its own."""
 
     def __init__(self, max_keys: int = MAX_GATES) -> None:
         self._max = max_keys
-        self._gates: dict[str, Gcra] = {}
+        self._gates: dict[tuple[str, str], Gcra] = {}
 
-    def get(self, key: str, rate: Rate | None, now: float) -> Gcra | None:
+    def get(self, key: str, rate: Rate | None, now: float, source: str = "") -> Gcra | None:
         if rate is None:
-            self._gates.pop(key, None)
+            self._gates.pop((source, key), None)
             return None
-        gate = self._gates.get(key)
+        gate = self._gates.get((source, key))
         if gate is None:
             if len(self._gates) >= self._max:
                 self._forget_idle(now)
-            gate = self._gates[key] = Gcra(rate)
+            gate = self._gates[(source, key)] = Gcra(rate)
         elif gate.rate != rate:
             gate.configure(rate)  # keeps its state: a policy change grants no burst
         return gate
@@ -154,7 +167,7 @@ def destination(
     limits: TransportLimits,
     settings: OutboundSettings,
     *,
-    static: bool,
+    source: str,
     gate: Gcra | None,
     max_wait_s: float = CONNECT_WAIT_MAX_S,
 ) -> Destination:
@@ -165,7 +178,8 @@ def destination(
         key=key,
         pool=pool,
         provider=provider_label(limits.provider or key),
-        tls_policy=effective_tls(settings.tls_policy, limits.tls, static=static),
+        source=source,
+        tls_policy=effective_tls(settings.tls_policy, limits.tls),
         max_messages=per_conn,
         max_recipients=limits.recipients_per_transaction or 0,
         gate=gate,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from mailsluice.config import MailsluiceSettings
 
@@ -70,6 +70,24 @@ def parse_static_routes(value: str, default_port: int = 25) -> dict[str, Endpoin
     return routes
 
 
+def parse_source_addresses(value: object) -> tuple[str, ...]:
+    """'192.0.2.10, 2001:db8::1' (or a sequence) → IP literals in normal form (ValueError when
+    one is no IP address or two are the same address)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("must be IP addresses, comma-separated")
+    found: list[str] = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        address = str(ipaddress.ip_address(text))  # one spelling per address: 2001:DB8::1
+        if address in found:
+            raise ValueError(f"source address {text} given twice")
+        found.append(address)
+    return tuple(found)
+
+
 class OutboundSettings(MailsluiceSettings):
     """The SMTP client of delivery workers: how they reach recipients' mail servers."""
 
@@ -78,8 +96,10 @@ class OutboundSettings(MailsluiceSettings):
     )
 
     ehlo_name: str = Field("localhost", description="Name sent in EHLO (the pool's FQDN).")
-    source_address: str = Field(
-        "", description="Local IP address outgoing connections bind to; empty: any."
+    source_addresses: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="IP addresses the pool sends from, comma-separated; each send binds one "
+        "(the first unless the shaper picks another); empty: any.",
     )
     static_routes: str = Field(
         "",
@@ -146,12 +166,10 @@ class OutboundSettings(MailsluiceSettings):
             raise ValueError("must be a host name without spaces or control characters")
         return value
 
-    @field_validator("source_address")
+    @field_validator("source_addresses", mode="before")
     @classmethod
-    def _valid_source(cls, value: str) -> str:
-        if value.strip():
-            ipaddress.ip_address(value.strip())
-        return value.strip()
+    def _valid_sources(cls, value: object) -> tuple[str, ...]:
+        return parse_source_addresses(value)
 
     @field_validator("static_routes")
     @classmethod

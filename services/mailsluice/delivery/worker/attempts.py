@@ -53,7 +53,9 @@ CONNECTION_RATE_REQUEUE_S = 1.0
 
 
 class TransportLike(Protocol):
-    async def send(self, env: Envelope, message: bytes) -> Sequence[outcomes.ResultLike]: ...
+    async def send(
+        self, env: Envelope, message: bytes, *, source: str = ""
+    ) -> Sequence[outcomes.ResultLike]: ...
     async def close(self) -> None: ...
 
 
@@ -189,7 +191,7 @@ class Attempts:
                 return
             send_env = env.model_copy(update={"recipients": tuple(todo)}) if done else env
             try:
-                results = await self.send(send_env, item.value)
+                results = await self.send(send_env, item.value, source=job.source)
             except BaseException:
                 self.release(item)
                 raise
@@ -238,10 +240,12 @@ class Attempts:
             raise
         self.finish(item)
 
-    async def send(self, env: Envelope, value: bytes) -> Sequence[outcomes.ResultLike]:
+    async def send(
+        self, env: Envelope, value: bytes, *, source: str = ""
+    ) -> Sequence[outcomes.ResultLike]:
         started = self.mono()
         try:
-            results = await self.transport.send(env, value)
+            results = await self.transport.send(env, value, source=source)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -281,6 +285,8 @@ class Attempts:
                 now=self.wall(),
                 not_before=self.wall()
                 + outcomes.throttled_delay(deferral.wait, self.settings.short_horizon_s),
+                held=deferral.held,
+                reason=deferral.reason,
             )
             await self.produce_all([record])
             tier = record.topic.rsplit(".", 1)[-1]

@@ -215,6 +215,8 @@ def _plan_transient(
         not_before=now + delay,
         last_error=f"{first.code} {first.enhanced} {first.text}".strip(),
     )
+    # A failure retry, even of a message a hold deferred before: `resume` leaves it on schedule.
+    renv = renv.model_copy(update={"held": ""})
     plan.retry_tier = retry.choose_tier(delay)
     plan.produces.append(Produce(*_record(renv, message, plan.retry_tier)))
     return []
@@ -267,14 +269,27 @@ def throttled_delay(wait: float, horizon: float) -> float:
     return max(0.0, wait - horizon / 2)
 
 
-def plan_throttled(env: Envelope, message: bytes, *, now: float, not_before: float) -> Produce:
-    """A message that would wait too long for a throttled destination goes to a delay topic;
-    it was not tried, so its attempt count stays."""
+def plan_throttled(
+    env: Envelope,
+    message: bytes,
+    *,
+    now: float,
+    not_before: float,
+    held: str = "throttled",
+    reason: str = "",
+) -> Produce:
+    """A message that would wait too long for a held destination goes to a delay topic; it was
+    not tried, so its attempt count stays. Its envelope says which hold (`held`, which
+    `destinations resume` releases) and why (`reason`; for a throttle without one, the
+    generic THROTTLED_ERROR). A reply from an earlier attempt is not carried over: it is not
+    why the message waits now."""
+    held = held or "throttled"  # a deferral is a shaping hold, never a failure retry
     renv = retry.retry_envelope(
         env,
         env.recipients,
         not_before=not_before,
-        last_error=THROTTLED_ERROR,
+        last_error=reason or (THROTTLED_ERROR if held == "throttled" else ""),
         count_attempt=False,
     )
+    renv = renv.model_copy(update={"held": held})
     return Produce(*_record(renv, message, retry.choose_tier(not_before - now)))
