@@ -83,10 +83,12 @@ DESTINATIONS = (
 
 
 def policy_text() -> str:
-    """The bench's shaping policy: generous defaults (C), a rule per limited destination."""
+    """The bench's shaping policy: generous defaults (C), a rule per limited destination, every
+    rate used as configured (the stage measures the limiter, not what a controller learns)."""
     lines = [
         "version = 1",
         "[defaults]",
+        "adaptive = false",
         "connection_limit = 20",
         'max_message_rate = "100000/s"',
         "max_deliveries_per_connection = 1000",

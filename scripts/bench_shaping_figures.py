@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.scheduler import Job, Scheduler
+from mailsluice.delivery.shaping.scheduler import Deferral, Job, Scheduler
 from mailsluice.policy.shaping import Policy, default_policy
 
 
@@ -68,26 +68,34 @@ def simulated(
 ) -> dict[str, dict[str, Any]]:
     """Every destination kept busy for `seconds` of simulated time through the real scheduler
     and engine, sends taking one `step`."""
-    shaper = PolicyShaper(policy or default_policy(), "bench", rules=[])
+    shaper = PolicyShaper(policy or default_policy(), "bench", adaptive=False)
     sched: Scheduler[int] = Scheduler(shaper, 5.0)
     keys = list(keys)
     starts: dict[str, list[float]] = {k: [] for k in keys}
+    away: dict[str, list[float]] = {k: [] for k in keys}  # slots of messages sent to wait
     now = 0.0
     running: list[Job[int]] = []
+
+    def defer(deferral: Deferral[int] | None) -> None:
+        if deferral is not None:
+            away[deferral.job.key].append(now + deferral.wait)
+
     while now < seconds:
         for key in keys:
-            while sched.queued(key) < 20 and sched.push(key, 0, now) is None:
-                pass
+            for slot in [t for t in away[key] if t - 2.5 <= now]:  # back half a horizon early
+                away[key].remove(slot)
+                defer(sched.push(key, 0, now, slot, slotted=True))
+            while sched.queued(key) + len(away[key]) < 20:
+                defer(sched.push(key, 0, now))
         for job in running:
             sched.done(job, now)
         running = sched.take(now)
         for job in running:
             starts[job.key].append(now)
-        sched.overdue(now)
+        for deferral in sched.overdue(now):
+            defer(deferral)
         now += step
-    configured = {
-        k: min(r.per_second for r in shaper.limiters.limits_for(k).message_rates) for k in keys
-    }
+    configured = {k: min(r.per_second for r in shaper.lanes.of(k, now)[0].rates) for k in keys}
     return summarize(starts, configured, warmup_s=5.0)
 
 

@@ -9,7 +9,6 @@ import pytest
 
 import mailsluice.policy
 from mailsluice.admin import policy as check
-from mailsluice.policy.backoff import validate_rules_text
 from mailsluice.policy.shaping import shipped_text
 
 SHIPPED = Path(mailsluice.policy.__file__).parent
@@ -21,7 +20,7 @@ def run(*argv: str) -> int:
     return check.run(parser.parse_args(list(argv)))
 
 
-@pytest.mark.parametrize("name", ["shaping.toml", "backoff.toml", "replies.toml"])
+@pytest.mark.parametrize("name", ["shaping.toml", "replies.toml"])
 def test_shipped_files_are_valid(name, capsys):
     assert run("check", str(SHIPPED / name)) == 0
     assert ": ok (" in capsys.readouterr().out
@@ -43,124 +42,23 @@ def test_invalid_shaping_file_reports_line_and_key(tmp_path, capsys):
     ]
 
 
-def test_invalid_backoff_file_reports_each_error(tmp_path, capsys):
-    bad = tmp_path / "rules.toml"
-    bad.write_text(
-        """version = 1
-
-[[rule]]
-name = "ok"
-text = "fine"
-action = "suspend"
-duration = "1h"
-
-[[rule]]
-name = "broken-regex"
-text = "(unclosed"
-action = "suspend"
-duration = "1h"
-
-[[rule]]
-name = "no-duration"
-text = "x"
-action = "throttle"
-rate_factor = 0.5
-
-[[rule]]
-name = "bad-trigger"
-text = "y"
-trigger = "sometimes"
-action = "bounce"
-"""
+def test_a_backoff_file_of_an_earlier_release_is_refused_with_what_to_do(tmp_path, capsys):
+    old = tmp_path / "backoff.toml"
+    old.write_text(
+        'version = 1\n[[rule]]\nname = "ok"\ntext = "fine"\naction = "suspend"\n'
+        'duration = "1h"\n'
     )
-    assert run("check", str(bad)) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[0].startswith(f"{bad}:11: rule[1].text: invalid regular expression")
-    assert err[1] == f"{bad}:15: rule[2]: action throttle needs a duration"
-    assert err[2].startswith(f"{bad}:24: rule[3].trigger: invalid trigger 'sometimes'")
-    assert len(err) == 3
-
-
-# (rules text, line, key, fragment) for the backoff validator
-BACKOFF_INVALID = [
-    (
-        '[[rule]]\nname = "a"\naction = "suspend"\nduration = "1h"\n',
-        1,
-        "rule[0]",
-        "at least one of code, enhanced, text",
-    ),
-    ('[[rule]]\nname = "a"\ntext = "x"\naction = "explode"\n', 4, "rule[0].action", "'suspend'"),
-    (
-        '[[rule]]\nname = "a"\ntext = "x"\naction = "throttle"\nduration = "1h"\n',
-        1,
-        "rule[0]",
-        "throttle needs rate",
-    ),
-    (
-        '[[rule]]\nname = "a"\ntext = "x"\naction = "suspend"\nduration = "1h"\nrate = "1/s"\n',
-        1,
-        "rule[0]",
-        "belong to throttle",
-    ),
-    (
-        '[[rule]]\nname = "a"\ntext = "x"\naction = "throttle"\nduration = "1h"\nrate = "1/s"\n'
-        "rate_factor = 0.5\n",
-        1,
-        "rule[0]",
-        "not both",
-    ),
-    (
-        '[[rule]]\nname = "a"\ntext = "x"\naction = "throttle"\nduration = "1h"\nrate_factor = 2\n',
-        6,
-        "rule[0].rate_factor",
-        "less than or equal to 1",
-    ),
-    (
-        '[[rule]]\nname = "a"\ntext = "x"\naction = "suspend"\nduration = "ages"\n',
-        5,
-        "rule[0].duration",
-        "invalid duration",
-    ),
-    (
-        '[[rule]]\nname = "Bad Name"\ntext = "x"\naction = "bounce"\n',
-        2,
-        "rule[0].name",
-        "should match pattern",
-    ),
-    (
-        '[[rule]]\nname = "a"\ntext = "x"\naction = "bounce"\n[[rule]]\nname = "a"\ntext = "y"\n'
-        'action = "bounce"\n',
-        6,
-        "rule[1].name",
-        "duplicate name a",
-    ),
-    (
-        '[defaults]\nrecovery_step = "soon"\n[[rule]]\nname = "a"\ntext = "x"\naction = "bounce"\n',
-        2,
-        "defaults.recovery_step",
-        "invalid duration",
-    ),
-    (
-        '[[rule]]\nname = "a"\ntext = "x"\naction = "bounce"\ncolour = "red"\n',
-        5,
-        "rule[0].colour",
-        "Extra inputs",
-    ),
-]
-
-
-@pytest.mark.parametrize(("text", "line", "key", "fragment"), BACKOFF_INVALID)
-def test_backoff_validation_errors(text, line, key, fragment):
-    rules, errors = validate_rules_text(text)
-    assert rules is None
-    assert any(e.line == line and e.key == key and fragment in e.message for e in errors), errors
+    assert run("check", str(old)) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"{old}:1: rule: a backoff rule file")
+    assert "name the class of each reply" in line
 
 
 def test_kind_detection_and_override(tmp_path, capsys):
     rules = tmp_path / "r.toml"
     rules.write_text('[[rule]]\nname = "a"\ntext = "x"\naction = "bounce"\n')
-    assert run("check", str(rules)) == 0
-    assert "1 backoff rules" in capsys.readouterr().out
+    assert run("check", str(rules)) == 1
+    assert "a backoff rule file" in capsys.readouterr().err
     assert run("check", "--kind", "shaping", str(rules)) == 1
     assert "defaults" in capsys.readouterr().err
     assert run("check", "--kind", "replies", str(rules)) == 1

@@ -91,9 +91,11 @@ def test_bench_script_policy_is_valid_and_names_each_destination():
     from mailsluice.delivery.shaping.engine import PolicyShaper
     from mailsluice.policy.shaping import load_policy_text
 
-    shaper = PolicyShaper(load_policy_text(bench_shaping.policy_text()), "p", rules=[])
+    shaper = PolicyShaper(load_policy_text(bench_shaping.policy_text()), "p")
     for dest in bench_shaping.DESTINATIONS:
-        (rate,) = shaper.limiters.limits_for(dest.domain).message_rates
+        (lane,) = shaper.lanes.of(dest.domain, 0.0)
+        assert lane.steering.state == "fixed"  # the policy says adaptive = false
+        (rate,) = lane.rates
         if dest.rate_per_min is None:
             assert rate.per_second > 1000
         else:

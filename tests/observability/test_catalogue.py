@@ -40,6 +40,7 @@ UNITS = (
     "_day",
     "_workers",
     "_destinations",
+    "_connections",
 )
 
 

@@ -34,6 +34,9 @@ class Result:
     enhanced: str = ""
     text: str = ""
     remote: str = "fake[127.0.0.1]:25"
+    phase: str = "rcpt"  # where the remote said it (end of DATA for an acceptance)
+    source: str = ""
+    sent_on_connection: int = 0
 
     @property
     def kind(self) -> Literal["delivered", "transient", "permanent"]:
@@ -62,7 +65,8 @@ class FakeTransport:
         for rcpt in env.recipients:
             self.calls.append((env.queue_id, rcpt))
             code, enhanced, text = await self.script(env, rcpt)
-            out.append(Result(rcpt, code, enhanced, text))
+            phase = "data" if code < 300 else "rcpt"
+            out.append(Result(rcpt, code, enhanced, text, phase=phase, source=source))
         return out
 
     async def close(self) -> None:

@@ -1,5 +1,6 @@
 """Shaping in tests: shapers with the same limits for every destination (the worker's default
-shaper) or per domain, and a delivery worker's memory side on a simulated clock."""
+shaper) or per domain, held to them as configured, and a delivery worker's memory side on a
+simulated clock."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.runtime import delivery_defaults
 from mailsluice.delivery.shaping.scheduler import Deferral, Job, Scheduler
+from mailsluice.delivery.shaping.settings import delivery_defaults
 from mailsluice.delivery.worker.consumer import default_shaper
 from mailsluice.delivery.worker.dispatch import MAX_SLEEP_S
 from mailsluice.delivery.worker.outcomes import throttled_delay
 from mailsluice.delivery.worker.settings import DeliverySettings
-from mailsluice.policy.backoff import load_rules_text
 from mailsluice.policy.shaping import PoolSection, load_policy_text
 
 Limits = tuple[int, float, int]  # connections, messages per second, burst
@@ -30,24 +31,22 @@ def uniform(
     burst: int = 10,
     *,
     domains: Mapping[str, Limits] | None = None,
-    rules: str = "",
     pool: str = "default",
     wall: Callable[[], float] = time.time,
 ) -> PolicyShaper:
     """The shaper of a worker given none (MAILSLUICE_DELIVERY_DEST_* = conc, rate, burst), with
-    other limits for the routing keys in `domains` and backoff `rules` (TOML) if given."""
+    other limits for the routing keys in `domains`; nothing learned."""
     settings = DeliverySettings(
         pool=pool, dest_max_concurrency=conc, dest_max_rate=rate, dest_burst=burst
     )
     shaper = default_shaper(settings, wall)
-    if not domains and not rules:
+    if not domains:
         return shaper
     section = PoolSection(
         domain={d: delivery_defaults(*limits) for d, limits in (domains or {}).items()}
     )
     policy = shaper.policy.with_pool(pool, section)
-    backoff = load_rules_text(rules) if rules else []
-    return PolicyShaper(policy, pool, rules=backoff, wall=wall, prime_new=False)
+    return PolicyShaper(policy, pool, wall=wall, prime_new=False, adaptive=False)
 
 
 def per_minute(starts: Iterable[float], t0: float, t1: float) -> float:
@@ -66,6 +65,19 @@ def worst_window(times: Iterable[float], window: float) -> int:
     return best
 
 
+@dataclass(frozen=True)
+class SimResult:
+    """One recipient's result of a simulated send (shaping.signals.ResultView)."""
+
+    recipient: str
+    code: int
+    enhanced: str
+    text: str
+    phase: str
+    source: str
+    sent_on_connection: int = 0
+
+
 class SimulatedWorker:
     """A delivery worker's memory side on a simulated clock: the real Scheduler in front of a
     real PolicyShaper, driven as the worker's dispatch loop drives them (start what take()
@@ -73,9 +85,11 @@ class SimulatedWorker:
     every arrival and finished send).
 
     A send takes `send_s`; its reply, `reply(key, item, started)` (None: 250), is observed when
-    it ends, before its slot is freed. A deferral comes back as the worker would fetch it again:
-    after outcomes.throttled_delay plus `return_s` (delay topic and mover latency); one naming
-    an overflow pool leaves for good (`overflowed`)."""
+    it ends, before its slot is freed; a reply the shaper says is about the destination's
+    limits puts the message back in the queue (`held` counts them), as the worker does. A
+    deferral comes back as the worker would fetch it again: after outcomes.throttled_delay plus
+    `return_s` (delay topic and mover latency), due at its slot; one naming an overflow pool
+    leaves for good (`overflowed`)."""
 
     def __init__(
         self,
@@ -98,16 +112,18 @@ class SimulatedWorker:
         self.starts: dict[str, list[float]] = defaultdict(list)
         self.sent: list[tuple[float, Any]] = []  # (started, item) in order
         self.deferred = 0
+        self.held = 0
         self.overflowed: list[tuple[str, Any]] = []
         self._seq = itertools.count()
-        self._arrivals: list[tuple[float, int, str, Any]] = []
+        # (fetched at, seq, key, item, ready at, slotted)
+        self._arrivals: list[tuple[float, int, str, Any, float, bool]] = []
         self._running: list[tuple[float, int, Job[Any]]] = []
 
     def enqueue(self, key: str, items: Iterable[Any], at: float | None = None) -> None:
         """Records of `key` fetched at `at` (default: now), in order."""
         when = self.now if at is None else at
         for item in items:
-            heapq.heappush(self._arrivals, (when, next(self._seq), key, item))
+            heapq.heappush(self._arrivals, (when, next(self._seq), key, item, when, False))
 
     def run_until(self, end: float) -> None:
         """Everything that happens up to `end` (inclusive)."""
@@ -129,7 +145,7 @@ class SimulatedWorker:
         """Stop: the items not started (queued, or on their way back from a delay topic) are
         left to the next owner; sends under way still end."""
         left = self.scheduler.remove(lambda _item: False)
-        left += [item for _t, _n, _k, item in sorted(self._arrivals)]
+        left += [arrival[3] for arrival in sorted(self._arrivals)]
         self._arrivals.clear()
         return left
 
@@ -138,12 +154,17 @@ class SimulatedWorker:
         while self._running and self._running[0][0] <= now:
             ended, _n, job = heapq.heappop(self._running)
             answer = self.reply(job.key, job.item, ended - self.send_s) if self.reply else None
-            if answer is not None:
-                self.shaper.observe(job.key, ended, [answer])
+            code, enhanced, text = answer or (250, "2.0.0", "ok")
+            phase = "data" if code < 300 else "rcpt"
+            result = SimResult("r", code, enhanced, text, phase, job.source)
+            verdict = self.shaper.observe(job.key, ended, [result])
             self.scheduler.done(job, ended)
+            if verdict.held:
+                self.held += 1
+                self._defer(self.scheduler.push(job.key, job.item, ended))
         while self._arrivals and self._arrivals[0][0] <= now:
-            _t, _n, key, item = heapq.heappop(self._arrivals)
-            self._defer(self.scheduler.push(key, item, now))
+            _t, _n, key, item, ready_at, slotted = heapq.heappop(self._arrivals)
+            self._defer(self.scheduler.push(key, item, now, ready_at, slotted=slotted))
         for job in self.scheduler.take(now):
             self.starts[job.key].append(now)
             self.sent.append((now, job.item))
@@ -159,7 +180,9 @@ class SimulatedWorker:
             return
         self.deferred += 1
         back = self.now + throttled_delay(deferral.wait, self.horizon) + self.return_s
-        self.enqueue(deferral.job.key, [deferral.job.item], at=back)
+        slot = self.now + deferral.wait
+        arrival = (back, next(self._seq), deferral.job.key, deferral.job.item, slot, True)
+        heapq.heappush(self._arrivals, arrival)
 
 
 # --- the limited-destination scenario of the rate tests (simulated and wall-clock) ---------------
@@ -182,32 +205,7 @@ max_message_rate = "{RATE_PER_MIN}/min,burst={BURST}"
 max_message_rate = "{RATE_PER_MIN}/min,burst=1"
 """
 
-# A throttle with short times, so a test sees the hold and the recovery.
-RULES = """
-[[rule]]
-name = "reputation"
-text = 'temporarily rate limited due to ip reputation'
-action = "throttle"
-rate = "60/min"
-connection_limit = 1
-duration = "4s"
-recovery_steps = 2
-recovery_step = "3s"
-"""
 
-REPUTATION = (
-    451,
-    "4.7.650",
-    "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation. "
-    "For e-mail delivery information, see https://postmaster.live.com (S775)",
-)
-
-
-def limited_shaper(*, rules: str = "", prime_new: bool = True) -> PolicyShaper:
-    """The scenario's policy in pool "p", with backoff `rules` (TOML; none by default)."""
-    return PolicyShaper(
-        load_policy_text(POLICY),
-        "p",
-        rules=load_rules_text(rules) if rules else [],
-        prime_new=prime_new,
-    )
+def limited_shaper(*, prime_new: bool = True, adaptive: bool = False) -> PolicyShaper:
+    """The scenario's policy in pool "p": held to it as configured unless `adaptive`."""
+    return PolicyShaper(load_policy_text(POLICY), "p", prime_new=prime_new, adaptive=adaptive)

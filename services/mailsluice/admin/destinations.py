@@ -155,9 +155,9 @@ def render(state: ControlState, pool: str | None, *, as_json: bool, now: float) 
     for (p, key), cmd in sorted(commands.items()):
         if (p, key) not in reported and _active(cmd, now):
             until = _when(cmd.until) if cmd.action == "suspend" else ""
-            state = "(" + cmd.action + ")"
+            label = "(" + cmd.action + ")"
             lines.append(
-                f"{p:<12} {key:<28} {'':<15} {state:<10} {'':>7} {'':>6} {'':>9} {'':>9} "
+                f"{p:<12} {key:<28} {'':<15} {label:<10} {'':>7} {'':>6} {'':>9} {'':>9} "
                 f"{'':>5} {'':>8} {'':<14} {until:<20} {cmd.reason}"
             )
     return lines

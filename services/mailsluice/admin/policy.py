@@ -1,10 +1,10 @@
-"""`mailsluice policy check FILE...`: validate shaping policies, reply class files and backoff
-rule files.
+"""`mailsluice policy check FILE...`: validate shaping policies and reply class files.
 
 Exit 0 when every file is valid; 1 when any is invalid, printing "FILE:LINE: key: error" for
 each error (on stderr); 2 when a file cannot be read. The kind of file is detected (a file with
-[[rule]] tables is a replies file, or a backoff rule file when its rules have an `action` and
-no `class`) or given with --kind.
+[[rule]] tables is a replies file) or given with --kind. A backoff rule file of earlier
+releases (rules with an `action` and no `class`) is refused with what to do instead: fixed
+suspend and throttle actions are gone, rules name the class of a reply.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import sys
 import tomllib
 
-from mailsluice.policy.backoff import validate_rules_text
 from mailsluice.policy.replies import validate_replies_text
 from mailsluice.policy.shaping import PolicyError, validate_text
 
@@ -22,19 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     check = sub.add_parser(
         "check",
-        help="validate shaping policy, reply class or backoff rule files",
-        description="Validate shaping policy (shaping.toml), reply class (replies.toml) or "
-        "backoff rule (backoff.toml) files. Exit 0 when valid; otherwise print "
-        "FILE:LINE: key: error and exit 1.",
+        help="validate shaping policy or reply class files",
+        description="Validate shaping policy (shaping.toml) or reply class (replies.toml) "
+        "files. Exit 0 when valid; otherwise print FILE:LINE: key: error and exit 1.",
     )
     check.add_argument("files", nargs="+", metavar="FILE")
     check.add_argument(
         "--kind",
-        choices=("auto", "shaping", "replies", "backoff"),
+        choices=("auto", "shaping", "replies"),
         default="auto",
-        help="kind of file (auto: files with [[rule]] tables are replies, or backoff rules "
-        "when their rules have an action and no class)",
+        help="kind of file (auto: files with [[rule]] tables are replies)",
     )
+
+
+BACKOFF_GONE = (
+    "a backoff rule file (rules with an action): fixed suspend and throttle actions are no "
+    "longer read; write a replies file whose rules name the class of each reply "
+    "(docs/policy.md), and the controller finds the rate"
+)
 
 
 def detect_kind(text: str) -> str:
@@ -62,9 +66,7 @@ def check_text(text: str, kind: str = "auto") -> tuple[str, list[PolicyError], s
             summary = f"{len(replies)} reply rules, {len(providers)} providers"
         return kind, errors, summary
     if kind == "backoff":
-        rules, errors = validate_rules_text(text)
-        summary = f"{len(rules)} backoff rules" if rules is not None else ""
-        return kind, errors, summary
+        return kind, [PolicyError(1, "rule", BACKOFF_GONE)], ""
     policy, errors = validate_text(text)
     summary = ""
     if policy is not None:

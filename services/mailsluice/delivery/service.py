@@ -16,7 +16,8 @@ from typing import Any
 
 from mailsluice.config import LogSettings, load
 from mailsluice.delivery.retry.mover import RetryMover
-from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings, delivery_defaults
+from mailsluice.delivery.shaping.runtime import ShapingRuntime
+from mailsluice.delivery.shaping.settings import ShapingSettings, delivery_defaults
 from mailsluice.delivery.worker.consumer import TransportLike, Worker, default_dsn_builder
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.admin import ensure_topics, standard_topics
@@ -45,16 +46,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_transport(dns_settings: DnsSettings, shaper: Any = None) -> TransportLike:
+def outbound_settings() -> Any:
+    """MAILSLUICE_OUTBOUND_* (transport.settings.OutboundSettings)."""
+    outbound_mod = importlib.import_module("mailsluice.delivery.transport.settings")
+    return load(outbound_mod.OutboundSettings)
+
+
+def make_transport(
+    dns_settings: DnsSettings, shaper: Any = None, outbound: Any = None
+) -> TransportLike:
     """The SMTP transport, configured from MAILSLUICE_OUTBOUND_* settings; given the pool's
     shaper (engine.PolicyShaper) it keeps each destination's connection-level policy limits
     and tells the shaper the MX hosts of hosted domains (provider rollup)."""
-    outbound_mod = importlib.import_module("mailsluice.delivery.transport.settings")
     transport_mod = importlib.import_module("mailsluice.delivery.transport.client")
-    outbound = load(outbound_mod.OutboundSettings)
+    outbound = outbound if outbound is not None else outbound_settings()
     hooks: dict[str, Any] = {}
     if shaper is not None:
-        hooks = {"limits": transport_mod.shaper_limits(shaper), "on_mx": shaper.learn_mx}
+        hooks = {
+            "limits": transport_mod.shaper_limits(shaper),
+            "on_mx": shaper.learn_mx,
+            "per_connection": shaper.per_connection,
+        }
     resolver = make_resolver(dns_settings)
     transport: TransportLike = transport_mod.Transport(outbound, resolver, **hooks)
     return transport
@@ -86,17 +98,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def shaping_runtime(
-    settings: DeliverySettings, kafka: KafkaSettings, shaping: ShapingSettings
+    settings: DeliverySettings,
+    kafka: KafkaSettings,
+    shaping: ShapingSettings,
+    sources: tuple[str, ...] = (),
 ) -> ShapingRuntime:
-    """The shaping engine of the pool; MAILSLUICE_DELIVERY_DEST_* settings given explicitly
-    become the pool's default limits (provider rules of the policy still apply)."""
+    """The shaping engine of the pool sending from `sources`; MAILSLUICE_DELIVERY_DEST_*
+    settings given explicitly become the pool's default limits (provider rules of the policy
+    still apply)."""
     explicit = settings.model_fields_set
     defaults = delivery_defaults(
         settings.dest_max_concurrency if "dest_max_concurrency" in explicit else None,
         settings.dest_max_rate if "dest_max_rate" in explicit else None,
         settings.dest_burst if "dest_burst" in explicit else None,
     )
-    return ShapingRuntime(shaping, kafka, settings.pool, defaults=defaults)
+    return ShapingRuntime(shaping, kafka, settings.pool, defaults=defaults, sources=sources)
 
 
 async def _main(
@@ -108,8 +124,9 @@ async def _main(
     ensure: bool,
     shaping: ShapingSettings,
 ) -> int:
-    runtime = shaping_runtime(settings, kafka, shaping)
-    transport = make_transport(dns_settings, runtime.shaper)
+    outbound = outbound_settings()
+    runtime = shaping_runtime(settings, kafka, shaping, tuple(outbound.source_addresses))
+    transport = make_transport(dns_settings, runtime.shaper, outbound)
     service = DeliveryService(
         settings,
         kafka,

@@ -174,6 +174,13 @@ class Delivery:
         "connection (local shaping; not counted as attempts).",
         ["pool"],
     )
+    HELD_REQUEUES = Counter(
+        "mailsluice_delivery_held_requeues_total",
+        "Sends the destination deferred for its own limits (rate, connections, messages per "
+        "connection, reputation, block): the message waits for capacity again, not counted as "
+        "an attempt.",
+        ["pool"],
+    )
     DUPLICATES_SKIPPED = Counter(
         "mailsluice_delivery_duplicates_skipped_total",
         "Recipients of redelivered records not sent again because they were already delivered.",

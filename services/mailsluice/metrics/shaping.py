@@ -5,6 +5,7 @@ suspensions, overflow)."""
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections import defaultdict
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -77,9 +78,9 @@ class Shaping:
         """Update the gauges from a PolicyShaper's state (call periodically)."""
         pool = shaper.pool
         states: Tally[str] = Tally()
-        rate: Tally[str] = Tally()
-        ceiling: Tally[str] = Tally()
-        conns: Tally[str] = Tally()
+        rate: dict[str, float] = defaultdict(float)
+        ceiling: dict[str, float] = defaultdict(float)
+        conns: dict[str, int] = defaultdict(int)
         for lane in shaper.lanes.all():
             suspension = shaper.suspended.get(lane.key)
             held = suspension is not None and now < suspension.until
@@ -92,8 +93,8 @@ class Shaping:
                 conns[provider] += lane.steering.connections(now)
         for state_name in Shaping.STATES:
             Shaping.DESTINATIONS.labels(pool, state_name).set(states[state_name])
-        for provider in rate:
-            Shaping.PROVIDER_RATE.labels(pool, provider).set(rate[provider])
+        for provider, allowed in rate.items():
+            Shaping.PROVIDER_RATE.labels(pool, provider).set(allowed)
             Shaping.PROVIDER_CEILING.labels(pool, provider).set(ceiling[provider])
             Shaping.PROVIDER_CONNECTIONS.labels(pool, provider).set(conns[provider])
         if shaper.warmup is not None:

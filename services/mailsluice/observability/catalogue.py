@@ -44,6 +44,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     from mailsluice.metrics.labels import OTHER, OUTCOME_RESULTS, STATUS_CLASSES
     from mailsluice.metrics.operator import RECONCILE_RESULTS, WORKER_KINDS
     from mailsluice.metrics.resolver import DNS_FAILURES, DNS_RTYPES
+    from mailsluice.metrics.shaping import REPLY_CLASSES
     from mailsluice.metrics.shaping import Shaping as shaping_metrics
     from mailsluice.metrics.streams import Streams
 
@@ -56,8 +57,8 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         "partition": "partition number of the pool's queue topic",
         "tier": _values(tiers) + " (retry delay tiers)",
         "state": _values(shaping_metrics.STATES),
-        "rule": "backoff rule name from the shaping policy (configuration)",
-        "action": "backoff rule action from the shaping policy (e.g. `throttle`, `suspend`)",
+        "rule": "`operator` (the only suspensions a worker makes itself are an operator's)",
+        "reply_class": _values(sorted(REPLY_CLASSES)) + f" or `{OTHER}`",
         "scope": "`*` (whole pool) or a provider name of the warm-up schedule",
         "period": _values(["hour", "day"]),
         "stage": _values(SMTP_STAGES),

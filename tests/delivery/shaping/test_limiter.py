@@ -9,7 +9,6 @@ import pytest
 from mailsluice.delivery.shaping.limiter import (
     DestinationLimiter,
     Gcra,
-    LimiterSet,
     Limits,
     Rate,
     shards_of,
@@ -146,69 +145,3 @@ def test_shards_of():
     assert shards_of("google#3") == ("google", 3)
     assert shards_of("example.com") == ("example.com", None)
     assert shards_of("odd#name") == ("odd#name", None)
-
-
-def test_limiter_set_shards_divide_the_limit():
-    base = Limits(10, (Rate(600, 60, 10),), Rate(100, 60, 10))
-    limiters = LimiterSet(lambda k: base, shards=lambda k: 4 if k == "google" else 1)
-    shard = limiters.limits_for("google#1")
-    assert shard.connections == 3
-    assert shard.message_rates[0].per_second == pytest.approx(2.5)
-    assert shard.message_rates[0].burst == 2
-    assert shard.connection_rate is not None
-    assert shard.connection_rate.count == 25
-    assert limiters.limits_for("google") == base
-    assert limiters.limits_for("example.com") == base
-    # four shards at 2.5/s each add up to the whole 10/s over a simulated minute
-    total = 0
-    for n in range(4):
-        key = f"google#{n}"
-
-        def acquire(now, key=key):
-            ok = limiters.try_acquire(key, now)
-            if ok:
-                limiters.release(key)
-            return ok
-
-        times = greedy_send_times(acquire, lambda now, key=key: limiters.wait_time(key, now), 0, 70)
-        total += len([t for t in times if 10 <= t < 70])  # steady state, after the bursts
-    assert total == pytest.approx(600, rel=0.01)
-
-
-def test_limiter_set_next_allowed_and_per_key_independence():
-    limiters = LimiterSet(lambda k: Limits(5, (Rate(1, 10, 1),)))
-    assert limiters.next_allowed("a", 0.0) == 0.0
-    assert limiters.try_acquire("a", 0.0)
-    assert limiters.next_allowed("a", 0.0) == pytest.approx(10.0)
-    # another destination is not held up by "a"
-    assert limiters.try_acquire("b", 0.0)
-    assert limiters.active("a") == 1
-
-
-def test_limiter_set_handover_grants_no_burst():
-    limiters = LimiterSet(lambda k: Limits(50, (Rate(10, 1, 10),)))
-    limiters.handover(["taken"], 100.0)
-    assert limiters.try_acquire("taken", 100.0)
-    assert not limiters.try_acquire("taken", 100.0)
-    # a destination not handed over starts with its burst
-    assert all(limiters.try_acquire("fresh", 100.0) for _ in range(10))
-    # handover of an existing destination primes it too
-    for _ in range(10):
-        limiters.release("fresh")
-    limiters.handover(["fresh"], 1000.0)
-    assert limiters.try_acquire("fresh", 1000.0)
-    assert not limiters.try_acquire("fresh", 1000.0)
-
-
-def test_limiter_set_refresh_and_forget_idle():
-    current = {"limits": Limits(1, (Rate(1, 1, 1),))}
-    limiters = LimiterSet(lambda k: current["limits"])
-    assert limiters.try_acquire("a", 0.0)
-    current["limits"] = Limits(2, (Rate(1, 1, 1),))
-    limiters.refresh("a")
-    assert limiters.wait_time("a", 0.0) == pytest.approx(1.0)  # state kept, concurrency 2
-    limiters.release("a")
-    limiters.forget_idle(0.5)
-    assert len(limiters) == 1  # credit not yet back
-    limiters.forget_idle(5.0)
-    assert len(limiters) == 0

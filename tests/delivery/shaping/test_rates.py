@@ -21,8 +21,6 @@ from support.scripts import script
 from support.shaping import (
     BURST,
     RATE_PER_MIN,
-    REPUTATION,
-    RULES,
     SimulatedWorker,
     limited_shaper,
     per_minute,
@@ -92,36 +90,6 @@ def test_a_new_owner_with_burst_credit_would_exceed_the_envelope() -> None:
     # What the shaper's priming of new destinations prevents (so the test above can fail).
     limited, _left = handover(prime_new=False)
     assert shaping_figures.envelope_excess(limited, RATE_PER_S, BURST) > 0.0
-
-
-def test_reputation_reply_throttles_and_rate_recovers() -> None:
-    refused: dict[str, float] = {}
-
-    def reply(_key: str, item: object, started: float) -> tuple[int, str, str] | None:
-        # the third message gets the reputation deferral; everything else is accepted
-        if not refused and item == 2:
-            refused["at"] = started
-            return REPUTATION
-        return None
-
-    worker = SimulatedWorker(limited_shaper(rules=RULES), reply=reply)
-    worker.enqueue("rep.example", range(100))
-    worker.run_until(1.0)
-    at = refused["at"]
-    # the throttle (4 s hold, 2 recovery steps of 3 s) is over: fresh mail goes at full rate
-    fresh = at + 11
-    worker.run_until(fresh)
-    worker.enqueue("rep.example", range(100, 400))
-    worker.run_until(fresh + 22)
-    starts = sorted(worker.starts["rep.example"])
-    before = [t for t in starts if t < at]
-    hold = [t for t in starts if at < t < at + 4]
-    recovering = [t for t in starts if at + 4 <= t < at + 10]
-    assert len(before) == 2
-    assert len(hold) <= 5  # 1 per second during the 4 s hold
-    assert 4 < len(recovering) < 55  # between the throttled and the full rate
-    assert per_minute(starts, fresh + 2, fresh + 20) == pytest.approx(RATE_PER_MIN, rel=0.05)
-    assert [f.rule for _key, f in worker.shaper.fired] == ["reputation"]
 
 
 def item(n: int, stream: str) -> Item:

@@ -13,7 +13,8 @@ from mailsluice.admin import destinations as cli
 from mailsluice.admin import warmup as warmup_cli
 from mailsluice.config import ConfigError, load
 from mailsluice.contracts.control import Command
-from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings, build_shaper
+from mailsluice.delivery.shaping.runtime import ShapingRuntime
+from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
 from mailsluice.kafka.settings import KafkaSettings
 
 
@@ -22,14 +23,15 @@ def test_settings_defaults_use_shipped_files():
     shaper = build_shaper(settings, "default", time.time)
     assert shaper.shaping("google").connection_limit == 5
     assert shaper.warmup is None
-    assert len(shaper.adaptive.rules) > 30
+    assert len(shaper.rules) > 30  # the shipped reply rules
+    assert shaper.lanes.of("google", 0.0)[0].steering.state == "slow_start"  # it learns
 
 
 @pytest.mark.parametrize(
     ("variable", "value", "fragment"),
     [
         ("MAILSLUICE_SHAPING_POLICY_FILE", "/nonexistent/policy.toml", "cannot read"),
-        ("MAILSLUICE_SHAPING_BACKOFF_FILE", "/nonexistent/rules.toml", "cannot read"),
+        ("MAILSLUICE_SHAPING_REPLIES_FILE", "/nonexistent/rules.toml", "cannot read"),
         ("MAILSLUICE_SHAPING_POOL_OVERRIDES", '{"defaults": {"tls": "never"}}', "tls"),
         ("MAILSLUICE_SHAPING_STATUS_INTERVAL_S", "0", "greater than 0"),
     ],
@@ -128,9 +130,9 @@ def test_warming_pool_waits_until_the_ledger_is_restored():
     shaper = build_shaper(ShapingSettings(pool_overrides=json.dumps(overrides)), "w", time.time)
     shaper.warmup_ready = False
     assert shaper.wait_time("example.org", 0.0) == 1.0
-    assert not shaper.try_start("example.org", 0.0)
+    assert shaper.try_start("example.org", 0.0) is None
     shaper.warmup_ready = True
-    assert shaper.try_start("example.org", 0.0)
+    assert shaper.try_start("example.org", 0.0) is not None
 
 
 async def test_runtime_keeps_trying_while_kafka_is_unreachable(caplog):
@@ -172,7 +174,7 @@ async def test_runtime_background_start_with_kafka(kafka):
 
 
 def test_delivery_dest_settings_become_pool_defaults():
-    from mailsluice.delivery.shaping.runtime import delivery_defaults
+    from mailsluice.delivery.shaping.settings import delivery_defaults
 
     assert delivery_defaults(None, None, None) is None
     rule = delivery_defaults(2, 1_000_000.0, 100_000)

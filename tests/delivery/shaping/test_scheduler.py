@@ -61,19 +61,19 @@ def test_gcra_unlimited_rate() -> None:
 
 def test_shaper_concurrency_limit_and_per_key_policy() -> None:
     shaper = uniform(3, 1000, 100, domains={"slow.example": (1, 1000, 100)})
-    assert shaper.try_start("slow.example", 0.0)
-    assert not shaper.try_start("slow.example", 0.0)
+    assert shaper.try_start("slow.example", 0.0) is not None
+    assert shaper.try_start("slow.example", 0.0) is None
     assert shaper.wait_time("slow.example", 0.0) == math.inf
-    assert [shaper.try_start("fast.example", 0.0) for _ in range(4)] == [True] * 3 + [False]
-    shaper.finished("slow.example", 0.1)
-    assert shaper.try_start("slow.example", 0.1)
+    assert [shaper.try_start("fast.example", 0.0) for _ in range(4)] == [""] * 3 + [None]
+    shaper.finished("slow.example", "", 0.1)
+    assert shaper.try_start("slow.example", 0.1) is not None
     assert shaper.active("fast.example") == 3
 
 
 def test_shaper_forgets_idle_destinations() -> None:
     shaper = uniform(2, 1.0, 1)
-    assert shaper.try_start("a", 0.0)
-    shaper.finished("a", 0.0)
+    assert shaper.try_start("a", 0.0) is not None
+    shaper.finished("a", "", 0.0)
     shaper.forget_idle(0.5)
     assert len(shaper) == 1  # rate state still matters
     shaper.forget_idle(1.5)

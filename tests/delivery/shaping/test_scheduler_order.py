@@ -144,7 +144,7 @@ def overflow_shaper(cap: int, clock: list[float]) -> PolicyShaper:
     plan = Plan(start, {"*": Schedule("day", (cap,))}, "overflow", "shared")
     policy = load_policy_text(POLICY)
     tracker = WarmupTracker("newip", plan)
-    return PolicyShaper(policy, "newip", rules=[], warmup=tracker, wall=lambda: clock[0])
+    return PolicyShaper(policy, "newip", adaptive=False, warmup=tracker, wall=lambda: clock[0])
 
 
 def test_deferral_over_the_warmup_cap_names_the_overflow_pool() -> None:
@@ -174,8 +174,8 @@ def test_no_overflow_pool_when_the_wait_is_not_the_warmup() -> None:
 def test_overflow_stops_at_the_next_day() -> None:
     clock = [datetime(2026, 11, 2, 23, 59, tzinfo=UTC).timestamp()]
     shaper = overflow_shaper(1, clock)
-    assert shaper.try_start("d.example", 0.0)
-    shaper.finished("d.example", 0.0)
+    assert shaper.try_start("d.example", 0.0) is not None
+    shaper.finished("d.example", "", 0.0)
     assert shaper.overflow_pool("d.example", 0.0, 0) == "shared"
     clock[0] += 120  # the next UTC day: a fresh cap
     assert shaper.overflow_pool("d.example", 1.0, 0) == ""

@@ -7,6 +7,7 @@ import random
 
 from prometheus_client import REGISTRY
 from support.metrics import sample
+from support.shaping import SimResult
 
 from mailsluice.contracts.control import Command
 from mailsluice.delivery.shaping.engine import PolicyShaper
@@ -14,6 +15,7 @@ from mailsluice.delivery.shaping.scheduler import Job, Scheduler
 from mailsluice.delivery.worker.attempts import Attempts
 from mailsluice.delivery.worker.dedup import DeliveredCache
 from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.metrics.shaping import Shaping
 from mailsluice.policy.shaping import default_policy
 
 
@@ -55,15 +57,23 @@ def test_shaping_delay_by_provider_and_other_for_domains() -> None:
     assert providers == {"google", "other"}  # never the raw domain
 
 
-def test_suspensions_by_rule_and_by_operator() -> None:
+def test_operator_suspensions_and_state_changes_are_counted() -> None:
     shaper = PolicyShaper(default_policy(), "susp-pool")
     name = "mailsluice_shaping_suspensions_total"
-    shaper.observe("yahoo", 0.0, [(421, "4.7.0", "[TS04] Messages from 192.0.2.1 deferred")])
-    fired = [f for _k, f in shaper.fired if f.action == "suspend"]
-    assert len(fired) == 1
-    assert sample(name, pool="susp-pool", rule=fired[0].rule) == 1
-    shaper.observe("google", 0.0, [(250, "2.0.0", "ok")])  # no rule fires: nothing counted
     assert shaper.apply_command(Command("susp-pool", "example.org", "suspend", until=1e12), 0.0)
     assert sample(name, pool="susp-pool", rule="operator") == 1
     shaper.apply_command(Command("susp-pool", "example.org", "resume"), 1.0)
     assert sample(name, pool="susp-pool", rule="operator") == 1
+    # a block reply stops the destination: one change, counted by the state and class
+    blocked = SimResult(
+        "r", 421, "4.7.0", "Your IP 192.0.2.1 is temporarily blocked after repeated deferrals",
+        "greeting", "",
+    )
+    shaper.observe("isp.example", 2.0, [blocked])
+    changes = shaper.drain_changes()
+    assert [(c.to_state, c.cls) for c, _rule in changes] == [("blocked", "block")]
+    for change, _rule in changes:
+        Shaping.changed("susp-pool", change)
+    changes_name = "mailsluice_shaping_state_changes_total"
+    assert sample(changes_name, pool="susp-pool", state="blocked", reply_class="block") == 1
+    assert shaper.drain_changes() == []

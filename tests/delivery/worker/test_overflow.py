@@ -27,7 +27,8 @@ from support.topic_reader import read_topic
 from mailsluice.contracts.envelope import envelope_from_headers
 from mailsluice.contracts.events import EventType
 from mailsluice.contracts.topics import queue_topic
-from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings
+from mailsluice.delivery.shaping.runtime import ShapingRuntime
+from mailsluice.delivery.shaping.settings import ShapingSettings
 
 CAP = 5
 

@@ -26,7 +26,8 @@ from support.delivery_worker import (
 from support.eventually import eventually
 
 from mailsluice.contracts.events import EventType
-from mailsluice.delivery.shaping.runtime import ShapingRuntime, ShapingSettings
+from mailsluice.delivery.shaping.runtime import ShapingRuntime
+from mailsluice.delivery.shaping.settings import ShapingSettings
 from mailsluice.kafka.settings import KafkaSettings
 
 

@@ -17,7 +17,7 @@ log = logging.getLogger("mailsluice.delivery.shaping")
 def change_event(pool: str, change: Change, at: float) -> Event:
     """The destination_state event of a change; `at` is its wall time. The reply reads
     "<code> <enhanced> <text>" (signals.py writes it so)."""
-    code, enhanced, text = (change.reply.split(" ", 2) + ["", ""])[:3]
+    code, enhanced, text = [*change.reply.split(" ", 2), "", ""][:3]
     if not code.isdigit():
         code, enhanced, text = "", "", change.reply
     return Event(

@@ -31,6 +31,7 @@ from mailsluice.delivery.shaping.lanes import Lanes, Policy, Steering
 from mailsluice.delivery.shaping.limiter import Rate
 from mailsluice.delivery.shaping.signals import ResultView, Verdict, read_results
 from mailsluice.delivery.shaping.warmup import WarmupTracker
+from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
 from mailsluice.policy.replies import ReplyRule, default_replies
 from mailsluice.policy.shaping import Policy as PolicyData
 from mailsluice.policy.shaping import PolicyFile, Rule, Shaping, default_policy
@@ -118,7 +119,7 @@ class PolicyShaper:
             self.lanes.refresh(key)
 
     def _lane_policy(self, key: str) -> Policy:
-        base, sep, num = key.rpartition("#")
+        _base, sep, num = key.rpartition("#")
         sharded = bool(sep) and num.isdigit()
         shaping = self.shaping(key)
         return lane_policy(shaping, shaping.shards if sharded else 1, adaptive=self.adaptive)
@@ -129,9 +130,9 @@ class PolicyShaper:
     ) -> Steering:
         return Controller(source, key, ceilings, now, learned=learned)
 
-    def per_connection(self, key: str, source: str, now: float) -> int:
-        """Messages a connection from `source` may carry to `key` (policy or learned)."""
-        for lane in self.lanes.of(key, now):
+    def per_connection(self, key: str, source: str) -> int:
+        """Messages a connection from `source` may carry to `key` (learned, else policy)."""
+        for lane in self.lanes.peek(key):
             if lane.source == source or not source:
                 return lane.steering.per_connection()
         return self.shaping(key).max_deliveries_per_connection
@@ -177,11 +178,13 @@ class PolicyShaper:
 
     def estimate_wait(self, key: str, now: float, queued: int) -> float:
         backlog = self.lanes.backlog(key, now, queued)
-        behind = self.lanes.reserved_until(key) - now  # messages already sent to wait
-        return max(self._blocked_for(key, now, queued), backlog, behind)
+        return max(self._blocked_for(key, now, queued), backlog)
 
     def reserve(self, key: str, now: float, wait: float) -> float:
         return self.lanes.reserve(key, now, wait)
+
+    def reserved_until(self, key: str) -> float:
+        return self.lanes.reserved_until(key)
 
     def why_held(self, key: str, now: float) -> tuple[str, str]:
         """Why a message of `key` leaves memory: (held, error text for its record)."""
@@ -254,6 +257,7 @@ class PolicyShaper:
         if cmd.action == "suspend":
             until = now + max(0.0, cmd.until - self.wall())
             self.suspended[cmd.key] = Suspension(until, cmd.by or "operator")
+            flow_metrics.SUSPENSIONS.labels(self.pool, "operator").inc()
         else:  # resume and retry-now both lift every hold; retry-now also wakes deferred mail
             self.suspended.pop(cmd.key, None)
             self.lanes.lift(cmd.key, now)

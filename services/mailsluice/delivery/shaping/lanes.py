@@ -5,9 +5,9 @@ destination (its controller) and is held to them (its GCRA and connection count)
 destination's messages go to whichever of its lanes may send now, in turn, so each address
 carries what it may send and a blocked or cold address leaves the others sending.
 
-A lane's limiter runs at the controller's rate with a burst of one (providers meter smoothly),
-plus the policy's own rates, which are ceilings: a per-day cap still holds while the controller
-is under it. Plain data with the clock passed in, like the controller.
+A lane's limiter runs the policy's own rates, which are ceilings (a per-day cap holds whatever
+the controller says), and, while the controller wants less, the controller's rate with a burst
+of one (providers meter smoothly). Plain data with the clock passed in, like the controller.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from mailsluice.delivery.shaping.controller import Ceilings, Change, Controller, Learned, Signal
+from mailsluice.delivery.shaping.controller import Ceilings, Change, Learned, Signal
 from mailsluice.delivery.shaping.limiter import DestinationLimiter, Limits, Rate
 
 # Changes kept for whoever drains them (the runtime logs and publishes them).
@@ -123,8 +123,13 @@ class Lane:
         if (rate, conns) == self.applied:
             return
         self.applied = (rate, conns)
-        own = () if rate <= 0.0 or math.isinf(rate) else (Rate(rate, 1.0, 1),)
-        self.limiter.configure(Limits(max(1, conns), (*own, *self.rates), None))
+        ceiling = min((r.per_second for r in self.rates), default=math.inf)
+        # At the policy's own rate its GCRA (with its burst) is the limit; below it, the
+        # controller's rate with a burst of one. Last in the list, so the policy's GCRAs keep
+        # their state when it comes and goes.
+        below = 0.0 < rate < ceiling * (1 - 1e-9)
+        own = (Rate(rate, 1.0, 1),) if below else ()
+        self.limiter.configure(Limits(max(1, conns), (*self.rates, *own), None))
 
     def wait(self, now: float) -> float:
         """0.0: a send may start now; inf: its connections are all busy; else seconds."""
@@ -157,7 +162,6 @@ class Lanes:
     _turn: dict[str, int] = field(default_factory=dict)
     _slots: dict[str, float] = field(default_factory=dict)  # latest reserved deferral slot
     _restored: dict[tuple[str, str], Learned] = field(default_factory=dict)
-    _primed: set[str] = field(default_factory=set)
 
     def of(self, key: str, now: float) -> list[Lane]:
         lanes = self._lanes.get(key)
@@ -167,6 +171,10 @@ class Lanes:
             self._note(lane, lane.steering.tick(now))
         return lanes
 
+    def peek(self, key: str) -> list[Lane]:
+        """The lanes of `key` if it has any, without creating them."""
+        return self._lanes.get(key, [])
+
     def _new(self, source: str, key: str, now: float) -> Lane:
         pol = self.policy(key)
         learned = self._restored.get((source, key))
@@ -174,7 +182,7 @@ class Lanes:
             steering = self.make(source, key, pol.ceilings, now, learned)
         else:
             steering = Fixed(source, key, pol.ceilings)
-        prime = now if self.prime_new or key in self._primed else None
+        prime = now if self.prime_new else None
         limiter = DestinationLimiter.create(Limits(1, pol.rates, None), prime)
         return Lane(source, key, steering, limiter, pol.rates)
 
@@ -265,15 +273,6 @@ class Lanes:
             lane.rates = pol.rates
             lane.applied = (-1.0, -1)
 
-    def handover(self, keys: Iterable[str], now: float) -> None:
-        """Keys this worker just took over: no burst credit (the previous owner used it)."""
-        for key in keys:
-            lanes = self._lanes.get(key)
-            if lanes is None:
-                self._primed.add(key)
-            for lane in lanes or ():
-                lane.limiter.prime(now)
-
     # --- learned state, operator, memory ------------------------------------------------------
 
     def restore(self, source: str, key: str, learned: Learned, now: float) -> None:
@@ -316,7 +315,7 @@ class Lanes:
     def active(self, key: str, source: str | None = None) -> int:
         """Sends under way to `key` (from `source` only, when given)."""
         lanes = self._lanes.get(key, ())
-        return sum(l.limiter.active for l in lanes if source is None or l.source == source)
+        return sum(x.limiter.active for x in lanes if source is None or x.source == source)
 
     def forget_idle(self, now: float, keep: Iterable[str] = ()) -> list[str]:
         """Drop keys whose lanes are idle, have learned nothing worth keeping in memory and

@@ -7,13 +7,13 @@ minute. Time is always passed in (seconds on any monotonic scale), so every limi
 with a simulated clock.
 
 A destination configured with N shards ("google#0".."google#N-1") spreads over N partitions, so N
-workers each own one shard: each shard gets 1/N of the rate and of the connections.
+workers each own one shard: each shard gets 1/N of the rate and of the connections
+(`Limits.divided`; the engine's lanes divide their ceilings the same way).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 # Float sums of the emission interval drift by ~1e-16; a nanosecond is no real wait.
@@ -202,91 +202,3 @@ class DestinationLimiter:
     def current_rate(self) -> float:
         """The tightest message rate in messages per second (inf when unlimited)."""
         return min((g.rate.per_second for g in self.rates), default=math.inf)
-
-
-LimitsLookup = Callable[[str], Limits]
-
-
-class LimiterSet:
-    """Limiters per routing key, created on demand from a lookup; the scheduler asks it when
-    the next message for a key may go. The lookup gets the base key ("google" for
-    "google#3") and the key's shard count; a sharded key gets 1/shards of the limits."""
-
-    def __init__(
-        self,
-        lookup: LimitsLookup,
-        shards: Callable[[str], int] = lambda _k: 1,
-        *,
-        prime_new: bool = False,
-    ) -> None:
-        self._lookup = lookup
-        self._shards = shards
-        self._prime_new = prime_new
-        self._dests: dict[str, DestinationLimiter] = {}
-        self._primed: set[str] = set()
-
-    def limits_for(self, key: str) -> Limits:
-        base, shard = shards_of(key)
-        limits = self._lookup(base)
-        return limits.divided(self._shards(base)) if shard is not None else limits
-
-    def get(self, key: str, now: float) -> DestinationLimiter:
-        dest = self._dests.get(key)
-        if dest is None:
-            prime = now if self._prime_new or key in self._primed else None
-            self._primed.discard(key)
-            dest = self._dests[key] = DestinationLimiter.create(self.limits_for(key), prime)
-        return dest
-
-    def refresh(self, key: str, limits: Limits | None = None) -> None:
-        """Re-read (or set) a destination's limits, keeping its state."""
-        dest = self._dests.get(key)
-        if dest is not None:
-            new = limits if limits is not None else self.limits_for(key)
-            if new != dest.limits:
-                dest.configure(new)
-
-    def handover(self, keys: Iterable[str], now: float) -> None:
-        """Destinations this worker just took over (a rebalance): start them without burst
-        credit, since the previous owner may have just used its own."""
-        for key in keys:
-            dest = self._dests.get(key)
-            if dest is not None:
-                dest.prime(now)
-            else:
-                self._primed.add(key)
-
-    def next_allowed(self, key: str, now: float) -> float:
-        """Absolute time at which the next message for `key` may start (inf while all of its
-        connections are busy: a release wakes it)."""
-        return now + self.get(key, now).wait_time(now)
-
-    def wait_time(self, key: str, now: float) -> float:
-        return self.get(key, now).wait_time(now)
-
-    def try_acquire(self, key: str, now: float) -> bool:
-        return self.get(key, now).try_acquire(now)
-
-    def release(self, key: str) -> None:
-        dest = self._dests.get(key)
-        if dest is not None:
-            dest.release()
-
-    def backlog_time(self, key: str, now: float, queued: int) -> float:
-        return self.get(key, now).backlog_time(now, queued)
-
-    def active(self, key: str) -> int:
-        dest = self._dests.get(key)
-        return dest.active if dest else 0
-
-    def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
-        """Drop destinations with nothing active and full credit (bounds memory)."""
-        keep_set = set(keep)
-        for key in [k for k, d in self._dests.items() if k not in keep_set and d.idle(now)]:
-            del self._dests[key]
-
-    def keys(self) -> list[str]:
-        return list(self._dests)
-
-    def __len__(self) -> int:
-        return len(self._dests)

@@ -47,6 +47,10 @@ class Shaper(Protocol):
         than `wait` when others left before it)."""
         ...
 
+    def reserved_until(self, key: str) -> float:
+        """The last slot given to a message that left memory (0.0: none)."""
+        ...
+
     def why_held(self, key: str, now: float) -> tuple[str, str]:
         """Why a message of `key` leaves memory: (envelope `held`, error text)."""
         ...
@@ -203,6 +207,9 @@ class Scheduler(Generic[T]):
         wait = job.ready_at - now
         if not slotted:
             wait = max(wait, self.shaper.estimate_wait(key, now, ahead))
+        if not slotted and not urgent:
+            # behind the messages that already left to wait for their slots
+            wait = max(wait, self.shaper.reserved_until(key) - now)
         if wait > self.horizon:
             return self._deferral(job, wait, now, ahead)
         q = self._queues.setdefault(key, _Queue())

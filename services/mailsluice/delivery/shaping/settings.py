@@ -32,8 +32,9 @@ class ShapingSettings(MailsluiceSettings):
         "", description="Shaping policy TOML (empty: the shipped mailsluice/policy/shaping.toml)."
     )
     replies_file: str = Field(
-        "", description="Reply rules TOML: provider texts to reply classes (empty: the shipped "
-        "replies.toml)."
+        "",
+        description="Reply rules TOML: provider texts to reply classes (empty: the shipped "
+        "replies.toml).",
     )
     pool_overrides: str = Field(
         "",

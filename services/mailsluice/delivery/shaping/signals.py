@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast, get_args
 
 from mailsluice.delivery.shaping.controller import Signal
-from mailsluice.policy.replies import Classified, ReplyClass, ReplyRule, classify
+from mailsluice.policy.replies import Classified, Phase, ReplyClass, ReplyRule, classify
 
 # Transient classes about the destination rather than the message: such a recipient waits for
 # capacity (no attempt counted, no failure schedule) instead of retrying in minutes.
@@ -27,6 +27,9 @@ HOLDING = frozenset(
         ReplyClass.BLOCK,
     }
 )
+
+
+PHASES = frozenset(get_args(Phase))
 
 
 class ResultView(Protocol):
@@ -54,14 +57,17 @@ class Verdict:
     held: frozenset[str] = frozenset()  # deferred by the destination's limits: wait for capacity
 
 
-def classify_result(res: ResultView, provider: str | None, rules: Sequence[ReplyRule]) -> Classified | None:
+def classify_result(
+    res: ResultView, provider: str | None, rules: Sequence[ReplyRule]
+) -> Classified | None:
     """The class of one result; None for a reply we made up that says nothing about the
     destination."""
     if res.phase == "connect":
         return Classified(ReplyClass.SERVER, "connect")
-    if not res.phase:
+    if res.phase not in PHASES:
         return None
-    return classify(res.code, res.enhanced, res.text, phase=res.phase, provider=provider, rules=rules)  # type: ignore[arg-type]
+    phase = cast(Phase, res.phase)
+    return classify(res.code, res.enhanced, res.text, phase=phase, provider=provider, rules=rules)
 
 
 def read_results(

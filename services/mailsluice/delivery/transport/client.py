@@ -41,6 +41,7 @@ from mailsluice.delivery.transport.limits import (
     Destination,
     LimitsLookup,
     MxObserver,
+    PerConnection,
     TransportLimits,
     batches,
     destination,
@@ -73,17 +74,20 @@ class Transport:
         router: Router | None = None,
         limits: LimitsLookup | None = None,
         on_mx: MxObserver | None = None,
+        per_connection: PerConnection | None = None,
         connect_wait_max_s: float = CONNECT_WAIT_MAX_S,
     ) -> None:
         """`limits(routing_key)` gives a destination's connection-level limits (none: the
         settings alone); `on_mx(routing_key, mx_hosts)` hears the MX hosts of a routing key that
-        is a domain, whenever a send routes it by MX."""
+        is a domain, whenever a send routes it by MX; `per_connection(routing_key, source)` the
+        messages a connection may carry as learned from the destination's replies."""
         self._settings = settings
         self._clock = clock
         self._router = router or Router.from_resolver(settings, resolver, clock=clock)
         self._pool = ConnectionPool(settings, clock=clock)
         self._limits = limits
         self._on_mx = on_mx
+        self._per_connection = per_connection
         self._gates = ConnectGates()
         self._connect_wait_max_s = connect_wait_max_s
 
@@ -160,6 +164,12 @@ class Transport:
         if self._on_mx is not None and route.mx_hosts and shards_of(key)[0] == domain:
             self._on_mx(key, route.mx_hosts)
         limits = self._limits(key) if self._limits is not None else TransportLimits()
+        if self._per_connection is not None:
+            learned = self._per_connection(key, source)
+            cap = limits.messages_per_connection
+            limits = dataclasses.replace(
+                limits, messages_per_connection=min(cap or learned, learned)
+            )
         gate = self._gates.get(key, limits.connection_rate, self._clock(), source)
         return destination(
             key,

@@ -53,6 +53,8 @@ class TransportLimits:
 
 LimitsLookup = Callable[[str], TransportLimits]
 MxObserver = Callable[[str, tuple[str, ...]], None]
+# Messages a connection from a source address may carry to a routing key, as learned.
+PerConnection = Callable[[str, str], int]
 
 
 class ShapingSource(Protocol):
@@ -65,7 +67,7 @@ class ShapingSource(Protocol):
 
 def limits_from_shaping(key: str, shaping: Shaping) -> TransportLimits:
     """A resolved policy rule as transport limits; a shard key ("google#3") gets its share of
-    the connection rate, as the shaper's LimiterSet divides the other limits."""
+    the connection rate, as the shaper's lanes divide the other limits."""
     rate = shaping.connection_rate
     conn_rate = None if rate is None else Rate(rate.count, rate.period, shaping.burst_of(rate))
     if conn_rate is not None and shards_of(key)[1] is not None:

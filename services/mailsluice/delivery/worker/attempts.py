@@ -191,17 +191,23 @@ class Attempts:
                 return
             send_env = env.model_copy(update={"recipients": tuple(todo)}) if done else env
             try:
-                results = await self.send(send_env, item.value, source=job.source)
+                results, held = await self.send(send_env, item.value, source=job.source)
             except BaseException:
                 self.release(item)
                 raise
             if results and all(_connection_throttled(r) for r in results):
                 await self.requeue(job)
                 return
+            expired = self.wall() > env.received_at + self.settings.expiry_s
+            if results and all(r.recipient in held for r in results) and not expired:
+                await self.hold_again(job, send_env)
+                return
+            if expired:
+                held = frozenset()  # the last deferral expires them like any other
             for res in results:
                 if res.kind == "delivered":
                     self.dedup.add(env.queue_id, res.recipient)
-            await self.conclude(item, results, send_env)
+            await self.conclude(item, results, send_env, held=held)
         finally:
             self.scheduler.done(job, self.mono())
             self.wake()
@@ -216,14 +222,31 @@ class Attempts:
         if deferral is not None:
             await self.defer(deferral)
 
+    async def hold_again(self, job: Job[Item], env: Envelope) -> None:
+        """The destination deferred every recipient for its own limits (rate, connections,
+        messages per connection, reputation, block): the message waits for capacity again,
+        in memory or in a delay topic, with no attempt counted and no failure schedule."""
+        item = job.item
+        if env is not item.env:  # recipients already delivered are not sent again
+            item = Item(item.tp, item.offset, item.generation, env, item.value)
+        now = self.mono()
+        deferral = self.scheduler.push(job.key, item, now)
+        m.HELD_REQUEUES.labels(self.pool).inc()
+        if deferral is not None:
+            await self.defer(deferral)
+
     async def conclude(
         self,
         item: Item,
         results: Sequence[outcomes.ResultLike],
         env: Envelope | None = None,
+        held: frozenset[str] = frozenset(),
     ) -> None:
-        """Produce an attempt's outcome records; the record is finished once they are acked."""
+        """Produce an attempt's outcome records; the record is finished once they are acked.
+        Recipients in `held` wait for the destination's capacity (see hold_again)."""
         try:
+            key = (env or item.env).routing_key
+            wait = self.shaper.estimate_wait(key, self.mono(), 0) if held else 0.0
             plan = outcomes.plan_outcome(
                 env or item.env,
                 item.value,
@@ -232,6 +255,8 @@ class Attempts:
                 settings=self.settings,
                 build_dsn=self.build_dsn,
                 rng=self.rng,
+                held=held,
+                held_until=self.wall() + wait,
             )
             await self.produce_all(plan.produces)
             self.count(plan)
@@ -242,7 +267,10 @@ class Attempts:
 
     async def send(
         self, env: Envelope, value: bytes, *, source: str = ""
-    ) -> Sequence[outcomes.ResultLike]:
+    ) -> tuple[list[outcomes.ResultLike], frozenset[str]]:
+        """The results of one send, after the shaper heard them: a transient reply the
+        provider says will never succeed becomes a bounce; the recipients the destination
+        deferred for its own limits come back apart (they wait for capacity)."""
         started = self.mono()
         try:
             results = await self.transport.send(env, value, source=source)
@@ -254,18 +282,14 @@ class Attempts:
             reply = with_detail(S451_TRANSPORT_RAISED, type(exc).__name__)
             results = [outcomes.LocalResult(r, *reply) for r in env.recipients]
         m.SEND_SECONDS.labels(self.pool).observe(self.mono() - started)
-        self.shaper.observe(
-            env.routing_key, self.mono(), [(r.code, r.enhanced, r.text) for r in results]
-        )
-        return [self._apply_bounce_rules(env.routing_key, r) for r in results]
-
-    def _apply_bounce_rules(self, key: str, res: outcomes.ResultLike) -> outcomes.ResultLike:
-        """A transient reply that a policy rule says will never succeed becomes a bounce."""
-        if res.kind != "transient" or not self.shaper.should_bounce(
-            key, (res.code, res.enhanced, res.text)
-        ):
-            return res
-        return outcomes.as_permanent(res)
+        verdict = self.shaper.observe(env.routing_key, self.mono(), results)
+        out = [
+            outcomes.as_permanent(r)
+            if r.kind == "transient" and r.recipient in verdict.bounce
+            else r
+            for r in results
+        ]
+        return out, verdict.held
 
     async def defer(self, deferral: Deferral[Item]) -> None:
         if deferral.overflow_pool:

@@ -26,8 +26,8 @@ from aiokafka.errors import KafkaError
 
 from mailsluice.contracts.topics import consumer_group, queue_topic
 from mailsluice.delivery.shaping.engine import PolicyShaper, uniform_policy
-from mailsluice.delivery.shaping.runtime import delivery_defaults
 from mailsluice.delivery.shaping.scheduler import Scheduler
+from mailsluice.delivery.shaping.settings import delivery_defaults
 from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.attempts import (
     Attempts,
@@ -70,15 +70,15 @@ ShareCallback = Callable[[int, int], None]
 
 
 def default_shaper(settings: DeliverySettings, wall: Callable[[], float]) -> PolicyShaper:
-    """The shaper of a worker given none: every destination under the MAILSLUICE_DELIVERY_DEST_*
-    limits, without provider rules or adaptive backoff; a new destination starts with its
-    burst."""
+    """The shaper of a worker given none: every destination held to the
+    MAILSLUICE_DELIVERY_DEST_* limits as configured (nothing learned, no provider rules); a new
+    destination starts with its burst."""
     rule = delivery_defaults(
         settings.dest_max_concurrency, settings.dest_max_rate, settings.dest_burst
     )
     assert rule is not None  # every field given
     policy = uniform_policy(rule)
-    return PolicyShaper(policy, settings.pool, rules=[], wall=wall, prime_new=False)
+    return PolicyShaper(policy, settings.pool, wall=wall, prime_new=False, adaptive=False)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -45,8 +45,10 @@ class Dispatch:
         self.tasks: dict[asyncio.Task[None], Item] = {}
 
     def push(self, item: Item, now: float, ready_at: float) -> None:
-        """Queue a fetched record; one that would wait past the horizon is deferred at once."""
-        deferral = self.scheduler.push(item.env.routing_key, item, now, ready_at)
+        """Queue a fetched record; one that would wait past the horizon is deferred at once.
+        A record shaping held comes back at the slot it was given (its not_before)."""
+        slotted = bool(item.env.held)
+        deferral = self.scheduler.push(item.env.routing_key, item, now, ready_at, slotted=slotted)
         if deferral is not None:
             self.spawn(self.attempts.defer(deferral), item)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -37,6 +38,12 @@ class ResultLike(Protocol):
     def text(self) -> str: ...
     @property
     def remote(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def sent_on_connection(self) -> int: ...
     @property
     def kind(self) -> Literal["delivered", "transient", "permanent"]: ...
 
@@ -70,6 +77,7 @@ class Plan:
     deferred: list[str] = field(default_factory=list)
     bounced: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # wait for the destination's capacity
     retry_tier: str | None = None
     dsn: bool = False
 
@@ -83,6 +91,9 @@ class LocalResult:
     enhanced: str = S451_NO_RESULT.enhanced
     text: str = S451_NO_RESULT.text
     remote: str = ""
+    phase: str = ""  # no remote said it
+    source: str = ""
+    sent_on_connection: int = 0
 
     @property
     def kind(self) -> Literal["delivered", "transient", "permanent"]:
@@ -145,8 +156,13 @@ def plan_outcome(
     settings: DeliverySettings,
     build_dsn: DsnBuilder | None,
     rng: random.Random | None = None,
+    held: Collection[str] = frozenset(),
+    held_until: float = 0.0,
 ) -> Plan:
-    """Turn one attempt's results into events, at most one retry record and at most one DSN."""
+    """Turn one attempt's results into events, at most one retry record and at most one DSN.
+    Transient recipients in `held` were deferred for the destination's own limits: they go to
+    a delay topic due at `held_until`, their attempt not counted, instead of the failure
+    schedule."""
     plan = Plan()
     size = len(message)
     by_rcpt = {r.recipient: r for r in results}
@@ -161,8 +177,17 @@ def plan_outcome(
             plan.bounced.append(res.recipient)
             plan.produces.append(_event(EventType.BOUNCE, env, res, now, size, reason="bounce"))
             failures.append(res)
+        elif res.recipient in held:
+            plan.held.append(res.recipient)
         else:
             transient.append(res)
+    if plan.held:
+        first = by_rcpt[plan.held[0]]
+        waiting = env.model_copy(update={"recipients": tuple(plan.held)})
+        reason = f"{first.code} {first.enhanced} {first.text}".strip()
+        plan.produces.append(
+            plan_throttled(waiting, message, now=now, not_before=held_until, reason=reason)
+        )
     if transient:
         failures += _plan_transient(
             plan, env, message, transient, now=now, settings=settings, rng=rng
