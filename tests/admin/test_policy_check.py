@@ -45,8 +45,7 @@ def test_invalid_shaping_file_reports_line_and_key(tmp_path, capsys):
 def test_a_backoff_file_of_an_earlier_release_is_refused_with_what_to_do(tmp_path, capsys):
     old = tmp_path / "backoff.toml"
     old.write_text(
-        'version = 1\n[[rule]]\nname = "ok"\ntext = "fine"\naction = "suspend"\n'
-        'duration = "1h"\n'
+        'version = 1\n[[rule]]\nname = "ok"\ntext = "fine"\naction = "suspend"\nduration = "1h"\n'
     )
     assert run("check", str(old)) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -8,11 +8,16 @@ import time
 
 import pytest
 from support.eventually import eventually
+from support.shaping import SimResult
+from support.topic_reader import read_topic
 
 from mailsluice.admin import destinations as cli
 from mailsluice.admin import warmup as warmup_cli
 from mailsluice.config import ConfigError, load
-from mailsluice.contracts.control import Command
+from mailsluice.contracts.control import Command, decode_learned, learned_key
+from mailsluice.contracts.events import EventType, decode_event
+from mailsluice.contracts.topics import CONTROL_TOPIC, EVENTS_TOPIC
+from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.delivery.shaping.runtime import ShapingRuntime
 from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
 from mailsluice.kafka.settings import KafkaSettings
@@ -84,7 +89,7 @@ async def test_runtime_follows_commands_publishes_status_and_keeps_warmup(kafka)
     await runtime.start()
     try:
         shaper = runtime.shaper
-        assert shaper.try_start("google", runtime.mono())
+        assert shaper.try_start("google", runtime.mono()) is not None
         until = time.time() + 3600
         await cli.send_command(kafka_settings, Command("t-rt", "google", "suspend", until=until))
         # the runtime applies commands in its own task
@@ -205,3 +210,61 @@ def test_delivery_service_wiring_uses_explicit_dest_settings_only():
     shaped = shaping_runtime(custom, kafka, ShapingSettings()).shaper.shaping("a.example")
     assert shaped.connection_limit == 3
     assert shaped.message_rates[0].per_second == 5.0
+
+
+async def test_a_state_change_is_told_and_learned_limits_survive_a_restart(kafka):
+    settings = ShapingSettings(worker_id="w-learn", status_interval_s=3600)
+    kafka_settings = kafka.settings()
+    pool, source = f"t-learn-{time.monotonic_ns()}", "192.0.2.10"
+    await ensure_topics(kafka_settings, standard_topics(kafka_settings, [pool], 1 << 20))
+    runtime = ShapingRuntime(settings, kafka_settings, pool, sources=(source,))
+    await runtime.start()
+    blocked = SimResult(
+        "r@isp.example",
+        421,
+        "4.7.0",
+        "Your IP 192.0.2.10 is temporarily blocked after repeated deferrals",
+        "greeting",
+        source,
+    )
+    try:
+        runtime.shaper.observe("isp.example", runtime.mono(), [blocked])
+        # the change becomes a destination_state event within the changes interval
+        events = await read_topic(
+            kafka_settings,
+            EVENTS_TOPIC,
+            lambda r: decode_event(r.value).pool == pool,
+            expect=1,
+        )
+        event = decode_event(events[0].value)
+        assert event.type is EventType.DESTINATION_STATE
+        assert (event.routing_key, event.source, event.reply_class) == (
+            "isp.example",
+            source,
+            "block",
+        )
+        assert (event.state_from, event.state_to) == ("slow_start", "blocked")
+        assert (event.code, event.enhanced) == (421, "4.7.0")
+        assert "temporarily blocked" in event.text
+        # and the learned limits reach the control topic
+        learned = await read_topic(
+            kafka_settings,
+            CONTROL_TOPIC,
+            lambda r: r.key == learned_key(pool, source, "isp.example") and r.value is not None,
+            expect=1,
+        )
+        assert decode_learned(learned[-1].value).state == "blocked"
+    finally:
+        await runtime.stop()
+    # a restarted worker starts blocked too: it never connects during the interval
+    again = ShapingRuntime(settings, kafka_settings, pool, sources=(source,))
+    await again.start()
+    try:
+        await eventually(
+            lambda: again.shaper.wait_time("isp.example", again.mono()) > 30,
+            within=20,
+            what="the block restored",
+        )
+        assert again.shaper.try_start("isp.example", again.mono()) is None
+    finally:
+        await again.stop()

@@ -66,8 +66,12 @@ def test_operator_suspensions_and_state_changes_are_counted() -> None:
     assert sample(name, pool="susp-pool", rule="operator") == 1
     # a block reply stops the destination: one change, counted by the state and class
     blocked = SimResult(
-        "r", 421, "4.7.0", "Your IP 192.0.2.1 is temporarily blocked after repeated deferrals",
-        "greeting", "",
+        "r",
+        421,
+        "4.7.0",
+        "Your IP 192.0.2.1 is temporarily blocked after repeated deferrals",
+        "greeting",
+        "",
     )
     shaper.observe("isp.example", 2.0, [blocked])
     changes = shaper.drain_changes()

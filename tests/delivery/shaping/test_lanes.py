@@ -1,0 +1,159 @@
+"""Lanes: one per (source address, destination), each a controller and its limiter, inside the
+shaping engine, on a simulated clock."""
+
+from __future__ import annotations
+
+import pytest
+from support.shaping import SimResult
+
+from mailsluice.contracts.control import Command
+from mailsluice.delivery.shaping import status
+from mailsluice.delivery.shaping.controller_tuning import TUNING
+from mailsluice.delivery.shaping.engine import PolicyShaper
+from mailsluice.delivery.shaping.scheduler import Scheduler
+from mailsluice.policy.shaping import load_policy_text
+
+A, B = "192.0.2.10", "192.0.2.11"
+POLICY = """
+[defaults]
+connection_limit = 10
+max_message_rate = "600/min"
+max_deliveries_per_connection = 100
+max_recipients_per_transaction = 100
+tls = "opportunistic"
+"""
+BLOCKED = (421, "4.7.0", "Your IP 192.0.2.10 is temporarily blocked after repeated deferrals")
+RATE = (450, "4.2.1", "rate limit exceeded, slow down")
+
+
+class Clock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def shaper(sources: tuple[str, ...] = (A, B), wall: Clock | None = None) -> PolicyShaper:
+    return PolicyShaper(load_policy_text(POLICY), "p", sources=sources, wall=wall or Clock())
+
+
+def reply(code_enhanced_text: tuple[int, str, str], source: str, phase: str = "rcpt") -> SimResult:
+    return SimResult("r@isp.example", *code_enhanced_text, phase, source)
+
+
+def test_a_new_destination_starts_modestly_from_every_source_in_turn() -> None:
+    s = shaper()
+    assert [s.try_start("isp.example", 0.0) for _ in range(3)] == [A, B, None]
+    # each source at the controller's starting rate, one message at a time
+    assert s.wait_time("isp.example", 0.0) == pytest.approx(1 / TUNING.start_rate)
+    assert s.try_start("isp.example", 1 / TUNING.start_rate) == A
+
+
+def test_a_blocked_source_leaves_the_other_sending_and_never_connects_meanwhile() -> None:
+    s = shaper()
+    assert s.try_start("isp.example", 0.0) == A
+    s.finished("isp.example", A, 0.1)
+    s.observe("isp.example", 0.1, [reply(BLOCKED, A, "greeting")])
+    starts = []
+    t = 0.2
+    while t < TUNING.block_initial:
+        source = s.try_start("isp.example", t)
+        if source is not None:
+            starts.append(source)
+            s.finished("isp.example", source, t)
+            s.observe("isp.example", t, [SimResult("r", 250, "2.0.0", "ok", "data", source)])
+        t += 0.1
+    assert starts and set(starts) == {B}
+    # after the block interval, exactly one probe goes from A
+    t = 0.1 + TUNING.block_initial + 0.05
+    sources = [s.try_start("isp.example", t + i * 0.001) for i in range(50)]
+    assert sources.count(A) == 1
+
+
+def test_every_source_blocked_sends_the_backlog_away_with_the_reply_as_its_reason() -> None:
+    s = shaper()
+    for source in (A, B):
+        s.observe("isp.example", 0.0, [reply(BLOCKED, source, "greeting")])
+    assert s.wait_time("isp.example", 1.0) == pytest.approx(TUNING.block_initial - 1.0)
+    sched: Scheduler[str] = Scheduler(s, 5.0)
+    deferral = sched.push("isp.example", "m", 1.0)
+    assert deferral is not None
+    assert deferral.held == "blocked"
+    assert "temporarily blocked after repeated deferrals" in deferral.reason
+    assert deferral.wait == pytest.approx(TUNING.block_initial - 1.0)
+
+
+def test_deferred_messages_get_slots_spread_at_the_rate() -> None:
+    s = shaper(sources=(A,))
+    sched: Scheduler[int] = Scheduler(s, 5.0)
+    waits = []
+    for n in range(20):  # 0.5/s: the first few fit the horizon, the rest leave memory
+        deferral = sched.push("isp.example", n, 0.0)
+        if deferral is not None:
+            waits.append(deferral.wait)
+    assert len(waits) >= 10
+    gaps = [b - a for a, b in zip(waits, waits[1:], strict=False)]
+    assert all(g == pytest.approx(1 / TUNING.start_rate) for g in gaps)
+    # a transactional message does not queue behind the reserved slots
+    urgent: Scheduler[str] = Scheduler(s, 5.0, urgent=lambda item: item == "tx")
+    assert urgent.push("isp.example", "tx", 0.0) is None
+
+
+def test_a_rate_reply_cuts_one_source_and_the_learned_limits_come_back_after_a_restart() -> None:
+    wall = Clock()
+    s = shaper(wall=wall)
+    t = 0.0
+    while t < 60.0:  # clean sending from both: slow start grows
+        source = s.try_start("isp.example", t)
+        if source is not None:
+            s.finished("isp.example", source, t)
+            s.observe("isp.example", t, [SimResult("r", 250, "2.0.0", "ok", "data", source)])
+        t += 0.05
+    grown = s.lanes.of("isp.example", t)[0].rate(t)
+    assert grown > TUNING.start_rate
+    s.observe("isp.example", t, [reply(RATE, A)])
+    lane_a, lane_b = s.lanes.of("isp.example", t)
+    assert lane_a.rate(t) < grown
+    assert lane_b.rate(t) == pytest.approx(grown, rel=0.3)  # the other source is not cut
+    changes = s.drain_changes()
+    assert any(c.source == A and c.cls == "rate" for c, _rule in changes)
+    assert any(rule == "any-rate-limit-exceeded" for _c, rule in changes)
+    records = status.learned_records(s, t)
+    assert {r.source for r in records} >= {A}
+    learned_a = next(r for r in records if r.source == A)
+    assert learned_a.last_class == "rate" and learned_a.ceiling > 0.0
+
+    restarted = shaper(wall=wall)
+    for record in records:
+        assert status.restore(restarted, record, 5.0)
+    lane = restarted.lanes.of("isp.example", 5.0)[0]
+    assert lane.source == A
+    assert lane.steering.learned().ceiling == pytest.approx(learned_a.ceiling)
+    assert lane.steering.state != "slow_start"
+    # a record of another pool, or one too old to trust, is not restored
+    other = records[0].__class__(**{**records[0].__dict__, "pool": "q"})
+    assert not status.restore(restarted, other, 5.0)
+    stale = records[0].__class__(**{**records[0].__dict__, "ts": wall() - 8 * 86400})
+    assert not status.restore(restarted, stale, 5.0)
+
+
+def test_resume_lifts_a_block_and_rows_show_each_source() -> None:
+    wall = Clock()
+    s = shaper(wall=wall)
+    s.observe("isp.example", 0.0, [reply(BLOCKED, A, "greeting")])
+    rows = {r.source: r for r in status.rows(s, 1.0, lambda _k: 4)}
+    assert rows[A].state == "blocked"
+    assert rows[A].last_class == "block"
+    assert rows[A].rule == "any-ip-temporarily-blocked"
+    assert rows[A].until == pytest.approx(wall() + TUNING.block_initial - 1.0)
+    assert "temporarily blocked" in rows[A].last_error
+    assert rows[A].queued == 4 and rows[A].rate == 0.0
+    assert rows[B].state == "slow_start"
+    assert s.apply_command(Command("p", "isp.example", "resume"), 2.0)
+    assert s.lanes.of("isp.example", 2.0)[0].steering.wait(2.0) == 0.0
+    # a suspension shows on every source's row
+    s.apply_command(Command("p", "isp.example", "suspend", until=wall() + 600, by="ops"), 3.0)
+    assert {r.state for r in status.rows(s, 3.0, lambda _k: 0)} == {"suspended"}
+    held, reason = s.why_held("isp.example", 3.0)
+    assert held == "suspended" and "suspended by ops until" in reason
