@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailsluice.delivery.shaping.controller import Ceilings, Controller, Signal, Tuning
+from mailsluice.delivery.shaping.controller import Ceilings, Change, Controller, Signal, Tuning
 from mailsluice.delivery.shaping.controller_tuning import TUNING
 from mailsluice.delivery.shaping.limiter import Gcra, Rate
 from mailsluice.policy.replies import ReplyClass
@@ -32,16 +32,17 @@ CONNECT_S = (0.08, 0.12)  # TCP, greeting and EHLO
 MESSAGE_S = (0.05, 0.2)  # MAIL to the end of DATA
 # Shares of a message's time at which the MAIL, RCPT and DATA replies come.
 MAIL_AT, RCPT_AT = 0.2, 0.4
-LINGER_S = 1.0  # an idle connection stays open this long for the next message
+LINGER_S = 30.0  # an idle connection is kept this long for reuse (the transport's idle_keep_s)
 # Sends are paced evenly: a slot lost waiting for a free connection is not made up.
 PACING_BURST = 1
 # What the policy says when it knows nothing of the provider: generous ceilings.
 POLICY = Ceilings(rate=math.inf, connections=20, per_connection=100)
 BIN_S = 10.0  # accepted messages are counted in bins of this width
-# "Stays within 10% below the limit" holds for every window this long, and long enough to
-# hold STAY_MESSAGES at the limit: fewer, and one message more or less is a tenth.
-STAY_S = 60.0
-STAY_MESSAGES = 30
+# Rates are measured over windows this long, and long enough to hold WINDOW_MESSAGES at the
+# limit: over fewer, one message more or less is a tenth.
+WINDOW_S = 60.0
+WINDOW_MESSAGES = 30
+KEEP_CHANGES = 200  # state changes kept per run, for the messages of failed assertions
 
 
 def effective_limit(limits: ProviderLimits, policy: Ceilings = POLICY) -> float:
@@ -96,41 +97,43 @@ class Result:
     refused_connections: int
     end: float  # when the last message was accepted
     bins: tuple[int, ...]  # accepted per BIN_S
-    changes: int  # state changes the controllers reported
+    changes: tuple[Change, ...]  # the first state changes the controllers reported
 
     @property
     def deferral_pct(self) -> float:
         return 100.0 * self.deferred / max(1, self.attempts)
 
-    def reached(self, fraction: float = 0.9) -> float:
-        """The start of the first STAY window accepting at least `fraction` of the limit: the
-        controller found the limit (inf: never)."""
-        span = math.ceil(max(STAY_S, STAY_MESSAGES / self.limit) / BIN_S)
-        per_window = self.limit * span * BIN_S * fraction
+    def converged(self, fraction: float = 0.9) -> float:
+        """When the first measuring window began that accepted at least `fraction` of the
+        limit: the controller had found it (inf: never)."""
+        span, per_window = self._window(fraction)
         for first in range(len(self.bins) - span):
             if sum(self.bins[first : first + span]) >= per_window:
                 return first * BIN_S
         return math.inf
 
-    def convergence(self, fraction: float = 0.9) -> float:
-        """The earliest time from which every STAY_S window up to the last full bin accepts at
-        least `fraction` of the limit (inf: never)."""
-        span = math.ceil(max(STAY_S, STAY_MESSAGES / self.limit) / BIN_S)
-        per_window = self.limit * span * BIN_S * fraction
-        full = len(self.bins) - 1  # the last bin is the queue running dry
+    def settled(self, fraction: float = 0.9) -> float:
+        """From when on every measuring window accepted at least `fraction` of the limit, up
+        to the last full bin (inf: never)."""
+        span, per_window = self._window(fraction)
         start = math.inf
-        for first in range(full - span, -1, -1):
+        for first in range(len(self.bins) - 1 - span, -1, -1):
             if sum(self.bins[first : first + span]) < per_window:
                 break
             start = first * BIN_S
         return start
 
     def efficiency(self, since: float) -> float:
-        """Accepted per second from `since` to the last full bin, over the limit."""
+        """Accepted per second from `since` to the last full bin (the last is the queue
+        running dry), over the limit."""
         first, last = int(since / BIN_S), len(self.bins) - 1
         if last <= first:
             return 0.0
         return sum(self.bins[first:last]) / ((last - first) * BIN_S) / self.limit
+
+    def _window(self, fraction: float) -> tuple[int, float]:
+        span = math.ceil(max(WINDOW_S, WINDOW_MESSAGES / self.limit) / BIN_S)
+        return span, self.limit * span * BIN_S * fraction
 
 
 class Simulation:
@@ -152,8 +155,7 @@ class Simulation:
         self.events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.accepted: list[float] = []
-        self.changes = 0
-        self.log: list[object] = []
+        self.changes: list[Change] = []
         self.classes = {ip: _classes(texts, ip) for ip in sources}
         self.sources = [
             _Source(
@@ -190,7 +192,7 @@ class Simulation:
             refused_connections=stats.refused_connections,
             end=end,
             bins=tuple(bins),
-            changes=self.changes,
+            changes=tuple(self.changes),
         )
 
     def _at(self, when: float, action: Callable[[], None]) -> None:
@@ -322,7 +324,7 @@ class Simulation:
             self._close(conn)
         else:
             conn.busy, conn.idle_since = False, self.now
-            self._at(self.now + LINGER_S, lambda: self._linger_over(conn, self.now))
+            self._at(self.now + LINGER_S, lambda since=self.now: self._linger_over(conn, since))
         self._dispatch(src)
 
     def _linger_over(self, conn: _Conn, since: float) -> None:
@@ -360,11 +362,9 @@ class Simulation:
         )
         self._note(src.ctl.observe(signal))
 
-    def _note(self, change: object) -> None:
-        if change is not None:
-            self.changes += 1
-            if len(self.log) < 1000:
-                self.log.append(change)
+    def _note(self, change: Change | None) -> None:
+        if change is not None and len(self.changes) < KEEP_CHANGES:
+            self.changes.append(change)
 
 
 def _classes(texts: ProviderTexts, ip: str) -> dict[str, ReplyClass]:

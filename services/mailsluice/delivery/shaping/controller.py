@@ -1,19 +1,20 @@
 """The closed loop of one source address towards one destination: what it may send now.
 
-A provider does not publish its limits; its replies say when they were crossed. The controller
-turns classified replies into a rate, a connection count and a number of messages per
-connection, the way TCP finds a path's capacity:
+A provider does not publish its limits; its replies say when they were crossed. Like TCP
+finding a path's capacity, the controller turns classified replies into a rate, a connection
+count and a number of messages per connection:
 
-    slow_start --rate/reputation--> hold --hold over--> steady --long clean--> probing
-        ^                                  (rate: straight back under the learned ceiling;
-        |                                   reputation: climbs back by windows)
-        +-- probe accepted <-- probe <--interval over-- blocked <-- block reply, or a
-                                                                     streak of server failures
+    slow_start --rate/reputation--> hold --over--> steady, at 0.96 of a proven ceiling
+                                     +--over, nothing proven--> probing: search upwards
+    steady --long clean stretch--> probing slowly above the ceiling (a limit may have risen)
+    any --block, or a streak of server failures--> blocked --over--> probe (one send)
+    probe --accepted--> slow_start (or back, after server trouble); --refused--> blocked longer
 
-Cuts start from the rate actually accepted over the last window, never from the configured
-ceiling, and never compound on replies of sends that were already in flight when the previous
-cut happened. Policy values are only ceilings and starting hints. Everything is a function of
-the `now` the caller passes (monotonic seconds): no I/O, no wall clock, bounded memory.
+A cut starts from the rate the provider actually gave (controller_evidence: the bucket fitted
+to the history, or what was accepted since its bucket was seen empty), never from the policy,
+and replies of sends in flight when a cut was made never cut again. Policy values are only
+ceilings and starting hints. Everything is a function of the `now` the caller passes
+(monotonic seconds): no I/O, no wall clock, bounded memory.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Controller:
         self._probe_at: float | None = None  # when the single probe went
         self._evidence = Evidence(tuning, now, fresh=learned is None)
         self._proven = False  # the ceiling rests on enough messages: no more searching
+        self._searched: float | None = None  # the rate before the last search step
         self._cut_class = ""  # class of the reply behind the last cut
         self._win_start, self._win_accepted, self._win_open, self._win_clean = now, 0, 0, True
         self._win_sent = 0
@@ -166,16 +168,8 @@ class Controller:
 
     def learned(self) -> Learned:
         return Learned(
-            rate=self._rate,
-            ceiling=self._ceiling,
-            connections=self._conns,
-            learned_connections=self._learned_conns,
-            per_connection=self._per_conn,
-            state=self.state,
-            until=self._until,
-            last_class=self._last_class,
-            last_reply=self._last_reply,
-            block_interval=self._block_interval,
+            *(self._rate, self._ceiling, self._conns, self._learned_conns, self._per_conn),
+            *(self.state, self._until, self._last_class, self._last_reply, self._block_interval),
         )
 
     def set_ceilings(self, c: Ceilings) -> None:
@@ -193,6 +187,9 @@ class Controller:
         self._learned_conns = learned.learned_connections
         self._per_conn = learned.per_connection
         self._last_class, self._last_reply = learned.last_class, learned.last_reply
+        self._proven = math.isfinite(learned.ceiling)
+        if learned.last_class in CUTS:
+            self._cut_class = learned.last_class
         self._block_interval = learned.block_interval or self.tuning.block_initial
         self.state, self._until = learned.state, learned.until
         if self.state == "blocked":
@@ -228,7 +225,7 @@ class Controller:
         rate still too high (right after a cut the bucket is empty, so a send at a fine rate
         may still be deferred). Such a follow-up corrects the rate with `beta_rate` and keeps
         the hold: the provider spoke once, the reply class acted on its first reply."""
-        self._last_class, self._last_reply = s.cls, s.reply
+        self._last_class, self._last_reply = str(s.cls), s.reply
         follow_up = s.at < self._quiet_until and self.state != "probe"
         if self.state == "blocked" or (
             follow_up
@@ -243,7 +240,10 @@ class Controller:
         if before == "probe":
             estimate = self._rate  # nothing was sent while stopped: the rate before the stop
         else:
-            estimate, self._proven = self._evidence.estimate(s.at, self._rate, before, self._proven)
+            estimate, self._proven = self._evidence.estimate(
+                s.at, self._rate, before, self._searched
+            )
+        self._searched = None
         self._deferred(s.at)
         if follow_up:
             beta = t.beta_rate
@@ -254,7 +254,8 @@ class Controller:
             self._until = s.at + t.hold_rate
         if not follow_up:
             self._cut_class = s.cls
-        self._ceiling = max(estimate, t.floor)
+        # An unproven ceiling is no ceiling: the rate searches for it (and persists none).
+        self._ceiling = max(estimate, t.floor) if self._proven else math.inf
         self._rate = max(t.floor, min(self._rate, beta * estimate))
         self.state = "hold"
         self._quiet_answers, self._quiet_until = self._started, s.at + t.window
@@ -263,10 +264,10 @@ class Controller:
         return self._change(before, s.cls, s.reply, s.at)
 
     def _deferred(self, at: float) -> None:
-        self._evidence.deferred(at, self._started - self._answered)
+        self._evidence.deferred(at, max(0, self._started - self._answered))
 
     def _block(self, s: Signal) -> Change | None:
-        self._last_class, self._last_reply = s.cls, s.reply
+        self._last_class, self._last_reply = str(s.cls), s.reply
         t = self.tuning
         if self.state == "blocked" and self._stopped_by == "block":
             return None  # a send in flight when the block came: nothing new
@@ -278,7 +279,7 @@ class Controller:
         return self._stop(s, "block", max(self._block_interval, s.min_block))
 
     def _server(self, s: Signal) -> Change | None:
-        self._last_class, self._last_reply = s.cls, s.reply
+        self._last_class, self._last_reply = str(s.cls), s.reply
         t = self.tuning
         self._server_run += 1
         if self.state == "blocked":
@@ -305,7 +306,7 @@ class Controller:
         return self._change(before, s.cls, s.reply, s.at)
 
     def _connections_learned(self, s: Signal) -> Change | None:
-        self._last_class, self._last_reply = s.cls, s.reply
+        self._last_class, self._last_reply = str(s.cls), s.reply
         learned = max(1, s.open_connections - 1)
         if self._learned_conns and learned >= self._learned_conns:
             return None
@@ -316,7 +317,7 @@ class Controller:
         return self._change(self.state, s.cls, s.reply, s.at)
 
     def _per_connection_learned(self, s: Signal) -> Change | None:
-        self._last_class, self._last_reply = s.cls, s.reply
+        self._last_class, self._last_reply = str(s.cls), s.reply
         if self.state == "probe":
             self._probe_at = None
         learned = max(1, s.sent_on_connection)
@@ -375,8 +376,9 @@ class Controller:
         if not self._proven:
             # Nothing proven where the limit is: search upwards from here, a step a window,
             # so the next deferral comes at a small overshoot and proves it.
-            self.state = "probing"
-            self._rate = min(self.ceilings.rate, self._rate * t.search)
+            if self._rate < self.ceilings.rate:
+                self.state, self._searched = "probing", self._rate
+                self._rate = min(self.ceilings.rate, self._rate * t.search)
         elif self._rate < target:
             self._rate = min(target, self._rate * t.recover)
         elif self.state == "steady" and now - self._since_cut >= patience:
@@ -385,14 +387,5 @@ class Controller:
             self._rate = min(self.ceilings.rate, self._rate * (1 + t.probe_per_min * t.window / 60))
 
     def _change(self, before: str, cls: str, reply: str, at: float) -> Change:
-        return Change(
-            source=self.source,
-            key=self.key,
-            from_state=before,
-            to_state=self.state,
-            cls=str(cls),
-            reply=reply,
-            rate=self.rate(at),
-            connections=self.connections(at),
-            at=at,
-        )
+        rate, connections = self.rate(at), self.connections(at)
+        return Change(self.source, self.key, before, self.state, cls, reply, rate, connections, at)

@@ -68,13 +68,16 @@ class Evidence:
         upper = self.bounds.upper(now, self.tuning.window)
         return upper is not None and rate > upper
 
-    def estimate(self, now: float, rate: float, state: str, proven: bool) -> tuple[float, bool]:
+    def estimate(
+        self, now: float, rate: float, state: str, searched: float | None
+    ) -> tuple[float, bool]:
         """The provider's rate as the replies show it at a rate reply, and whether enough
         messages back it to stop searching. Best: the bucket fitted to the history (needs an
         earlier episode). Then, inside an episode, what was accepted since its first deferral
-        (the bucket has been empty since: that is the refill). Searching, the step before
-        this one (it ran a window clean). Otherwise the rate refused, or leaving slow start
-        the recent accepted rate, believed only as far as earlier deferrals proved it."""
+        (the bucket has been empty since: that is the refill). Searching, the rate before
+        the last step (`searched`: it ran a window clean). Otherwise the rate refused, or
+        leaving slow start the recent accepted rate, believed only as far as earlier
+        deferrals proved it."""
         t, span = self.tuning, self.tuning.window / 2
         lower = self.bounds.lower(now, span, t.min_proof)
         fitted = self.bucket.fit(now, max(lower or 0.0, t.floor), rate, t.min_proof)
@@ -84,8 +87,8 @@ class Evidence:
             estimate, count = fitted
         elif episode is not None and in_episode is not None:
             estimate, count = in_episode, episode[0]
-        elif state == "probing" and not proven and self.pacing(now, rate):
-            estimate, count = rate / t.search, t.min_trust
+        elif searched is not None and self.pacing(now, rate):
+            estimate, count = searched, t.min_trust
         else:
             estimate, count = self._recent(now, rate, state, lower), 0
         # Resting on a handful of messages it is a token or two off: keep searching.

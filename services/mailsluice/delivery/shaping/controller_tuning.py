@@ -15,8 +15,9 @@ from dataclasses import dataclass
 class Tuning:
     """How the controller reacts; rates are messages per second, times seconds."""
 
-    # 30/min: below what nearly every provider accepts from a new source, fast enough to
-    # learn from within a window.
+    # 12/min: about what the smallest providers accept from a new source (10/min), so the
+    # first deferral comes from slow start's doubling, not from the very first sends, and
+    # slow start still reaches 50/s in under two minutes.
     start_rate: float = 0.2
     # Two connections show whether a destination is connection-bound without hitting the
     # smallest caps (1 connection is the only cap below it).
@@ -30,11 +31,11 @@ class Tuning:
     window: float = 10.0
     # Slow start multiplies the rate by this per clean, fully used window.
     growth: float = 2.0
-    # A window counts as "used" when this share of the allowed rate was accepted: growth
-    # without use would give an unproven rate to a later burst.
+    # A window counts as "used" when sends started at this share of the allowed rate: growth
+    # without use would hand an unproven rate to a later burst.
     busy: float = 0.7
-    # On a rate reply: the new rate is this share of the accepted rate (a token bucket
-    # drained at `achieved` refills slower than that).
+    # On a rate reply: the new rate is this share of the rate the provider gave, so its
+    # bucket refills a little during the hold.
     beta_rate: float = 0.9
     # Leaving slow start on a rate reply: its last doubling may have doubled past the limit.
     beta_start: float = 0.5
@@ -46,7 +47,8 @@ class Tuning:
     hold_rate: float = 15.0
     # Hold after a reputation cut: reputation recovers slower than a bucket.
     hold_reputation: float = 30.0
-    # Steady state runs at this share of the learned ceiling: under it, never on it.
+    # Steady state runs at this share of the learned ceiling: under it by more than the few
+    # percent a fitted ceiling is off, never on it.
     steady: float = 0.96
     # The recent accepted rate is believed up to this much above what deferrals proved: more is
     # a burst the provider's bucket had saved up.
@@ -63,12 +65,12 @@ class Tuning:
     # A ceiling is proven (no more searching above it) when it rests on this many messages:
     # a token off is then at most a few percent.
     min_trust: int = 10
-    # After a reputation hold, or towards a ceiling no deferral has proven yet, the rate climbs
-    # back by this factor per clean window (after a rate hold under a proven ceiling it goes
-    # straight back to the steady rate).
+    # After a reputation hold the rate climbs back under a proven ceiling by this factor per
+    # clean window (after a rate hold it goes straight back to the steady rate).
     recover: float = 1.25
-    # A ceiling no deferral has proven (one that leaving slow start guessed) is searched
-    # above right away, by this factor per clean window: the next deferral proves it.
+    # With no ceiling proven (one reply of a handful of messages proves nothing) the rate
+    # searches upwards from where the hold left it, by this factor per clean window: small
+    # steps, so the next deferral comes at a small overshoot and proves where the limit is.
     search: float = 1.1
     # A clean stretch this long in steady state starts probing above the ceiling, so a limit
     # that rose is found again.
