@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
+CAMPAIGN_ARGS ?=
 
 .PHONY: help setup system-deps kafka-jars k8s-build k8s-up k8s-down lint typecheck test run \
         bench kafka-up kafka-down docs clean
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - run the whole pipeline locally (Kafka, ingest, delivery, sandbox MX)"
 	@echo "make test   - install what is needed, then ruff, mypy and the full pytest suite"
-	@echo "make bench  - measure throughput, latency and memory, against Postfix too"
+	@echo "make bench  - throughput, latency and memory (against Postfix), shaping, campaign"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,7 @@ run: setup
 bench: setup
 	$(BIN)/python scripts/bench.py
 	$(BIN)/python scripts/bench_shaping.py
+	$(BIN)/python scripts/bench_campaign.py $(CAMPAIGN_ARGS)
 
 # etcd, kube-apiserver and helm built from Go modules (cached; the first build takes minutes).
 k8s-build: system-deps
