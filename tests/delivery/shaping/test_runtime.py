@@ -17,9 +17,9 @@ from mailsluice.config import ConfigError, load
 from mailsluice.contracts.control import Command, decode_learned, learned_key
 from mailsluice.contracts.events import EventType, decode_event
 from mailsluice.contracts.topics import CONTROL_TOPIC, EVENTS_TOPIC
-from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.delivery.shaping.runtime import ShapingRuntime
 from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
+from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 
 

@@ -18,7 +18,9 @@ TSS09 = (
 )
 
 
-def result(rcpt: str, code: int, enhanced: str, text: str, phase: str = "rcpt", source: str = ""):
+def result(
+    rcpt: str, code: int, enhanced: str, text: str, *, phase: str = "rcpt", source: str = ""
+):
     return SimResult(rcpt, code, enhanced, text, phase, source)
 
 
