@@ -162,3 +162,11 @@ def test_resume_lifts_a_block_and_rows_show_each_source() -> None:
     assert {r.state for r in status.rows(s, 3.0, lambda _k: 0)} == {"suspended"}
     held, reason = s.why_held("isp.example", 3.0)
     assert held == "suspended" and "suspended by ops until" in reason
+
+
+def test_only_a_learning_destination_holds_deferred_recipients_for_capacity() -> None:
+    rate_reply = reply(RATE, A)
+    assert shaper().observe("isp.example", 0.0, [rate_reply]).held == {"r@isp.example"}
+    fixed = PolicyShaper(load_policy_text(POLICY), "p", sources=(A,), adaptive=False)
+    # nothing slows a fixed destination down: its deferrals take the failure schedule
+    assert fixed.observe("isp.example", 0.0, [rate_reply]).held == frozenset()

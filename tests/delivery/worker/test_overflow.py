@@ -37,7 +37,7 @@ def overrides(target: str) -> str:
     today = datetime.now(UTC).date().isoformat()
     return json.dumps(
         {
-            "defaults": {"max_message_rate": "1000/s"},
+            "defaults": {"max_message_rate": "1000/s", "adaptive": False},
             "warmup": {
                 "schedule": "custom",
                 "start": today,

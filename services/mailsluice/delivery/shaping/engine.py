@@ -235,6 +235,9 @@ class PolicyShaper:
         for source, signal, rule in signals:
             if self.lanes.observe(key, source, signal) is not None:
                 self.rule_of[(source, key)] = rule
+        if verdict.held and not self._lane_policy(key).adaptive:
+            # nothing here slows down for them: they take the failure schedule instead
+            verdict = Verdict(verdict.bounce, frozenset())
         return verdict
 
     def drain_changes(self) -> list[tuple[Change, str]]:
