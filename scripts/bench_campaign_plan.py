@@ -116,17 +116,11 @@ def recipients(
 
 def source_setting(fields: Mapping[str, Any], sources: Sequence[str]) -> tuple[str, str, int]:
     """(environment variable, value, addresses used) for the pool's source addresses, given
-    OutboundSettings.model_fields: every address when the code reads a list of them, else the
-    first one only (the single-address setting)."""
+    OutboundSettings.model_fields: every address, comma-separated, when the code reads a list
+    of them, else the first one only (the single-address setting)."""
     if "source_addresses" in fields:
-        annotation = getattr(fields["source_addresses"], "annotation", str)
-        value = ",".join(sources) if annotation is str else _json_list(sources)
-        return "MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES", value, len(sources)
+        return "MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES", ",".join(sources), len(sources)
     return "MAILSLUICE_OUTBOUND_SOURCE_ADDRESS", sources[0], 1
-
-
-def _json_list(items: Sequence[str]) -> str:
-    return "[" + ",".join(f'"{item}"' for item in items) + "]"
 
 
 # --------------------------------------------------------------------------- figures

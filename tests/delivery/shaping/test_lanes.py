@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from support.shaping import SimResult
+from support.shaping import SimResult, SimulatedWorker
 
 from mailsluice.contracts.control import Command
 from mailsluice.delivery.shaping import status
@@ -86,17 +86,21 @@ def test_every_source_blocked_sends_the_backlog_away_with_the_reply_as_its_reaso
     assert deferral.wait == pytest.approx(TUNING.block_initial - 1.0)
 
 
-def test_deferred_messages_get_slots_spread_at_the_rate() -> None:
+def test_deferred_messages_get_slots_spread_at_the_rate_the_lane_grows_to() -> None:
     s = shaper(sources=(A,))
     sched: Scheduler[int] = Scheduler(s, 5.0)
     waits = []
-    for n in range(20):  # 0.5/s: the first few fit the horizon, the rest leave memory
+    for n in range(400):  # the first few fit the horizon, the rest leave memory
         deferral = sched.push("isp.example", n, 0.0)
         if deferral is not None:
             waits.append(deferral.wait)
-    assert len(waits) >= 10
+    assert len(waits) >= 390
     gaps = [b - a for a, b in itertools.pairwise(waits)]
-    assert all(g == pytest.approx(1 / TUNING.start_rate) for g in gaps)
+    # in slow start the slots follow the rate doubling every window, up to the policy's 10/s
+    assert gaps[0] <= 1 / TUNING.start_rate
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(gaps))
+    assert gaps[-1] == pytest.approx(0.1)
+    assert waits[-1] < 400 / TUNING.start_rate / 5  # far sooner than at the starting rate
     # a transactional message does not queue behind the reserved slots
     urgent: Scheduler[str] = Scheduler(s, 5.0, urgent=lambda item: item == "tx")
     assert urgent.push("isp.example", "tx", 0.0) is None
@@ -170,3 +174,14 @@ def test_only_a_learning_destination_holds_deferred_recipients_for_capacity() ->
     fixed = PolicyShaper(load_policy_text(POLICY), "p", sources=(A,), adaptive=False)
     # nothing slows a fixed destination down: its deferrals take the failure schedule
     assert fixed.observe("isp.example", 0.0, [rate_reply]).held == frozenset()
+
+
+def test_a_big_backlog_drains_as_fast_as_slow_start_grows() -> None:
+    # Slots planned at the starting rate would bring the backlog back too slowly for the lane
+    # to ever look busy, so it would never grow: planned along the growth curve it does.
+    s = PolicyShaper(load_policy_text(POLICY), "p", sources=(A, B))
+    worker = SimulatedWorker(s, send_s=0.3, return_s=1.0)
+    worker.enqueue("isp.example", range(2000))
+    worker.run_until(150.0)
+    assert len(worker.starts["isp.example"]) == 2000  # 2 x 10/s ceiling: ~100 s at the top
+    assert worker.deferred < 2 * 2000  # each message leaves memory twice at most on average

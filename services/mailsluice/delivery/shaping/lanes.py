@@ -18,10 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from mailsluice.delivery.shaping.controller import Ceilings, Change, Learned, Signal
+from mailsluice.delivery.shaping.controller_tuning import TUNING
 from mailsluice.delivery.shaping.limiter import DestinationLimiter, Limits, Rate
 
 # Changes kept for whoever drains them (the runtime logs and publishes them).
 MAX_CHANGES = 10_000
+# In slow start a backlog is planned at this multiple of the current rate (the next window's).
+SLOW_START_PLAN = 2.0
 # Learned limits kept for lanes not in memory (restored when their key comes back).
 MAX_KNOWN = 50_000
 
@@ -148,6 +151,27 @@ class Lane:
     def rate(self, now: float) -> float:
         return 0.0 if self.steering.wait(now) > 0.0 else self.steering.rate(now)
 
+    def projected_rate(self, now: float, at: float) -> float:
+        """The rate the lane should have at `at`: in slow start it doubles every window (up to
+        the policy's ceiling), so the slots of a backlog follow that curve and the mail comes
+        back as fast as the lane grows; otherwise today's rate."""
+        rate = self.rate(now)
+        if self.steering.state != "slow_start" or rate <= 0.0:
+            return rate
+        ceiling = min((r.per_second for r in self.rates), default=math.inf)
+        windows = min(30.0, max(0.0, at - now) / TUNING.window)
+        return min(ceiling, rate * math.pow(TUNING.growth, windows))
+
+    def expected_rate(self, now: float) -> float:
+        """The rate to plan a backlog by: in slow start the rate doubles every busy window, so
+        mail planned at today's rate would come back too late and leave the lane too idle to
+        grow; plan by the next window's rate (never above the policy's ceiling)."""
+        rate = self.rate(now)
+        if self.steering.state != "slow_start" or rate <= 0.0:
+            return rate
+        ceiling = min((r.per_second for r in self.rates), default=math.inf)
+        return max(rate, min(ceiling, rate * SLOW_START_PLAN))
+
 
 @dataclass
 class Lanes:
@@ -222,7 +246,9 @@ class Lanes:
         """Seconds until the message behind `queued` others may start: each open lane takes
         its share by rate; with every lane held, when the first is released."""
         lanes = self.of(key, now)
-        open_lanes = [(lane, lane.rate(now)) for lane in lanes if lane.steering.wait(now) <= 0.0]
+        open_lanes = [
+            (lane, lane.expected_rate(now)) for lane in lanes if lane.steering.wait(now) <= 0.0
+        ]
         if not open_lanes:
             return min(lane.steering.wait(now) for lane in lanes)
         total = sum(rate for _lane, rate in open_lanes)
@@ -230,16 +256,20 @@ class Lanes:
         for lane, rate in open_lanes:
             lane.sync(now)
             share = queued * rate / total if total > 0 and math.isfinite(total) else 0.0
-            waits.append(lane.limiter.backlog_time(now, math.floor(share)))
+            if rate > lane.rate(now) and math.isfinite(rate):
+                waits.append(lane.limiter.rate_wait(now) + share / rate)
+            else:
+                waits.append(lane.limiter.backlog_time(now, math.floor(share)))
         return min(waits) if queued == 0 else max(waits)
 
     def reserve(self, key: str, now: float, wait: float) -> float:
         """A message leaves memory to wait `wait` seconds: it gets the next slot after those
         already given out, so deferred messages come back spread at the key's rate instead of
         all at once (and defer again). Returns its wait."""
-        rate = self.rate(key, now)
+        last = max(now, self._slots.get(key, 0.0))
+        rate = sum(lane.projected_rate(now, last) for lane in self.of(key, now))
         step = 1.0 / rate if rate > 0.0 and math.isfinite(rate) else 0.0
-        slot = max(now + wait, self._slots.get(key, 0.0) + step)
+        slot = max(now + wait, last + step)
         self._slots[key] = slot
         return slot - now
 
