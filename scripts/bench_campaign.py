@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from typing import Any
 
 import bench_campaign_plan as plan  # first: puts tests/ on sys.path for support.*
 import kafka_local
-from bench_ours import MAILSLUICE, Service
+from bench_ours import MAILSLUICE, Service, create_topics
 from bench_run import say
 from bench_tools import tail
 
@@ -134,19 +133,6 @@ def start_simulator(stack: ExitStack, work: Path) -> Any:
     for server in sim.servers.values():
         say(f"simulator: {server.name} on {server.address}")
     return sim
-
-
-def create_topics(env: dict[str, str]) -> None:
-    topics = subprocess.run(
-        [str(MAILSLUICE), "topics", "create"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=90,
-    )
-    if topics.returncode != 0:
-        raise RuntimeError(f"topics create: {topics.stderr.strip() or topics.stdout.strip()}")
 
 
 def start_service(

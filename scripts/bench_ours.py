@@ -156,8 +156,8 @@ def _free_ports() -> dict[str, int]:
     }
 
 
-def _create_topics(env: dict[str, str], report: Report) -> bool:
-    """`mailsluice topics create` on the bench broker; False (and reported) on failure."""
+def create_topics(env: dict[str, str]) -> None:
+    """`mailsluice topics create` on the bench broker; RuntimeError with its output on failure."""
     topics = subprocess.run(
         [str(MAILSLUICE), "topics", "create"],
         env=env,
@@ -167,7 +167,15 @@ def _create_topics(env: dict[str, str], report: Report) -> bool:
         timeout=90,
     )
     if topics.returncode != 0:
-        report.fail("topics", topics.stderr.strip() or topics.stdout.strip())
+        raise RuntimeError(f"topics create: {topics.stderr.strip() or topics.stdout.strip()}")
+
+
+def _create_topics(env: dict[str, str], report: Report) -> bool:
+    """create_topics, with a failure reported; False then."""
+    try:
+        create_topics(env)
+    except RuntimeError as exc:
+        report.fail("topics", str(exc).removeprefix("topics create: "))
         return False
     return True
 
