@@ -276,13 +276,6 @@ class Lanes:
     def reserved_until(self, key: str) -> float:
         return self._slots.get(key, 0.0)
 
-    def release_slots(self, key: str) -> None:
-        self._slots.pop(key, None)
-
-    def next_change(self, key: str, now: float) -> float | None:
-        times = [t for lane in self.of(key, now) if (t := lane.steering.next_change(now))]
-        return min(times, default=None)
-
     # --- what the worker tells ----------------------------------------------------------------
 
     def observe(self, key: str, source: str, signal: Signal) -> Change | None:
