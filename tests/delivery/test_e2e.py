@@ -115,6 +115,8 @@ def _worker_env(kafka: Any, pool: str, mx_address: str, dns_nameserver: str) -> 
         MAILSLUICE_DELIVERY_HTTP_PORT=str(free_port()),
         MAILSLUICE_DELIVERY_COMMIT_INTERVAL_S="0.5",
         MAILSLUICE_DELIVERY_DEST_MAX_CONCURRENCY="2",
+        # crash durability is measured here, not learning: limits as configured
+        MAILSLUICE_SHAPING_POOL_OVERRIDES='{"defaults": {"adaptive": false}}',
         MAILSLUICE_OUTBOUND_STATIC_ROUTES=f"*={mx_address}",
         MAILSLUICE_DNS_NAMESERVERS=dns_nameserver,
     )
