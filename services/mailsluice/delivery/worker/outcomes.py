@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope, new_queue_id
 from mailsluice.contracts.events import Event, EventType, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
+from mailsluice.delivery.shaping.signals import ResultView
 from mailsluice.delivery.transport.replies import S451_NO_RESULT
 from mailsluice.delivery.worker import retry_schedule as retry
 from mailsluice.delivery.worker.settings import DeliverySettings
@@ -25,25 +26,12 @@ EXPIRED_ENHANCED = "4.4.7"
 THROTTLED_ERROR = "throttled: destination over its limits"
 
 
-class ResultLike(Protocol):
-    """The shape of transport.RecipientResult that outcomes need."""
+class ResultLike(ResultView, Protocol):
+    """The shape of transport.RecipientResult that outcomes need: what shaping reads of it,
+    and who answered and what it means for the recipient."""
 
     @property
-    def recipient(self) -> str: ...
-    @property
-    def code(self) -> int: ...
-    @property
-    def enhanced(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
     def remote(self) -> str: ...
-    @property
-    def phase(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def sent_on_connection(self) -> int: ...
     @property
     def kind(self) -> Literal["delivered", "transient", "permanent"]: ...
 
