@@ -43,7 +43,7 @@ from typing import Any
 
 import bench_campaign_plan as plan  # first: puts tests/ on sys.path for support.*
 import kafka_local
-from bench_ours import MAILSLUICE, Service, create_topics
+from bench_ours import MAILSLUICE, Service, create_topics, plumbing_env
 from bench_run import say
 from bench_tools import tail
 
@@ -81,19 +81,8 @@ def pipeline_env(
 ) -> dict[str, str]:
     """Ingest's and delivery's settings: bench plumbing only, the shipped policy untouched."""
     return {
-        **os.environ,
-        "MAILSLUICE_KAFKA_BOOTSTRAP": bootstrap,
-        "MAILSLUICE_DNS_NAMESERVERS": nameserver,  # nothing is looked up off the machine
-        "MAILSLUICE_LOG_JSON_FORMAT": "false",
-        "MAILSLUICE_INGEST_LISTEN_HOST": INGEST_IP,
-        "MAILSLUICE_INGEST_LISTEN_PORT": str(ports["ingest_smtp"]),
-        "MAILSLUICE_INGEST_HTTP_HOST": "127.0.0.1",
-        "MAILSLUICE_INGEST_HTTP_PORT": str(ports["ingest_http"]),
-        "MAILSLUICE_INGEST_HOSTNAME": "ingest.bench.invalid",
-        "MAILSLUICE_INGEST_GREET_PAUSE_S": "0",
-        "MAILSLUICE_INGEST_VERIFY_DOMAINS": "false",  # the campaign's domains are static routes
-        "MAILSLUICE_DELIVERY_HTTP_HOST": "127.0.0.1",
-        "MAILSLUICE_DELIVERY_HTTP_PORT": str(ports["delivery_http"]),
+        # nothing is looked up off the machine
+        **plumbing_env(bootstrap, nameserver, ports, INGEST_IP),
         "MAILSLUICE_DELIVERY_BOUNCES_ENABLED": "false",  # the bench sender has no mailbox
         "MAILSLUICE_OUTBOUND_STATIC_ROUTES": routes,
         "MAILSLUICE_OUTBOUND_ALLOW_PRIVATE_DESTINATIONS": "true",

@@ -99,24 +99,34 @@ def start_dns(stack: ExitStack, sink: str, latency_sink: str) -> str:
     return str(server.nameserver)
 
 
-def service_env(
-    bootstrap: str, nameserver: str, ports: dict[str, int], sink: str, plan: Plan
+def plumbing_env(
+    bootstrap: str, nameserver: str, ports: dict[str, int], ingest_ip: str = INGEST_IP
 ) -> dict[str, str]:
+    """What every bench's ingest and delivery need: the bench broker and DNS, their ports, no
+    greet pause and no recipient-domain DNS checks (the Postfix peer has neither; the bench
+    domains are static routes)."""
     return {
         **os.environ,
         "MAILSLUICE_KAFKA_BOOTSTRAP": bootstrap,
         "MAILSLUICE_DNS_NAMESERVERS": nameserver,
         "MAILSLUICE_LOG_JSON_FORMAT": "false",
-        "MAILSLUICE_INGEST_LISTEN_HOST": INGEST_IP,
+        "MAILSLUICE_INGEST_LISTEN_HOST": ingest_ip,
         "MAILSLUICE_INGEST_LISTEN_PORT": str(ports["ingest_smtp"]),
         "MAILSLUICE_INGEST_HTTP_HOST": "127.0.0.1",
         "MAILSLUICE_INGEST_HTTP_PORT": str(ports["ingest_http"]),
         "MAILSLUICE_INGEST_HOSTNAME": "ingest.bench.invalid",
-        # The Postfix peer has no greet pause and no recipient-domain DNS checks either.
         "MAILSLUICE_INGEST_GREET_PAUSE_S": "0",
         "MAILSLUICE_INGEST_VERIFY_DOMAINS": "false",
         "MAILSLUICE_DELIVERY_HTTP_HOST": "127.0.0.1",
         "MAILSLUICE_DELIVERY_HTTP_PORT": str(ports["delivery_http"]),
+    }
+
+
+def service_env(
+    bootstrap: str, nameserver: str, ports: dict[str, int], sink: str, plan: Plan
+) -> dict[str, str]:
+    return {
+        **plumbing_env(bootstrap, nameserver, ports),
         # Same per-destination concurrency as the Postfix peer; no rate cap.
         "MAILSLUICE_DELIVERY_DEST_MAX_CONCURRENCY": str(plan.concurrency),
         "MAILSLUICE_DELIVERY_DEST_MAX_RATE": "1000000",
