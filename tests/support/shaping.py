@@ -84,12 +84,12 @@ class SimulatedWorker:
     allows, defer what is overdue, sleep until next_wake() but at most MAX_SLEEP_S, wake on
     every arrival and finished send).
 
-    A send takes `send_s`; its reply, `reply(key, item, started)` (None: 250), is observed when
-    it ends, before its slot is freed; a reply the shaper says is about the destination's
-    limits puts the message back in the queue (`held` counts them), as the worker does. A
-    deferral comes back as the worker would fetch it again: after outcomes.throttled_delay plus
-    `return_s` (delay topic and mover latency), due at its slot; one naming an overflow pool
-    leaves for good (`overflowed`)."""
+    A send takes `send_s`; its reply, `reply(key, item, started, source)` (None: 250), is
+    observed when it ends, before its slot is freed; a reply the shaper says is about the
+    destination's limits puts the message back in the queue (`held` counts them), as the
+    worker does. A deferral comes back as the worker would fetch it again: after
+    outcomes.throttled_delay plus `return_s` (delay topic and mover latency), due at its slot;
+    one naming an overflow pool leaves for good (`overflowed`)."""
 
     def __init__(
         self,
@@ -99,7 +99,7 @@ class SimulatedWorker:
         urgent: Callable[[Any], bool] | None = None,
         send_s: float = 0.002,
         return_s: float = 0.0,
-        reply: Callable[[str, Any, float], Reply | None] | None = None,
+        reply: Callable[[str, Any, float, str], Reply | None] | None = None,
         start: float = 0.0,
     ) -> None:
         self.shaper = shaper
@@ -153,7 +153,8 @@ class SimulatedWorker:
         now = self.now
         while self._running and self._running[0][0] <= now:
             ended, _n, job = heapq.heappop(self._running)
-            answer = self.reply(job.key, job.item, ended - self.send_s) if self.reply else None
+            started = ended - self.send_s
+            answer = self.reply(job.key, job.item, started, job.source) if self.reply else None
             code, enhanced, text = answer or (250, "2.0.0", "ok")
             phase = "data" if code < 300 else "rcpt"
             result = SimResult("r", code, enhanced, text, phase, job.source)

@@ -87,6 +87,20 @@ class Controller:
             return 0.0
         return min(self._rate, self.ceilings.rate)
 
+    def projected(self, now: float, at: float) -> float:
+        """The rate expected at `at` if replies stay clean and every window is used: what a
+        backlog is planned by. Mail that leaves memory comes back at its planned slots, so
+        planned at today's rate it would never let a window prove more."""
+        rate = self.rate(now)
+        if rate <= 0.0 or at <= now or self.state == "probe":
+            return rate
+        start = now
+        if self.state == "hold":
+            start, rate = self._until, self._rate_after_hold()
+        factor, cap = self._growth()
+        windows = min(30.0, max(0.0, at - start) / self.tuning.window)
+        return max(rate, min(cap, self.ceilings.rate, rate * math.pow(factor, windows)))
+
     def connections(self, now: float) -> int:
         if self.state == "blocked":
             return 0
@@ -330,11 +344,28 @@ class Controller:
         """Hold over: straight back under a proven ceiling after a rate reply; otherwise the
         rate climbs back window by window (`_grow`)."""
         self.state = "steady"
-        if self._cut_class != ReplyClass.REPUTATION and self._proven:
-            self._rate = max(
-                self._rate, min(self.ceilings.rate, self.tuning.steady * self._ceiling)
-            )
+        self._rate = self._rate_after_hold()
         self._since_cut = now
+
+    def _rate_after_hold(self) -> float:
+        if self._cut_class != ReplyClass.REPUTATION and self._proven:
+            return max(self._rate, min(self.ceilings.rate, self.tuning.steady * self._ceiling))
+        return self._rate
+
+    def _growth(self) -> tuple[float, float]:
+        """(factor per used clean window, rate it stops at) of the current state: `_grow`'s
+        steps, for planning."""
+        t = self.tuning
+        target = min(self.ceilings.rate, t.steady * self._ceiling)
+        if self.state == "slow_start":
+            return t.growth, target
+        if not self._proven:
+            return t.search, self.ceilings.rate
+        if self._rate < target:
+            return t.recover, target
+        if self.state == "probing":
+            return 1 + t.probe_per_min * t.window / 60, self.ceilings.rate
+        return 1.0, self._rate
 
     def _begin_window(self, now: float) -> None:
         self._win_start, self._win_accepted, self._win_open, self._win_clean = now, 0, 0, True

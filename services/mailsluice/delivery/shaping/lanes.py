@@ -23,8 +23,6 @@ from mailsluice.delivery.shaping.limiter import DestinationLimiter, Limits, Rate
 
 # Changes kept for whoever drains them (the runtime logs and publishes them).
 MAX_CHANGES = 10_000
-# In slow start a backlog is planned at this multiple of the current rate (the next window's).
-SLOW_START_PLAN = 2.0
 # Learned limits kept for lanes not in memory (restored when their key comes back).
 MAX_KNOWN = 50_000
 
@@ -35,6 +33,7 @@ class Steering(Protocol):
     state: str
 
     def rate(self, now: float) -> float: ...
+    def projected(self, now: float, at: float) -> float: ...
     def connections(self, now: float) -> int: ...
     def per_connection(self) -> int: ...
     def wait(self, now: float) -> float: ...
@@ -56,6 +55,9 @@ class Fixed:
         self.source, self.key, self.ceilings = source, key, ceilings
 
     def rate(self, now: float) -> float:
+        return self.ceilings.rate
+
+    def projected(self, now: float, at: float) -> float:
         return self.ceilings.rate
 
     def connections(self, now: float) -> int:
@@ -152,25 +154,18 @@ class Lane:
         return 0.0 if self.steering.wait(now) > 0.0 else self.steering.rate(now)
 
     def projected_rate(self, now: float, at: float) -> float:
-        """The rate the lane should have at `at`: in slow start it doubles every window (up to
-        the policy's ceiling), so the slots of a backlog follow that curve and the mail comes
-        back as fast as the lane grows; otherwise today's rate."""
-        rate = self.rate(now)
-        if self.steering.state != "slow_start" or rate <= 0.0:
-            return rate
+        """The rate the lane should have at `at` as its controller grows (never above the
+        policy's own rates): the slots of a backlog follow that curve, so the mail comes back
+        as fast as the lane may grow."""
+        if self.steering.wait(now) > 0.0:
+            return 0.0
         ceiling = min((r.per_second for r in self.rates), default=math.inf)
-        windows = min(30.0, max(0.0, at - now) / TUNING.window)
-        return min(ceiling, rate * math.pow(TUNING.growth, windows))
+        return min(ceiling, self.steering.projected(now, at))
 
     def expected_rate(self, now: float) -> float:
-        """The rate to plan a backlog by: in slow start the rate doubles every busy window, so
-        mail planned at today's rate would come back too late and leave the lane too idle to
-        grow; plan by the next window's rate (never above the policy's ceiling)."""
-        rate = self.rate(now)
-        if self.steering.state != "slow_start" or rate <= 0.0:
-            return rate
-        ceiling = min((r.per_second for r in self.rates), default=math.inf)
-        return max(rate, min(ceiling, rate * SLOW_START_PLAN))
+        """The rate to plan a backlog by: the next window's (planned at today's rate, mail
+        would come back too late and leave the lane too idle to grow)."""
+        return max(self.rate(now), self.projected_rate(now, now + TUNING.window))
 
 
 @dataclass
