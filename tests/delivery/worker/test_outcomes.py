@@ -185,6 +185,15 @@ def test_throttled_record_keeps_attempt_count() -> None:
     assert renv.held == "throttled"
 
 
+def test_a_hold_past_the_expiry_brings_the_message_back_at_its_expiry() -> None:
+    expires = NOW + 3600.0
+    # a short hold: back half a horizon before its slot
+    assert outcomes.throttled_due(NOW, 60.0, 10.0, expires) == NOW + 55.0
+    # a suspension of a week: back at its expiry (and expired then), not expired at once
+    assert outcomes.throttled_due(NOW, 7 * 86400.0, 10.0, expires) == expires
+    assert outcomes.throttled_due(expires, 60.0, 10.0, expires) is None
+
+
 @pytest.mark.parametrize(
     ("held", "reason", "last_error"),
     [

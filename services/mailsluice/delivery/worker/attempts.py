@@ -297,8 +297,12 @@ class Attempts:
             return
         item = deferral.job.item
         env = item.env
-        if self.wall() + deferral.wait > env.received_at + self.settings.expiry_s:
-            # Throttled until past its expiry: count it as a failed attempt, which expires it.
+        now, horizon = self.wall(), self.settings.short_horizon_s
+        due = outcomes.throttled_due(
+            now, deferral.wait, horizon, env.received_at + self.settings.expiry_s
+        )
+        if due is None:
+            # Held until its expiry passed: a failed attempt, which expires it.
             expired = [outcomes.LocalResult(r, *S451_THROTTLED_EXPIRED) for r in env.recipients]
             await self.conclude(item, expired)
             return
@@ -306,9 +310,8 @@ class Attempts:
             record = outcomes.plan_throttled(
                 item.env,
                 item.value,
-                now=self.wall(),
-                not_before=self.wall()
-                + outcomes.throttled_delay(deferral.wait, self.settings.short_horizon_s),
+                now=now,
+                not_before=due,
                 held=deferral.held,
                 reason=deferral.reason,
             )

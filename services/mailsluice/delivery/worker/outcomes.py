@@ -282,6 +282,15 @@ def throttled_delay(wait: float, horizon: float) -> float:
     return max(0.0, wait - horizon / 2)
 
 
+def throttled_due(now: float, wait: float, horizon: float, expires_at: float) -> float | None:
+    """When a message deferred for `wait` seconds is due back from its delay topic (epoch
+    seconds); None when it has expired already. A wait past its expiry is cut to the expiry: a
+    destination suspended for longer expires its mail on the mail's own date, not at once."""
+    if now >= expires_at:
+        return None
+    return min(now + throttled_delay(wait, horizon), expires_at)
+
+
 def plan_throttled(
     env: Envelope,
     message: bytes,
