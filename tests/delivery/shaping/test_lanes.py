@@ -185,3 +185,18 @@ def test_a_big_backlog_drains_as_fast_as_slow_start_grows() -> None:
     worker.run_until(150.0)
     assert len(worker.starts["isp.example"]) == 2000  # 2 x 10/s ceiling: ~100 s at the top
     assert worker.deferred < 2 * 2000  # each message leaves memory twice at most on average
+
+
+def test_a_command_for_a_provider_covers_its_shards() -> None:
+    wall = Clock()
+    s = shaper(wall=wall)
+    s.observe("isp#1", 0.0, [reply(BLOCKED, A, "greeting")])
+    s.apply_command(Command("p", "isp", "suspend", until=wall() + 600, by="ops"), 1.0)
+    for key in ("isp", "isp#1", "isp#2"):
+        assert s.try_start(key, 2.0) is None
+        assert s.why_held(key, 2.0)[0] == "suspended"
+    assert s.try_start("isp.example", 2.0) == A  # another destination is not covered
+    assert s.apply_command(Command("p", "isp", "resume"), 3.0)
+    # the suspension is lifted and so is the block of the shard's lane
+    assert s.try_start("isp#1", 3.0) == A
+    assert s.try_start("isp#2", 3.0) == A

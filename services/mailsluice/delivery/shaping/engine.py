@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from mailsluice.contracts.control import Command
 from mailsluice.delivery.shaping.controller import Ceilings, Change, Controller, Learned
 from mailsluice.delivery.shaping.lanes import Lanes, Policy, Steering
-from mailsluice.delivery.shaping.limiter import Rate
+from mailsluice.delivery.shaping.limiter import Rate, shards_of
 from mailsluice.delivery.shaping.signals import ResultView, Verdict, read_results
 from mailsluice.delivery.shaping.warmup import WarmupTracker
 from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
@@ -141,13 +141,8 @@ class PolicyShaper:
 
     def _blocked_for(self, key: str, now: float, queued: int = 0) -> float:
         """Seconds the destination is held whatever its lanes say: suspension, warm-up cap."""
-        wait = 0.0
-        held = self.suspended.get(key)
-        if held is not None:
-            if now < held.until:
-                wait = held.until - now
-            else:
-                del self.suspended[key]
+        held = self.suspension(key, now)
+        wait = 0.0 if held is None else held.until - now
         if self.warmup is not None:
             if not self.warmup_ready:
                 return max(wait, WARMUP_NOT_READY_WAIT_S)
@@ -188,8 +183,8 @@ class PolicyShaper:
 
     def why_held(self, key: str, now: float) -> tuple[str, str]:
         """Why a message of `key` leaves memory: (held, error text for its record)."""
-        held = self.suspended.get(key)
-        if held is not None and now < held.until:
+        held = self.suspension(key, now)
+        if held is not None:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_at(held.until, now)))
             return "suspended", f"destination suspended by {held.reason} until {until}"
         if self.warmup is not None and self._blocked_for(key, now) > 0.0:
@@ -263,8 +258,28 @@ class PolicyShaper:
             flow_metrics.SUSPENSIONS.labels(self.pool, "operator").inc()
         else:  # resume and retry-now both lift every hold; retry-now also wakes deferred mail
             self.suspended.pop(cmd.key, None)
-            self.lanes.lift(cmd.key, now)
+            for key in dict.fromkeys([cmd.key, *self.lanes.keys()]):
+                if _covers(cmd.key, key):
+                    self.suspended.pop(key, None)
+                    self.lanes.lift(key, now)
         return True
+
+    def suspension(self, key: str, now: float) -> Suspension | None:
+        """The operator's suspension of `key`, or of the provider it is a shard of (a
+        command for "google" covers "google#3"); one that is over is dropped."""
+        for name in dict.fromkeys((key, shards_of(key)[0])):
+            held = self.suspended.get(name)
+            if held is None:
+                continue
+            if now < held.until:
+                return held
+            del self.suspended[name]
+        return None
 
     def _wall_at(self, mono: float, now: float) -> float:
         return self.wall() + mono - now
+
+
+def _covers(commanded: str, key: str) -> bool:
+    """A command for a provider also concerns its shards ("google" covers "google#3")."""
+    return key == commanded or shards_of(key)[0] == commanded

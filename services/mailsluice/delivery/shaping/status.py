@@ -27,8 +27,8 @@ def rows(shaper: PolicyShaper, now: float, queued: Callable[[str], int]) -> list
         key, source = lane.key, lane.source
         learned = lane.steering.learned()
         state, until, rule = learned.state, learned.until, shaper.rule_of.get((source, key), "")
-        suspension = shaper.suspended.get(key)
-        if suspension is not None and now < suspension.until:
+        suspension = shaper.suspension(key, now)
+        if suspension is not None:
             state, until, rule = "suspended", suspension.until, suspension.reason
         out.append(
             DestinationRow(
