@@ -53,6 +53,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from support.eventually import eventually, eventually_sync
+from support.loop_thread import LoopThread
 from support.loopback import free_port, next_loopback
 from support.mx_script import (
     DROP_STAGES,
@@ -230,8 +231,7 @@ class FakeMx:
         self.rcpt_replies: list[tuple[str, str]] = []  # (recipient, reply) in order
         self._live: set[_Recording] = set()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread(self.address)
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -251,11 +251,6 @@ class FakeMx:
     # ----- lifecycle
 
     def start(self) -> FakeMx:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, daemon=True, name=self.address)
-        self._thread.start()
-
         def factory() -> asyncio.BaseProtocol:
             script = self.script
             if script.drop_at == "connect" or script.greeting is not None or script.silent:
@@ -268,24 +263,16 @@ class FakeMx:
                 enable_SMTPUTF8=True,
                 tls_context=self.tls_context,
                 timeout=60,
-                loop=loop,
+                loop=self._thread.loop,
             )
 
-        async def serve() -> asyncio.base_events.Server:
+        async def serve(loop: asyncio.AbstractEventLoop) -> asyncio.base_events.Server:
             return await loop.create_server(factory, self.host, self.port, reuse_address=True)
 
-        try:
-            self._server = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
-        except BaseException:
-            self.stop()
-            raise
+        self._server = self._thread.start(serve)
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
@@ -294,24 +281,16 @@ class FakeMx:
                 if transport is not None:
                     transport.abort()
             await eventually(lambda: not self._live, within=5, what="its connections to close")
-            current = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             if self._server is not None:
                 await self._server.wait_closed()
 
         try:
-            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(15)
+            self._thread.stop(shutdown)
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
-            self._loop = self._thread = self._server = None
+            self._server = None
 
     def __enter__(self) -> FakeMx:
-        return self.start() if self._loop is None else self
+        return self if self._thread.running else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -41,6 +41,7 @@ from typing import Any, Literal
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from support.eventually import eventually, eventually_sync
+from support.loop_thread import LoopThread
 from support.loopback import free_port, next_loopback
 from support.provider_model import (
     PROVIDERS,
@@ -218,7 +219,7 @@ class ProviderServer:
             enable_SMTPUTF8=True,
             tls_context=self.spec.tls_context,
             timeout=60,
-            loop=self.sim._loop,
+            loop=self.sim._thread.loop,
         )
         with self.sim._lock:
             self._live.add(smtp)
@@ -302,8 +303,7 @@ class ProviderSim:
             if spec.name in self.servers:
                 raise ValueError(f"two providers named {spec.name!r}")
             self.servers[spec.name] = ProviderServer(self, spec)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread("provider-sim")
 
     def server(self, name: str) -> ProviderServer:
         return self.servers[name]
@@ -329,46 +329,22 @@ class ProviderSim:
     # ----- lifecycle
 
     def start(self) -> ProviderSim:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, daemon=True, name="provider-sim")
-        self._thread.start()
-
-        async def serve() -> None:
+        async def serve(loop: asyncio.AbstractEventLoop) -> None:
             for server in self.servers.values():
                 await server.serve(loop)
 
-        try:
-            asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
-        except BaseException:
-            self.stop()
-            raise
+        self._thread.start(serve)
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-
         async def shutdown() -> None:
             for server in self.servers.values():
                 await server.shut()
-            current = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
-        try:
-            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(15)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
-            self._loop = self._thread = None
+        self._thread.stop(shutdown)
 
     def __enter__(self) -> ProviderSim:
-        return self.start() if self._loop is None else self
+        return self if self._thread.running else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
