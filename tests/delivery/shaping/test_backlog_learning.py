@@ -12,9 +12,10 @@ provider was served at 0.57 of its limit that way. Planned along the controller'
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
-from support.provider_model import PROVIDERS, ProviderLimits, ProviderModel
+from support.provider_model import PROVIDERS, ProviderLimits, ProviderModel, random_limits
 from support.shaping import Reply, SimulatedWorker
 
 from mailsluice.delivery.shaping.controller import Ceilings, Controller, Signal
@@ -88,6 +89,30 @@ def test_a_backlog_out_of_memory_is_sent_close_to_the_limit(
     assert figures["blocks"] == 0, figures
     # each message leaves memory for a delay topic a few times at most (no re-produce loop)
     assert figures["left_memory"] < 3.0, figures
+
+
+# The one-source convergence test's random limits, its first 30 seeds up to what this
+# memory-side model carries (it has no connections: at the starting two, 0.3 s a send, about
+# 400/min); the faster, connection-bound range is test_controller_convergence's.
+SWEEP_MAX_PER_MIN = 300.0
+SWEEP = [
+    seed
+    for seed in range(100)
+    if random_limits(random.Random(seed)).rate_per_min <= SWEEP_MAX_PER_MIN
+][:30]
+
+
+@pytest.mark.parametrize("seed", SWEEP)
+def test_random_limits_are_met_through_the_delay_topics(seed: int) -> None:
+    limits = random_limits(random.Random(seed))
+    sources = SOURCES[:1]
+    # as in the convergence test: ten minutes' worth at the limit, at least 400 messages
+    messages = max(400, round(limits.rate_per_min * 10))
+    figures = campaign(limits, messages, sources)
+    assert figures["efficiency"] >= 0.85, (limits, figures)
+    assert figures["deferral_pct"] < 2.0, (limits, figures)
+    assert figures["blocks"] == 0, (limits, figures)
+    assert figures["left_memory"] < 3.0, (limits, figures)
 
 
 def searching(ceiling: float = 100.0) -> Controller:
