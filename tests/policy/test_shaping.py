@@ -241,6 +241,13 @@ INVALID = [
     ),
     (BASE + "[provider.g]\nshards = 2000\n", 8, "provider.g.shards", "less than"),
     (
+        BASE + '[provider.g]\nstart_rate = "60/min,burst=5"\n',
+        8,
+        "provider.g.start_rate",
+        "no burst",
+    ),
+    (BASE + "[provider.g]\nstart_connections = 0\n", 8, "provider.g.start_connections", "greater"),
+    (
         BASE + '[domain."x.example"]\nmax_connection_rate = "fast"\n',
         8,
         '"domain"."x.example".max_connection_rate'.replace('"domain"', "domain"),

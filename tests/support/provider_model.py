@@ -287,6 +287,13 @@ class ProviderModel:
             self._source(source, now).count("accepted")
         return reply
 
+    def block(self, source: str, now: float, seconds: float) -> None:
+        """Block `source` for `seconds` from `now`, as if it had ignored deferrals (a test that
+        needs a blocked address without provoking the penalty)."""
+        src = self._source(source, now)
+        src.blocked_until = now + seconds
+        src.count("blocks")
+
     # ----- questions
 
     def blocked(self, source: str, now: float) -> bool:

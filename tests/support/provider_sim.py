@@ -180,6 +180,10 @@ class ProviderServer:
         with self.sim._lock:
             return self.model.open_connections(source)
 
+    def block(self, source: str, seconds: float) -> None:
+        with self.sim._lock:
+            self.model.block(source, self.sim.clock(), seconds)
+
     def blocked(self, source: str) -> bool:
         with self.sim._lock:
             return self.model.blocked(source, self.sim.clock())

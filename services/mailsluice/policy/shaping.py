@@ -62,6 +62,10 @@ class Rule(BaseModel):
     # False: the rates and connections are used as configured instead of as ceilings the
     # destination's controller learns under (a relay or smarthost of one's own)
     adaptive: bool | None = None
+    # Where an adaptive destination's slow start begins, per source address, when nothing was
+    # learned of it yet (a hint: replies still decide); unset, the controller's modest default
+    start_rate: str | None = None
+    start_connections: int | None = Field(default=None, ge=1, le=10000)
 
     @field_validator("max_message_rate")
     @classmethod
@@ -77,6 +81,13 @@ class Rule(BaseModel):
     def _conn_rate(cls, value: str | None) -> str | None:
         if value is not None:
             parse_rate(value)
+        return value
+
+    @field_validator("start_rate")
+    @classmethod
+    def _start_rate(cls, value: str | None) -> str | None:
+        if value is not None and parse_rate(value).burst is not None:
+            raise ValueError("a start rate has no burst: slow start sends evenly")
         return value
 
 
@@ -172,6 +183,8 @@ class Shaping:
     shards: int
     provider: str | None
     adaptive: bool = True
+    start_rate: RateSpec | None = None
+    start_connections: int | None = None
 
     def burst_of(self, rate: RateSpec) -> int:
         """A stated burst, else one message per connection, never more than the rate's count."""
@@ -264,6 +277,8 @@ class Policy:
             shards=merged.get("shards", 1),
             provider=provider,
             adaptive=merged.get("adaptive", True),
+            start_rate=parse_rate(merged["start_rate"]) if merged.get("start_rate") else None,
+            start_connections=merged.get("start_connections"),
         )
 
     def shards(self, key: str) -> int:

@@ -200,3 +200,14 @@ def test_a_command_for_a_provider_covers_its_shards() -> None:
     # the suspension is lifted and so is the block of the shard's lane
     assert s.try_start("isp#1", 3.0) == A
     assert s.try_start("isp#2", 3.0) == A
+
+
+def test_a_start_hint_in_the_policy_is_where_slow_start_begins() -> None:
+    text = POLICY + '\n[domain."warm.example"]\nstart_rate = "120/min"\nstart_connections = 4\n'
+    s = PolicyShaper(load_policy_text(text), "p", sources=(A, B))
+    (lane, _other) = s.lanes.of("warm.example", 0.0)
+    assert lane.steering.state == "slow_start"
+    assert lane.rate(0.0) == pytest.approx(2.0)  # per source address
+    assert lane.steering.connections(0.0) == 4
+    (plain, _other) = s.lanes.of("isp.example", 0.0)
+    assert plain.rate(0.0) == pytest.approx(TUNING.start_rate)

@@ -57,10 +57,15 @@ def lane_policy(shaping: Shaping, shards: int, *, adaptive: bool) -> Policy:
         Rate(r.count / shards, r.period, max(1, shaping.burst_of(r) // shards))
         for r in shaping.message_rates
     )
+    start = shaping.start_rate
     ceilings = Ceilings(
         rate=min((r.per_second for r in rates), default=math.inf),
         connections=max(1, math.ceil(shaping.connection_limit / shards)),
         per_connection=shaping.max_deliveries_per_connection,
+        start_rate=None if start is None else start.per_second / shards,
+        start_connections=(
+            None if shaping.start_connections is None else -(-shaping.start_connections // shards)
+        ),
     )
     return Policy(ceilings, rates, adaptive and shaping.adaptive)
 
