@@ -34,6 +34,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -334,6 +335,7 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
             )
         )
         report(sim, campaign, result, finished=finished, sources=used)
+        report_delay_records(ports["delivery_http"], args.recipients, result)
         say("stopping everything")
 
 
@@ -370,6 +372,20 @@ def report(
             inject_s=None if campaign.inject_s is None else round(campaign.inject_s, 1),
         )
     )
+
+
+def report_delay_records(port: int, messages: int, result: dict[str, Any]) -> None:
+    """How often mail went through the retry delay topics, from the worker's metrics."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        records = plan.delay_records(answer.read().decode())
+    total = sum(records.values())
+    print(
+        f"delay topics: {total:.0f} records for {messages} messages "
+        f"({total / max(1, messages):.2f} per message; by cause {records})",
+        flush=True,
+    )
+    result["delay_records"] = {cause: int(n) for cause, n in sorted(records.items())}
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client.parser import text_string_to_metric_families
+
 # The provider model lives in the test support code (tests/support/), shared with the tests.
 TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 if TESTS not in sys.path:
@@ -339,3 +341,16 @@ def result(rows: Sequence[Figures], **context: Any) -> dict[str, Any]:
         "overall": rows[-1].as_json(),
         "targets": targets(rows[-1]),
     }
+
+
+def delay_records(metrics_text: str) -> dict[str, float]:
+    """Records the worker sent to the retry delay topics, by cause, from its /metrics text: a
+    throttled message leaving memory to wait for capacity, or a failure waiting for its retry.
+    A few per message is the plan; far more is a re-produce loop."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "mailsluice_delivery_retries_total":
+                cause = sample.labels.get("cause", "")
+                out[cause] = out.get(cause, 0.0) + sample.value
+    return out

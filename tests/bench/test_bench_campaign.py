@@ -222,3 +222,15 @@ def test_the_json_is_one_object_with_every_figure():
         "blocks",
     }
     assert decoded["targets"]["blocks"] == {"target": "== 0", "value": 0, "met": True}
+
+
+def test_delay_records_are_summed_by_cause_from_the_worker_metrics():
+    text = (
+        "# HELP mailsluice_delivery_retries_total Records sent to a retry delay topic.\n"
+        "# TYPE mailsluice_delivery_retries_total counter\n"
+        'mailsluice_delivery_retries_total{cause="throttled",pool="default",tier="1m"} 40.0\n'
+        'mailsluice_delivery_retries_total{cause="throttled",pool="default",tier="10m"} 2.0\n'
+        'mailsluice_delivery_retries_total{cause="failure",pool="default",tier="1m"} 3.0\n'
+        'mailsluice_delivery_sent_total{pool="default"} 99.0\n'
+    )
+    assert campaign.delay_records(text) == {"throttled": 42.0, "failure": 3.0}
