@@ -1,4 +1,5 @@
-"""Kafka stopped mid-run: clients get 451, never 250; once Kafka is back, mail flows again.
+"""Kafka stopped mid-run: clients get 451, never 250; once Kafka is back, mail flows again, and
+what was answered 451 is never queued afterwards (the client sends it again).
 
 This module stops and restarts the session's broker; it restarts it in a finally."""
 
@@ -9,6 +10,10 @@ import time
 
 from support.eventually import eventually
 from support.ingest import SendResult, queue_id_of, queued, running_ingest, smtp_send, uid
+from support.topic_reader import read_topic
+
+from mailsluice.contracts.envelope import envelope_from_headers
+from mailsluice.contracts.topics import queue_topic
 
 
 async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_nameserver) -> None:
@@ -63,3 +68,12 @@ async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_names
         assert [r.envelope.recipients for r in records] == [(f"c@{domain}",)]
         await eventually(lambda: service.ready()[0], within=10, what="ready again")
         assert service.ready() == (True, "ok")
+    # Ingest has stopped, so every producer it had is closed: the records of the messages
+    # answered 451 were dropped with the failed producer, not flushed once Kafka was back.
+    answered_451 = await read_topic(
+        settings,
+        queue_topic("default"),
+        lambda r: envelope_from_headers(r.headers).recipients == (f"b@{domain}",),
+        expect=0,
+    )
+    assert answered_451 == []

@@ -1,16 +1,14 @@
 """Writing to Kafka: the one publish step of a transaction's plan (records and events awaited
 with acks, bounded) and events emitted without waiting (logged, counted when lost).
 
-The producer is idempotent with acks=all (kafka/clients.py). After any failed or
-timed-out publish the producer is replaced before the next one: an idempotent producer whose
-batches expired can be left with broken sequence numbers, and a fresh one also re-bootstraps
-when the broker comes back.
+The producer is idempotent with acks=all (kafka/clients.py). After a failed or timed-out
+publish it is replaced before the next one (kafka/producers.py), and what the old one still
+buffers is dropped, not flushed: the client was answered 451 for it and will send it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +18,7 @@ from mailsluice.contracts.events import Event, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
 from mailsluice.ingest.plan import Outcome, Plan, QueueRecord
 from mailsluice.kafka.clients import make_producer
+from mailsluice.kafka.producers import RenewingProducer, Send
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.ingest import Ingest as metrics
 
@@ -33,7 +32,6 @@ class PublishError(Exception):
 
 
 ProducerFactory = Callable[[], Any]
-_Send = tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]  # topic, value, key, headers
 
 
 class Publisher:
@@ -47,20 +45,16 @@ class Publisher:
         producer_factory: ProducerFactory | None = None,
     ) -> None:
         self._timeout = publish_timeout_s
-        self._factory = producer_factory or (
+        factory = producer_factory or (
             lambda: make_producer(settings, max_message_size=max_message_size, client_id=client_id)
         )
-        self._producer: Any = None
-        self._broken = False
-        self._reset_lock = asyncio.Lock()
+        self._producers = RenewingProducer(factory, name="ingest")
         self._events: set[asyncio.Task[None]] = set()
         self._health_task: asyncio.Task[None] | None = None
         self.kafka_ok = False
 
     async def start(self) -> None:
-        producer = self._factory()
-        await producer.start()
-        self._producer = producer
+        await self._producers.get()
         self.kafka_ok = True
         self._health_task = asyncio.create_task(self._health_loop(), name="ingest-kafka-health")
 
@@ -71,11 +65,7 @@ class Publisher:
             await asyncio.wait({self._health_task}, timeout=5)
         if self._events:
             await asyncio.wait(set(self._events), timeout=grace_s)
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.flush(), grace_s)
-            await producer.stop()
+        await self._producers.stop(grace_s)
         self.kafka_ok = False
 
     # --- records a reply depends on -------------------------------------------------------
@@ -83,51 +73,17 @@ class Publisher:
     async def publish(self, records: Sequence[QueueRecord], events: Sequence[Event] = ()) -> None:
         """Send every queue record and event and wait for all acknowledgements, or raise
         PublishError."""
-        sends: list[_Send] = [(r.topic, r.value, r.key, r.headers()) for r in records]
+        sends: list[Send] = [(r.topic, r.value, r.key, r.headers()) for r in records]
         sends += [(EVENTS_TOPIC, encode_event(e), e.queue_id.encode() or None, []) for e in events]
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._send_all(sends), self._timeout)
+            await asyncio.wait_for(self._producers.send_all(sends), self._timeout)
         except Exception as exc:
-            self._broken = True
+            # answered 451: what the producer still buffers must not be written after that
+            self._producers.failed()
             self.kafka_ok = False
             raise PublishError(type(exc).__name__) from exc
         metrics.PUBLISH_SECONDS.observe(time.monotonic() - started)
-
-    async def _send_all(self, sends: list[_Send]) -> None:
-        producer = await self._usable_producer()
-        acks = []
-        for topic, value, key, headers in sends:
-            acks.append(await producer.send(topic, value, key=key, headers=headers or None))
-        await asyncio.gather(*acks)
-
-    async def _usable_producer(self) -> Any:
-        async with self._reset_lock:
-            if self._broken or self._producer is None:
-                old, self._producer = self._producer, None
-                if old is not None:
-                    self._stop_later(old)
-                fresh = self._factory()
-                try:
-                    await fresh.start()
-                except BaseException:
-                    self._stop_later(fresh)
-                    raise
-                self._producer = fresh
-                self._broken = False
-                log.info("Kafka producer replaced after a failure")
-            return self._producer
-
-    def _stop_later(self, producer: Any) -> None:
-        async def stop() -> None:
-            try:
-                await asyncio.wait_for(producer.stop(), 30)
-            except Exception:
-                log.warning("stopping a failed Kafka producer failed", exc_info=True)
-
-        task = asyncio.create_task(stop())
-        self._events.add(task)
-        task.add_done_callback(self._events.discard)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -139,7 +95,7 @@ class Publisher:
 
     async def _send_event(self, event: Event) -> None:
         try:
-            producer = await asyncio.wait_for(self._usable_producer(), self._timeout)
+            producer = await asyncio.wait_for(self._producers.get(), self._timeout)
             ack = await producer.send(
                 EVENTS_TOPIC,
                 encode_event(event),
@@ -147,6 +103,7 @@ class Publisher:
             )
             await asyncio.wait_for(ack, self._timeout)
         except Exception:
+            self._producers.failed()
             metrics.EVENTS_FAILED.inc()
             log.error(
                 "event %s for %s lost: Kafka write failed",
@@ -166,7 +123,7 @@ class Publisher:
     async def check(self) -> bool:
         """Probe the brokers (metadata request); recovers the producer when Kafka is back."""
         try:
-            producer = await asyncio.wait_for(self._usable_producer(), self._timeout)
+            producer = await asyncio.wait_for(self._producers.get(), self._timeout)
             await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout)
         except Exception:
             self.kafka_ok = False

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from mailsluice.contracts.envelope import (
@@ -39,6 +39,7 @@ from mailsluice.delivery.transport.replies import (
 from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
 from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.delivery import Delivery as m
 from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
@@ -149,7 +150,7 @@ class Attempts:
         self.wall = wall
         self.mono = mono
         self.rng = rng
-        self.producer: AIOKafkaProducer | None = None  # set by the worker once started
+        self.producers: RenewingProducer | None = None  # set by the worker once started
 
     async def remember_delivered(self, kafka: KafkaSettings) -> None:
         """After gaining partitions: records past the previous owner's last commit come again;
@@ -364,16 +365,14 @@ class Attempts:
             m.DSN_SENT.labels(self.pool).inc()
 
     async def produce_all(self, records: list[outcomes.Produce]) -> None:
-        """Produce every record and wait for all acks; retry while Kafka is unavailable."""
-        assert self.producer is not None
+        """Produce every record and wait for all acks; retry while Kafka is unavailable, each
+        time with a fresh producer (a failed idempotent one may never send again)."""
+        assert self.producers is not None
+        sends = [(r.topic, r.value, r.key, tuple(r.headers)) for r in records]
         delay = 0.2
         while True:
             try:
-                futures = [
-                    await self.producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
-                    for r in records
-                ]
-                await asyncio.gather(*futures)
+                await self.producers.send_all(sends)
                 self.kafka_state("")
                 return
             except KafkaError as exc:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
@@ -43,6 +43,7 @@ from mailsluice.delivery.worker.dispatch import Dispatch
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.clients import make_consumer, make_producer
 from mailsluice.kafka.ledger import Ledger
+from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.delivery import Delivery as m
 
@@ -122,7 +123,7 @@ class Worker:
         self.dedup = DeliveredCache(settings.dedup_size)
         self.commits = Commits(self.pool, self.ledger, settings.commit_interval_s)
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.producers: RenewingProducer | None = None
         self._generation: dict[TopicPartition, int] = {}
         self._owned: set[TopicPartition] = set()
         self._held = 0  # items in memory: queued, sending or producing outcomes
@@ -157,13 +158,16 @@ class Worker:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.producer = make_producer(
-            self.kafka,
-            max_message_size=self.settings.max_message_size,
-            client_id=f"{self._client_id}-producer",
+        self.producers = RenewingProducer(
+            lambda: make_producer(
+                self.kafka,
+                max_message_size=self.settings.max_message_size,
+                client_id=f"{self._client_id}-producer",
+            ),
+            name="delivery",
         )
-        await self.producer.start()
-        self.attempts.producer = self.producer
+        await self.producers.get()
+        self.attempts.producers = self.producers
         self.consumer = make_consumer(
             self.kafka,
             group_id=consumer_group(self.pool),
@@ -216,8 +220,8 @@ class Worker:
     async def _close(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
+        if self.producers is not None:
+            await self.producers.stop()
 
     async def _drain(self) -> None:
         """No new work; hand back queued records; let sends finish within the drain timeout."""
