@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
@@ -38,6 +38,7 @@ from mailsluice.delivery.retry.hold import (
 )
 from mailsluice.delivery.retry.settings import RetryMoverSettings
 from mailsluice.kafka.clients import make_consumer, make_producer
+from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.retry import (
     RETRY_MOVER_HELD,
@@ -125,17 +126,20 @@ class RetryMover:
         self.released = 0  # moved early by a resume or retry-now command
         self.skipped = 0  # undecodable records
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: RenewingProducer | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
-            self.producer = make_producer(
-                self.kafka,
-                max_message_size=self._max_message_size,
-                client_id=f"{self._client_id}-producer",
+            self.producer = RenewingProducer(
+                lambda: make_producer(
+                    self.kafka,
+                    max_message_size=self._max_message_size,
+                    client_id=f"{self._client_id}-producer",
+                ),
+                name="retry-mover",
             )
-            await self.producer.start()
+            await self.producer.get()
             self.consumer = make_consumer(
                 self.kafka, group_id=GROUP, client_id=self._client_id, **self._consumer_options
             )
@@ -277,10 +281,8 @@ class RetryMover:
         if held.topic is None:
             return  # undecodable: finished without a copy
         rec = held.record
-        ack = await self.producer.send(
-            held.topic, rec.value, key=rec.key, headers=moved_headers(held, now)
-        )
-        await ack
+        # a failure replaces the producer: the record is put back and moved again later
+        await self.producer.send_all([(held.topic, rec.value, rec.key, moved_headers(held, now))])
 
     def _count(self, held: Held, now: float) -> None:
         if held.topic is None:
