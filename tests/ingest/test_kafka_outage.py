@@ -1,5 +1,6 @@
-"""Kafka stopped mid-run: clients get 451, never 250; once Kafka is back, mail flows again, and
-what was answered 451 is never queued afterwards (the client sends it again).
+"""Kafka stopped mid-run: clients get 451, never 250; once Kafka is back, mail flows again,
+what was answered 451 is never queued afterwards (the client sends it again), and the events
+decided during the outage are written once Kafka is back, none lost.
 
 This module stops and restarts the session's broker; it restarts it in a finally."""
 
@@ -9,10 +10,19 @@ import asyncio
 import time
 
 from support.eventually import eventually
-from support.ingest import SendResult, queue_id_of, queued, running_ingest, smtp_send, uid
+from support.ingest import (
+    SendResult,
+    events,
+    queue_id_of,
+    queued,
+    running_ingest,
+    smtp_send,
+    uid,
+)
 from support.topic_reader import read_topic
 
 from mailsluice.contracts.envelope import envelope_from_headers
+from mailsluice.contracts.events import EventType
 from mailsluice.contracts.topics import queue_topic
 
 
@@ -24,7 +34,7 @@ async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_names
     async with running_ingest(
         settings,
         dns_nameserver,
-        is_suppressed=lambda a: False,
+        is_suppressed=lambda a: a.startswith("gone@"),
         publish_timeout_s=4.0,
         serve_http=True,
         http_port=0,
@@ -45,6 +55,11 @@ async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_names
             assert all(r is not None and r[0] == 451 for r in replies), replies
             assert replies[0][1].startswith(b"4.3.0 ")
             assert service.ready()[0] is False
+            # a recipient refused during the outage: its rejection event waits for Kafka
+            refused = await asyncio.to_thread(
+                smtp_send, service.port, "s@c.test", [f"gone@{domain}"], body
+            )
+            assert refused.refused[f"gone@{domain}"][0] == 550, refused
         finally:
             await asyncio.to_thread(kafka.start)
         # the producer recovers by itself: the next messages are queued again
@@ -77,3 +92,9 @@ async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_names
         expect=0,
     )
     assert answered_451 == []
+    rejected = await events(
+        settings,
+        lambda e: e.type is EventType.REJECTION and e.recipient == f"gone@{domain}",
+        expect=1,
+    )
+    assert [e.reason for e in rejected] == ["suppressed"]

@@ -1,5 +1,7 @@
 """Writing to Kafka: the one publish step of a transaction's plan (records and events awaited
-with acks, bounded) and events emitted without waiting (logged, counted when lost).
+with acks, bounded) and events emitted without waiting, through an outbox that keeps them
+until Kafka has them (kafka/outbox.py). A full outbox (Kafka away for long) makes publish
+fail, so a transaction is answered 451 rather than have its events dropped.
 
 The producer is idempotent with acks=all (kafka/clients.py). After a failed or timed-out
 publish it is replaced before the next one (kafka/producers.py), and what the old one still
@@ -18,6 +20,7 @@ from mailsluice.contracts.events import Event, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
 from mailsluice.ingest.plan import Outcome, Plan, QueueRecord
 from mailsluice.kafka.clients import make_producer
+from mailsluice.kafka.outbox import Outbox
 from mailsluice.kafka.producers import RenewingProducer, Send
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.ingest import Ingest as metrics
@@ -25,6 +28,7 @@ from mailsluice.metrics.ingest import Ingest as metrics
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 2.0
+EVENT_BACKLOG = 10_000  # events held while Kafka is away (a few MB); then new mail waits
 
 
 class PublishError(Exception):
@@ -43,18 +47,26 @@ class Publisher:
         publish_timeout_s: float,
         client_id: str = "mailsluice-ingest",
         producer_factory: ProducerFactory | None = None,
+        event_backlog: int = EVENT_BACKLOG,
     ) -> None:
         self._timeout = publish_timeout_s
         factory = producer_factory or (
             lambda: make_producer(settings, max_message_size=max_message_size, client_id=client_id)
         )
         self._producers = RenewingProducer(factory, name="ingest")
-        self._events: set[asyncio.Task[None]] = set()
+        self._outbox = Outbox(
+            self._producers,
+            limit=event_backlog,
+            name="ingest-events",
+            send_timeout_s=publish_timeout_s,
+            on_lost=metrics.EVENTS_FAILED.inc,
+        )
         self._health_task: asyncio.Task[None] | None = None
         self.kafka_ok = False
 
     async def start(self) -> None:
         await self._producers.get()
+        self._outbox.start()
         self.kafka_ok = True
         self._health_task = asyncio.create_task(self._health_loop(), name="ingest-kafka-health")
 
@@ -63,8 +75,7 @@ class Publisher:
             self._health_task.cancel()
             # Bounded: a probe stuck inside the Kafka client must not hold up shutdown.
             await asyncio.wait({self._health_task}, timeout=5)
-        if self._events:
-            await asyncio.wait(set(self._events), timeout=grace_s)
+        await self._outbox.stop(grace_s)
         await self._producers.stop(grace_s)
         self.kafka_ok = False
 
@@ -76,6 +87,9 @@ class Publisher:
         sends: list[Send] = [(r.topic, r.value, r.key, r.headers()) for r in records]
         sends += [(EVENTS_TOPIC, encode_event(e), e.queue_id.encode() or None, []) for e in events]
         started = time.monotonic()
+        if not self._outbox.has_room():
+            # the events of this message could not be kept: Kafka has been away too long
+            raise PublishError("event backlog full")
         try:
             await asyncio.wait_for(self._producers.send_all(sends), self._timeout)
         except Exception as exc:
@@ -88,30 +102,22 @@ class Publisher:
     # --- events ---------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        """Queue an event without waiting; a failure is logged and counted, never silent."""
-        task = asyncio.create_task(self._send_event(event))
-        self._events.add(task)
-        task.add_done_callback(self._events.discard)
+        """Queue an event to be written without waiting; lost (logged, counted) only when the
+        outbox is full, which publish() prevents for the events of accepted mail."""
+        key = event.queue_id.encode() or None
+        if self._outbox.put((EVENTS_TOPIC, encode_event(event), key, ())):
+            return
+        metrics.EVENTS_FAILED.inc()
+        log.error(
+            "event %s for %s lost: the event backlog is full",
+            event.type.value,
+            event.queue_id or "-",
+            extra={"queue_id": event.queue_id},
+        )
 
-    async def _send_event(self, event: Event) -> None:
-        try:
-            producer = await asyncio.wait_for(self._producers.get(), self._timeout)
-            ack = await producer.send(
-                EVENTS_TOPIC,
-                encode_event(event),
-                key=event.queue_id.encode() or None,
-            )
-            await asyncio.wait_for(ack, self._timeout)
-        except Exception:
-            self._producers.failed()
-            metrics.EVENTS_FAILED.inc()
-            log.error(
-                "event %s for %s lost: Kafka write failed",
-                event.type.value,
-                event.queue_id or "-",
-                extra={"queue_id": event.queue_id},
-                exc_info=True,
-            )
+    @property
+    def events_pending(self) -> int:
+        return self._outbox.pending
 
     # --- health ---------------------------------------------------------------------------
 
