@@ -5,8 +5,8 @@ The running pipeline, on 127.0.0.x, every process started here stopped by its pi
 - a throwaway Kafka broker (or `--bootstrap` to reuse one), a shaping policy limiting
   destination A and destination B to different rates with stated bursts, C unthrottled;
 - `mailsluice delivery` worker processes, static routes sending each destination to its own
-  aiosmtpd sink, which records when each message arrives and from which worker (each worker
-  binds its own source address);
+  aiosmtpd sink, which records when each message arrives and from which worker (its EHLO
+  name; each worker binds its own source address unless the phase shares one);
 - a queue pre-filled with more mail than the limits let through in the measured time, the three
   destinations interleaved (phase 1 puts them in one partition, so the free C shares it with
   the throttled A and B).
@@ -14,8 +14,12 @@ The running pipeline, on 127.0.0.x, every process started here stopped by its pi
 Phases: 1w-1p, one worker; 2w-4p, two workers sharing the pool's four partitions (the limit
 must hold cluster-wide: one partition, hence one worker, owns a destination); 2w-rebal, the
 same, and halfway the worker owning A is stopped, so the other takes A over (no burst at the
-handover; its cost shows as a gap). Per destination: configured and achieved rate over the
-steady window (from 5 s after its first message to the end of the measurement), the error, the
+handover; its cost shows as a gap); 2w-rebal-learn, the handover of a destination whose rate
+was learned: A adaptive, both workers sending from one source address as a pool's workers do,
+the measurement starting once A's slow start has reached its ceiling (LEARN_S), so the new owner
+must go on at the learned rate (restored from the control topic) instead of starting slowly
+again. Per destination: configured and achieved rate over the steady window (from 5 s after its
+first message, or LEARN_S in 2w-rebal-learn, to the end of the measurement), the error, the
 most messages in any 1 s against what the limit allows there (burst + one second of rate), the
 envelope excess (the most messages, over every window, beyond burst + rate * window: 0 when
 GCRA holds exactly) and the longest gap between two messages. The figures come from
@@ -36,7 +40,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -48,10 +51,14 @@ import kafka_local
 from bench_ours import MAILSLUICE, Service
 from bench_run import say
 from bench_shaping_figures import format_rows, measured
+from bench_shaping_sink import StampSink
 from bench_tools import tail
 
-WORKER_IPS = ("127.0.0.31", "127.0.0.32")  # source addresses: the sinks tell workers apart
+WORKER_IPS = ("127.0.0.31", "127.0.0.32")  # source addresses, one per worker unless shared
+WORKERS = ("w1", "w2")  # their EHLO names begin with these: the sinks tell workers apart
 WARMUP_S = 5.0  # the steady window starts this long after a destination's first message
+# An adaptive A: slow start from 12/min doubles each 10 s window to its 600/min ceiling.
+LEARN_S = 90.0
 SETTLE_S = 8.0  # two workers: let the group settle before mail arrives
 FREE_MESSAGES = 4000
 
@@ -69,7 +76,7 @@ class Destination:
         return None if self.rate_per_min is None else self.rate_per_min / 60
 
     def messages(self, seconds: float) -> int:
-        """Enough to keep it busy past the measured time (the free one drains at once)."""
+        """Enough to keep it busy past `seconds` (the free one drains at once)."""
         if self.rate_per_min is None:
             return FREE_MESSAGES
         return int(self.rate_per_min * (seconds + 15) / 60)
@@ -82,9 +89,10 @@ DESTINATIONS = (
 )
 
 
-def policy_text() -> str:
+def policy_text(learn: str = "") -> str:
     """The bench's shaping policy: generous defaults (C), a rule per limited destination, every
-    rate used as configured (the stage measures the limiter, not what a controller learns)."""
+    rate used as configured (the stage measures the limiter, not what a controller learns),
+    except for destination `learn`, whose rate is a ceiling its controller grows to."""
     lines = [
         "version = 1",
         "[defaults]",
@@ -101,56 +109,27 @@ def policy_text() -> str:
                 f'[domain."{dest.domain}"]',
                 f'max_message_rate = "{dest.rate_per_min:g}/min,burst={dest.burst}"',
             ]
+            if dest.name == learn:
+                lines.append("adaptive = true")
     return "\n".join(lines) + "\n"
-
-
-class StampSink:
-    """An aiosmtpd sink recording (arrival time, client address) of every message."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.stamps: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._controller: Any = None
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        now = time.monotonic()
-        with self._lock:
-            self.stamps.append((now, str(session.peer[0])))
-        return "250 2.0.0 OK"
-
-    def snapshot(self) -> list[tuple[float, str]]:
-        with self._lock:
-            return list(self.stamps)
-
-    def start(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self._controller = Controller(self, hostname=self.host, port=self.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def phase_figures(stamps: dict[str, list[tuple[float, str]]], end: float) -> dict[str, Any]:
-    """Per destination name: shaping_bench.measured() over its arrivals up to `end`, and the
-    share each worker (by source address) delivered."""
+def phase_figures(
+    stamps: dict[str, list[tuple[float, str]]], end: float, warmup_s: float = WARMUP_S
+) -> dict[str, Any]:
+    """Per destination name: shaping_bench.measured() over its arrivals up to `end` (from
+    `warmup_s` after its first), and the share each worker delivered."""
     out: dict[str, Any] = {}
     for dest in DESTINATIONS:
-        arrived = [(t, ip) for t, ip in stamps.get(dest.name, []) if t < end]
+        arrived = [(t, name) for t, name in stamps.get(dest.name, []) if t < end]
         times = [t for t, _ in arrived]
-        start = (min(times) if times else end) + WARMUP_S
+        start = (min(times) if times else end) + warmup_s
         row = measured(times, dest.rate_per_s, dest.burst, start=start, end=end)
-        by_worker = Counter(ip for _, ip in arrived)
-        row["by_worker"] = {
-            f"w{n + 1}": by_worker.get(ip, 0) for n, ip in enumerate(WORKER_IPS) if by_worker[ip]
-        }
+        by_worker = Counter(name for _, name in arrived)
+        row["by_worker"] = {name: by_worker[name] for name in WORKERS if by_worker[name]}
         out[dest.name] = row
     return out
 
@@ -159,7 +138,15 @@ def phase_figures(stamps: dict[str, list[tuple[float, str]]], end: float) -> dic
 
 
 def worker_env(
-    bootstrap: str, pool: str, partitions: int, *, policy: Path, routes: str, port: int, ip: str
+    bootstrap: str,
+    pool: str,
+    partitions: int,
+    *,
+    policy: Path,
+    routes: str,
+    port: int,
+    ip: str,
+    name: str,
 ) -> dict[str, str]:
     return {
         **os.environ,
@@ -170,12 +157,12 @@ def worker_env(
         "MAILSLUICE_DELIVERY_HTTP_HOST": "127.0.0.1",
         "MAILSLUICE_DELIVERY_HTTP_PORT": str(port),
         "MAILSLUICE_SHAPING_POLICY_FILE": str(policy),
-        "MAILSLUICE_SHAPING_WORKER_ID": f"bench-{ip}",
+        "MAILSLUICE_SHAPING_WORKER_ID": f"bench-{name}",
         "MAILSLUICE_OUTBOUND_STATIC_ROUTES": routes,
         "MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES": ip,
         "MAILSLUICE_OUTBOUND_ALLOW_PRIVATE_DESTINATIONS": "true",
         "MAILSLUICE_OUTBOUND_TLS_POLICY": "none",
-        "MAILSLUICE_OUTBOUND_EHLO_NAME": "delivery.bench.invalid",
+        "MAILSLUICE_OUTBOUND_EHLO_NAME": f"{name}.delivery.bench.invalid",
     }
 
 
@@ -230,37 +217,47 @@ class Phase:
     workers: int
     partitions: int
     rebalance: bool = False  # halfway, stop the worker that owns A: the other takes it over
+    learn: bool = False  # A adaptive, one source address for all, measured after LEARN_S
+
+    @property
+    def lead_in(self) -> float:
+        """Seconds from A's first message to the start of the measured time."""
+        return LEARN_S if self.learn else 0.0
 
 
 PHASES = (
     Phase("1w-1p", 1, 1),
     Phase("2w-4p", 2, 4),
     Phase("2w-rebal", 2, 4, rebalance=True),
+    Phase("2w-rebal-learn", 2, 4, rebalance=True, learn=True),
 )
 
 
 def start_workers(
     stack: ExitStack, phase: Phase, *, pool: str, routes: str, bootstrap: str, work: Path
 ) -> dict[str, Service]:
-    """The phase's delivery processes, ready, by source address; stopped by pid on exit."""
+    """The phase's delivery processes, ready, by worker name; stopped by pid on exit."""
+    policy = work / f"policy-{phase.label}.toml"
+    policy.write_text(policy_text("A" if phase.learn else ""))
     services = {}
-    for n in range(phase.workers):
+    for n, name in enumerate(WORKERS[: phase.workers]):
         port = kafka_local.free_port()
-        ip = WORKER_IPS[n]
+        ip = WORKER_IPS[0 if phase.learn else n]
         env = worker_env(
             bootstrap,
             pool,
             phase.partitions,
-            policy=work / "policy.toml",
+            policy=policy,
             routes=routes,
             port=port,
             ip=ip,
+            name=name,
         )
-        service = Service(f"{phase.label}-w{n + 1}", ["delivery"], env, work)
+        service = Service(f"{phase.label}-{name}", ["delivery"], env, work)
         stack.callback(service.stop)
         service.start(f"http://127.0.0.1:{port}/readyz")
-        say(f"{phase.label}: worker w{n + 1} ready (pid {service.pid}, source {ip})")
-        services[ip] = service
+        say(f"{phase.label}: worker {name} ready (pid {service.pid}, source {ip})")
+        services[name] = service
     if phase.workers > 1:
         time.sleep(SETTLE_S)
     return services
@@ -282,11 +279,13 @@ def run_phase(
         services = start_workers(
             stack, phase, pool=pool, routes=routes, bootstrap=bootstrap, work=work
         )
-        queued = asyncio.run(prepare_queue(bootstrap, pool, phase.partitions, seconds))
+        queued = asyncio.run(
+            prepare_queue(bootstrap, pool, phase.partitions, phase.lead_in + seconds)
+        )
         say(f"{label}: {queued} messages queued in pool {pool} ({phase.partitions} partition(s))")
         first = wait_first(sinks["A"], base["A"], 60.0)
-        end = first + seconds
-        handover = first + seconds / 2 if phase.rebalance else None
+        end = first + phase.lead_in + seconds
+        handover = first + phase.lead_in + seconds / 2 if phase.rebalance else None
         while time.monotonic() < end:
             if handover is not None and time.monotonic() >= handover:
                 owner = sinks["A"].snapshot()[-1][1]
@@ -304,7 +303,7 @@ def run_phase(
     # Arrival times (from A's first message) and source, for a look behind the figures.
     raw = {n: [(round(t - first, 4), ip) for t, ip in v] for n, v in stamps.items()}
     (work / f"arrivals-{label}.json").write_text(json.dumps(raw))
-    figures["destinations"] = phase_figures(stamps, end)
+    figures["destinations"] = phase_figures(stamps, end, phase.lead_in or WARMUP_S)
     return figures
 
 
@@ -335,7 +334,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
-    (work / "policy.toml").write_text(policy_text())
     with ExitStack() as stack:
         bootstrap = args.bootstrap
         if not bootstrap:

@@ -177,14 +177,14 @@ def format_rows(phase: str, figures: Mapping[str, Mapping[str, Any]]) -> list[st
     """A text table of `measured()` rows by destination name (with an optional `by_worker`
     mapping of worker name to messages delivered)."""
     rows = [
-        f"{'phase':<9} {'dest':<4} {'configured/min':>14} {'achieved/min':>12} {'error %':>8} "
+        f"{'phase':<14} {'dest':<4} {'configured/min':>14} {'achieved/min':>12} {'error %':>8} "
         f"{'worst 1s':>8} {'allowed':>7} {'excess':>6} {'max gap s':>9}  by worker"
     ]
     for name, row in figures.items():
         split = ", ".join(f"{w}={n}" for w, n in row.get("by_worker", {}).items()) or "-"
         if "configured_per_min" in row:
             rows.append(
-                f"{phase:<9} {name:<4} {row['configured_per_min']:>14g} "
+                f"{phase:<14} {name:<4} {row['configured_per_min']:>14g} "
                 f"{row['achieved_per_min']:>12g} {row['error_pct']:>+8.2f} "
                 f"{row['worst_1s']:>8} {row['allowed_1s']:>7} {row['excess']:>6g} "
                 f"{row['max_gap_s']:>9g}  {split}"
@@ -193,7 +193,7 @@ def format_rows(phase: str, figures: Mapping[str, Mapping[str, Any]]) -> list[st
         rate = row["achieved_per_s"]
         achieved = "-" if rate is None else f"{rate * 60:g}"
         rows.append(
-            f"{phase:<9} {name:<4} {'unthrottled':>14} {achieved:>12} {'':>8} "
+            f"{phase:<14} {name:<4} {'unthrottled':>14} {achieved:>12} {'':>8} "
             f"{row['worst_1s']:>8} {'':>7} {'':>6} {'':>9}  {split} "
             f"({row['messages']} msgs, {'-' if rate is None else rate} msg/s)"
         )

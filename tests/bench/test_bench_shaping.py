@@ -103,10 +103,30 @@ def test_bench_script_policy_is_valid_and_names_each_destination():
             assert rate.burst == dest.burst
 
 
+def test_bench_script_learning_phase_makes_only_a_adaptive_and_measures_after_the_lead_in():
+    bench_shaping = script("bench_shaping")
+
+    from mailsluice.delivery.shaping.engine import PolicyShaper
+    from mailsluice.policy.shaping import load_policy_text
+
+    shaper = PolicyShaper(load_policy_text(bench_shaping.policy_text("A")), "p")
+    states = {
+        d.name: shaper.lanes.of(d.domain, 0.0)[0].steering.state for d in bench_shaping.DESTINATIONS
+    }
+    assert states == {"A": "slow_start", "B": "fixed", "C": "fixed"}
+    (learn,) = [p for p in bench_shaping.PHASES if p.learn]
+    assert learn.rebalance and learn.lead_in == bench_shaping.LEARN_S
+    # slow start's first minute does not count: the measured window starts after the lead-in
+    slow = [(float(t), "w1") for t in range(90)]  # 1/s while learning
+    steady = [(t, "w1") for t in gcra(10.0, 5, 600, start=90.0)]
+    figures = bench_shaping.phase_figures({"A": slow + steady}, end=150.0, warmup_s=90.0)
+    assert abs(figures["A"]["error_pct"]) < 1
+
+
 def test_bench_script_phase_figures_split_by_worker():
     bench_shaping = script("bench_shaping")
 
-    w1, w2 = bench_shaping.WORKER_IPS
+    w1, w2 = bench_shaping.WORKERS
     # A handed over from w1 to w2 after 20 s, with a 2 s gap; nothing reached B or C
     a = [(t, w1) for t in gcra(10.0, 5, 200, start=100.0)]
     a += [(t, w2) for t in gcra(10.0, 5, 200, start=a[-1][0] + 2.0)]

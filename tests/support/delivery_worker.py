@@ -220,6 +220,18 @@ async def committed(kafka_settings: KafkaSettings, pool: str) -> dict[int, int]:
     }
 
 
+async def group_members(kafka_settings: KafkaSettings, pool: str) -> int:
+    """Members of the pool's consumer group, as its coordinator sees them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([consumer_group(pool)])
+    finally:
+        await admin.close()
+    (group,) = response.groups
+    return len(group[5])  # (error, group id, state, protocol type, protocol, members, ...)
+
+
 async def committed_total(kafka_settings: KafkaSettings, pool: str) -> int:
     """The pool's committed offsets summed over its queue partitions."""
     return sum((await committed(kafka_settings, pool)).values())
@@ -297,6 +309,7 @@ def service_for(
     *,
     mover: bool = True,
     on_share: Callable[[int, int], None] | None = None,
+    on_leave: Callable[[], Awaitable[None]] | None = None,
     **settings: Any,
 ) -> DeliveryService:
     """A DeliveryService of `pool` over `transport` (DSNs made up by fake_dsn), committing every
@@ -310,5 +323,6 @@ def service_for(
         build_dsn=fake_dsn,
         shaper=shaper,
         on_share=on_share,
+        on_leave=on_leave,
         consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
     )

@@ -136,6 +136,7 @@ async def _main(
         build_dsn=default_dsn_builder(),
         shaper=runtime.shaper,
         on_share=runtime.set_share,  # warm-up caps follow this worker's share of partitions
+        on_leave=runtime.flush,  # learned limits out before the next owner takes over
     )
     runtime.queued = service.worker.scheduler.queued
     loop = asyncio.get_running_loop()

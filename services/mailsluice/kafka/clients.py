@@ -2,7 +2,9 @@
 
 Producers are idempotent with acks=all: a record acknowledged to us is on every in-sync
 replica, which is what lets ingest answer 250. Consumers commit by hand and read committed
-records only."""
+records only. A group member heartbeats every second (aiokafka: 3 s): it hears of a rebalance
+only in the answer to a heartbeat or a commit, and the partitions being handed over wait
+meanwhile."""
 
 from __future__ import annotations
 
@@ -43,5 +45,7 @@ def make_consumer(
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
         "fetch_max_bytes": 64 * 1024 * 1024,
     }
+    if group_id is not None:
+        opts["heartbeat_interval_ms"] = settings.heartbeat_interval_ms
     opts.update(overrides)
     return AIOKafkaConsumer(*topics, **opts)

@@ -37,6 +37,15 @@ class KafkaSettings(MailsluiceSettings):
     request_timeout_ms: int = Field(
         10000, ge=1000, le=300000, description="Kafka client request timeout."
     )
+    heartbeat_interval_ms: int = Field(
+        1000,
+        ge=100,
+        le=3000,
+        description="Consumer group heartbeat interval: a member hears of a rebalance (a worker "
+        "left or joined) with its next heartbeat or offset commit, so this bounds how long a "
+        "handover waits for a member with nothing to commit. The session timeout (10 s) still "
+        "decides when a silent member is gone.",
+    )
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka clients."""

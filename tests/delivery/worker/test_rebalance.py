@@ -1,6 +1,8 @@
 """The worker around rebalances (real broker): it tells its share of the queue topic's partitions
-to the shaping runtime, whose pool-wide warm-up cap follows it; and after a start or a takeover
-it commits soon after the first records finish instead of a whole commit interval later."""
+to the shaping runtime, whose pool-wide warm-up cap follows it; after a start or a takeover
+it commits soon after the first records finish instead of a whole commit interval later; and a
+stopping worker lets the shaping runtime publish what it learned while it still owns its
+partitions, so the next owner reads it."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from support.delivery_worker import (
     committed_total,
     enqueue,
     envelope,
+    group_members,
     new_pool,
     service_for,
     setup_pool,
@@ -145,3 +148,19 @@ async def test_first_records_after_start_and_takeover_commit_soon(kafka: Any) ->
                 what=f"the taken partitions committed to {ends}",
                 detail=lambda: committed(ks, pool),
             )
+
+
+async def test_a_stopping_worker_publishes_before_it_leaves_its_group(kafka: Any) -> None:
+    ks = kafka.settings(queue_partitions=2)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    members_at_leave: list[int] = []
+
+    async def on_leave() -> None:
+        members_at_leave.append(await group_members(ks, pool))
+
+    async with Running(service_for(ks, pool, FakeTransport(), mover=False, on_leave=on_leave)):
+        assert await group_members(ks, pool) == 1
+    # called once, while the worker was still a member; gone right after (it left, no timeout)
+    assert members_at_leave == [1]
+    assert await group_members(ks, pool) == 0

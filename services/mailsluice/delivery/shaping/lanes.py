@@ -25,6 +25,10 @@ from mailsluice.delivery.shaping.limiter import DestinationLimiter, Limits, Rate
 MAX_CHANGES = 10_000
 # Learned limits kept for lanes not in memory (restored when their key comes back).
 MAX_KNOWN = 50_000
+# A rate that moved by more than this share since it was last published is published again:
+# growth within a state (search, probing, recovery) changes no state, and a new owner of the
+# key must go on from the rate in force, not from the last state change's.
+REPUBLISH_STEP = 0.01
 
 
 class Steering(Protocol):
@@ -120,6 +124,7 @@ class Lane:
     applied: tuple[float, int] = (-1.0, -1)
     dirty: bool = False  # changed since its learned state was last published
     heard: bool = False  # has had a reply of its own (then it trusts itself over records)
+    published: float = -1.0  # its rate when last published or restored (-1: not yet known)
 
     def sync(self, now: float) -> None:
         """Hand the controller's rate and connections to the limiter (keeping its state, so a
@@ -128,6 +133,8 @@ class Lane:
         if (rate, conns) == self.applied:
             return
         self.applied = (rate, conns)
+        if abs(rate - self.published) > REPUBLISH_STEP * self.published:
+            self.dirty = True
         ceiling = min((r.per_second for r in self.rates), default=math.inf)
         # At the policy's own rate its GCRA (with its burst) is the limit; below it, the
         # controller's rate with a burst of one. Last in the list, so the policy's GCRAs keep
@@ -203,7 +210,7 @@ class Lanes:
             steering = Fixed(source, key, pol.ceilings)
         prime = now if self.prime_new else None
         limiter = DestinationLimiter.create(Limits(1, pol.rates, None), prime)
-        return Lane(source, key, steering, limiter, pol.rates)
+        return Lane(source, key, steering, limiter, pol.rates, published=steering.rate(now))
 
     def _note(self, lane: Lane, change: Change | None) -> None:
         if change is None:
@@ -304,7 +311,7 @@ class Lanes:
         for lane in self._lanes.get(key, ()):
             if lane.source == source and not lane.heard and pol.adaptive:
                 lane.steering = self.make(source, key, pol.ceilings, now, learned)
-                lane.applied = (-1.0, -1)
+                lane.applied, lane.published = (-1.0, -1), lane.steering.rate(now)
 
     def lift(self, key: str, now: float) -> None:
         """The operator resumed the key: every lane leaves a block or hold at once, keeping
@@ -321,7 +328,7 @@ class Lanes:
     def dirty(self) -> list[Lane]:
         out = [lane for lanes in self._lanes.values() for lane in lanes if lane.dirty]
         for lane in out:
-            lane.dirty = False
+            lane.dirty, lane.published = False, lane.applied[0]
         return out
 
     def all(self) -> list[Lane]:

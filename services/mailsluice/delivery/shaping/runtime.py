@@ -7,7 +7,8 @@ Wiring into a worker (service.py):
     runtime = ShapingRuntime(load(ShapingSettings), kafka, settings.pool, defaults=...,
                              sources=outbound.source_addresses)
     worker = Worker(settings, kafka, transport, shaper=runtime.shaper,
-                    on_share=runtime.set_share)  # pool-wide warm-up caps follow rebalances
+                    on_share=runtime.set_share,  # pool-wide warm-up caps follow rebalances
+                    on_leave=runtime.flush)  # learned limits out before the next owner reads
     runtime.queued = worker.scheduler.queued
     runtime.start_background()  # when Kafka answers: restore warm-up usage, follow control
     ...
@@ -138,6 +139,14 @@ class ShapingRuntime:
         pool's partitions it owns (exact with one worker, approximate with several)."""
         if self.shaper.warmup is not None and total > 0:
             self.shaper.warmup.share = assigned / total
+
+    async def flush(self) -> None:
+        """State changes and learned limits not yet published: the worker calls this before it
+        leaves its consumer group, so the next owner of its destinations goes on from them (the
+        status loop would publish them up to status_interval_s later)."""
+        if self._producer is not None and self.shaper.warmup_ready:
+            await self._publish_changes()
+            await self._publish_learned()
 
     async def stop(self) -> None:
         current = asyncio.current_task()

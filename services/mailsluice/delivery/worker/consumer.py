@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -58,6 +58,7 @@ PROBE_INTERVAL_S = 5.0
 
 __all__ = [
     "Item",
+    "LeaveCallback",
     "ShareCallback",
     "TransportLike",
     "Worker",
@@ -68,6 +69,11 @@ __all__ = [
 # Told (partitions assigned to this worker, partitions of the pool's queue topic) after every
 # rebalance, e.g. ShapingRuntime.set_share for the warm-up caps.
 ShareCallback = Callable[[int, int], None]
+# Awaited at shutdown after the last sends ended and before the consumer leaves its group, e.g.
+# ShapingRuntime.flush: what the next owner of the partitions reads must be out by then.
+LeaveCallback = Callable[[], Awaitable[None]]
+# Longest the worker waits for that before it leaves anyway.
+LEAVE_WAIT_S = 5.0
 
 
 def default_shaper(settings: DeliverySettings, wall: Callable[[], float]) -> PolicyShaper:
@@ -108,6 +114,7 @@ class Worker:
         consumer_options: dict[str, Any] | None = None,
         client_id: str = "mailsluice-delivery",
         on_share: ShareCallback | None = None,
+        on_leave: LeaveCallback | None = None,
     ) -> None:
         self.settings = settings
         self.kafka = kafka
@@ -134,9 +141,8 @@ class Worker:
         self._paused = False
         self._assigned_once = False
         self._kafka_error: str = ""
-        self._client_id = client_id
-        self._consumer_options = consumer_options or {}
-        self._on_share = on_share
+        self._client_id, self._consumer_options = client_id, consumer_options or {}
+        self._on_share, self._on_leave = on_share, on_leave
         wake = asyncio.Event()
         self.attempts = Attempts(
             settings,
@@ -215,7 +221,16 @@ class Worker:
                 task.cancel()
             await asyncio.gather(dispatcher, committer, prober, return_exceptions=True)
             await self._commit()
+            await self._before_leaving()
             await self._close()
+
+    async def _before_leaving(self) -> None:
+        if self._on_leave is None:
+            return
+        try:
+            await asyncio.wait_for(self._on_leave(), LEAVE_WAIT_S)
+        except Exception:  # the worker leaves anyway; the next owner starts from older state
+            log.exception("before leaving the consumer group")
 
     async def _close(self) -> None:
         if self.consumer is not None:
