@@ -92,7 +92,7 @@ async def test_over_the_warmup_cap_mail_moves_to_the_overflow_pool(kafka: Any) -
     assert {r.value for r in moved} == {b"Subject: t\r\n\r\nhello\r\n"}
     assert all(r.key == e.routing_key.encode() for r, e in zip(moved, moved_envs, strict=True))
     assert overflowed(pool, target) == len(envs) - CAP
-    assert runtime.shaper.warmup.status(time.time()).scopes["*"].used == CAP
+    assert runtime.shaper.warmup.trackers[""].status(time.time()).scopes["*"].used == CAP
     # every send that started was timed by the shaping delay histogram (raw domains: other)
     delays = {"pool": pool, "provider": "other"}
     assert REGISTRY.get_sample_value("mailsluice_shaping_delay_seconds_count", delays) == CAP
