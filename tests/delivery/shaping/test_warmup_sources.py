@@ -7,13 +7,16 @@ import json
 from datetime import UTC, date, datetime
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from support.paths import REPO
 
 from mailsluice.admin import warmup as warmup_cli
 from mailsluice.delivery.shaping.engine import PolicyShaper
+from mailsluice.delivery.shaping.lanes import Fixed
 from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
 from mailsluice.delivery.shaping.warmup import PoolWarmup, WarmupTracker
+from mailsluice.metrics.shaping import Shaping as shaping_metrics
 from mailsluice.policy.shaping import load_policy_text, validate_text
 from mailsluice.policy.warmup import Plan
 from mailsluice.policy.warmup_config import WarmupConfig
@@ -172,6 +175,39 @@ def test_every_address_capped_holds_for_warmup_until_the_next_period() -> None:
     assert shaper.wait_time("example.org", LATER) == 0.0
     used = send_all(shaper, "example.org", 100, start=2 * LATER)
     assert len(used) == 100 and used.count(COLD) == 8
+
+
+class Blocked(Fixed):
+    """A lane whose destination blocks its address for a minute."""
+
+    def wait(self, now: float) -> float:
+        return 60.0
+
+
+def test_held_mail_is_blocked_when_the_addresses_with_room_are_blocked() -> None:
+    clock = [NOON]
+    shaper = shaper_for(config(sources={WARM: "warm"}), (COLD, WARM), clock)
+    send_all(shaper, "example.org", 20)  # the cold address's cap is spent
+    for lane in shaper.lanes.of("example.org", LATER):
+        if lane.source == WARM:
+            lane.steering = Blocked(
+                WARM, "example.org", shaper._lane_policy("example.org").ceilings
+            )
+    assert shaper.why_held("example.org", LATER)[0] == "blocked"
+
+
+def test_warmup_metrics_name_each_address() -> None:
+    clock = [NOON]
+    shaper = shaper_for(config(sources={WARM: "warm"}), (COLD, WARM), clock)
+    send_all(shaper, "example.org", 3)
+    shaping_metrics.export(shaper, LATER)
+    labels = {"pool": "p", "source_ip": COLD, "scope": "*", "period": "day"}
+    assert REGISTRY.get_sample_value("mailsluice_warmup_used_messages", labels) == 2
+    assert REGISTRY.get_sample_value("mailsluice_warmup_cap_messages", labels) == 5
+    day = REGISTRY.get_sample_value("mailsluice_warmup_day", {"pool": "p", "source_ip": COLD})
+    assert day == 1
+    warm = {**labels, "source_ip": WARM}
+    assert REGISTRY.get_sample_value("mailsluice_warmup_used_messages", warm) is None
 
 
 def test_a_send_counts_against_the_address_that_sends() -> None:

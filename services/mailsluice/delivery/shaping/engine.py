@@ -211,7 +211,10 @@ class PolicyShaper:
                 "warmup",
                 "held: the warm-up cap for this destination is spent on every address of the pool",
             )
+        allowed = self._allowed(key)
         lanes = self.lanes.of(key, now)
+        # the addresses whose warm-up caps still have room are the ones that count here
+        lanes = [lane for lane in lanes if allowed is None or allowed(lane.source)] or lanes
         if all(lane.steering.wait(now) > 0.0 for lane in lanes):
             last = max(lanes, key=lambda lane: lane.steering.learned().last_reply)
             reply = last.steering.learned().last_reply
