@@ -84,14 +84,35 @@ def _pinned(spec: Mapping[str, Any]) -> int | None:
 @dataclass(frozen=True)
 class Ramp:
     schedule: Schedule | None
-    state: warmup.WarmupState
+    state: warmup.WarmupState  # the pool's
+    addresses: dict[str, warmup.WarmupState | None]  # each source address's; None: warm
 
 
 def _ramp(spec: Mapping[str, Any], created: str | None, today: dt.date) -> Ramp:
     """Raises WarmupError for a warm-up block the operator cannot use."""
     block = spec.get("warmup") or {}
     schedule = warmup.schedule(block)
-    return Ramp(schedule, warmup.state_on(schedule, warmup.start_date(block, created), today))
+    starts = warmup.address_starts(block, spec.get("sourceAddresses") or [], created)
+    states = warmup.address_states(schedule, starts, today)
+    own = warmup.state_on(schedule, warmup.start_date(block, created), today)
+    return Ramp(schedule, warmup.pool_state(states, own), states)
+
+
+def _address_status(ramp: Ramp) -> list[dict[str, Any]]:
+    """status.warmup: each listed source address's day and cap (usage comes from Kafka); a
+    warm address has neither, one past its ramp no cap (no nulls: list items are patched
+    whole)."""
+    out: list[dict[str, Any]] = []
+    for address, state in ramp.addresses.items():
+        if not address or ramp.schedule is None:
+            continue
+        entry: dict[str, Any] = {"address": address, "warm": state is None or state.cap is None}
+        if state is not None:
+            entry["day"] = state.day
+            if state.cap is not None:
+                entry["cap"] = state.cap
+        out.append(entry)
+    return out
 
 
 def _scale(
@@ -167,6 +188,7 @@ def _checked_ramp(
         check_limits(spec)
         raise PermanentProblem("InvalidWarmup", str(exc)) from None
     out.update(warmupDay=ramp.state.day, todayCap=ramp.state.cap)
+    out["warmup"] = _address_status(ramp) or None
     check_limits(spec)
     return ramp
 
@@ -201,12 +223,28 @@ async def _scale_on_kafka(
             f"topic {topic} has {state.partitions} partitions; Kafka cannot shrink it to "
             f"{spec['partitions']}",
         )
-    usage = warmup.today_usage(state.warmup_records, pool.name, ramp.schedule, today)
+    usage = _today_usage(found.status, state, pool.name, ramp, today)
     budget = warmup.workers_for_budget(ramp.state.cap, usage or 0, spec["workerThroughput"])
     decision, found.history = _scale(spec, state, budget, found.history, monotonic)
     found.replicas = decision.replicas
     found.status.update(lag=state.lag, partitions=state.partitions, todayUsage=usage)
     found.status["lastScaleReason"] = decision.reason
+
+
+def _today_usage(
+    out: dict[str, Any], state: PoolKafkaState, pool: str, ramp: Ramp, today: dt.date
+) -> int | None:
+    """The pool's usage today (None: not known for a day), each address's put into `out`."""
+    usage: dict[str, int | None] = {
+        address: warmup.today_usage(state.warmup_records, pool, ramp.schedule, today, address)
+        for address, address_state in ramp.addresses.items()
+        if address_state is not None
+    }
+    for entry in out.get("warmup") or []:
+        if usage.get(entry["address"]) is not None:
+            entry["usage"] = usage[entry["address"]]
+    known = [u for u in usage.values() if u is not None]
+    return sum(known) if known and len(known) == len(usage) else None
 
 
 async def _apply_children(

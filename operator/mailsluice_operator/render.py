@@ -16,7 +16,7 @@ import yaml
 
 from mailsluice.contracts import topics
 from mailsluice.kafka.settings import KafkaSettings
-from mailsluice_operator import API_VERSION, KIND
+from mailsluice_operator import API_VERSION, KIND, warmup
 from mailsluice_operator.settings import OperatorSettings
 from mailsluice_operator.spec import with_defaults
 
@@ -42,12 +42,14 @@ class Pool:
     namespace: str
     uid: str
     spec: Mapping[str, Any]
+    created: str = ""  # metadata.creationTimestamp: day 1 of a warm-up without a startDate
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Pool:
         meta = body["metadata"]
         spec = with_defaults(body.get("spec") or {})
-        return cls(meta["name"], meta["namespace"], meta["uid"], spec)
+        created = str(meta.get("creationTimestamp") or "")
+        return cls(meta["name"], meta["namespace"], meta["uid"], spec, created)
 
 
 def deployment_name(pool: str) -> str:
@@ -149,6 +151,18 @@ def kafka_env(kafka: KafkaSettings, op: OperatorSettings) -> list[dict[str, str]
     ]
 
 
+def pool_overrides_env(pool: Pool) -> list[dict[str, str]]:
+    """The pool's warm-up as the workers' shaping engine reads it (ShapingSettings'
+    pool_overrides), each source address on its own ramp; none without a warm-up. Raises
+    WarmupError for a spec reconcile refuses before it renders."""
+    addresses = pool.spec.get("sourceAddresses") or []
+    config = warmup.worker_config(pool.spec["warmup"], addresses, pool.created or None)
+    if config is None:
+        return []
+    value = json.dumps({"warmup": config}, sort_keys=True, separators=(",", ":"))
+    return [{"name": "MAILSLUICE_SHAPING_POOL_OVERRIDES", "value": value}]
+
+
 def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[dict[str, Any]]:
     """Operator-set variables, then the template's; a template variable wins by name."""
     spec = pool.spec
@@ -166,6 +180,7 @@ def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[d
         },
         {"name": "MAILSLUICE_POOL_POLICY_FILE", "value": f"{POLICY_DIR}/{POLICY_FILE}"},
         {"name": "MAILSLUICE_POOL_STREAM", "value": str(spec["stream"])},
+        *pool_overrides_env(pool),
     ]
     template_env = [dict(e) for e in (spec.get("workerTemplate") or {}).get("env") or []]
     overridden = {e["name"] for e in template_env}

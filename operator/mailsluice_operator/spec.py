@@ -52,6 +52,28 @@ class WarmupDay(Model):
     )
 
 
+class WarmupSource(Model):
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.startDate) != (has(self.warm) && self.warm)",
+                "give the address either its own startDate or warm: true",
+            ),
+            ("isIP(self.address)", "address must be an IP address"),
+        )
+    )
+
+    address: str = Field(
+        min_length=2, max_length=45, description="One of the pool's sourceAddresses."
+    )
+    start_date: dt.date | None = Field(
+        None, description="Day 1 of this address's ramp (YYYY-MM-DD), instead of the pool's."
+    )
+    warm: bool | None = Field(
+        None, description="true: the address is already warm and sends without a warm-up cap."
+    )
+
+
 class Warmup(Model):
     model_config = ConfigDict(
         json_schema_extra=_rules(
@@ -77,6 +99,14 @@ class Warmup(Model):
     )
     start_date: dt.date | None = Field(
         None, description="Day 1 of the ramp (YYYY-MM-DD); default: the pool's creation day."
+    )
+    sources: list[WarmupSource] | None = Field(
+        None,
+        max_length=64,
+        description="Each source address follows the ramp on its own (its own day and caps) "
+        "from startDate; list an address here to give it its own start date, or to mark it "
+        "warm.",
+        json_schema_extra=_map_list("address"),
     )
 
 
@@ -246,6 +276,14 @@ class Condition(Model):
     observed_generation: Count = None
 
 
+class AddressWarmup(Model):
+    address: str
+    warm: bool = Field(description="true: no warm-up cap (listed as warm, or past its ramp).")
+    day: Count = None
+    cap: Count = None
+    usage: Count = None
+
+
 class PoolStatus(Model):
     # kopf keeps its own progress here; without this the API server prunes it.
     model_config = ConfigDict(extra="allow")
@@ -257,9 +295,20 @@ class PoolStatus(Model):
     selector: str | None = None
     lag: Count = None
     partitions: Count = None
-    warmup_day: Count = None
-    today_cap: Count = None
+    warmup_day: Count = Field(
+        None, description="Day of the ramp of the pool's coldest (latest started) address."
+    )
+    today_cap: Count = Field(
+        None,
+        description="Messages the pool's addresses may send today together (unset: "
+        "no cap, some address is warm or past its ramp).",
+    )
     today_usage: Count = None
+    warmup: list[AddressWarmup] | None = Field(
+        None,
+        description="The warm-up of each source address.",
+        json_schema_extra=_map_list("address"),
+    )
     topic: str | None = None
     last_scale_reason: str | None = None
 

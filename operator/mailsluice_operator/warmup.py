@@ -1,15 +1,19 @@
-"""A pool's warm-up as the operator sees it: which day of the ramp, and today's cap.
+"""A pool's warm-up as the operator sees it: which day of the ramp, and today's cap, of each of
+its source addresses and of the pool as a whole.
 
 The ramps themselves are the ones the delivery workers enforce (mailsluice.policy.warmup), so
-the figures in status are theirs. Past its last day a ramp is complete and
-the pool has no warm-up cap (None).
+the figures in status are theirs. Each address follows the pool's ramp on its own from its
+start date (the pool's, unless spec.warmup.sources gives it one, or marks it warm). Past its
+last day a ramp is complete and the address has no warm-up cap (None). The pool's day is its
+coldest address's; its cap is the sum of its addresses' (None when one of them has none).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +62,75 @@ def start_date(warmup: Mapping[str, Any], created: str | None) -> dt.date:
         raise WarmupError(f"warm-up startDate {raw!r} is not a YYYY-MM-DD date") from None
 
 
+def address_starts(
+    warmup: Mapping[str, Any], addresses: Sequence[str], created: str | None
+) -> dict[str, dt.date | None]:
+    """Day 1 of each source address of the pool (None: warm, no cap); "" stands for a pool
+    that lists no addresses (it sends from its host's own). Raises WarmupError."""
+    start = start_date(warmup, created)
+    listed: dict[str, dt.date | None] = {}
+    for entry in warmup.get("sources") or []:
+        address = _address(entry.get("address"))
+        if bool(entry.get("warm")) == bool(entry.get("startDate")):
+            raise WarmupError(f"warm-up of {address}: give either its startDate or warm: true")
+        listed[address] = None if entry.get("warm") else start_date(entry, None)
+    pool = [_address(a) for a in addresses] or [""]
+    unknown = sorted(set(listed) - set(pool))
+    if unknown:
+        raise WarmupError(f"warm-up names {', '.join(unknown)}, not among sourceAddresses")
+    return {address: listed.get(address, start) for address in pool}
+
+
+def _address(text: object) -> str:
+    try:
+        return str(ipaddress.ip_address(str(text).strip()))
+    except ValueError:
+        raise WarmupError(f"warm-up source {text!r} is not an IP address") from None
+
+
+def worker_config(
+    warmup: Mapping[str, Any], addresses: Sequence[str], created: str | None
+) -> dict[str, Any] | None:
+    """The warm-up as delivery workers read it (a pool override's `warmup`, WarmupConfig);
+    None without a ramp. Raises WarmupError."""
+    if schedule(warmup) is None:
+        return None
+    table = warmup.get("table") or []
+    config: dict[str, Any] = {
+        "start": start_date(warmup, created).isoformat(),
+        "schedule": "custom" if table else warmup["preset"],
+        "sources": {
+            address: "warm" if start is None else start.isoformat()
+            for address, start in address_starts(warmup, addresses, created).items()
+            if address
+        },
+    }
+    if table:
+        config.update(table={str(r["day"]): int(r["volume"]) for r in table}, period="day")
+    return config
+
+
 def state_on(ramp: Schedule | None, start: dt.date, today: dt.date) -> WarmupState:
     day = max(1, (today - start).days + 1)
     return WarmupState(day, None if ramp is None else ramp.daily(day))
+
+
+def address_states(
+    ramp: Schedule | None, starts: Mapping[str, dt.date | None], today: dt.date
+) -> dict[str, WarmupState | None]:
+    """Each address's place on the ramp; None for a warm one."""
+    return {a: None if s is None else state_on(ramp, s, today) for a, s in starts.items()}
+
+
+def pool_state(states: Mapping[str, WarmupState | None], pool_start: WarmupState) -> WarmupState:
+    """The pool's day (its coldest address's) and cap (its addresses' together; None when one
+    of them has none); `pool_start` is the pool's own, for a pool whose addresses are warm."""
+    warming = [s for s in states.values() if s is not None]
+    if not warming:
+        return WarmupState(pool_start.day, None)
+    caps = [s.cap for s in warming]
+    uncapped = len(warming) < len(states) or any(c is None for c in caps)
+    return WarmupState(min(s.day for s in warming), None if uncapped else sum(c or 0 for c in caps))
 
 
 def workers_for_budget(cap: int | None, usage: int, worker_rate: float) -> int | None:
@@ -79,9 +149,14 @@ def workers_for_budget(cap: int | None, usage: int, worker_rate: float) -> int |
 
 
 def today_usage(
-    records: Mapping[bytes, bytes], pool: str, ramp: Schedule | None, today: dt.date
+    records: Mapping[bytes, bytes],
+    pool: str,
+    ramp: Schedule | None,
+    today: dt.date,
+    source: str = "",
 ) -> int | None:
-    """Messages the pool's workers counted today, from the warm-up ledger's latest records.
+    """Messages the pool's workers counted today from one source address ("": a pool that
+    lists none), from the warm-up ledger's latest records.
 
     Each worker keeps one record per (pool, source, scope) on the compacted topic
     mailsluice.warmup; the pool-wide scope of worker N is "*@N". Only day-period ramps can be
@@ -93,9 +168,9 @@ def today_usage(
     total = 0
     for key, value in records.items():
         try:
-            rec_pool, source, scope = parse_record_key(key)
+            rec_pool, rec_source, scope = parse_record_key(key)
             usage = decode_usage(value)
-            pool_wide = (rec_pool, source) == (pool, "") and scope.startswith(f"{ALL}@")
+            pool_wide = (rec_pool, rec_source) == (pool, source) and scope.startswith(f"{ALL}@")
             if pool_wide and usage.window == midnight:
                 total += usage.used
         except ValueError:

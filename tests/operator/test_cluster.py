@@ -86,6 +86,12 @@ def test_crd_is_established_and_refuses_invalid_specs(crd: K8sCluster) -> None:
         "spec.warmup.table[0].day in body should be greater than or equal to 1": {
             "warmup": {"table": [{"day": 0, "volume": 10}]}
         },
+        "give the address either its own startDate or warm: true": {
+            "warmup": {"sources": [{"address": "192.0.2.10"}]}
+        },
+        "address must be an IP address": {
+            "warmup": {"sources": [{"address": "mta.example.test", "warm": True}]}
+        },
     }
     for needle, spec in cases.items():
         proc = crd.kubectl("apply", "-f", "-", input=pool_yaml("refused", **spec), check=False)
@@ -327,8 +333,11 @@ async def test_scale_subresource_pins_and_shrink_is_a_condition(
     assert await topic_partitions(kafka, "mailsluice.queue.alpha") == 6
 
 
-async def _write_warmup_ledger(kafka: KafkaBroker, pool: str, used: dict[str, int]) -> None:
-    """Records as delivery workers keep them on the compacted topic mailsluice.warmup."""
+async def _write_warmup_ledger(
+    kafka: KafkaBroker, pool: str, used: dict[str, int], source: str = "192.0.2.10"
+) -> None:
+    """Records as delivery workers keep them on the compacted topic mailsluice.warmup, one per
+    (source address, scope)."""
     settings = kafka.settings()
     await ensure_topics(settings, [TopicSpec(WARMUP_TOPIC, 2, {"cleanup.policy": "compact"})])
     midnight = dt.datetime.combine(dt.datetime.now(dt.UTC).date(), dt.time(), tzinfo=dt.UTC)
@@ -339,14 +348,14 @@ async def _write_warmup_ledger(kafka: KafkaBroker, pool: str, used: dict[str, in
             value = {
                 "v": 1,
                 "pool": pool,
-                "source": "",
+                "source": source,
                 "scope": scope,
                 "start": midnight.date().isoformat(),
                 "window": midnight.timestamp(),
                 "used": count,
             }
             await producer.send_and_wait(
-                WARMUP_TOPIC, json.dumps(value).encode(), key=f"{pool}//{scope}".encode()
+                WARMUP_TOPIC, json.dumps(value).encode(), key=f"{pool}/{source}/{scope}".encode()
             )
     finally:
         await producer.stop()
@@ -394,6 +403,9 @@ async def test_warmup_and_missing_secret_show_in_status(
         blocking=True,
     )
     assert pool["status"]["warmupDay"] == 1 and pool["status"]["todayCap"] == 100
+    assert pool["status"]["warmup"] == [
+        {"address": "192.0.2.10", "warm": False, "day": 1, "cap": 100, "usage": 42}
+    ]
     assert get_deployment(crd, "warm") is not None
 
 

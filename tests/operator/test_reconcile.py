@@ -81,7 +81,12 @@ async def test_reconcile_applies_children_and_reports() -> None:
     assert st["replicas"] == 1  # ses-45-day day 7: the warm-up budget keeps one worker busy
     assert (st["lag"], st["partitions"], st["warmupDay"]) == (250, 6, 7)
     ses = warmup.schedule({"preset": "ses-45-day"})
-    assert ses is not None and st["todayCap"] == ses.daily(7)
+    cap = ses.daily(7) if ses is not None else None
+    assert cap is not None and st["todayCap"] == 2 * cap  # each of the two addresses has its own
+    assert st["warmup"] == [
+        {"address": "192.0.2.10", "warm": False, "day": 7, "cap": cap, "usage": 0},
+        {"address": "192.0.2.11", "warm": False, "day": 7, "cap": cap, "usage": 0},
+    ]
     assert st["observedGeneration"] == 2
     ready = st["conditions"][0]
     assert (ready["type"], ready["status"]) == ("Ready", "True")
@@ -90,10 +95,34 @@ async def test_reconcile_applies_children_and_reports() -> None:
     assert out.status["replicas"] == 3 and out.status["todayCap"] is None
 
 
+async def test_each_address_has_its_own_day_and_a_warm_one_lifts_the_pools_cap() -> None:
+    sources = [
+        {"address": "192.0.2.10", "startDate": "2026-11-24"},
+        {"address": "192.0.2.11", "warm": True},
+    ]
+    spec = {**POOL_BODY["spec"], "warmup": {"preset": "ses-45-day", "sources": sources}}
+    out = await _reconcile({**POOL_BODY, "spec": spec}, FakeKube(), _kafka(lag=250))
+    st = out.status
+    ses = warmup.schedule({"preset": "ses-45-day"})
+    assert ses is not None
+    assert st["warmupDay"] == 3  # the coldest address's day (the pool's creation: day 7)
+    assert st["todayCap"] is None  # the warm address sends without a cap
+    assert st["warmup"] == [
+        {"address": "192.0.2.10", "warm": False, "day": 3, "cap": ses.daily(3), "usage": 0},
+        {"address": "192.0.2.11", "warm": True},
+    ]
+    assert st["replicas"] == 3  # no warm-up budget: scaled on lag
+
+
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
         ({"warmup": {"preset": "bogus"}}, "InvalidWarmup"),
+        ({"warmup": {"sources": [{"address": "192.0.2.99", "warm": True}]}}, "InvalidWarmup"),
+        (
+            {"warmup": {"sources": [{"address": "192.0.2.10", "warm": True, "startDate": "x"}]}},
+            "InvalidWarmup",
+        ),
         ({"minWorkers": 5, "maxWorkers": 2}, "InvalidLimits"),
         ({"maxWorkers": 9}, "InvalidLimits"),
         ({"sourceAddresses": ["192.0.2.10", "mta.example.test"]}, "InvalidSourceAddresses"),
@@ -176,11 +205,18 @@ async def test_spent_warmup_budget_keeps_only_min_workers() -> None:
     midnight = dt.datetime(2026, 11, 26, tzinfo=dt.UTC).timestamp()
 
     async def spent(topic: str, wanted: int, group: str) -> PoolKafkaState:
-        records = dict([_ledger("bulk-a", "*@0", midnight, cap)])
+        records = dict(
+            [
+                _ledger("bulk-a", "*@0", midnight, cap, source="192.0.2.10"),
+                _ledger("bulk-a", "*@0", midnight, cap - 10, source="192.0.2.11"),
+                _ledger("bulk-a", "*@1", midnight, 10, source="192.0.2.11"),
+            ]
+        )
         return PoolKafkaState(TopicChange(topic, "unchanged", 6), 6, 5000, records)
 
     out = await _reconcile(body, FakeKube(), spent)
-    assert (out.status["todayUsage"], out.status["todayCap"]) == (cap, cap)
+    assert (out.status["todayUsage"], out.status["todayCap"]) == (2 * cap, 2 * cap)
+    assert [a["usage"] for a in out.status["warmup"]] == [cap, cap]
     assert out.status["replicas"] == 0
     assert "warm-up budget" in out.status["lastScaleReason"]
 

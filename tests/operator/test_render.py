@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import time
 from typing import Any
 
 import pytest
@@ -9,6 +12,7 @@ import yaml
 from support.operator_pool import KAFKA, OP, POOL_BODY
 from support.paths import REPO
 
+from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
 from mailsluice_operator import crd, render, warmup
 from mailsluice_operator.reconcile import referenced_secrets
 from mailsluice_operator.settings import OperatorSettings
@@ -95,6 +99,32 @@ def test_configmap_and_pdb() -> None:
         "app.kubernetes.io/component=delivery,app.kubernetes.io/name=mailsluice,"
         "mailsluice.io/pool=bulk-a"
     )
+
+
+def test_workers_get_the_warmup_of_each_address_as_pool_overrides() -> None:
+    sources = [
+        {"address": "192.0.2.10", "startDate": "2026-11-24"},
+        {"address": "192.0.2.11", "warm": True},
+    ]
+    spec = {**POOL_BODY["spec"], "warmup": {"table": [{"day": 1, "volume": 5}], "sources": sources}}
+    pool = render.Pool.from_body({**POOL_BODY, "spec": spec})
+    env = {e["name"]: e["value"] for e in render.worker_env(pool, KAFKA, OP)}
+    overrides = env["MAILSLUICE_SHAPING_POOL_OVERRIDES"]
+    assert json.loads(overrides)["warmup"] == {
+        "start": "2026-11-20",  # no startDate: the pool's creation day
+        "schedule": "custom",
+        "table": {"1": 5},
+        "period": "day",
+        "sources": {"192.0.2.10": "2026-11-24", "192.0.2.11": "warm"},
+    }
+    # what the worker makes of it: the cold address warms up from its own day, the other not
+    settings = ShapingSettings(pool_overrides=overrides)
+    shaper = build_shaper(settings, "bulk-a", time.time, sources=("192.0.2.10", "192.0.2.11"))
+    assert shaper.warmup is not None and list(shaper.warmup.trackers) == ["192.0.2.10"]
+    assert shaper.warmup.trackers["192.0.2.10"].plan.start == dt.date(2026, 11, 24)
+    no_ramp = {**POOL_BODY["spec"], "warmup": {"preset": "none"}}
+    env = render.worker_env(render.Pool.from_body({**POOL_BODY, "spec": no_ramp}), KAFKA, OP)
+    assert "MAILSLUICE_SHAPING_POOL_OVERRIDES" not in {e["name"] for e in env}
 
 
 def test_kafka_ca_secret_is_mounted_and_checked() -> None:

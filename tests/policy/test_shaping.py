@@ -9,7 +9,6 @@ import pytest
 
 from mailsluice.policy.rollup import default_rollup
 from mailsluice.policy.shaping import (
-    WARMUP_PRESETS,
     PolicyInvalid,
     PoolSection,
     Rule,
@@ -27,6 +26,7 @@ from mailsluice.policy.units import (
     parse_rate,
     parse_threshold,
 )
+from mailsluice.policy.warmup_config import WARMUP_PRESETS
 
 # (routing key, MX hosts, provider, connections, messages per connection, tls) — the figures
 # cited in shaping.toml.

@@ -1,8 +1,8 @@
 """`mailsluice warmup plan|show`: warm-up schedules and today's state of a pool.
 
 `plan` prints a schedule day by day (a preset, or a pool's from the policy, no Kafka needed);
-`show` prints the pool's warm-up day, today's caps and what workers have used this period, from
-the ledger topic mailsluice.warmup.
+`show` prints, per source address of the pool found in the ledger topic mailsluice.warmup or
+named by the policy, its warm-up day, today's caps and what workers have used this period.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mailsluice.kafka.compacted import read_topic
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.policy.shaping import PolicyInvalid, PoolSection, load_policy
 from mailsluice.policy.warmup import ALL, PRESETS, Plan, Schedule, day_number, period_start
+from mailsluice.policy.warmup_config import WarmupConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,11 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--overrides", default="", help="the pool's overrides as JSON")
 
 
-def load_plan(args: argparse.Namespace) -> Plan | None:
+def load_config(args: argparse.Namespace) -> WarmupConfig | None:
     policy = load_policy(args.policy or None)
     if args.overrides:
         policy = policy.with_pool(args.pool, PoolSection.model_validate_json(args.overrides))
-    config = policy.warmup(args.pool)
+    return policy.warmup(args.pool)
+
+
+def load_plan(args: argparse.Namespace) -> Plan | None:
+    config = load_config(args)
     return None if config is None else Plan.from_config(config)
 
 
@@ -60,9 +65,12 @@ def plan_lines(schedules: dict[str, Schedule]) -> list[str]:
     return lines
 
 
-def show_lines(pool: str, plan: Plan, usage: dict[str, int], now: float) -> list[str]:
+def show_lines(
+    pool: str, plan: Plan, usage: dict[str, int], now: float, source: str = ""
+) -> list[str]:
     day = day_number(plan.start, now)
-    lines = [f"pool {pool}: warm-up day {day} (started {plan.start.isoformat()})"]
+    who = f"pool {pool}" + (f" address {source}" if source else "")
+    lines = [f"{who}: warm-up day {day} (started {plan.start.isoformat()})"]
     for scope, schedule in plan.schedules.items():
         cap = schedule.cap(day)
         shown = "complete (no cap)" if cap is None else f"{cap}/{schedule.period}"
@@ -75,18 +83,25 @@ def show_lines(pool: str, plan: Plan, usage: dict[str, int], now: float) -> list
 
 
 def sum_usage(
-    plan: Plan, pool: str, records: list[tuple[bytes | None, bytes | None]], now: float
+    plan: Plan,
+    pool: str,
+    records: list[tuple[bytes | None, bytes | None]],
+    now: float,
+    source: str | None = None,
 ) -> dict[str, int]:
-    """This period's usage per scope; pool-wide ("*@<owner>") records of all workers add up."""
+    """This period's usage per scope (of one source address, when given); pool-wide
+    ("*@<owner>") records of all workers add up."""
     latest: dict[bytes, bytes | None] = {}
     for key, value in records:
         if key is not None:
             latest[key] = value
     usage = dict.fromkeys(plan.schedules, 0)
     for key, value in latest.items():
-        rec_pool, _source, scope_key = parse_record_key(key)
+        rec_pool, rec_source, scope_key = parse_record_key(key)
         scope = ALL if scope_key.startswith(ALL + "@") else scope_key
         if rec_pool != pool or value is None or scope not in plan.schedules:
+            continue
+        if source is not None and rec_source != source:
             continue
         data = json.loads(value)
         window = period_start(plan.schedules[scope].period, now)
@@ -100,15 +115,15 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(plan_lines({ALL: PRESETS[args.preset]()})))
         return 0
     try:
-        plan = load_plan(args)
+        config = load_config(args)
     except (PolicyInvalid, OSError, ValueError) as exc:
         print(f"mailsluice warmup: {exc}", file=sys.stderr)
         return 2
-    if plan is None:
+    if config is None:
         print(f"pool {args.pool} has no warm-up")
         return 0
     if args.action == "plan":
-        print("\n".join(plan_lines(plan.schedules)))
+        print("\n".join(plan_lines(Plan.from_config(config).schedules)))
         return 0
     settings = load(KafkaSettings)
     try:
@@ -116,9 +131,30 @@ def run(args: argparse.Namespace) -> int:
     except (KafkaError, TimeoutError, OSError, RuntimeError) as exc:
         print(f"mailsluice warmup: Kafka at {settings.bootstrap}: {exc}", file=sys.stderr)
         return 1
-    now = time.time()
-    print("\n".join(show_lines(args.pool, plan, sum_usage(plan, args.pool, records, now), now)))
+    print("\n".join(show_sources(args.pool, config, records, time.time())))
     return 0
+
+
+def show_sources(
+    pool: str,
+    config: WarmupConfig,
+    records: list[tuple[bytes | None, bytes | None]],
+    now: float,
+) -> list[str]:
+    """`show` of every source address in the ledger or the policy, each on its own ramp."""
+    seen = {parse_record_key(key)[:2] for key, _value in records if key is not None}
+    sources = {s for p, s in seen if p == pool} | set(config.sources) | {config.source} - {""}
+    if not sources or any(p == pool and not s for p, s in seen):
+        sources.add("")  # the pool sends from its host's own address (or did)
+    lines = []
+    for source in sorted(sources):
+        plan = Plan.of_source(config, source)
+        if plan is None:
+            lines.append(f"pool {pool} address {source}: warm (no warm-up cap)")
+            continue
+        usage = sum_usage(plan, pool, records, now, source)
+        lines += show_lines(pool, plan, usage, now, source)
+    return lines
 
 
 async def read_ledger(

@@ -22,7 +22,9 @@ REPLY_CLASSES = frozenset(c.value for c in ReplyClass)
 class Shaping:
     """Metrics of the shaping engine (`... import Shaping as shaping_metrics`). Pool and
     provider names are configuration, states and reply classes are fixed; destinations that
-    are raw domains are counted, never named, and source addresses are summed over."""
+    are raw domains are counted, never named, and source addresses are summed over, except in
+    the warm-up's metrics: each address warms up on its own, and a pool's addresses are
+    configuration too (`source_ip`)."""
 
     STATES = ("fixed", "slow_start", "steady", "hold", "probing", "blocked", "probe", "suspended")
 
@@ -54,16 +56,22 @@ class Shaping:
         "Connections provider destinations may have open now, all source addresses together.",
         ["pool", "provider"],
     )
-    WARMUP_DAY = Gauge("mailsluice_warmup_day", "Day of the pool's warm-up (1 = start).", ["pool"])
+    WARMUP_DAY = Gauge(
+        "mailsluice_warmup_day",
+        "Day of a source address's warm-up (1 = start); warm addresses have none.",
+        ["pool", "source_ip"],
+    )
     WARMUP_CAP = Gauge(
         "mailsluice_warmup_cap_messages",
-        "This worker's warm-up cap for the current period (-1: warm-up complete, no cap).",
-        ["pool", "scope", "period"],
+        "This worker's warm-up cap of a source address for the current period (-1: warm-up "
+        "complete, no cap).",
+        ["pool", "source_ip", "scope", "period"],
     )
     WARMUP_USED = Gauge(
         "mailsluice_warmup_used_messages",
-        "Messages counted against the warm-up cap in the current period by this worker.",
-        ["pool", "scope", "period"],
+        "Messages from a source address counted against its warm-up cap in the current period "
+        "by this worker.",
+        ["pool", "source_ip", "scope", "period"],
     )
 
     @staticmethod
@@ -97,13 +105,13 @@ class Shaping:
             Shaping.PROVIDER_RATE.labels(pool, provider).set(allowed)
             Shaping.PROVIDER_CEILING.labels(pool, provider).set(ceiling[provider])
             Shaping.PROVIDER_CONNECTIONS.labels(pool, provider).set(conns[provider])
-        if shaper.warmup is not None:
-            status = shaper.warmup.status(shaper.wall())
-            Shaping.WARMUP_DAY.labels(pool).set(status.day)
+        for status in [] if shaper.warmup is None else shaper.warmup.status(shaper.wall()):
+            address = status.source
+            Shaping.WARMUP_DAY.labels(pool, address).set(status.day)
             for scope, info in status.scopes.items():
                 cap = -1 if info.cap is None else info.cap
-                Shaping.WARMUP_CAP.labels(pool, scope, info.period).set(cap)
-                Shaping.WARMUP_USED.labels(pool, scope, info.period).set(info.used)
+                Shaping.WARMUP_CAP.labels(pool, address, scope, info.period).set(cap)
+                Shaping.WARMUP_USED.labels(pool, address, scope, info.period).set(info.used)
 
 
 # --- delivery worker: shaping delay, suspensions, warm-up overflow ------------------------------

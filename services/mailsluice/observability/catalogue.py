@@ -60,6 +60,8 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         "rule": "`operator` (the only suspensions a worker makes itself are an operator's)",
         "reply_class": _values(sorted(REPLY_CLASSES)) + f" or `{OTHER}`",
         "scope": "`*` (whole pool) or a provider name of the warm-up schedule",
+        "source_ip": "source address of the pool the warm-up is for (configuration; empty: "
+        "the pool sends from its host's own address)",
         "period": _values(["hour", "day"]),
         "stage": _values(SMTP_STAGES),
         "rtype": _values(DNS_RTYPES),

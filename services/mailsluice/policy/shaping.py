@@ -15,23 +15,27 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from mailsluice.policy.tomlpos import Path, key_lines, line_of
 from mailsluice.policy.units import RateSpec, parse_rate
+from mailsluice.policy.warmup_config import WarmupConfig
 
 M = TypeVar("M", bound=BaseModel)
 
 TlsMode = Literal["required", "opportunistic", "disabled"]
-# Names the warm-up module implements (a test keeps both in step).
-WARMUP_PRESETS = ("sendgrid-like", "ses-45-day")
 MAX_SHARDS = 1024
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -105,50 +109,6 @@ class ProviderRule(Rule):
                 raise ValueError(f"invalid host name {host!r}")
             out.append(norm.lstrip("."))
         return out
-
-
-class WarmupConfig(BaseModel):
-    """A pool's (or source address's) warm-up: a preset or a custom day -> volume table."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schedule: str = "sendgrid-like"
-    start: date
-    source: str = ""  # a source address of the pool; "" = the whole pool
-    table: dict[str, int] = {}  # custom schedule: day number -> cap per period
-    period: Literal["hour", "day"] = "day"  # period of a custom table's caps
-    providers: dict[str, dict[str, int]] = {}  # per-provider custom tables (same period)
-    over_cap: Literal["defer", "overflow"] = "defer"
-    overflow_pool: str = ""
-    after_end: Literal["unlimited", "hold"] = "unlimited"
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        if value not in (*WARMUP_PRESETS, "custom"):
-            raise ValueError(f"unknown schedule {value!r}; one of {[*WARMUP_PRESETS, 'custom']}")
-        return value
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, value: dict[str, int]) -> dict[str, int]:
-        return _check_table(value)
-
-    @field_validator("providers")
-    @classmethod
-    def _providers(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-        for table in value.values():
-            _check_table(table)
-        return value
-
-
-def _check_table(table: Mapping[str, int]) -> dict[str, int]:
-    for day, volume in table.items():
-        if not day.isdigit() or int(day) < 1:
-            raise ValueError(f"day {day!r} must be a whole number >= 1")
-        if volume < 0:
-            raise ValueError(f"volume of day {day} must be >= 0")
-    return dict(table)
 
 
 class PoolSection(BaseModel):

@@ -1,20 +1,20 @@
 """Warm-up schedules: a volume cap per hour or day that grows with the day of the warm-up.
 
-A pool (or one source address of it) follows a schedule: a preset or a custom day -> volume
-table, optionally with separate tables per provider. Day 1 is the configured start date (UTC);
-before it, day 1 applies. Delivery workers enforce these caps (delivery/shaping/warmup.py); the
-operator reports them in the pool's status.
+Each source address of a pool follows the pool's schedule on its own: a preset or a custom
+day -> volume table, optionally with separate tables per provider. Day 1 is the address's start
+date (UTC; the pool's unless given per address); before it, day 1 applies. Delivery workers
+enforce these caps (delivery/shaping/warmup.py); the operator reports them in the pool's status.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Literal
 
-from mailsluice.policy.shaping import WarmupConfig
+from mailsluice.policy.warmup_config import WarmupConfig
 
 Period = Literal["hour", "day"]
 PERIOD_SECONDS: dict[str, int] = {"hour": 3600, "day": 86400}
@@ -116,3 +116,10 @@ class Plan:
         for provider, table in config.providers.items():
             schedules[provider] = from_table(table, config.period, config.after_end)
         return cls(config.start, schedules, config.over_cap, config.overflow_pool)
+
+    @classmethod
+    def of_source(cls, config: WarmupConfig, address: str) -> Plan | None:
+        """The warm-up of one source address of the pool ("": the pool's only, unnamed one):
+        the pool's schedules from the address's own start; None when the address is warm."""
+        start = config.start_of(address)
+        return None if start is None else replace(cls.from_config(config), start=start)

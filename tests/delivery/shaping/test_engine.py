@@ -9,9 +9,10 @@ import pytest
 
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.scheduler import Scheduler
-from mailsluice.delivery.shaping.warmup import WarmupTracker
-from mailsluice.policy.shaping import WarmupConfig, load_policy_text
+from mailsluice.delivery.shaping.warmup import PoolWarmup, WarmupTracker
+from mailsluice.policy.shaping import load_policy_text
 from mailsluice.policy.warmup import Plan
+from mailsluice.policy.warmup_config import WarmupConfig
 
 POLICY = """
 [defaults]
@@ -121,7 +122,7 @@ def test_warmup_cap_defers_until_next_hour():
         load_policy_text(POLICY),
         "newip",
         adaptive=False,
-        warmup=WarmupTracker("newip", plan),
+        warmup=PoolWarmup.single(WarmupTracker("newip", plan)),
         wall=clock,
     )
     sched = Scheduler(shaper, 5.0)

@@ -23,6 +23,42 @@ from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 
 
+async def test_each_source_address_keeps_its_warmup_usage_over_a_restart(kafka):
+    """Two addresses, one warm: the cold one's usage goes to the ledger under its own key and
+    comes back to it alone; the warm one has no tracker and no records."""
+    cold, warm = "192.0.2.10", "192.0.2.11"
+    overrides = {
+        "warmup": {
+            "schedule": "custom",
+            "start": "2026-01-01",
+            "table": {"1": 1000},
+            "sources": {warm: "warm"},
+        }
+    }
+    settings = ShapingSettings(worker_id="w-src", pool_overrides=json.dumps(overrides))
+    kafka_settings = kafka.settings()
+    runtime = ShapingRuntime(settings, kafka_settings, "t-src", sources=(cold, warm))
+    await runtime.start()
+    try:
+        warmup = runtime.shaper.warmup
+        assert warmup is not None and list(warmup.trackers) == [cold]
+        for source in (cold, cold, cold, warm):
+            assert warmup.try_take(source, None, time.time()).action == "allow"
+    finally:
+        await runtime.stop()
+    again = ShapingRuntime(settings, kafka_settings, "t-src", sources=(cold, warm))
+    await again.start()
+    try:
+        assert again.shaper.warmup is not None
+        (status,) = again.shaper.warmup.status(time.time())
+        assert (status.source, status.scopes["*"].used) == (cold, 3)
+    finally:
+        await again.stop()
+    records = await warmup_cli.read_ledger(kafka_settings)
+    sources = {k.decode().split("/")[1] for k, _v in records if k and k.startswith(b"t-src/")}
+    assert sources == {cold}
+
+
 def test_settings_defaults_use_shipped_files():
     settings = ShapingSettings()
     shaper = build_shaper(settings, "default", time.time)
@@ -69,7 +105,7 @@ def test_pool_overrides_apply():
     shaper = build_shaper(settings, "newip", time.time)
     assert shaper.shaping("google").connection_limit == 1
     assert shaper.warmup is not None
-    assert shaper.warmup.plan.schedules["*"].cap(1) == 20
+    assert shaper.warmup.trackers[""].plan.schedules["*"].cap(1) == 20
     # the overrides are those of the pool this worker serves, whatever its name
     assert build_shaper(settings, "other", time.time).warmup is not None
     assert build_shaper(ShapingSettings(), "newip", time.time).warmup is None
@@ -111,20 +147,22 @@ async def test_runtime_follows_commands_publishes_status_and_keeps_warmup(kafka)
             lambda: shaper.wait_time("google", runtime.mono()) < 1, within=20, what="google resumed"
         )
         for _ in range(4):
-            assert shaper.warmup.try_take("example.org", time.time()).action == "allow"
+            assert shaper.warmup.try_take("", "example.org", time.time()).action == "allow"
     finally:
         await runtime.stop()
     # a restarted worker restores the usage of the current period and its suspension state
     again = ShapingRuntime(settings, kafka_settings, "t-rt")
     await again.start()
     try:
-        assert again.shaper.warmup.status(time.time()).scopes["*"].used == 5  # 1 start + 4 takes
+        assert (
+            again.shaper.warmup.trackers[""].status(time.time()).scopes["*"].used == 5
+        )  # 1 start + 4 takes
         assert again.shaper.wait_time("google", again.mono()) < 1  # resumed stays resumed
         state = await cli.read_state(kafka_settings)
         assert ("t-rt", "w-test") not in state.statuses  # the clean stop left a tombstone
         # `mailsluice warmup show` reads the same ledger
         records = await warmup_cli.read_ledger(kafka_settings)
-        plan = again.shaper.warmup.plan
+        plan = again.shaper.warmup.trackers[""].plan
         assert warmup_cli.sum_usage(plan, "t-rt", records, time.time()) == {"*": 5}
     finally:
         await again.stop()

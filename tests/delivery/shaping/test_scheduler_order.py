@@ -11,7 +11,7 @@ from support.shaping import uniform
 
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.scheduler import Scheduler
-from mailsluice.delivery.shaping.warmup import WarmupTracker
+from mailsluice.delivery.shaping.warmup import PoolWarmup, WarmupTracker
 from mailsluice.policy.shaping import load_policy_text
 from mailsluice.policy.warmup import Plan, Schedule
 
@@ -144,7 +144,9 @@ def overflow_shaper(cap: int, clock: list[float]) -> PolicyShaper:
     plan = Plan(start, {"*": Schedule("day", (cap,))}, "overflow", "shared")
     policy = load_policy_text(POLICY)
     tracker = WarmupTracker("newip", plan)
-    return PolicyShaper(policy, "newip", adaptive=False, warmup=tracker, wall=lambda: clock[0])
+    return PolicyShaper(
+        policy, "newip", adaptive=False, warmup=PoolWarmup.single(tracker), wall=lambda: clock[0]
+    )
 
 
 def test_deferral_over_the_warmup_cap_names_the_overflow_pool() -> None:

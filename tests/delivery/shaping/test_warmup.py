@@ -8,7 +8,6 @@ import pytest
 
 from mailsluice.contracts.warmup import parse_record_key, record_key
 from mailsluice.delivery.shaping.warmup import ScopeStatus, WarmupTracker
-from mailsluice.policy.shaping import WarmupConfig
 from mailsluice.policy.warmup import (
     PRESETS,
     Plan,
@@ -18,6 +17,7 @@ from mailsluice.policy.warmup import (
     sendgrid_like,
     ses_45_day,
 )
+from mailsluice.policy.warmup_config import WarmupConfig
 
 START = date(2026, 11, 1)
 

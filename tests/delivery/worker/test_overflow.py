@@ -92,7 +92,31 @@ async def test_over_the_warmup_cap_mail_moves_to_the_overflow_pool(kafka: Any) -
     assert {r.value for r in moved} == {b"Subject: t\r\n\r\nhello\r\n"}
     assert all(r.key == e.routing_key.encode() for r, e in zip(moved, moved_envs, strict=True))
     assert overflowed(pool, target) == len(envs) - CAP
-    assert runtime.shaper.warmup.status(time.time()).scopes["*"].used == CAP
+    assert runtime.shaper.warmup.trackers[""].status(time.time()).scopes["*"].used == CAP
     # every send that started was timed by the shaping delay histogram (raw domains: other)
     delays = {"pool": pool, "provider": "other"}
     assert REGISTRY.get_sample_value("mailsluice_shaping_delay_seconds_count", delays) == CAP
+
+
+async def test_a_warm_address_takes_what_the_cold_one_may_not_send(kafka: Any) -> None:
+    """Two source addresses, one warm: the cold one sends exactly its cap, the warm one the
+    rest, and nothing overflows (the pool is held only when every address is over its cap)."""
+    ks = kafka.settings(queue_partitions=3)
+    pool, target = new_pool(), new_pool()
+    await setup_pool(ks, pool)
+    await setup_pool(ks, target)
+    cold, warm = "127.0.0.21", "127.0.0.22"
+    config = json.loads(overrides(target))
+    config["warmup"]["sources"] = {warm: "warm"}
+    settings = ShapingSettings(pool_overrides=json.dumps(config))
+    runtime = ShapingRuntime(settings, ks, pool, sources=(cold, warm))
+    transport = FakeTransport()
+    service = service_for(ks, pool, transport, runtime.shaper, mover=False)
+    envs = [envelope(pool, n, (f"r{n}@d{n % 4}.example",)) for n in range(17)]
+    async with EventLog(ks, pool) as events, Running(service):
+        await enqueue(ks, envs)
+        await events.expect(EventType.DELIVERY, len(envs))
+        await committed_to_end(ks, pool, within=20)
+    assert (transport.sources.count(cold), transport.sources.count(warm)) == (CAP, len(envs) - CAP)
+    assert overflowed(pool, target) == 0
+    assert await read_topic(ks, queue_topic(target), lambda _r: True, expect=0) == []

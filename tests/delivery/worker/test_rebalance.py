@@ -42,7 +42,7 @@ def warming_runtime(ks: KafkaSettings, pool: str, cap: int) -> ShapingRuntime:
 
 def pool_cap(runtime: ShapingRuntime) -> int | None:
     assert runtime.shaper.warmup is not None
-    return runtime.shaper.warmup.caps(None, time.time())["*"]
+    return runtime.shaper.warmup.trackers[""].caps(None, time.time())["*"]
 
 
 async def test_warmup_share_follows_the_assigned_partitions(kafka: Any) -> None:

@@ -8,7 +8,8 @@ routing key it combines
   messages per connection, divided among shards for "name#n" keys;
 - one lane per source address (lanes.py), each with a controller (controller.py) that learns
   the destination's real limits from its replies, classified by the reply rules (replies.toml);
-- the pool's warm-up -> a cap per hour or day (waits until the next period when over it);
+- the warm-up of each source address -> a cap per hour or day; an address over its cap sends
+  nothing more this period, the others go on; when all are over it, waits until the next one;
 - operator commands: suspend until t, resume.
 
 A destination that must wait longer than the scheduler's horizon (suspended, blocked, over its
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 
 from mailsluice.contracts.control import Command
 from mailsluice.delivery.shaping.controller import Ceilings, Change, Controller, Learned
-from mailsluice.delivery.shaping.lanes import Lanes, Policy, Steering
+from mailsluice.delivery.shaping.lanes import Allowed, Lanes, Policy, Steering
 from mailsluice.delivery.shaping.limiter import Rate, shards_of
 from mailsluice.delivery.shaping.signals import ResultView, Verdict, read_results
-from mailsluice.delivery.shaping.warmup import WarmupTracker
+from mailsluice.delivery.shaping.warmup import PoolWarmup
 from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
 from mailsluice.policy.replies import ReplyRule, default_replies
 from mailsluice.policy.shaping import Policy as PolicyData
@@ -86,7 +87,7 @@ class PolicyShaper:
         *,
         rules: Sequence[ReplyRule] | None = None,
         sources: Sequence[str] = (),
-        warmup: WarmupTracker | None = None,
+        warmup: PoolWarmup | None = None,
         wall: Callable[[], float] = time.time,
         prime_new: bool = True,
         adaptive: bool = True,
@@ -145,7 +146,8 @@ class PolicyShaper:
     # --- what the scheduler asks (scheduler.Shaper) -----------------------------------------
 
     def _blocked_for(self, key: str, now: float, queued: int = 0) -> float:
-        """Seconds the destination is held whatever its lanes say: suspension, warm-up cap."""
+        """Seconds the destination is held whatever its lanes say: suspension, the warm-up
+        caps of all its source addresses."""
         held = self.suspension(key, now)
         wait = 0.0 if held is None else held.until - now
         if self.warmup is not None:
@@ -154,30 +156,42 @@ class PolicyShaper:
             wait = max(wait, self.warmup.wait_for(self.provider(key), self.wall(), queued))
         return wait
 
+    def _allowed(self, key: str) -> Allowed | None:
+        """Which source addresses may send to `key` as far as their warm-up caps go."""
+        warmup = self.warmup
+        if warmup is None:
+            return None
+        provider, wall = self.provider(key), self.wall()
+        return lambda source: warmup.allows(source, provider, wall)
+
     def wait_time(self, key: str, now: float) -> float:
         blocked = self._blocked_for(key, now)
         if blocked > 0.0:
             return blocked
-        return self.lanes.wait_time(key, now)
+        return self.lanes.wait_time(key, now, self._allowed(key))
 
     def try_start(self, key: str, now: float) -> str | None:
         if self._blocked_for(key, now) > 0.0:
             return None
-        if self.lanes.wait_time(key, now) > 0.0:
+        allowed = self._allowed(key)
+        if self.lanes.wait_time(key, now, allowed) > 0.0:
             return None
-        if self.warmup is not None:
-            decision = self.warmup.try_take(self.provider(key), self.wall())
+        source = self.lanes.try_start(key, now, allowed)
+        if source is not None and self.warmup is not None:
+            decision = self.warmup.try_take(source, self.provider(key), self.wall())
             if decision.action != "allow":
-                # wait_time said the cap has room, so this is rare (a cap shrinking between
-                # the two calls): wait; the scheduler overflows the job once it is overdue
+                # the source was allowed a moment ago, so this is rare (a cap shrinking
+                # between the two calls): give its slot back and wait; the scheduler
+                # overflows the job once it is overdue
+                self.lanes.finished(key, source, now)
                 return None
-        return self.lanes.try_start(key, now)
+        return source
 
     def finished(self, key: str, source: str, now: float) -> None:
         self.lanes.finished(key, source, now)
 
     def estimate_wait(self, key: str, now: float, queued: int) -> float:
-        backlog = self.lanes.backlog(key, now, queued)
+        backlog = self.lanes.backlog(key, now, queued, self._allowed(key))
         return max(self._blocked_for(key, now, queued), backlog)
 
     def reserve(self, key: str, now: float, wait: float) -> float:
@@ -193,8 +207,14 @@ class PolicyShaper:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_at(held.until, now)))
             return "suspended", f"destination suspended by {held.reason} until {until}"
         if self.warmup is not None and self._blocked_for(key, now) > 0.0:
-            return "warmup", "held: the pool's warm-up cap for this destination is spent"
+            return (
+                "warmup",
+                "held: the warm-up cap for this destination is spent on every address of the pool",
+            )
+        allowed = self._allowed(key)
         lanes = self.lanes.of(key, now)
+        # the addresses whose warm-up caps still have room are the ones that count here
+        lanes = [lane for lane in lanes if allowed is None or allowed(lane.source)] or lanes
         if all(lane.steering.wait(now) > 0.0 for lane in lanes):
             last = max(lanes, key=lambda lane: lane.steering.learned().last_reply)
             reply = last.steering.learned().last_reply
@@ -204,13 +224,13 @@ class PolicyShaper:
 
     def overflow_pool(self, key: str, now: float, queued: int) -> str:
         """The warm-up's overflow pool when the message behind `queued` others is over
-        today's cap (and the ledger is restored: until then nobody knows)."""
-        tracker = self.warmup
-        if tracker is None or not self.warmup_ready or tracker.plan.over_cap != "overflow":
+        today's caps of every address (and the ledger is restored: until then nobody knows)."""
+        warmup = self.warmup
+        if warmup is None or not self.warmup_ready or warmup.over_cap != "overflow":
             return ""
-        if tracker.wait_for(self.provider(key), self.wall(), queued) <= 0.0:
+        if warmup.wait_for(self.provider(key), self.wall(), queued) <= 0.0:
             return ""
-        return tracker.plan.overflow_pool
+        return warmup.overflow_pool
 
     def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
         for key in self.lanes.forget_idle(now, keep):

@@ -31,6 +31,10 @@ MAX_KNOWN = 50_000
 REPUBLISH_STEP = 0.01
 
 
+# Whether a source address may send now (beyond its lane's own limits: its warm-up cap).
+Allowed = Callable[[str], bool]
+
+
 class Steering(Protocol):
     """What a lane needs of its controller (controller.Controller, or Fixed)."""
 
@@ -221,15 +225,25 @@ class Lanes:
 
     # --- what the scheduler asks --------------------------------------------------------------
 
-    def wait_time(self, key: str, now: float) -> float:
-        return min(lane.wait(now) for lane in self.of(key, now))
+    def _open(self, key: str, now: float, allowed: Allowed | None) -> list[Lane]:
+        """The lanes of `key` whose source may send (all when none may: their waits count)."""
+        lanes = self.of(key, now)
+        if allowed is None:
+            return lanes
+        return [lane for lane in lanes if allowed(lane.source)] or lanes
 
-    def try_start(self, key: str, now: float) -> str | None:
-        """The source a send may start from now (its slot taken), in turn; None: none may."""
+    def wait_time(self, key: str, now: float, allowed: Allowed | None = None) -> float:
+        return min(lane.wait(now) for lane in self._open(key, now, allowed))
+
+    def try_start(self, key: str, now: float, allowed: Allowed | None = None) -> str | None:
+        """The source a send may start from now (its slot taken), in turn, among those
+        `allowed` (e.g. by their warm-up caps); None: none may."""
         lanes = self.of(key, now)
         first = self._turn.get(key, 0)
         for i in range(len(lanes)):
             lane = lanes[(first + i) % len(lanes)]
+            if allowed is not None and not allowed(lane.source):
+                continue
             if lane.try_start(now):
                 self._turn[key] = (first + i + 1) % len(lanes)
                 return lane.source
@@ -244,10 +258,11 @@ class Lanes:
         """Messages per second the key may receive now, all sources together."""
         return sum(lane.rate(now) for lane in self.of(key, now))
 
-    def backlog(self, key: str, now: float, queued: int) -> float:
-        """Seconds until the message behind `queued` others may start: each open lane takes
-        its share by rate; with every lane held, when the first is released."""
-        lanes = self.of(key, now)
+    def backlog(self, key: str, now: float, queued: int, allowed: Allowed | None = None) -> float:
+        """Seconds until the message behind `queued` others may start: each open lane (of an
+        `allowed` source) takes its share by rate; with every lane held, when the first is
+        released."""
+        lanes = self._open(key, now, allowed)
         open_lanes = [
             (lane, lane.expected_rate(now)) for lane in lanes if lane.steering.wait(now) <= 0.0
         ]

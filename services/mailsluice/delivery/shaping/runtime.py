@@ -138,7 +138,7 @@ class ShapingRuntime:
         """After a rebalance: this worker's share of pool-wide warm-up caps is the share of the
         pool's partitions it owns (exact with one worker, approximate with several)."""
         if self.shaper.warmup is not None and total > 0:
-            self.shaper.warmup.share = assigned / total
+            self.shaper.warmup.set_share(assigned / total)
 
     async def flush(self) -> None:
         """State changes and learned limits not yet published: the worker calls this before it
@@ -247,20 +247,21 @@ class ShapingRuntime:
         await self._publish_warmup()
 
     async def _publish_warmup(self) -> None:
-        tracker = self.shaper.warmup
-        if tracker is None or self._producer is None:
+        """Every address's usage, a ledger record per (address, scope)."""
+        warmup = self.shaper.warmup
+        if warmup is None or self._producer is None:
             return
-        for key, value in tracker.records():
+        for key, value in warmup.records():
             await self._producer.send_and_wait(WARMUP_TOPIC, value, key=key)
 
     async def _restore_warmup(self) -> None:
-        tracker = self.shaper.warmup
-        if tracker is None:
+        warmup = self.shaper.warmup
+        if warmup is None:
             return
 
         def restore(key: bytes | None, value: bytes | None) -> None:
             if key is not None:
-                tracker.restore(key, value)
+                warmup.restore(key, value)
 
         await read_topic(self.kafka, WARMUP_TOPIC, restore, client_id="mailsluice-warmup")
 

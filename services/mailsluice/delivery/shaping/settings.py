@@ -7,6 +7,7 @@ port opens.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 from pydantic import Field, ValidationError, field_validator
@@ -14,10 +15,13 @@ from pydantic_settings import SettingsConfigDict
 
 from mailsluice.config import MailsluiceSettings
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.warmup import WarmupTracker
+from mailsluice.delivery.shaping.warmup import PoolWarmup, WarmupTracker
 from mailsluice.policy.replies import load_replies
 from mailsluice.policy.shaping import PolicyInvalid, PoolSection, Rule, load_policy
 from mailsluice.policy.warmup import Plan
+from mailsluice.policy.warmup_config import WarmupConfig
+
+log = logging.getLogger(__name__)
 
 # The shipped policy's default rate, for a burst given without a rate.
 DEFAULT_RATE_PER_S = 100.0
@@ -100,16 +104,31 @@ def build_shaper(
         section = section.model_copy(update={"defaults": Rule(**merged)})
     if settings.pool_overrides or defaults is not None:
         policy = policy.with_pool(pool, section)
-    warmup_config = policy.warmup(pool)
-    tracker = None
-    if warmup_config is not None:
-        plan = Plan.from_config(warmup_config)
-        # The owner names this worker's share of a pool-wide cap in the warm-up ledger; it must
-        # survive restarts, hence the configured id or "0" (one worker per warming pool).
-        owner = settings.worker_id or "0"
-        tracker = WarmupTracker(pool, plan, source=warmup_config.source, owner=owner)
+    warmup = pool_warmup(policy.warmup(pool), pool, tuple(sources) or ("",), settings.worker_id)
     rules = load_replies(settings.replies_file or None)
-    return PolicyShaper(policy, pool, rules=rules, sources=sources, warmup=tracker, wall=wall)
+    return PolicyShaper(policy, pool, rules=rules, sources=sources, warmup=warmup, wall=wall)
+
+
+def pool_warmup(
+    config: WarmupConfig | None, pool: str, sources: tuple[str, ...], worker_id: str
+) -> PoolWarmup | None:
+    """A tracker per source address that warms up; None when none does."""
+    if config is None:
+        return None
+    # The owner names this worker's share of a pool-wide cap in the warm-up ledger; it must
+    # survive restarts, hence the configured id or "0" (one worker per warming pool).
+    owner = worker_id or "0"
+    trackers = {}
+    for source in sources:
+        plan = Plan.of_source(config, source)
+        if plan is not None:
+            trackers[source] = WarmupTracker(
+                pool, plan, source=source, owner=owner, inherits=config.source
+            )
+    unknown = sorted({config.source, *config.sources} - set(sources) - {""})
+    if unknown and sources != ("",):
+        log.warning("pool %s: warm-up names addresses it does not send from: %s", pool, unknown)
+    return PoolWarmup(trackers, sources) if trackers else None
 
 
 def delivery_defaults(

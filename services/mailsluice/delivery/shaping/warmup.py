@@ -1,9 +1,11 @@
-"""IP warm-up in a worker: today's caps of a pool's schedule and what this worker used of them.
+"""IP warm-up in a worker: today's caps of each source address of a pool and what this worker
+used of them.
 
-Mail over the current period's cap is deferred to the next period (never dropped) or, when
-configured, overflows to another pool. The usage of the current period is written to the
-warm-up ledger (contracts/warmup.py) and read back by a restarted worker before it sends, so a
-restart never sends today's cap twice.
+A destination's mail goes to the addresses whose caps have room (a warm address has none);
+mail over the current period's caps of all of them is deferred to the next period (never
+dropped) or, when configured, overflows to another pool. The usage of the current period is
+written to the warm-up ledger (contracts/warmup.py), a record per address and scope, and read
+back by a restarted worker before it sends, so a restart never sends today's cap twice.
 """
 
 from __future__ import annotations
@@ -58,11 +60,14 @@ class Usage:
 
 @dataclass
 class WarmupTracker:
-    """Today's caps and usage of one pool (or source) in one worker.
+    """Today's caps and usage of one source address of a pool in one worker.
 
     `share` is this worker's fraction of the pool-wide cap (its partitions / all partitions),
     since pool-wide traffic spreads over every partition; provider caps are whole because one
-    partition owns a provider's routing key.
+    partition owns a provider's routing key. `inherits` names another source whose ledger
+    records count as this one's too: the whole pool's records of a worker that kept one
+    warm-up for all its addresses, so an upgraded worker never sends today's cap again (each
+    address is charged the pool's usage until the period ends, the safe side).
     """
 
     pool: str
@@ -71,6 +76,7 @@ class WarmupTracker:
     owner: str = "0"
     share: float = 1.0
     usage: dict[str, Usage] = field(default_factory=dict)
+    inherits: str | None = None
 
     def scope_key(self, scope: str) -> str:
         return f"{ALL}@{self.owner}" if scope == ALL else scope
@@ -106,6 +112,15 @@ class WarmupTracker:
         for scope in caps:
             self._usage(scope, now).used += count
         return Decision("allow", scope="")
+
+    def remaining(self, provider: str | None, now: float) -> int | None:
+        """Messages for `provider` that still fit this period's caps (None: no cap)."""
+        left: int | None = None
+        for scope, cap in self.caps(provider, now).items():
+            if cap is not None:
+                room = max(0, cap - self._usage(scope, now).used)
+                left = room if left is None else min(left, room)
+        return left
 
     def wait_for(self, provider: str | None, now: float, queued: int = 0) -> float:
         """Seconds until the message behind `queued` others fits a cap (0.0: now). Only the
@@ -159,7 +174,7 @@ class WarmupTracker:
         tracker's, belongs to another warm-up (a new start date begins from zero), or cannot
         be read by this version."""
         pool, source, scope_key = parse_record_key(key)
-        if (pool, source) != (self.pool, self.source) or value is None:
+        if pool != self.pool or source not in (self.source, self.inherits) or value is None:
             return False
         try:
             record = decode_usage(value)
@@ -179,3 +194,66 @@ class WarmupTracker:
 
 def _shared(cap: int, share: float, scope: str) -> int:
     return math.floor(cap * share) if scope == ALL else cap
+
+
+@dataclass
+class PoolWarmup:
+    """The warm-up of every source address of a pool in one worker: a tracker per address
+    that warms up; an address without one is warm (no cap). Mail of a destination goes to the
+    addresses whose caps have room; it waits only when all of them are spent."""
+
+    trackers: dict[str, WarmupTracker]
+    sources: tuple[str, ...]  # every address the pool sends from ("": its host's own)
+
+    @classmethod
+    def single(cls, tracker: WarmupTracker) -> PoolWarmup:
+        """A pool sending from one address only, the tracker's."""
+        return cls({tracker.source: tracker}, (tracker.source,))
+
+    @property
+    def over_cap(self) -> Literal["defer", "overflow"]:
+        return next(iter(self.trackers.values())).plan.over_cap
+
+    @property
+    def overflow_pool(self) -> str:
+        return next(iter(self.trackers.values())).plan.overflow_pool
+
+    def set_share(self, share: float) -> None:
+        """This worker's share of pool-wide caps, the same for every address."""
+        for tracker in self.trackers.values():
+            tracker.share = share
+
+    def allows(self, source: str, provider: str | None, now: float) -> bool:
+        """Whether a message for `provider` from `source` fits its caps now."""
+        tracker = self.trackers.get(source)
+        return tracker is None or tracker.wait_for(provider, now) <= 0.0
+
+    def wait_for(self, provider: str | None, now: float, queued: int = 0) -> float:
+        """Seconds until the message behind `queued` others fits the caps of one address (0.0:
+        now): the addresses' room adds up; past it, until the first of them has a new period."""
+        if any(source not in self.trackers for source in self.sources):
+            return 0.0  # a warm address takes whatever the others cannot
+        room, waits = 0, []
+        for tracker in self.trackers.values():
+            left = tracker.remaining(provider, now)
+            if left is None:
+                return 0.0
+            room += left
+            waits.append(tracker.wait_for(provider, now, left))
+        return 0.0 if queued < room else min(waits)
+
+    def try_take(self, source: str, provider: str | None, now: float) -> Decision:
+        """Count a message sent from `source` against that address's caps."""
+        tracker = self.trackers.get(source)
+        return Decision("allow") if tracker is None else tracker.try_take(provider, now)
+
+    def status(self, now: float) -> list[WarmupStatus]:
+        return [tracker.status(now) for tracker in self.trackers.values()]
+
+    def records(self) -> list[tuple[bytes, bytes]]:
+        return [record for tracker in self.trackers.values() for record in tracker.records()]
+
+    def restore(self, key: bytes, value: bytes | None) -> bool:
+        """Apply one ledger record to every tracker it belongs to (an inherited pool-wide
+        record belongs to each)."""
+        return any([tracker.restore(key, value) for tracker in self.trackers.values()])

@@ -114,13 +114,18 @@ DELIVERABILITY = (
         "percentunit",
         (
             (
-                "max by (pool, scope, period) (mailsluice_warmup_used_messages{" + POOL + "})\n"
-                "  / max by (pool, scope, period) "
+                "max by (pool, source_ip, scope, period) "
+                "(mailsluice_warmup_used_messages{" + POOL + "})\n"
+                "  / max by (pool, source_ip, scope, period) "
                 "(mailsluice_warmup_cap_messages{" + POOL + "} > 0)",
-                "{{pool}} {{scope}} per {{period}}",
+                "{{pool}} {{source_ip}} {{scope}} per {{period}}",
             ),
-            ("max by (pool) (mailsluice_warmup_day{" + POOL + "})", "{{pool}} day"),
+            (
+                "max by (pool, source_ip) (mailsluice_warmup_day{" + POOL + "})",
+                "{{pool}} {{source_ip}} day",
+            ),
         ),
-        "Share of the current warm-up period's cap used, and the warm-up day.",
+        "Share of the current warm-up period's cap used, and the warm-up day, per source "
+        "address (warm addresses have no cap).",
     ),
 )
