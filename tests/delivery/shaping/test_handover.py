@@ -43,8 +43,8 @@ class Run:
     rates: tuple[float, float] = (0.0, 0.0)  # the old owner's rate at the handover, the new's
 
 
-def provider_reply(run: Run) -> Callable[[str, object, float], Reply | None]:
-    def reply(key: str, item: object, started: float) -> Reply | None:
+def provider_reply(run: Run) -> Callable[[str, object, float, str], Reply | None]:
+    def reply(key: str, item: object, started: float, source: str) -> Reply | None:
         answer = run.model.rcpt(SOURCE, started)
         if not answer.ok:
             run.deferred.append(started)

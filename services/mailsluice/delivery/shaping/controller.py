@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 from mailsluice.delivery.shaping.controller_evidence import Evidence
+from mailsluice.delivery.shaping.controller_stops import Stops
 from mailsluice.delivery.shaping.controller_tuning import TUNING, Tuning
 from mailsluice.delivery.shaping.controller_types import Ceilings, Change, Learned, Signal
 from mailsluice.policy.replies import ReplyClass
@@ -60,12 +61,7 @@ class Controller:
         self._per_conn = 0
         self._until = 0.0  # end of a hold or a stop
         self._last_class, self._last_reply = "", ""
-        self._block_interval = tuning.block_initial
-        self._server_interval = tuning.server_initial
-        self._stopped_by = ""  # "block" or "server": what the current stop and probe are for
-        self._resume = "slow_start"  # where a server stop returns after a good probe
-        self._last_block = -math.inf
-        self._server_run = 0
+        self._stops = Stops.fresh(tuning)
         self._probe_at: float | None = None  # when the single probe went
         self._evidence = Evidence(tuning, now, fresh=learned is None)
         self._proven = False  # the ceiling rests on enough messages: no more searching
@@ -183,7 +179,8 @@ class Controller:
     def learned(self) -> Learned:
         return Learned(
             *(self._rate, self._ceiling, self._conns, self._learned_conns, self._per_conn),
-            *(self.state, self._until, self._last_class, self._last_reply, self._block_interval),
+            *(self.state, self._until, self._last_class, self._last_reply),
+            self._stops.block_interval,
         )
 
     def set_ceilings(self, c: Ceilings) -> None:
@@ -204,11 +201,11 @@ class Controller:
         self._proven = math.isfinite(learned.ceiling)
         if learned.last_class in CUTS:
             self._cut_class = learned.last_class
-        self._block_interval = learned.block_interval or self.tuning.block_initial
+        self._stops.block_interval = learned.block_interval or self.tuning.block_initial
         self.state, self._until = learned.state, learned.until
         if self.state == "blocked":
-            self._stopped_by = "block" if learned.last_class == ReplyClass.BLOCK else "server"
-            self._resume = "steady"
+            self._stops.by = "block" if learned.last_class == ReplyClass.BLOCK else "server"
+            self._stops.resume = "steady"
         if self.state in ("blocked", "hold") and self._until <= now:
             self.tick(now)
 
@@ -218,12 +215,12 @@ class Controller:
     def _accepted(self, s: Signal) -> Change | None:
         self._evidence.accepted(s.at)
         self._win_accepted += 1
-        self._server_run = 0
+        self._stops.server_run = 0
         if self.state != "probe" or self._probe_at is None:
             return None
         before = self.state
-        if self._stopped_by == "server":
-            self.state = self._resume
+        if self._stops.by == "server":
+            self.state = self._stops.resume
         else:
             base = self._ceiling if math.isfinite(self._ceiling) else 2 * self._rate
             self._rate = max(self.tuning.floor, min(self.ceilings.rate, base / 2))
@@ -282,41 +279,18 @@ class Controller:
 
     def _block(self, s: Signal) -> Change | None:
         self._last_class, self._last_reply = str(s.cls), s.reply
-        t = self.tuning
-        if self.state == "blocked" and self._stopped_by == "block":
-            return None  # a send in flight when the block came: nothing new
-        if self.state == "probe" and self._stopped_by == "block":
-            self._block_interval = min(t.block_cap, self._block_interval * t.block_factor)
-        elif s.at - self._last_block > t.block_forget:
-            self._block_interval = t.block_initial
-        self._last_block = s.at
-        return self._stop(s, "block", max(self._block_interval, s.min_block))
+        interval = self._stops.on_block(self.state, s.at, s.min_block)
+        return None if interval is None else self._stop(s, interval)
 
     def _server(self, s: Signal) -> Change | None:
         self._last_class, self._last_reply = str(s.cls), s.reply
-        t = self.tuning
-        self._server_run += 1
-        if self.state == "blocked":
-            return None
-        if self.state == "probe" and self._probe_at is not None:
-            if self._stopped_by == "server":
-                self._server_interval = min(t.server_cap, self._server_interval * 2)
-                return self._stop(s, "server", self._server_interval)
-            interval = min(t.block_cap, self._block_interval * t.block_factor)
-            self._block_interval = interval
-            return self._stop(s, "block", interval)
-        if self._server_run < t.server_streak:
-            return None
-        self._server_interval = t.server_initial
-        self._resume = "slow_start" if self.state == "slow_start" else "steady"
-        return self._stop(s, "server", self._server_interval)
+        interval = self._stops.on_server(self.state, self._probe_at is not None)
+        return None if interval is None else self._stop(s, interval)
 
-    def _stop(self, s: Signal, by: str, interval: float) -> Change:
+    def _stop(self, s: Signal, interval: float) -> Change:
         before = self.state
-        self.state, self._stopped_by = "blocked", by
-        self._until = s.at + interval
-        self._probe_at = None
-        self._server_run = 0
+        self.state, self._until, self._probe_at = "blocked", s.at + interval, None
+        self._stops.server_run = 0
         return self._change(before, s.cls, s.reply, s.at)
 
     def _connections_learned(self, s: Signal) -> Change | None:
@@ -390,32 +364,28 @@ class Controller:
         self._begin_window(now)
 
     def _grow(self, now: float) -> None:
-        """One clean, used window: slow start doubles, steady climbs back to just under the
-        ceiling, and after a long clean stretch probes slowly above it."""
+        """One clean, used window, one step of `_growth`: slow start doubles up to just under a
+        known ceiling; with none proven the rate searches upwards, so the next deferral comes
+        at a small overshoot and proves it; under a proven ceiling it climbs back; at it, after
+        a long clean stretch, it probes slowly above it."""
         t = self.tuning
+        factor, cap = self._growth()
         if self.state == "slow_start":
-            # Slow start ends just under a known ceiling, else at the policy's.
-            end = min(self.ceilings.rate, t.steady * self._ceiling)
-            self._rate = min(end, self._rate * t.growth)
-            if self._rate >= end:
+            self._rate = min(cap, self._rate * factor)
+            if self._rate >= cap:
                 self.state = "steady"
-            return
-        target = min(self.ceilings.rate, t.steady * self._ceiling)
-        reputation = self._cut_class == ReplyClass.REPUTATION
-        patience = t.probe_after_reputation if reputation else t.probe_after
-        patience = max(patience, t.probe_after_messages / max(self._rate, t.floor))
-        if not self._proven:
-            # Nothing proven where the limit is: search upwards from here, a step a window,
-            # so the next deferral comes at a small overshoot and proves it.
-            if self._rate < self.ceilings.rate:
+        elif not self._proven:
+            if self._rate < cap:
                 self.state, self._searched = "probing", self._rate
-                self._rate = min(self.ceilings.rate, self._rate * t.search)
-        elif self._rate < target:
-            self._rate = min(target, self._rate * t.recover)
-        elif self.state == "steady" and now - self._since_cut >= patience:
-            self.state = "probing"
-        elif self.state == "probing":
-            self._rate = min(self.ceilings.rate, self._rate * (1 + t.probe_per_min * t.window / 60))
+                self._rate = min(cap, self._rate * factor)
+        elif self.state == "steady" and factor == 1.0:
+            reputation = self._cut_class == ReplyClass.REPUTATION
+            patience = t.probe_after_reputation if reputation else t.probe_after
+            patience = max(patience, t.probe_after_messages / max(self._rate, t.floor))
+            if now - self._since_cut >= patience:
+                self.state = "probing"
+        else:
+            self._rate = min(cap, self._rate * factor)
 
     def _change(self, before: str, cls: str, reply: str, at: float) -> Change:
         rate, connections = self.rate(at), self.connections(at)
