@@ -15,10 +15,10 @@ from typing import Any
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.scheduler import Deferral, Job, Scheduler
 from mailsluice.delivery.shaping.settings import delivery_defaults
-from mailsluice.delivery.worker.consumer import default_shaper
 from mailsluice.delivery.worker.dispatch import MAX_SLEEP_S
 from mailsluice.delivery.worker.outcomes import throttled_delay
 from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.delivery.worker.shaper import default_shaper
 from mailsluice.policy.shaping import PoolSection, load_policy_text
 
 Limits = tuple[int, float, int]  # connections, messages per second, burst

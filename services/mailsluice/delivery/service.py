@@ -219,7 +219,12 @@ class DeliveryService:
     async def run(self, *, http: bool = False) -> None:
         runner = None
         if http:
-            runner = await start_http(self.settings.http_host, self.settings.http_port, self.ready)
+            runner = await start_http(
+                self.settings.http_host,
+                self.settings.http_port,
+                self.ready,
+                live=self.worker.progress.check,
+            )
             log.info(
                 "delivery for pool %s: metrics on http://%s:%d/metrics",
                 self.settings.pool,

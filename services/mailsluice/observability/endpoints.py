@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from mailsluice.config import LogSettings
+from mailsluice.observability.progress import LiveCheck
 
 ReadyCheck = Callable[[], tuple[bool, str]]
 
@@ -52,7 +53,11 @@ def setup_logging(settings: LogSettings, component: str) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
 
 
-def build_app(ready: ReadyCheck, registry: CollectorRegistry = REGISTRY) -> web.Application:
+def build_app(
+    ready: ReadyCheck, registry: CollectorRegistry = REGISTRY, live: LiveCheck | None = None
+) -> web.Application:
+    """`live`: the liveness check (observability/progress.py); without one /healthz says the
+    process answers, which is all it can tell."""
     started = time.time()
 
     async def metrics(_: web.Request) -> web.Response:
@@ -60,7 +65,11 @@ def build_app(ready: ReadyCheck, registry: CollectorRegistry = REGISTRY) -> web.
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "uptime_s": round(time.time() - started, 1)})
+        ok, detail = live() if live is not None else (True, "")
+        body = {"status": "ok" if ok else "stalled", "uptime_s": round(time.time() - started, 1)}
+        if detail:
+            body["detail"] = detail
+        return web.json_response(body, status=200 if ok else 503)
 
     async def readyz(_: web.Request) -> web.Response:
         ok, detail = ready()
@@ -76,10 +85,14 @@ def build_app(ready: ReadyCheck, registry: CollectorRegistry = REGISTRY) -> web.
 
 
 async def start_http(
-    host: str, port: int, ready: ReadyCheck, registry: CollectorRegistry = REGISTRY
+    host: str,
+    port: int,
+    ready: ReadyCheck,
+    registry: CollectorRegistry = REGISTRY,
+    live: LiveCheck | None = None,
 ) -> web.AppRunner:
     """Serve the operator endpoints; the caller awaits runner.cleanup() at shutdown."""
-    runner = web.AppRunner(build_app(ready, registry), access_log=None)
+    runner = web.AppRunner(build_app(ready, registry, live), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from mailsluice.delivery.worker.dedup import DeliveredCache
+import time
+
+from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
+from mailsluice.kafka.settings import KafkaSettings
 
 
 def test_split_skips_delivered_recipients_case_insensitively() -> None:
@@ -31,3 +34,13 @@ def test_zero_size_remembers_nothing() -> None:
     cache.add("Q", "a@x")
     assert len(cache) == 0
     assert not cache.seen("Q", "a@x")
+
+
+async def test_warm_up_with_kafka_unreachable_gives_up_within_its_budget() -> None:
+    # best effort: a broker that does not answer costs the budget, never an exception
+    unreachable = KafkaSettings(bootstrap="127.0.0.1:9", request_timeout_ms=1000)
+    cache = DeliveredCache(10)
+    started = time.monotonic()
+    added = await warm_from_events(unreachable, "p", cache, since=0.0, budget_s=1.5)
+    assert added == 0 and len(cache) == 0
+    assert time.monotonic() - started < 10

@@ -25,9 +25,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from mailsluice.contracts.topics import consumer_group, queue_topic
-from mailsluice.delivery.shaping.engine import PolicyShaper, uniform_policy
+from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.scheduler import Scheduler
-from mailsluice.delivery.shaping.settings import delivery_defaults
 from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.attempts import (
     Attempts,
@@ -41,11 +40,13 @@ from mailsluice.delivery.worker.commits import Commits
 from mailsluice.delivery.worker.dedup import DeliveredCache
 from mailsluice.delivery.worker.dispatch import Dispatch
 from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.delivery.worker.shaper import default_shaper
 from mailsluice.kafka.clients import make_consumer, make_producer
 from mailsluice.kafka.ledger import Ledger
 from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.delivery import Delivery as m
+from mailsluice.observability.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +75,6 @@ ShareCallback = Callable[[int, int], None]
 LeaveCallback = Callable[[], Awaitable[None]]
 # Longest the worker waits for that before it leaves anyway.
 LEAVE_WAIT_S = 5.0
-
-
-def default_shaper(settings: DeliverySettings, wall: Callable[[], float]) -> PolicyShaper:
-    """The shaper of a worker given none: every destination held to the
-    MAILSLUICE_DELIVERY_DEST_* limits as configured (nothing learned, no provider rules); a new
-    destination starts with its burst."""
-    rule = delivery_defaults(
-        settings.dest_max_concurrency, settings.dest_max_rate, settings.dest_burst
-    )
-    assert rule is not None  # every field given
-    policy = uniform_policy(rule)
-    return PolicyShaper(policy, settings.pool, wall=wall, prime_new=False, adaptive=False)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -124,8 +113,7 @@ class Worker:
         self.scheduler: Scheduler[Item] = Scheduler(
             self.shaper, settings.short_horizon_s, urgent=transactional
         )
-        self.wall = wall
-        self.mono = mono
+        self.wall, self.mono = wall, mono
         self.ledger = Ledger()
         self.dedup = DeliveredCache(settings.dedup_size)
         self.commits = Commits(self.pool, self.ledger, settings.commit_interval_s)
@@ -143,6 +131,7 @@ class Worker:
         self._kafka_error: str = ""
         self._client_id, self._consumer_options = client_id, consumer_options or {}
         self._on_share, self._on_leave = on_share, on_leave
+        self.progress = Progress(settings.stall_s, lambda: self._held, mono)
         wake = asyncio.Event()
         self.attempts = Attempts(
             settings,
@@ -369,6 +358,7 @@ class Worker:
         if self._generation.get(item.tp) == item.generation:
             self.ledger.finish(item.tp, item.offset)
             self.commits.finished(item.tp)
+        self.progress.made()
         self._release(item)
 
     def _release(self, item: Item) -> None:

@@ -4,11 +4,13 @@ send them again. Bounded LRU: it covers the redelivery window, not all history."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from mailsluice.contracts.events import EventType, decode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
@@ -81,29 +83,32 @@ async def warm_from_events(
         nonlocal added
         added += _remember(cache, pool, value)
 
-    await consumer.start()
     try:
         async with asyncio.timeout(budget_s):
+            await consumer.start()
             tps = await _partitions(kafka, EVENTS_TOPIC)
             if not tps:
                 return 0
             starts = await consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
             todo = {tp: found.offset for tp, found in starts.items() if found is not None}
             await read_to_end(consumer, list(todo), remember, start=todo)
-    except TimeoutError:
-        log.warning("dedup warm-up stopped after %.0f s (%d remembered)", budget_s, added)
+    except (TimeoutError, KafkaError) as exc:
+        # best effort: without it a taken-over record may be sent again, never lost
+        log.warning("dedup warm-up stopped (%s; %d remembered)", type(exc).__name__, added)
     finally:
-        await consumer.stop()
+        with contextlib.suppress(Exception):
+            await consumer.stop()
     return added
 
 
 async def _partitions(kafka: KafkaSettings, topic: str) -> list[TopicPartition]:
     admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="mailsluice-delivery-dedup")
-    await admin.start()
     try:
+        await admin.start()
         return await partitions_of(admin, topic)
     finally:
-        await admin.close()
+        with contextlib.suppress(Exception):
+            await admin.close()
 
 
 def _remember(cache: DeliveredCache, pool: str, raw: bytes | None) -> int:

@@ -55,6 +55,12 @@ class DeliverySettings(MailsluiceSettings):
         description="Longest a message waits in memory for a throttled destination before it "
         "moves to a delay topic.",
     )
+    stall_s: float = Field(
+        900.0,
+        gt=0,
+        description="Liveness: /healthz fails when messages are held this long with none "
+        "finishing (longer than any SMTP timeout), so Kubernetes restarts a stuck worker.",
+    )
     dedup_size: int = Field(
         100_000, ge=0, description="Delivered (queue id, recipient) pairs remembered for dedup."
     )
