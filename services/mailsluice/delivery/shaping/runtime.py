@@ -25,8 +25,6 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from aiokafka import AIOKafkaProducer
-
 from mailsluice.contracts.control import (
     ControlState,
     DestinationRow,
@@ -45,6 +43,8 @@ from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
 from mailsluice.kafka.admin import control_topics, ensure_topics
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.compacted import CompactedView, read_topic
+from mailsluice.kafka.outbox import Outbox
+from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.retrying import KAFKA_DOWN, until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.shaping import Shaping as shaping_metrics
@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 START_RETRY_S = 2.0
 # How often state changes become log lines and events (promptly: they explain what mail does).
 CHANGES_INTERVAL_S = 1.0
+# State-change events held while Kafka is away; past that the oldest are logged and dropped.
+EVENT_BACKLOG = 10_000
+STOP_GRACE_S = 5.0
 
 
 def _worker_id(configured: str) -> str:
@@ -84,7 +87,8 @@ class ShapingRuntime:
         self.queued: Callable[[str], int] = lambda _key: 0
         self.control = ControlState()
         self._tasks: list[asyncio.Task[None]] = []
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: RenewingProducer | None = None
+        self._events: Outbox | None = None
         self._control_view: CompactedView | None = None
 
     def start_background(self) -> asyncio.Task[None]:
@@ -109,19 +113,28 @@ class ShapingRuntime:
         await self._close_clients()
 
     async def _close_clients(self) -> None:
+        events, self._events = self._events, None
+        if events is not None:
+            await events.stop(STOP_GRACE_S)
         producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop(STOP_GRACE_S)
         view, self._control_view = self._control_view, None
-        for client in (producer, view):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.stop()
+        if view is not None:
+            with contextlib.suppress(Exception):
+                await view.stop()
 
     async def start(self) -> None:
         await ensure_topics(self.kafka, control_topics(self.kafka))
-        self._producer = make_producer(
-            self.kafka, max_message_size=1024 * 1024, client_id="mailsluice-shaping"
+        self._producer = RenewingProducer(
+            lambda: make_producer(
+                self.kafka, max_message_size=1024 * 1024, client_id="mailsluice-shaping"
+            ),
+            name="shaping",
         )
-        await self._producer.start()
+        await self._producer.get()
+        self._events = Outbox(self._producer, limit=EVENT_BACKLOG, name="shaping-events")
+        self._events.start()
         await self._restore_warmup()
         self.shaper.warmup_ready = True
         self._control_view = CompactedView(
@@ -162,9 +175,7 @@ class ShapingRuntime:
                 await self._publish_changes()
                 await self._publish_learned()
                 await self._publish_warmup()
-                await self._producer.send_and_wait(
-                    CONTROL_TOPIC, None, key=status_key(self.pool, self.worker_id)
-                )
+                await self._send(CONTROL_TOPIC, None, status_key(self.pool, self.worker_id))
         await self._close_clients()
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
@@ -206,42 +217,45 @@ class ShapingRuntime:
     async def _publish_changes(self) -> None:
         """Each state change since the last call: a log line, a destination_state event, a
         metric; then the learned limits they changed."""
-        assert self._producer is not None
+        assert self._events is not None
         changes = self.shaper.drain_changes()
         if not changes:
             return
         now, wall = self.mono(), self.wall()
-        acks = []
         for change, rule in changes:
             at = wall + change.at - now
             log_change(self.pool, change, rule, at)
             shaping_metrics.changed(self.pool, change)
             event = encode_event(change_event(self.pool, change, at))
-            acks.append(await self._producer.send(EVENTS_TOPIC, event, key=change.key.encode()))
-        await asyncio.gather(*acks)
+            if not self._events.put((EVENTS_TOPIC, event, change.key.encode(), ())):
+                log.error("destination_state event of %s lost: event backlog full", change.key)
         await self._publish_learned()
 
-    async def _publish_learned(self) -> None:
+    async def _send(self, topic: str, value: bytes | None, key: bytes) -> None:
+        """One record, acknowledged; a failure replaces the producer (the caller's loop tries
+        again at its next round: these records are the latest state, not a history)."""
         assert self._producer is not None
+        producer = await self._producer.get()
+        try:
+            await producer.send_and_wait(topic, value, key=key)
+        except Exception:
+            self._producer.failed()
+            raise
+
+    async def _publish_learned(self) -> None:
         for record in shaping_status.learned_records(self.shaper, self.mono()):
-            await self._producer.send_and_wait(
-                CONTROL_TOPIC,
-                encode_learned(record),
-                key=learned_key(record.pool, record.source, record.key),
-            )
+            key = learned_key(record.pool, record.source, record.key)
+            await self._send(CONTROL_TOPIC, encode_learned(record), key)
 
     async def publish(self) -> None:
         """Status and learned limits to the control topic, warm-up usage to the ledger, and
         metrics."""
-        assert self._producer is not None
         now = self.mono()
         shaping_metrics.export(self.shaper, now)
         rows = status_rows(shaping_status.rows(self.shaper, now, self.queued))
         status = Status(self.pool, self.worker_id, self.wall(), rows)
-        await self._producer.send_and_wait(
-            CONTROL_TOPIC,
-            encode_status(status),
-            key=status_key(self.pool, self.worker_id),
+        await self._send(
+            CONTROL_TOPIC, encode_status(status), status_key(self.pool, self.worker_id)
         )
         await self._publish_learned()
         await self._publish_warmup()
@@ -252,7 +266,7 @@ class ShapingRuntime:
         if warmup is None or self._producer is None:
             return
         for key, value in warmup.records():
-            await self._producer.send_and_wait(WARMUP_TOPIC, value, key=key)
+            await self._send(WARMUP_TOPIC, value, key)
 
     async def _restore_warmup(self) -> None:
         warmup = self.shaper.warmup
