@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from bench_run import Plan, Report, say
-from bench_tools import percentile, split_hostport
+from bench_tools import AiosmtpdSink, percentile, split_hostport
 
 if TYPE_CHECKING:
     import aiosmtplib
@@ -44,16 +43,13 @@ def parse_sent_stamp(content: bytes) -> float | None:
     return float(match.group(1)) if match else None
 
 
-class LatencySink:
+class LatencySink(AiosmtpdSink):
     """An aiosmtpd server that records (sent stamp, received time) for every message."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.samples_ms: list[float] = []
         self.unstamped = 0
-        self._lock = threading.Lock()
-        self._controller: Any = None
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         received = time.time()
@@ -69,16 +65,6 @@ class LatencySink:
     def count(self) -> int:
         with self._lock:
             return len(self.samples_ms) + self.unstamped
-
-    def start(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self._controller = Controller(self, hostname=self.host, port=self.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
 
 
 def _latency_message(seq: int, due_epoch: float, body: str) -> str:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import localproc  # a neighbour in scripts/, which is on sys.path
 
@@ -117,3 +119,24 @@ def tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+class AiosmtpdSink:
+    """Base of the benches' recording SMTP sinks: an aiosmtpd handler (the subclass's
+    handle_DATA) served on host:port in aiosmtpd's own thread."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._lock = threading.Lock()
+        self._controller: Any = None
+
+    def start(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self, hostname=self.host, port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
