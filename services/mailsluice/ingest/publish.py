@@ -24,11 +24,13 @@ from mailsluice.kafka.outbox import Outbox
 from mailsluice.kafka.producers import RenewingProducer, Send
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.ingest import Ingest as metrics
+from mailsluice.observability.progress import Progress
 
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 2.0
 EVENT_BACKLOG = 10_000  # events held while Kafka is away (a few MB); then new mail waits
+STALL_S = 300.0  # events pending, Kafka answering, none written for this long: stuck
 
 
 class PublishError(Exception):
@@ -48,18 +50,25 @@ class Publisher:
         client_id: str = "mailsluice-ingest",
         producer_factory: ProducerFactory | None = None,
         event_backlog: int = EVENT_BACKLOG,
+        stall_s: float = STALL_S,
     ) -> None:
         self._timeout = publish_timeout_s
         factory = producer_factory or (
             lambda: make_producer(settings, max_message_size=max_message_size, client_id=client_id)
         )
         self._producers = RenewingProducer(factory, name="ingest")
+        # Liveness: events waiting while Kafka answers, none written for stall_s, is stuck
+        # (while Kafka is away a restart would not help and would lose them).
+        self.progress = Progress(
+            stall_s, lambda: self._outbox.pending if self.kafka_ok else 0, time.monotonic
+        )
         self._outbox = Outbox(
             self._producers,
             limit=event_backlog,
             name="ingest-events",
             send_timeout_s=publish_timeout_s,
             on_lost=metrics.EVENTS_FAILED.inc,
+            on_sent=self.progress.made,
         )
         self._health_task: asyncio.Task[None] | None = None
         self.kafka_ok = False

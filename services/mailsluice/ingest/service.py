@@ -141,7 +141,9 @@ class IngestService:
             self._protocol_factory(), host=s.listen_host, port=s.listen_port
         )
         if self._serve_http:
-            self._http = await start_http(s.http_host, s.http_port, self.ready)
+            self._http = await start_http(
+                s.http_host, s.http_port, self.ready, live=self.publisher.progress.check
+            )
         log.info("ingest listening on %s:%d, pools %s", s.listen_host, self.port, self.pools)
 
     def _protocol_factory(self) -> Callable[[], IngestSMTP]:

@@ -35,11 +35,12 @@ class Outbox:
         name: str,
         send_timeout_s: float = 10.0,
         on_lost: Callable[[int], None] = lambda _n: None,
+        on_sent: Callable[[], None] = lambda: None,
     ) -> None:
         self._producers = producers
         self._limit = limit
         self._name = name
-        self._on_lost = on_lost
+        self._on_lost, self._on_sent = on_lost, on_sent
         self._timeout = send_timeout_s
         self._queue: deque[Send] = deque()
         self._wake = asyncio.Event()
@@ -119,5 +120,6 @@ class Outbox:
             for _ in batch:
                 self._queue.popleft()
             self.sent += len(batch)
+            self._on_sent()
             if not self._queue:
                 self._empty.set()
