@@ -191,6 +191,13 @@ class DeliveryService:
             ok, detail = self.mover.ready()
         return ok, detail
 
+    def live(self) -> tuple[bool, str]:
+        """The worker's liveness, then the mover's (observability/progress.py)."""
+        alive, detail = self.worker.progress.check()
+        if alive and self.mover is not None:
+            alive, detail = self.mover.progress.check()
+        return alive, detail
+
     async def _connect(self) -> bool:
         """Create topics and start the Kafka clients, retrying while Kafka is unreachable;
         False when stopped first."""
@@ -223,7 +230,7 @@ class DeliveryService:
                 self.settings.http_host,
                 self.settings.http_port,
                 self.ready,
-                live=self.worker.progress.check,
+                live=self.live,
             )
             log.info(
                 "delivery for pool %s: metrics on http://%s:%d/metrics",

@@ -29,6 +29,7 @@ from mailsluice.delivery.retry.hold import (
 )
 from mailsluice.delivery.retry.mover import RetryMover
 from mailsluice.delivery.retry.settings import RetryMoverSettings
+from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.retry import retry_backlog
 
 TP = TopicPartition("mailsluice.retry.1m", 0)
@@ -391,3 +392,20 @@ def test_settings_reject_a_zero_bound() -> None:
         RetryMoverSettings(max_held=0)
     with pytest.raises(ValueError):
         RetryHold(high=0)
+
+
+def test_a_mover_with_an_overdue_record_and_no_moves_fails_liveness() -> None:
+    clock = {"wall": 10_000.0}
+    mover = RetryMover(
+        KafkaSettings(bootstrap="127.0.0.1:9"),
+        wall=lambda: clock["wall"],
+        settings=RetryMoverSettings(stall_s=600.0, follow_control=False),
+    )
+    mover.progress.clock = lambda: clock["wall"]
+    mover.hold.add(held(0, due=clock["wall"] + 30))
+    assert mover.progress.check()[0]  # not due yet: no work
+    clock["wall"] += 120  # overdue by 90 s: work, the clock starts
+    assert mover.progress.check()[0]
+    clock["wall"] += 601
+    alive, detail = mover.progress.check()
+    assert not alive and "no progress" in detail

@@ -47,6 +47,7 @@ from mailsluice.metrics.retry import (
     RETRY_MOVER_RELEASED,
     RETRY_MOVER_WAITING,
 )
+from mailsluice.observability.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ BACKOFF_S = 1.0
 # aiokafka retries a commit while Kafka is away; give up after this (it is retried next round),
 # so stop() and revocations never hang on it.
 COMMIT_TIMEOUT_S = 15.0
+# A record this late counts as work the liveness check waits on (earlier it may be in a move).
+OVERDUE_S = 60.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -118,6 +121,8 @@ class RetryMover:
         self._client_id = client_id
         self._consumer_options = consumer_options or {}
         self._stopping = asyncio.Event()
+        # Liveness: a record overdue by a minute that nothing moves for stall_s is stuck.
+        self.progress = Progress(self.settings.stall_s, self._overdue, time.monotonic)
         self._lock = asyncio.Lock()  # one move round or revocation at a time
         self._tasks: list[asyncio.Task[None]] = []
         self._assigned_once = False
@@ -171,6 +176,10 @@ class RetryMover:
 
     def waiting(self) -> int:
         return self.hold.count()
+
+    def _overdue(self) -> int:
+        due = self.hold.next_due()
+        return int(due is not None and due < self.wall() - OVERDUE_S)
 
     @property
     def _held(self) -> dict[Hashable, list[_First]]:
@@ -290,6 +299,7 @@ class RetryMover:
             return
         tier = tier_of(str(getattr(held.tp, "topic", "")))
         self.moved += 1
+        self.progress.made()
         RETRY_MOVER_MOVED.labels(tier).inc()
         if held.released:
             self.released += 1

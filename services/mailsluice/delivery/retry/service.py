@@ -49,7 +49,9 @@ async def _main(kafka: KafkaSettings, settings: RetryMoverSettings, *, ensure: b
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, mover.stop)
-    runner = await start_http(settings.http_host, settings.http_port, mover.ready)
+    runner = await start_http(
+        settings.http_host, settings.http_port, mover.ready, live=mover.progress.check
+    )
     log.info("retry mover: metrics on http://%s:%d/metrics", settings.http_host, settings.http_port)
     try:
         if await _connect(mover, kafka, ensure=ensure):

@@ -37,3 +37,9 @@ class RetryMoverSettings(MailsluiceSettings):
         description="Follow the control topic, so `destinations retry-now` releases held "
         "retries of that destination at once.",
     )
+    stall_s: float = Field(
+        600.0,
+        gt=0,
+        description="Liveness: /healthz fails when a record is overdue and none is moved for "
+        "this long, so Kubernetes restarts a stuck mover.",
+    )
