@@ -9,6 +9,7 @@ import pytest
 from support.shaping import SimResult, SimulatedWorker
 
 from mailsluice.contracts.control import Command
+from mailsluice.contracts.control import Learned as LearnedRecord
 from mailsluice.delivery.shaping import status
 from mailsluice.delivery.shaping.controller_tuning import TUNING
 from mailsluice.delivery.shaping.engine import PolicyShaper
@@ -211,3 +212,39 @@ def test_a_start_hint_in_the_policy_is_where_slow_start_begins() -> None:
     assert lane.steering.connections(0.0) == 4
     (plain, _other) = s.lanes.of("isp.example", 0.0)
     assert plain.rate(0.0) == pytest.approx(TUNING.start_rate)
+
+
+def learned_record(rate: float, ts: float) -> LearnedRecord:
+    return LearnedRecord(
+        pool="p",
+        source=A,
+        key="isp.example",
+        state="steady",
+        rate=rate,
+        ceiling=rate / TUNING.steady,
+        connections=2,
+        learned_connections=0,
+        per_connection=0,
+        until=0.0,
+        block_interval=0.0,
+        last_class="rate",
+        last_reply="450 4.2.1 rate limit exceeded",
+        ts=ts,
+    )
+
+
+def test_a_key_handed_back_takes_the_newer_limits_its_other_owner_learned() -> None:
+    wall = Clock()
+    s = shaper(sources=(A,), wall=wall)
+    s.observe("isp.example", 10.0, [reply(RATE, A)])  # this worker's own reply, at 10
+    (lane,) = s.lanes.of("isp.example", 11.0)
+    own = lane.rate(11.0)
+    # its own record read back (written right after its reply): its live state stays
+    wall.t += 12.0
+    status.restore(s, learned_record(own / 4, wall()), 12.0)
+    assert lane.rate(12.0) == pytest.approx(own)
+    # the key was another worker's meanwhile, which learned a lower limit later on
+    wall.t += 188.0
+    status.restore(s, learned_record(own / 4, wall()), 200.0)
+    (lane,) = s.lanes.of("isp.example", 200.0)
+    assert lane.rate(200.0) == pytest.approx(own / 4)

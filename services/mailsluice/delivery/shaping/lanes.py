@@ -29,6 +29,9 @@ MAX_KNOWN = 50_000
 # growth within a state (search, probing, recovery) changes no state, and a new owner of the
 # key must go on from the rate in force, not from the last state change's.
 REPUBLISH_STEP = 0.01
+# A record written this long after a lane's last reply of its own is someone else's news: a
+# lane that hears replies publishes within a status interval (10 s by default) of them.
+NEWER_S = 30.0
 
 
 # Whether a source address may send now (beyond its lane's own limits: its warm-up cap).
@@ -127,7 +130,7 @@ class Lane:
     rates: tuple[Rate, ...]
     applied: tuple[float, int] = (-1.0, -1)
     dirty: bool = False  # changed since its learned state was last published
-    heard: bool = False  # has had a reply of its own (then it trusts itself over records)
+    heard_at: float = -math.inf  # its last reply of its own (it trusts itself over older records)
     published: float = -1.0  # its rate when last published or restored (-1: not yet known)
 
     def sync(self, now: float) -> None:
@@ -298,7 +301,7 @@ class Lanes:
     def observe(self, key: str, source: str, signal: Signal) -> Change | None:
         for lane in self.of(key, signal.at):
             if lane.source == source or len(self.sources) <= 1:
-                lane.heard = True
+                lane.heard_at = signal.at
                 change = lane.steering.observe(signal)
                 self._note(lane, change)
                 lane.sync(signal.at)
@@ -315,16 +318,21 @@ class Lanes:
 
     # --- learned state, operator, memory ------------------------------------------------------
 
-    def restore(self, source: str, key: str, learned: Learned, now: float) -> None:
-        """Learned limits from the control topic (this worker's own too, read back): used
-        when the lane is created, or at once by a lane that has heard no reply yet."""
+    def restore(
+        self, source: str, key: str, learned: Learned, now: float, written: float = -math.inf
+    ) -> None:
+        """Learned limits from the control topic (this worker's own too, read back), written
+        at `written` (monotonic): used when the lane is created, or at once by a lane that has
+        heard no reply since well before that (the key was another worker's meanwhile: what
+        it learned is newer than what this lane remembers)."""
         self._restored.pop((source, key), None)
         self._restored[(source, key)] = learned  # newest last: the first to go is the oldest
         while len(self._restored) > MAX_KNOWN:
             del self._restored[next(iter(self._restored))]
         pol = self.policy(key)
         for lane in self._lanes.get(key, ()):
-            if lane.source == source and not lane.heard and pol.adaptive:
+            newer = written > lane.heard_at + NEWER_S
+            if lane.source == source and pol.adaptive and (lane.heard_at == -math.inf or newer):
                 lane.steering = self.make(source, key, pol.ceilings, now, learned)
                 lane.applied, lane.published = (-1.0, -1), lane.steering.rate(now)
 

@@ -95,5 +95,5 @@ def restore(shaper: PolicyShaper, record: LearnedRecord, now: float) -> bool:
         last_reply=record.last_reply,
         block_interval=record.block_interval,
     )
-    shaper.lanes.restore(record.source, record.key, learned, now)
+    shaper.lanes.restore(record.source, record.key, learned, now, now + record.ts - wall)
     return True
