@@ -11,15 +11,17 @@ from support.fake_mx import FakeMx, SmtpSink
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import shared_cluster, stop_shared_cluster
 from support.kafka_broker import KafkaBroker, start_broker
+from support.kafka_cluster import KafkaCluster, start_cluster
 
 from mailsluice.kafka.settings import KafkaSettings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers are true by construction: every test that uses the broker (directly or through
-    another fixture) is marked `kafka`, and only those."""
+    another fixture) is marked `kafka`, and only those; so is every test of the cluster."""
     for item in items:
-        if "kafka" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "kafka" in names or "kafka_cluster" in names:
             item.add_marker(pytest.mark.kafka)
 
 
@@ -40,6 +42,19 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
 
 
 _brokers: list[KafkaBroker] = []
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A real three-node Kafka cluster (KRaft, each node broker+controller) for one module:
+    three JVMs, so only the modules that use it start it, and it is stopped (by pid) after.
+    `.kill(i)` SIGKILLs node i, `.stop_node(i)`, `.start_nodes(i, ...)`; a test that takes
+    nodes down starts them again, or the next test of the module finds them down."""
+    cluster = start_cluster(tmp_path_factory.mktemp("kafka-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
