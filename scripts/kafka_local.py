@@ -327,8 +327,8 @@ def _cluster_command(args: argparse.Namespace) -> int:
         state = kafka_cluster.start_cluster(args.dir, args.nodes or 3, args.port, args.timeout)
         print(state.bootstrap)
     elif args.command == "start":
-        kafka_cluster.start_nodes(args.dir, [args.node], args.timeout)
-        print(kafka_cluster.read_cluster(args.dir).node(args.node).bootstrap)  # type: ignore[union-attr]
+        state = kafka_cluster.start_nodes(args.dir, [args.node], args.timeout)
+        print(state.node(args.node).bootstrap)
     elif args.command == "kill":
         print("killed" if kafka_cluster.kill_node(args.dir, args.node) else "not running")
     elif args.command == "stop" and args.node is not None:

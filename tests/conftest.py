@@ -48,13 +48,18 @@ _brokers: list[KafkaBroker] = []
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """A real three-node Kafka cluster (KRaft, each node broker+controller) for one module:
     three JVMs, so only the modules that use it start it, and it is stopped (by pid) after.
-    `.kill(i)` SIGKILLs node i, `.stop_node(i)`, `.start_nodes(i, ...)`; a test that takes
-    nodes down starts them again, or the next test of the module finds them down."""
+    `.kill(i)` SIGKILLs node i, `.stop_node(i)`, `.start_nodes(i, ...)`; what a test leaves
+    down, `_kafka_left_running` starts again after it."""
     cluster = start_cluster(tmp_path_factory.mktemp("kafka-cluster"))
+    _clusters.append(cluster)
     try:
         yield cluster
     finally:
+        _clusters.remove(cluster)
         cluster.stop()
+
+
+_clusters: list[KafkaCluster] = []
 
 
 @pytest.fixture(scope="session")
@@ -74,11 +79,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
 
 @pytest.fixture(autouse=True)
 def _kafka_left_running() -> Iterator[None]:
-    """If a test stopped the session broker and did not start it again, restart it for the rest."""
+    """If a test stopped the session broker (or a cluster's node) and did not start it again,
+    restart it for the rest."""
     yield
     for broker in _brokers:
         if not broker.running:
             broker.start()
+    for cluster in _clusters:
+        cluster.ensure_all_running()
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,10 @@ import atexit
 import importlib.util
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from mailsluice.kafka.settings import KafkaSettings
 
@@ -16,12 +17,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90.0
 
 
-def _load_kafka_local() -> ModuleType:
-    # scripts/ is not a package; load the stdlib-only script by path, once.
-    name = "kafka_local"
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py, loaded by path once (scripts/ is not a package; its stdlib-only
+    modules find their siblings themselves)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "kafka_local.py")
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -29,7 +30,7 @@ def _load_kafka_local() -> ModuleType:
     return module
 
 
-kafka_local = _load_kafka_local()
+kafka_local = load_script("kafka_local")
 
 
 class KafkaBroker:
@@ -74,22 +75,36 @@ class KafkaBroker:
         return KafkaSettings(**overrides)
 
 
-def start_broker(directory: Path) -> KafkaBroker:
-    """Fetch the jars if needed, start a broker on free ports, stop it at interpreter exit."""
+class _Startable(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Startable)
+
+
+def start_on_free_ports(make: Callable[[int], S], what: str) -> S:
+    """Fetch the jars if needed, then start make(attempt) (a broker or a cluster on free ports),
+    stopped at interpreter exit at the latest."""
     kafka_local.fetch(quiet=True)
     error: Exception | None = None
     # Free ports are picked before Java binds them: on a clash, try again on fresh ports.
     for attempt in range(3):
-        broker = KafkaBroker(Path(directory) / f"broker{attempt}")
-        # A safety net if the session fixture's finalizer never runs (e.g. KeyboardInterrupt).
-        atexit.register(broker.stop)
+        server = make(attempt)
+        # A safety net if the fixture's finalizer never runs (e.g. KeyboardInterrupt).
+        atexit.register(server.stop)
         try:
-            broker.start()
+            server.start()
         except kafka_local.KafkaLocalError as exc:
-            broker.stop()
+            server.stop()
             error = exc
             if "Address already in use" not in str(exc):
                 break
             continue
-        return broker
-    raise RuntimeError(f"could not start Kafka: {error}")
+        return server
+    raise RuntimeError(f"could not start {what}: {error}")
+
+
+def start_broker(directory: Path) -> KafkaBroker:
+    """A broker on free ports in DIR/broker<attempt>."""
+    return start_on_free_ports(lambda n: KafkaBroker(Path(directory) / f"broker{n}"), "Kafka")

@@ -3,37 +3,20 @@ scripts/kafka_cluster.py: nodes are SIGKILLed, stopped and started by pid, one a
 
 from __future__ import annotations
 
-import atexit
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
 from mailsluice.kafka.settings import KafkaSettings
 from support.eventually import eventually
-from support.kafka_broker import REPO_ROOT, kafka_local
+from support.kafka_broker import load_script, start_on_free_ports
 
 NODES = 3
 START_TIMEOUT_S = 120.0
 
 
-def _load_kafka_cluster() -> ModuleType:
-    # Loaded by path like kafka_local (its sibling, already in sys.modules under that name).
-    name = "kafka_cluster"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "kafka_cluster.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-kafka_cluster = _load_kafka_cluster()
+kafka_cluster = load_script("kafka_cluster")
 
 
 class KafkaCluster:
@@ -121,20 +104,7 @@ class KafkaCluster:
 
 
 def start_cluster(directory: Path) -> KafkaCluster:
-    """Start a three-node cluster on free ports; stopped at interpreter exit at the latest."""
-    kafka_local.fetch(quiet=True)
-    error: Exception | None = None
-    # Free ports are picked before Java binds them: on a clash, try again on fresh ports.
-    for attempt in range(3):
-        cluster = KafkaCluster(Path(directory) / f"cluster{attempt}")
-        atexit.register(cluster.stop)
-        try:
-            cluster.start()
-        except kafka_local.KafkaLocalError as exc:
-            cluster.stop()
-            error = exc
-            if "Address already in use" not in str(exc):
-                break
-            continue
-        return cluster
-    raise RuntimeError(f"could not start the Kafka cluster: {error}")
+    """A three-node cluster on free ports in DIR/cluster<attempt>."""
+    return start_on_free_ports(
+        lambda n: KafkaCluster(Path(directory) / f"cluster{n}"), "the Kafka cluster"
+    )

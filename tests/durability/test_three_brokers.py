@@ -5,7 +5,8 @@ brokers' logs, so
 - SIGKILLing the leader of the queue's partitions, one broker after another under load, loses
   nothing that got a 250, and mail goes on flowing while a broker is down;
 - with two of three brokers down, ingest answers 451 (never 250) and mail flows again once
-  they are back, again with nothing that got a 250 lost.
+  they are back, again with nothing that got a 250 lost;
+- a delivery worker goes on delivering when the leader of its queue partitions is SIGKILLed.
 
 Every test leaves all three nodes running (a finally starts what it took down)."""
 
@@ -15,11 +16,23 @@ import asyncio
 import time
 
 import pytest
+from support.delivery_worker import (
+    EventLog,
+    FakeTransport,
+    Running,
+    committed_to_end,
+    enqueue,
+    envelope,
+    new_pool,
+    service_for,
+    setup_pool,
+)
 from support.eventually import eventually
 from support.ingest import running_ingest, uid
 from support.kafka_cluster import KafkaCluster
 from support.smtp_load import SmtpLoad, queued_recipients
 
+from mailsluice.contracts.envelope import Envelope
 from mailsluice.contracts.topics import queue_topic
 
 QUEUE = queue_topic("default")
@@ -130,3 +143,40 @@ async def test_readiness_stays_failed_while_under_min_insync_replicas(
             assert service.ready() == (False, "Kafka unreachable")
         finally:
             await asyncio.to_thread(kafka_cluster.start_nodes, 2, 3)
+
+
+async def test_worker_keeps_delivering_through_a_leader_sigkill(
+    kafka_cluster: KafkaCluster,
+) -> None:
+    ks = kafka_cluster.settings(queue_partitions=PARTITIONS, request_timeout_ms=5000)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    transport = FakeTransport()
+
+    def batch(first: int) -> list[Envelope]:
+        return [envelope(pool, n, (f"r{n}@d{n % 5}.example",)) for n in range(first, first + 100)]
+
+    before, during = batch(0), batch(100)
+    keys = {(e.queue_id, e.recipients[0]) for e in before + during}
+    async with EventLog(ks, pool) as events, Running(service_for(ks, pool, transport)):
+        await kafka_cluster.wait_in_sync(queue_topic(pool))
+        await enqueue(ks, list(before))
+        await events.expect_final({(e.queue_id, e.recipients[0]) for e in before}, within=60)
+        victim = (await kafka_cluster.leaders(queue_topic(pool)))[0]
+        kafka_cluster.kill(victim)
+        killed_at = time.monotonic()
+        try:
+            await enqueue(ks, list(during))
+            await events.expect_final(keys, within=60)
+            delivered_after = time.monotonic() - killed_at
+        finally:
+            await asyncio.to_thread(kafka_cluster.start_nodes, victim)
+        await kafka_cluster.wait_in_sync(queue_topic(pool))
+        await committed_to_end(ks, pool, within=60)
+    finals = events.finals()
+    print(
+        f"\nworker: node {victim} SIGKILLed, all {len(keys)} delivered "
+        f"{delivered_after:.1f}s after; transport calls {len(transport.calls)}, "
+        f"final events repeated {sum(n > 1 for n in finals.values())}"
+    )
+    assert set(finals) == keys
