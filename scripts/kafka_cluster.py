@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import signal
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ def node_ready(node: Node, timeout: float = 2.0) -> bool:
     """The node serves metadata and lists itself among the live (unfenced) brokers."""
     try:
         return node.index in kafka_local.metadata_node_ids(node.port, timeout)
-    except (OSError, ConnectionError, ValueError, KafkaLocalError):
+    except (OSError, struct.error, KafkaLocalError):
         return False
 
 
@@ -209,7 +210,7 @@ def _wait_all_listed(state: ClusterState, timeout: float) -> None:
     wanted = {n.index for n in state.nodes}
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(OSError, ValueError, KafkaLocalError):
+        with contextlib.suppress(OSError, struct.error, KafkaLocalError):
             if set(kafka_local.metadata_node_ids(state.nodes[0].port, 2.0)) >= wanted:
                 return
         if time.monotonic() > deadline:

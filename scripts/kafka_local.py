@@ -338,8 +338,8 @@ def _cluster_command(args: argparse.Namespace) -> int:
     else:
         nodes = kafka_cluster.cluster_status(args.dir)
         for node, pid, ready in nodes:
-            state = f"pid={pid} ready={'yes' if ready else 'no'}" if pid else "not running"
-            print(f"node {node.index} {node.bootstrap} {state}")
+            shown = f"pid={pid} ready={'yes' if ready else 'no'}" if pid else "not running"
+            print(f"node {node.index} {node.bootstrap} {shown}")
         return 0 if any(pid for _, pid, _ in nodes) else 1
     return 0
 

@@ -27,6 +27,7 @@ from support.delivery_worker import (
     service_for,
     setup_pool,
 )
+from support.dns_server import DnsServer
 from support.eventually import eventually
 from support.ingest import running_ingest, uid
 from support.kafka_cluster import KafkaCluster
@@ -41,9 +42,9 @@ LOAD_CONNECTIONS = 4
 LOAD_PER_S = 25.0
 
 
-def _domain(dns_server: object) -> str:
+def _domain(dns_server: DnsServer) -> str:
     name = f"cluster-{uid()}.test"
-    dns_server.set_mx(name, [(10, f"mx.{name}")])  # type: ignore[attr-defined]
+    dns_server.set_mx(name, [(10, f"mx.{name}")])
     return name
 
 
@@ -53,15 +54,18 @@ async def test_sigkilled_leaders_lose_nothing_that_got_250(
     settings = kafka_cluster.settings(queue_partitions=PARTITIONS, request_timeout_ms=5000)
     domain = _domain(dns_server)
     rounds: list[str] = []
+    killed: list[int] = []
     async with running_ingest(settings, dns_nameserver, publish_timeout_s=8.0) as service:
         await kafka_cluster.wait_in_sync(QUEUE)
         load = SmtpLoad(service.port, domain)
         try:
             async with load.running(LOAD_CONNECTIONS, LOAD_PER_S):
                 await load.accepted_since(0.0, 50, within=30, what="50 messages before a fault")
-                for round_ in range(kafka_cluster.size):
-                    # the leader of one partition after another: each broker leads one at first
-                    victim = (await kafka_cluster.leaders(QUEUE))[round_ % PARTITIONS]
+                for _ in range(kafka_cluster.size):
+                    # a broker leading queue partitions, each broker once while one is left
+                    leaders = set((await kafka_cluster.leaders(QUEUE)).values())
+                    victim = min(leaders - set(killed) or leaders)
+                    killed.append(victim)
                     kafka_cluster.kill(victim)
                     down_at = time.monotonic()
                     await load.accepted_since(
