@@ -350,10 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             print(fetch())
             return 0
-        if getattr(args, "nodes", None) or getattr(args, "node", None) or _is_cluster(args.dir):
+        if getattr(args, "nodes", None) or _is_cluster(args.dir):
             return _cluster_command(args)
-        if args.command == "kill":
-            raise KafkaLocalError(f"no cluster in {args.dir}")
+        if args.node is not None:
+            raise KafkaLocalError(f"no cluster in {args.dir} (start one with --nodes N)")
         if args.command == "start":
             state = start(args.dir, args.port, args.controller_port, args.timeout)
             print(state.bootstrap)

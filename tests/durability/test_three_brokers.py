@@ -13,7 +13,10 @@ Every test leaves all three nodes running (a finally starts what it took down)."
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from support.delivery_worker import (
@@ -31,12 +34,15 @@ from support.dns_server import DnsServer
 from support.eventually import eventually
 from support.ingest import running_ingest, uid
 from support.kafka_cluster import KafkaCluster
+from support.kafka_cluster import kafka_cluster as kafka_cluster_script
 from support.smtp_load import SmtpLoad, queued_recipients
 
 from mailsluice.contracts.envelope import Envelope
-from mailsluice.contracts.topics import queue_topic
+from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
 
 QUEUE = queue_topic("default")
+# what a publish writes to: the queue record and the events of the message
+WRITTEN = (QUEUE, EVENTS_TOPIC)
 PARTITIONS = 3
 LOAD_CONNECTIONS = 4
 LOAD_PER_S = 25.0
@@ -48,6 +54,23 @@ def _domain(dns_server: DnsServer) -> str:
     return name
 
 
+def test_cli_status_shows_three_ready_nodes(kafka_cluster: KafkaCluster) -> None:
+    script = Path(kafka_cluster_script.__file__).with_name("kafka_local.py")
+    out = subprocess.run(
+        [sys.executable, str(script), "status", "--dir", str(kafka_cluster.directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3
+    for index, line in zip(kafka_cluster.indexes, lines, strict=True):
+        assert line.startswith(f"node {index} 127.0.0.1:"), line
+        assert line.endswith(f"pid={kafka_cluster.pid(index)} ready=yes"), line
+
+
 async def test_sigkilled_leaders_lose_nothing_that_got_250(
     kafka_cluster: KafkaCluster, dns_server, dns_nameserver
 ) -> None:
@@ -56,7 +79,7 @@ async def test_sigkilled_leaders_lose_nothing_that_got_250(
     rounds: list[str] = []
     killed: list[int] = []
     async with running_ingest(settings, dns_nameserver, publish_timeout_s=8.0) as service:
-        await kafka_cluster.wait_in_sync(QUEUE)
+        await kafka_cluster.wait_in_sync(*WRITTEN)
         load = SmtpLoad(service.port, domain)
         try:
             async with load.running(LOAD_CONNECTIONS, LOAD_PER_S):
@@ -73,7 +96,7 @@ async def test_sigkilled_leaders_lose_nothing_that_got_250(
                     )
                     flowing_at = time.monotonic()
                     await asyncio.to_thread(kafka_cluster.start_nodes, victim)
-                    await kafka_cluster.wait_in_sync(QUEUE)
+                    await kafka_cluster.wait_in_sync(*WRITTEN)
                     rounds.append(
                         f"node {victim}: 30 x 250 {flowing_at - down_at:.1f}s after the kill, "
                         f"back in sync {time.monotonic() - flowing_at:.1f}s after that"
@@ -97,7 +120,7 @@ async def test_two_brokers_down_answers_451_then_mail_flows_again(
     domain = _domain(dns_server)
     take_down = kafka_cluster.stop_node if fault == "stop" else kafka_cluster.kill
     async with running_ingest(settings, dns_nameserver, publish_timeout_s=5.0) as service:
-        await kafka_cluster.wait_in_sync(QUEUE)
+        await kafka_cluster.wait_in_sync(*WRITTEN)
         load = SmtpLoad(service.port, domain)
         before = [await asyncio.to_thread(load.send_one) for _ in range(10)]
         assert [a.code for a in before] == [250] * 10
@@ -119,6 +142,7 @@ async def test_two_brokers_down_answers_451_then_mail_flows_again(
         )
         assert flowing
         flowed_after = time.monotonic() - back_at
+        await kafka_cluster.wait_in_sync(*WRITTEN)
         after = [await asyncio.to_thread(load.send_one) for _ in range(10)]
         assert [a.code for a in after] == [250] * 10
         await eventually(lambda: service.ready()[0], within=10, what="ingest ready again")
@@ -138,7 +162,7 @@ async def test_readiness_stays_failed_while_under_min_insync_replicas(
 ) -> None:
     settings = kafka_cluster.settings(queue_partitions=PARTITIONS, request_timeout_ms=5000)
     async with running_ingest(settings, dns_nameserver, publish_timeout_s=5.0) as service:
-        await kafka_cluster.wait_in_sync(QUEUE)
+        await kafka_cluster.wait_in_sync(*WRITTEN)
         load = SmtpLoad(service.port, _domain(dns_server))
         assert (await asyncio.to_thread(load.send_one)).code == 250
         try:

@@ -90,17 +90,17 @@ class KafkaCluster:
     async def leaders(self, topic: str) -> dict[int, int]:
         return {p["partition"]: p["leader"] for p in await self.partitions(topic)}
 
-    async def wait_in_sync(self, topic: str, *, within: float = 60.0) -> None:
-        """Until every partition of `topic` has a leader and all its replicas in sync."""
+    async def wait_in_sync(self, *topics: str, within: float = 60.0) -> None:
+        """Until every partition of `topics` has a leader and all its replicas in sync."""
 
         async def in_sync() -> bool:
             try:
-                parts = await self.partitions(topic)
+                parts = [p for topic in topics for p in await self.partitions(topic)]
             except Exception:
                 return False
             return all(p["leader"] >= 0 and len(p["isr"]) == self.size for p in parts)
 
-        await eventually(in_sync, within=within, interval=0.5, what=f"{topic} fully in sync")
+        await eventually(in_sync, within=within, interval=0.5, what=f"{topics} fully in sync")
 
 
 def start_cluster(directory: Path) -> KafkaCluster:
