@@ -1,9 +1,10 @@
-"""Session-wide real infrastructure: a Kafka broker, a loopback DNS server, fake remote MXes."""
+"""Real infrastructure: a Kafka broker (and a three-broker cluster for the modules that ask for
+one), a loopback DNS server, fake remote MXes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from support.dns_server import DnsServer
@@ -14,6 +15,8 @@ from support.kafka_broker import KafkaBroker, start_broker
 from support.kafka_cluster import KafkaCluster, start_cluster
 
 from mailsluice.kafka.settings import KafkaSettings
+
+T = TypeVar("T", KafkaBroker, KafkaCluster)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,16 +35,20 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     A test that stops it should start it again (try/finally); if it does not, the autouse
     `_kafka_left_running` fixture restarts it (same ports and data) after that test.
     """
-    broker = start_broker(tmp_path_factory.mktemp("kafka"))
-    _brokers.append(broker)
-    try:
-        yield broker
-    finally:
-        _brokers.remove(broker)
-        broker.stop()
+    yield from _watched(start_broker(tmp_path_factory.mktemp("kafka")), _brokers)
 
 
 _brokers: list[KafkaBroker] = []
+
+
+def _watched(server: T, watched: list[T]) -> Iterator[T]:
+    """Yield `server` while `_kafka_left_running` watches it; stop it (by pid) after."""
+    watched.append(server)
+    try:
+        yield server
+    finally:
+        watched.remove(server)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +57,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
     three JVMs, so only the modules that use it start it, and it is stopped (by pid) after.
     `.kill(i)` SIGKILLs node i, `.stop_node(i)`, `.start_nodes(i, ...)`; what a test leaves
     down, `_kafka_left_running` starts again after it."""
-    cluster = start_cluster(tmp_path_factory.mktemp("kafka-cluster"))
-    _clusters.append(cluster)
-    try:
-        yield cluster
-    finally:
-        _clusters.remove(cluster)
-        cluster.stop()
+    yield from _watched(start_cluster(tmp_path_factory.mktemp("kafka-cluster")), _clusters)
 
 
 _clusters: list[KafkaCluster] = []

@@ -13,10 +13,7 @@ Every test leaves all three nodes running (a finally starts what it took down)."
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from support.delivery_worker import (
@@ -33,8 +30,8 @@ from support.delivery_worker import (
 from support.dns_server import DnsServer
 from support.eventually import eventually
 from support.ingest import running_ingest, uid
+from support.kafka_broker import kafka_local_cli
 from support.kafka_cluster import KafkaCluster
-from support.kafka_cluster import kafka_cluster as kafka_cluster_script
 from support.smtp_load import SmtpLoad, queued_recipients
 
 from mailsluice.contracts.envelope import Envelope
@@ -55,14 +52,7 @@ def _domain(dns_server: DnsServer) -> str:
 
 
 def test_cli_status_shows_three_ready_nodes(kafka_cluster: KafkaCluster) -> None:
-    script = Path(kafka_cluster_script.__file__).with_name("kafka_local.py")
-    out = subprocess.run(
-        [sys.executable, str(script), "status", "--dir", str(kafka_cluster.directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+    out = kafka_local_cli("status", "--dir", str(kafka_cluster.directory))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 3

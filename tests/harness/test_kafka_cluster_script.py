@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from support.kafka_broker import kafka_local, load_script
+from support.kafka_broker import kafka_local
+from support.scripts import script
 
-kafka_config = load_script("kafka_config")
-kafka_cluster = load_script("kafka_cluster")
+kafka_config = script("kafka_config")
+kafka_cluster = script("kafka_cluster")
 
 
 def _props(text: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,12 +18,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90.0
 
 
-def load_script(name: str) -> ModuleType:
-    """scripts/<name>.py, loaded by path once (scripts/ is not a package; its stdlib-only
-    modules find their siblings themselves)."""
+def _load_kafka_local() -> ModuleType:
+    # scripts/ is not a package; load the stdlib-only script by path, once.
+    name = "kafka_local"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "kafka_local.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -30,7 +31,7 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-kafka_local = load_script("kafka_local")
+kafka_local = _load_kafka_local()
 
 
 class KafkaBroker:
@@ -81,6 +82,17 @@ class _Startable(Protocol):
 
 
 S = TypeVar("S", bound=_Startable)
+
+
+def kafka_local_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python3 scripts/kafka_local.py ARGS` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(Path(kafka_local.__file__)), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
 
 
 def start_on_free_ports(make: Callable[[int], S], what: str) -> S:

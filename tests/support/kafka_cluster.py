@@ -10,13 +10,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from mailsluice.kafka.settings import KafkaSettings
 from support.eventually import eventually
-from support.kafka_broker import load_script, start_on_free_ports
+from support.kafka_broker import start_on_free_ports
+from support.scripts import script
 
 NODES = 3
 START_TIMEOUT_S = 120.0
 
 
-kafka_cluster = load_script("kafka_cluster")
+# imported after support.kafka_broker loaded its sibling kafka_local, so both share it
+kafka_cluster = script("kafka_cluster")
 
 
 class KafkaCluster:
