@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 CAMPAIGN_ARGS ?=
 
 .PHONY: help setup system-deps kafka-jars k8s-build k8s-up k8s-down lint typecheck test run \
-        bench kafka-up kafka-down docs clean
+        bench kafka-up kafka-down kafka-cluster-up kafka-cluster-down docs clean
 
 help:
 	@echo "make run    - run the whole pipeline locally (Kafka, ingest, delivery, sandbox MX)"
@@ -62,6 +62,13 @@ kafka-up: kafka-jars
 
 kafka-down:
 	$(PYTHON) scripts/kafka_local.py stop --dir run/kafka
+
+# Three brokers, replication factor 3, min.insync.replicas 2 (README: Durability)
+kafka-cluster-up: kafka-jars
+	$(PYTHON) scripts/kafka_local.py start --dir run/kafka3 --nodes 3
+
+kafka-cluster-down:
+	$(PYTHON) scripts/kafka_local.py stop --dir run/kafka3
 
 docs: $(STAMP)
 	$(BIN)/mailsluice config docs > docs/configuration.md

@@ -11,13 +11,27 @@ from pathlib import Path
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 
 
-def server_properties(directory: Path, port: int, controller_port: int) -> str:
-    """server.properties of a combined broker+controller with its data in DIR/data."""
+def server_properties(
+    directory: Path,
+    port: int,
+    controller_port: int,
+    *,
+    node_id: int = 1,
+    voters: str | None = None,
+    replicas: int = 1,
+) -> str:
+    """server.properties of a combined broker+controller with its data in DIR/data.
+
+    Alone by default; in a cluster (scripts/kafka_cluster.py) `voters` lists every node's
+    controller ("1@127.0.0.1:port,2@..."), and `replicas` > 1 gives every topic, internal ones
+    included, that many replicas with min.insync.replicas 2 and no unclean leader election.
+    """
     p, c = port, controller_port
+    rf, isr = str(replicas), str(min(replicas, 2))
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{c}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@127.0.0.1:{c}",
         "listeners": f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p}",
         "controller.listener.names": "CONTROLLER",
@@ -28,19 +42,21 @@ def server_properties(directory: Path, port: int, controller_port: int) -> str:
         "num.io.threads": "4",
         "num.recovery.threads.per.data.dir": "1",
         "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
+        "default.replication.factor": rf,
+        "min.insync.replicas": isr,
+        # A replica that was out of sync never becomes leader: what got acks=all stays.
+        "unclean.leader.election.enable": "false",
         "auto.create.topics.enable": "false",
         "delete.topic.enable": "true",
         "group.initial.rebalance.delay.ms": "0",
-        # Internal topics: one replica, few partitions (fast first group join on 2 cores).
-        "offsets.topic.replication.factor": "1",
+        # Internal topics: few partitions (fast first group join on 2 cores).
+        "offsets.topic.replication.factor": rf,
         "offsets.topic.num.partitions": "4",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": isr,
         "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": isr,
         "share.coordinator.state.topic.num.partitions": "1",
         # Large messages (up to 40 MB bodies).
         "message.max.bytes": str(MAX_MESSAGE_BYTES),
@@ -54,7 +70,20 @@ def server_properties(directory: Path, port: int, controller_port: int) -> str:
         # The default 128 MB cleaner buffer is a quarter of our heap.
         "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
     }
+    if replicas > 1:
+        props.update(_CLUSTER_TIMING)
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+# In a cluster, a SIGKILLed broker is noticed by its missed heartbeats: fence it (which moves
+# its leaderships and drops it from the ISRs) after 6 s rather than 9, and drop a follower that
+# stopped fetching from the ISR after 10 s rather than 30, so a produce waiting on it fails or
+# goes on within a publish timeout.
+_CLUSTER_TIMING = {
+    "broker.heartbeat.interval.ms": "1000",
+    "broker.session.timeout.ms": "6000",
+    "replica.lag.time.max.ms": "10000",
+}
 
 
 def log4j_properties(directory: Path) -> str:

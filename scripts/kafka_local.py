@@ -10,6 +10,9 @@ so any python3 can run it:
     python3 scripts/kafka_local.py status --dir run/kafka
     python3 scripts/kafka_local.py stop --dir run/kafka
 
+With --nodes N, `start` runs an N-node cluster instead (scripts/kafka_cluster.py says more);
+`stop`, `status`, `kill --node I` and `start --node I` then act on that cluster or one node.
+
 The functions are importable too (tests/support/kafka_broker.py uses them). The broker is
 always found by the pid in DIR/kafka.pid, never by process name.
 """
@@ -63,6 +66,7 @@ __all__ = [
     "kafka_version",
     "libs_dir",
     "main",
+    "metadata_node_ids",
     "read_pid",
     "read_state",
     "running_pid",
@@ -164,8 +168,9 @@ def _format_storage(directory: Path, libs: Path, cluster_id: str) -> None:
         raise KafkaLocalError(f"kafka storage format failed:\n{proc.stdout}\n{proc.stderr}")
 
 
-def _metadata_brokers(port: int, timeout: float) -> int:
-    """Send a Metadata v4 request (no topics); return how many live brokers it lists."""
+def metadata_node_ids(port: int, timeout: float) -> list[int]:
+    """Send a Metadata v4 request (no topics) to one node; return the ids of the live brokers
+    it lists (registered and unfenced)."""
     client_id = b"kafka_local"
     body = struct.pack(">hhih", 3, 4, 1, len(client_id)) + client_id
     body += struct.pack(">ib", 0, 0)  # topics: empty array; allow_auto_topic_creation: false
@@ -178,7 +183,16 @@ def _metadata_brokers(port: int, timeout: float) -> int:
     correlation, _, count = struct.unpack(">iii", resp[:12])
     if correlation != 1:
         raise KafkaLocalError("unexpected metadata response")
-    return int(count)
+    ids, at = [], 12
+    for _ in range(count):
+        # node_id int32, host string, port int32, rack nullable string
+        (node_id,) = struct.unpack_from(">i", resp, at)
+        (host_len,) = struct.unpack_from(">h", resp, at + 4)
+        at += 6 + host_len + 4
+        (rack_len,) = struct.unpack_from(">h", resp, at)
+        at += 2 + max(rack_len, 0)
+        ids.append(int(node_id))
+    return ids
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -194,7 +208,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 def broker_ready(port: int, timeout: float = 2.0) -> bool:
     """True when the broker answers metadata and lists itself (registered and unfenced)."""
     try:
-        return _metadata_brokers(port, timeout) >= 1
+        return len(metadata_node_ids(port, timeout)) >= 1
     except (OSError, ConnectionError, struct.error, KafkaLocalError):
         return False
 
@@ -284,24 +298,63 @@ def status(directory: Path | str) -> tuple[int | None, BrokerState | None, bool]
     return pid, state, ready
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download the broker jars into .cache/kafka (once)")
-    p_start = sub.add_parser("start", help="start a broker in the background")
+    p_start = sub.add_parser("start", help="start a broker (or a cluster, or one of its nodes)")
     p_start.add_argument("--dir", required=True, type=Path)
     p_start.add_argument("--port", type=int, help="client port (default: as last time)")
     p_start.add_argument("--controller-port", type=int, help="default: as last time, or free")
+    p_start.add_argument("--nodes", type=int, help="start a cluster of N nodes (see kafka_cluster)")
+    p_start.add_argument("--node", type=int, help="start only node I of the cluster in DIR")
     p_start.add_argument("--timeout", type=float, default=90.0)
-    p_stop = sub.add_parser("stop", help="stop the broker started from DIR")
-    p_stop.add_argument("--dir", required=True, type=Path)
-    p_status = sub.add_parser("status", help="is the broker from DIR running?")
-    p_status.add_argument("--dir", required=True, type=Path)
-    args = parser.parse_args(argv)
+    for name, text in (
+        ("stop", "stop the broker or cluster started from DIR (or its node I)"),
+        ("status", "is the broker or cluster from DIR running?"),
+        ("kill", "SIGKILL node I of the cluster in DIR"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--dir", required=True, type=Path)
+        command.add_argument("--node", type=int, required=name == "kill")
+    return parser
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    import kafka_cluster
+
+    if args.command == "start" and args.node is None:
+        state = kafka_cluster.start_cluster(args.dir, args.nodes or 3, args.port, args.timeout)
+        print(state.bootstrap)
+    elif args.command == "start":
+        state = kafka_cluster.start_nodes(args.dir, [args.node], args.timeout)
+        print(state.node(args.node).bootstrap)
+    elif args.command == "kill":
+        print("killed" if kafka_cluster.kill_node(args.dir, args.node) else "not running")
+    elif args.command == "stop" and args.node is not None:
+        print("stopped" if kafka_cluster.stop_node(args.dir, args.node) else "not running")
+    elif args.command == "stop":
+        print(f"stopped {kafka_cluster.stop_cluster(args.dir)} nodes")
+    else:
+        nodes = kafka_cluster.cluster_status(args.dir)
+        for node, pid, ready in nodes:
+            shown = f"pid={pid} ready={'yes' if ready else 'no'}" if pid else "not running"
+            print(f"node {node.index} {node.bootstrap} {shown}")
+        return 0 if any(pid for _, pid, _ in nodes) else 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         if args.command == "fetch":
             print(fetch())
-        elif args.command == "start":
+            return 0
+        if getattr(args, "nodes", None) or _is_cluster(args.dir):
+            return _cluster_command(args)
+        if args.node is not None:
+            raise KafkaLocalError(f"no cluster in {args.dir} (start one with --nodes N)")
+        if args.command == "start":
             state = start(args.dir, args.port, args.controller_port, args.timeout)
             print(state.bootstrap)
         elif args.command == "stop":
@@ -317,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kafka_local: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _is_cluster(directory: Path) -> bool:
+    return (directory / "cluster.json").exists()
 
 
 if __name__ == "__main__":

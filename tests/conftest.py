@@ -1,9 +1,10 @@
-"""Session-wide real infrastructure: a Kafka broker, a loopback DNS server, fake remote MXes."""
+"""Real infrastructure: a Kafka broker (and a three-broker cluster for the modules that ask for
+one), a loopback DNS server, fake remote MXes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from support.dns_server import DnsServer
@@ -11,15 +12,19 @@ from support.fake_mx import FakeMx, SmtpSink
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import shared_cluster, stop_shared_cluster
 from support.kafka_broker import KafkaBroker, start_broker
+from support.kafka_cluster import KafkaCluster, start_cluster
 
 from mailsluice.kafka.settings import KafkaSettings
+
+T = TypeVar("T", KafkaBroker, KafkaCluster)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers are true by construction: every test that uses the broker (directly or through
-    another fixture) is marked `kafka`, and only those."""
+    another fixture) is marked `kafka`, and only those; so is every test of the cluster."""
     for item in items:
-        if "kafka" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "kafka" in names or "kafka_cluster" in names:
             item.add_marker(pytest.mark.kafka)
 
 
@@ -30,16 +35,32 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     A test that stops it should start it again (try/finally); if it does not, the autouse
     `_kafka_left_running` fixture restarts it (same ports and data) after that test.
     """
-    broker = start_broker(tmp_path_factory.mktemp("kafka"))
-    _brokers.append(broker)
-    try:
-        yield broker
-    finally:
-        _brokers.remove(broker)
-        broker.stop()
+    yield from _watched(start_broker(tmp_path_factory.mktemp("kafka")), _brokers)
 
 
 _brokers: list[KafkaBroker] = []
+
+
+def _watched(server: T, watched: list[T]) -> Iterator[T]:
+    """Yield `server` while `_kafka_left_running` watches it; stop it (by pid) after."""
+    watched.append(server)
+    try:
+        yield server
+    finally:
+        watched.remove(server)
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A real three-node Kafka cluster (KRaft, each node broker+controller) for one module:
+    three JVMs, so only the modules that use it start it, and it is stopped (by pid) after.
+    `.kill(i)` SIGKILLs node i, `.stop_node(i)`, `.start_nodes(i, ...)`; what a test leaves
+    down, `_kafka_left_running` starts again after it."""
+    yield from _watched(start_cluster(tmp_path_factory.mktemp("kafka-cluster")), _clusters)
+
+
+_clusters: list[KafkaCluster] = []
 
 
 @pytest.fixture(scope="session")
@@ -59,11 +80,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
 
 @pytest.fixture(autouse=True)
 def _kafka_left_running() -> Iterator[None]:
-    """If a test stopped the session broker and did not start it again, restart it for the rest."""
+    """If a test stopped the session broker (or a cluster's node) and did not start it again,
+    restart it for the rest."""
     yield
     for broker in _brokers:
         if not broker.running:
             broker.start()
+    for cluster in _clusters:
+        cluster.ensure_all_running()
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ import asyncio
 import smtplib
 import socket
 import ssl
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from support.dns_server import DnsServer
 from support.eventually import eventually, eventually_sync
 from support.fake_mx import R421_GREETING, R451_DATA, FakeMx, SmtpSink
-from support.kafka_broker import KafkaBroker, kafka_local
+from support.kafka_broker import KafkaBroker, kafka_local, kafka_local_cli
 from support.tls import server_context, trusting_client_context
 
 MESSAGE = b"Subject: hello\r\nFrom: a@sender.test\r\nTo: b@example.test\r\n\r\nbody line\r\n"
@@ -129,14 +127,7 @@ def test_kafka_settings_and_cli_status(kafka: KafkaBroker) -> None:
     settings = kafka.settings(queue_partitions=3)
     assert settings.bootstrap == kafka.bootstrap
     assert settings.queue_partitions == 3
-    script = Path(kafka_local.__file__)
-    out = subprocess.run(
-        [sys.executable, str(script), "status", "--dir", str(kafka.directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+    out = kafka_local_cli("status", "--dir", str(kafka.directory))
     assert out.returncode == 0, out.stderr
     assert f"bootstrap={kafka.bootstrap} ready=yes" in out.stdout
 

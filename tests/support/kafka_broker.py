@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from mailsluice.kafka.settings import KafkaSettings
 
@@ -74,22 +76,47 @@ class KafkaBroker:
         return KafkaSettings(**overrides)
 
 
-def start_broker(directory: Path) -> KafkaBroker:
-    """Fetch the jars if needed, start a broker on free ports, stop it at interpreter exit."""
+class _Startable(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Startable)
+
+
+def kafka_local_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python3 scripts/kafka_local.py ARGS` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(Path(kafka_local.__file__)), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def start_on_free_ports(make: Callable[[int], S], what: str) -> S:
+    """Fetch the jars if needed, then start make(attempt) (a broker or a cluster on free ports),
+    stopped at interpreter exit at the latest."""
     kafka_local.fetch(quiet=True)
     error: Exception | None = None
     # Free ports are picked before Java binds them: on a clash, try again on fresh ports.
     for attempt in range(3):
-        broker = KafkaBroker(Path(directory) / f"broker{attempt}")
-        # A safety net if the session fixture's finalizer never runs (e.g. KeyboardInterrupt).
-        atexit.register(broker.stop)
+        server = make(attempt)
+        # A safety net if the fixture's finalizer never runs (e.g. KeyboardInterrupt).
+        atexit.register(server.stop)
         try:
-            broker.start()
+            server.start()
         except kafka_local.KafkaLocalError as exc:
-            broker.stop()
+            server.stop()
             error = exc
             if "Address already in use" not in str(exc):
                 break
             continue
-        return broker
-    raise RuntimeError(f"could not start Kafka: {error}")
+        return server
+    raise RuntimeError(f"could not start {what}: {error}")
+
+
+def start_broker(directory: Path) -> KafkaBroker:
+    """A broker on free ports in DIR/broker<attempt>."""
+    return start_on_free_ports(lambda n: KafkaBroker(Path(directory) / f"broker{n}"), "Kafka")
