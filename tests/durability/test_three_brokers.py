@@ -142,11 +142,6 @@ async def test_two_brokers_down_answers_451_then_mail_flows_again(
     assert sorted(load.accepted - set(found)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest's health probe (Publisher.check) asks for metadata only: with one broker of "
-    "three up it succeeds and readiness comes back while every publish still answers 451",
-)
 async def test_readiness_stays_failed_while_under_min_insync_replicas(
     kafka_cluster: KafkaCluster, dns_server, dns_nameserver
 ) -> None:
@@ -164,6 +159,9 @@ async def test_readiness_stays_failed_while_under_min_insync_replicas(
             assert service.ready() == (False, "Kafka unreachable")
         finally:
             await asyncio.to_thread(kafka_cluster.start_nodes, 2, 3)
+        # the health loop's probe write goes through once two replicas are in sync again
+        await eventually(lambda: service.ready()[0], within=90, what="ready again")
+        assert (await asyncio.to_thread(load.send_one)).code == 250
 
 
 async def test_worker_keeps_delivering_through_a_leader_sigkill(

@@ -12,6 +12,8 @@ discovery, and a suspension survives restarts. Two kinds of records share it:
 - `learned/<pool>/<source address>/<routing key>`: the limits a worker's controller learned for
   a destination from one source address, so a restarted worker or the next owner after a
   rebalance starts from them instead of from scratch.
+- `probe/<component>/<instance>`: always a tombstone, written with acks=all to learn whether
+  Kafka takes writes again (ingest's readiness after a failed publish); readers skip it.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ def status_key(pool: str, worker: str) -> bytes:
 
 def learned_key(pool: str, source: str, key: str) -> bytes:
     return f"learned/{pool}/{source}/{key}".encode()
+
+
+def probe_key(component: str, instance: str) -> bytes:
+    return f"probe/{component}/{instance}".encode()
 
 
 def encode_learned(learned: Learned) -> bytes:

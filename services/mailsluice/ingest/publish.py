@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mailsluice.contracts.control import probe_key
 from mailsluice.contracts.events import Event, encode_event
-from mailsluice.contracts.topics import EVENTS_TOPIC
+from mailsluice.contracts.topics import CONTROL_TOPIC, EVENTS_TOPIC
 from mailsluice.ingest.plan import Outcome, Plan, QueueRecord
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.outbox import Outbox
@@ -57,6 +60,10 @@ class Publisher:
             lambda: make_producer(settings, max_message_size=max_message_size, client_id=client_id)
         )
         self._producers = RenewingProducer(factory, name="ingest")
+        # After a failed publish only a write acknowledged by the in-sync replicas shows that
+        # Kafka takes mail again (metadata still answers with too few replicas in sync).
+        self._write_failed = False
+        self._probe = probe_key("ingest", f"{socket.gethostname()}-{os.getpid()}")
         # Liveness: events waiting while Kafka answers, none written for stall_s, is stuck
         # (while Kafka is away a restart would not help and would lose them).
         self.progress = Progress(
@@ -104,8 +111,9 @@ class Publisher:
         except Exception as exc:
             # answered 451: what the producer still buffers must not be written after that
             self._producers.failed()
-            self.kafka_ok = False
+            self.kafka_ok, self._write_failed = False, True
             raise PublishError(type(exc).__name__) from exc
+        self.kafka_ok, self._write_failed = True, False
         metrics.PUBLISH_SECONDS.observe(time.monotonic() - started)
 
     # --- events ---------------------------------------------------------------------------
@@ -139,7 +147,12 @@ class Publisher:
         """Probe the brokers (metadata request); recovers the producer when Kafka is back."""
         try:
             producer = await asyncio.wait_for(self._producers.get(), self._timeout)
-            await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout)
+            if self._write_failed:
+                probe = [(CONTROL_TOPIC, None, self._probe, ())]
+                await asyncio.wait_for(self._producers.send_all(probe), self._timeout)
+                self._write_failed = False
+            else:
+                await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout)
         except Exception:
             self.kafka_ok = False
             return False

@@ -24,7 +24,13 @@ log = logging.getLogger(__name__)
 # A producer being closed in the background gets this long to flush (or to give up).
 CLOSE_TIMEOUT_S = 30.0
 
-Send = tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]  # topic, value, key, headers
+# topic, value (None: a tombstone), key, headers
+Send = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def abandon(producer: AIOKafkaProducer) -> None:
@@ -89,6 +95,9 @@ class RenewingProducer:
                 await producer.send(topic, value, key=key, headers=list(headers) or None)
                 for topic, value, key, headers in sends
             ]
+            for ack in acks:
+                # a caller that gave up (timeout) never reads these: read them here
+                ack.add_done_callback(_retrieve)
             await asyncio.gather(*acks)
         except Exception:
             self.failed()
