@@ -83,9 +83,10 @@ class Pipeline:
 
     def tally_received(self, tally: plan.Tally) -> None:
         messages = self.mx.messages
-        for message in messages[self.seen : len(messages)]:
+        upto = len(messages)  # once: the MX's thread appends while we count
+        for message in messages[self.seen : upto]:
             tally.received.update(message.rcpt_tos)
-        self.seen = len(messages)
+        self.seen = upto
 
 
 @dataclass
@@ -283,7 +284,8 @@ async def drain(run: Run, ended: float) -> tuple[float | None, int | None]:
             if lag == 0:
                 return loop.time() - ended, lag
         if loop.time() >= next_say:
-            say(f"draining: {missing} accepted not delivered yet, lag {lag}")
+            lag = await queue_lag(run.pipe.bootstrap, run.pipe.pool)
+            say(f"draining: {missing} accepted not delivered yet, queue lag {lag}")
             next_say += 15
         await asyncio.sleep(0.5)  # the measurement's resolution
     return None, await queue_lag(run.pipe.bootstrap, run.pipe.pool)
@@ -330,7 +332,11 @@ async def workers_back(run: Run, within: float) -> tuple[dict[str, tuple[bool, s
 
 
 async def start_pipeline(
-    stack: AsyncExitStack, config: plan.Config, broker: BrokerControl, work: Path
+    stack: AsyncExitStack,
+    config: plan.Config,
+    broker: BrokerControl,
+    work: Path,
+    settings: dict[str, str],
 ) -> Pipeline:
     from support.dns_server import DnsServer
     from support.fake_mx import FakeMx
@@ -341,7 +347,7 @@ async def start_pipeline(
     dns.start()
     stack.callback(dns.stop)
     pool = f"chaos-{os.urandom(3).hex()}"
-    base = pipeline_env(broker.bootstrap, dns.nameserver, mx.address)
+    base = {**pipeline_env(broker.bootstrap, dns.nameserver, mx.address), **settings}
     await asyncio.to_thread(create_topics, base, pool)
     smtp_port = kafka_local.free_port()
     ingest = Proc(
@@ -360,12 +366,18 @@ async def start_pipeline(
 
 
 async def fault_run(
-    config: plan.Config, broker: BrokerControl, work: Path
+    config: plan.Config,
+    broker: BrokerControl,
+    work: Path,
+    settings: dict[str, str] | None = None,
 ) -> tuple[plan.Figures, dict[str, Any]]:
-    """One fault run against `broker` (running); (figures, details for the JSON line)."""
+    """One fault run against `broker` (running); (figures, details for the JSON line).
+    `settings`: MAILSLUICE_* for every process on top of the run's own (e.g. a cluster's
+    MAILSLUICE_KAFKA_REPLICATION_FACTOR=3 and MAILSLUICE_KAFKA_MIN_INSYNC_REPLICAS=2)."""
     config.validate()
     async with AsyncExitStack() as stack:
-        run = Run(config, await start_pipeline(stack, config, broker, work))
+        pipe = await start_pipeline(stack, config, broker, work, settings or {})
+        run = Run(config, pipe)
         stop = asyncio.Event()
         watcher = asyncio.create_task(watch_liveness(run, stop))
         loop = asyncio.get_running_loop()
@@ -397,8 +409,18 @@ async def fault_run(
             "workers_check": {name: why for name, (_, why) in checks.items()},
             "workers_back_after_s": round(back_s, 1),
             "refused_codes": sorted(set(run.tally.refused.values())),
+            **samples(run.tally),
         }
         return plan.figures(run.tally, ending, run.sent_to), details
+
+
+def samples(tally: plan.Tally, most: int = 20) -> dict[str, list[str]]:
+    """Some lost recipients and some delivered after a 4xx/5xx, to look up in the logs."""
+    received = tally.received
+    return {
+        "lost_sample": sorted(r for r in tally.accepted if not received[r])[:most],
+        "after_451_sample": sorted(r for r in tally.refused if received[r])[:most],
+    }
 
 
 def report(
