@@ -8,6 +8,8 @@ import itertools
 import json
 from collections import Counter
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from support.scripts import script
@@ -169,3 +171,31 @@ def test_a_value_given_on_the_command_line_wins_even_when_it_is_the_default() ->
     config, _ = chaos.parse_args(["--suite", "--messages", str(plan.Config().messages)])
     assert config.messages == plan.Config().messages
     assert config.rate == plan.SUITE.rate
+
+
+class _Received:
+    def __init__(self, *rcpt_tos: str) -> None:
+        self.rcpt_tos = rcpt_tos
+
+
+class _GrowingWhileRead(list):  # type: ignore[type-arg]
+    """The MX's message list, which its own thread appends to while the run counts it: one
+    message arrives the first time the list is read."""
+
+    arrived = False
+
+    def __getitem__(self, key: Any) -> Any:
+        part = super().__getitem__(key)
+        if not self.arrived:
+            self.arrived = True
+            self.append(_Received("late"))
+        return part
+
+
+def test_a_message_arriving_while_the_mx_is_counted_is_counted_next_time() -> None:
+    mx = SimpleNamespace(messages=_GrowingWhileRead([_Received("a"), _Received("b")]))
+    pipe = chaos.Pipeline("pool", None, [], 0, mx, "")
+    tally = plan.Tally()
+    pipe.tally_received(tally)
+    pipe.tally_received(tally)
+    assert tally.received == Counter({"a": 1, "b": 1, "late": 1})
