@@ -33,17 +33,17 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import chaos_plan as plan
 import kafka_local
+from bench_ours import create_topics
+from chaos_inject import inject
 from chaos_procs import (
     BrokerControl,
     LocalBroker,
     Proc,
-    create_topics,
     get,
     ingest_env,
     pipeline_env,
@@ -54,9 +54,6 @@ TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
-SENDER = "chaos@chaos.example"
-RECONNECT_AFTER = 400  # messages per connection (ingest closes a connection at 1000)
-CONNECT_GIVE_UP_S = 180.0  # ingest unreachable this long: the run cannot go on
 LIVENESS_EVERY_S = 2.0
 LIVENESS_FAILURES = 3  # kubelet's default failureThreshold
 MX_DELAY_S = 0.005
@@ -98,102 +95,6 @@ class Run:
     tally: plan.Tally = field(default_factory=plan.Tally)
     faults_done: list[str] = field(default_factory=list)
     restarts: list[str] = field(default_factory=list)
-    sent_to: set[str] = field(default_factory=set)
-
-
-# --------------------------------------------------------------------------- injection
-
-
-def message(number: int, address: str, run: str) -> bytes:
-    return (
-        f"From: <{SENDER}>\r\nTo: <{address}>\r\nSubject: chaos {number}\r\n"
-        f"Date: {formatdate()}\r\nMessage-ID: <c{number}.{run}@chaos.example>\r\n"
-        f"\r\nMessage {number} of fault run {run}.\r\n"
-    ).encode()
-
-
-async def connect(port: int) -> Any:
-    """A connection to ingest, trying again while it is down (killed, restarting)."""
-    import aiosmtplib
-
-    deadline = time.monotonic() + CONNECT_GIVE_UP_S
-    while True:
-        smtp = aiosmtplib.SMTP(
-            hostname="127.0.0.1",
-            port=port,
-            start_tls=False,
-            timeout=60,
-            local_hostname="client.chaos.invalid",
-        )
-        try:
-            await smtp.connect()
-            await smtp.ehlo()
-            return smtp
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            smtp.close()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ingest unreachable for {CONNECT_GIVE_UP_S:.0f} s") from exc
-            await asyncio.sleep(0.2)  # back off before the next attempt
-
-
-async def transaction(smtp: Any, address: str, body: bytes) -> tuple[str, int]:
-    """('accepted'|'refused'|'unanswered'|'unsent', code). Unsent: the connection failed before
-    DATA, so ingest cannot have queued it and the message is sent again on a new one."""
-    import aiosmtplib
-
-    try:
-        await smtp.mail(SENDER)
-        await smtp.rcpt(address)
-    except aiosmtplib.SMTPResponseException as exc:
-        return "refused", exc.code
-    except (aiosmtplib.SMTPException, OSError):
-        return "unsent", 0
-    try:
-        await smtp.data(body)
-    except aiosmtplib.SMTPResponseException as exc:
-        return "refused", exc.code
-    except (aiosmtplib.SMTPException, OSError):
-        return "unanswered", 0
-    return "accepted", 250
-
-
-async def inject(run: Run, run_id: str, started: float) -> None:
-    """Every message at its time (started + n / rate), over `connections` connections; a
-    connection that falls behind (ingest down or slow) catches up as fast as ingest answers."""
-    config = run.config
-    loop = asyncio.get_running_loop()
-
-    async def connection(first: int) -> None:
-        smtp, used = None, 0
-        for number in range(first, config.messages, config.connections):
-            delay = started + number / config.rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the injection's pace
-            address = plan.recipient(number, run_id, config.destinations)
-            body = message(number, address, run_id)
-            while True:
-                if smtp is None or not smtp.is_connected or used >= RECONNECT_AFTER:
-                    if smtp is not None:
-                        smtp.close()
-                    smtp, used = await connect(run.pipe.smtp_port), 0
-                verdict, code = await transaction(smtp, address, body)
-                used += 1
-                if verdict != "unsent":
-                    break
-                smtp.close()
-            run.sent_to.add(address)
-            run.tally.sent += 1
-            if verdict == "accepted":
-                run.tally.accepted.add(address)
-            elif verdict == "refused":
-                run.tally.refused[address] = code
-                smtp.close()  # a fresh connection for the next, whatever state this one is in
-            else:
-                run.tally.unanswered.add(address)
-        if smtp is not None:
-            smtp.close()
-
-    await asyncio.gather(*(connection(c) for c in range(config.connections)))
 
 
 # --------------------------------------------------------------------------- faults
@@ -213,7 +114,7 @@ async def make_fault(kind: str, run: Run, broker: BrokerControl) -> None:
     }[kind]
     async with proc.lock:
         await proc.signal(sig)
-        await proc.start()
+        await proc.up()
 
 
 async def run_faults(run: Run, broker: BrokerControl, started: float) -> None:
@@ -246,7 +147,7 @@ async def watch_liveness(run: Run, stop: asyncio.Event) -> None:
                 run.restarts.append(f"{proc.name}: {why}")
                 async with proc.lock:
                     await proc.signal(signal.SIGTERM, wait_s=10)
-                    await proc.start()
+                    await proc.up()
                 failures[proc.name] = 0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), LIVENESS_EVERY_S)
@@ -348,7 +249,7 @@ async def start_pipeline(
     stack.callback(dns.stop)
     pool = f"chaos-{os.urandom(3).hex()}"
     base = {**pipeline_env(broker.bootstrap, dns.nameserver, mx.address), **settings}
-    await asyncio.to_thread(create_topics, base, pool)
+    await asyncio.to_thread(create_topics, base, (pool,))
     smtp_port = kafka_local.free_port()
     ingest = Proc(
         "ingest", ["ingest"], ingest_env(base, pool, smtp_port, config.publish_timeout_s), work
@@ -360,7 +261,7 @@ async def start_pipeline(
     pipe = Pipeline(pool, ingest, workers, smtp_port, mx, broker.bootstrap)
     for proc in pipe.procs:
         stack.callback(proc.stop)
-        await proc.start()
+        await proc.up()
         say(f"{proc.name}: ready (pid {proc.pid})")
     return pipe
 
@@ -385,7 +286,7 @@ async def fault_run(
         say(f"injecting {config.messages} messages at {config.rate:g}/s, seed {config.seed}")
         try:
             await asyncio.gather(
-                inject(run, os.urandom(3).hex(), started), run_faults(run, broker, started)
+                inject(config, pipe.smtp_port, run.tally, started), run_faults(run, broker, started)
             )
             ended = loop.time()
             say(f"injection and faults over after {ended - started:.1f} s; draining")
@@ -411,7 +312,7 @@ async def fault_run(
             "refused_codes": sorted(set(run.tally.refused.values())),
             **samples(run.tally),
         }
-        return plan.figures(run.tally, ending, run.sent_to), details
+        return plan.figures(run.tally, ending), details
 
 
 def samples(tally: plan.Tally, most: int = 20) -> dict[str, list[str]]:

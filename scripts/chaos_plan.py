@@ -94,7 +94,7 @@ def schedule(config: Config) -> list[Fault]:
 class Tally:
     """What the injector and the MX counted, by recipient."""
 
-    sent: int = 0
+    sent_to: set[str] = field(default_factory=set)  # every recipient with an answer or none
     accepted: set[str] = field(default_factory=set)
     refused: dict[str, int] = field(default_factory=dict)  # recipient -> SMTP code
     unanswered: set[str] = field(default_factory=set)
@@ -137,12 +137,12 @@ class Figures:
         return round(100 * self.duplicates / self.accepted, 3) if self.accepted else 0.0
 
 
-def figures(tally: Tally, ending: Ending, sent_to: set[str]) -> Figures:
-    """The figures of a run from its tally; `sent_to` is every recipient the injector tried."""
+def figures(tally: Tally, ending: Ending) -> Figures:
+    """The figures of a run from its tally."""
     received = tally.received
     delivered = sum(1 for r in tally.accepted if received[r] > 0)
     return Figures(
-        sent=tally.sent,
+        sent=len(tally.sent_to),
         accepted=len(tally.accepted),
         refused=len(tally.refused),
         unanswered=len(tally.unanswered),
@@ -151,7 +151,7 @@ def figures(tally: Tally, ending: Ending, sent_to: set[str]) -> Figures:
         duplicates=sum(received[r] - 1 for r in tally.accepted if received[r] > 1),
         delivered_after_451=sum(1 for r in tally.refused if received[r] > 0),
         delivered_unanswered=sum(1 for r in tally.unanswered if received[r] > 0),
-        unexpected=sum(1 for r in received if r not in sent_to),
+        unexpected=sum(1 for r in received if r not in tally.sent_to),
         **asdict(ending),
     )
 

@@ -8,18 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Protocol
 
 import kafka_local
+from bench_ours import Service
 from bench_tools import stop_pid, tail
 
-ROOT = Path(__file__).resolve().parents[1]
-MAILSLUICE = ROOT / ".venv" / "bin" / "mailsluice"
 READY_TIMEOUT_S = 120.0
 
 
@@ -64,20 +61,15 @@ def get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-class Proc:
-    """One `mailsluice` subcommand: started (and restarted) with its output appended to one
-    log, ready when /readyz answers 200, signalled only by its pid. `lock` is held while a
-    fault or a liveness restart handles it, so the two never act on it at once."""
+class Proc(Service):
+    """One `mailsluice` subcommand (bench_ours.Service): started and restarted with its output
+    appended to one log, ready when /readyz answers 200, signalled only by its pid. `lock` is
+    held while a fault or a liveness restart handles it, so the two never act on it at once."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], work: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.http_port = int(env.get("MAILSLUICE_DELIVERY_HTTP_PORT") or 0)
-        if argv[0] == "ingest":
-            self.http_port = int(env["MAILSLUICE_INGEST_HTTP_PORT"])
-        self.log_path = work / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(name, argv, env, work)
+        variable = "INGEST" if argv[0] == "ingest" else "DELIVERY"
+        self.http_port = int(env[f"MAILSLUICE_{variable}_HTTP_PORT"])
         self.ready = False  # ready since its last start
         self.starts = 0
         self.lock = asyncio.Lock()
@@ -86,38 +78,18 @@ class Proc:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
     @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _start(self, timeout: float) -> None:
+    def _up(self, timeout: float) -> None:
         self.ready = False
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(MAILSLUICE), *self.argv],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the runner only; it stops us by pid
-            )
         self.starts += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
-            if get(self.url("/readyz"))[0] == 200:
-                self.ready = True
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s: {self.tail()}")
+        self.start(self.url("/readyz"), timeout)
+        self.ready = True
 
-    async def start(self, ready_within_s: float = READY_TIMEOUT_S) -> None:
+    async def up(self, ready_within_s: float = READY_TIMEOUT_S) -> None:
         """Start it and wait until it is ready."""
-        await asyncio.to_thread(self._start, ready_within_s)
+        await asyncio.to_thread(self._up, ready_within_s)
 
     async def signal(self, sig: int, wait_s: float = 40.0) -> None:
         """Send `sig` by pid and wait for the exit (SIGKILL after `wait_s`)."""
@@ -130,11 +102,6 @@ class Proc:
             if self.proc.poll() is None:
                 self.proc.send_signal(sig)
             await asyncio.to_thread(self.proc.wait, wait_s)
-
-    def stop(self) -> None:
-        """SIGTERM by pid, SIGKILL after a while; for the end of the run."""
-        if self.proc is not None:
-            stop_pid(self.proc, 40.0)
 
     def tail(self, lines: int = 15) -> str:
         return tail(self.log_path, lines)
@@ -186,17 +153,3 @@ def worker_env(base: dict[str, str], pool: str, stall_s: float) -> dict[str, str
         "MAILSLUICE_DELIVERY_HTTP_PORT": str(kafka_local.free_port()),
         "MAILSLUICE_DELIVERY_STALL_S": str(stall_s),
     }
-
-
-def create_topics(env: dict[str, str], pool: str) -> None:
-    """`mailsluice topics create --pool POOL`; RuntimeError with its output on failure."""
-    done = subprocess.run(
-        [str(MAILSLUICE), "topics", "create", "--pool", pool],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=90,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"topics create: {done.stderr.strip() or done.stdout.strip()}")

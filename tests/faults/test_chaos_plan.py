@@ -67,13 +67,13 @@ def test_no_worker_kills_still_makes_the_other_faults() -> None:
 
 def test_figures_count_loss_duplicates_and_late_deliveries_by_recipient() -> None:
     tally = plan.Tally(
-        sent=8,
+        sent_to=set("abcdefgh"),
         accepted={"a", "b", "c", "d"},
         refused={"e": 451, "f": 451},
         unanswered={"g", "h"},
         received=Counter({"a": 1, "b": 3, "c": 2, "e": 1, "g": 1, "stranger": 1}),
     )
-    fig = plan.figures(tally, clean_ending(), set("abcdefgh"))
+    fig = plan.figures(tally, clean_ending())
     assert (fig.accepted, fig.refused, fig.unanswered) == (4, 2, 2)
     assert fig.delivered == 3  # a, b, c
     assert fig.lost == 1  # d
@@ -90,13 +90,14 @@ def test_figures_count_loss_duplicates_and_late_deliveries_by_recipient() -> Non
 def perfect(accepted: int = 1000, duplicates: int = 0) -> object:
     received = Counter({str(n): 1 for n in range(accepted)})
     received.update(str(n) for n in range(duplicates))
-    tally = plan.Tally(sent=accepted, accepted={str(n) for n in range(accepted)}, received=received)
+    everyone = {str(n) for n in range(accepted)}
+    tally = plan.Tally(sent_to=everyone, accepted=set(everyone), received=received)
     return tally
 
 
 def test_a_clean_run_has_no_problems_and_its_table_and_json_say_so() -> None:
     tally = perfect()
-    fig = plan.figures(tally, clean_ending(), set(tally.accepted))
+    fig = plan.figures(tally, clean_ending())
     assert plan.problems(fig) == []
     lines = plan.table(fig, ["worker-kill +7s"])
     text = "\n".join(lines)
@@ -110,8 +111,8 @@ def test_a_clean_run_has_no_problems_and_its_table_and_json_say_so() -> None:
 
 def test_duplicates_fail_from_half_a_percent_of_accepted() -> None:
     under, at = perfect(1000, 4), perfect(1000, 5)
-    assert plan.problems(plan.figures(under, clean_ending(), set(under.accepted))) == []
-    problems = plan.problems(plan.figures(at, clean_ending(), set(at.accepted)))
+    assert plan.problems(plan.figures(under, clean_ending())) == []
+    problems = plan.problems(plan.figures(at, clean_ending()))
     assert problems == ["duplicates 0.5% of accepted (limit 0.5%)"]
 
 
@@ -128,13 +129,13 @@ def test_an_undrained_queue_or_a_worker_not_back_is_a_problem(
     ending: dict[str, object], problem: str
 ) -> None:
     tally = perfect(10)
-    fig = plan.figures(tally, clean_ending(**ending), set(tally.accepted))
+    fig = plan.figures(tally, clean_ending(**ending))
     assert plan.problems(fig) == [problem]
 
 
 def test_liveness_restarts_are_reported_not_failed() -> None:
     tally = perfect(10)
-    fig = plan.figures(tally, clean_ending(liveness_restarts=2), set(tally.accepted))
+    fig = plan.figures(tally, clean_ending(liveness_restarts=2))
     assert plan.problems(fig) == []
     assert any("liveness restarts" in line and line.endswith("2") for line in plan.table(fig))
 
