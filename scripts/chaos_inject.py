@@ -16,6 +16,7 @@ import chaos_plan as plan
 SENDER = "chaos@chaos.example"
 RECONNECT_AFTER = 400  # messages per connection (ingest closes a connection at 1000)
 CONNECT_GIVE_UP_S = 180.0  # ingest unreachable this long: the run cannot go on
+UNSENT_TRIES = 20  # connections in a row that fail before DATA: ingest is broken, not down
 
 
 def message(number: int, address: str, run: str) -> bytes:
@@ -71,6 +72,36 @@ async def transaction(smtp: Any, address: str, body: bytes) -> tuple[str, int]:
     return "accepted", 250
 
 
+class Connection:
+    """One client connection to ingest, opened again when it broke or has sent its share."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.smtp: Any = None
+        self.used = 0
+
+    async def send(self, address: str, body: bytes) -> tuple[str, int]:
+        """(verdict, code) of one message; sent again, on a new connection, while the
+        connection fails before DATA (at most UNSENT_TRIES times)."""
+        for _ in range(UNSENT_TRIES):
+            if self.smtp is None or not self.smtp.is_connected or self.used >= RECONNECT_AFTER:
+                self.close()
+                self.smtp, self.used = await connect(self.port), 0
+            verdict, code = await transaction(self.smtp, address, body)
+            self.used += 1
+            if verdict != "unsent":
+                if verdict == "refused":
+                    self.close()  # a fresh connection for the next, whatever this one's state
+                return verdict, code
+            self.close()
+        raise RuntimeError(f"ingest closed the connection before DATA {UNSENT_TRIES} times")
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            self.smtp.close()
+        self.smtp = None
+
+
 async def inject(config: plan.Config, port: int, tally: plan.Tally, started: float) -> None:
     """Every message at its time (started + n / rate on the loop's clock) into ingest on
     `port`, over `connections` connections, each answer in `tally`; a connection that falls
@@ -79,32 +110,22 @@ async def inject(config: plan.Config, port: int, tally: plan.Tally, started: flo
     run_id = os.urandom(3).hex()
 
     async def connection(first: int) -> None:
-        smtp, used = None, 0
-        for number in range(first, config.messages, config.connections):
-            delay = started + number / config.rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the injection's pace
-            address = plan.recipient(number, run_id, config.destinations)
-            body = message(number, address, run_id)
-            while True:
-                if smtp is None or not smtp.is_connected or used >= RECONNECT_AFTER:
-                    if smtp is not None:
-                        smtp.close()
-                    smtp, used = await connect(port), 0
-                verdict, code = await transaction(smtp, address, body)
-                used += 1
-                if verdict != "unsent":
-                    break
-                smtp.close()
-            tally.sent_to.add(address)
-            if verdict == "accepted":
-                tally.accepted.add(address)
-            elif verdict == "refused":
-                tally.refused[address] = code
-                smtp.close()  # a fresh connection for the next, whatever state this one is in
-            else:
-                tally.unanswered.add(address)
-        if smtp is not None:
-            smtp.close()
+        client = Connection(port)
+        try:
+            for number in range(first, config.messages, config.connections):
+                delay = started + number / config.rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # the injection's pace
+                address = plan.recipient(number, run_id, config.destinations)
+                verdict, code = await client.send(address, message(number, address, run_id))
+                tally.sent_to.add(address)
+                if verdict == "accepted":
+                    tally.accepted.add(address)
+                elif verdict == "refused":
+                    tally.refused[address] = code
+                else:
+                    tally.unanswered.add(address)
+        finally:
+            client.close()
 
     await asyncio.gather(*(connection(c) for c in range(config.connections)))
