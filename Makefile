@@ -5,14 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 CAMPAIGN_ARGS ?=
+CHAOS_ARGS ?=
 
 .PHONY: help setup system-deps kafka-jars k8s-build k8s-up k8s-down lint typecheck test run \
-        bench kafka-up kafka-down kafka-cluster-up kafka-cluster-down docs clean
+        bench chaos kafka-up kafka-down kafka-cluster-up kafka-cluster-down docs clean
 
 help:
 	@echo "make run    - run the whole pipeline locally (Kafka, ingest, delivery, sandbox MX)"
 	@echo "make test   - install what is needed, then ruff, mypy and the full pytest suite"
 	@echo "make bench  - throughput, latency and memory (against Postfix), shaping, campaign"
+	@echo "make chaos  - the fault run: kills and a broker restart under load (CHAOS_ARGS=--help)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,10 @@ bench: setup
 	$(BIN)/python scripts/bench.py
 	$(BIN)/python scripts/bench_shaping.py
 	$(BIN)/python scripts/bench_campaign.py $(CAMPAIGN_ARGS)
+
+# 20,000 messages at 70/s with worker and ingest kills and a broker restart; docs/faults.md.
+chaos: setup
+	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 # etcd, kube-apiserver and helm built from Go modules (cached; the first build takes minutes).
 k8s-build: system-deps

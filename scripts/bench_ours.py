@@ -166,10 +166,11 @@ def _free_ports() -> dict[str, int]:
     }
 
 
-def create_topics(env: dict[str, str]) -> None:
-    """`mailsluice topics create` on the bench broker; RuntimeError with its output on failure."""
+def create_topics(env: dict[str, str], pools: tuple[str, ...] = ()) -> None:
+    """`mailsluice topics create [--pool P ...]` on the bench broker (no pool: the default
+    one); RuntimeError with its output on failure."""
     topics = subprocess.run(
-        [str(MAILSLUICE), "topics", "create"],
+        [str(MAILSLUICE), "topics", "create", *(a for p in pools for a in ("--pool", p))],
         env=env,
         capture_output=True,
         text=True,
