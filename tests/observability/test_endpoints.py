@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter
 from support.loopback import free_port
 
 from mailsluice.config import LogSettings
-from mailsluice.observability.endpoints import JsonFormatter, setup_logging, start_http
+from mailsluice.observability.endpoints import JsonFormatter, Repeats, setup_logging, start_http
 
 # Its own registry: the process-wide one holds only the product's metrics (test_metrics_doc).
 REGISTRY = CollectorRegistry()
@@ -73,3 +73,26 @@ def test_setup_logging_installs_one_handler() -> None:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_a_kafka_client_retrying_into_an_outage_logs_once_per_interval() -> None:
+    now = {"t": 0.0}
+    repeats = Repeats("aiokafka", interval_s=10.0, clock=lambda: now["t"])
+
+    def record(name: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, ("1",), None)
+
+    passed = []
+    for _ in range(1000):  # a second of "Unable connect to node" at aiokafka's pace
+        r = record("aiokafka", "Unable connect to node with id %s")
+        if repeats.filter(r):
+            passed.append(r.getMessage())
+        now["t"] += 0.001
+    assert passed == ["Unable connect to node with id 1"]
+    now["t"] = 11.0
+    r = record("aiokafka", "Unable connect to node with id %s")
+    assert repeats.filter(r)
+    assert r.getMessage() == "Unable connect to node with id 1 (999 more like it in the last 11 s)"
+    # the service's own lines (one per message) are never held back
+    ours = [record("mailsluice.ingest.handler", "queued %s") for _ in range(5)]
+    assert all(repeats.filter(r) for r in ours)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from mailsluice.observability.progress import LiveCheck
 
 ReadyCheck = Callable[[], tuple[bool, str]]
 
+# Message templates a Repeats filter remembers before it starts over.
+REPEATS_KEPT = 1000
 # Fields a log call may pass in `extra=` that end up as JSON keys.
 LOG_CONTEXT_FIELDS = ("queue_id", "pool", "destination", "remote", "component")
 
@@ -38,6 +41,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class Repeats(logging.Filter):
+    """Lets a message of the loggers under `prefix` through at most once per `interval_s` (per
+    logger and message template), saying how many like it were held back: a Kafka client
+    retrying into an outage otherwise writes the same line a thousand times a second. Other
+    loggers' lines (one per message, with its queue id) all pass."""
+
+    def __init__(
+        self,
+        prefix: str,
+        interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.prefix, self.interval_s, self.clock = prefix, interval_s, clock
+        self._seen: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        key, now = (record.name, record.msg), self.clock()
+        last, held = self._seen.get(key, (-math.inf, 0))
+        if now - last < self.interval_s:
+            self._seen[key] = (last, held + 1)
+            return False
+        if len(self._seen) > REPEATS_KEPT:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {now - last:.0f} s)"
+        return True
+
+
 def setup_logging(settings: LogSettings, component: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if settings.json_format:
@@ -49,8 +84,10 @@ def setup_logging(settings: LogSettings, component: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    # Kafka client chatter at INFO drowns the service's own lines.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # Kafka client chatter at INFO drowns the service's own lines, and so does its retrying.
+    kafka_log = logging.getLogger("aiokafka")
+    kafka_log.setLevel(max(logging.WARNING, root.level))
+    handler.addFilter(Repeats("aiokafka"))
 
 
 def build_app(
