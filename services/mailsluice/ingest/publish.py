@@ -132,10 +132,6 @@ class Publisher:
             extra={"queue_id": event.queue_id},
         )
 
-    @property
-    def events_pending(self) -> int:
-        return self._outbox.pending
-
     # --- health ---------------------------------------------------------------------------
 
     async def _health_loop(self) -> None:

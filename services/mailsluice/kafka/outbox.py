@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 
 from mailsluice.kafka.producers import RenewingProducer, Send
+from mailsluice.kafka.retrying import until_kafka_answers
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ class Outbox:
         self._empty.set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.sent = 0
         self.failures = 0  # sends that failed and were tried again
 
     @property
@@ -94,32 +94,38 @@ class Outbox:
             )
 
     async def _run(self) -> None:
-        delay = RETRY_FIRST_S
         while not self._stop.is_set():
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
-            try:
-                await asyncio.wait_for(self._producers.send_all(batch), self._timeout)
-            except Exception as exc:
-                self._producers.failed()
-                self.failures += 1
-                log.warning(
-                    "%s: writing %d records failed (%s); trying again",
-                    self._name,
-                    len(batch),
-                    type(exc).__name__,
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            delay = RETRY_FIRST_S
+            if not await self._deliver(batch):
+                return
             for _ in batch:
                 self._queue.popleft()
-            self.sent += len(batch)
             self._on_sent()
             if not self._queue:
                 self._empty.set()
+
+    async def _deliver(self, batch: list[Send]) -> bool:
+        """Send `batch` until Kafka acknowledges it (True), or until stopped (False)."""
+        return await until_kafka_answers(
+            lambda: asyncio.wait_for(self._producers.send_all(batch), self._timeout),
+            retry_s=RETRY_FIRST_S,
+            max_retry_s=RETRY_MAX_S,
+            stop=self._stop,
+            on_failure=lambda exc: self._failed(len(batch), exc),
+            errors=(Exception,),
+        )
+
+    def _failed(self, count: int, exc: Exception) -> None:
+        # a timed-out send was cut short inside the producer: it must not be reused either
+        self._producers.failed()
+        self.failures += 1
+        log.warning(
+            "%s: writing %d records failed (%s); trying again",
+            self._name,
+            count,
+            type(exc).__name__,
+        )

@@ -103,11 +103,6 @@ class RenewingProducer:
             self.failed()
             raise
 
-    @property
-    def current(self) -> AIOKafkaProducer | None:
-        """The producer in use, if one is started (for metadata probes)."""
-        return self._producer
-
     async def stop(self, grace_s: float = 10.0) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 START_RETRY_S = 2.0
 # How often state changes become log lines and events (promptly: they explain what mail does).
 CHANGES_INTERVAL_S = 1.0
-# State-change events held while Kafka is away; past that the oldest are logged and dropped.
+# State-change events held while Kafka is away; past that new ones are logged and dropped.
 EVENT_BACKLOG = 10_000
 STOP_GRACE_S = 5.0
 
@@ -235,12 +235,7 @@ class ShapingRuntime:
         """One record, acknowledged; a failure replaces the producer (the caller's loop tries
         again at its next round: these records are the latest state, not a history)."""
         assert self._producer is not None
-        producer = await self._producer.get()
-        try:
-            await producer.send_and_wait(topic, value, key=key)
-        except Exception:
-            self._producer.failed()
-            raise
+        await self._producer.send_all([(topic, value, key, ())])
 
     async def _publish_learned(self) -> None:
         for record in shaping_status.learned_records(self.shaper, self.mono()):

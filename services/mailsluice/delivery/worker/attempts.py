@@ -40,13 +40,15 @@ from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.producers import RenewingProducer
+from mailsluice.kafka.retrying import until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.delivery import Delivery as m
 from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
 
 log = logging.getLogger(__name__)
 
-# Produce retries back off up to this long while Kafka is unavailable.
+# Produce retries back off from this up to that while Kafka is unavailable.
+PRODUCE_BACKOFF_FIRST_S = 0.2
 PRODUCE_BACKOFF_MAX_S = 5.0
 # A send refused by our own connection rate (no connection could be opened) queues again this
 # much later: it was no attempt, so it neither counts nor goes through a retry tier.
@@ -368,18 +370,20 @@ class Attempts:
         """Produce every record and wait for all acks; retry while Kafka is unavailable, each
         time with a fresh producer (a failed idempotent one may never send again)."""
         assert self.producers is not None
+        producers = self.producers
         sends = [(r.topic, r.value, r.key, tuple(r.headers)) for r in records]
-        delay = 0.2
-        while True:
-            try:
-                await self.producers.send_all(sends)
-                self.kafka_state("")
-                return
-            except KafkaError as exc:
-                self.kafka_state(type(exc).__name__)
-                log.warning("producing outcome records failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, PRODUCE_BACKOFF_MAX_S)
+        await until_kafka_answers(
+            lambda: producers.send_all(sends),
+            retry_s=PRODUCE_BACKOFF_FIRST_S,
+            max_retry_s=PRODUCE_BACKOFF_MAX_S,
+            on_failure=self._produce_failed,
+            errors=(KafkaError,),
+        )
+        self.kafka_state("")
+
+    def _produce_failed(self, exc: Exception) -> None:
+        self.kafka_state(type(exc).__name__)
+        log.warning("producing outcome records failed (%s); retrying", exc)
 
 
 def _connection_throttled(res: outcomes.ResultLike) -> bool:
