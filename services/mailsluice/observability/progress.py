@@ -2,7 +2,7 @@
 restart helps (a failing readiness probe never restarts a pod; a failing liveness probe does).
 
 The component says when it made progress (a record finished, a batch written) and how much
-work it holds; `stalled` turns that into the liveness answer. Pure, with the clock passed in.
+work it holds; `check` turns that into the liveness answer. Pure, with the clock passed in.
 """
 
 from __future__ import annotations
