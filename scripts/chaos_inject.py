@@ -1,7 +1,8 @@
 """The fault run's client (scripts/chaos.py): SMTP into ingest at a steady rate over several
 connections, one message per unique recipient, each answer recorded: 250 (accepted), a 4xx/5xx
 (refused), or no answer to DATA (unanswered). A message whose connection fails before DATA
-cannot have been queued; it goes again on a new connection. No message is sent twice."""
+cannot have been queued; it goes again on a new connection. A message answered 4xx goes again
+later, the same bytes, as an MTA sends its queue file again; nothing else is sent twice."""
 
 from __future__ import annotations
 
@@ -102,12 +103,58 @@ class Connection:
         self.smtp = None
 
 
+def temporary(verdict: str, code: int) -> bool:
+    return verdict == "refused" and 400 <= code < 500
+
+
+class Retries:
+    """The client's queue of messages answered 4xx: each goes again `client_retry_s` after its
+    answer, over one connection of its own, until it gets another answer or its tries run out.
+    Answers come in time order, so a FIFO queue is in due order."""
+
+    def __init__(self, config: plan.Config, port: int, tally: plan.Tally) -> None:
+        self.config, self.tally = config, tally
+        self.client = Connection(port)
+        self.queue: asyncio.Queue[tuple[float, str, bytes, int] | None] = asyncio.Queue()
+
+    def add(self, address: str, body: bytes, tries: int = 0) -> None:
+        if tries < self.config.client_retries:
+            due = asyncio.get_running_loop().time() + self.config.client_retry_s
+            self.queue.put_nowait((due, address, body, tries + 1))
+
+    async def run(self) -> None:
+        """Until `finish()`, once every retry queued before or after it is done."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                entry = await self.queue.get()
+                if entry is None:
+                    if self.queue.empty():
+                        return
+                    self.queue.put_nowait(None)  # retries queued since go first
+                    continue
+                due, address, body, tries = entry
+                await asyncio.sleep(max(0.0, due - loop.time()))  # the client's retry interval
+                verdict, code = await self.client.send(address, body)
+                self.tally.retried.add(address)
+                self.tally.answered(address, verdict, code)
+                if temporary(verdict, code):
+                    self.add(address, body, tries)
+        finally:
+            self.client.close()
+
+    def finish(self) -> None:
+        self.queue.put_nowait(None)
+
+
 async def inject(config: plan.Config, port: int, tally: plan.Tally, started: float) -> None:
     """Every message at its time (started + n / rate on the loop's clock) into ingest on
     `port`, over `connections` connections, each answer in `tally`; a connection that falls
-    behind (ingest down or slow) catches up as fast as ingest answers."""
+    behind (ingest down or slow) catches up as fast as ingest answers. Returns once every
+    message answered 4xx was sent again (see Retries)."""
     loop = asyncio.get_running_loop()
     run_id = os.urandom(3).hex()
+    retries = Retries(config, port, tally)
 
     async def connection(first: int) -> None:
         client = Connection(port)
@@ -117,15 +164,18 @@ async def inject(config: plan.Config, port: int, tally: plan.Tally, started: flo
                 if delay > 0:
                     await asyncio.sleep(delay)  # the injection's pace
                 address = plan.recipient(number, run_id, config.destinations)
-                verdict, code = await client.send(address, message(number, address, run_id))
-                tally.sent_to.add(address)
-                if verdict == "accepted":
-                    tally.accepted.add(address)
-                elif verdict == "refused":
-                    tally.refused[address] = code
-                else:
-                    tally.unanswered.add(address)
+                body = message(number, address, run_id)
+                verdict, code = await client.send(address, body)
+                tally.answered(address, verdict, code)
+                if temporary(verdict, code):
+                    retries.add(address, body)
         finally:
             client.close()
 
-    await asyncio.gather(*(connection(c) for c in range(config.connections)))
+    retrying = asyncio.create_task(retries.run())
+    try:
+        await asyncio.gather(*(connection(c) for c in range(config.connections)))
+        retries.finish()
+        await retrying
+    finally:
+        retrying.cancel()

@@ -5,10 +5,13 @@ made from what the injector and the MX counted. Standard library only.
 Every message has one recipient of its own, so counts are sets of recipients: accepted (the
 client got 250), refused (the client got a 4xx/5xx reply: a client would send it again),
 unanswered (the connection broke before a reply: the client cannot know) and received (what the
-MX got, with repeats). Lost is accepted minus received; duplicates are repeats of accepted
-recipients; delivered after 451 are refused recipients the MX got anyway (a client that retries
-sends them twice); delivered unanswered are reported apart (an ingest killed after Kafka acked
-but before it answered: unavoidable, and no promise was broken).
+MX got, with repeats). Like an MTA, the client sends a message answered 4xx again later, the same
+bytes, up to `client_retries` times; its last answer counts, and retried says how many were sent
+again. Lost is accepted minus received; duplicates are repeats of accepted recipients (retried
+ones included: a copy written before its 451 and the client's second copy must reach the
+recipient once); delivered after 451 are recipients refused for good that the MX got anyway;
+delivered unanswered are reported apart (an ingest killed after Kafka acked but before it
+answered: unavoidable, and no promise was broken).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class Config:
     broker_down_s: float = 20.0  # longer than publish_timeout_s: some answers are 451
     publish_timeout_s: float = 15.0
     stall_s: float = 60.0  # the workers' liveness bound (their /healthz)
+    client_retries: int = 5  # times the client sends a message answered 4xx again
+    client_retry_s: float = 15.0  # after this long, each time
     drain_budget_s: float = 300.0  # from the end of injection
 
     @property
@@ -50,8 +55,8 @@ class Config:
     def validate(self) -> None:
         if self.messages < 1 or self.rate <= 0 or self.connections < 1 or self.destinations < 1:
             raise ValueError("messages, rate, connections and destinations must be positive")
-        if self.worker_kills < 0 or self.broker_down_s < 0:
-            raise ValueError("worker_kills and broker_down_s must not be negative")
+        if self.worker_kills < 0 or self.broker_down_s < 0 or self.client_retries < 0:
+            raise ValueError("worker_kills, broker_down_s and client_retries must not be negative")
 
 
 # A few thousand messages under three minutes on two cores: shorter outages than make chaos,
@@ -65,6 +70,7 @@ SUITE = Config(
     broker_down_s=7.0,
     publish_timeout_s=4.0,
     drain_budget_s=100.0,
+    client_retry_s=4.0,
 )
 
 
@@ -98,7 +104,20 @@ class Tally:
     accepted: set[str] = field(default_factory=set)
     refused: dict[str, int] = field(default_factory=dict)  # recipient -> SMTP code
     unanswered: set[str] = field(default_factory=set)
+    retried: set[str] = field(default_factory=set)  # sent again after a 4xx
     received: Counter[str] = field(default_factory=Counter)
+
+    def answered(self, address: str, verdict: str, code: int) -> None:
+        """The latest answer for `address` (a retry's replaces the one before)."""
+        self.sent_to.add(address)
+        self.refused.pop(address, None)
+        self.unanswered.discard(address)
+        if verdict == "accepted":
+            self.accepted.add(address)
+        elif verdict == "refused":
+            self.refused[address] = code
+        else:
+            self.unanswered.add(address)
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,8 @@ class Figures:
     lost: int
     duplicates: int
     delivered_after_451: int
+    retried: int  # sent again by the client after a 4xx
+    retried_duplicates: int  # extra copies the MX got of those
     delivered_unanswered: int
     unexpected: int  # received, never sent (must be 0: the count is broken otherwise)
     drain_s: float | None  # None: not drained within the budget
@@ -150,6 +171,8 @@ def figures(tally: Tally, ending: Ending) -> Figures:
         lost=len(tally.accepted) - delivered,
         duplicates=sum(received[r] - 1 for r in tally.accepted if received[r] > 1),
         delivered_after_451=sum(1 for r in tally.refused if received[r] > 0),
+        retried=len(tally.retried),
+        retried_duplicates=sum(received[r] - 1 for r in tally.retried if received[r] > 1),
         delivered_unanswered=sum(1 for r in tally.unanswered if received[r] > 0),
         unexpected=sum(1 for r in received if r not in tally.sent_to),
         **asdict(ending),
@@ -192,6 +215,8 @@ def table(fig: Figures, faults: list[str] | None = None) -> list[str]:
         ("lost", str(fig.lost)),
         ("duplicates", f"{fig.duplicates} ({fig.duplicate_pct}% of accepted)"),
         ("delivered after 451", str(fig.delivered_after_451)),
+        ("sent again after 4xx", str(fig.retried)),
+        ("  of those, extra copies", str(fig.retried_duplicates)),
         ("delivered unanswered", str(fig.delivered_unanswered)),
         ("drain time", drain),
         ("queue lag at the end", "?" if fig.queue_lag is None else str(fig.queue_lag)),

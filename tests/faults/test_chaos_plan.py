@@ -71,6 +71,7 @@ def test_figures_count_loss_duplicates_and_late_deliveries_by_recipient() -> Non
         accepted={"a", "b", "c", "d"},
         refused={"e": 451, "f": 451},
         unanswered={"g", "h"},
+        retried={"c", "d", "e"},  # c and d accepted when sent again, e refused again
         received=Counter({"a": 1, "b": 3, "c": 2, "e": 1, "g": 1, "stranger": 1}),
     )
     fig = plan.figures(tally, clean_ending())
@@ -80,6 +81,7 @@ def test_figures_count_loss_duplicates_and_late_deliveries_by_recipient() -> Non
     assert fig.duplicates == 3  # b twice more, c once more
     assert fig.duplicate_pct == 75.0
     assert fig.delivered_after_451 == 1  # e
+    assert (fig.retried, fig.retried_duplicates) == (3, 1)  # c came twice
     assert fig.delivered_unanswered == 1  # g: reported, not a broken promise
     assert fig.unexpected == 1
     found = " | ".join(plan.problems(fig))

@@ -157,6 +157,30 @@ def test_the_null_sender_and_a_lone_recipient() -> None:
     assert b"\tfor <x@y.example>; " in record.value
 
 
+def keys_of(got: Plan) -> set[str]:
+    return {r.envelope.message_key for r in got.records}
+
+
+def test_a_clients_second_copy_of_a_message_has_the_same_message_key() -> None:
+    # After a 451 the client sends the same bytes again, in a new transaction (new queue id).
+    raw = content(Message_ID="<m1@client.test>")
+    first = plan(AUTHENTICATED, raw)
+    again = plan_message(
+        Transaction("01JDQ8Z5K3M4N5P6Q7R8S9T0WX", 9.0, RECEIVED_AT + 60, dict(ROUTING),
+                    sender="s@client.test"),
+        raw, AUTHENTICATED, hostname="mx.test", pools=POOLS, now=NOW + 60,
+    )  # fmt: skip
+    assert len(first.records) == 2 and len(keys_of(first)) == 1
+    assert keys_of(again) == keys_of(first) and len(next(iter(keys_of(first)))) == 32
+    assert again.records[0].envelope.queue_id != first.records[0].envelope.queue_id
+    others = [
+        plan(AUTHENTICATED, raw, sender="t@client.test"),  # another sender
+        plan(TRUSTED, raw),  # another client
+        plan(AUTHENTICATED, raw.replace(b"body", b"bodz")),  # another message
+    ]
+    assert all(keys_of(other).isdisjoint(keys_of(first)) for other in others)
+
+
 def test_a_plan_depends_on_its_inputs_only() -> None:
     assert plan(AUTHENTICATED) == plan(AUTHENTICATED)
     assert plan(AUTHENTICATED) != plan(TRUSTED)

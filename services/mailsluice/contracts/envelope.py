@@ -48,6 +48,15 @@ class Envelope(BaseModel):
     # releases the held records and leaves failure retries on their schedule.
     held: str = ""
     user: str = ""  # authenticated user or trusted network name, for audit
+    # The message as its client sent it (ingest.message.message_key): a client that sends the
+    # same message again after a 451 makes a new record with the same key, and delivery sends
+    # each recipient one of them. "" (records from before it): the queue id stands in.
+    message_key: str = ""
+
+    @property
+    def dedup_id(self) -> str:
+        """What delivery's dedup knows this message by, with each recipient."""
+        return self.message_key or self.queue_id
 
 
 def encode_envelope(env: Envelope) -> bytes:

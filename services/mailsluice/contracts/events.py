@@ -49,6 +49,7 @@ class Event(BaseModel):
     attempt: int = 0
     remote: str = ""  # remote host that answered, if any
     size: int = 0
+    message_key: str = ""  # the envelope's, on delivery-side events
     # destination_state only: which source address, the states, the reply's class, and the
     # limits the destination has from that source now
     source: str = ""

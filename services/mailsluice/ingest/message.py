@@ -3,6 +3,7 @@ taken out. Works on bytes (the body is never decoded, so 8-bit content passes un
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,16 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 ID_HEADER = "X-Mailsluice-Id"
 # Chooses the stream: "transactional" mail overtakes "bulk" (the default) at delivery.
 STREAM_HEADER = "X-Mailsluice-Stream"
+
+
+def message_key(client: str, sender: str, content: bytes) -> str:
+    """The identity of a message as its client sent it: who sent it (user or trusted network),
+    the reverse-path and the exact bytes. An MTA that sends a message again after a 451 sends
+    its queue file again, so both copies share the key and delivery sends one (see
+    delivery/worker/dedup.py); a message rebuilt with a new Date or Message-ID is a new one."""
+    digest = hashlib.sha256(f"{client}\0{sender}\0".encode())
+    digest.update(content)
+    return digest.hexdigest()[:32]
 
 
 def normalise_line_endings(data: bytes) -> bytes:

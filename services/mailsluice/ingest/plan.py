@@ -22,7 +22,7 @@ from mailsluice.contracts.topics import queue_topic
 from mailsluice.ingest import replies
 from mailsluice.ingest.auth import User
 from mailsluice.ingest.feedback import FeedbackError, complaint_events, parse_report
-from mailsluice.ingest.message import Trace, prepare_message
+from mailsluice.ingest.message import Trace, message_key, prepare_message
 from mailsluice.ingest.settings import POOL_NAME
 from mailsluice.metrics.labels import OTHER, provider_label
 from mailsluice.policy.rollup import Rollup
@@ -244,7 +244,8 @@ def plan_message(
     if stream is None:
         return refusal(txn, replies.S550_BAD_STREAM, "bad_stream", now=now)
     data = prepared.stamped(txn.queue_id, pool)
-    records = queue_records(txn, data, pool=pool, stream=stream, user=client.audit)
+    digest = message_key(client.audit, txn.sender, content)
+    records = queue_records(txn, data, pool=pool, stream=stream, user=client.audit, digest=digest)
     return Plan(
         queued(txn, data, pool=pool, records=len(records), now=now),
         records,
@@ -253,7 +254,7 @@ def plan_message(
 
 
 def queue_records(
-    txn: Transaction, data: bytes, *, pool: str, stream: Stream, user: str
+    txn: Transaction, data: bytes, *, pool: str, stream: Stream, user: str, digest: str
 ) -> tuple[QueueRecord, ...]:
     """One record per routing key, in RCPT order, each with the recipients of that key."""
     return tuple(
@@ -270,6 +271,7 @@ def queue_records(
                 received_at=txn.received_at,
                 user=user,
                 stream=stream,
+                message_key=digest,
             ),
         )
         for key, group in group_by_routing_key(txn.routing).items()

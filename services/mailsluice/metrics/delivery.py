@@ -183,7 +183,14 @@ class Delivery:
     )
     DUPLICATES_SKIPPED = Counter(
         "mailsluice_delivery_duplicates_skipped_total",
-        "Recipients of redelivered records not sent again because they were already delivered.",
+        "Recipients not sent again because they were already delivered (a redelivered record, "
+        "or a client's second copy of a message).",
+        ["pool"],
+    )
+    DUPLICATE_WAITS = Counter(
+        "mailsluice_delivery_duplicate_waits_total",
+        "Records queued again because another attempt was sending the same message to the same "
+        "recipient (local; not counted as attempts).",
         ["pool"],
     )
     UNDECODABLE = Counter(

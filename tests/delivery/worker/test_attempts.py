@@ -1,12 +1,14 @@
 """The per-record side of the worker without Kafka: a job's source address reaches the
-transport."""
+transport; two copies of one message reach each recipient once."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from typing import Any, cast
 
 from aiokafka import TopicPartition
-from support.delivery_worker import FakeTransport
+from support.delivery_worker import FakeTransport, accept_all
 from support.transport import envelope
 
 from mailsluice.delivery.shaping.engine import PolicyShaper
@@ -15,6 +17,7 @@ from mailsluice.delivery.transport.replies import S451_CONNECTION_RATE
 from mailsluice.delivery.worker.attempts import Attempts, Item
 from mailsluice.delivery.worker.dedup import DeliveredCache
 from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.metrics.delivery import Delivery as m
 from mailsluice.policy.shaping import default_policy
 
 
@@ -23,17 +26,25 @@ async def rate_limited(_env: object, _rcpt: str) -> tuple[int, str, str]:
     return S451_CONNECTION_RATE
 
 
-async def test_the_jobs_source_address_reaches_the_transport() -> None:
-    shaper = PolicyShaper(default_policy(), "src-pool")
-    scheduler: Scheduler[Item] = Scheduler(shaper, 5.0)
-    transport = FakeTransport(rate_limited)
+class Producers:
+    """Acknowledges every outcome record at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def send_all(self, sends: list[Any]) -> None:
+        self.sent.extend(sends)
+
+
+def attempts_for(pool: str, transport: FakeTransport, finished: list[Item]) -> Attempts:
+    shaper = PolicyShaper(default_policy(), pool)
     attempts = Attempts(
-        DeliverySettings(pool="src-pool"),
+        DeliverySettings(pool=pool),
         transport,
         shaper,
-        scheduler,
+        Scheduler(shaper, 5.0),
         DeliveredCache(10),
-        finish=lambda _item: None,
+        finish=finished.append,
         release=lambda _item: None,
         wake=lambda: None,
         kafka_state=lambda _error: None,
@@ -42,9 +53,68 @@ async def test_the_jobs_source_address_reaches_the_transport() -> None:
         mono=lambda: 0.0,
         rng=random.Random(1),
     )
+    attempts.producers = cast(Any, Producers())
+    return attempts
+
+
+def copy_of(queue_id: str, pool: str, message_key: str = "K1") -> Item:
+    """One copy of message K1 to a@example.test (each copy has its own queue id)."""
+    env = envelope("a@example.test", pool=pool).model_copy(
+        update={"queue_id": queue_id, "message_key": message_key}
+    )
+    return Item(TopicPartition("q", 0), 0, 1, env, b"Subject: x\r\n\r\nx\r\n")
+
+
+def counted(counter: Any, pool: str) -> float:
+    return float(counter.labels(pool)._value.get())
+
+
+async def test_the_jobs_source_address_reaches_the_transport() -> None:
+    transport = FakeTransport(rate_limited)
+    attempts = attempts_for("src-pool", transport, [])
     env = envelope("a@example.test", pool="src-pool")
     item = Item(TopicPartition("q", 0), 0, 1, env, b"Subject: x\r\n\r\nx\r\n")
     await attempts.deliver(Job("example.test", item, 0.0, 0.0, source="127.0.0.22"))
     await attempts.deliver(Job("example.test", item, 0.0, 0.0))
     assert transport.sources == ["127.0.0.22", ""]
     assert transport.calls == [("Q1", "a@example.test")] * 2
+
+
+async def test_a_second_copy_of_a_message_is_not_sent_to_a_recipient_that_has_it() -> None:
+    # A client sends again after a 451 whose first copy was written anyway: two records, two
+    # queue ids, one message key.
+    transport = FakeTransport(accept_all)
+    finished: list[Item] = []
+    attempts = attempts_for("copies", transport, finished)
+    first, second = copy_of("Q1", "copies"), copy_of("Q2", "copies")
+    other = copy_of("Q3", "copies", message_key="K2")
+    for item in (first, second, other):
+        await attempts.deliver(Job("example.test", item, 0.0, 0.0))
+    assert transport.calls == [("Q1", "a@example.test"), ("Q3", "a@example.test")]
+    assert finished == [first, second, other]
+    assert counted(m.DUPLICATES_SKIPPED, "copies") == 1
+
+
+async def test_a_copy_waits_while_another_copy_is_being_sent() -> None:
+    sending, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow(_env: object, _rcpt: str) -> tuple[int, str, str]:
+        sending.set()
+        await answer.wait()
+        return 250, "2.0.0", "ok"
+
+    transport = FakeTransport(slow)
+    finished: list[Item] = []
+    attempts = attempts_for("inflight", transport, finished)
+    first, second = copy_of("Q1", "inflight"), copy_of("Q2", "inflight")
+    task = asyncio.create_task(attempts.deliver(Job("example.test", first, 0.0, 0.0)))
+    await sending.wait()
+    await attempts.deliver(Job("example.test", second, 0.0, 0.0))
+    assert transport.calls == [("Q1", "a@example.test")]
+    assert counted(m.DUPLICATE_WAITS, "inflight") == 1
+    assert finished == []  # the second copy went back into the queue, untried
+    answer.set()
+    await task
+    await attempts.deliver(Job("example.test", second, 0.0, 0.0))
+    assert transport.calls == [("Q1", "a@example.test")]
+    assert finished == [first, second]

@@ -1,10 +1,12 @@
-"""Dedup of delivered recipients: bounded LRU keyed by queue id + recipient."""
+"""Dedup of delivered recipients: bounded LRU keyed by message (message key, else queue id) +
+recipient, and the pairs being sent right now."""
 
 from __future__ import annotations
 
 import time
 
-from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
+from mailsluice.contracts.events import Event, EventType, encode_event
+from mailsluice.delivery.worker.dedup import DeliveredCache, _remember, warm_from_events
 from mailsluice.kafka.settings import KafkaSettings
 
 
@@ -44,3 +46,28 @@ async def test_warm_up_with_kafka_unreachable_gives_up_within_its_budget() -> No
     added = await warm_from_events(unreachable, "p", cache, since=0.0, budget_s=1.5)
     assert added == 0 and len(cache) == 0
     assert time.monotonic() - started < 10
+
+
+def test_a_claim_holds_the_recipients_being_sent_until_unclaimed() -> None:
+    cache = DeliveredCache(10)
+    cache.add("K", "done@x")
+    assert cache.claim("K", ("done@x", "a@x")) == (["a@x"], ["done@x"])
+    assert cache.claim("K", ("A@x",)) is None  # a second copy while the first is sent
+    assert cache.claim("K", ("b@x",)) == (["b@x"], [])  # other recipients go on
+    cache.unclaim("K", ["a@x"])
+    assert cache.claim("K", ("a@x",)) == (["a@x"], [])  # sending failed: the copy may go
+
+
+def test_warm_up_remembers_delivery_events_by_message_key_else_queue_id() -> None:
+    cache = DeliveredCache(10)
+    keyed = Event(
+        type=EventType.DELIVERY, queue_id="Q1", pool="p", recipient="a@x", message_key="K"
+    )
+    older = Event(type=EventType.DELIVERY, queue_id="Q2", pool="p", recipient="b@x")
+    bounce = Event(type=EventType.BOUNCE, queue_id="Q3", pool="p", recipient="c@x")
+    elsewhere = Event(type=EventType.DELIVERY, queue_id="Q4", pool="o", recipient="d@x")
+    added = sum(_remember(cache, "p", encode_event(e)) for e in (keyed, older, bounce, elsewhere))
+    assert added == 2
+    assert cache.seen("K", "a@x") and not cache.seen("Q1", "a@x")
+    assert cache.seen("Q2", "b@x")
+    assert not cache.seen("Q3", "c@x") and not cache.seen("Q4", "d@x")

@@ -226,6 +226,21 @@ async def test_dedup_skips_recipients_already_delivered(kafka: Any) -> None:
     assert transport.calls == [(env.queue_id, "b@x.example")]
 
 
+async def test_two_copies_of_one_message_reach_a_recipient_once(kafka: Any) -> None:
+    # A late record of a message answered 451, then the client's copy sent again: two queue
+    # ids, one message key; the second is skipped and both are committed.
+    ks = kafka.settings(queue_partitions=1)
+    pool = new_pool()
+    await setup_pool(ks, pool)
+    transport = FakeTransport()
+    copies = [envelope(pool, n, ("a@x.example",), message_key="K" + pool) for n in (0, 1)]
+    service = service_for(ks, pool, transport)
+    async with Running(service):
+        await enqueue(ks, copies)
+        await committed_to_end(ks, pool)
+    assert transport.calls == [(copies[0].queue_id, "a@x.example")]
+
+
 async def test_dedup_warm_up_reads_back_delivery_events(kafka: Any) -> None:
     ks = kafka.settings()
     pool = new_pool()

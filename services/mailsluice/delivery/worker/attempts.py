@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -50,8 +50,12 @@ log = logging.getLogger(__name__)
 # Produce retries back off from this up to that while Kafka is unavailable.
 PRODUCE_BACKOFF_FIRST_S = 0.2
 PRODUCE_BACKOFF_MAX_S = 5.0
-# A send refused by our own connection rate (no connection could be opened) queues again this
-# much later: it was no attempt, so it neither counts nor goes through a retry tier.
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+# A send refused by our own connection rate (no connection could be opened), or waiting for
+# another copy of its message in flight, queues again this much later: it was no attempt, so
+# it neither counts nor goes through a retry tier.
 CONNECTION_RATE_REQUEUE_S = 1.0
 
 
@@ -180,8 +184,12 @@ class Attempts:
         # a Postfix delivery agent reports before taking the next message: a crash can then
         # repeat at most one send per slot, since the next owner's dedup warm-up reads the
         # delivery events of every earlier one.
+        claim = self.dedup.claim(env.dedup_id, env.recipients)
+        todo, done = claim or ([], [])
         try:
-            todo, done = self.dedup.split(env.queue_id, env.recipients)
+            if claim is None:
+                await self.requeue(job, m.DUPLICATE_WAITS)
+                return
             if done:
                 m.DUPLICATES_SKIPPED.labels(self.pool).inc(len(done))
                 log.debug(
@@ -199,7 +207,7 @@ class Attempts:
                 self.release(item)
                 raise
             if results and all(_connection_throttled(r) for r in results):
-                await self.requeue(job)
+                await self.requeue(job, m.CONNECTION_RATE_REQUEUES)
                 return
             expired = self.wall() > env.received_at + self.settings.expiry_s
             if results and all(r.recipient in held for r in results) and not expired:
@@ -209,19 +217,21 @@ class Attempts:
                 held = frozenset()  # the last deferral expires them like any other
             for res in results:
                 if res.kind == "delivered":
-                    self.dedup.add(env.queue_id, res.recipient)
+                    self.dedup.add(env.dedup_id, res.recipient)
             await self.conclude(item, results, send_env, held=held)
         finally:
+            self.dedup.unclaim(env.dedup_id, todo)
             self.scheduler.done(job, self.mono())
             self.wake()
 
-    async def requeue(self, job: Job[Item]) -> None:
-        """Back into the destination's queue (or to a delay topic past the short horizon)."""
+    async def requeue(self, job: Job[Item], counter: Counter) -> None:
+        """Back into the destination's queue shortly, untried (or to a delay topic past the
+        short horizon)."""
         now = self.mono()
         deferral = self.scheduler.push(
             job.key, job.item, now, ready_at=now + CONNECTION_RATE_REQUEUE_S
         )
-        m.CONNECTION_RATE_REQUEUES.labels(self.pool).inc()
+        counter.labels(self.pool).inc()
         if deferral is not None:
             await self.defer(deferral)
 

@@ -1,5 +1,7 @@
-"""Recipients already delivered, so a redelivered record (after a crash or rebalance) does not
-send them again. Bounded LRU: it covers the redelivery window, not all history."""
+"""Recipients already delivered, so a redelivered record (after a crash or rebalance) and a
+client's second copy of a message (sent again after a 451 whose first copy was written anyway)
+do not reach them again. Keyed by the envelope's dedup id (its message key, else its queue id)
+and the recipient. Bounded LRU: it covers the redelivery window, not all history."""
 
 from __future__ import annotations
 
@@ -25,37 +27,53 @@ class DeliveredCache:
     def __init__(self, size: int) -> None:
         self._size = size
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._sending: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     @staticmethod
-    def _key(queue_id: str, recipient: str) -> tuple[str, str]:
-        return queue_id, recipient.lower()
+    def _key(message: str, recipient: str) -> tuple[str, str]:
+        return message, recipient.lower()
 
-    def add(self, queue_id: str, recipient: str) -> None:
+    def add(self, message: str, recipient: str) -> None:
         if self._size <= 0:
             return
-        key = self._key(queue_id, recipient)
+        key = self._key(message, recipient)
         self._seen[key] = None
         self._seen.move_to_end(key)
         while len(self._seen) > self._size:
             self._seen.popitem(last=False)
 
-    def seen(self, queue_id: str, recipient: str) -> bool:
-        key = self._key(queue_id, recipient)
+    def seen(self, message: str, recipient: str) -> bool:
+        key = self._key(message, recipient)
         if key in self._seen:
             self._seen.move_to_end(key)
             return True
         return False
 
-    def split(self, queue_id: str, recipients: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    def split(self, message: str, recipients: tuple[str, ...]) -> tuple[list[str], list[str]]:
         """(still to send, already delivered)."""
         todo: list[str] = []
         done: list[str] = []
         for rcpt in recipients:
-            (done if self.seen(queue_id, rcpt) else todo).append(rcpt)
+            (done if self.seen(message, rcpt) else todo).append(rcpt)
         return todo, done
+
+    def claim(
+        self, message: str, recipients: tuple[str, ...]
+    ) -> tuple[list[str], list[str]] | None:
+        """`split`, the recipients to send now marked as being sent until `unclaim`; None when
+        another attempt is sending this message to one of them (try again once it is done:
+        two copies of a message in flight at once must not both go)."""
+        if any(self._key(message, r) in self._sending for r in recipients):
+            return None
+        todo, done = self.split(message, recipients)
+        self._sending.update(self._key(message, r) for r in todo)
+        return todo, done
+
+    def unclaim(self, message: str, recipients: list[str]) -> None:
+        self._sending.difference_update(self._key(message, r) for r in recipients)
 
 
 async def warm_from_events(
@@ -120,5 +138,5 @@ def _remember(cache: DeliveredCache, pool: str, raw: bytes | None) -> int:
         return 0
     if event.type != EventType.DELIVERY or event.pool != pool:
         return 0
-    cache.add(event.queue_id, event.recipient)
+    cache.add(event.message_key or event.queue_id, event.recipient)
     return 1

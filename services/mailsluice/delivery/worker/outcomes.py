@@ -113,6 +113,7 @@ def _event(
             attempt=env.attempt + 1,
             remote=res.remote,
             size=size,
+            message_key=env.message_key,
         )
     )
 
