@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from support.eventually import eventually_sync
+from support.eventually import eventually, eventually_sync
 from support.loopback import free_port
 from support.paths import REPO
 from support.topic_reader import read_topic, reading
@@ -240,6 +240,44 @@ async def test_stale_soft_state_is_swept(
     values = [r.value for r in found]
     assert values[0] is not None and json.loads(values[0])["days"]
     assert values[1] is None  # the tombstone
+
+
+async def test_healthz_stays_alive_while_processing_and_when_idle(
+    streams: StreamsProcess, kafka_settings: KafkaSettings
+) -> None:
+    answers: list[tuple[int, str]] = []
+
+    def healthz() -> dict[str, Any]:
+        status, body = _get(streams.url("/healthz"))
+        answers.append((status, body))
+        return json.loads(body) if body else {}
+
+    # A batch of policy blocks (routed to judge, suppressing nothing) and a sentinel after it.
+    sentinel = _addr("healthz")
+    block = {"code": 550, "enhanced": "5.7.1", "text": "blocked"}
+    events = [_ev(EventType.BOUNCE, _addr("busy"), f"qh{i}", **block) for i in range(300)]
+    events.append(_ev(EventType.COMPLAINT, sentinel, "qh-end", reason="abuse"))
+    publishing = asyncio.create_task(_publish(kafka_settings, events))
+
+    def probed_until_published() -> bool:
+        healthz()
+        return publishing.done()
+
+    # /healthz is asked all along the work (a blocking probe in a thread): never 503.
+    await eventually(probed_until_published, within=60, what="events published", blocking=True)
+    await publishing
+    await _records(kafka_settings, {sentinel: ["complaint"]}, streams)
+    idle = "route: no work held; judge: no work held"
+    await eventually(
+        lambda: healthz().get("detail") == idle,
+        within=30,
+        what="both agents idle",
+        detail=lambda: answers[-3:],
+        blocking=True,
+    )
+    assert answers and all(status == 200 for status, _ in answers), answers
+    # The probes saw the work measure move (faust's end offsets against what was processed).
+    assert any(" held, last progress" in body for _, body in answers), answers
 
 
 def test_metrics_readiness_and_a_clean_stop(streams: StreamsProcess) -> None:

@@ -17,6 +17,8 @@ requires a table's changelog to have as many partitions as the topic its writers
 Every agent catches its own errors: a faust agent that raises drops its message and stops. An
 undecodable event or a bug skips one event (counted in mailsluice_streams_errors_total); a
 suppression record is retried until Kafka takes it, since skipping it would lose the entry.
+Each agent notes the offsets it finishes, which its liveness weighs against the partitions'
+end offsets (streams/liveness.py).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from pydantic import ValidationError
@@ -39,6 +41,7 @@ from mailsluice.kafka.retrying import until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.streams import Streams as streams_metrics
 from mailsluice.streams import rules
+from mailsluice.streams.liveness import AgentProgress, Partition, combined
 from mailsluice.streams.settings import StreamsSettings
 from mailsluice.suppression.store import normalize
 
@@ -109,6 +112,7 @@ class StreamsProcessor:
         partitions: int,
         *,
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.policy = settings.policy()
@@ -146,6 +150,12 @@ class StreamsProcessor:
         self.counters = app.Table(COUNTERS_TABLE, default=int, partitions=partitions, schema=codecs)
         app.agent(self.events_topic, name="route", concurrency=1)(self._route)
         app.agent(self.by_address, name="judge", concurrency=1)(self._judge)
+        # Liveness, per agent: each reads its own topic and can be stuck alone.
+        stall_s = settings.stall_s
+        self.routed = AgentProgress(stall_s, lambda: self.ends(EVENTS_TOPIC), clock)
+        self.judged = AgentProgress(stall_s, lambda: self.ends(by_address_topic(app_id)), clock)
+        # Any: mode's handler type (mypy extension arg kinds) matches no method signature.
+        app.on_partitions_revoked.connect(cast(Any, self._revoked))
 
     # --- readiness ----------------------------------------------------------------------
 
@@ -160,23 +170,60 @@ class StreamsProcessor:
             return False, "rebalancing"
         return True, f"{len(self.soft)} addresses with soft failures"
 
+    # --- liveness (streams/liveness.py decides) -----------------------------------------
+
+    def live(self) -> tuple[bool, str]:
+        return combined({"route": self.routed.progress.check, "judge": self.judged.progress.check})
+
+    def ends(self, topic: str) -> dict[Partition, int | None]:
+        """End offsets of the assigned partitions of `topic`. None while the tables recover or
+        a rebalance runs: no agent processes then, and a long recovery is no stall."""
+        if not self.ready()[0]:
+            return {}
+        consumer = self.app.consumer
+        try:
+            return {
+                (tp.topic, tp.partition): consumer.highwater(tp)
+                for tp in consumer.assignment()
+                if tp.topic == topic
+            }
+        except Exception:  # the assignment changed under us; the next probe asks again
+            return {}
+
+    async def _revoked(self, _sender: object, *args: Any, **_: Any) -> None:
+        """on_partitions_revoked(sender, revoked): taken back, a partition starts again from
+        its committed offset."""
+        revoked: Iterable[Any] = args[0]
+        partitions = [(tp.topic, tp.partition) for tp in revoked]
+        self.routed.forget(partitions)
+        self.judged.forget(partitions)
+
     # --- agents -------------------------------------------------------------------------
 
     async def _route(self, stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            try:
-                await self.route_one(event.value, event.message.partition)
-            except Exception:
-                streams_metrics.ERRORS.labels("route").inc()
-                log.exception("streams route: event skipped")
+        await self.consume(stream, "route", self.route_one, self.routed)
 
     async def _judge(self, stream: faust.StreamT[bytes]) -> None:
+        await self.consume(stream, "judge", self.judge_one, self.judged)
+
+    async def consume(
+        self,
+        stream: Any,
+        agent: str,
+        handle: Callable[[bytes, int], Awaitable[None]],
+        progress: AgentProgress,
+    ) -> None:
+        """Handle every event of the stream; an error skips the event (counted, logged)."""
         async for event in stream.events():
+            message = event.message
+            partition = (message.topic, message.partition)
+            progress.started(partition, message.offset)
             try:
-                await self.judge_one(event.value, event.message.partition)
+                await handle(event.value, message.partition)
             except Exception:
-                streams_metrics.ERRORS.labels("judge").inc()
-                log.exception("streams judge: event skipped")
+                streams_metrics.ERRORS.labels(agent).inc()
+                log.exception("streams %s: event skipped", agent)
+            progress.finished(partition, message.offset)
 
     async def route_one(self, value: bytes, partition: int) -> None:
         """Count one event and forward it by recipient when it can change a suppression."""

@@ -8,20 +8,26 @@ from aiohttp import web
 from mode import Service
 
 from mailsluice.observability.endpoints import ReadyCheck, start_http
+from mailsluice.observability.progress import LiveCheck
 
 
 class HttpService(Service):
     """/metrics, /healthz and /readyz of the stream processors (observability.start_http)."""
 
-    def __init__(self, host: str, port: int, ready: ReadyCheck, **kwargs: Any) -> None:
+    def __init__(
+        self, host: str, port: int, ready: ReadyCheck, live: LiveCheck, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.host = host
         self.port = port
         self.ready_check = ready
+        self.live_check = live
         self._runner: web.AppRunner | None = None
 
     async def on_start(self) -> None:
-        self._runner = await start_http(self.host, self.port, self.ready_check)
+        self._runner = await start_http(
+            self.host, self.port, self.ready_check, live=self.live_check
+        )
 
     async def on_stop(self) -> None:
         runner, self._runner = self._runner, None

@@ -108,7 +108,9 @@ def _work(
     from mailsluice.streams.http import HttpService
 
     processor = StreamsProcessor(settings, kafka, partitions)
-    http = HttpService(settings.http_host, settings.http_port, processor.ready, loop=loop)
+    http = HttpService(
+        settings.http_host, settings.http_port, processor.ready, processor.live, loop=loop
+    )
     worker = faust.Worker(
         processor.app,
         http,

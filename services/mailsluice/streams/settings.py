@@ -45,6 +45,12 @@ class StreamsSettings(MailsluiceSettings):
         le=86400.0,
         description="How often each partition's stale soft-failure state is deleted.",
     )
+    stall_s: float = Field(
+        600.0,
+        gt=0,
+        description="Liveness: /healthz fails when an agent holds unprocessed events on its "
+        "partitions and processes none for this long, so Kubernetes restarts a stuck processor.",
+    )
     start_timeout_s: float = Field(
         60.0, gt=0, le=3600, description="How long to wait for Kafka and the events topic."
     )
