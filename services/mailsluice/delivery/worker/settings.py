@@ -62,7 +62,9 @@ class DeliverySettings(MailsluiceSettings):
         "finishing (longer than any SMTP timeout), so Kubernetes restarts a stuck worker.",
     )
     dedup_size: int = Field(
-        100_000, ge=0, description="Delivered (message key or queue id, recipient) pairs remembered for dedup."
+        100_000,
+        ge=0,
+        description="Delivered (message key or queue id, recipient) pairs remembered for dedup.",
     )
     dedup_warmup_s: float = Field(
         300.0,
