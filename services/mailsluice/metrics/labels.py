@@ -7,6 +7,8 @@ import re
 import time
 from typing import Any
 
+from mailsluice.contracts.routing import base_of
+
 OTHER = "other"
 OUTCOME_RESULTS = ("delivered", "deferred", "bounced")
 # RFC 3463 status class and subject ("4.7" = security/policy), which bounds the label values.
@@ -22,7 +24,7 @@ AGE_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 25
 def provider_label(routing_key: str) -> str:
     """The provider a routing key belongs to ("google#3" -> "google"); a raw domain -> other.
     Provider names cannot contain dots, domains always do."""
-    base = routing_key.partition("#")[0]
+    base = base_of(routing_key)
     return base if _PROVIDER_NAME.match(base) else OTHER
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from mailsluice.contracts.routing import base_of
 from mailsluice.metrics.labels import OTHER, provider_label
 from mailsluice.policy.replies import ReplyClass
 
@@ -94,7 +95,7 @@ class Shaping:
             held = suspension is not None and now < suspension.until
             states["suspended" if held else lane.steering.state] += 1
             provider = shaper.provider(lane.key)
-            if provider is not None and provider == lane.key.partition("#")[0]:
+            if provider is not None and provider == base_of(lane.key):
                 learned = lane.steering.learned()
                 rate[provider] += lane.rate(now)
                 ceiling[provider] += learned.ceiling if learned.ceiling < float("inf") else 0.0

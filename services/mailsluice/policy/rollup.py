@@ -18,6 +18,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from mailsluice.contracts.routing import shard_key
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 MAX_SHARDS = 1024
@@ -58,7 +60,7 @@ class Rollup:
             return domain
         if provider.shards <= 1:
             return provider.name
-        return f"{provider.name}#{shard_of(recipient, provider.shards)}"
+        return shard_key(provider.name, shard_of(recipient, provider.shards))
 
 
 def shard_of(recipient: str, shards: int) -> int:

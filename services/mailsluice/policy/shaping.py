@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
 )
 
+from mailsluice.contracts.routing import base_of
 from mailsluice.policy.tomlpos import Path, key_lines, line_of
 from mailsluice.policy.units import RateSpec, parse_rate
 from mailsluice.policy.warmup_config import WarmupConfig
@@ -190,8 +191,7 @@ class Policy:
     def provider_for(self, key: str, mx_hosts: Iterable[str] = ()) -> str | None:
         """The provider of a routing key: a provider name itself ("google#3" too), a domain
         the provider lists, or a domain whose MX hosts end in one of its MX suffixes."""
-        base = key.rpartition("#")[0] if re.search(r"#\d+$", key) else key
-        base = base.rstrip(".").lower()
+        base = base_of(key).rstrip(".").lower()
         if base in self.model.provider:
             return base
         if base in self._by_domain:

@@ -11,7 +11,6 @@ from mailsluice.delivery.shaping.limiter import (
     Gcra,
     Limits,
     Rate,
-    shards_of,
 )
 
 
@@ -139,9 +138,3 @@ def test_destination_connection_rate():
     assert not dest.try_connect(1.0)
     assert dest.connect_wait(1.0) == pytest.approx(29.0)
     assert dest.current_rate() == math.inf
-
-
-def test_shards_of():
-    assert shards_of("google#3") == ("google", 3)
-    assert shards_of("example.com") == ("example.com", None)
-    assert shards_of("odd#name") == ("odd#name", None)

@@ -43,6 +43,7 @@ from mailsluice.contracts.envelope import (
     encode_envelope,
     envelope_from_headers,
 )
+from mailsluice.contracts.routing import base_of
 from mailsluice.contracts.topics import queue_topic
 from mailsluice.kafka.ledger import Ledger
 
@@ -123,11 +124,6 @@ def moved_headers(held: Held, now: float) -> list[tuple[str, bytes]]:
     return headers
 
 
-def releases_key(key: str) -> str:
-    """A command for a provider also releases its shards ("google" covers "google#3")."""
-    return key.partition("#")[0]
-
-
 class RetryHold:
     """Held records of every assigned partition, the offset ledger and the pause decisions."""
 
@@ -199,7 +195,7 @@ class RetryHold:
         """A command for (pool, key) issued at `before`: records of that destination written up
         to then become due now; with `shaped_only` (resume) only those a shaping hold deferred.
         Returns how many held records it released."""
-        mark = (pool, releases_key(key))
+        mark = (pool, base_of(key))  # a provider's command covers its shards
         marks = self._resumed if shaped_only else self._retry_now
         if marks.get(mark, float("-inf")) >= before:
             return 0
@@ -219,7 +215,7 @@ class RetryHold:
     def _covered(self, held: Held) -> bool:
         if held.topic is None:
             return False
-        mark = (held.pool, releases_key(held.key))
+        mark = (held.pool, base_of(held.key))
         if held.written <= self._retry_now.get(mark, float("-inf")):
             return True
         return bool(held.shaping) and held.written <= self._resumed.get(mark, float("-inf"))

@@ -27,9 +27,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mailsluice.contracts.control import Command
+from mailsluice.contracts.routing import base_of, split_key
 from mailsluice.delivery.shaping.controller import Ceilings, Change, Controller, Learned
 from mailsluice.delivery.shaping.lanes import Allowed, Lanes, Policy, Steering
-from mailsluice.delivery.shaping.limiter import Rate, shards_of
+from mailsluice.delivery.shaping.limiter import Rate
 from mailsluice.delivery.shaping.signals import ResultView, Verdict, read_results
 from mailsluice.delivery.shaping.warmup import PoolWarmup
 from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
@@ -125,8 +126,7 @@ class PolicyShaper:
             self.lanes.refresh(key)
 
     def _lane_policy(self, key: str) -> Policy:
-        _base, sep, num = key.rpartition("#")
-        sharded = bool(sep) and num.isdigit()
+        sharded = split_key(key)[1] is not None
         shaping = self.shaping(key)
         return lane_policy(shaping, shaping.shards if sharded else 1, adaptive=self.adaptive)
 
@@ -292,7 +292,7 @@ class PolicyShaper:
     def suspension(self, key: str, now: float) -> Suspension | None:
         """The operator's suspension of `key`, or of the provider it is a shard of (a
         command for "google" covers "google#3"); one that is over is dropped."""
-        for name in dict.fromkeys((key, shards_of(key)[0])):
+        for name in dict.fromkeys((key, base_of(key))):
             held = self.suspended.get(name)
             if held is None:
                 continue
@@ -307,4 +307,4 @@ class PolicyShaper:
 
 def _covers(commanded: str, key: str) -> bool:
     """A command for a provider also concerns its shards ("google" covers "google#3")."""
-    return key == commanded or shards_of(key)[0] == commanded
+    return key == commanded or base_of(key) == commanded

@@ -117,14 +117,6 @@ def _share(rate: Rate, shards: int) -> Rate:
     return Rate(rate.count / shards, rate.period, max(1, rate.burst // shards))
 
 
-def shards_of(key: str) -> tuple[str, int | None]:
-    """Split a routing key "google#3" into ("google", 3); ("example.com", None) if unsharded."""
-    base, sep, num = key.rpartition("#")
-    if sep and num.isdigit():
-        return base, int(num)
-    return key, None
-
-
 @dataclass
 class DestinationLimiter:
     """All limits of one destination: message rates, connection rate, concurrency."""

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import dns.asyncresolver
 
 from mailsluice.contracts.envelope import Envelope
-from mailsluice.delivery.shaping.limiter import shards_of
+from mailsluice.contracts.routing import base_of
 from mailsluice.delivery.transport.connection import (
     CONNECTIONS,
     Connection,
@@ -161,7 +161,7 @@ class Transport:
         """The routing key's limits, after telling the shaper the MX hosts of a hosted domain
         (so the limits are already its provider's); the same on every kind of route."""
         key = env.routing_key
-        if self._on_mx is not None and route.mx_hosts and shards_of(key)[0] == domain:
+        if self._on_mx is not None and route.mx_hosts and base_of(key) == domain:
             self._on_mx(key, route.mx_hosts)
         limits = self._limits(key) if self._limits is not None else TransportLimits()
         if self._per_connection is not None:

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailsluice.delivery.shaping.limiter import Gcra, Limits, Rate, shards_of
+from mailsluice.contracts.routing import split_key
+from mailsluice.delivery.shaping.limiter import Gcra, Limits, Rate
 from mailsluice.delivery.transport.settings import OutboundSettings, TlsPolicy
 from mailsluice.metrics.labels import provider_label
 from mailsluice.policy.shaping import Shaping, TlsMode
@@ -70,7 +71,7 @@ def limits_from_shaping(key: str, shaping: Shaping) -> TransportLimits:
     the connection rate, as the shaper's lanes divide the other limits."""
     rate = shaping.connection_rate
     conn_rate = None if rate is None else Rate(rate.count, rate.period, shaping.burst_of(rate))
-    if conn_rate is not None and shards_of(key)[1] is not None:
+    if conn_rate is not None and split_key(key)[1] is not None:
         conn_rate = Limits(1, (), conn_rate).divided(shaping.shards).connection_rate
     return TransportLimits(
         provider=shaping.provider,
