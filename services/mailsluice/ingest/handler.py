@@ -19,6 +19,7 @@ from aiosmtpd.smtp import Envelope, Session
 from prometheus_client import Counter
 
 from mailsluice.contracts.envelope import new_queue_id
+from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import check_mailbox
 from mailsluice.ingest.auth import User
@@ -79,6 +80,7 @@ class IngestHandler:
         max_recipients: int,
         pools: PoolPolicy,
         feedback_addresses: frozenset[str] = frozenset(),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -88,6 +90,7 @@ class IngestHandler:
         self.max_recipients = max_recipients
         self.pools = pools
         self.feedback_addresses = feedback_addresses  # lower-cased
+        self.max_message_size = max_message_size
         self.in_data = 0  # DATA transactions being published now
 
     # --- hooks --------------------------------------------------------------------------------
@@ -188,7 +191,15 @@ class IngestHandler:
             user=session.auth_data if isinstance(session.auth_data, User) else None,
             trusted_network=server.conn.trusted_network,
         )
-        return plan_message(txn, content, client, hostname=self.hostname, pools=self.pools, now=now)
+        return plan_message(
+            txn,
+            content,
+            client,
+            hostname=self.hostname,
+            pools=self.pools,
+            now=now,
+            max_size=self.max_message_size,
+        )
 
     def settle(self, outcome: Outcome) -> None:
         """Count, emit and log what an outcome says (its reply goes back to aiosmtpd)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+_CHUNK = 1024 * 1024  # normalised a piece at a time
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
@@ -31,22 +31,44 @@ def message_key(client: str, sender: str, content: bytes) -> str:
     return digest.hexdigest()[:32]
 
 
-def normalise_line_endings(data: bytes) -> bytes:
+def normalise_line_endings(data: bytes) -> bytes | bytearray:
     """Every bare CR and bare LF becomes CRLF (SMTP smuggling defence: what we relay later has
-    no stray line ends a downstream server could read as an end of data)."""
-    return _LINE_END.sub(b"\r\n", data)
+    no stray line ends a downstream server could read as an end of data). Data without any is
+    returned as is; otherwise the result is built chunk by chunk into one buffer of its final
+    size, so a large message costs its normalised size and a chunk, never a list of lines."""
+    size = normalised_size(data)
+    if size == len(data):
+        return data
+    out = bytearray()
+    pos = 0
+    while pos < len(data):
+        end = min(pos + _CHUNK, len(data))
+        if end < len(data) and data[end - 1 : end + 1] == b"\r\n":
+            end += 1  # never split a CRLF between chunks
+        chunk = data[pos:end].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        out += chunk.replace(b"\n", b"\r\n")
+        pos = end
+    return out
 
 
-def split_header(data: bytes) -> tuple[list[list[bytes]], bytes]:
+def normalised_size(data: bytes) -> int:
+    """The length of `data` once normalised, counted without making the copy: each bare CR
+    or bare LF grows by one byte."""
+    crlf = data.count(b"\r\n")
+    return len(data) + (data.count(b"\r") - crlf) + (data.count(b"\n") - crlf)
+
+
+def split_header(data: bytes | bytearray) -> tuple[list[list[bytes]], int]:
     """Header fields (each a list of its lines, continuation lines included, without CRLF) and
-    the rest (the empty separator line and the body). `data` must have CRLF line ends."""
+    where the rest (the empty separator line and the body) starts. `data` must have CRLF line
+    ends. An offset, not a slice: the body is never copied here."""
     fields: list[list[bytes]] = []
     pos = 0
     while pos < len(data):
         end = data.find(b"\r\n", pos)
         if end < 0:
             end = len(data)
-        line = data[pos:end]
+        line = bytes(data[pos:end])
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1].append(line)
         elif _FIELD_NAME.match(line):
@@ -54,7 +76,7 @@ def split_header(data: bytes) -> tuple[list[list[bytes]], bytes]:
         else:
             break
         pos = end + 2
-    return fields, data[pos:]
+    return fields, min(pos, len(data))
 
 
 def field_name(lines: list[bytes]) -> str:
@@ -98,15 +120,36 @@ def received_header(trace: Trace) -> bytes:
 
 @dataclass(frozen=True)
 class Prepared:
-    data: bytes
+    """The message as queued, in parts: our Received header, the header as kept and added, and
+    the rest of the client's data (a view, not a copy). `stamped()` joins them once, so a large
+    message costs one copy here on top of what the client sent."""
+
+    received: bytes
+    header: bytes
+    rest: tuple[bytes | memoryview, ...]
     pool: str | None  # the pool header's value, None if absent
-    trace_len: int = 0  # length of the Received header at the start of data
     stream: str | None = None  # the stream header's value, None if absent
+
+    @property
+    def trace_len(self) -> int:
+        return len(self.received)
+
+    @property
+    def size(self) -> int:
+        return len(self.received) + len(self.header) + sum(len(part) for part in self.rest)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join((self.received, self.header, *self.rest))
 
     def stamped(self, queue_id: str, pool: str) -> bytes:
         """The data with the X-Mailsluice-Id header after our Received header."""
         line = f"{ID_HEADER}: {queue_id}; pool={pool}\r\n".encode()
-        return self.data[: self.trace_len] + line + self.data[self.trace_len :]
+        return b"".join((self.received, line, self.header, *self.rest))
+
+
+def stamp_size(queue_id: str, pool: str) -> int:
+    return len(f"{ID_HEADER}: {queue_id}; pool={pool}\r\n")
 
 
 def prepare_message(
@@ -115,9 +158,7 @@ def prepare_message(
     """Normalise line ends, take out the pool and stream headers, add Message-ID / Date if
     missing and prepend Received."""
     data = normalise_line_endings(raw)
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    fields, rest = split_header(data)
+    fields, start = split_header(data)
     # Our control headers never reach the recipient; the first occurrence counts.
     taken: dict[str, str] = {}
     control = {pool_header.lower(), stream_header.lower(), ID_HEADER.lower()}
@@ -137,13 +178,16 @@ def prepare_message(
         added.append(f"Message-ID: <{trace.queue_id}@{trace.hostname}>".encode())
     header = b"".join(b"\r\n".join(lines) + b"\r\n" for lines in kept)
     header += b"".join(line + b"\r\n" for line in added)
-    if not rest.startswith(b"\r\n"):
+    rest: list[bytes | memoryview] = [memoryview(data)[start:]]
+    if not data.startswith(b"\r\n", start):
         # No header/body separator (header only, or body without header): add one.
-        rest = b"\r\n" + rest
-    received = received_header(trace)
+        rest.insert(0, b"\r\n")
+    if data and not data.endswith(b"\r\n") and len(data) > start:
+        rest.append(b"\r\n")
     return Prepared(
-        received + header + rest,
+        received_header(trace),
+        header,
+        tuple(rest),
         taken.get(pool_header.lower()),
-        len(received),
         taken.get(stream_header.lower()),
     )

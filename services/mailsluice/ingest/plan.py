@@ -18,11 +18,12 @@ from typing import Literal
 from mailsluice.contracts.envelope import ENVELOPE_HEADER, Stream, encode_envelope
 from mailsluice.contracts.envelope import Envelope as QueueEnvelope
 from mailsluice.contracts.events import Event, EventType
+from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE, record_limit
 from mailsluice.contracts.topics import queue_topic
 from mailsluice.ingest import replies
 from mailsluice.ingest.auth import User
 from mailsluice.ingest.feedback import FeedbackError, complaint_events, parse_report
-from mailsluice.ingest.message import Trace, message_key, prepare_message
+from mailsluice.ingest.message import Trace, message_key, normalised_size, prepare_message
 from mailsluice.ingest.settings import POOL_NAME
 from mailsluice.metrics.labels import OTHER, provider_label
 from mailsluice.policy.rollup import Rollup
@@ -195,14 +196,16 @@ def rejection_event(
     )
 
 
-def refusal(txn: Transaction, reply: str, reason: str, *, now: float) -> Plan:
+def refusal(
+    txn: Transaction, reply: str, reason: str, *, now: float, result: str = "rejected"
+) -> Plan:
     """Every accepted recipient refused at DATA: nothing to write."""
     recipients = tuple(txn.routing)
     return Plan(
         Outcome(
             reply,
             counts=(
-                Count("transactions", ("rejected",)),
+                Count("transactions", (result,)),
                 Count("recipients", ("rejected", reason), len(recipients)),
             ),
             events=tuple(
@@ -224,9 +227,16 @@ def plan_message(
     hostname: str,
     pools: PoolPolicy,
     now: float,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> Plan:
     """DATA of a transaction that queues mail: the message as queued (message.py), its pool and
-    stream, and one record per routing key, each carrying the recipients of that key."""
+    stream, and one record per routing key, each carrying the recipients of that key.
+
+    Size is judged as queued: a body of bare LFs passes SIZE but doubles once its line ends
+    are CRLF. What can never fit (max_size, or one record over the producer's request limit)
+    gets 552 5.3.4, a permanent answer: 451 would make the client retry it for ever."""
+    if normalised_size(content) > max_size:
+        return refusal(txn, replies.S552_TOO_BIG_QUEUED, "too_big", now=now, result="too_big")
     trace = Trace(
         helo=client.helo,
         peer_ip=client.peer_ip,
@@ -246,11 +256,23 @@ def plan_message(
     data = prepared.stamped(txn.queue_id, pool)
     digest = message_key(client.audit, txn.sender, content)
     records = queue_records(txn, data, pool=pool, stream=stream, user=client.audit, digest=digest)
+    if max(record_size(r) for r in records) > record_limit(max_size):
+        return refusal(txn, replies.S552_TOO_BIG_QUEUED, "too_big", now=now, result="too_big")
     return Plan(
         queued(txn, data, pool=pool, records=len(records), now=now),
         records,
         unwritten_note=Note("queueing failed", txn.queue_id, pool),
     )
+
+
+# The record batch around one record (batch header, record varints): well under this.
+BATCH_OVERHEAD_BYTES = 1024
+
+
+def record_size(record: QueueRecord) -> int:
+    """What one record takes of the producer's request (max_request_size)."""
+    headers = sum(len(name) + len(value) for name, value in record.headers())
+    return len(record.value) + len(record.key) + headers + BATCH_OVERHEAD_BYTES
 
 
 def queue_records(

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from mailsluice.config import LogSettings, load
 from mailsluice.ingest.auth import Credentials
+from mailsluice.ingest.caps import ByteBudget, Caps
 from mailsluice.ingest.handler import IngestHandler, make_authenticator
 from mailsluice.ingest.plan import PoolPolicy
 from mailsluice.ingest.protocol import SessionLimits
@@ -83,7 +84,17 @@ class IngestService:
             max_entries=settings.mx_cache_size,
             max_ttl_s=settings.mx_cache_max_ttl_s,
         )
-        self.registry = Registry()
+        self.registry = Registry(
+            Caps(
+                per_ip=settings.max_connections_per_ip,
+                per_trusted_ip=settings.max_connections_per_trusted_ip,
+                total=settings.max_connections,
+                junk_commands=settings.junk_command_limit,
+                aborted_transactions=settings.aborted_transaction_limit,
+            ),
+            ByteBudget(settings.data_budget_bytes),
+        )
+        self.registry.budget_wait_s = settings.data_budget_wait_s
         self._serve_http = serve_http
         self._server: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -135,6 +146,7 @@ class IngestService:
                 served_pools=frozenset(self.pools),
             ),
             feedback_addresses=s.feedback_address_set(),
+            max_message_size=s.max_message_size,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

@@ -99,6 +99,47 @@ class IngestSettings(MailsluiceSettings):
         "nothing is relayed (empty: none).",
     )
 
+    # --- resource caps (caps.py) ---
+    max_connections: int = Field(
+        500, ge=1, description="SMTP connections open at once; more get 421 4.3.2 and close."
+    )
+    max_connections_per_ip: int = Field(
+        20,
+        ge=1,
+        description="Connections open at once from one client address; more get 421 4.7.0.",
+    )
+    max_connections_per_trusted_ip: int = Field(
+        0,
+        ge=0,
+        description="The same for trusted-network clients (0: no per-address cap, only "
+        "max_connections; like Postfix's smtpd_client_event_limit_exceptions).",
+    )
+    junk_command_limit: int = Field(
+        100,
+        ge=1,
+        description="NOOP, RSET, VRFY, EXPN and HELP per connection since the last message "
+        "queued; more get 421 4.7.0 and close.",
+    )
+    aborted_transaction_limit: int = Field(
+        100,
+        ge=1,
+        description="Transactions ended before DATA (RSET, EHLO, HELO after MAIL) since the last "
+        "message queued; the next MAIL gets 421 4.7.0 and close.",
+    )
+    data_budget_bytes: int = Field(
+        4 * DEFAULT_MAX_MESSAGE_SIZE,
+        ge=1024,
+        description="Bytes of message data held at once by all DATA transfers: each reserves "
+        "its declared SIZE (else max_message_size) before the 354. Bounds ingest memory; at "
+        "least max_message_size.",
+    )
+    data_budget_wait_s: float = Field(
+        60.0,
+        ge=0,
+        le=600,
+        description="How long DATA waits for the budget before 452 4.3.1.",
+    )
+
     @field_validator("trusted_networks")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -130,6 +171,12 @@ class IngestSettings(MailsluiceSettings):
         if not re.fullmatch(r"[A-Za-z0-9-]{1,76}", value):
             raise ValueError("not a valid header name")
         return value
+
+    @model_validator(mode="after")
+    def _budget(self) -> IngestSettings:
+        if self.data_budget_bytes < self.max_message_size:
+            raise ValueError("data_budget_bytes must be at least max_message_size")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> IngestSettings:

@@ -42,13 +42,40 @@ class Ingest:
         "Connections closed for protocol violations, by kind.",
         ["kind"],
     )
-    VIOLATION_KINDS = ("early_talker", "pipelining", "too_many_errors", "too_many_messages")
+    VIOLATION_KINDS = (
+        "early_talker",
+        "pipelining",
+        "too_many_errors",
+        "too_many_messages",
+        "too_many_junk_commands",
+        "too_many_aborted",
+    )
+    CONNECTIONS_REFUSED = Counter(
+        "mailsluice_ingest_connections_refused_total",
+        "Connections refused with 421 before the greeting, by the cap reached (per_ip, global).",
+        ["reason"],
+    )
+    REFUSED_REASONS = ("per_ip", "global")
+    DATA_BYTES_RESERVED = Gauge(
+        "mailsluice_ingest_data_reserved_bytes",
+        "Bytes of the in-flight DATA budget reserved now (declared SIZE, else the maximum).",
+    )
+    DATA_BUDGET_REFUSED = Counter(
+        "mailsluice_ingest_data_budget_refused_total",
+        "Transactions answered 452 4.3.1 for want of the DATA budget, by stage (mail, data).",
+        ["stage"],
+    )
+    BUDGET_STAGES = ("mail", "data")
 
 
 for _result in Ingest.TRANSACTION_RESULTS:
     Ingest.TRANSACTIONS.labels(_result)
 for _kind in Ingest.VIOLATION_KINDS:
     Ingest.PROTOCOL_VIOLATIONS.labels(_kind)
+for _reason in Ingest.REFUSED_REASONS:
+    Ingest.CONNECTIONS_REFUSED.labels(_reason)
+for _stage in Ingest.BUDGET_STAGES:
+    Ingest.DATA_BUDGET_REFUSED.labels(_stage)
 
 
 # --- feedback-loop complaints at ingest (FBL intake, ingest/feedback.py) ------------------------
@@ -83,4 +110,5 @@ INGEST_REJECT_REASONS = (
     "auth_required",
     "pool_denied",
     "bad_stream",
+    "too_big",
 )
