@@ -68,7 +68,9 @@ async def test_per_ip_cap(ingest: IngestService) -> None:
         assert greeting.startswith("220 ")
         await other.close()
         await clients[0].cmd("QUIT")
-        await eventually(lambda: ingest.registry.counts.by_ip[UNTRUSTED] == 2, within=5, what="one closed")
+        await eventually(
+            lambda: ingest.registry.counts.by_ip[UNTRUSTED] == 2, within=5, what="one closed"
+        )
         again, greeting = await connect(ingest.port, UNTRUSTED)
         assert greeting.startswith("220 ")
         await again.close()
@@ -183,7 +185,9 @@ async def test_data_budget(ingest: IngestService, domain: str) -> None:
             assert (await client.cmd(f"RCPT TO:<r@{domain}>")).startswith("250")
         assert (await holder.cmd("DATA")).startswith("354")
         await waiter.send(b"DATA\r\n")
-        await eventually(lambda: ingest.registry.budget.queue_fits(1) is False, within=5, what="DATA waiting")
+        await eventually(
+            lambda: ingest.registry.budget.queue_fits(1) is False, within=5, what="DATA waiting"
+        )
         reply = await late.cmd("MAIL FROM:<s@client.test> SIZE=1000")
         assert reply == "452 4.3.1 Insufficient system storage, try again later"
         await holder.send(b"Subject: a\r\n\r\nbody\r\n.\r\n")

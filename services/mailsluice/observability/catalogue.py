@@ -76,6 +76,8 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         + " (empty when accepted)",
         ("mailsluice_ingest_protocol_violations", "kind"): _values(ingest.VIOLATION_KINDS),
         ("mailsluice_ingest_feedback_rejected", "reason"): _values(FEEDBACK_REJECT_REASONS),
+        ("mailsluice_ingest_connections_refused", "reason"): _values(ingest.REFUSED_REASONS),
+        ("mailsluice_ingest_data_budget_refused", "stage"): _values(ingest.BUDGET_STAGES),
         ("mailsluice_delivery_attempts", "result"): _values(delivery.ATTEMPT_RESULTS),
         ("mailsluice_delivery_recipients", "result"): _values(delivery.ATTEMPT_RESULTS),
         ("mailsluice_delivery_commits", "result"): _values(["ok", "failed"]),
