@@ -103,8 +103,6 @@ async def test_junk_commands_end_with_421(ingest: IngestService, command: str) -
     client, _ = await connect(ingest.port)
     try:
         assert (await client.cmd("EHLO client.test")).startswith("250")
-        if command.startswith("VRFY"):  # aiosmtpd answers VRFY with 252
-            command = "VRFY <a@b.test>"
         rounds, reply = await run_until_closed(client, [command], 1000)
         assert reply == "421 4.7.0 Too many commands without mail on this connection, closing"
         assert int(rounds) == 100
