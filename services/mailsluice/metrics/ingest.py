@@ -43,12 +43,38 @@ class Ingest:
         ["kind"],
     )
     VIOLATION_KINDS = ("early_talker", "pipelining", "too_many_errors", "too_many_messages")
+    # AUTH abuse and sender ownership (ingest/auth_guard.py, ingest/smtp_auth.py, owners).
+    AUTH_ATTEMPTS = Counter(
+        "mailsluice_ingest_auth_attempts_total",
+        "AUTH attempts by result (locked: refused with 454 4.7.0 during a lockout).",
+        ["result"],
+    )
+    AUTH_RESULTS = ("success", "failure", "locked", "authzid_refused")
+    AUTH_LOCKOUTS = Counter(
+        "mailsluice_ingest_auth_lockouts_total",
+        "AUTH lockouts begun, by what is locked (a client IP or a username).",
+        ["by"],
+    )
+    AUTH_LOCKOUT_BY = ("ip", "user")
+    SENDERS_NOT_OWNED = Counter(
+        "mailsluice_ingest_senders_not_owned_total",
+        "Senders refused (550 5.7.1) for a domain the user does not own, by where: "
+        "MAIL FROM (envelope) or the From header (header).",
+        ["where"],
+    )
+    SENDER_WHERE = ("envelope", "header")
 
 
 for _result in Ingest.TRANSACTION_RESULTS:
     Ingest.TRANSACTIONS.labels(_result)
 for _kind in Ingest.VIOLATION_KINDS:
     Ingest.PROTOCOL_VIOLATIONS.labels(_kind)
+for _auth in Ingest.AUTH_RESULTS:
+    Ingest.AUTH_ATTEMPTS.labels(_auth)
+for _by in Ingest.AUTH_LOCKOUT_BY:
+    Ingest.AUTH_LOCKOUTS.labels(_by)
+for _where in Ingest.SENDER_WHERE:
+    Ingest.SENDERS_NOT_OWNED.labels(_where)
 
 
 # --- feedback-loop complaints at ingest (FBL intake, ingest/feedback.py) ------------------------
@@ -83,4 +109,5 @@ INGEST_REJECT_REASONS = (
     "auth_required",
     "pool_denied",
     "bad_stream",
+    "sender_not_owned",
 )
