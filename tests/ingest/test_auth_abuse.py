@@ -201,3 +201,60 @@ async def test_owned_header_from_is_queued(
     assert reply[0] == 250
     records = await queued(kafka_settings, queue_id_of((reply[0], reply[1].encode())), expect=1)
     assert records[0].envelope.user == "tenant-a"
+
+
+def raw_auth(port: int, source_ip: str, lines: list[str]) -> list[str]:
+    """Send each line, collect each reply (AUTH dialogues with 334 challenges)."""
+    with tls_client(port, source_ip) as client:
+        answers = []
+        for line in lines:
+            client.putcmd(line)
+            code, text = client.getreply()
+            answers.append(f"{code} {text.decode()}")
+        return answers
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("lines", "last"),
+    [
+        (["AUTH PLAIN", b64("\0nobody\0x")], "535 5.7.8 Authentication credentials invalid"),
+        (["AUTH LOGIN", b64("nobody"), b64("x")], "535 5.7.8 Authentication credentials invalid"),
+        ([f"AUTH LOGIN {b64('nobody')}", b64("x")], "535 5.7.8 Authentication credentials invalid"),
+        (["AUTH LOGIN", "*"], "501 5.7.0 Auth aborted"),
+        (["AUTH PLAIN", "not base64!"], "501 5.5.2 Can't decode base64"),
+        ([f"AUTH PLAIN {b64('nobody')}"], "501 5.5.2 Can't split auth value"),
+    ],
+)
+async def test_every_auth_dialogue_answers(
+    ingest: IngestService, lines: list[str], last: str
+) -> None:
+    answers = await asyncio.to_thread(raw_auth, ingest.port, "127.0.0.14", lines)
+    assert all(a.startswith("334 ") for a in answers[:-1]), answers
+    assert answers[-1] == last
+
+
+async def test_trusted_network_sender_domains(
+    kafka_settings: KafkaSettings, dns_nameserver: str
+) -> None:
+    """Trusted networks are unrestricted unless MAILSLUICE_INGEST_TRUSTED_SENDER_DOMAINS says."""
+    async with running_ingest(
+        kafka_settings,
+        dns_nameserver,
+        is_suppressed=lambda a: False,
+        trusted_sender_domains="corp.test",
+    ) as service:
+
+        def attempt(sender: str) -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", service.port, timeout=30) as client:
+                client.ehlo("client.test")
+                return client.mail(sender)
+
+        assert await asyncio.to_thread(attempt, "a@other.test") == (
+            550,
+            b"5.7.1 Sender address rejected: not owned by user trusted:127.0.0.0/8",
+        )
+        assert (await asyncio.to_thread(attempt, "a@corp.test"))[0] == 250
