@@ -151,3 +151,28 @@ async def test_undecodable_credentials_fail(auth: tuple[SmtpAuth, Clock]) -> Non
 )
 def test_split_plain(message: bytes, parts: tuple[bytes, bytes, bytes] | None) -> None:
     assert split_plain(message) == parts
+
+
+def test_a_key_keeps_a_bounded_number_of_failure_times() -> None:
+    guard = AuthGuard(GuardLimits(max_failures_ip=0, max_failures_user=0, window_s=1e6))
+    for n in range(1000):
+        guard.failed("192.0.2.1", "app", now=float(n))
+    assert all(len(record.failures) <= 64 for record in guard._records.values())
+    assert guard.failed("192.0.2.1", "app", now=1000.0).delay_s == GuardLimits().max_delay_s
+
+
+async def test_a_guess_that_ends_after_a_lockout_began_learns_nothing(
+    auth: tuple[SmtpAuth, Clock],
+) -> None:
+    smtp_auth, _ = auth
+    real_check = smtp_auth.check
+
+    async def check_while_others_fail(name: str, secret: str) -> Any:
+        user = await real_check(name, secret)
+        for _ in range(3):  # parallel wrong guesses end first and lock the IP out
+            smtp_auth.guard.failed("192.0.2.1", "app", smtp_auth.clock())
+        return user
+
+    smtp_auth.check = check_while_others_fail  # type: ignore[method-assign]
+    result = await smtp_auth.attempt("192.0.2.1", "PLAIN", b"app", b"secret")
+    assert (result.success, result.message) == (False, replies.S454_AUTH_LOCKED)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Scope = Literal["ip", "user"]
+_KEEP = 64  # failure times kept per key at least
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class AuthGuard:
         for key in _keys(ip, username):
             record = self._current(key, now) or _Record()
             record.failures.append(now)
+            # Only the count up to the limit (or where the delay stops growing) matters.
+            del record.failures[: -max(self._max(key[0]), _KEEP)]
             self._records[key] = record
             self._records.move_to_end(key)
             worst = max(worst, len(record.failures))

@@ -6,7 +6,8 @@ failure's reply without blocking the event loop.
 Order of an attempt: credentials decoded; client IP or username locked out -> 454 4.7.0 (no
 password check); a PLAIN authzid other than the authcid -> 535 5.7.8 (counted as a failure:
 we do not support proxy authorisation, RFC 4616 §2); password checked in a worker thread (scrypt
-takes tens of milliseconds of CPU); a failure waits its delay, then 535 5.7.8.
+takes tens of milliseconds of CPU); locked out meanwhile -> 454 4.7.0 whatever the password;
+a failure waits its delay, then 535 5.7.8.
 """
 
 from __future__ import annotations
@@ -81,13 +82,15 @@ class SmtpAuth:
         except UnicodeDecodeError:
             name, secret = "", ""
         if self.guard.locked(ip, name, self.clock()) is not None:
-            metrics.AUTH_ATTEMPTS.labels("locked").inc()
-            await self.sleep(self.guard.limits.max_delay_s)
-            return AuthResult(success=False, handled=False, message=replies.S454_AUTH_LOCKED)
+            return await self.refuse_locked()
         if authzid and authzid != login:
             result, reply = "authzid_refused", replies.S535_AUTHZID
         else:
             user = await self.check(name, secret)
+            # Parallel guesses all pass the first look; those that end after a lockout began
+            # learn nothing, right or wrong.
+            if self.guard.locked(ip, name, self.clock()) is not None:
+                return await self.refuse_locked()
             if user is not None:
                 metrics.AUTH_ATTEMPTS.labels("success").inc()
                 return AuthResult(success=True, auth_data=user)
@@ -101,6 +104,11 @@ class SmtpAuth:
             log.warning("AUTH lockout of %s for %.0f s", who, self.guard.limits.lockout_s)
         await self.sleep(failure.delay_s)
         return AuthResult(success=False, handled=False, message=reply)
+
+    async def refuse_locked(self) -> AuthResult:
+        metrics.AUTH_ATTEMPTS.labels("locked").inc()
+        await self.sleep(self.guard.limits.max_delay_s)
+        return AuthResult(success=False, handled=False, message=replies.S454_AUTH_LOCKED)
 
     async def check(self, name: str, secret: str) -> User | None:
         if not name:
