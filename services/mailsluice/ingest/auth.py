@@ -7,6 +7,11 @@ The file is YAML or JSON (JSON is YAML), either `{users: {...}}` or the user map
         password: "scrypt$16384$8$1$<salt b64>$<hash b64>"
         pools: [default, bulk]
         default_pool: default
+        domains: [tenant-a.test, "*.tenant-a.test"]
+
+`domains` are the sender domains the user owns (policy/owners.py): MAIL FROM and the header
+`From:` must be in one of them. A user without `domains` may send as any domain (as before they
+existed); a warning names such users whenever the file is loaded.
 
 It may be a Kubernetes Secret mount: the file is re-read when its modification time changes
 (Secret updates swap a symlink). Make a hash with `python -m mailsluice.ingest.auth hash`.
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains, OwnersError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,7 @@ class User:
     password_hash: str
     pools: tuple[str, ...]
     default_pool: str
+    domains: OwnedDomains = UNRESTRICTED
 
 
 class CredentialsError(ValueError):
@@ -107,8 +115,28 @@ def parse_users(data: Any, fallback_pool: str) -> dict[str, User]:
         default = spec.get("default_pool") or pools[0]
         if default not in pools:
             raise CredentialsError(f"user {name!r}: default_pool must be one of pools")
-        users[str(name)] = User(str(name), spec["password"], tuple(pools), default)
+        users[str(name)] = User(
+            str(name), spec["password"], tuple(pools), default, parse_domains(name, spec)
+        )
     return users
+
+
+def parse_domains(name: object, spec: Mapping[str, Any]) -> OwnedDomains:
+    domains = spec.get("domains")
+    if domains is None:
+        return UNRESTRICTED
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        raise CredentialsError(f"user {name!r}: domains must be a list of domains")
+    try:
+        return OwnedDomains.parse(domains)
+    except OwnersError as exc:
+        raise CredentialsError(f"user {name!r}: {exc}") from None
+
+
+def warn_unrestricted(users: Mapping[str, User]) -> None:
+    names = sorted(name for name, user in users.items() if user.domains.unrestricted)
+    if names:
+        log.warning("users without `domains` may send as any sender domain: %s", ", ".join(names))
 
 
 class Credentials:
@@ -127,6 +155,7 @@ class Credentials:
         with open(self._path, encoding="utf-8") as fh:
             self._users = parse_users(yaml.safe_load(fh), self._fallback)
         self._mtime = mtime
+        warn_unrestricted(self._users)
 
     def _refresh(self) -> None:
         if not self._path:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session
 from prometheus_client import Counter
 
 from mailsluice.contracts.envelope import new_queue_id
@@ -38,9 +37,11 @@ from mailsluice.ingest.plan import (
 )
 from mailsluice.ingest.publish import Publisher, publish_plan
 from mailsluice.ingest.session import IngestEnvelope, IngestSMTP
-from mailsluice.ingest.verdicts import IsSuppressed, MxLookup, judge_recipient
+from mailsluice.ingest.smtp_auth import SmtpAuth
+from mailsluice.ingest.verdicts import IsSuppressed, MxLookup, judge_recipient, judge_sender
 from mailsluice.metrics.ingest import INGEST_COMPLAINTS, INGEST_FEEDBACK_REJECTED
 from mailsluice.metrics.ingest import Ingest as metrics
+from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains
 from mailsluice.policy.rollup import Rollup
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ COUNTERS: dict[Metric, Counter] = {
     "bytes": metrics.BYTES,
     "complaints": INGEST_COMPLAINTS,
     "feedback_rejected": INGEST_FEEDBACK_REJECTED,
+    "senders_not_owned": metrics.SENDERS_NOT_OWNED,
 }
 
 
@@ -81,6 +83,8 @@ class IngestHandler:
         pools: PoolPolicy,
         feedback_addresses: frozenset[str] = frozenset(),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        auth: SmtpAuth | None = None,
+        trusted_domains: OwnedDomains = UNRESTRICTED,
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -91,6 +95,8 @@ class IngestHandler:
         self.pools = pools
         self.feedback_addresses = feedback_addresses  # lower-cased
         self.max_message_size = max_message_size
+        self.auth = auth
+        self.trusted_domains = trusted_domains  # of unauthenticated trusted-network clients
         self.in_data = 0  # DATA transactions being published now
 
     # --- hooks --------------------------------------------------------------------------------
@@ -116,6 +122,11 @@ class IngestHandler:
         mail_options: list[str],
     ) -> str:
         assert isinstance(envelope, IngestEnvelope)
+        owned, who = self.owner(server, session)
+        verdict = judge_sender(reverse_path(address), owned, who)
+        if not verdict.accepted:
+            metrics.SENDERS_NOT_OWNED.labels("envelope").inc()
+            return verdict.reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.txn = Transaction(
@@ -176,6 +187,21 @@ class IngestHandler:
         log.error("unexpected error in the SMTP session", exc_info=error)
         return replies.S451_TEMPFAIL
 
+    # aiosmtpd handler AUTH mechanisms: they replace its built-in PLAIN and LOGIN.
+    async def auth_PLAIN(self, server: IngestSMTP, args: list[str]) -> AuthResult:
+        return (
+            await self.auth.plain(server, args)
+            if self.auth
+            else AuthResult(success=False, handled=False)
+        )
+
+    async def auth_LOGIN(self, server: IngestSMTP, args: list[str]) -> AuthResult:
+        return (
+            await self.auth.login(server, args)
+            if self.auth
+            else AuthResult(success=False, handled=False)
+        )
+
     # --- the work -----------------------------------------------------------------------------
 
     def plan(self, server: IngestSMTP, session: Session, txn: Transaction, content: bytes) -> Plan:
@@ -190,6 +216,7 @@ class IngestHandler:
             protocol=protocol_name(session),
             user=session.auth_data if isinstance(session.auth_data, User) else None,
             trusted_network=server.conn.trusted_network,
+            domains=self.owner(server, session)[0],
         )
         return plan_message(
             txn,
@@ -200,6 +227,15 @@ class IngestHandler:
             now=now,
             max_size=self.max_message_size,
         )
+
+    def owner(self, server: IngestSMTP, session: Session) -> tuple[OwnedDomains, str]:
+        """The sender domains of the client, and who it is: an authenticated user's own; a
+        trusted network's the configured ones; a stranger (only feedback reports) any."""
+        if isinstance(session.auth_data, User):
+            return session.auth_data.domains, session.auth_data.name
+        if server.conn.trusted_network:
+            return self.trusted_domains, f"trusted:{server.conn.trusted_network}"
+        return UNRESTRICTED, ""
 
     def settle(self, outcome: Outcome) -> None:
         """Count, emit and log what an outcome says (its reply goes back to aiosmtpd)."""
@@ -237,27 +273,3 @@ class IngestHandler:
             envelope.rcpt_options.extend(rcpt_options)
             txn.feedback.append(address)
         return replies.S250_RCPT_OK
-
-
-def make_authenticator(credentials: Any) -> Any:
-    """aiosmtpd authenticator over a Credentials store (PLAIN and LOGIN both give a
-    LoginPassword)."""
-    from aiosmtpd.smtp import AuthResult, LoginPassword
-
-    def authenticator(
-        server: Any, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        try:
-            login = auth_data.login.decode("utf-8")
-            password = auth_data.password.decode("utf-8")
-        except UnicodeDecodeError:
-            return AuthResult(success=False, handled=False)
-        user = credentials.authenticate(login, password)
-        if user is None:
-            log.info("AUTH %s failed", mechanism)
-            return AuthResult(success=False, handled=False)
-        return AuthResult(success=True, auth_data=user)
-
-    return authenticator

@@ -12,7 +12,7 @@ every plan is unit-testable.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mailsluice.contracts.envelope import ENVELOPE_HEADER, Stream, encode_envelope
@@ -26,6 +26,7 @@ from mailsluice.ingest.feedback import FeedbackError, complaint_events, parse_re
 from mailsluice.ingest.message import Trace, message_key, normalised_size, prepare_message
 from mailsluice.ingest.settings import POOL_NAME
 from mailsluice.metrics.labels import OTHER, provider_label
+from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains, from_header_owned
 from mailsluice.policy.rollup import Rollup
 
 # --- the transaction ----------------------------------------------------------------------------
@@ -57,6 +58,7 @@ class Client:
     protocol: str  # RFC 3848 `with` keyword
     user: User | None = None  # the authenticated user; None for a trusted network
     trusted_network: str = ""
+    domains: OwnedDomains = UNRESTRICTED  # the sender domains it may use (envelope and From:)
 
     @property
     def audit(self) -> str:
@@ -89,7 +91,9 @@ class QueueRecord:
 # --- what a plan says ---------------------------------------------------------------------------
 
 # The ingest counters (metrics/ingest.py) a plan may ask for, by short name.
-Metric = Literal["transactions", "recipients", "bytes", "complaints", "feedback_rejected"]
+Metric = Literal[
+    "transactions", "recipients", "bytes", "complaints", "feedback_rejected", "senders_not_owned"
+]
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,8 @@ def plan_message(
         now=txn.received_at,
     )
     prepared = prepare_message(content, trace, pool_header=pools.header)
+    if not from_header_owned(header_of(prepared.data), client.domains):
+        return from_not_owned(txn, client, now=now)
     pool = choose_pool(prepared.pool, client.user, pools)
     if pool is None:
         return refusal(txn, replies.S550_POOL_DENIED, "pool_denied", now=now)
@@ -273,6 +279,21 @@ def record_size(record: QueueRecord) -> int:
     """What one record takes of the producer's request (max_request_size)."""
     headers = sum(len(name) + len(value) for name, value in record.headers())
     return len(record.value) + len(record.key) + headers + BATCH_OVERHEAD_BYTES
+
+
+def header_of(data: bytes) -> bytes:
+    """The header of a prepared message (CRLF line ends), up to the empty line: the same
+    header that is relayed, so the ownership check reads what recipients read."""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def from_not_owned(txn: Transaction, client: Client, *, now: float) -> Plan:
+    """A `From:` header outside the sender's domains (RFC 6409 §6.1): refused, counted."""
+    reply = replies.S550_FROM_NOT_OWNED.format(user=client.audit)
+    outcome = refusal(txn, reply, "sender_not_owned", now=now).outcome
+    counts = (*outcome.counts, Count("senders_not_owned", ("header",)))
+    return Plan(replace(outcome, counts=counts))
 
 
 def queue_records(

@@ -59,6 +59,18 @@ S554_RELAY_DENIED = "554 5.7.1 Relay access denied"
 S554_PIPELINING = "554 5.5.0 SMTP protocol synchronization error, closing"
 S556_NULL_MX = "556 5.1.10 Recipient domain does not accept mail (null MX)"
 
+# --- AUTH abuse and sender ownership (auth_guard.py, smtp_auth.py, policy/owners.py) ---
+# RFC 4954 §6: 454 tells the client not to prompt for another password; sent during a lockout.
+S454_AUTH_LOCKED = "454 4.7.0 Temporary authentication failure"
+S501_AUTH_BASE64 = "501 5.5.2 Can't decode base64"
+S501_AUTH_SPLIT = "501 5.5.2 Can't split auth value"
+S535_AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+# RFC 4616 §2: a server may refuse an authzid it cannot use; we have no proxy authorisation.
+S535_AUTHZID = "535 5.7.8 Authentication failed: authorization identity not supported"
+# RFC 6409 §6.1 / Postfix reject_sender_login_mismatch.
+S550_SENDER_NOT_OWNED = "550 5.7.1 Sender address rejected: not owned by user {user}"
+S550_FROM_NOT_OWNED = "550 5.7.1 From header address rejected: not owned by user {user}"
+
 # feedback.REJECT_REASONS -> reply.
 FEEDBACK_REJECTS: dict[str, str] = {
     "not_report": S550_NOT_FEEDBACK,
@@ -95,7 +107,10 @@ BUILTIN_REWRITES: dict[str, str] = {
 
 # Reply codes that count as protocol errors toward the per-connection error limit. Per-recipient
 # policy verdicts (550, 556, 450, 452) do not: a bulk sender's list may hold many of those.
-ERROR_CODES = frozenset({"500", "501", "502", "503", "504", "530", "535", "538", "554", "555"})
+# 454 too: AUTH hammered during a lockout ends in 421 like any other error stream.
+ERROR_CODES = frozenset(
+    {"454", "500", "501", "502", "503", "504", "530", "535", "538", "554", "555"}
+)
 
 
 def rewrite(reply: str) -> str:

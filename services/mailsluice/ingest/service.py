@@ -17,14 +17,16 @@ from aiohttp import web
 
 from mailsluice.config import LogSettings, load
 from mailsluice.ingest.auth import Credentials
+from mailsluice.ingest.auth_guard import AuthGuard, GuardLimits
 from mailsluice.ingest.caps import ByteBudget, Caps
-from mailsluice.ingest.handler import IngestHandler, make_authenticator
+from mailsluice.ingest.handler import IngestHandler
 from mailsluice.ingest.plan import PoolPolicy
 from mailsluice.ingest.protocol import SessionLimits
 from mailsluice.ingest.publish import Publisher
 from mailsluice.ingest.replies import S220_READY_SUFFIX, S421_SHUTTING_DOWN
 from mailsluice.ingest.session import IngestSMTP, Registry
 from mailsluice.ingest.settings import IngestSettings
+from mailsluice.ingest.smtp_auth import SmtpAuth
 from mailsluice.ingest.verdicts import IsSuppressed, MxCache, MxLookup, unverified_mx
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
@@ -42,6 +44,17 @@ def tls_context(settings: IngestSettings) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     return context
+
+
+def guard_limits(settings: IngestSettings) -> GuardLimits:
+    return GuardLimits(
+        delay_s=settings.auth_fail_delay_s,
+        max_delay_s=settings.auth_fail_delay_max_s,
+        max_failures_ip=settings.auth_max_failures_ip,
+        max_failures_user=settings.auth_max_failures_user,
+        window_s=settings.auth_failure_window_s,
+        lockout_s=settings.auth_lockout_s,
+    )
 
 
 class IngestService:
@@ -147,6 +160,8 @@ class IngestService:
             ),
             feedback_addresses=s.feedback_address_set(),
             max_message_size=s.max_message_size,
+            auth=SmtpAuth(self.credentials, AuthGuard(guard_limits(s))),
+            trusted_domains=s.trusted_owned_domains(),
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -171,7 +186,6 @@ class IngestService:
             feedback_addresses=s.feedback_address_set(),
         )
         context = tls_context(s)
-        authenticator = make_authenticator(self.credentials)
 
         def factory() -> IngestSMTP:
             return IngestSMTP(
@@ -185,7 +199,6 @@ class IngestService:
                 tls_context=context,
                 timeout=s.idle_timeout_s,
                 auth_require_tls=True,
-                authenticator=authenticator,
             )
 
         return factory

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from mailsluice.config import MailsluiceSettings
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.ingest.addresses import AddressError, check_mailbox
+from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains
 
 MiB = 1024 * 1024
 POOL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -98,6 +99,40 @@ class IngestSettings(MailsluiceSettings):
         "any client may send to them; each ARF report (RFC 5965) becomes a complaint event, "
         "nothing is relayed (empty: none).",
     )
+    # --- AUTH abuse and sender ownership (auth_guard.py, policy/owners.py) ---
+    auth_fail_delay_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Wait before the 535 of a failed AUTH; doubles with each further failure of "
+        "the client IP or username within the window (0: none).",
+    )
+    auth_fail_delay_max_s: float = Field(
+        8.0, ge=0, le=300, description="Upper bound on the wait before a failed AUTH's reply."
+    )
+    auth_max_failures_ip: int = Field(
+        10,
+        ge=0,
+        description="Failed AUTHs from one client IP within the window that lock it out "
+        "(454 4.7.0 to every AUTH, right password too; 0: no lockout per IP).",
+    )
+    auth_max_failures_user: int = Field(
+        20,
+        ge=0,
+        description="Failed AUTHs for one username, from any IP, within the window that lock "
+        "that username out (0: no lockout per username).",
+    )
+    auth_failure_window_s: float = Field(
+        600.0, gt=0, le=86400, description="Window in which failed AUTHs are counted."
+    )
+    auth_lockout_s: float = Field(
+        600.0, gt=0, le=86400, description="How long a lockout lasts; then counting restarts."
+    )
+    trusted_sender_domains: str = Field(
+        "",
+        description="Comma-separated sender domains (`example.com`, `*.example.com`) that "
+        "unauthenticated trusted-network clients may use in MAIL FROM and From: (empty: any).",
+    )
 
     # --- resource caps (caps.py) ---
     max_connections: int = Field(
@@ -157,6 +192,12 @@ class IngestSettings(MailsluiceSettings):
                 raise ValueError(f"bad feedback address {item!r}: {exc.detail}") from None
         return value
 
+    @field_validator("trusted_sender_domains")
+    @classmethod
+    def _sender_domains(cls, value: str) -> str:
+        OwnedDomains.parse(split_list(value))
+        return value
+
     @field_validator("trusted_pools", "default_pool")
     @classmethod
     def _pools(cls, value: str) -> str:
@@ -194,3 +235,7 @@ class IngestSettings(MailsluiceSettings):
     def trusted_pool_list(self) -> list[str]:
         pools = split_list(self.trusted_pools)
         return pools if self.default_pool in pools else [self.default_pool, *pools]
+
+    def trusted_owned_domains(self) -> OwnedDomains:
+        domains = split_list(self.trusted_sender_domains)
+        return OwnedDomains.parse(domains) if domains else UNRESTRICTED

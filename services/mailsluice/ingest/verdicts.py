@@ -1,7 +1,9 @@
-"""Per-recipient verdicts at RCPT time, and the MX verdict cache that keeps them cheap.
+"""Per-recipient verdicts at RCPT time, the sender's at MAIL, and the MX verdict cache that
+keeps recipient verdicts cheap.
 
-judge_recipient() is a plain function of the address, the transaction so far, the suppression
-list and an MX lookup, so every verdict is unit-testable without sockets or Kafka.
+judge_sender() is a plain function of the reverse-path and the client's owned domains;
+judge_recipient() of the address, the transaction so far, the suppression list and an MX lookup:
+every verdict is unit-testable without sockets or Kafka.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from mailsluice.ingest import replies
 from mailsluice.mx import MxAnswer
+from mailsluice.policy.owners import OwnedDomains
 from mailsluice.policy.rollup import Rollup
 
 MxLookup = Callable[[str], Awaitable[MxAnswer]]
@@ -33,6 +36,15 @@ class Verdict:
 
 def rejected(reply: str, reason: str) -> Verdict:
     return Verdict(reply, reason)
+
+
+def judge_sender(sender: str, owned: OwnedDomains, who: str) -> Verdict:
+    """MAIL FROM: the reverse-path must be in a domain the client owns (RFC 6409 §6.1). The
+    null reverse-path passes: bounces and auto-replies must use it (RFC 3834 §3.2) and it
+    claims no domain; the header `From:` is still checked at DATA."""
+    if not sender or owned.owns_address(sender):
+        return Verdict(replies.S250_SENDER_OK)
+    return rejected(replies.S550_SENDER_NOT_OWNED.format(user=who), "sender_not_owned")
 
 
 async def judge_recipient(

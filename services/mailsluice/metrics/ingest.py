@@ -66,6 +66,26 @@ class Ingest:
         ["stage"],
     )
     BUDGET_STAGES = ("mail", "data")
+    # AUTH abuse and sender ownership (ingest/auth_guard.py, ingest/smtp_auth.py, owners).
+    AUTH_ATTEMPTS = Counter(
+        "mailsluice_ingest_auth_attempts_total",
+        "AUTH attempts by result (locked: refused with 454 4.7.0 during a lockout).",
+        ["result"],
+    )
+    AUTH_RESULTS = ("success", "failure", "locked", "authzid_refused")
+    AUTH_LOCKOUTS = Counter(
+        "mailsluice_ingest_auth_lockouts_total",
+        "AUTH lockouts begun, by what is locked (a client IP or a username).",
+        ["by"],
+    )
+    AUTH_LOCKOUT_BY = ("ip", "user")
+    SENDERS_NOT_OWNED = Counter(
+        "mailsluice_ingest_senders_not_owned_total",
+        "Senders refused (550 5.7.1) for a domain the user does not own, by where: "
+        "MAIL FROM (envelope) or the From header (header).",
+        ["where"],
+    )
+    SENDER_WHERE = ("envelope", "header")
 
 
 for _result in Ingest.TRANSACTION_RESULTS:
@@ -76,6 +96,12 @@ for _reason in Ingest.REFUSED_REASONS:
     Ingest.CONNECTIONS_REFUSED.labels(_reason)
 for _stage in Ingest.BUDGET_STAGES:
     Ingest.DATA_BUDGET_REFUSED.labels(_stage)
+for _auth in Ingest.AUTH_RESULTS:
+    Ingest.AUTH_ATTEMPTS.labels(_auth)
+for _by in Ingest.AUTH_LOCKOUT_BY:
+    Ingest.AUTH_LOCKOUTS.labels(_by)
+for _where in Ingest.SENDER_WHERE:
+    Ingest.SENDERS_NOT_OWNED.labels(_where)
 
 
 # --- feedback-loop complaints at ingest (FBL intake, ingest/feedback.py) ------------------------
@@ -111,4 +137,5 @@ INGEST_REJECT_REASONS = (
     "pool_denied",
     "bad_stream",
     "too_big",
+    "sender_not_owned",
 )
