@@ -22,6 +22,7 @@ from mailsluice.contracts.envelope import new_queue_id
 from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import check_mailbox
 from mailsluice.ingest.auth import User
+from mailsluice.ingest.message import SINGLE_FIELDS
 from mailsluice.ingest.plan import (
     Client,
     Count,
@@ -79,6 +80,8 @@ class IngestHandler:
         max_recipients: int,
         pools: PoolPolicy,
         feedback_addresses: frozenset[str] = frozenset(),
+        single_fields: frozenset[str] = frozenset(SINGLE_FIELDS),
+        allow_private_destinations: bool = False,
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -89,6 +92,8 @@ class IngestHandler:
         self.pools = pools
         self.feedback_addresses = feedback_addresses  # lower-cased
         self.in_data = 0  # DATA transactions being published now
+        self.single_fields = single_fields  # header fields allowed once (lower-case)
+        self.allow_private_destinations = allow_private_destinations
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -140,6 +145,7 @@ class IngestHandler:
             is_suppressed=self.is_suppressed,
             mx_lookup=self.mx_lookup,
             rollup=self.rollup,
+            allow_private=self.allow_private_destinations,
         )
         if not verdict.accepted:
             self.record_rejection(server, address, verdict.reply, verdict.reason)
@@ -188,7 +194,15 @@ class IngestHandler:
             user=session.auth_data if isinstance(session.auth_data, User) else None,
             trusted_network=server.conn.trusted_network,
         )
-        return plan_message(txn, content, client, hostname=self.hostname, pools=self.pools, now=now)
+        return plan_message(
+            txn,
+            content,
+            client,
+            hostname=self.hostname,
+            pools=self.pools,
+            now=now,
+            single_fields=self.single_fields,
+        )
 
     def settle(self, outcome: Outcome) -> None:
         """Count, emit and log what an outcome says (its reply goes back to aiosmtpd)."""

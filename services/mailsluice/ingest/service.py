@@ -29,7 +29,7 @@ from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.observability.endpoints import setup_logging, start_http
 from mailsluice.policy.rollup import load_rollup
-from mailsluice.resolver import DnsSettings, lookup_mx, make_resolver
+from mailsluice.resolver import DnsSettings, lookup_mx, lookup_mx_addresses, make_resolver
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ class IngestService:
             mx_lookup = unverified_mx
         elif mx_lookup is None:
             resolver = make_resolver(dns)
-            mx_lookup = lambda domain: lookup_mx(resolver, domain)  # noqa: E731
+            # The MX hosts' addresses are only needed to refuse non-global destinations.
+            lookup = lookup_mx if settings.allow_private_destinations else lookup_mx_addresses
+            mx_lookup = lambda domain: lookup(resolver, domain)  # noqa: E731
         self.mx_cache = MxCache(
             mx_lookup,
             max_entries=settings.mx_cache_size,
@@ -135,6 +137,8 @@ class IngestService:
                 served_pools=frozenset(self.pools),
             ),
             feedback_addresses=s.feedback_address_set(),
+            single_fields=s.single_header_set(),
+            allow_private_destinations=s.allow_private_destinations,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
