@@ -426,6 +426,19 @@ async def test_unknown_commands_count_to_our_error_limit_not_aiosmtpds() -> None
             await client.close()
 
 
+async def test_help_lists_the_commands_we_override() -> None:
+    """HELP finds commands by aiosmtpd's @syntax attributes, which our overrides carry over."""
+    async with ingest_smtp() as server:
+        client = await RawClient.connect(server.port)
+        try:
+            assert await client.cmd("HELP") == (
+                "250 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"
+            )
+            assert await client.cmd("HELP MAIL") == "250 Syntax: MAIL FROM: <address>"
+        finally:
+            await client.close()
+
+
 async def test_envelopes_are_ours_and_a_421_closes() -> None:
     """_create_envelope: the handler's MAIL hook needs an IngestEnvelope (else 451); after
     one message (max_messages=1, Kafka unreachable: 451) the next MAIL gets 421 and a close."""
