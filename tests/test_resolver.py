@@ -9,6 +9,7 @@ from mailsluice.config import ConfigError
 from mailsluice.resolver import (
     DnsSettings,
     lookup_mx,
+    lookup_mx_addresses,
     make_resolver,
     parse_nameservers,
     resolve_addresses,
@@ -73,6 +74,25 @@ async def test_addresses_of_a_host(dns_zone: DnsServer, dns_nameserver: str) -> 
     dns_zone.set_a("mx.test", ["127.0.0.5"])
     dns_zone.set_aaaa("mx.test", ["::1"])
     assert await resolve_addresses(resolver_for(dns_nameserver), "mx.test") == ["127.0.0.5", "::1"]
+
+
+async def test_mx_lookup_with_the_hosts_addresses(dns_zone: DnsServer, dns_nameserver: str) -> None:
+    resolver = resolver_for(dns_nameserver)
+    dns_zone.set_mx("lan.test", [(10, "mx1.lan.test"), (20, "mx2.lan.test"), (30, "10.9.9.9")])
+    dns_zone.set_a("mx1.lan.test", ["127.0.0.7"])
+    dns_zone.set_aaaa("mx2.lan.test", ["fd00::7"])
+    answer = await lookup_mx_addresses(resolver, "lan.test")
+    assert answer.addresses == ("127.0.0.7", "fd00::7", "10.9.9.9")
+    assert answer.only_forbidden_addresses()
+    dns_zone.set_a("addr.test", ["100.64.1.1"])  # implicit MX
+    implicit = await lookup_mx_addresses(resolver, "addr.test")
+    assert (implicit.kind, implicit.addresses) == ("implicit", ("100.64.1.1",))
+    assert implicit.only_forbidden_addresses()
+    dns_zone.set_mx("half.test", [(10, "mx1.lan.test"), (20, "slow.half.test")])
+    dns_zone.set_timeout("slow.half.test")
+    half = await lookup_mx_addresses(resolver_for(dns_nameserver, timeout=0.5), "half.test")
+    assert (half.kind, half.addresses) == ("mx", ())  # not known in full
+    assert not half.only_forbidden_addresses()
 
 
 def test_nameserver_setting_forms() -> None:

@@ -3,6 +3,8 @@ mx.MxAnswer (the I/O side; the answer itself is plain data in mx.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import ipaddress
 
 import dns.asyncresolver
@@ -100,7 +102,30 @@ async def _implicit_mx(resolver: dns.asyncresolver.Resolver, domain: str) -> MxA
     if not addresses:
         # Exists but has neither MX nor address: no way to deliver (RFC 5321 §5.1).
         return MxAnswer(domain, "nxdomain", detail="domain has no MX and no address")
-    return MxAnswer(domain, "implicit", (domain,), detail="implicit MX")
+    return MxAnswer(domain, "implicit", (domain,), detail="implicit MX", addresses=tuple(addresses))
+
+
+# More MX hosts than this are not resolved at RCPT: the answer stays unknown (and accepted).
+MAX_HOSTS_RESOLVED = 10
+
+
+async def lookup_mx_addresses(resolver: dns.asyncresolver.Resolver, domain: str) -> MxAnswer:
+    """An MX lookup with the hosts' addresses (MxAnswer.addresses), so ingest can tell at RCPT
+    a domain whose mail servers all sit on private, loopback or other non-global addresses."""
+    answer = await lookup_mx(resolver, domain)
+    if answer.kind != "mx" or len(answer.hosts) > MAX_HOSTS_RESOLVED:
+        return answer
+    found = await asyncio.gather(*(_host_addresses(resolver, h) for h in answer.hosts))
+    if any(isinstance(item, str) for item in found):
+        return answer  # a temporary failure: not known in full
+    return dataclasses.replace(answer, addresses=tuple(a for item in found for a in item))
+
+
+async def _host_addresses(resolver: dns.asyncresolver.Resolver, host: str) -> list[str] | str:
+    try:
+        return [str(ipaddress.ip_address(host))]  # an MX naming an address (misconfigured)
+    except ValueError:
+        return await resolve_addresses(resolver, host)
 
 
 async def resolve_addresses(resolver: dns.asyncresolver.Resolver, host: str) -> list[str] | str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiosmtpd.smtp
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult
 from support.eventually import eventually
@@ -30,11 +31,12 @@ from support.metrics import sample
 from support.tls import server_context, trusting_client_context
 
 from mailsluice.ingest import replies
+from mailsluice.ingest.caps import Registry
 from mailsluice.ingest.handler import IngestHandler
 from mailsluice.ingest.plan import PoolPolicy
 from mailsluice.ingest.protocol import SessionLimits
 from mailsluice.ingest.publish import Publisher
-from mailsluice.ingest.session import PRIVATE_API, IngestSMTP, Registry
+from mailsluice.ingest.session import PRIVATE_API, IngestSMTP
 from mailsluice.ingest.verdicts import unverified_mx
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.policy.rollup import load_rollup
@@ -136,6 +138,8 @@ async def test_every_private_part_we_name_has_the_shape_we_assume() -> None:
                 "command_size_limits": isinstance(SMTP.command_size_limits, collections.defaultdict)
                 and SMTP.command_size_limits.default_factory is not None
                 and SMTP.command_size_limits.default_factory() == SMTP.command_size_limit == 512,
+                "BOGUS_LIMIT": isinstance(aiosmtpd.smtp.BOGUS_LIMIT, int)
+                and "bogus_budget = BOGUS_LIMIT" in inspect.getsource(SMTP._handle_client),
             }
         finally:
             await client.close()
@@ -163,6 +167,13 @@ async def test_asyncio_keeps_unread_bytes_in_the_stream_buffer() -> None:
         ("smtp_DATA", ["self", "arg"], True),
         ("smtp_MAIL", ["self", "arg"], True),
         ("smtp_RCPT", ["self", "arg"], True),
+        ("smtp_AUTH", ["self", "arg"], True),
+        ("smtp_RSET", ["self", "arg"], True),
+        ("smtp_NOOP", ["self", "arg"], True),
+        ("smtp_VRFY", ["self", "arg"], True),
+        ("smtp_EXPN", ["self", "arg"], True),
+        ("smtp_HELP", ["self", "arg"], True),
+        ("challenge_auth", ["self", "challenge", "encode_to_b64", "log_client_response"], True),
         ("connection_made", ["self", "transport"], False),
         ("connection_lost", ["self", "error"], False),
         # smtp_auth.py's mechanisms (handler auth_<MECHANISM> hooks) ask through it.
@@ -238,10 +249,21 @@ BUILTINS = [
         b"RCPT TO:<c@d.test> FOO=1",
     ),
     Builtin("502 EXPN not implemented", (), b"EXPN staff"),
+    Builtin("454 TLS not available", (EHLO,), b"STARTTLS"),
+    Builtin(
+        "501 Error: BODY can only be one of 7BIT, 8BITMIME",
+        (EHLO,),
+        b"MAIL FROM:<a@b.test> BODY=BINARYMIME",
+    ),
+    Builtin(
+        "501 Error: SMTPUTF8 takes no arguments", (EHLO,), b"MAIL FROM:<a@b.test> SMTPUTF8=YES"
+    ),
+    Builtin("501 Error: SMTPUTF8 disabled", (EHLO,), b"MAIL FROM:<a@b.test> SMTPUTF8"),
     Builtin("221 Bye", (), b"QUIT"),
     Builtin("250 OK", (), b"NOOP"),
     Builtin("501 Syntax: HELO hostname", (), b"HELO"),
     Builtin('500 Error: command "BOGUS" not recognized', (), b"BOGUS"),
+    Builtin("500 Error: command 'AUTH' not recognized", ("HELO client.test",), PLAIN.encode()),
 ]
 
 
@@ -381,11 +403,41 @@ async def test_push_rewrites_replies_and_counts_errors_to_the_limit() -> None:
         client = await RawClient.connect(server.port)
         try:
             assert await client.cmd("NOOP") == "250 2.0.0 Ok"
-            assert await client.cmd("BOGUS") == '500 5.5.1 Error: command "BOGUS" not recognized'
+            assert await client.cmd("BOGUS") == replies.S500_UNKNOWN_COMMAND
             assert await client.cmd(MAIL) == "503 5.5.1 Error: send HELO first"
             assert await client.cmd("HELO") == "501 5.5.4 Syntax: HELO hostname"
             assert await client.reply() == replies.S421_TOO_MANY_ERRORS
             assert await client.closed()
+        finally:
+            await client.close()
+
+
+async def test_unknown_commands_count_to_our_error_limit_not_aiosmtpds() -> None:
+    """BOGUS_LIMIT: aiosmtpd's own budget (502 and close at the 6th) no longer applies."""
+    async with ingest_smtp(replace(LIMITS, max_errors=8)) as server:
+        client = await RawClient.connect(server.port)
+        try:
+            for _ in range(7):
+                assert await client.cmd("BOGUS") == replies.S500_UNKNOWN_COMMAND
+            assert (
+                await client.cmd("BOGUS")
+                == (f"{replies.S500_UNKNOWN_COMMAND}\n{replies.S421_TOO_MANY_ERRORS}")
+                or (await client.reply()) == replies.S421_TOO_MANY_ERRORS
+            )
+            assert await client.closed()
+        finally:
+            await client.close()
+
+
+async def test_help_lists_the_commands_we_override() -> None:
+    """HELP finds commands by aiosmtpd's @syntax attributes, which our overrides carry over."""
+    async with ingest_smtp() as server:
+        client = await RawClient.connect(server.port)
+        try:
+            assert await client.cmd("HELP") == (
+                "250 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"
+            )
+            assert await client.cmd("HELP MAIL") == "250 Syntax: MAIL FROM: <address>"
         finally:
             await client.close()
 

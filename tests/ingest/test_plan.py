@@ -221,6 +221,47 @@ def test_a_refused_message_plan(
     ]
 
 
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        (b"From: a@x.test\r\nfrom: b@y.test\r\n", "From"),
+        (b"Message-ID: <1@x>\r\nMESSAGE-id: <2@x>\r\n", "Message-Id"),
+        (b"Date: Mon, 1 Dec 2026 10:00:00 +0000\r\nDate:\r\n Tue, 2 Dec 2026\r\n", "Date"),
+        (b"Sender: a@x.test\r\nSender: b@y.test\r\n", "Sender"),
+        (b"To: a@x.test\r\nReply-To: r@x.test\r\nTo:\r\n\tb@y.test\r\n", "To"),
+        (b"Subject: a\r\n", "Subject"),  # content() gives one Subject already
+    ],
+)
+def test_a_field_rfc5322_allows_once_given_twice_is_refused(header: bytes, name: str) -> None:
+    raw = header + content()
+    got = plan(TRUSTED, raw)
+    reply = replies.S550_DUPLICATE_HEADER.format(name=name)
+    assert reply.startswith("550 5.6.0 ") and not got.writes
+    assert got.outcome.reply == reply
+    assert got.outcome.counts[1] == Count("recipients", ("rejected", "duplicate_header"), 3)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"From: a@x.test\r\nResent-From: b@y.test\r\nResent-From: c@y.test\r\n",
+        b"Received: from a\r\nReceived: from b\r\nComments: x\r\nComments: y\r\n",
+        b"From: a@x.test\r\n Sender: folded into From, not a field\r\nSender: s@x.test\r\n",
+    ],
+)
+def test_fields_that_may_repeat_pass(header: bytes) -> None:
+    assert plan(TRUSTED, header + content()).writes
+
+
+def test_which_fields_are_single_is_a_setting() -> None:
+    raw = b"To: a@x.test\r\nTo: b@x.test\r\n" + content()
+    lenient = plan_message(
+        txn(), raw, TRUSTED, hostname="mx.test", pools=POOLS, now=NOW, single_fields=frozenset()
+    )
+    assert lenient.writes
+    assert not plan(TRUSTED, raw).writes
+
+
 def test_every_metric_a_plan_names_is_a_counter_of_the_handler() -> None:
     assert set(COUNTERS) == set(get_args(Metric))
 

@@ -14,8 +14,10 @@ from mailsluice.ingest.protocol import (
     Refusal,
     SessionLimits,
     after_reply,
+    check_helo,
     check_mail,
     check_rcpt,
+    check_starttls,
     early_talker,
     is_feedback_path,
     out_of_sync,
@@ -45,7 +47,7 @@ FEEDBACK = SessionLimits(
         ("250 2.0.0 Ok", 0, AfterReply(), 0),
         ("250-SIZE 1000", 2, AfterReply(), 2),  # not final: nothing yet
         ("421 4.4.2 Idle timeout exceeded, closing", 0, AfterReply(close=True), 0),
-        ('500 5.5.1 Error: command "X" not recognized', 0, AfterReply(), 1),
+        ("500 5.5.2 Error: command not recognized", 0, AfterReply(), 1),
         ("530 5.7.0 Authentication required", 1, AfterReply(), 2),
         (
             "503 5.5.1 Error: need MAIL command",
@@ -71,7 +73,7 @@ def test_after_reply(reply: str, errors_before: int, after: AfterReply, errors_a
     assert conn.errors == errors_after
 
 
-@pytest.mark.parametrize("command", ["EHLO", "HELO", "STARTTLS", "DATA"])
+@pytest.mark.parametrize("command", ["EHLO", "HELO", "STARTTLS", "AUTH", "DATA"])
 def test_commands_that_must_be_waited_on(command: str) -> None:
     assert out_of_sync(command, pending_input=False) is None
     assert out_of_sync(command, pending_input=True) == Refusal(
@@ -82,6 +84,51 @@ def test_commands_that_must_be_waited_on(command: str) -> None:
 @pytest.mark.parametrize("command", ["MAIL", "RCPT", "NOOP", "RSET", "QUIT"])
 def test_rfc2920_pipelinable_commands(command: str) -> None:
     assert out_of_sync(command, pending_input=True) is None
+
+
+@pytest.mark.parametrize("command", ["MAIL", "RCPT", "NOOP", "RSET", "VRFY", "AUTH"])
+def test_without_pipelining_every_command_is_waited_on(command: str) -> None:
+    assert out_of_sync(command, pending_input=False, pipelining=False) is None
+    assert out_of_sync(command, pending_input=True, pipelining=False) == Refusal(
+        replies.S554_PIPELINING, violation="pipelining"
+    )
+
+
+@pytest.mark.parametrize(
+    ("hostname", "refused"),
+    [
+        ("client.test", False),
+        ("[192.0.2.1]", False),
+        (None, False),  # aiosmtpd's own 501 Syntax
+        ("client\x00.test", True),
+        ("client\x1b[31m.test", True),
+        ("client\x07", True),
+        ("a\rb", True),
+        ("a\x7f", True),
+    ],
+)
+def test_helo_names_with_control_characters(hostname: str | None, refused: bool) -> None:
+    refusal = check_helo("EHLO", hostname)
+    assert refusal == (Refusal("501 5.5.2 Invalid EHLO hostname") if refused else None)
+
+
+def test_starttls_inside_tls() -> None:
+    assert check_starttls(tls_active=False) is None
+    assert check_starttls(tls_active=True) == Refusal("503 5.5.1 Error: TLS already active")
+
+
+@pytest.mark.parametrize(
+    ("reply", "sent"),
+    [
+        ('500 Error: command "\x1b[2J\x07" not recognized', replies.S500_UNKNOWN_COMMAND),
+        ("500 Error: command 'AUTH' not recognized", replies.S500_UNKNOWN_COMMAND),
+        ("502 Could not VRFY \x00\x1b", "502 Could not VRFY ??"),
+        ("454 TLS not available", "454 4.7.0 TLS not available"),
+        ("501 Error: SMTPUTF8 disabled", "555 5.5.4 Error: SMTPUTF8 not supported"),
+    ],
+)
+def test_replies_are_rewritten_and_never_carry_control_characters(reply: str, sent: str) -> None:
+    assert replies.printable(replies.rewrite(reply)) == sent
 
 
 def test_early_talker() -> None:

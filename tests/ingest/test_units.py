@@ -132,6 +132,50 @@ async def test_judge_recipient(address: str, reply: str, reason: str, key: str) 
     assert verdict.accepted == (reason == "")
 
 
+PRIVATE = {
+    "lan.example": MxAnswer(
+        "lan.example",
+        "mx",
+        ("a.lan.example", "b.lan.example"),
+        300,
+        addresses=("10.1.2.3", "127.0.0.5", "169.254.1.1", "100.64.0.9", "fd00::1", "::1"),
+    ),
+    "mixed.example": MxAnswer(
+        "mixed.example", "mx", ("a.mixed.example",), 300, addresses=("10.0.0.1", "8.8.8.8")
+    ),
+    "mapped.example": MxAnswer(
+        "mapped.example", "implicit", ("mapped.example",), addresses=("::ffff:192.168.1.1",)
+    ),
+    "unknown.example": MxAnswer("unknown.example", "mx", ("mx.unknown.example",), 300),
+}
+
+
+@pytest.mark.parametrize(
+    ("domain", "allow_private", "reason"),
+    [
+        ("lan.example", False, "private_destination"),
+        ("mapped.example", False, "private_destination"),
+        ("lan.example", True, ""),
+        ("mixed.example", False, ""),  # delivery uses the public address
+        ("unknown.example", False, ""),  # addresses not known in full: delivery decides
+    ],
+)
+async def test_destinations_with_only_non_global_addresses(
+    domain: str, allow_private: bool, reason: str
+) -> None:
+    verdict = await judge_recipient(
+        f"a@{domain}",
+        accepted_so_far=0,
+        max_recipients=3,
+        is_suppressed=lambda a: False,
+        mx_lookup=fake_dns(PRIVATE),
+        rollup=default_rollup(),
+        allow_private=allow_private,
+    )
+    assert verdict.reason == reason
+    assert verdict.reply == (replies.S550_PRIVATE_DESTINATION if reason else replies.S250_RCPT_OK)
+
+
 async def test_too_many_recipients_comes_first() -> None:
     verdict = await judge("a@ok.example", accepted=3)
     assert (verdict.reply, verdict.reason) == (

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mailsluice.ingest import replies
 
@@ -165,3 +166,30 @@ class ByteBudget:
             amount, waiter = self._waiters.popleft()
             self.used += amount
             waiter.set_result(None)
+
+
+# --- the live connections -----------------------------------------------------------------------
+
+
+class Connection(Protocol):
+    def in_transaction(self) -> bool: ...
+
+    def close_with(self, reply: str) -> None: ...
+
+
+class Registry:
+    """Live connections, for draining at shutdown; what they hold of the caps."""
+
+    def __init__(self, caps: Caps | None = None, budget: ByteBudget | None = None) -> None:
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self.caps = caps or Caps(
+            per_ip=0, per_trusted_ip=0, total=1 << 30, junk_commands=1 << 30,
+            aborted_transactions=1 << 30,
+        )  # fmt: skip
+        self.counts = ConnectionCounts()
+        self.budget = budget or ByteBudget(1 << 62)
+        self.budget_wait_s = 60.0
+
+    def busy(self) -> int:
+        return sum(1 for c in self.connections if c.in_transaction())

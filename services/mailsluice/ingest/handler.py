@@ -22,6 +22,7 @@ from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import check_mailbox
 from mailsluice.ingest.auth import User
+from mailsluice.ingest.message import SINGLE_FIELDS
 from mailsluice.ingest.plan import (
     Client,
     Count,
@@ -85,6 +86,8 @@ class IngestHandler:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         auth: SmtpAuth | None = None,
         trusted_domains: OwnedDomains = UNRESTRICTED,
+        single_fields: frozenset[str] = frozenset(SINGLE_FIELDS),
+        allow_private_destinations: bool = False,
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -98,6 +101,8 @@ class IngestHandler:
         self.auth = auth
         self.trusted_domains = trusted_domains  # of unauthenticated trusted-network clients
         self.in_data = 0  # DATA transactions being published now
+        self.single_fields = single_fields  # header fields allowed once (lower-case)
+        self.allow_private_destinations = allow_private_destinations
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -154,6 +159,7 @@ class IngestHandler:
             is_suppressed=self.is_suppressed,
             mx_lookup=self.mx_lookup,
             rollup=self.rollup,
+            allow_private=self.allow_private_destinations,
         )
         if not verdict.accepted:
             self.record_rejection(server, address, verdict.reply, verdict.reason)
@@ -226,6 +232,7 @@ class IngestHandler:
             pools=self.pools,
             now=now,
             max_size=self.max_message_size,
+            single_fields=self.single_fields,
         )
 
     def owner(self, server: IngestSMTP, session: Session) -> tuple[OwnedDomains, str]:

@@ -19,6 +19,20 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 ID_HEADER = "X-Mailsluice-Id"
 # Chooses the stream: "transactional" mail overtakes "bulk" (the default) at delivery.
 STREAM_HEADER = "X-Mailsluice-Stream"
+# The fields RFC 5322 §3.6 allows at most once (lower-case); Resent-* blocks may repeat.
+SINGLE_FIELDS = (
+    "date",
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "subject",
+)
 
 
 def message_key(client: str, sender: str, content: bytes) -> str:
@@ -129,6 +143,7 @@ class Prepared:
     rest: tuple[bytes | memoryview, ...]
     pool: str | None  # the pool header's value, None if absent
     stream: str | None = None  # the stream header's value, None if absent
+    repeated: tuple[str, ...] = ()  # names of fields that occur more than once (lower-case)
 
     @property
     def trace_len(self) -> int:
@@ -169,7 +184,8 @@ def prepare_message(
             taken.setdefault(name, field_value(lines))
         else:
             kept.append(lines)
-    names = {field_name(lines) for lines in kept}
+    all_names = [field_name(lines) for lines in kept]
+    names = set(all_names)
     added: list[bytes] = []
     if "date" not in names:
         date = format_datetime(datetime.fromtimestamp(trace.now, UTC))
@@ -190,4 +206,16 @@ def prepare_message(
         tuple(rest),
         taken.get(pool_header.lower()),
         taken.get(stream_header.lower()),
+        repeated_names(all_names),
     )
+
+
+def repeated_names(names: list[str]) -> tuple[str, ...]:
+    """Each name that occurs more than once, in order of its second occurrence."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return tuple(repeated)

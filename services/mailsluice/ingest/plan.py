@@ -23,7 +23,13 @@ from mailsluice.contracts.topics import queue_topic
 from mailsluice.ingest import replies
 from mailsluice.ingest.auth import User
 from mailsluice.ingest.feedback import FeedbackError, complaint_events, parse_report
-from mailsluice.ingest.message import Trace, message_key, normalised_size, prepare_message
+from mailsluice.ingest.message import (
+    SINGLE_FIELDS,
+    Trace,
+    message_key,
+    normalised_size,
+    prepare_message,
+)
 from mailsluice.ingest.settings import POOL_NAME
 from mailsluice.metrics.labels import OTHER, provider_label
 from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains, from_header_owned
@@ -175,6 +181,11 @@ def choose_pool(requested: str | None, user: User | None, policy: PoolPolicy) ->
     return pool
 
 
+def display_name(field: str) -> str:
+    """A lower-case field name as usually written: "message-id" -> "Message-Id"."""
+    return "-".join(part.capitalize() for part in field.split("-"))
+
+
 def group_by_routing_key(routing: dict[str, str]) -> dict[str, list[str]]:
     """Accepted recipients grouped by routing key, each group in RCPT order."""
     groups: dict[str, list[str]] = defaultdict(list)
@@ -232,9 +243,11 @@ def plan_message(
     pools: PoolPolicy,
     now: float,
     max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    single_fields: frozenset[str] = frozenset(SINGLE_FIELDS),
 ) -> Plan:
     """DATA of a transaction that queues mail: the message as queued (message.py), its pool and
-    stream, and one record per routing key, each carrying the recipients of that key.
+    stream, and one record per routing key, each carrying the recipients of that key. A field
+    of `single_fields` (lower-case) given twice refuses the message.
 
     Size is judged as queued: a body of bare LFs passes SIZE but doubles once its line ends
     are CRLF. What can never fit (max_size, or one record over the producer's request limit)
@@ -251,6 +264,10 @@ def plan_message(
         now=txn.received_at,
     )
     prepared = prepare_message(content, trace, pool_header=pools.header)
+    twice = [name for name in prepared.repeated if name in single_fields]
+    if twice:
+        reply = replies.S550_DUPLICATE_HEADER.format(name=display_name(twice[0]))
+        return refusal(txn, reply, "duplicate_header", now=now)
     if not from_header_owned(header_of(prepared.data), client.domains):
         return from_not_owned(txn, client, now=now)
     pool = choose_pool(prepared.pool, client.user, pools)

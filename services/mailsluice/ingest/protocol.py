@@ -9,10 +9,14 @@ points; everything else is aiosmtpd's own.
 - An idle timeout (aiosmtpd's own timer) and a total session timeout, both announced with
   421 4.4.2 before the connection closes.
 - A greeting pause: a client that talks before the 220 greeting is an early talker and gets
-  554 5.5.0. Commands sent after EHLO, HELO, STARTTLS or DATA in the same packet get 554 5.5.0
-  too (RFC 2920 §3.1 forbids it; after STARTTLS it is the command-injection class, plaintext
-  read as if it came over TLS); the connection closes, like Postfix's
-  smtpd_forbid_unauth_pipelining.
+  554 5.5.0. Commands sent after EHLO, HELO, STARTTLS, AUTH (its SASL responses included) or
+  DATA in the same packet get 554 5.5.0 too (RFC 2920 §3.1, RFC 4954 §4; after STARTTLS it is
+  the command-injection class, plaintext read as if it came over TLS); so does any command
+  sent before the previous reply when PIPELINING was not advertised (before EHLO, after HELO).
+  The connection closes, like Postfix's smtpd_forbid_unauth_pipelining.
+- Unknown commands get 500 5.5.2 and count toward `max_errors` (aiosmtpd's own limit of five
+  is lifted); replies never echo control characters. EHLO/HELO names with control characters
+  get 501 5.5.2, a second STARTTLS inside TLS 503 5.5.1.
 - Command line limits stay fixed: aiosmtpd would grow them on every EHLO.
 - Strict address parsing (addresses.parse_path) before aiosmtpd's lenient one, and the relay
   check (trusted network or authenticated) before MAIL and RCPT. The one exception: RCPT to a
@@ -30,8 +34,9 @@ from mailsluice.ingest.addresses import AddressError, parse_path
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# Commands whose reply a client must wait for before it sends anything else.
-SYNC_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "DATA"})
+# Commands whose reply a client must wait for before it sends anything else, even with
+# PIPELINING (AUTH: RFC 4954 §4, Postfix's smtpd_forbid_unauth_pipelining).
+SYNC_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "AUTH", "DATA"})
 
 
 @dataclass(frozen=True)
@@ -93,11 +98,26 @@ def early_talker(pending_input: bool) -> Refusal | None:
     return Refusal(replies.S554_PIPELINING, violation="early_talker") if pending_input else None
 
 
-def out_of_sync(command: str, pending_input: bool) -> Refusal | None:
-    """Before a command runs: did the client send more after one it must wait on?"""
-    if command in SYNC_COMMANDS and pending_input:
+def out_of_sync(command: str, pending_input: bool, *, pipelining: bool = True) -> Refusal | None:
+    """Before a command runs: did the client send more after one it must wait on? Without
+    `pipelining` (PIPELINING not advertised: before EHLO, after HELO) it must wait on every
+    command."""
+    if pending_input and (command in SYNC_COMMANDS or not pipelining):
         return Refusal(replies.S554_PIPELINING, violation="pipelining")
     return None
+
+
+def check_helo(command: str, hostname: str | None) -> Refusal | None:
+    """EHLO/HELO: a name with control characters (NUL, ESC, bare CR...) is no host name; it
+    would reach logs and the Received header. A missing name is aiosmtpd's 501."""
+    if hostname and any(ord(c) < 32 or ord(c) == 127 for c in hostname):
+        return Refusal(replies.S501_BAD_HELO.format(command=command))
+    return None
+
+
+def check_starttls(tls_active: bool) -> Refusal | None:
+    """STARTTLS inside TLS: aiosmtpd would answer 220 and wrap TLS in TLS."""
+    return Refusal(replies.S503_TLS_ACTIVE) if tls_active else None
 
 
 def after_reply(reply: str, conn: ConnState, limits: SessionLimits) -> AfterReply:

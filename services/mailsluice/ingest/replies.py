@@ -6,6 +6,8 @@ client always sees one consistent dialect.
 
 from __future__ import annotations
 
+import re
+
 S220_READY_SUFFIX = "ESMTP Mailsluice"
 # Added to aiosmtpd's EHLO keywords, before its closing "250 HELP" (RFC 2920, RFC 2034).
 EHLO_EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES")
@@ -70,6 +72,17 @@ S535_AUTHZID = "535 5.7.8 Authentication failed: authorization identity not supp
 # RFC 6409 §6.1 / Postfix reject_sender_login_mismatch.
 S550_SENDER_NOT_OWNED = "550 5.7.1 Sender address rejected: not owned by user {user}"
 S550_FROM_NOT_OWNED = "550 5.7.1 From header address rejected: not owned by user {user}"
+# Protocol strictness, headers and destinations at RCPT (issue 13).
+# Unknown commands are never echoed: the echo would carry the client's control bytes.
+S500_UNKNOWN_COMMAND = "500 5.5.2 Error: command not recognized"
+S501_BAD_HELO = "501 5.5.2 Invalid {command} hostname"
+S503_TLS_ACTIVE = "503 5.5.1 Error: TLS already active"
+S454_TLS_UNAVAILABLE = "454 4.7.0 TLS not available"
+# RFC 5322 §3.6 allows these fields once; two From (or Date, Message-ID) break DMARC alignment
+# and let two parsers read two different messages.
+S550_DUPLICATE_HEADER = "550 5.6.0 Message has more than one {name} header field (RFC 5322 3.6)"
+# The worker would refuse these MX hosts anyway (no delivery to non-global addresses).
+S550_PRIVATE_DESTINATION = "550 5.4.4 Recipient domain's mail servers have no public address"
 
 # feedback.REJECT_REASONS -> reply.
 FEEDBACK_REJECTS: dict[str, str] = {
@@ -101,6 +114,13 @@ BUILTIN_REWRITES: dict[str, str] = {
         "555 5.5.4 RCPT TO parameters not recognized or not implemented"
     ),
     "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
+    "454 TLS not available": S454_TLS_UNAVAILABLE,
+    "501 Error: BODY can only be one of 7BIT, 8BITMIME": (
+        "501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"
+    ),
+    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 Error: SMTPUTF8 takes no arguments",
+    # SMTPUTF8 is not advertised, so it is an unknown MAIL parameter (RFC 5321 §4.1.1.11).
+    "501 Error: SMTPUTF8 disabled": "555 5.5.4 Error: SMTPUTF8 not supported",
     "221 Bye": S221_BYE,
     "250 OK": S250_OK,
 }
@@ -118,9 +138,17 @@ def rewrite(reply: str) -> str:
         return BUILTIN_REWRITES[reply]
     if reply.startswith("501 Syntax:"):
         return "501 5.5.4 " + reply[4:]
-    if reply.startswith('500 Error: command "'):
-        return "500 5.5.1 " + reply[4:]
+    if reply.startswith("500 Error: command "):
+        return S500_UNKNOWN_COMMAND
     return reply
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(reply: str) -> str:
+    """A reply line without control characters: some replies echo what the client sent."""
+    return _CONTROL.sub("?", reply)
 
 
 def code_of(reply: str) -> str:

@@ -18,13 +18,13 @@ from aiohttp import web
 from mailsluice.config import LogSettings, load
 from mailsluice.ingest.auth import Credentials
 from mailsluice.ingest.auth_guard import AuthGuard, GuardLimits
-from mailsluice.ingest.caps import ByteBudget, Caps
+from mailsluice.ingest.caps import ByteBudget, Caps, Registry
 from mailsluice.ingest.handler import IngestHandler
 from mailsluice.ingest.plan import PoolPolicy
 from mailsluice.ingest.protocol import SessionLimits
 from mailsluice.ingest.publish import Publisher
 from mailsluice.ingest.replies import S220_READY_SUFFIX, S421_SHUTTING_DOWN
-from mailsluice.ingest.session import IngestSMTP, Registry
+from mailsluice.ingest.session import IngestSMTP
 from mailsluice.ingest.settings import IngestSettings
 from mailsluice.ingest.smtp_auth import SmtpAuth
 from mailsluice.ingest.verdicts import IsSuppressed, MxCache, MxLookup, unverified_mx
@@ -32,7 +32,7 @@ from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.observability.endpoints import setup_logging, start_http
 from mailsluice.policy.rollup import load_rollup
-from mailsluice.resolver import DnsSettings, lookup_mx, make_resolver
+from mailsluice.resolver import DnsSettings, lookup_mx, lookup_mx_addresses, make_resolver
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ class IngestService:
             mx_lookup = unverified_mx
         elif mx_lookup is None:
             resolver = make_resolver(dns)
-            mx_lookup = lambda domain: lookup_mx(resolver, domain)  # noqa: E731
+            # The MX hosts' addresses are only needed to refuse non-global destinations.
+            lookup = lookup_mx if settings.allow_private_destinations else lookup_mx_addresses
+            mx_lookup = lambda domain: lookup(resolver, domain)  # noqa: E731
         self.mx_cache = MxCache(
             mx_lookup,
             max_entries=settings.mx_cache_size,
@@ -162,6 +164,8 @@ class IngestService:
             max_message_size=s.max_message_size,
             auth=SmtpAuth(self.credentials, AuthGuard(guard_limits(s))),
             trusted_domains=s.trusted_owned_domains(),
+            single_fields=s.single_header_set(),
+            allow_private_destinations=s.allow_private_destinations,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

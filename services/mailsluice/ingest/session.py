@@ -1,11 +1,11 @@
 """The SMTP protocol edge: aiosmtpd's SMTP with the policy of protocol.py applied, and nothing
 else. Every override below asks protocol.py, counts what it says, then hands over to aiosmtpd.
 
-Most of it uses aiosmtpd's documented extension points: `_create_envelope()`, `push()` and the
-`smtp_<COMMAND>()` methods, the `transport`, `session`, `envelope` and `loop` attributes, and
-the asyncio protocol's own `connection_made()` / `connection_lost()`. Where aiosmtpd offers no
-documented hook, PRIVATE_API names what is used instead; tests/ingest/test_aiosmtpd_contract.py
-fails when an aiosmtpd release changes any of it.
+Most of it uses aiosmtpd's documented extension points: `_create_envelope()`, `push()`,
+`challenge_auth()` and the `smtp_<COMMAND>()` methods, the `transport`, `session`, `envelope`
+and `loop` attributes, and the asyncio protocol's own `connection_made()` /
+`connection_lost()`. Where aiosmtpd offers no documented hook, PRIVATE_API names what is used
+instead; tests/ingest/test_aiosmtpd_contract.py fails when an aiosmtpd release changes any of it.
 """
 
 from __future__ import annotations
@@ -16,18 +16,21 @@ import logging
 from collections.abc import Callable
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, syntax
+import aiosmtpd.smtp
+from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
 from mailsluice.ingest import caps, replies
-from mailsluice.ingest.caps import ByteBudget, Caps, ConnectionCounts, JunkCount
+from mailsluice.ingest.caps import JunkCount, Registry
 from mailsluice.ingest.plan import Transaction
 from mailsluice.ingest.protocol import (
     ConnState,
     Refusal,
     SessionLimits,
     after_reply,
+    check_helo,
     check_mail,
     check_rcpt,
+    check_starttls,
     early_talker,
     out_of_sync,
     trusted_network_of,
@@ -48,31 +51,18 @@ PRIVATE_API = {
     "_reader": "asyncio.StreamReader with a `_buffer` of unread bytes",
     # A dict shared by the class that every EHLO grows: made per connection, reset per EHLO.
     "command_size_limits": "defaultdict of command -> line limit, default command_size_limit",
+    # A module constant `_handle_client` reads at each connection start as its budget of unknown
+    # commands (then 502 and close, whatever our limit): raised so max_errors alone applies.
+    "BOGUS_LIMIT": "int in aiosmtpd.smtp, read by _handle_client when a connection starts",
 }
+
+aiosmtpd.smtp.BOGUS_LIMIT = 1 << 30
 
 
 class IngestEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.txn: Transaction | None = None
-
-
-class Registry:
-    """Live connections, for draining at shutdown; what they hold of the caps."""
-
-    def __init__(self, caps: Caps | None = None, budget: ByteBudget | None = None) -> None:
-        self.connections: set[IngestSMTP] = set()
-        self.draining = False
-        self.caps = caps or Caps(
-            per_ip=0, per_trusted_ip=0, total=1 << 30, junk_commands=1 << 30,
-            aborted_transactions=1 << 30,
-        )  # fmt: skip
-        self.counts = ConnectionCounts()
-        self.budget = budget or ByteBudget(1 << 62)
-        self.budget_wait_s = 60.0
-
-    def busy(self) -> int:
-        return sum(1 for c in self.connections if c.in_transaction())
 
 
 class IngestSMTP(SMTP):
@@ -190,7 +180,7 @@ class IngestSMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
-        text = replies.rewrite(text)
+        text = replies.printable(replies.rewrite(text))
         self._last_reply = text
         if self.conn.closing:
             return
@@ -215,29 +205,56 @@ class IngestSMTP(SMTP):
         await self.push(refusal.reply)
 
     async def _in_sync(self, command: str) -> bool:
-        refusal = out_of_sync(command, self._pending_input())
+        assert self.session is not None
+        pipelining = bool(self.session.extended_smtp)  # EHLO advertises PIPELINING, HELO not
+        refusal = out_of_sync(command, self._pending_input(), pipelining=pipelining)
         if refusal is None:
             return True
         log.info("protocol violation (%s) from %s", refusal.violation, self.conn.peer_ip)
         await self._refuse(refusal)
+        self.conn.closing = True
         if self.transport is not None:
             self.transport.close()
         return False
 
+    async def _in_sync_and_allowed(self, command: str, refusal: Refusal | None) -> bool:
+        if not await self._in_sync(command):
+            return False
+        if refusal is not None:
+            await self._refuse(refusal)
+            return False
+        return True
+
     # --- commands -----------------------------------------------------------------------------
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        if await self._in_sync("EHLO"):
+        if await self._in_sync_and_allowed("EHLO", check_helo("EHLO", hostname)):
             self.command_size_limits.clear()
             await super().smtp_EHLO(hostname)
 
     async def smtp_HELO(self, hostname: str) -> None:
-        if await self._in_sync("HELO"):
+        if await self._in_sync_and_allowed("HELO", check_helo("HELO", hostname)):
             await super().smtp_HELO(hostname)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
-        if await self._in_sync("STARTTLS"):
+        assert self.session is not None
+        if await self._in_sync_and_allowed(
+            "STARTTLS", check_starttls(self.session.ssl is not None)
+        ):
             await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if await self._in_sync("AUTH"):
+            await super().smtp_AUTH(arg)
+
+    async def challenge_auth(
+        self, challenge: str | bytes, encode_to_b64: bool = True, log_client_response: bool = False
+    ) -> Any:
+        """A SASL response is part of AUTH: nothing may follow it before the next reply."""
+        response = await super().challenge_auth(challenge, encode_to_b64, log_client_response)
+        if response is not MISSING and not await self._in_sync("AUTH"):
+            return MISSING  # the authentication fails; the connection is closing
+        return response
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self._in_sync("DATA"):
@@ -288,6 +305,7 @@ class IngestSMTP(SMTP):
             metrics.DATA_BYTES_RESERVED.set(self.registry.budget.used)
 
     # --- commands that move no mail (caps.JUNK_COMMANDS) -------------------------------------
+    # Without PIPELINING each waits for its reply too (QUIT aside: nothing follows it).
 
     async def _junk(self) -> bool:
         """Count a junk command; True (after 421 and close) once over the limit."""
@@ -298,33 +316,30 @@ class IngestSMTP(SMTP):
         await self.push(over[0])
         return True
 
-    @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: str) -> None:
-        if not await self._junk():
+        if await self._in_sync("NOOP") and not await self._junk():
             await super().smtp_NOOP(arg)
 
-    @syntax("RSET")
     async def smtp_RSET(self, arg: str) -> None:
-        if not await self._junk():
+        if await self._in_sync("RSET") and not await self._junk():
             await super().smtp_RSET(arg)
 
-    @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:
-        if not await self._junk():
+        if await self._in_sync("VRFY") and not await self._junk():
             await super().smtp_VRFY(arg)
 
-    @syntax("EXPN <address>")
     async def smtp_EXPN(self, arg: str) -> None:
-        if not await self._junk():
+        if await self._in_sync("EXPN") and not await self._junk():
             await super().smtp_EXPN(arg)
 
-    @syntax("HELP [command]")
     async def smtp_HELP(self, arg: str) -> None:
-        if not await self._junk():
+        if await self._in_sync("HELP") and not await self._junk():
             await super().smtp_HELP(arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         assert self.session is not None
+        if not await self._in_sync("MAIL"):
+            return
         if self.session.host_name and not self.in_transaction():
             over = caps.new_transaction(self.junk, self.registry.caps) or self._mail_budget(arg)
             if over is not None:
@@ -346,9 +361,20 @@ class IngestSMTP(SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert self.session is not None
+        if not await self._in_sync("RCPT"):
+            return
         if self.session.host_name and self.in_transaction():
             refusal = check_rcpt(arg, self.limits, relay_allowed=self.relay_allowed())
             if refusal is not None:
                 await self._refuse(refusal)
                 return
         await super().smtp_RCPT(arg)
+
+
+# aiosmtpd's HELP lists a command by the @syntax attributes of its method: keep them on ours.
+for _name in dir(IngestSMTP):
+    _ours, _theirs = getattr(IngestSMTP, _name), getattr(SMTP, _name, None)
+    if _name.startswith("smtp_") and _theirs is not None and _ours is not _theirs:
+        for _attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+            if hasattr(_theirs, _attr):
+                setattr(_ours, _attr, getattr(_theirs, _attr))

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from mailsluice.config import MailsluiceSettings
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.ingest.addresses import AddressError, check_mailbox
+from mailsluice.ingest.message import SINGLE_FIELDS
 from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains
 
 MiB = 1024 * 1024
@@ -174,6 +175,17 @@ class IngestSettings(MailsluiceSettings):
         le=600,
         description="How long DATA waits for the budget before 452 4.3.1.",
     )
+    single_headers: str = Field(
+        ",".join(SINGLE_FIELDS),
+        description="Comma-separated header fields a message may carry at most once (RFC 5322 "
+        "3.6); a message with two gets 550 5.6.0 at the end of DATA (empty: no check).",
+    )
+    allow_private_destinations: bool = Field(
+        False,
+        description="Accept recipients whose domain's MX hosts resolve only to private, "
+        "loopback, link-local, CGNAT or other non-global addresses (tests and sandboxes on "
+        "loopback only; otherwise 550 5.4.4 at RCPT, as delivery would refuse them).",
+    )
 
     @field_validator("trusted_networks")
     @classmethod
@@ -196,6 +208,14 @@ class IngestSettings(MailsluiceSettings):
     @classmethod
     def _sender_domains(cls, value: str) -> str:
         OwnedDomains.parse(split_list(value))
+        return value
+
+    @field_validator("single_headers")
+    @classmethod
+    def _single_headers(cls, value: str) -> str:
+        for item in split_list(value):
+            if not re.fullmatch(r"[A-Za-z0-9-]{1,76}", item):
+                raise ValueError(f"bad header name {item!r}")
         return value
 
     @field_validator("trusted_pools", "default_pool")
@@ -231,6 +251,10 @@ class IngestSettings(MailsluiceSettings):
     def feedback_address_set(self) -> frozenset[str]:
         """Feedback addresses, lower-cased (compared without regard to case)."""
         return frozenset(item.lower() for item in split_list(self.feedback_addresses))
+
+    def single_header_set(self) -> frozenset[str]:
+        """Header fields allowed once, lower-cased (field names compare without case)."""
+        return frozenset(item.lower() for item in split_list(self.single_headers))
 
     def trusted_pool_list(self) -> list[str]:
         pools = split_list(self.trusted_pools)

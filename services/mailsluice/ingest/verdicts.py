@@ -55,8 +55,11 @@ async def judge_recipient(
     is_suppressed: IsSuppressed,
     mx_lookup: MxLookup,
     rollup: Rollup,
+    allow_private: bool = False,
 ) -> Verdict:
-    """The verdict for one syntactically valid recipient address."""
+    """The verdict for one syntactically valid recipient address. A domain whose MX hosts all
+    resolve to non-global addresses is refused like an address literal, unless
+    `allow_private` (tests and sandboxes on loopback)."""
     if accepted_so_far >= max_recipients:
         return rejected(replies.S452_TOO_MANY_RECIPIENTS, "too_many_recipients")
     if is_suppressed(address):
@@ -68,6 +71,8 @@ async def judge_recipient(
         return rejected(replies.S550_NO_DOMAIN, "no_domain")
     if answer.kind == "temp_fail":
         return rejected(replies.S450_DNS_TEMPFAIL, "dns_timeout")
+    if not allow_private and answer.only_forbidden_addresses():
+        return rejected(replies.S550_PRIVATE_DESTINATION, "private_destination")
     hosts = answer.hosts if answer.kind == "mx" else ()
     return Verdict(replies.S250_RCPT_OK, routing_key=rollup.routing_key(address, hosts))
 

@@ -138,4 +138,6 @@ INGEST_REJECT_REASONS = (
     "bad_stream",
     "too_big",
     "sender_not_owned",
+    "duplicate_header",  # a field RFC 5322 allows once, given twice (550 5.6.0)
+    "private_destination",  # MX hosts with only non-global addresses (550 5.4.4)
 )

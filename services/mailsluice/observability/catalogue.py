@@ -39,8 +39,6 @@ def _values(values: tuple[str, ...] | list[str]) -> str:
 def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     from mailsluice.metrics.delivery import SMTP_STAGES
     from mailsluice.metrics.delivery import Delivery as delivery
-    from mailsluice.metrics.ingest import FEEDBACK_REJECT_REASONS
-    from mailsluice.metrics.ingest import Ingest as ingest
     from mailsluice.metrics.labels import OTHER, OUTCOME_RESULTS, STATUS_CLASSES
     from mailsluice.metrics.operator import RECONCILE_RESULTS, WORKER_KINDS
     from mailsluice.metrics.resolver import DNS_FAILURES, DNS_RTYPES
@@ -70,17 +68,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         "target_pool": "sending pool name the warm-up overflows to (configuration)",
     }
     by_metric = {
-        ("mailsluice_ingest_transactions", "result"): _values(ingest.TRANSACTION_RESULTS),
-        ("mailsluice_ingest_recipients", "result"): _values(["accepted", "rejected"]),
-        ("mailsluice_ingest_recipients", "reason"): _values(["", *INGEST_REJECT_REASONS])
-        + " (empty when accepted)",
-        ("mailsluice_ingest_protocol_violations", "kind"): _values(ingest.VIOLATION_KINDS),
-        ("mailsluice_ingest_feedback_rejected", "reason"): _values(FEEDBACK_REJECT_REASONS),
-        ("mailsluice_ingest_connections_refused", "reason"): _values(ingest.REFUSED_REASONS),
-        ("mailsluice_ingest_data_budget_refused", "stage"): _values(ingest.BUDGET_STAGES),
-        ("mailsluice_ingest_auth_attempts", "result"): _values(ingest.AUTH_RESULTS),
-        ("mailsluice_ingest_auth_lockouts", "by"): _values(ingest.AUTH_LOCKOUT_BY),
-        ("mailsluice_ingest_senders_not_owned", "where"): _values(ingest.SENDER_WHERE),
+        **_ingest_label_values(),
         ("mailsluice_delivery_attempts", "result"): _values(delivery.ATTEMPT_RESULTS),
         ("mailsluice_delivery_recipients", "result"): _values(delivery.ATTEMPT_RESULTS),
         ("mailsluice_delivery_commits", "result"): _values(["ok", "failed"]),
@@ -98,6 +86,26 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_streams_errors", "agent"): _values(Streams.AGENTS),
     }
     return by_label, by_metric
+
+
+def _ingest_label_values() -> dict[tuple[str, str], str]:
+    """Label values of the ingest's metrics whose labels are their own."""
+    from mailsluice.metrics.ingest import FEEDBACK_REJECT_REASONS
+    from mailsluice.metrics.ingest import Ingest as ingest
+
+    return {
+        ("mailsluice_ingest_transactions", "result"): _values(ingest.TRANSACTION_RESULTS),
+        ("mailsluice_ingest_recipients", "result"): _values(["accepted", "rejected"]),
+        ("mailsluice_ingest_recipients", "reason"): _values(["", *INGEST_REJECT_REASONS])
+        + " (empty when accepted)",
+        ("mailsluice_ingest_protocol_violations", "kind"): _values(ingest.VIOLATION_KINDS),
+        ("mailsluice_ingest_feedback_rejected", "reason"): _values(FEEDBACK_REJECT_REASONS),
+        ("mailsluice_ingest_connections_refused", "reason"): _values(ingest.REFUSED_REASONS),
+        ("mailsluice_ingest_data_budget_refused", "stage"): _values(ingest.BUDGET_STAGES),
+        ("mailsluice_ingest_auth_attempts", "result"): _values(ingest.AUTH_RESULTS),
+        ("mailsluice_ingest_auth_lockouts", "by"): _values(ingest.AUTH_LOCKOUT_BY),
+        ("mailsluice_ingest_senders_not_owned", "where"): _values(ingest.SENDER_WHERE),
+    }
 
 
 def _collectors(namespace: dict[str, Any]) -> Iterator[Any]:

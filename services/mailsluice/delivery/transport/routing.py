@@ -28,7 +28,7 @@ from mailsluice.delivery.transport.replies import (
     Reply,
 )
 from mailsluice.delivery.transport.settings import Endpoint, OutboundSettings
-from mailsluice.mx import MxAnswer
+from mailsluice.mx import MxAnswer, is_forbidden_address
 from mailsluice.resolver import lookup_mx
 
 # Answers that carry no TTL (NXDOMAIN, null MX, A records via implicit MX) are cached this long;
@@ -89,20 +89,6 @@ HostLookup = Callable[[str], Awaitable[HostAnswer]]
 def failure(reply: Reply, detail: str = "") -> RouteFailure:
     code, enhanced, text = reply
     return RouteFailure(code, enhanced, f"{text} ({detail})" if detail else text)
-
-
-def is_forbidden_address(address: str) -> bool:
-    """True for addresses mail must not be sent to unless configuration names them: private,
-    loopback, link-local, shared (CGNAT), reserved, multicast and unspecified."""
-    try:
-        ip: Any = ipaddress.ip_address(address)
-    except ValueError:
-        return True
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    # is_global is False for private, loopback, link-local, 100.64/10, reserved, unspecified;
-    # multicast has to be checked on its own (224/4 counts as "global").
-    return bool(not ip.is_global or ip.is_multicast)
 
 
 def static_endpoint(
