@@ -316,10 +316,12 @@ async def fault_run(
 
 
 def samples(tally: plan.Tally, most: int = 20) -> dict[str, list[str]]:
-    """Some lost recipients and some delivered after a 4xx/5xx, to look up in the logs."""
+    """Some lost, duplicated and delivered after a 4xx/5xx recipients, to look up in the logs
+    (a recipient's number over the rate is when it was sent, after the start of injection)."""
     received = tally.received
     return {
         "lost_sample": sorted(r for r in tally.accepted if not received[r])[:most],
+        "duplicate_sample": sorted(r for r in tally.accepted if received[r] > 1)[:most],
         "after_451_sample": sorted(r for r in tally.refused if received[r])[:most],
     }
 
@@ -337,6 +339,9 @@ def report(
     for name, why in details.get("workers_check", {}).items():
         out(f"  {name}: {why}")
     out(f"  workers checked {details.get('workers_back_after_s')} s after the drain")
+    for name in ("lost_sample", "duplicate_sample", "after_451_sample"):
+        if details.get(name):
+            out(f"  {name}: {' '.join(details[name])}")
     return plan.result(fig, config, details)
 
 

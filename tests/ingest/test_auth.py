@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from support.ingest import RawClient, queue_id_of, queued, running_ingest, uid
-from support.tls import self_signed, trusting_client_context
+from support.ingest import RawClient, queue_id_of, queued, running_auth_ingest, uid
+from support.tls import trusting_client_context
 
 from mailsluice.ingest.auth import hash_password
 from mailsluice.ingest.service import IngestService
@@ -21,23 +21,18 @@ from mailsluice.kafka.settings import KafkaSettings
 async def ingest(kafka_settings, dns_nameserver, tmp_path_factory) -> AsyncIterator[IngestService]:
     """Loopback is NOT trusted here: only authenticated users may relay."""
     directory = tmp_path_factory.mktemp("auth")
-    cert, key = self_signed(directory, "ingest.test")
-    users = directory / "users.yaml"
-    users.write_text(
+    users = (
         "users:\n"
         f"  app:\n    password: '{hash_password('app-secret')}'\n"
         "    pools: [default, bulk]\n    default_pool: default\n"
         f"  other:\n    password: '{hash_password('other-secret', scheme='pbkdf2_sha256')}'\n"
         "    pools: [default]\n"
     )
-    async with running_ingest(
+    async with running_auth_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda a: False,
-        trusted_networks="",
-        tls_cert_file=str(cert),
-        tls_key_file=str(key),
-        credentials_file=str(users),
+        directory,
+        users,
         serve_http=True,
     ) as service:
         yield service

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from support.eventually import eventually
-from support.ingest import queue_id_of, queued, running_ingest, uid
-from support.tls import self_signed, trusting_client_context
+from support.ingest import queue_id_of, queued, running_auth_ingest, running_ingest, uid
+from support.tls import trusting_client_context
 
 from mailsluice.ingest.auth import hash_password
 from mailsluice.ingest.service import IngestService
@@ -31,10 +31,8 @@ LOCKOUT_S = 3.0
 @pytest.fixture(scope="module")
 async def ingest(kafka_settings, dns_nameserver, tmp_path_factory) -> AsyncIterator[IngestService]:
     directory = tmp_path_factory.mktemp("auth-abuse")
-    cert, key = self_signed(directory, "ingest.test")
-    users = directory / "users.yaml"
     secret = hash_password("secret", scheme="pbkdf2_sha256")
-    users.write_text(
+    users = (
         "users:\n"
         f"  tenant-a:\n    password: '{secret}'\n"
         "    domains: [tenant-a.test, '*.tenant-a.test']\n"
@@ -42,14 +40,11 @@ async def ingest(kafka_settings, dns_nameserver, tmp_path_factory) -> AsyncItera
         f"  victim:\n    password: '{secret}'\n"
         f"  locked-ip:\n    password: '{secret}'\n"
     )
-    async with running_ingest(
+    async with running_auth_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda a: False,
-        trusted_networks="",
-        tls_cert_file=str(cert),
-        tls_key_file=str(key),
-        credentials_file=str(users),
+        directory,
+        users,
         auth_fail_delay_s=DELAY_S,
         auth_fail_delay_max_s=MAX_DELAY_S,
         auth_max_failures_ip=MAX_FAILURES_IP,

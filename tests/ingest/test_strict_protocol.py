@@ -9,9 +9,9 @@ import base64
 from collections.abc import AsyncIterator
 
 import pytest
-from support.ingest import RawClient, running_ingest
+from support.ingest import RawClient, running_auth_ingest, running_ingest
 from support.metrics import sample
-from support.tls import self_signed, trusting_client_context
+from support.tls import trusting_client_context
 
 from mailsluice.ingest import replies
 from mailsluice.ingest.auth import hash_password
@@ -39,17 +39,12 @@ async def submission(
 ) -> AsyncIterator[IngestService]:
     """STARTTLS and AUTH; loopback is not trusted."""
     directory = tmp_path_factory.mktemp("strict")
-    cert, key = self_signed(directory, "ingest.test")
-    users = directory / "users.yaml"
-    users.write_text(f"users:\n  app:\n    password: '{hash_password('app-secret')}'\n")
-    async with running_ingest(
+    users = f"users:\n  app:\n    password: '{hash_password('app-secret')}'\n"
+    async with running_auth_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda a: False,
-        trusted_networks="",
-        tls_cert_file=str(cert),
-        tls_key_file=str(key),
-        credentials_file=str(users),
+        directory,
+        users,
     ) as service:
         yield service
 

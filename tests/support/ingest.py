@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mailsluice.contracts.envelope import Envelope, envelope_from_headers
@@ -20,7 +21,7 @@ from mailsluice.ingest.service import IngestService
 from mailsluice.ingest.settings import IngestSettings
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.resolver import DnsSettings
-from support.tls import trusting_client_context
+from support.tls import self_signed, trusting_client_context
 from support.topic_reader import read_topic
 
 
@@ -65,6 +66,32 @@ async def running_ingest(
         yield service
     finally:
         await service.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_auth_ingest(
+    kafka_settings: KafkaSettings,
+    nameserver: str,
+    directory: Path,
+    users_yaml: str,
+    **overrides: Any,
+) -> AsyncIterator[IngestService]:
+    """Ingest with STARTTLS (a self-signed certificate in `directory`) and AUTH for the users
+    of `users_yaml`; loopback is not trusted, so only authenticated users may relay."""
+    cert, key = self_signed(directory, "ingest.test")
+    users = directory / "users.yaml"
+    users.write_text(users_yaml)
+    async with running_ingest(
+        kafka_settings,
+        nameserver,
+        is_suppressed=lambda _address: False,
+        trusted_networks="",
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        credentials_file=str(users),
+        **overrides,
+    ) as service:
+        yield service
 
 
 # --- clients ------------------------------------------------------------------------------------
