@@ -45,14 +45,14 @@ from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.delivery import Delivery as m
 from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
 
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
 log = logging.getLogger(__name__)
 
 # Produce retries back off from this up to that while Kafka is unavailable.
 PRODUCE_BACKOFF_FIRST_S = 0.2
 PRODUCE_BACKOFF_MAX_S = 5.0
-if TYPE_CHECKING:
-    from prometheus_client import Counter
-
 # A send refused by our own connection rate (no connection could be opened), or waiting for
 # another copy of its message in flight, queues again this much later: it was no attempt, so
 # it neither counts nor goes through a retry tier.
