@@ -255,7 +255,7 @@ async def start_pipeline(
         "ingest", ["ingest"], ingest_env(base, pool, smtp_port, config.publish_timeout_s), work
     )
     workers = [
-        Proc(f"worker-{n}", ["delivery"], worker_env(base, pool, config.stall_s), work)
+        Proc(f"worker-{n}", ["delivery"], worker_env(base, pool, n, config.stall_s), work)
         for n in range(2)
     ]
     pipe = Pipeline(pool, ingest, workers, smtp_port, mx, broker.bootstrap)

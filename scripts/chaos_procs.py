@@ -146,9 +146,12 @@ def ingest_env(
     }
 
 
-def worker_env(base: dict[str, str], pool: str, stall_s: float) -> dict[str, str]:
+def worker_env(base: dict[str, str], pool: str, n: int, stall_s: float) -> dict[str, str]:
+    """Worker `n`'s settings; its group instance id survives its restarts, as a pod's name does
+    (the chart sets the pod's name)."""
     return {
         **base,
+        "MAILSLUICE_KAFKA_GROUP_INSTANCE_ID": f"{pool}-worker-{n}",
         "MAILSLUICE_DELIVERY_POOL": pool,
         "MAILSLUICE_DELIVERY_HTTP_PORT": str(kafka_local.free_port()),
         "MAILSLUICE_DELIVERY_STALL_S": str(stall_s),

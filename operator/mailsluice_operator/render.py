@@ -169,6 +169,12 @@ def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[d
     ours: list[dict[str, Any]] = [
         *kafka_env(kafka, op),
         {"name": "MAILSLUICE_KAFKA_QUEUE_PARTITIONS", "value": str(spec["partitions"])},
+        # Static group membership: the pod's name survives a container restart, so a crashed
+        # worker takes its partitions back without stopping the pool's other workers.
+        {
+            "name": "MAILSLUICE_KAFKA_GROUP_INSTANCE_ID",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+        },
         {"name": "MAILSLUICE_DELIVERY_POOL", "value": pool.name},
         {"name": "MAILSLUICE_DELIVERY_HTTP_HOST", "value": "0.0.0.0"},
         {"name": "MAILSLUICE_DELIVERY_HTTP_PORT", "value": str(op.http_port)},

@@ -38,7 +38,7 @@ def test_deployment_runs_delivery_for_the_pool_hardened() -> None:
     (container,) = pod["containers"]
     assert container["args"] == ["delivery", "--pool", "bulk-a"]
     assert container["image"] == "registry.example/mailsluice:1.2"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MAILSLUICE_KAFKA_BOOTSTRAP"] == "kafka.mail:9092"
     assert env["MAILSLUICE_KAFKA_REPLICATION_FACTOR"] == "3"
     assert env["MAILSLUICE_DELIVERY_POOL"] == "bulk-a"
@@ -81,9 +81,16 @@ def test_spec_hash_rolls_workers_on_spec_change_only() -> None:
 )
 def test_worker_env_has_every_source_address(addresses: list[str] | None, rendered: str) -> None:
     env = render.worker_env(_pool(sourceAddresses=addresses), KAFKA, OP)
-    values = {e["name"]: e["value"] for e in env}
+    values = {e["name"]: e.get("value") for e in env}
     assert values["MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES"] == rendered
     assert "MAILSLUICE_OUTBOUND_SOURCE_ADDRESS" not in values
+
+
+def test_a_worker_is_a_static_group_member_named_after_its_pod() -> None:
+    env = {e["name"]: e for e in render.worker_env(_pool(), KAFKA, OP)}
+    assert env["MAILSLUICE_KAFKA_GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
 
 
 def test_configmap_and_pdb() -> None:
@@ -108,7 +115,7 @@ def test_workers_get_the_warmup_of_each_address_as_pool_overrides() -> None:
     ]
     spec = {**POOL_BODY["spec"], "warmup": {"table": [{"day": 1, "volume": 5}], "sources": sources}}
     pool = render.Pool.from_body({**POOL_BODY, "spec": spec})
-    env = {e["name"]: e["value"] for e in render.worker_env(pool, KAFKA, OP)}
+    env = {e["name"]: e.get("value") for e in render.worker_env(pool, KAFKA, OP)}
     overrides = env["MAILSLUICE_SHAPING_POOL_OVERRIDES"]
     assert json.loads(overrides)["warmup"] == {
         "start": "2026-11-20",  # no startDate: the pool's creation day
@@ -132,7 +139,7 @@ def test_kafka_ca_secret_is_mounted_and_checked() -> None:
     dep = render.render_deployment(_pool(), 1, KAFKA, op)
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MAILSLUICE_KAFKA_SSL_CAFILE"] == "/etc/mailsluice/kafka-ca/bundle.pem"
     assert {"name": "kafka-ca", "secret": {"secretName": "kafka-ca"}} in pod["volumes"]
     assert any(m["name"] == "kafka-ca" for m in container["volumeMounts"])

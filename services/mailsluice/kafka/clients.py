@@ -4,13 +4,15 @@ Producers are idempotent with acks=all: a record acknowledged to us is on every 
 replica, which is what lets ingest answer 250. Consumers commit by hand and read committed
 records only. A group member heartbeats every second (aiokafka: 3 s): it hears of a rebalance
 only in the answer to a heartbeat or a commit, and the partitions being handed over wait
-meanwhile."""
+meanwhile. With a group instance id (static membership) a restarted process rejoins as itself:
+no rebalance, no wait for the dead member's session to expire."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 
 from mailsluice.contracts.limits import record_limit
 from mailsluice.kafka.settings import KafkaSettings
@@ -29,7 +31,9 @@ def make_producer(
         "max_batch_size": 256 * 1024,
     }
     opts.update(overrides)
-    return AIOKafkaProducer(**opts)
+    producer = AIOKafkaProducer(**opts)
+    pace_metadata_updates(producer.client)
+    return producer
 
 
 def make_consumer(
@@ -47,5 +51,25 @@ def make_consumer(
     }
     if group_id is not None:
         opts["heartbeat_interval_ms"] = settings.heartbeat_interval_ms
+        if settings.group_instance_id:
+            opts["group_instance_id"] = settings.group_instance_id
     opts.update(overrides)
-    return AIOKafkaConsumer(*topics, **opts)
+    consumer = AIOKafkaConsumer(*topics, **opts)
+    pace_metadata_updates(consumer._client)
+    return consumer
+
+
+def pace_metadata_updates(client: AIOKafkaClient) -> None:
+    """Wait the client's retry backoff after a failed metadata update. aiokafka's sender asks for
+    one again at once while a partition has no known leader, and with every broker down each
+    attempt fails at once: some 2,000 connection attempts a second per producer for as long as
+    the outage lasts (upstream's fetcher has the like, aio-libs/aiokafka#1155)."""
+    update = client._metadata_update
+
+    async def paced(cluster: Any, topics: Any) -> bool:
+        ok = bool(await update(cluster, topics))
+        if not ok:
+            await asyncio.sleep(client._retry_backoff)
+        return ok
+
+    client._metadata_update = paced

@@ -46,6 +46,17 @@ class KafkaSettings(MailsluiceSettings):
         "handover waits for a member with nothing to commit. The session timeout (10 s) still "
         "decides when a silent member is gone.",
     )
+    group_instance_id: str = Field(
+        "",
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Static consumer group membership (KIP-345): a name unique to this process "
+        "that survives its restarts (the chart sets the pod's name). A restarted process takes "
+        "its partitions back without a rebalance, so the other members keep working instead of "
+        "waiting for the dead member's session to time out. A stopped member does not leave the "
+        "group: its partitions wait for the session timeout (10 s) unless it comes back. Two "
+        "live processes with the same name fence each other. Empty: dynamic membership.",
+    )
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka clients."""
