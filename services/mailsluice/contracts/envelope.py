@@ -52,6 +52,11 @@ class Envelope(BaseModel):
     # same message again after a 451 makes a new record with the same key, and delivery sends
     # each recipient one of them. "" (records from before it): the queue id stands in.
     message_key: str = ""
+    # Who the message is sent for and which list or campaign it belongs to: the scopes of a
+    # suppression (contracts/suppressions.py) and what an unsubscribe token names. "" when
+    # ingest knew neither.
+    tenant: str = ""
+    list_id: str = ""
 
     @property
     def dedup_id(self) -> str:
