@@ -31,7 +31,9 @@ def test_a_label_names_one_scope_and_back(label: str, scope: Scope) -> None:
     assert scope.label == label
 
 
-@pytest.mark.parametrize("label", ["", "tenant:", "list:acme", "domain:Bad_Domain", "user:x", "a|b"])
+@pytest.mark.parametrize(
+    "label", ["", "tenant:", "list:acme", "domain:Bad_Domain", "user:x", "a|b"]
+)
 def test_anything_else_is_refused(label: str) -> None:
     with pytest.raises(ValueError, match="not a suppression scope"):
         Scope.parse(label)
