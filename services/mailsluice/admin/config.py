@@ -26,6 +26,7 @@ SETTINGS_MODULES = (
     "mailsluice.ingest.settings",
     "mailsluice.delivery.worker.settings",
     "mailsluice.delivery.transport.settings",
+    "mailsluice.dkim.settings",
     "mailsluice.delivery.shaping.runtime",
     "mailsluice.delivery.retry.settings",
     "mailsluice.sandbox.settings",

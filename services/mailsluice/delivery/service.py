@@ -12,9 +12,10 @@ import contextlib
 import importlib
 import logging
 import signal
+import sys
 from typing import Any
 
-from mailsluice.config import LogSettings, load
+from mailsluice.config import ConfigError, LogSettings, load
 from mailsluice.delivery.retry.mover import RetryMover
 from mailsluice.delivery.shaping.runtime import ShapingRuntime
 from mailsluice.delivery.shaping.settings import ShapingSettings, delivery_defaults
@@ -52,17 +53,30 @@ def outbound_settings() -> Any:
     return load(outbound_mod.OutboundSettings)
 
 
+def dkim_signer() -> Any:
+    """The DKIM signer MAILSLUICE_DKIM_* describe (None: sign nothing); exits 2 when a key or
+    the schedule cannot be used."""
+    signing_mod = importlib.import_module("mailsluice.delivery.transport.signing")
+    settings_mod = importlib.import_module("mailsluice.dkim.settings")
+    try:
+        return signing_mod.signer_from_settings(load(settings_mod.DkimSettings))
+    except (OSError, ValueError) as exc:
+        print(f"invalid DKIM keys or schedule: {exc}", file=sys.stderr)
+        raise ConfigError(2) from None
+
+
 def make_transport(
-    dns_settings: DnsSettings, shaper: Any = None, outbound: Any = None
+    dns_settings: DnsSettings, shaper: Any = None, outbound: Any = None, signer: Any = None
 ) -> TransportLike:
     """The SMTP transport, configured from MAILSLUICE_OUTBOUND_* settings; given the pool's
     shaper (engine.PolicyShaper) it keeps each destination's connection-level policy limits
-    and tells the shaper the MX hosts of hosted domains (provider rollup)."""
+    and tells the shaper the MX hosts of hosted domains (provider rollup); `signer` signs each
+    message with DKIM as it goes out."""
     transport_mod = importlib.import_module("mailsluice.delivery.transport.client")
     outbound = outbound if outbound is not None else outbound_settings()
-    hooks: dict[str, Any] = {}
+    hooks: dict[str, Any] = {"signer": signer}
     if shaper is not None:
-        hooks = {
+        hooks |= {
             "limits": transport_mod.shaper_limits(shaper),
             "on_mx": shaper.learn_mx,
             "per_connection": shaper.per_connection,
@@ -82,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     logs = load(LogSettings)
     dns_settings = load(DnsSettings)
     shaping = load(ShapingSettings)  # policy files are validated here, before any port opens
+    signer = dkim_signer()
     setup_logging(logs, "delivery")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(
@@ -92,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 mover=settings.retry_mover and not args.no_retry_mover,
                 ensure=not args.no_ensure_topics,
                 shaping=shaping,
+                signer=signer,
             )
         )
     return 0
@@ -123,10 +139,11 @@ async def _main(
     mover: bool,
     ensure: bool,
     shaping: ShapingSettings,
+    signer: Any = None,
 ) -> int:
     outbound = outbound_settings()
     runtime = shaping_runtime(settings, kafka, shaping, tuple(outbound.source_addresses))
-    transport = make_transport(dns_settings, runtime.shaper, outbound)
+    transport = make_transport(dns_settings, runtime.shaper, outbound, signer)
     service = DeliveryService(
         settings,
         kafka,

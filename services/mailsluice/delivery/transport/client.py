@@ -54,6 +54,7 @@ from mailsluice.delivery.transport.replies import (
 )
 from mailsluice.delivery.transport.routing import Route, RouteFailure, Router
 from mailsluice.delivery.transport.settings import OutboundSettings
+from mailsluice.delivery.transport.signing import Signer
 from mailsluice.delivery.transport.transaction import RecipientResult, Transaction
 from mailsluice.metrics.delivery import count_attempt
 
@@ -76,11 +77,13 @@ class Transport:
         on_mx: MxObserver | None = None,
         per_connection: PerConnection | None = None,
         connect_wait_max_s: float = CONNECT_WAIT_MAX_S,
+        signer: Signer | None = None,
     ) -> None:
         """`limits(routing_key)` gives a destination's connection-level limits (none: the
         settings alone); `on_mx(routing_key, mx_hosts)` hears the MX hosts of a routing key that
         is a domain, whenever a send routes it by MX; `per_connection(routing_key, source)` the
-        messages a connection may carry as learned from the destination's replies."""
+        messages a connection may carry as learned from the destination's replies; `signer`
+        puts DKIM signatures on each message as it goes out (signing.DkimSigner)."""
         self._settings = settings
         self._clock = clock
         self._router = router or Router.from_resolver(settings, resolver, clock=clock)
@@ -90,6 +93,7 @@ class Transport:
         self._per_connection = per_connection
         self._gates = ConnectGates()
         self._connect_wait_max_s = connect_wait_max_s
+        self._signer = signer
 
     @property
     def router(self) -> Router:
@@ -118,6 +122,8 @@ class Transport:
             log.error("source address %s is not configured", source)
             reply = with_detail(S451_LOCAL_ERROR, f"source address {source} is not configured")
             return [RecipientResult(r, *reply, source=source) for r in env.recipients]
+        if self._signer is not None:
+            message = self._signer(env, message)
         payload = wire_data(message)
         groups: dict[str, list[str]] = {}
         for rcpt in env.recipients:

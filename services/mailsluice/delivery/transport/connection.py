@@ -47,13 +47,17 @@ PoolKey = tuple[str, int, str]  # (address, port, source address)
 ResultPhase = Phase | Literal[""]
 
 
-def wire_data(message: bytes) -> bytes:
-    """The DATA payload for a message: every CR, LF or CRLF becomes CRLF, lines starting with '.'
-    get another '.', and the terminating CRLF.CRLF is appended (RFC 5321 §4.5.2)."""
+def crlf_message(message: bytes) -> bytes:
+    """`message` as it goes out: every CR, LF or CRLF becomes CRLF, and it ends with CRLF (DKIM
+    signs exactly this; the result is unchanged by a second pass)."""
     body = _LINE_ENDINGS.sub(b"\r\n", message)
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return _LEADING_DOT.sub(b"..", body) + b".\r\n"
+    return body if body.endswith(b"\r\n") else body + b"\r\n"
+
+
+def wire_data(message: bytes) -> bytes:
+    """The DATA payload for a message: `crlf_message`, then lines starting with '.' get another
+    '.', and the terminating CRLF.CRLF is appended (RFC 5321 §4.5.2)."""
+    return _LEADING_DOT.sub(b"..", crlf_message(message)) + b".\r\n"
 
 
 class HopError(Exception):
