@@ -25,6 +25,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("destinations", "mailsluice.admin.destinations", "show, suspend, resume destinations"),
     ("warmup", "mailsluice.admin.warmup", "show warm-up schedules and today's caps"),
     ("config", "mailsluice.admin.config", "show configuration documentation"),
+    ("dkim", "mailsluice.admin.dkim", "make DKIM keys, check their DNS records"),
     ("operator", "mailsluice_operator.cli", "run the SendingPool operator (kopf)"),
 )
 

@@ -139,7 +139,11 @@ class DnsServer:
         self._set(host, dns.rdatatype.AAAA, addresses, ttl)
 
     def set_txt(self, name: str, texts: list[str], ttl: int = DEFAULT_TTL) -> None:
-        self._set(name, dns.rdatatype.TXT, [f'"{t}"' for t in texts], ttl)
+        # A TXT string holds at most 255 characters: longer texts (DKIM keys) become several.
+        chunked = [
+            " ".join(f'"{t[i : i + 255]}"' for i in range(0, max(len(t), 1), 255)) for t in texts
+        ]
+        self._set(name, dns.rdatatype.TXT, chunked, ttl)
 
     def _fault(self, domain: str, fault: str) -> None:
         with self._lock:

@@ -101,8 +101,8 @@ def split_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
     head, body = (message, b"") if end < 0 else (message[: end + 2], message[end + 4 :])
     try:
         headers, _ = dkim.rfc822_parse(head)
-    except dkim.MessageFormatError as exc:
-        raise SigningError(str(exc)) from None
+    except (dkim.MessageFormatError, IndexError) as exc:  # IndexError: leading continuation
+        raise SigningError(str(exc) or "the header section starts with a continuation") from None
     return headers, body
 
 
