@@ -24,7 +24,7 @@ from mailsluice.metrics.dkim import SIGNATURES, UNSIGNED
 log = logging.getLogger(__name__)
 
 Signer = Callable[[Envelope, bytes], bytes]
-_FROM = re.compile(rb"(?im)^from[ \t]*:((?:.*)(?:\r\n[ \t].*)*)")
+_FROM = re.compile(rb"(?im)^from[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
 
 
 class DkimSigner:
