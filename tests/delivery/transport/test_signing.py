@@ -79,3 +79,17 @@ def test_without_a_key_the_message_goes_unsigned_and_is_counted() -> None:
     assert out == other.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     after = sample("mailsluice_delivery_dkim_unsigned_total", reason="no_key")
     assert after == before + 1
+
+
+@pytest.mark.parametrize(
+    ("field", "domain"),
+    [
+        (b"From: a@Example.COM", "example.com"),
+        (b'From: "x@evil.test" <a@example.com>', "example.com"),
+        (b"From: News\r\n <news@list.example.>", "list.example"),
+        (b"From: (comment) a@example.com (more)", "example.com"),
+        (b"From: undisclosed", ""),
+    ],
+)
+def test_from_domain(field: bytes, domain: str) -> None:
+    assert from_domain(b"To: t@t.test\r\n" + field + b"\r\nSubject: s\r\n\r\nbody\r\n") == domain

@@ -50,7 +50,13 @@ ResultPhase = Phase | Literal[""]
 def crlf_message(message: bytes) -> bytes:
     """`message` as it goes out: every CR, LF or CRLF becomes CRLF, and it ends with CRLF (DKIM
     signs exactly this; the result is unchanged by a second pass)."""
-    body = _LINE_ENDINGS.sub(b"\r\n", message)
+    crs = message.count(b"\r")
+    if crs == 0:  # the fast ways first: 20 times cheaper than the expression on 20 KB
+        body = message.replace(b"\n", b"\r\n")
+    elif crs == message.count(b"\n") == message.count(b"\r\n"):
+        body = message
+    else:
+        body = _LINE_ENDINGS.sub(b"\r\n", message)
     return body if body.endswith(b"\r\n") else body + b"\r\n"
 
 

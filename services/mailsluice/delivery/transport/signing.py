@@ -8,7 +8,6 @@ The signing domain is the header From domain when it has a key, else the pool's 
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import re
 import time
@@ -24,6 +23,8 @@ from mailsluice.metrics.dkim import SIGNATURES, UNSIGNED
 log = logging.getLogger(__name__)
 
 Signer = Callable[[Envelope, bytes], bytes]
+_ANGLE_DOMAIN = re.compile(rb"<[^<>@]*@([^<>\s]+)>")
+_BARE_DOMAIN = re.compile(rb"@([A-Za-z0-9.-]+)")
 _FROM = re.compile(rb"(?im)^from[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
 
 
@@ -62,9 +63,12 @@ def from_domain(message: bytes) -> str:
     found = _FROM.search(message if end < 0 else message[: end + 2])
     if found is None:
         return ""
-    value = found.group(1).decode("utf-8", "replace").replace("\r\n", "")
-    _name, address = email.utils.parseaddr(value)
-    return address.rpartition("@")[2].strip().lower().rstrip(".") if "@" in address else ""
+    value = found.group(1)
+    # An angle address wins over any '@' in the display name; else the bare addr-spec.
+    address = _ANGLE_DOMAIN.search(value) or _BARE_DOMAIN.search(value)
+    if address is None:
+        return ""
+    return address.group(1).decode("ascii", "replace").lower().rstrip(".")
 
 
 def signer_from_settings(settings: DkimSettings) -> DkimSigner | None:
