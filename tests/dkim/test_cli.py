@@ -53,3 +53,23 @@ def test_check_compares_the_published_records_with_the_keys_in_use(
     dns_zone.set_txt("e1._domainkey.example.com", [ed])
     assert main(["dkim", "check", "example.com"]) == 0
     assert main(["dkim", "check", "other.example"]) == 1  # no key for it
+
+
+def test_a_delivery_worker_loads_its_signer_from_settings_and_refuses_bad_keys(
+    tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    from mailsluice.delivery.service import dkim_signer
+    from mailsluice.delivery.transport.signing import DkimSigner
+
+    monkeypatch.delenv("MAILSLUICE_DKIM_KEYS_DIR", raising=False)
+    assert dkim_signer() is None  # signing is off without keys
+    _keygen(tmp_path, "s1", "ed25519", capsys)
+    monkeypatch.setenv("MAILSLUICE_DKIM_KEYS_DIR", str(tmp_path))
+    monkeypatch.setenv("MAILSLUICE_DKIM_DOMAIN", "Pool.Example.")
+    signer = dkim_signer()
+    assert isinstance(signer, DkimSigner) and signer.domain == "pool.example"
+    (tmp_path / "s2._domainkey.example.com.pem").write_text("garbage")
+    with pytest.raises(SystemExit) as exited:
+        dkim_signer()
+    assert exited.value.code == 2
+    assert "s2._domainkey.example.com" in capsys.readouterr().err
