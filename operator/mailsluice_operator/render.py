@@ -24,6 +24,7 @@ Manifest = dict[str, Any]
 
 POLICY_DIR = "/etc/mailsluice/pool"
 KAFKA_CA_DIR = "/etc/mailsluice/kafka-ca"
+DKIM_DIR = "/etc/mailsluice/dkim"
 POLICY_FILE = "policy.yaml"
 SPEC_HASH_ANNOTATION = "mailsluice.io/spec-hash"
 POOL_LABEL = "mailsluice.io/pool"
@@ -163,6 +164,19 @@ def pool_overrides_env(pool: Pool) -> list[dict[str, str]]:
     return [{"name": "MAILSLUICE_SHAPING_POOL_OVERRIDES", "value": value}]
 
 
+def dkim_env(dkim: Mapping[str, Any] | None) -> list[dict[str, str]]:
+    """MAILSLUICE_DKIM_* for a pool's `dkim` section: the keys are the mounted Secret."""
+    if not dkim:
+        return []
+    env = [{"name": "MAILSLUICE_DKIM_KEYS_DIR", "value": DKIM_DIR}]
+    if dkim.get("domain"):
+        env.append({"name": "MAILSLUICE_DKIM_DOMAIN", "value": str(dkim["domain"])})
+    if dkim.get("scheduleKey"):
+        value = f"{DKIM_DIR}/{dkim['scheduleKey']}"
+        env.append({"name": "MAILSLUICE_DKIM_SCHEDULE_FILE", "value": value})
+    return env
+
+
 def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[dict[str, Any]]:
     """Operator-set variables, then the template's; a template variable wins by name."""
     spec = pool.spec
@@ -187,6 +201,7 @@ def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[d
         {"name": "MAILSLUICE_POOL_POLICY_FILE", "value": f"{POLICY_DIR}/{POLICY_FILE}"},
         {"name": "MAILSLUICE_POOL_STREAM", "value": str(spec["stream"])},
         *pool_overrides_env(pool),
+        *dkim_env(spec.get("dkim")),
     ]
     template_env = [dict(e) for e in (spec.get("workerTemplate") or {}).get("env") or []]
     overridden = {e["name"] for e in template_env}
@@ -227,6 +242,8 @@ def _container(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> dict[s
         container["volumeMounts"].append(
             {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}
         )
+    if pool.spec.get("dkim"):
+        container["volumeMounts"].append({"name": "dkim", "mountPath": DKIM_DIR, "readOnly": True})
     return container
 
 
@@ -255,6 +272,10 @@ def render_deployment(
         pod_spec["volumes"].append(
             {"name": "kafka-ca", "secret": {"secretName": op.kafka_ca_secret}}
         )
+    if dkim := pool.spec.get("dkim"):
+        # Read-only for owner and group (the group is fsGroup, the worker's).
+        secret = {"secretName": dkim["secretName"], "defaultMode": 0o440}
+        pod_spec["volumes"].append({"name": "dkim", "secret": secret})
     if template.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(template["nodeSelector"])
     if template.get("tolerations"):

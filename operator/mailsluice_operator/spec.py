@@ -174,6 +174,32 @@ class WorkerTemplate(Model):
     )
 
 
+class Dkim(Model):
+    """DKIM signing of the pool's mail: keys from a Secret mounted into the workers."""
+
+    secret_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_NAME,
+        description="Secret with the private keys, one per selector, each under the key "
+        "<selector>._domainkey.<domain>.pem (`mailsluice dkim keygen` writes such files).",
+    )
+    domain: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_NAME,
+        description="Signing domain for mail whose header From domain has no key (the pool's "
+        "own domain); unset: such mail goes unsigned.",
+    )
+    schedule_key: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the Secret holding the rotation schedule (YAML: when each selector "
+        "starts signing, grace_days); unset: every key signs from the start.",
+    )
+
+
 class PoolSpec(Model):
     """What the pool sends from and how it scales."""
 
@@ -265,6 +291,7 @@ class PoolSpec(Model):
     worker_template: WorkerTemplate | None = Field(
         None, description="How worker pods look; unset fields take the operator's defaults."
     )
+    dkim: Dkim | None = Field(None, description="DKIM signing; unset: the pool signs nothing.")
 
 
 class Condition(Model):

@@ -257,3 +257,32 @@ def test_cli_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
     assert yaml.safe_load(capsys.readouterr().out)["metadata"]["name"] == (
         "sendingpools.mailsluice.io"
     )
+
+
+def test_dkim_keys_are_a_secret_mounted_into_the_workers() -> None:
+    dkim = {"secretName": "dkim-keys", "domain": "mail.example.com", "scheduleKey": "rot.yaml"}
+    pool = _pool(dkim=dkim)
+    pod = render.render_deployment(pool, 1, KAFKA, OP)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MAILSLUICE_DKIM_KEYS_DIR"] == "/etc/mailsluice/dkim"
+    assert env["MAILSLUICE_DKIM_DOMAIN"] == "mail.example.com"
+    assert env["MAILSLUICE_DKIM_SCHEDULE_FILE"] == "/etc/mailsluice/dkim/rot.yaml"
+    volume = {"name": "dkim", "secret": {"secretName": "dkim-keys", "defaultMode": 0o440}}
+    assert volume in pod["volumes"]
+    mount = {"name": "dkim", "mountPath": "/etc/mailsluice/dkim", "readOnly": True}
+    assert mount in container["volumeMounts"]
+    assert "dkim-keys" in referenced_secrets(pool.spec, OP)  # a missing Secret is reported
+    # A pool without DKIM gets none of it; a changed DKIM section rolls the workers.
+    plain = render.render_deployment(_pool(), 1, KAFKA, OP)["spec"]["template"]["spec"]
+    assert not any(e["name"].startswith("MAILSLUICE_DKIM_") for e in plain["containers"][0]["env"])
+    assert all(v["name"] != "dkim" for v in plain["volumes"])
+    other = _pool(dkim={**dkim, "domain": "other.example.com"})
+    assert render.spec_hash(pool, KAFKA, OP) != render.spec_hash(other, KAFKA, OP)
+
+
+def test_the_crd_validates_the_dkim_section() -> None:
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    dkim = schema["properties"]["spec"]["properties"]["dkim"]
+    assert dkim["required"] == ["secretName"]
+    assert set(dkim["properties"]) == {"secretName", "domain", "scheduleKey"}
