@@ -69,6 +69,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     }
     by_metric = {
         **_ingest_label_values(),
+        **_dkim_label_values(),
         ("mailsluice_delivery_attempts", "result"): _values(delivery.ATTEMPT_RESULTS),
         ("mailsluice_delivery_recipients", "result"): _values(delivery.ATTEMPT_RESULTS),
         ("mailsluice_delivery_commits", "result"): _values(["ok", "failed"]),
@@ -86,6 +87,15 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_streams_errors", "agent"): _values(Streams.AGENTS),
     }
     return by_label, by_metric
+
+
+def _dkim_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.dkim import DKIM_ALGORITHMS, UNSIGNED_REASONS
+
+    return {
+        ("mailsluice_delivery_dkim_signatures", "algorithm"): _values(DKIM_ALGORITHMS),
+        ("mailsluice_delivery_dkim_unsigned", "reason"): _values(UNSIGNED_REASONS),
+    }
 
 
 def _ingest_label_values() -> dict[tuple[str, str], str]:
