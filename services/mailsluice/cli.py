@@ -26,6 +26,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("warmup", "mailsluice.admin.warmup", "show warm-up schedules and today's caps"),
     ("config", "mailsluice.admin.config", "show configuration documentation"),
     ("operator", "mailsluice_operator.cli", "run the SendingPool operator (kopf)"),
+    ("unsubscribe", "mailsluice.unsubscribe.service", "run the one-click unsubscribe service"),
 )
 
 
