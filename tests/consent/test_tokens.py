@@ -117,7 +117,11 @@ def test_the_scope_is_the_narrowest_the_preference_allows(
     preference: str, tenant: str, list_id: str, sender: str, label: str
 ) -> None:
     claim = claim_for(
-        "r@x.example", tenant=tenant, list_id=list_id, sender=sender, preference=preference  # type: ignore[arg-type]
+        "r@x.example",
+        tenant=tenant,
+        list_id=list_id,
+        sender=sender,
+        preference=preference,  # type: ignore[arg-type]
     )
     assert claim.scope == label
     assert Scope.parse(claim.scope).label == label

@@ -81,9 +81,9 @@ async def test_multipart_one_click_and_a_token_of_the_previous_key_work(
     token = KeyRing({"k1": OLD}).mint(Claim(rcpt, "tenant:acme", "acme"))
     form = aiohttp.FormData(ONE_CLICK)
     form.add_field("x", b"multipart", filename="x")  # forces multipart/form-data
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{service.port}/u/{token}", data=form) as resp:
-            assert resp.status == 200, await resp.text()
+    url = f"http://127.0.0.1:{service.port}/u/{token}"
+    async with aiohttp.ClientSession() as http, http.post(url, data=form) as resp:
+        assert resp.status == 200, await resp.text()
     (event,) = await unsubscribe_events(kafka_settings, rcpt, expect=0)
     assert event.scope == "tenant:acme"
 

@@ -84,7 +84,9 @@ async def test_transactional_own_header_bounces_and_no_link_go_out_unchanged() -
 async def test_transactional_mail_gets_the_fields_when_asked() -> None:
     transport = Recording()
     asked = SETTINGS.model_copy(update={"transactional": True})
-    await Finishing(transport, asked, KEYS).send(bulk("a@b.example", stream="transactional"), MESSAGE)
+    await Finishing(transport, asked, KEYS).send(
+        bulk("a@b.example", stream="transactional"), MESSAGE
+    )
     assert b"List-Unsubscribe-Post" in transport.sent[0][1]
 
 
