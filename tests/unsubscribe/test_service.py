@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from support.eventually import eventually
+from support.loopback import free_port
 from support.topic_reader import read_topic
 
 from mailsluice.consent.settings import UnsubscribeSettings
@@ -129,3 +131,25 @@ async def test_links_that_are_not_ours_get_problem_details_and_produce_nothing(
                 problem = await resp.json(content_type=None)
                 assert problem["status"] == status and problem["title"]
     assert await unsubscribe_events(kafka_settings, rcpt, expect=0) == []
+
+
+async def test_without_kafka_not_ready_and_a_post_gets_503_never_200() -> None:
+    settings = UnsubscribeSettings(
+        listen_host="127.0.0.1", listen_port=0, http_port=0, publish_timeout_s=0.5
+    )
+    nowhere = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}")
+    running = UnsubscribeService(settings, nowhere, KEYS, ops=False)
+    await running.start()
+    try:
+        await eventually(
+            lambda: running.ready()[1].startswith("kafka:"), within=10, what="kafka not ready"
+        )
+        token = KEYS.mint(Claim(address(), "global"))
+        url = f"http://127.0.0.1:{running.port}/u/{token}"
+        async with aiohttp.ClientSession() as http, http.post(url, data=ONE_CLICK) as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "60"
+            assert resp.content_type == "application/problem+json"
+        assert not running.ready()[0]
+    finally:
+        await running.stop()

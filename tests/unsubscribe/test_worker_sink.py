@@ -10,17 +10,14 @@ from typing import Any
 from support.delivery_worker import EventLog, Running, enqueue, envelope, new_pool, setup_pool
 from support.eventually import eventually
 
-from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.consent.tokens import KeyRing
 from mailsluice.delivery.service import DeliveryService
 from mailsluice.delivery.transport.client import Transport
 from mailsluice.delivery.transport.settings import OutboundSettings
-from mailsluice.delivery.worker.finishing import Finishing
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.resolver import DnsSettings, make_resolver
 
 KEYS = KeyRing({"k1": b"w" * 32})
-SETTINGS = UnsubscribeSettings(url="https://unsub.test", mailto_domain="unsub.test")
 # both URIs, with one token, folded before the mailto (smtp-sink dumps with LF line ends)
 LINKS = re.compile(
     rb"\nList-Unsubscribe: <https://unsub\.test/u/([a-z2-7]+)>,\n"
@@ -35,8 +32,12 @@ def rcpt_of(dump: bytes) -> list[str]:
 
 
 async def test_bulk_copies_carry_their_recipients_token_to_the_sink(
-    kafka: Any, smtp_sink: Any, dns_nameserver: str
+    kafka: Any, smtp_sink: Any, dns_nameserver: str, monkeypatch: Any
 ) -> None:
+    # configured as a worker process is: the worker wraps its transport from these
+    monkeypatch.setenv("MAILSLUICE_UNSUBSCRIBE_URL", "https://unsub.test")
+    monkeypatch.setenv("MAILSLUICE_UNSUBSCRIBE_MAILTO_DOMAIN", "unsub.test")
+    monkeypatch.setenv("MAILSLUICE_UNSUBSCRIBE_KEYS", "k1:" + "w" * 32)
     ks = kafka.settings()
     pool = new_pool()
     await setup_pool(ks, pool)
@@ -46,7 +47,7 @@ async def test_bulk_copies_carry_their_recipients_token_to_the_sink(
     service = DeliveryService(
         DeliverySettings(pool=pool, commit_interval_s=0.2),
         ks,
-        Finishing(transport, SETTINGS, KEYS),
+        transport,
         mover=False,
     )
     rcpts = ("ann@b.example", "bob@b.example", "cy@b.example")

@@ -58,7 +58,7 @@ class UnsubscribeSettings(MailsluiceSettings):
     listen_host: str = Field("0.0.0.0", description="Address of the public unsubscribe pages.")
     listen_port: int = Field(8080, ge=0, le=65535, description="Port of the public pages.")
     http_host: str = Field("127.0.0.1", description="Address of /metrics, /healthz, /readyz.")
-    http_port: int = Field(9105, ge=0, le=65535, description="Port of the operator endpoints.")
+    http_port: int = Field(9106, ge=0, le=65535, description="Port of the operator endpoints.")
     publish_timeout_s: float = Field(
         5.0, gt=0, description="Longest a one-click POST waits for Kafka before answering 503."
     )

@@ -30,6 +30,8 @@ from mailsluice.unsubscribe.app import build_app
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 64 * 1024
+# While Kafka is unreachable (not ready), it is asked this often whether it answers again.
+KAFKA_CHECK_S = 2.0
 
 
 class UnsubscribeService:
@@ -66,6 +68,7 @@ class UnsubscribeService:
         self._ops = ops
         self._http: web.AppRunner | None = None
         self._kafka_error = "starting"
+        self._checking: asyncio.Task[None] | None = None
 
     async def acknowledge(self, event: Event) -> None:
         """Write the event and wait for Kafka's acknowledgement (bounded); raise otherwise."""
@@ -78,6 +81,20 @@ class UnsubscribeService:
             self._kafka_error = type(exc).__name__
             raise
         self._kafka_error = ""
+
+    async def check_kafka(self) -> None:
+        """While not ready for Kafka's sake, ask it for the events topic's partitions: a pod
+        out of traffic gets no POST that would show Kafka answering again."""
+        while True:
+            if self._kafka_error:
+                try:
+                    producer = await self.producers.get()
+                    await asyncio.wait_for(producer.partitions_for(EVENTS_TOPIC), KAFKA_CHECK_S)
+                    self._kafka_error = ""
+                except Exception as exc:
+                    self.producers.failed()
+                    self._kafka_error = type(exc).__name__ or "unreachable"
+            await asyncio.sleep(KAFKA_CHECK_S)
 
     @property
     def port(self) -> int:
@@ -93,9 +110,7 @@ class UnsubscribeService:
         return True, "serving"
 
     async def start(self) -> None:
-        with contextlib.suppress(Exception):  # Kafka away at start: readiness says so
-            await self.producers.get()
-            self._kafka_error = ""
+        self._checking = asyncio.create_task(self.check_kafka(), name="unsubscribe-kafka")
         self._serving = asyncio.create_task(self.server.serve(), name="unsubscribe-http")
         while not self.server.started:  # polled: uvicorn offers no event to wait on
             if self._serving.done():
@@ -111,6 +126,10 @@ class UnsubscribeService:
         self.server.should_exit = True
         if self._serving is not None:
             await self._serving
+        if self._checking is not None:
+            self._checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checking
         if self._http is not None:
             await self._http.cleanup()
         await self.producers.stop()
