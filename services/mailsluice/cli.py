@@ -27,6 +27,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("config", "mailsluice.admin.config", "show configuration documentation"),
     ("dkim", "mailsluice.admin.dkim", "make DKIM keys, check their DNS records"),
     ("operator", "mailsluice_operator.cli", "run the SendingPool operator (kopf)"),
+    ("unsubscribe", "mailsluice.unsubscribe.service", "run the one-click unsubscribe service"),
 )
 
 

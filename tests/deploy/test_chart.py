@@ -325,3 +325,37 @@ def test_every_values_key_is_used_by_a_template() -> None:
         if not any(path == ref or path.startswith(ref + ".") for ref in refs)
     ]
     assert unused == []
+
+
+def test_unsubscribe_service_ingress_and_ingest_share_the_keys(helm: Path) -> None:
+    """Off by default; on, `mailsluice unsubscribe` serves the pages on `web` (the only port
+    the Ingress reaches, and only /u/) and ingest mounts the same token keys."""
+    assert not [d for d in render(helm) if "unsubscribe" in d["metadata"]["name"]]
+    docs = render(helm, str(FULL_VALUES))
+    ours = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    deployment = ours[("Deployment", "rel-mailsluice-unsubscribe")]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["unsubscribe"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"web": 8080, "http": 9106}
+    assert int(env["MAILSLUICE_UNSUBSCRIBE_LISTEN_PORT"]) == 8080
+    assert int(env["MAILSLUICE_UNSUBSCRIBE_HTTP_PORT"]) == 9106
+    assert env["MAILSLUICE_UNSUBSCRIBE_URL"] == "https://unsubscribe.example.com"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    ingress = ours[("Ingress", "rel-mailsluice-unsubscribe")]
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert rule["host"] == "unsubscribe.example.com"
+    assert path["path"] == "/u/" and path["backend"]["service"]["port"] == {"name": "web"}
+    assert ingress["spec"]["tls"] == [
+        {"hosts": ["unsubscribe.example.com"], "secretName": "unsubscribe-tls"}
+    ]
+    assert ("NetworkPolicy", "rel-mailsluice-unsubscribe") in ours
+    ingest = ours[("Deployment", "rel-mailsluice-ingest")]["spec"]["template"]["spec"]
+    ingest_env = {e["name"]: e.get("value") for e in ingest["containers"][0]["env"]}
+    assert ingest_env["MAILSLUICE_UNSUBSCRIBE_MAILTO_DOMAIN"] == "unsubscribe.example.com"
+    for spec in (pod, ingest):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["unsubscribe-keys"]["secret"]["secretName"] == "mailsluice-unsubscribe-keys"

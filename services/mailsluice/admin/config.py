@@ -32,6 +32,7 @@ SETTINGS_MODULES = (
     "mailsluice.sandbox.settings",
     "mailsluice.streams.settings",
     "mailsluice_operator.settings",
+    "mailsluice.consent.settings",
 )
 
 

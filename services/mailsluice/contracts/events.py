@@ -27,6 +27,9 @@ class EventType(StrEnum):
     # A destination's shaping state changed for one source address (slowed down, blocked,
     # probing, back to normal): keyed by routing key, no queue id.
     DESTINATION_STATE = "destination_state"
+    # A recipient unsubscribed (RFC 8058 one-click POST, or mail to the List-Unsubscribe
+    # mailto address): `scope` names the suppression scope it asked for.
+    UNSUBSCRIBE = "unsubscribe"
 
 
 class Event(BaseModel):
@@ -58,6 +61,9 @@ class Event(BaseModel):
     reply_class: str = ""
     rate: float = 0.0  # messages per second
     connections: int = 0
+    # unsubscribe only: the label of the suppression scope asked for (contracts/suppressions.py);
+    # `reason` says how: "one-click" (the HTTP POST) or "mailto"
+    scope: str = ""
 
 
 def encode_event(event: Event) -> bytes:

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 MAX_LOCAL = 64
+# An unsubscribe address (consent/tokens.py) carries a signed token: its local part may be
+# as long as a path allows (RFC 5321 §4.5.3.1 lets a server take longer local parts).
+LONG_LOCAL_PREFIX = "unsubscribe+"
 MAX_DOMAIN = 253
 MAX_PATH = 254
 
@@ -85,7 +88,8 @@ def check_mailbox(mailbox: str) -> str:
         raise AddressError("syntax", "more than one @")
     local, _, domain = mailbox.partition("@")
     domain = domain.lower()
-    if not local or len(local) > MAX_LOCAL or not _LOCAL.match(local):
+    long_ok = local.lower().startswith(LONG_LOCAL_PREFIX)
+    if not local or (len(local) > MAX_LOCAL and not long_ok) or not _LOCAL.match(local):
         raise AddressError("syntax", "bad local part")
     if len(domain) > MAX_DOMAIN or not _DOMAIN.match(domain):
         raise AddressError("syntax", "bad domain")

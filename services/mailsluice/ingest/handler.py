@@ -39,6 +39,7 @@ from mailsluice.ingest.plan import (
 from mailsluice.ingest.publish import Publisher, publish_plan
 from mailsluice.ingest.session import IngestEnvelope, IngestSMTP
 from mailsluice.ingest.smtp_auth import SmtpAuth
+from mailsluice.ingest.unsubscribe import UnsubscribeDesk, plan_unsubscribe
 from mailsluice.ingest.verdicts import IsSuppressed, MxLookup, judge_recipient, judge_sender
 from mailsluice.metrics.ingest import INGEST_COMPLAINTS, INGEST_FEEDBACK_REJECTED
 from mailsluice.metrics.ingest import Ingest as metrics
@@ -88,6 +89,7 @@ class IngestHandler:
         trusted_domains: OwnedDomains = UNRESTRICTED,
         single_fields: frozenset[str] = frozenset(SINGLE_FIELDS),
         allow_private_destinations: bool = False,
+        unsubscribe: UnsubscribeDesk | None = None,
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -103,6 +105,7 @@ class IngestHandler:
         self.in_data = 0  # DATA transactions being published now
         self.single_fields = single_fields  # header fields allowed once (lower-case)
         self.allow_private_destinations = allow_private_destinations
+        self.unsubscribe = unsubscribe  # the List-Unsubscribe mailto address, when configured
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -152,6 +155,11 @@ class IngestHandler:
         txn = envelope.txn
         if address.lower() in self.feedback_addresses or txn.feedback:
             return self._feedback_rcpt(server, envelope, txn, address, rcpt_options)
+        if self.unsubscribe is not None and (
+            self.unsubscribe.token_of(address) is not None
+            or any(self.unsubscribe.token_of(r) is not None for r in envelope.rcpt_tos)
+        ):
+            return self._unsubscribe_rcpt(server, envelope, address, rcpt_options)
         verdict = await judge_recipient(
             address,
             accepted_so_far=len(envelope.txn.routing),
@@ -216,6 +224,10 @@ class IngestHandler:
             return plan_feedback(
                 txn, content, rollup=self.rollup, served_pools=self.pools.served_pools, now=now
             )
+        rcpts = server.envelope.rcpt_tos if server.envelope is not None else []
+        claims = self.unsubscribe.claims(rcpts) if self.unsubscribe else []
+        if claims:
+            return plan_unsubscribe(claims, txn, now)
         client = Client(
             helo=session.host_name or "",
             peer_ip=server.conn.peer_ip,
@@ -280,3 +292,21 @@ class IngestHandler:
             envelope.rcpt_options.extend(rcpt_options)
             txn.feedback.append(address)
         return replies.S250_RCPT_OK
+
+    def _unsubscribe_rcpt(
+        self, server: IngestSMTP, envelope: IngestEnvelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        """RCPT of a transaction for the List-Unsubscribe mailto address (ingest/unsubscribe.py)."""
+        assert self.unsubscribe is not None and envelope.txn is not None
+        others = bool(envelope.txn.routing) or any(
+            self.unsubscribe.token_of(r) is None for r in envelope.rcpt_tos
+        )
+        verdict = self.unsubscribe.judge(address, others=others)
+        if verdict.reason:
+            self.record_rejection(server, address, verdict.reply, verdict.reason)
+            return verdict.reply
+        metrics.RECIPIENTS.labels("accepted", "").inc()
+        if address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return verdict.reply

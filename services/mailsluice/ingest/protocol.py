@@ -21,7 +21,8 @@ points; everything else is aiosmtpd's own.
 - Strict address parsing (addresses.parse_path) before aiosmtpd's lenient one, and the relay
   check (trusted network or authenticated) before MAIL and RCPT. The one exception: RCPT to a
   feedback-loop address is local delivery, open to any client (so MAIL is too when such
-  addresses are configured); every other recipient of a stranger still gets 530.
+  addresses are configured); so is RCPT to an unsubscribe+TOKEN address of the configured
+  unsubscribe domain; every other recipient of a stranger still gets 530.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from mailsluice.consent.tokens import mailto_token
 from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import AddressError, parse_path
 
@@ -47,6 +49,7 @@ class SessionLimits:
     greet_pause_s: float
     trusted_networks: tuple[Network, ...]
     feedback_addresses: frozenset[str] = frozenset()  # lower-cased
+    unsubscribe_domain: str = ""  # of unsubscribe+TOKEN addresses, lower-cased ("": none)
 
 
 @dataclass
@@ -155,6 +158,17 @@ def is_feedback_path(path_arg: str | None, feedback_addresses: frozenset[str]) -
     return address.lower() in feedback_addresses
 
 
+def is_unsubscribe_path(path_arg: str | None, domain: str) -> bool:
+    """RCPT TO an unsubscribe+TOKEN address of ours (the token is judged later, at RCPT)."""
+    if not path_arg or not domain:
+        return False
+    try:
+        address = parse_path(path_arg).address
+    except AddressError:
+        return False
+    return mailto_token(address, domain) is not None
+
+
 def check_mail(
     arg: str | None,
     conn: ConnState,
@@ -167,7 +181,7 @@ def check_mail(
     if draining:
         return Refusal(replies.S421_SHUTTING_DOWN)
     # With feedback addresses any client may start a transaction; RCPT then decides.
-    if not relay_allowed and not limits.feedback_addresses:
+    if not relay_allowed and not (limits.feedback_addresses or limits.unsubscribe_domain):
         return Refusal(replies.S530_AUTH_REQUIRED)
     if conn.messages >= limits.max_messages:
         return Refusal(replies.S421_TOO_MANY_MESSAGES, violation="too_many_messages")
@@ -183,7 +197,10 @@ def check_mail(
 def check_rcpt(arg: str | None, limits: SessionLimits, *, relay_allowed: bool) -> Refusal | None:
     """RCPT after HELO inside a transaction (aiosmtpd answers the other cases itself)."""
     path_arg = strip_keyword("TO:", arg)
-    if not relay_allowed and not is_feedback_path(path_arg, limits.feedback_addresses):
+    local = is_feedback_path(path_arg, limits.feedback_addresses) or is_unsubscribe_path(
+        path_arg, limits.unsubscribe_domain
+    )
+    if not relay_allowed and not local:
         return Refusal(replies.S530_AUTH_REQUIRED)
     if path_arg is None:
         return None

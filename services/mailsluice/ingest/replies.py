@@ -83,6 +83,11 @@ S454_TLS_UNAVAILABLE = "454 4.7.0 TLS not available"
 S550_DUPLICATE_HEADER = "550 5.6.0 Message has more than one {name} header field (RFC 5322 3.6)"
 # The worker would refuse these MX hosts anyway (no delivery to non-global addresses).
 S550_PRIVATE_DESTINATION = "550 5.4.4 Recipient domain's mail servers have no public address"
+# The List-Unsubscribe mailto address (unsubscribe+TOKEN@domain): a token that does not verify
+# names no mailbox of ours (5.1.1); a good one is recorded at the end of DATA.
+S550_BAD_UNSUBSCRIBE = "550 5.1.1 Unknown unsubscribe address"
+S452_UNSUBSCRIBE_SEPARATE = "452 4.5.3 Unsubscribe requests go in a transaction of their own"
+S250_UNSUBSCRIBED = "250 2.0.0 Ok: {count} unsubscribe request(s) recorded"
 
 # feedback.REJECT_REASONS -> reply.
 FEEDBACK_REJECTS: dict[str, str] = {

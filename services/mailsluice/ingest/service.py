@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from mailsluice.config import LogSettings, load
+from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.ingest.auth import Credentials
 from mailsluice.ingest.auth_guard import AuthGuard, GuardLimits
 from mailsluice.ingest.caps import ByteBudget, Caps, Registry
@@ -27,6 +28,7 @@ from mailsluice.ingest.replies import S220_READY_SUFFIX, S421_SHUTTING_DOWN
 from mailsluice.ingest.session import IngestSMTP
 from mailsluice.ingest.settings import IngestSettings
 from mailsluice.ingest.smtp_auth import SmtpAuth
+from mailsluice.ingest.unsubscribe import UnsubscribeDesk
 from mailsluice.ingest.verdicts import IsSuppressed, MxCache, MxLookup, unverified_mx
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
@@ -57,6 +59,16 @@ def guard_limits(settings: IngestSettings) -> GuardLimits:
     )
 
 
+def unsubscribe_desk(settings: UnsubscribeSettings) -> UnsubscribeDesk | None:
+    """The mailto side of List-Unsubscribe, when a domain for it is configured."""
+    if not settings.mailto_domain:
+        return None
+    keys = settings.key_ring()
+    if not keys:
+        raise ValueError("MAILSLUICE_UNSUBSCRIBE_MAILTO_DOMAIN is set but no token key is")
+    return UnsubscribeDesk(settings.mailto_domain, keys)
+
+
 class IngestService:
     """Start and stop the whole ingest; tests drive it in their own event loop.
 
@@ -73,8 +85,10 @@ class IngestService:
         is_suppressed: IsSuppressed | None = None,
         mx_lookup: MxLookup | None = None,
         serve_http: bool = True,
+        unsubscribe: UnsubscribeSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.unsubscribe = unsubscribe_desk(unsubscribe or load(UnsubscribeSettings))
         self.kafka = kafka
         self.dns = dns
         self.hostname = settings.hostname or socket.getfqdn()
@@ -166,6 +180,7 @@ class IngestService:
             trusted_domains=s.trusted_owned_domains(),
             single_fields=s.single_header_set(),
             allow_private_destinations=s.allow_private_destinations,
+            unsubscribe=self.unsubscribe,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -188,6 +203,7 @@ class IngestService:
             greet_pause_s=s.greet_pause_s,
             trusted_networks=tuple(s.networks()),
             feedback_addresses=s.feedback_address_set(),
+            unsubscribe_domain=self.unsubscribe.domain if self.unsubscribe else "",
         )
         context = tls_context(s)
 

@@ -140,4 +140,5 @@ INGEST_REJECT_REASONS = (
     "sender_not_owned",
     "duplicate_header",  # a field RFC 5322 allows once, given twice (550 5.6.0)
     "private_destination",  # MX hosts with only non-global addresses (550 5.4.4)
+    "bad_unsubscribe",  # an unsubscribe+TOKEN address whose token does not verify (550 5.1.1)
 )

@@ -23,8 +23,9 @@ class Streams:
         "suppression",
         "complaint",
         "destination_state",
+        "unsubscribe",
     )
-    SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce")
+    SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce", "unsubscribe")
     AGENTS = ("route", "judge")
 
     EVENTS = Counter(

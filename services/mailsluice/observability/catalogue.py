@@ -45,6 +45,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     from mailsluice.metrics.shaping import REPLY_CLASSES
     from mailsluice.metrics.shaping import Shaping as shaping_metrics
     from mailsluice.metrics.streams import Streams
+    from mailsluice.metrics.unsubscribe import Unsubscribe
 
     tiers = [name for name, _ in RETRY_TIERS]
     by_label = {
@@ -85,6 +86,9 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_streams_events", "type"): _values(Streams.EVENT_TYPES),
         ("mailsluice_streams_suppressions", "reason"): _values(Streams.SUPPRESSION_REASONS),
         ("mailsluice_streams_errors", "agent"): _values(Streams.AGENTS),
+        # unsubscribe
+        ("mailsluice_unsubscribe_requests", "channel"): _values(Unsubscribe.CHANNELS),
+        ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
     }
     return by_label, by_metric
 

@@ -35,7 +35,12 @@ import faust
 from pydantic import ValidationError
 
 from mailsluice.contracts.events import Event, decode_event
-from mailsluice.contracts.suppressions import Suppression, encode_suppression, suppression_key
+from mailsluice.contracts.suppressions import (
+    Scope,
+    Suppression,
+    encode_suppression,
+    suppression_key,
+)
 from mailsluice.contracts.topics import EVENTS_TOPIC, SUPPRESSIONS_TOPIC, TopicSpec
 from mailsluice.kafka.retrying import until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
@@ -252,7 +257,7 @@ class StreamsProcessor:
             # The record first: replaying the event after a crash must find the state that
             # led to it, so the state changes only once Kafka has the suppression.
             if decision.suppress is not None:
-                await self.publish(event.recipient.strip(), decision.suppress)
+                await self.publish(event.recipient.strip(), decision.suppress, decision.scope)
             if decision.changed:
                 if decision.state is None:
                     self.soft.pop(address, None)
@@ -260,10 +265,11 @@ class StreamsProcessor:
                     self.soft[address] = {**decision.state.to_json(), "p": partition}
         self._sweep_soft(partition)
 
-    async def publish(self, address: str, reason: str) -> None:
-        """Write one suppression record and wait for Kafka's acknowledgement."""
-        entry = Suppression(address=address, reason=reason, source=SOURCE)
-        key, value = suppression_key(address), encode_suppression(entry)
+    async def publish(self, address: str, reason: str, scope: str = "global") -> None:
+        """Write one suppression record (in the scope of that label) and wait for Kafka's
+        acknowledgement."""
+        entry = Suppression(address=address, reason=reason, source=SOURCE, scope=scope)
+        key, value = suppression_key(address, Scope.parse(scope)), encode_suppression(entry)
         await self._send(self.suppressions_topic, key, value, acked=True)
         streams_metrics.SUPPRESSIONS.labels(reason).inc()
         log.info("suppressed an address: %s", reason)

@@ -24,11 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mailsluice.contracts.events import Event, EventType
+from mailsluice.contracts.suppressions import Scope
 
 HARD_BOUNCE = "hard-bounce"
 COMPLAINT = "complaint"
 REPEATED_SOFT = "repeated-soft-bounce"
-REASONS = (HARD_BOUNCE, COMPLAINT, REPEATED_SOFT)
+# The recipient unsubscribed (one-click or mailto): suppressed in the scope its token names.
+UNSUBSCRIBE = "unsubscribe"
+REASONS = (HARD_BOUNCE, COMPLAINT, REPEATED_SOFT, UNSUBSCRIBE)
 
 DAY_S = 86400
 
@@ -158,6 +161,7 @@ class Decision:
     suppress: str | None = None
     state: SoftState | None = None
     changed: bool = False
+    scope: str = "global"  # the label of the scope `suppress` applies in
 
 
 KEEP = Decision()
@@ -176,6 +180,7 @@ def relevant(event: Event) -> bool:
         EventType.DELIVERY,
         EventType.EXPIRATION,
         EventType.TRANSIENT_FAILURE,
+        EventType.UNSUBSCRIBE,
     )
 
 
@@ -185,6 +190,8 @@ def decide(event: Event, state: SoftState | None, policy: Policy) -> Decision:
         return KEEP
     if event.type is EventType.COMPLAINT:
         return Decision(suppress=COMPLAINT, changed=state is not None)
+    if event.type is EventType.UNSUBSCRIBE:
+        return unsubscribed(event)
     if event.type is EventType.DELIVERY:
         return _delivered(state, day_of(event.ts))
     failure = event_failure(event)
@@ -198,6 +205,17 @@ def decide(event: Event, state: SoftState | None, policy: Policy) -> Decision:
     if policy.count_deferrals and failure == "mailbox":
         return _count(state, event.ts, policy)
     return KEEP
+
+
+def unsubscribed(event: Event) -> Decision:
+    """Suppress in the scope the event names; the soft-failure days stay, since leaving a list
+    says nothing about the mailbox. A label that names no scope suppresses nothing (the
+    tokens of our services always name one)."""
+    try:
+        label = Scope.parse(event.scope).label
+    except ValueError:
+        return KEEP
+    return Decision(suppress=UNSUBSCRIBE, scope=label)
 
 
 def _delivered(state: SoftState | None, day: int) -> Decision:

@@ -128,3 +128,29 @@ from:
   - namespaceSelector: {}
 {{- end }}
 {{- end -}}
+
+{{/* One-click unsubscribe: the settings and token keys the unsubscribe service and ingest
+share (the keys Secret is mounted as MAILSLUICE_UNSUBSCRIBE_KEYS_DIR). */}}
+{{- define "mailsluice.unsubscribeEnv" -}}
+{{- $u := .Values.unsubscribe }}
+- name: MAILSLUICE_UNSUBSCRIBE_URL
+  value: {{ printf "https://%s" $u.host | quote }}
+- name: MAILSLUICE_UNSUBSCRIBE_MAILTO_DOMAIN
+  value: {{ $u.mailtoDomain | quote }}
+- name: MAILSLUICE_UNSUBSCRIBE_SCOPE
+  value: {{ $u.scope | quote }}
+- name: MAILSLUICE_UNSUBSCRIBE_KEYS_DIR
+  value: /etc/mailsluice/unsubscribe-keys
+- name: MAILSLUICE_UNSUBSCRIBE_ACTIVE_KEY
+  value: {{ $u.keys.activeKey | quote }}
+{{- end -}}
+{{- define "mailsluice.unsubscribeMount" -}}
+- name: unsubscribe-keys
+  mountPath: /etc/mailsluice/unsubscribe-keys
+  readOnly: true
+{{- end -}}
+{{- define "mailsluice.unsubscribeVolume" -}}
+- name: unsubscribe-keys
+  secret:
+    secretName: {{ required "unsubscribe.keys.existingSecret is required with unsubscribe.enabled" .Values.unsubscribe.keys.existingSecret }}
+{{- end -}}

@@ -36,7 +36,7 @@ from mailsluice.delivery.transport.replies import (
     S451_TRANSPORT_RAISED,
     with_detail,
 )
-from mailsluice.delivery.worker import outcomes
+from mailsluice.delivery.worker import finishing, outcomes
 from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.producers import RenewingProducer
@@ -144,7 +144,7 @@ class Attempts:
     ) -> None:
         self.settings = settings
         self.pool = settings.pool
-        self.transport = transport
+        self.transport = finishing.wrap(transport)  # List-Unsubscribe per recipient
         self.shaper = shaper
         self.scheduler = scheduler
         self.dedup = dedup

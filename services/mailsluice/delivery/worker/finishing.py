@@ -1,0 +1,111 @@
+"""The last changes to a message before the transport sends it: per-recipient List-Unsubscribe
+(RFC 2369, RFC 8058) on bulk mail.
+
+The header fields name one recipient, so a bulk message with them goes out as one transaction
+per recipient, one after the other over the transport's pooled connections (its per-connection
+limits hold as ever). `Finishing` wraps the transport: the worker sees one send with a result
+per recipient, and the shaper observes every one of them. A reply that is not about the
+recipient (given before RCPT, or a 421: the remote closes) answers for the recipients not yet
+tried, as the transport does for later batches when no hop could be reached. Messages that
+already carry List-Unsubscribe, transactional ones (unless configured) and every message while
+no link base is configured go out unchanged in one transaction. DKIM signs in the transport,
+after these changes, on the bytes sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from mailsluice.config import load
+from mailsluice.consent import headers
+from mailsluice.consent.settings import UnsubscribeSettings
+from mailsluice.consent.tokens import KeyRing, claim_for
+from mailsluice.contracts.envelope import Envelope
+from mailsluice.delivery.worker import outcomes
+
+if TYPE_CHECKING:
+    from mailsluice.delivery.worker.attempts import TransportLike
+
+log = logging.getLogger(__name__)
+
+# Phases whose reply holds for every recipient of the message, not the one asked about.
+_BEFORE_RCPT = frozenset({"connect", "greeting", "ehlo", "tls", "mail"})
+
+
+class Finishing:
+    """A transport that finishes each message (see the module docstring) before sending."""
+
+    def __init__(
+        self, transport: TransportLike, settings: UnsubscribeSettings, keys: KeyRing
+    ) -> None:
+        self.transport = transport
+        self.settings = settings
+        self.keys = keys
+        if settings.enabled and not keys:
+            raise ValueError("MAILSLUICE_UNSUBSCRIBE_URL is set but no token key is configured")
+
+    def applies(self, env: Envelope, message: bytes) -> bool:
+        """Whether the message gets per-recipient List-Unsubscribe fields."""
+        if not self.settings.enabled or not env.sender:
+            return False  # no link, or a bounce (null reverse-path)
+        if env.stream != "bulk" and not self.settings.transactional:
+            return False
+        return not headers.has_list_unsubscribe(message)
+
+    def finish(self, env: Envelope, recipient: str, message: bytes) -> bytes:
+        claim = claim_for(
+            recipient,
+            tenant=env.tenant,
+            list_id=env.list_id,
+            sender=env.sender,
+            preference=self.settings.scope,
+        )
+        token = self.keys.mint(claim)
+        s = self.settings
+        return headers.with_fields(message, s.url, s.mailto_domain, token)
+
+    async def send(
+        self, env: Envelope, message: bytes, *, source: str = ""
+    ) -> Sequence[outcomes.ResultLike]:
+        if not self.applies(env, message):
+            return await self.transport.send(env, message, source=source)
+        results: list[outcomes.ResultLike] = []
+        for i, rcpt in enumerate(env.recipients):
+            one = env.model_copy(update={"recipients": (rcpt,)})
+            got = list(
+                await self.transport.send(one, self.finish(env, rcpt, message), source=source)
+            )
+            results += got
+            if got and _for_everyone(got[0]):
+                results += [_as(got[0], r) for r in env.recipients[i + 1 :]]
+                break
+        return results
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+
+def _for_everyone(result: outcomes.ResultLike) -> bool:
+    return result.kind != "delivered" and (result.phase in _BEFORE_RCPT or result.code == 421)
+
+
+def _as(result: Any, recipient: str) -> outcomes.ResultLike:
+    copied: outcomes.ResultLike = dataclasses.replace(result, recipient=recipient)
+    return copied
+
+
+def wrap(transport: TransportLike) -> TransportLike:
+    """The transport a worker sends through: as given when already finishing, else wrapped
+    with the MAILSLUICE_UNSUBSCRIBE_* settings."""
+    if isinstance(transport, Finishing):
+        return transport
+    settings = load(UnsubscribeSettings)
+    try:
+        keys = settings.key_ring()
+    except (OSError, ValueError) as exc:
+        log.error("unsubscribe keys: %s", exc)
+        raise SystemExit(2) from None
+    return Finishing(transport, settings, keys)

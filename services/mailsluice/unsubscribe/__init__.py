@@ -1,0 +1,1 @@
+"""The unsubscribe service: the RFC 8058 one-click endpoint and its confirmation page."""
