@@ -104,6 +104,16 @@ def test_new_destination_gets_no_burst():
     assert shaper.wait_time("google", 0.0) == pytest.approx(0.1)
 
 
+def test_a_slot_that_carried_several_messages_pays_for_each():
+    shaper = PolicyShaper(load_policy_text(POLICY), "default", adaptive=False)
+    source = shaper.try_start("google", 0.0)
+    assert source is not None
+    shaper.finished("google", source, 0.0)
+    shaper.charge("google", source, 0.0, 4)  # a bulk message went as 5 transactions
+    assert shaper.try_start("google", 0.3) is None
+    assert shaper.wait_time("google", 0.3) == pytest.approx(0.2)  # 5 messages at 10/s
+
+
 def test_mx_rollup_at_delivery():
     shaper = PolicyShaper(load_policy_text(POLICY), "default", adaptive=False)
     assert shaper.lanes.of("hosted.example", 0.0)[0].steering.connections(0.0) == 10

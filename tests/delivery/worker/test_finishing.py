@@ -51,6 +51,24 @@ def bulk(*rcpts: str, **kw: Any) -> Envelope:
     return env
 
 
+@dataclass
+class Charges:
+    made: list[tuple[str, str, float, int]] = field(default_factory=list)
+
+    def charge(self, key: str, source: str, now: float, count: int) -> None:
+        self.made.append((key, source, now, count))
+
+
+async def test_the_shaper_pays_for_every_transaction_a_split_adds() -> None:
+    charges = Charges()
+    finishing = Finishing(Recording(), SETTINGS, KEYS, charges, lambda: 7.0)
+    env = bulk("a@b.example", "c@b.example", "d@b.example")
+    await finishing.send(env, MESSAGE, source="192.0.2.1")
+    assert charges.made == [(env.routing_key, "192.0.2.1", 7.0, 2)]
+    await finishing.send(bulk("a@b.example"), MESSAGE, source="192.0.2.1")
+    assert len(charges.made) == 1  # one recipient, one transaction: nothing more to pay
+
+
 async def test_bulk_mail_goes_once_per_recipient_with_that_recipients_token() -> None:
     transport = Recording()
     finishing = Finishing(transport, SETTINGS, KEYS)

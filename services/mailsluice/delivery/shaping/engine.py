@@ -190,6 +190,12 @@ class PolicyShaper:
     def finished(self, key: str, source: str, now: float) -> None:
         self.lanes.finished(key, source, now)
 
+    def charge(self, key: str, source: str, now: float, count: int) -> None:
+        """A send that try_start allowed made `count` more transactions than one (a bulk
+        message split per recipient): the destination's rates pay for them, so the next
+        message waits as long as if each had asked."""
+        self.lanes.charge(key, source, now, count)
+
     def estimate_wait(self, key: str, now: float, queued: int) -> float:
         backlog = self.lanes.backlog(key, now, queued, self._allowed(key))
         return max(self._blocked_for(key, now, queued), backlog)

@@ -252,6 +252,12 @@ class Lanes:
                 return lane.source
         return None
 
+    def charge(self, key: str, source: str, now: float, count: int) -> None:
+        """`count` more messages went from `source` on a slot try_start gave for one."""
+        for lane in self._lanes.get(key, ()):
+            if lane.source == source:
+                lane.limiter.charge(now, count)
+
     def finished(self, key: str, source: str, now: float) -> None:
         for lane in self._lanes.get(key, ()):
             if lane.source == source:

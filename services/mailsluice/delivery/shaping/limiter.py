@@ -80,6 +80,11 @@ class Gcra:
         self._tat = max(self._tat, now) + self.interval
         return True
 
+    def charge(self, now: float, count: int) -> None:
+        """Count `count` more messages that went without asking (one slot carried several)."""
+        if count > 0:
+            self._tat = max(self._tat, now) + count * self.interval
+
     def backlog_time(self, now: float, queued: int) -> float:
         """Seconds until the message behind `queued` others may go, if nothing else limits."""
         wait = max(self._tat, now) + queued * self.interval - self.tau - now
@@ -172,6 +177,10 @@ class DestinationLimiter:
             gcra.try_acquire(now)
         self.active += 1
         return True
+
+    def charge(self, now: float, count: int) -> None:
+        for gcra in self.rates:
+            gcra.charge(now, count)
 
     def release(self) -> None:
         if self.active > 0:

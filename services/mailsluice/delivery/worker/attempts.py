@@ -144,7 +144,7 @@ class Attempts:
     ) -> None:
         self.settings = settings
         self.pool = settings.pool
-        self.transport = finishing.wrap(transport)  # List-Unsubscribe per recipient
+        self.transport = finishing.wrap(transport, shaper, mono)  # List-Unsubscribe per rcpt
         self.shaper = shaper
         self.scheduler = scheduler
         self.dedup = dedup

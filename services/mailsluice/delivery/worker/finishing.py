@@ -4,7 +4,8 @@
 The header fields name one recipient, so a bulk message with them goes out as one transaction
 per recipient, one after the other over the transport's pooled connections (its per-connection
 limits hold as ever). `Finishing` wraps the transport: the worker sees one send with a result
-per recipient, and the shaper observes every one of them. A reply that is not about the
+per recipient, the shaper observes every one of them, and the destination's rates are charged
+for every transaction past the first (the scheduler gave the message one slot). A reply that is not about the
 recipient (given before RCPT, or a 421: the remote closes) answers for the recipients not yet
 tried, as the transport does for later batches when no hop could be reached. Messages that
 already carry List-Unsubscribe, transactional ones (unless configured) and every message while
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mailsluice.config import load
 from mailsluice.consent import headers
@@ -35,15 +36,28 @@ log = logging.getLogger(__name__)
 _BEFORE_RCPT = frozenset({"connect", "greeting", "ehlo", "tls", "mail"})
 
 
+class Charged(Protocol):
+    """The shaper's side of a split (engine.PolicyShaper.charge): the scheduler took one slot
+    for the message, and the destination's rates must pay for every transaction made."""
+
+    def charge(self, key: str, source: str, now: float, count: int) -> None: ...
+
+
 class Finishing:
     """A transport that finishes each message (see the module docstring) before sending."""
 
     def __init__(
-        self, transport: TransportLike, settings: UnsubscribeSettings, keys: KeyRing
+        self,
+        transport: TransportLike,
+        settings: UnsubscribeSettings,
+        keys: KeyRing,
+        shaper: Charged | None = None,
+        mono: Callable[[], float] | None = None,
     ) -> None:
         self.transport = transport
         self.settings = settings
         self.keys = keys
+        self.shaper, self.mono = shaper, mono
         if settings.enabled and not keys:
             raise ValueError("MAILSLUICE_UNSUBSCRIBE_URL is set but no token key is configured")
 
@@ -73,6 +87,7 @@ class Finishing:
         if not self.applies(env, message):
             return await self.transport.send(env, message, source=source)
         results: list[outcomes.ResultLike] = []
+        i = 0
         for i, rcpt in enumerate(env.recipients):
             one = env.model_copy(update={"recipients": (rcpt,)})
             got = list(
@@ -82,6 +97,8 @@ class Finishing:
             if got and _for_everyone(got[0]):
                 results += [_as(got[0], r) for r in env.recipients[i + 1 :]]
                 break
+        if self.shaper is not None and self.mono is not None and i > 0:
+            self.shaper.charge(env.routing_key, source, self.mono(), i)
         return results
 
     async def close(self) -> None:
@@ -97,9 +114,12 @@ def _as(result: Any, recipient: str) -> outcomes.ResultLike:
     return copied
 
 
-def wrap(transport: TransportLike) -> TransportLike:
+def wrap(
+    transport: TransportLike, shaper: Charged | None = None, mono: Callable[[], float] | None = None
+) -> TransportLike:
     """The transport a worker sends through: as given when already finishing, else wrapped
-    with the MAILSLUICE_UNSUBSCRIBE_* settings."""
+    with the MAILSLUICE_UNSUBSCRIBE_* settings; `shaper` is charged for the transactions a
+    split adds, at `mono()`."""
     if isinstance(transport, Finishing):
         return transport
     settings = load(UnsubscribeSettings)
@@ -108,4 +128,4 @@ def wrap(transport: TransportLike) -> TransportLike:
     except (OSError, ValueError) as exc:
         log.error("unsubscribe keys: %s", exc)
         raise SystemExit(2) from None
-    return Finishing(transport, settings, keys)
+    return Finishing(transport, settings, keys, shaper, mono)
