@@ -5,12 +5,12 @@ The header fields name one recipient, so a bulk message with them goes out as on
 per recipient, one after the other over the transport's pooled connections (its per-connection
 limits hold as ever). `Finishing` wraps the transport: the worker sees one send with a result
 per recipient, the shaper observes every one of them, and the destination's rates are charged
-for every transaction past the first (the scheduler gave the message one slot). A reply that is not about the
-recipient (given before RCPT, or a 421: the remote closes) answers for the recipients not yet
-tried, as the transport does for later batches when no hop could be reached. Messages that
-already carry List-Unsubscribe, transactional ones (unless configured) and every message while
-no link base is configured go out unchanged in one transaction. DKIM signs in the transport,
-after these changes, on the bytes sent.
+for every transaction past the first (the scheduler gave the message one slot). A reply that
+is not about the recipient (given before RCPT, or a 421: the remote closes) answers for the
+recipients not yet tried, as the transport does for later batches when no hop could be
+reached. Messages that already carry List-Unsubscribe, transactional ones (unless configured)
+and every message while no link base is configured go out unchanged in one transaction. DKIM
+signs in the transport, after these changes, on the bytes sent.
 """
 
 from __future__ import annotations
