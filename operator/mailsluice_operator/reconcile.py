@@ -69,6 +69,8 @@ class Round:
 
 def referenced_secrets(spec: Mapping[str, Any], op: OperatorSettings) -> list[str]:
     names = [n for n in (op.kafka_secret, op.kafka_ca_secret) if n]
+    if op.unsubscribe_url and op.unsubscribe_keys_secret:
+        names.append(op.unsubscribe_keys_secret)
     if (spec.get("dkim") or {}).get("secretName"):
         names.append(spec["dkim"]["secretName"])
     for env in (spec.get("workerTemplate") or {}).get("env") or []:

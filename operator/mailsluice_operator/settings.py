@@ -48,6 +48,25 @@ class OperatorSettings(MailsluiceSettings):
     metrics_port: int = Field(
         9103, ge=0, le=65535, description="Port of the operator's Prometheus /metrics (0: none)."
     )
+    unsubscribe_url: str = Field(
+        "",
+        description="Base of the one-click unsubscribe links workers put on bulk mail "
+        "(https://host); empty: no List-Unsubscribe unless a pool's workerTemplate sets it.",
+    )
+    unsubscribe_mailto_domain: str = Field(
+        "", description="Domain of the unsubscribe mailto address workers add; empty: none."
+    )
+    unsubscribe_scope: str = Field(
+        "list", description="Where an unsubscribe suppresses (list, tenant, domain, global)."
+    )
+    unsubscribe_keys_secret: str = Field(
+        "",
+        description="Secret with the unsubscribe token keys (one key per id), mounted into "
+        "workers when unsubscribe_url is set.",
+    )
+    unsubscribe_active_key: str = Field(
+        "", description="Id of the key new tokens are signed with (empty: the only key)."
+    )
     worker_service_account: str = Field(
         "", description="ServiceAccount of worker pods (empty: the namespace default)."
     )

@@ -12,6 +12,7 @@ import yaml
 from support.operator_pool import KAFKA, OP, POOL_BODY
 from support.paths import REPO
 
+from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
 from mailsluice_operator import crd, render, warmup
 from mailsluice_operator.reconcile import referenced_secrets
@@ -91,6 +92,37 @@ def test_a_worker_is_a_static_group_member_named_after_its_pod() -> None:
     assert env["MAILSLUICE_KAFKA_GROUP_INSTANCE_ID"]["valueFrom"] == {
         "fieldRef": {"fieldPath": "metadata.name"}
     }
+
+
+def test_every_pool_gets_the_unsubscribe_links_and_keys_the_operator_has() -> None:
+    assert render.unsubscribe_env(OP) == []  # no link base: no List-Unsubscribe
+    op = OperatorSettings(
+        unsubscribe_url="https://u.example.com",
+        unsubscribe_keys_secret="unsub-keys",
+        unsubscribe_mailto_domain="u.example.com",
+    )
+    dep = render.render_deployment(_pool(), 1, KAFKA, op)
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MAILSLUICE_UNSUBSCRIBE_URL"] == "https://u.example.com"
+    assert env["MAILSLUICE_UNSUBSCRIBE_KEYS_DIR"] == render.UNSUBSCRIBE_KEYS_DIR
+    volume = {
+        "name": "unsubscribe-keys",
+        "secret": {"secretName": "unsub-keys", "defaultMode": 288},
+    }
+    assert volume in pod["volumes"]
+    assert any(m["mountPath"] == render.UNSUBSCRIBE_KEYS_DIR for m in container["volumeMounts"])
+    assert "unsub-keys" in referenced_secrets({}, op)
+    # what the worker makes of it: the links go on, with keys read from the mount
+    settings = UnsubscribeSettings.model_validate(
+        {
+            k.removeprefix("MAILSLUICE_UNSUBSCRIBE_").lower(): v
+            for k, v in env.items()
+            if k.startswith("MAILSLUICE_UNSUBSCRIBE_")
+        }
+    )
+    assert settings.enabled and settings.keys_dir == render.UNSUBSCRIBE_KEYS_DIR
 
 
 def test_configmap_and_pdb() -> None:
