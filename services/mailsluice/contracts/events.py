@@ -27,6 +27,10 @@ class EventType(StrEnum):
     # A destination's shaping state changed for one source address (slowed down, blocked,
     # probing, back to normal): keyed by routing key, no queue id.
     DESTINATION_STATE = "destination_state"
+    # A recipient not sent to because the suppression list holds it for the message (ingest at
+    # the end of DATA for a list scope, delivery just before each attempt): `reason` is the
+    # scope's label ("global", "tenant:acme", ...), `text` the entry's own reason. Never a DSN.
+    SUPPRESSED = "suppressed"
 
 
 class Event(BaseModel):

@@ -23,6 +23,7 @@ class Streams:
         "suppression",
         "complaint",
         "destination_state",
+        "suppressed",
     )
     SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce")
     AGENTS = ("route", "judge")
