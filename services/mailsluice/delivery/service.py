@@ -180,9 +180,8 @@ class DeliveryService:
             client_id = f"mailsluice-delivery-{settings.pool}-suppressions"
             suppressions = SuppressionStore(kafka, client_id=client_id)
         self.suppressions = suppressions
-        self.worker = Worker(
-            settings, kafka, transport, suppressions=self.suppressions, **worker_options
-        )
+        self.worker = Worker(settings, kafka, transport, **worker_options)
+        self.worker.attempts.screen.lookup = self.suppressions  # checked before each attempt
         QUEUE_LAG.track(self.worker)
         self.mover = (
             RetryMover(kafka, max_message_size=settings.max_message_size) if mover else None

@@ -26,6 +26,7 @@ from mailsluice.ingest.feedback import FeedbackError, complaint_events, parse_re
 from mailsluice.ingest.message import (
     SINGLE_FIELDS,
     Trace,
+    display_name,
     message_key,
     normalised_size,
     prepare_message,
@@ -183,11 +184,6 @@ def choose_pool(requested: str | None, user: User | None, policy: PoolPolicy) ->
     return pool
 
 
-def display_name(field: str) -> str:
-    """A lower-case field name as usually written: "message-id" -> "Message-Id"."""
-    return "-".join(part.capitalize() for part in field.split("-"))
-
-
 def group_by_routing_key(routing: dict[str, str]) -> dict[str, list[str]]:
     """Accepted recipients grouped by routing key, each group in RCPT order."""
     groups: dict[str, list[str]] = defaultdict(list)
@@ -318,9 +314,7 @@ def from_not_owned(txn: Transaction, client: Client, *, now: float) -> Plan:
 def queue_records(
     txn: Transaction, data: bytes, *, pool: str, stream: Stream, client: Client, digest: str
 ) -> tuple[QueueRecord, ...]:
-    """One record per routing key, in RCPT order, each with the recipients of that key; the
-    envelope names the client's tenant and the message's list (scopes.py)."""
-    list_id = list_id_of(data)
+    """One record per routing key, in RCPT order, each with the recipients of that key."""
     return tuple(
         QueueRecord(
             topic=queue_topic(pool),
@@ -336,8 +330,8 @@ def queue_records(
                 user=client.audit,
                 stream=stream,
                 message_key=digest,
-                tenant=client.tenant,
-                list_id=list_id,
+                tenant=client.tenant,  # who it is sent for, and its list: scopes.py
+                list_id=list_id_of(data),
             ),
         )
         for key, group in group_by_routing_key(txn.routing).items()

@@ -157,7 +157,7 @@ class Attempts:
         self.mono = mono
         self.rng = rng
         self.producers: RenewingProducer | None = None  # set by the worker once started
-        self.screen = suppressed.Screen(self)  # the worker gives it the suppression list
+        self.screen = suppressed.Screen(self)  # the service gives it the suppression list
 
     async def remember_delivered(self, kafka: KafkaSettings) -> None:
         """After gaining partitions: records past the previous owner's last commit come again;
@@ -207,7 +207,9 @@ class Attempts:
             except BaseException:
                 self.release(item)
                 raise
-            if results and all(_connection_throttled(r) for r in results):
+            if results and all(
+                (r.code, r.enhanced, r.text) == S451_CONNECTION_RATE for r in results
+            ):
                 await self.requeue(job, m.CONNECTION_RATE_REQUEUES)
                 return
             expired = self.wall() > env.received_at + self.settings.expiry_s
@@ -395,7 +397,3 @@ class Attempts:
     def _produce_failed(self, exc: Exception) -> None:
         self.kafka_state(type(exc).__name__)
         log.warning("producing outcome records failed (%s); retrying", exc)
-
-
-def _connection_throttled(res: outcomes.ResultLike) -> bool:
-    return (res.code, res.enhanced, res.text) == S451_CONNECTION_RATE

@@ -41,7 +41,6 @@ from mailsluice.delivery.worker.dedup import DeliveredCache
 from mailsluice.delivery.worker.dispatch import Dispatch
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.delivery.worker.shaper import default_shaper
-from mailsluice.delivery.worker.suppressed import Lookup
 from mailsluice.kafka.clients import make_consumer, make_producer
 from mailsluice.kafka.ledger import Ledger
 from mailsluice.kafka.producers import RenewingProducer
@@ -105,7 +104,6 @@ class Worker:
         client_id: str = "mailsluice-delivery",
         on_share: ShareCallback | None = None,
         on_leave: LeaveCallback | None = None,
-        suppressions: Lookup | None = None,
     ) -> None:
         self.settings = settings
         self.kafka = kafka
@@ -150,7 +148,6 @@ class Worker:
             mono=mono,
             rng=rng or random.Random(),
         )
-        self.attempts.screen.lookup = suppressions  # None: no check (unit tests)
         self.dispatch = Dispatch(self.scheduler, self.attempts, wake, mono)
 
     # --- lifecycle --------------------------------------------------------------------------
