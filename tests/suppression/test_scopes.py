@@ -113,7 +113,7 @@ def test_a_key_without_a_valid_label_is_a_global_address() -> None:
     assert all(e.scope == "global" for e in table.values())
 
 
-def test_entries_by_scope_global_first() -> None:
+def test_entries_by_address_global_first() -> None:
     store = table_of(
         (suppression_key("z@x.example", NEWS), value("z@x.example", NEWS)),
         (suppression_key("b@x.example"), value("b@x.example")),
@@ -122,9 +122,9 @@ def test_entries_by_scope_global_first() -> None:
     )
     assert [(e.scope, e.address) for e in store.entries()] == [
         ("global", "a@x.example"),
+        ("tenant:acme", "a@x.example"),
         ("global", "b@x.example"),
         ("list:acme/news", "z@x.example"),
-        ("tenant:acme", "a@x.example"),
     ]
     assert [e.address for e in store.entries(ACME)] == ["a@x.example"]
     assert [e.address for e in store.entries(GLOBAL)] == ["a@x.example", "b@x.example"]

@@ -98,7 +98,7 @@ async def remove_suppression(
 
 
 def _listing_order(entry: Suppression) -> tuple[bool, str, str]:
-    return entry.scope != GLOBAL.label, entry.scope, entry.address.strip().lower()
+    return entry.address.strip().lower(), entry.scope != GLOBAL.label, entry.scope
 
 
 class SuppressionStore:
@@ -198,8 +198,8 @@ class SuppressionStore:
         return self.match(address, scopes) is not None
 
     def entries(self, scope: Scope | None = None) -> list[Suppression]:
-        """Every entry (of `scope` only, if given): global ones first, then by scope label,
-        each scope's by address."""
+        """Every entry (of `scope` only, if given), sorted by address; an address's global entry
+        first, then its scoped ones by label."""
         chosen = [e for e in self._table.values() if scope is None or e.scope == scope.label]
         return sorted(chosen, key=_listing_order)
 
