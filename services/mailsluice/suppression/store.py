@@ -97,7 +97,7 @@ async def remove_suppression(
     )
 
 
-def _listing_order(entry: Suppression) -> tuple[bool, str, str]:
+def _listing_order(entry: Suppression) -> tuple[str, bool, str]:
     return entry.address.strip().lower(), entry.scope != GLOBAL.label, entry.scope
 
 
