@@ -80,7 +80,7 @@ async def ingest_smtp(
     handler = IngestHandler(
         hostname="ingest.test",
         publisher=publisher,
-        is_suppressed=lambda _address: False,
+        is_suppressed=lambda _address, _scopes: False,
         mx_lookup=unverified_mx,
         rollup=load_rollup(),
         max_recipients=10,

@@ -239,7 +239,7 @@ async def test_trusted_network_sender_domains(
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda a: False,
+        is_suppressed=lambda a, _scopes: False,
         trusted_sender_domains="corp.test",
     ) as service:
 

@@ -23,7 +23,7 @@ async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda address: False,
+        is_suppressed=lambda address, _scopes: False,
         trusted_networks="127.0.0.1/32",
         max_connections_per_ip=3,
         max_connections=8,

@@ -29,7 +29,7 @@ async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda _address: False,
+        is_suppressed=lambda _address, _scopes: False,
         trusted_networks=f"{TRUSTED_IP}/32",
         feedback_addresses=f"Other@fbl.test, {FBL.upper()}",
         verify_domains=False,

@@ -34,7 +34,7 @@ async def test_kafka_outage_gives_451_then_recovers(kafka, dns_server, dns_names
     async with running_ingest(
         settings,
         dns_nameserver,
-        is_suppressed=lambda a: a.startswith("gone@"),
+        is_suppressed=lambda a, _scopes: a.startswith("gone@"),
         publish_timeout_s=4.0,
         serve_http=True,
         http_port=0,

@@ -23,7 +23,7 @@ async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda address: False,
+        is_suppressed=lambda address, _scopes: False,
         max_recipients=3,
         max_message_size=4096,
         max_messages_per_connection=2,
@@ -98,7 +98,7 @@ async def test_idle_and_session_timeouts(kafka_settings, dns_nameserver) -> None
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda a: False,
+        is_suppressed=lambda a, _scopes: False,
         idle_timeout_s=0.5,
         session_timeout_s=1.5,
     ) as service:
@@ -222,7 +222,7 @@ async def test_commands_pipelined_after_ehlo_are_refused(ingest: IngestService) 
 
 async def test_early_talker_is_refused(kafka_settings, dns_nameserver) -> None:
     async with running_ingest(
-        kafka_settings, dns_nameserver, is_suppressed=lambda a: False, greet_pause_s=0.3
+        kafka_settings, dns_nameserver, is_suppressed=lambda a, _scopes: False, greet_pause_s=0.3
     ) as service:
         early = await RawClient.connect(service.port, greeting=False)
         await early.send(b"EHLO client.test\r\n")
@@ -243,7 +243,7 @@ async def test_shutdown_finishes_open_transaction_then_closes(
     kafka_settings: KafkaSettings, dns_nameserver, domain: str
 ) -> None:
     async with running_ingest(
-        kafka_settings, dns_nameserver, is_suppressed=lambda a: False, shutdown_grace_s=10
+        kafka_settings, dns_nameserver, is_suppressed=lambda a, _scopes: False, shutdown_grace_s=10
     ) as service:
         port = service.port
         client = await RawClient.connect(port)

@@ -249,7 +249,7 @@ async def test_unexpected_errors_answer_451_without_internals(
     dns_server.set_mx(domain, [(10, f"mx.{domain}")])
     assert ingest.handler is not None
 
-    def exploding(address: str) -> bool:
+    def exploding(address: str, scopes: object) -> bool:
         raise RuntimeError("secret internals /etc/passwd")
 
     async def exploding_publish(records, events=()) -> None:

@@ -20,7 +20,7 @@ async def strict(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda a: False,
+        is_suppressed=lambda a, _scopes: False,
         allow_private_destinations=False,
     ) as service:
         yield service

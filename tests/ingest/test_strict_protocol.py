@@ -27,7 +27,7 @@ async def ingest(kafka_settings, dns_nameserver) -> AsyncIterator[IngestService]
     async with running_ingest(
         kafka_settings,
         dns_nameserver,
-        is_suppressed=lambda a: False,
+        is_suppressed=lambda a, _scopes: False,
         max_errors_per_connection=8,
     ) as service:
         yield service

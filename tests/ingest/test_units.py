@@ -108,7 +108,7 @@ async def judge(address: str, accepted: int = 0, suppressed: frozenset[str] = fr
         address,
         accepted_so_far=accepted,
         max_recipients=3,
-        is_suppressed=lambda a: a.lower() in suppressed,
+        is_suppressed=lambda a, _scopes: a.lower() in suppressed,
         mx_lookup=fake_dns(DNS),
         rollup=default_rollup(),
     )
@@ -167,7 +167,7 @@ async def test_destinations_with_only_non_global_addresses(
         f"a@{domain}",
         accepted_so_far=0,
         max_recipients=3,
-        is_suppressed=lambda a: False,
+        is_suppressed=lambda a, _scopes: False,
         mx_lookup=fake_dns(PRIVATE),
         rollup=default_rollup(),
         allow_private=allow_private,

@@ -33,7 +33,7 @@ async def ingest(
         ingest_settings(trusted_networks=f"{TRUSTED_IP}/32", verify_domains=False),
         kafka_settings,
         DnsSettings(nameservers=dns_nameserver, timeout_s=1.0),
-        is_suppressed=lambda _address: False,
+        is_suppressed=lambda _address, _scopes: False,
         serve_http=False,
         unsubscribe=UnsubscribeSettings(mailto_domain="Unsub.test", keys=f"k1:{SECRET}"),
     )

@@ -19,6 +19,7 @@ from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
 from mailsluice.ingest.message import Trace
 from mailsluice.ingest.service import IngestService
 from mailsluice.ingest.settings import IngestSettings
+from mailsluice.ingest.verdicts import IsSuppressed
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.resolver import DnsSettings
 from support.tls import self_signed, trusting_client_context
@@ -50,7 +51,7 @@ async def running_ingest(
     kafka_settings: KafkaSettings,
     nameserver: str,
     *,
-    is_suppressed: Callable[[str], bool] | None = None,
+    is_suppressed: IsSuppressed | None = None,
     serve_http: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[IngestService]:
@@ -84,7 +85,7 @@ async def running_auth_ingest(
     async with running_ingest(
         kafka_settings,
         nameserver,
-        is_suppressed=lambda _address: False,
+        is_suppressed=lambda _address, _scopes: False,
         trusted_networks="",
         tls_cert_file=str(cert),
         tls_key_file=str(key),

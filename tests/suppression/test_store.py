@@ -102,7 +102,7 @@ def test_address_problem(address: str, problem: str | None) -> None:
 
 def test_format_entry() -> None:
     entry = Suppression(address="a@example.test", reason="bounce", source="events", ts=0.0)
-    assert format_entry(entry) == "a@example.test\tbounce\tevents\t1970-01-01T00:00:00Z"
+    assert format_entry(entry) == "a@example.test\tglobal\tbounce\tevents\t1970-01-01T00:00:00Z"
 
 
 # --- the store against the real broker --------------------------------------------------------
@@ -262,8 +262,8 @@ def test_cli_add_list_remove(cli_env: str, capsys: pytest.CaptureFixture[str]) -
     assert main(["suppress", "list"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(address)]
     assert len(lines) == 1
-    listed, reason, source, when = lines[0].split("\t")
-    assert (listed, reason, source) == (address, "complaint", "cli")
+    listed, scope, reason, source, when = lines[0].split("\t")
+    assert (listed, scope, reason, source) == (address, "global", "complaint", "cli")
     assert when.endswith("Z") and when[:2] == "20"
 
     assert main(["suppress", "list", "--json"]) == 0
@@ -275,6 +275,38 @@ def test_cli_add_list_remove(cli_env: str, capsys: pytest.CaptureFixture[str]) -
     capsys.readouterr()
     assert main(["suppress", "list"]) == 0
     assert address not in listed_addresses(capsys.readouterr().out)
+
+
+def test_cli_scopes(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    address = unique_address("scoped")
+    assert main(["suppress", "add", address, "--scope", "tenant:acme"]) == 0
+    assert main(["suppress", "add", address, "--scope", "list:acme/news"]) == 0
+    assert f"{address}\tlist:acme/news\tmanual\tcli\t" in capsys.readouterr().out
+
+    def listed(*args: str) -> list[tuple[str, str]]:
+        assert main(["suppress", "list", *args]) == 0
+        rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+        return [(row[0], row[1]) for row in rows if row[0] == address]
+
+    assert listed() == [(address, "list:acme/news"), (address, "tenant:acme")]
+    assert listed("--scope", "tenant:acme") == [(address, "tenant:acme")]
+    assert listed("--scope", "global") == []
+    # removing the global entry (none here) leaves the scoped ones; removing one scope's, that one
+    assert main(["suppress", "remove", address]) == 0
+    assert main(["suppress", "remove", address.upper(), "--scope", "tenant:acme"]) == 0
+    capsys.readouterr()
+    assert listed() == [(address, "list:acme/news")]
+    assert main(["suppress", "list", "--json", "--scope", "list:acme/news"]) == 0
+    mine = [e for e in json.loads(capsys.readouterr().out) if e["address"] == address]
+    assert [e["scope"] for e in mine] == ["list:acme/news"]
+
+
+@pytest.mark.parametrize("label", ["tenant:", "list:acme", "domain:Not A Domain", "everyone"])
+def test_cli_rejects_bad_scopes(
+    cli_env: str, capsys: pytest.CaptureFixture[str], label: str
+) -> None:
+    assert main(["suppress", "add", "a@example.test", "--scope", label]) == 2
+    assert "not a suppression scope" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("address", ["no-at-sign", "a@b@example.test", "@example.test", "x@"])

@@ -30,6 +30,10 @@ class EventType(StrEnum):
     # A recipient unsubscribed (RFC 8058 one-click POST, or mail to the List-Unsubscribe
     # mailto address): `scope` names the suppression scope it asked for.
     UNSUBSCRIBE = "unsubscribe"
+    # A recipient not sent to because the suppression list holds it for the message (ingest at
+    # the end of DATA for a list scope, delivery just before each attempt): `reason` is the
+    # scope's label ("global", "tenant:acme", ...), `text` the entry's own reason. Never a DSN.
+    SUPPRESSED = "suppressed"
 
 
 class Event(BaseModel):

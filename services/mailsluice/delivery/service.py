@@ -1,5 +1,10 @@
 """`mailsluice delivery --pool NAME`: a delivery worker, the retry mover and the operator endpoints.
 
+The worker follows the suppression list (the compacted topic mailsluice.suppressions, the same
+SuppressionStore as ingest) and checks every recipient just before each attempt
+(worker/suppressed.py); it starts consuming, and the service is ready, only once the list is
+read to the end offsets seen at start.
+
 SIGTERM (or Ctrl-C) drains: no new fetches, queued messages are handed back uncommitted,
 in-flight sends get `drain_timeout_s` to finish, finished offsets are committed, then exit.
 """
@@ -28,11 +33,14 @@ from mailsluice.metrics.delivery import QUEUE_LAG
 from mailsluice.metrics.retry import RETRY_BACKLOG
 from mailsluice.observability.endpoints import setup_logging, start_http
 from mailsluice.resolver import DnsSettings, make_resolver
+from mailsluice.suppression.store import SuppressionStore
 
 log = logging.getLogger(__name__)
 
 # Wait between attempts to reach Kafka at start (the pod stays up and not ready meanwhile).
 KAFKA_RETRY_S = 2.0
+# Longest one start may take to read the suppression list to its end (then it is retried).
+SUPPRESSIONS_START_S = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,12 +187,18 @@ class DeliveryService:
         *,
         mover: bool = True,
         ensure: bool = True,
+        suppressions: SuppressionStore | None = None,
         **worker_options: Any,
     ) -> None:
         self.settings = settings
         self.kafka = kafka
         self.ensure = ensure
+        if suppressions is None:
+            client_id = f"mailsluice-delivery-{settings.pool}-suppressions"
+            suppressions = SuppressionStore(kafka, client_id=client_id)
+        self.suppressions = suppressions
         self.worker = Worker(settings, kafka, transport, **worker_options)
+        self.worker.attempts.screen.lookup = self.suppressions  # checked before each attempt
         QUEUE_LAG.track(self.worker)
         self.mover = (
             RetryMover(kafka, max_message_size=settings.max_message_size) if mover else None
@@ -203,6 +217,8 @@ class DeliveryService:
     def ready(self) -> tuple[bool, str]:
         if self._state != "running":
             return False, self._state
+        if not self.suppressions.ready:
+            return False, "suppression list not loaded"
         ok, detail = self.worker.ready()
         if ok and self.mover is not None:
             ok, detail = self.mover.ready()
@@ -231,6 +247,8 @@ class DeliveryService:
                 self.kafka, [self.settings.pool], self.settings.max_message_size
             )
             await ensure_topics(self.kafka, specs)
+        if not self.suppressions.ready:  # no send before the whole list is known
+            await self.suppressions.start(SUPPRESSIONS_START_S)
         await self.worker.start()
         if self.mover is not None:
             await self.mover.start()
@@ -268,5 +286,6 @@ class DeliveryService:
                     self.mover.stop()
                     await mover_task
         finally:
+            await self.suppressions.stop()
             if runner is not None:
                 await runner.cleanup()

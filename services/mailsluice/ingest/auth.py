@@ -8,10 +8,13 @@ The file is YAML or JSON (JSON is YAML), either `{users: {...}}` or the user map
         pools: [default, bulk]
         default_pool: default
         domains: [tenant-a.test, "*.tenant-a.test"]
+        tenant: tenant-a
 
 `domains` are the sender domains the user owns (policy/owners.py): MAIL FROM and the header
 `From:` must be in one of them. A user without `domains` may send as any domain (as before they
-existed); a warning names such users whenever the file is loaded.
+existed); a warning names such users whenever the file is loaded. `tenant` names who the user
+sends for (its mail's suppression scopes and unsubscribe tokens, ingest/scopes.py); without it
+the user name is the tenant. It is a scope name: letters, digits and `._@+-`.
 
 It may be a Kubernetes Secret mount: the file is re-read when its modification time changes
 (Secret updates swap a symlink). Make a hash with `python -m mailsluice.ingest.auth hash`.
@@ -32,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from mailsluice.contracts.suppressions import Scope
 from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains, OwnersError
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,7 @@ class User:
     pools: tuple[str, ...]
     default_pool: str
     domains: OwnedDomains = UNRESTRICTED
+    tenant: str = ""  # "" : the user name
 
 
 class CredentialsError(ValueError):
@@ -116,9 +121,29 @@ def parse_users(data: Any, fallback_pool: str) -> dict[str, User]:
         if default not in pools:
             raise CredentialsError(f"user {name!r}: default_pool must be one of pools")
         users[str(name)] = User(
-            str(name), spec["password"], tuple(pools), default, parse_domains(name, spec)
+            str(name),
+            spec["password"],
+            tuple(pools),
+            default,
+            parse_domains(name, spec),
+            parse_tenant(name, spec),
         )
     return users
+
+
+def parse_tenant(name: object, spec: Mapping[str, Any]) -> str:
+    tenant = spec.get("tenant")
+    if tenant is None:
+        return ""
+    try:
+        if not isinstance(tenant, str) or tenant != tenant.strip():
+            raise ValueError(tenant)
+        Scope.parse(f"tenant:{tenant}")  # a scope name (contracts/suppressions.py)
+    except ValueError:
+        raise CredentialsError(
+            f"user {name!r}: tenant must be a name of letters, digits and ._@+-"
+        ) from None
+    return tenant
 
 
 def parse_domains(name: object, spec: Mapping[str, Any]) -> OwnedDomains:

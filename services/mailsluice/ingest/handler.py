@@ -1,7 +1,9 @@
 """aiosmtpd handler hooks: thin adapters from SMTP commands to plain functions.
 
-RCPT asks verdicts.judge_recipient(). DATA asks plan.py for the plan of the transaction
-(plan_message, or plan_feedback for a feedback-loop report), hands it to the one publish step
+RCPT asks verdicts.judge_recipient() (suppressed in the scopes known then: global, the client's
+tenant, the sender's domain). DATA asks plan.py for the plan of the transaction (plan_message,
+whose recipients suppressed for the message's list scopes.py takes out, or plan_feedback for a
+feedback-loop report), hands it to the one publish step
 (publish.publish_plan: 250 only once every write is acknowledged) and settles the outcome:
 metrics counted, events emitted, log lines written, the reply returned.
 
@@ -19,6 +21,7 @@ from prometheus_client import Counter
 
 from mailsluice.contracts.envelope import new_queue_id
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
+from mailsluice.contracts.suppressions import scopes_for
 from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import check_mailbox
 from mailsluice.ingest.auth import User
@@ -37,6 +40,7 @@ from mailsluice.ingest.plan import (
     reverse_path,
 )
 from mailsluice.ingest.publish import Publisher, publish_plan
+from mailsluice.ingest.scopes import screen_list, tenant_of
 from mailsluice.ingest.session import IngestEnvelope, IngestSMTP
 from mailsluice.ingest.smtp_auth import SmtpAuth
 from mailsluice.ingest.unsubscribe import UnsubscribeDesk, plan_unsubscribe
@@ -90,6 +94,7 @@ class IngestHandler:
         single_fields: frozenset[str] = frozenset(SINGLE_FIELDS),
         allow_private_destinations: bool = False,
         unsubscribe: UnsubscribeDesk | None = None,
+        trusted_tenant: str = "",
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -106,6 +111,7 @@ class IngestHandler:
         self.single_fields = single_fields  # header fields allowed once (lower-case)
         self.allow_private_destinations = allow_private_destinations
         self.unsubscribe = unsubscribe  # the List-Unsubscribe mailto address, when configured
+        self.trusted_tenant = trusted_tenant  # of unauthenticated trusted-network clients
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -168,6 +174,7 @@ class IngestHandler:
             mx_lookup=self.mx_lookup,
             rollup=self.rollup,
             allow_private=self.allow_private_destinations,
+            scopes=scopes_for(tenant=self.tenant(server, session), sender=txn.sender),
         )
         if not verdict.accepted:
             self.record_rejection(server, address, verdict.reply, verdict.reason)
@@ -235,8 +242,9 @@ class IngestHandler:
             user=session.auth_data if isinstance(session.auth_data, User) else None,
             trusted_network=server.conn.trusted_network,
             domains=self.owner(server, session)[0],
+            tenant=self.tenant(server, session),
         )
-        return plan_message(
+        plan = plan_message(
             txn,
             content,
             client,
@@ -246,6 +254,7 @@ class IngestHandler:
             max_size=self.max_message_size,
             single_fields=self.single_fields,
         )
+        return screen_list(plan, self.is_suppressed, now=now)
 
     def owner(self, server: IngestSMTP, session: Session) -> tuple[OwnedDomains, str]:
         """The sender domains of the client, and who it is: an authenticated user's own; a
@@ -255,6 +264,13 @@ class IngestHandler:
         if server.conn.trusted_network:
             return self.trusted_domains, f"trusted:{server.conn.trusted_network}"
         return UNRESTRICTED, ""
+
+    def tenant(self, server: IngestSMTP, session: Session) -> str:
+        """Who the client sends for (scopes.py): its AUTH user's tenant, a trusted network's
+        configured one, else none."""
+        user = session.auth_data if isinstance(session.auth_data, User) else None
+        network = server.conn.trusted_network
+        return tenant_of(user, trusted_network=network, trusted_tenant=self.trusted_tenant)
 
     def settle(self, outcome: Outcome) -> None:
         """Count, emit and log what an outcome says (its reply goes back to aiosmtpd)."""

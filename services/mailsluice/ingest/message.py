@@ -97,6 +97,11 @@ def field_name(lines: list[bytes]) -> str:
     return lines[0].split(b":", 1)[0].decode("ascii", "replace").strip().lower()
 
 
+def display_name(field: str) -> str:
+    """A lower-case field name as usually written: "message-id" -> "Message-Id"."""
+    return "-".join(part.capitalize() for part in field.split("-"))
+
+
 def field_value(lines: list[bytes]) -> str:
     raw = b"".join([lines[0].split(b":", 1)[1], *lines[1:]])
     return raw.decode("ascii", "replace").strip()

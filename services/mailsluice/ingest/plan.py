@@ -26,10 +26,12 @@ from mailsluice.ingest.feedback import FeedbackError, complaint_events, parse_re
 from mailsluice.ingest.message import (
     SINGLE_FIELDS,
     Trace,
+    display_name,
     message_key,
     normalised_size,
     prepare_message,
 )
+from mailsluice.ingest.scopes import list_id_of
 from mailsluice.ingest.settings import POOL_NAME
 from mailsluice.metrics.labels import OTHER, provider_label
 from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains, from_header_owned
@@ -65,6 +67,7 @@ class Client:
     user: User | None = None  # the authenticated user; None for a trusted network
     trusted_network: str = ""
     domains: OwnedDomains = UNRESTRICTED  # the sender domains it may use (envelope and From:)
+    tenant: str = ""  # who it sends for (scopes.py)
 
     @property
     def audit(self) -> str:
@@ -181,11 +184,6 @@ def choose_pool(requested: str | None, user: User | None, policy: PoolPolicy) ->
     return pool
 
 
-def display_name(field: str) -> str:
-    """A lower-case field name as usually written: "message-id" -> "Message-Id"."""
-    return "-".join(part.capitalize() for part in field.split("-"))
-
-
 def group_by_routing_key(routing: dict[str, str]) -> dict[str, list[str]]:
     """Accepted recipients grouped by routing key, each group in RCPT order."""
     groups: dict[str, list[str]] = defaultdict(list)
@@ -278,7 +276,7 @@ def plan_message(
         return refusal(txn, replies.S550_BAD_STREAM, "bad_stream", now=now)
     data = prepared.stamped(txn.queue_id, pool)
     digest = message_key(client.audit, txn.sender, content)
-    records = queue_records(txn, data, pool=pool, stream=stream, user=client.audit, digest=digest)
+    records = queue_records(txn, data, pool=pool, stream=stream, client=client, digest=digest)
     if max(record_size(r) for r in records) > record_limit(max_size):
         return refusal(txn, replies.S552_TOO_BIG_QUEUED, "too_big", now=now, result="too_big")
     return Plan(
@@ -314,7 +312,7 @@ def from_not_owned(txn: Transaction, client: Client, *, now: float) -> Plan:
 
 
 def queue_records(
-    txn: Transaction, data: bytes, *, pool: str, stream: Stream, user: str, digest: str
+    txn: Transaction, data: bytes, *, pool: str, stream: Stream, client: Client, digest: str
 ) -> tuple[QueueRecord, ...]:
     """One record per routing key, in RCPT order, each with the recipients of that key."""
     return tuple(
@@ -329,9 +327,11 @@ def queue_records(
                 recipients=tuple(group),
                 routing_key=key,
                 received_at=txn.received_at,
-                user=user,
+                user=client.audit,
                 stream=stream,
                 message_key=digest,
+                tenant=client.tenant,  # who it is sent for, and its list: scopes.py
+                list_id=list_id_of(data),
             ),
         )
         for key, group in group_by_routing_key(txn.routing).items()

@@ -159,7 +159,7 @@ class IngestService:
 
             self._store = SuppressionStore(self.kafka, client_id="mailsluice-ingest-suppressions")
             await self._store.start()
-            is_suppressed = self._store.contains
+            is_suppressed = self._store.suppressed
         s = self.settings
         self.handler = IngestHandler(
             hostname=self.hostname,
@@ -181,6 +181,7 @@ class IngestService:
             single_fields=s.single_header_set(),
             allow_private_destinations=s.allow_private_destinations,
             unsubscribe=self.unsubscribe,
+            trusted_tenant=s.trusted_tenant,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from mailsluice.config import MailsluiceSettings
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
+from mailsluice.contracts.suppressions import Scope
 from mailsluice.ingest.addresses import AddressError, check_mailbox
 from mailsluice.ingest.message import SINGLE_FIELDS
 from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains
@@ -134,6 +135,13 @@ class IngestSettings(MailsluiceSettings):
         description="Comma-separated sender domains (`example.com`, `*.example.com`) that "
         "unauthenticated trusted-network clients may use in MAIL FROM and From: (empty: any).",
     )
+    # --- suppression scopes (scopes.py) ---
+    trusted_tenant: str = Field(
+        "",
+        description="Tenant of mail from unauthenticated trusted-network clients: its suppression "
+        "scopes (`tenant:NAME`, and `list:NAME/LIST` with a List-Id) and unsubscribe tokens "
+        "(empty: none; AUTH users have their own `tenant`).",
+    )
 
     # --- resource caps (caps.py) ---
     max_connections: int = Field(
@@ -208,6 +216,13 @@ class IngestSettings(MailsluiceSettings):
     @classmethod
     def _sender_domains(cls, value: str) -> str:
         OwnedDomains.parse(split_list(value))
+        return value
+
+    @field_validator("trusted_tenant")
+    @classmethod
+    def _trusted_tenant(cls, value: str) -> str:
+        if value:
+            Scope.parse(f"tenant:{value}")  # a scope name: letters, digits and ._@+-
         return value
 
     @field_validator("single_headers")

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from mailsluice.contracts.suppressions import GLOBAL, Scope
 from mailsluice.ingest import replies
 from mailsluice.mx import MxAnswer
 from mailsluice.policy.owners import OwnedDomains
 from mailsluice.policy.rollup import Rollup
 
 MxLookup = Callable[[str], Awaitable[MxAnswer]]
-IsSuppressed = Callable[[str], bool]
+# Whether the suppression list holds the address in any of the scopes.
+IsSuppressed = Callable[[str, Sequence[Scope]], bool]
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,15 @@ async def judge_recipient(
     mx_lookup: MxLookup,
     rollup: Rollup,
     allow_private: bool = False,
+    scopes: Sequence[Scope] = (GLOBAL,),
 ) -> Verdict:
-    """The verdict for one syntactically valid recipient address. A domain whose MX hosts all
-    resolve to non-global addresses is refused like an address literal, unless
-    `allow_private` (tests and sandboxes on loopback)."""
+    """The verdict for one syntactically valid recipient address. It is refused when suppressed
+    in any of `scopes` (those known at RCPT: global, the tenant's, the sender domain's). A domain
+    whose MX hosts all resolve to non-global addresses is refused like an address literal,
+    unless `allow_private` (tests and sandboxes on loopback)."""
     if accepted_so_far >= max_recipients:
         return rejected(replies.S452_TOO_MANY_RECIPIENTS, "too_many_recipients")
-    if is_suppressed(address):
+    if is_suppressed(address, scopes):
         return rejected(replies.S550_SUPPRESSED, "suppressed")
     answer = await mx_lookup(address.rpartition("@")[2])
     if answer.kind == "null_mx":

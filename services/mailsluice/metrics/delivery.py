@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mailsluice.contracts.suppressions import ScopeKind
 from mailsluice.metrics.labels import AGE_BUCKETS, TIME_BUCKETS, provider_label, status_class
 
 SMTP_STAGES = ("connect", "tls", "transaction")
@@ -229,4 +230,13 @@ class Delivery:
         "Outbound SMTP connections open now (sending or idle in the pool), by the provider of "
         "the destination they were opened for.",
         ["pool", "provider"],
+    )
+    # --- suppression at send time (delivery/worker/suppressed.py) ---
+    SCOPE_KINDS = tuple(kind.value for kind in ScopeKind)
+    SUPPRESSED = Counter(
+        "mailsluice_delivery_suppressed_total",
+        "Recipients not sent because the suppression list holds them for the message (checked "
+        "before every attempt), by the kind of scope that matched; each gets a `suppressed` "
+        "event, never a DSN.",
+        ["pool", "scope"],
     )

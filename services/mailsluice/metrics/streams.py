@@ -24,6 +24,7 @@ class Streams:
         "complaint",
         "destination_state",
         "unsubscribe",
+        "suppressed",
     )
     SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce", "unsubscribe")
     AGENTS = ("route", "judge")

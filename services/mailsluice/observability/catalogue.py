@@ -78,6 +78,8 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_delivery_provider_recipients", "result"): _values(OUTCOME_RESULTS),
         ("mailsluice_delivery_deferrals", "reason"): _values(STATUS_CLASSES[:8])
         + f", `{OTHER}` (RFC 3463 class.subject of the reply)",
+        ("mailsluice_delivery_suppressed", "scope"): _values(delivery.SCOPE_KINDS)
+        + " (the kind of suppression scope that matched)",
         ("mailsluice_dns_lookup_failures", "reason"): _values(DNS_FAILURES),
         ("mailsluice_operator_reconciles", "result"): _values(RECONCILE_RESULTS),
         ("mailsluice_operator_workers", "kind"): _values(WORKER_KINDS),

@@ -1,7 +1,9 @@
 """An in-memory view of the compacted topic mailsluice.suppressions, followed live.
 
 The store is a compacted view (kafka/compacted.py): ready once it has read the topic up to
-the end offsets seen at start, then applying new records in a background task.
+the end offsets seen at start, then applying new records in a background task. Entries are
+scoped (contracts/suppressions.py): the table is keyed like the topic, `match` answers for the
+scopes a message falls in, and `contains` asks the global scope only.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from mailsluice.contracts.suppressions import (
+    GLOBAL,
+    Scope,
     Suppression,
     decode_suppression,
     encode_suppression,
+    parse_key,
     suppression_key,
 )
 from mailsluice.contracts.topics import SUPPRESSIONS_TOPIC
@@ -29,54 +34,71 @@ log = logging.getLogger(__name__)
 Table = dict[str, Suppression]
 
 
-def normalize(address: str) -> str:
-    """The table key of an address: the record key as text (stripped, lower-cased)."""
-    return suppression_key(address).decode()
+def normalize(address: str, scope: Scope = GLOBAL) -> str:
+    """The table key of an address in a scope: the record key as text (address stripped and
+    lower-cased, prefixed by the scope's label unless global)."""
+    return suppression_key(address, scope).decode()
 
 
 def apply_record(table: Table, key: bytes | str | None, value: bytes | None) -> bool:
     """Apply one record of the suppressions topic to `table`; return whether it changed.
 
-    A value adds or replaces the entry; a null value (tombstone) removes it. A value this
-    reader cannot decode still suppresses the address: refusing mail wrongly is recoverable,
-    sending to a suppressed address is not.
+    A value adds or replaces the entry; a null value (tombstone) removes it. The key names
+    the scope (the value's `scope` field is only a copy). A value this reader cannot decode
+    still suppresses the address in that scope: refusing mail wrongly is recoverable, sending
+    to a suppressed address is not.
     """
     if key is None:
         log.warning("suppression record without a key ignored")
         return False
     text = key.decode(errors="replace") if isinstance(key, bytes) else key
-    address = normalize(text)
+    scope, address = parse_key(text)
     if not address:
         return False
+    name = normalize(address, scope)
     if value is None:
-        return table.pop(address, None) is not None
+        return table.pop(name, None) is not None
     try:
         entry = decode_suppression(value)
     except (ValidationError, ValueError):
         log.warning("undecodable suppression record for a key; treating it as suppressed")
         entry = Suppression(address=address, reason="unreadable", source="unknown", ts=0.0)
-    if table.get(address) == entry:
+    if entry.scope != scope.label:
+        entry = entry.model_copy(update={"scope": scope.label})
+    if table.get(name) == entry:
         return False
-    table[address] = entry
+    table[name] = entry
     return True
 
 
 async def add_suppression(
-    producer: AIOKafkaProducer, address: str, reason: str = "manual", source: str = "cli"
+    producer: AIOKafkaProducer,
+    address: str,
+    reason: str = "manual",
+    source: str = "cli",
+    scope: Scope = GLOBAL,
 ) -> Suppression:
-    """Publish a suppression entry and wait for the broker's acknowledgement."""
-    entry = Suppression(address=address.strip(), reason=reason, source=source)
+    """Publish a suppression entry in `scope` and wait for the broker's acknowledgement."""
+    entry = Suppression(address=address.strip(), reason=reason, source=source, scope=scope.label)
     await producer.send_and_wait(
         SUPPRESSIONS_TOPIC,
-        key=suppression_key(address),
+        key=suppression_key(address, scope),
         value=encode_suppression(entry),
     )
     return entry
 
 
-async def remove_suppression(producer: AIOKafkaProducer, address: str) -> None:
-    """Publish a tombstone for the address and wait for the broker's acknowledgement."""
-    await producer.send_and_wait(SUPPRESSIONS_TOPIC, key=suppression_key(address), value=None)
+async def remove_suppression(
+    producer: AIOKafkaProducer, address: str, scope: Scope = GLOBAL
+) -> None:
+    """Publish a tombstone for the address in `scope`; wait for the broker's acknowledgement."""
+    await producer.send_and_wait(
+        SUPPRESSIONS_TOPIC, key=suppression_key(address, scope), value=None
+    )
+
+
+def _listing_order(entry: Suppression) -> tuple[str, bool, str]:
+    return entry.address.strip().lower(), entry.scope != GLOBAL.label, entry.scope
 
 
 class SuppressionStore:
@@ -156,14 +178,30 @@ class SuppressionStore:
         return self._view is not None and self._view.ready
 
     def contains(self, address: str) -> bool:
+        """Whether the address is suppressed globally."""
         return normalize(address) in self._table
 
     def get(self, address: str) -> Suppression | None:
+        """The global entry of the address, if any."""
         return self._table.get(normalize(address))
 
-    def entries(self) -> list[Suppression]:
-        """Every entry, sorted by (normalised) address."""
-        return [self._table[key] for key in sorted(self._table)]
+    def match(self, address: str, scopes: Iterable[Scope]) -> Suppression | None:
+        """The entry that suppresses the address in the first of `scopes` holding one (give
+        them widest first, as scopes_for() does), or None."""
+        for scope in scopes:
+            entry = self._table.get(normalize(address, scope))
+            if entry is not None:
+                return entry
+        return None
+
+    def suppressed(self, address: str, scopes: Iterable[Scope]) -> bool:
+        return self.match(address, scopes) is not None
+
+    def entries(self, scope: Scope | None = None) -> list[Suppression]:
+        """Every entry (of `scope` only, if given), sorted by address; an address's global entry
+        first, then its scoped ones by label."""
+        chosen = [e for e in self._table.values() if scope is None or e.scope == scope.label]
+        return sorted(chosen, key=_listing_order)
 
     def __len__(self) -> int:
         return len(self._table)

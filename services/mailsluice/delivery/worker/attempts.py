@@ -36,7 +36,7 @@ from mailsluice.delivery.transport.replies import (
     S451_TRANSPORT_RAISED,
     with_detail,
 )
-from mailsluice.delivery.worker import finishing, outcomes
+from mailsluice.delivery.worker import finishing, outcomes, suppressed
 from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.producers import RenewingProducer
@@ -157,6 +157,7 @@ class Attempts:
         self.mono = mono
         self.rng = rng
         self.producers: RenewingProducer | None = None  # set by the worker once started
+        self.screen = suppressed.Screen(self)  # the service gives it the suppression list
 
     async def remember_delivered(self, kafka: KafkaSettings) -> None:
         """After gaining partitions: records past the previous owner's last commit come again;
@@ -179,7 +180,7 @@ class Attempts:
 
     async def deliver(self, job: Job[Item]) -> None:
         item = job.item
-        env = item.env
+        env = await self.screen(job)  # suppressed recipients leave the item's envelope
         # The destination's send slot is held until the outcome records are acknowledged, as
         # a Postfix delivery agent reports before taking the next message: a crash can then
         # repeat at most one send per slot, since the next owner's dedup warm-up reads the
@@ -206,7 +207,9 @@ class Attempts:
             except BaseException:
                 self.release(item)
                 raise
-            if results and all(_connection_throttled(r) for r in results):
+            if results and all(
+                (r.code, r.enhanced, r.text) == S451_CONNECTION_RATE for r in results
+            ):
                 await self.requeue(job, m.CONNECTION_RATE_REQUEUES)
                 return
             expired = self.wall() > env.received_at + self.settings.expiry_s
@@ -394,7 +397,3 @@ class Attempts:
     def _produce_failed(self, exc: Exception) -> None:
         self.kafka_state(type(exc).__name__)
         log.warning("producing outcome records failed (%s); retrying", exc)
-
-
-def _connection_throttled(res: outcomes.ResultLike) -> bool:
-    return (res.code, res.enhanced, res.text) == S451_CONNECTION_RATE
