@@ -58,17 +58,6 @@ class SigningError(ValueError):
     """The message cannot be signed (its header section does not parse)."""
 
 
-class _Collect:
-    """A hasher stand-in for dkimpy's hash_headers: keeps the bytes, so `cryptography` gets
-    them whole (RSA hashes them itself, Ed25519 signs their digest)."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def update(self, data: bytes) -> None:
-        self.parts.append(data)
-
-
 def header_list(headers: Sequence[Sequence[bytes]]) -> tuple[bytes, ...]:
     """The h= list for a message with these header fields (see the module docstring)."""
     counts: dict[bytes, int] = {}
@@ -88,8 +77,12 @@ def signature_fields(message: bytes, keys: Sequence[SigningKey], timestamp: int)
     headers, body = split_message(message)
     include = header_list(headers)
     canonical = _POLICY.canonicalize_headers(headers)
+    # what every key signs before its own DKIM-Signature field: built once per message
+    signed = b"".join(
+        name + b":" + value for name, value in dkim.select_headers(canonical, include)
+    )
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-    return b"".join(_one_signature(key, canonical, include, body_hash, timestamp) for key in keys)
+    return b"".join(_one_signature(key, signed, include, body_hash, timestamp) for key in keys)
 
 
 def split_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
@@ -122,7 +115,7 @@ def relaxed_body(body: bytes) -> bytes:
 
 def _one_signature(
     key: SigningKey,
-    canonical: list[tuple[bytes, bytes]],
+    signed: bytes,
     include: tuple[bytes, ...],
     body_hash: bytes,
     timestamp: int,
@@ -140,9 +133,9 @@ def _one_signature(
     ]
     value = dkim.fold(_joined(fields), namelen=len(HEADER_NAME), linesep=b"\r\n")
     value = dkim.RE_BTAG.sub(b"\\1", value)
-    collected = _Collect()
-    dkim.hash_headers(collected, _POLICY, canonical, include, (HEADER_NAME, b" " + value), None)
-    fields[-1] = (b"b", base64.b64encode(key.sign(b"".join(collected.parts))))
+    # the field itself is signed last, canonical, with an empty b= and no trailing CRLF
+    ((name, canonical),) = _POLICY.canonicalize_headers([(HEADER_NAME, b" " + value)])
+    fields[-1] = (b"b", base64.b64encode(key.sign(signed + name + b":" + canonical.rstrip())))
     signed: bytes = dkim.fold(_joined(fields) + b"\r\n", namelen=len(HEADER_NAME), linesep=b"\r\n")
     return HEADER_NAME + b": " + signed
 
