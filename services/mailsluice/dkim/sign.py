@@ -115,7 +115,7 @@ def relaxed_body(body: bytes) -> bytes:
 
 def _one_signature(
     key: SigningKey,
-    signed: bytes,
+    prefix: bytes,
     include: tuple[bytes, ...],
     body_hash: bytes,
     timestamp: int,
@@ -135,7 +135,7 @@ def _one_signature(
     value = dkim.RE_BTAG.sub(b"\\1", value)
     # the field itself is signed last, canonical, with an empty b= and no trailing CRLF
     ((name, canonical),) = _POLICY.canonicalize_headers([(HEADER_NAME, b" " + value)])
-    fields[-1] = (b"b", base64.b64encode(key.sign(signed + name + b":" + canonical.rstrip())))
+    fields[-1] = (b"b", base64.b64encode(key.sign(prefix + name + b":" + canonical.rstrip())))
     signed: bytes = dkim.fold(_joined(fields) + b"\r\n", namelen=len(HEADER_NAME), linesep=b"\r\n")
     return HEADER_NAME + b": " + signed
 
