@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailsluice.contracts.versioning import load_versioned
+
+if TYPE_CHECKING:
+    from mailsluice.contracts.envelope import Envelope
 
 VERSION = 1
 
@@ -68,6 +72,24 @@ class Event(BaseModel):
     # unsubscribe only: the label of the suppression scope asked for (contracts/suppressions.py);
     # `reason` says how: "one-click" (the HTTP POST) or "mailto"
     scope: str = ""
+
+
+def suppressed_event(env: Envelope, recipient: str, *, scope: str, text: str, now: float) -> Event:
+    """The `suppressed` event of one recipient of `env`, held by the suppression list in
+    `scope` (a scope's label); ingest and delivery both write it."""
+    return Event(
+        type=EventType.SUPPRESSED,
+        ts=now,
+        queue_id=env.queue_id,
+        pool=env.pool,
+        sender=env.sender,
+        recipient=recipient,
+        routing_key=env.routing_key,
+        text=text[:1000],
+        reason=scope,
+        attempt=env.attempt,
+        message_key=env.message_key,
+    )
 
 
 def encode_event(event: Event) -> bytes:

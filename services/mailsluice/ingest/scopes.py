@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from mailsluice.contracts.events import Event, EventType
+from mailsluice.contracts.events import Event, suppressed_event
 from mailsluice.contracts.suppressions import Scope, ScopeKind
 from mailsluice.ingest.auth import User
 from mailsluice.ingest.message import field_name, field_value, split_header
@@ -29,6 +29,8 @@ from mailsluice.ingest.verdicts import IsSuppressed
 
 if TYPE_CHECKING:  # plan.py reads the list id from here
     from mailsluice.ingest.plan import Plan, QueueRecord
+
+LIST_TEXT = "suppressed for the list at the end of DATA"
 
 
 def valid_name(name: str) -> bool:
@@ -73,7 +75,10 @@ def screen_list(plan: Plan, is_suppressed: IsSuppressed, *, now: float) -> Plan:
         scope = list_scope(env.tenant, env.list_id)
         gone = [r for r in env.recipients if scope and is_suppressed(r, (scope,))]
         if scope is not None:
-            events += [suppressed_event(record, r, scope, now) for r in gone]
+            events += [
+                suppressed_event(record.envelope, r, scope=scope.label, text=LIST_TEXT, now=now)
+                for r in gone
+            ]
         kept = tuple(r for r in env.recipients if r not in gone)
         if kept:
             records.append(replace(record, envelope=env.model_copy(update={"recipients": kept})))
@@ -81,19 +86,3 @@ def screen_list(plan: Plan, is_suppressed: IsSuppressed, *, now: float) -> Plan:
         return plan
     outcome = replace(plan.outcome, events=(*plan.outcome.events, *events))
     return replace(plan, outcome=outcome, records=tuple(records))
-
-
-def suppressed_event(record: QueueRecord, recipient: str, scope: Scope, now: float) -> Event:
-    env = record.envelope
-    return Event(
-        type=EventType.SUPPRESSED,
-        ts=now,
-        queue_id=env.queue_id,
-        pool=env.pool,
-        sender=env.sender,
-        recipient=recipient,
-        routing_key=env.routing_key,
-        text="suppressed for the list at the end of DATA",
-        reason=scope.label,
-        message_key=env.message_key,
-    )

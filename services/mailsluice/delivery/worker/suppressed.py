@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from mailsluice.contracts.envelope import Envelope
-from mailsluice.contracts.events import Event, EventType
+from mailsluice.contracts.events import suppressed_event
 from mailsluice.contracts.suppressions import Scope, Suppression, scopes_for
 from mailsluice.delivery.shaping.scheduler import Job
 from mailsluice.delivery.worker.outcomes import event_record
@@ -55,22 +55,6 @@ def screen_envelope(env: Envelope, lookup: Lookup) -> tuple[Envelope, Hits]:
     return env.model_copy(update={"recipients": tuple(kept)}), hits
 
 
-def suppressed_event(env: Envelope, recipient: str, entry: Suppression, now: float) -> Event:
-    return Event(
-        type=EventType.SUPPRESSED,
-        ts=now,
-        queue_id=env.queue_id,
-        pool=env.pool,
-        sender=env.sender,
-        recipient=recipient,
-        routing_key=env.routing_key,
-        text=f"suppressed: {entry.reason}"[:1000],
-        reason=entry.scope,
-        attempt=env.attempt,
-        message_key=env.message_key,
-    )
-
-
 def scope_kind(label: str) -> str:
     """The kind of a scope label, for the metric (global for anything unreadable)."""
     kind = label.partition(":")[0]
@@ -94,7 +78,12 @@ class Screen:
             return env
         attempts = self.attempts
         now = attempts.wall()
-        events = [suppressed_event(item.env, r, entry, now) for r, entry in hits]
+        events = [
+            suppressed_event(
+                item.env, r, scope=entry.scope, text=f"suppressed: {entry.reason}", now=now
+            )
+            for r, entry in hits
+        ]
         try:
             await attempts.produce_all([event_record(e) for e in events])
         except BaseException:
