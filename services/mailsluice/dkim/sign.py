@@ -2,8 +2,8 @@
 
 dkimpy parses the header section, canonicalises the header fields and folds the signature; the
 signature itself is made by `cryptography` (OpenSSL), since dkimpy's pure-Python RSA costs
-~25 times more. The relaxed body canonicalisation is ours, with `bytes.replace` instead of
-dkimpy's regular expressions (20 times faster on a 20 KB body; the tests hold it equal to
+~25 times more. The relaxed body canonicalisation is ours, on the whole body at once instead
+of dkimpy's line by line (20 times faster on a 20 KB body; the tests hold it equal to
 dkimpy's). The body hash is computed once for all the keys a message is signed with.
 
 Signed header fields are those of `SIGNED_HEADERS` the message has, as often as it has them;
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Sequence
 
 import dkim
@@ -52,6 +53,7 @@ HEADER_NAME = b"DKIM-Signature"
 # in afterwards does not move the folds of the tags before it.
 _B_PLACEHOLDER = b"0" * 60
 _POLICY = CanonicalizationPolicy.from_c_value(CANONICALIZATION)
+_SPACES = re.compile(rb"  +")
 
 
 class SigningError(ValueError):
@@ -104,10 +106,8 @@ def relaxed_body(body: bytes) -> bytes:
     line ends goes, empty lines at the end go, a non-empty body ends with CRLF."""
     if b"\t" in body:
         body = body.replace(b"\t", b" ")
-    if b"    " in body:  # indentation: one pass instead of two
-        body = body.replace(b"    ", b" ")
-    while b"  " in body:
-        body = body.replace(b"  ", b" ")
+    if b"  " in body:  # indented HTML: one pass, where repeated replaces took three
+        body = _SPACES.sub(b" ", body)
     body = body.replace(b" \r\n", b"\r\n")
     canonical: bytes = correct_empty_body(strip_trailing_lines(body))
     return canonical
