@@ -4,57 +4,22 @@ transport; two copies of one message reach each recipient once."""
 from __future__ import annotations
 
 import asyncio
-import random
-from typing import Any, cast
+from typing import Any
 
 from aiokafka import TopicPartition
+from support.attempts import attempts_for
 from support.delivery_worker import FakeTransport, accept_all
 from support.transport import envelope
 
-from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.scheduler import Job, Scheduler
+from mailsluice.delivery.shaping.scheduler import Job
 from mailsluice.delivery.transport.replies import S451_CONNECTION_RATE
-from mailsluice.delivery.worker.attempts import Attempts, Item
-from mailsluice.delivery.worker.dedup import DeliveredCache
-from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.delivery.worker.attempts import Item
 from mailsluice.metrics.delivery import Delivery as m
-from mailsluice.policy.shaping import default_policy
 
 
 async def rate_limited(_env: object, _rcpt: str) -> tuple[int, str, str]:
     # Our own connection rate: the job goes back into the scheduler, nothing is produced.
     return S451_CONNECTION_RATE
-
-
-class Producers:
-    """Acknowledges every outcome record at once."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    async def send_all(self, sends: list[Any]) -> None:
-        self.sent.extend(sends)
-
-
-def attempts_for(pool: str, transport: FakeTransport, finished: list[Item]) -> Attempts:
-    shaper = PolicyShaper(default_policy(), pool)
-    attempts = Attempts(
-        DeliverySettings(pool=pool),
-        transport,
-        shaper,
-        Scheduler(shaper, 5.0),
-        DeliveredCache(10),
-        finish=finished.append,
-        release=lambda _item: None,
-        wake=lambda: None,
-        kafka_state=lambda _error: None,
-        build_dsn=None,
-        wall=lambda: 0.0,
-        mono=lambda: 0.0,
-        rng=random.Random(1),
-    )
-    attempts.producers = cast(Any, Producers())
-    return attempts
 
 
 def copy_of(queue_id: str, pool: str, message_key: str = "K1") -> Item:

@@ -5,11 +5,11 @@ tests/unsubscribe/test_worker_sink.py)."""
 from __future__ import annotations
 
 import email
-import random
 from dataclasses import dataclass, field
 from email.policy import default
 from typing import Any, cast
 
+from support.attempts import attempts_for
 from support.delivery_worker import FakeTransport, Result
 from support.transport import envelope
 
@@ -17,11 +17,7 @@ from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.consent.tokens import KeyRing
 from mailsluice.contracts.envelope import Envelope
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.scheduler import Scheduler
-from mailsluice.delivery.worker.attempts import Attempts
-from mailsluice.delivery.worker.dedup import DeliveredCache
 from mailsluice.delivery.worker.finishing import Finishing, wrap
-from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.policy.shaping import default_policy
 
 KEYS = KeyRing({"k1": b"s" * 32})
@@ -140,21 +136,7 @@ async def test_the_shaper_observes_every_recipients_result() -> None:
         return observe(key, now, results)
 
     shaper.observe = spy  # type: ignore[method-assign]
-    attempts = Attempts(
-        DeliverySettings(pool=pool),
-        Finishing(Recording(), SETTINGS, KEYS),
-        shaper,
-        Scheduler(shaper, 5.0),
-        DeliveredCache(10),
-        finish=lambda _item: None,
-        release=lambda _item: None,
-        wake=lambda: None,
-        kafka_state=lambda _error: None,
-        build_dsn=None,
-        wall=lambda: 0.0,
-        mono=lambda: 0.0,
-        rng=random.Random(1),
-    )
+    attempts = attempts_for(pool, Finishing(Recording(), SETTINGS, KEYS), shaper=shaper)
     results, _held = await attempts.send(bulk("a@b.example", "c@b.example"), MESSAGE)
     assert seen == [r.recipient for r in results] == ["a@b.example", "c@b.example"]
 

@@ -3,38 +3,21 @@ provider, never a raw domain) and suspensions by the rule (or operator) that cau
 
 from __future__ import annotations
 
-import random
-
 from prometheus_client import REGISTRY
+from support.attempts import attempts_for
 from support.metrics import sample
 from support.shaping import SimResult
 
 from mailsluice.contracts.control import Command
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.scheduler import Job, Scheduler
+from mailsluice.delivery.shaping.scheduler import Job
 from mailsluice.delivery.worker.attempts import Attempts
-from mailsluice.delivery.worker.dedup import DeliveredCache
-from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.metrics.shaping import Shaping
 from mailsluice.policy.shaping import default_policy
 
 
 def attempts(pool: str, shaper: PolicyShaper) -> Attempts:
-    return Attempts(
-        DeliverySettings(pool=pool),
-        transport=None,  # type: ignore[arg-type]  # not sent through here
-        shaper=shaper,
-        scheduler=Scheduler(shaper, 5.0),
-        dedup=DeliveredCache(10),
-        finish=lambda _item: None,
-        release=lambda _item: None,
-        wake=lambda: None,
-        kafka_state=lambda _error: None,
-        build_dsn=None,
-        wall=lambda: 0.0,
-        mono=lambda: 0.0,
-        rng=random.Random(1),
-    )
+    return attempts_for(pool, None, shaper=shaper)  # not sent through here
 
 
 def test_shaping_delay_by_provider_and_other_for_domains() -> None:

@@ -4,10 +4,10 @@ a record with every recipient suppressed finishes untried."""
 
 from __future__ import annotations
 
-import random
-from typing import Any, cast
+from typing import Any
 
 from aiokafka import TopicPartition
+from support.attempts import attempts_for as support_attempts
 from support.delivery_worker import FakeTransport, accept_all
 
 from mailsluice.contracts.envelope import Envelope
@@ -21,27 +21,15 @@ from mailsluice.contracts.suppressions import (
     suppression_key,
 )
 from mailsluice.contracts.topics import EVENTS_TOPIC
-from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.scheduler import Job, Scheduler
-from mailsluice.delivery.worker.attempts import Attempts, Item
-from mailsluice.delivery.worker.dedup import DeliveredCache
-from mailsluice.delivery.worker.settings import DeliverySettings
+from mailsluice.delivery.shaping.scheduler import Job
+from mailsluice.delivery.worker.attempts import Item
 from mailsluice.delivery.worker.suppressed import screen_envelope
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.delivery import Delivery as m
-from mailsluice.policy.shaping import default_policy
 from mailsluice.suppression.store import SuppressionStore
 
 ACME = Scope(ScopeKind.TENANT, tenant="acme")
 NEWS = Scope(ScopeKind.LIST, tenant="acme", list_id="news")
-
-
-class Producers:
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    async def send_all(self, sends: list[Any]) -> None:
-        self.sent.extend(sends)
 
 
 def store_with(*entries: tuple[str, Scope], undecodable: tuple[str, Scope] | None = None) -> Any:
@@ -69,23 +57,9 @@ def env_of(*rcpts: str, pool: str, tenant: str = "acme", list_id: str = "news") 
 
 
 def attempts_for(pool: str, transport: FakeTransport, finished: list[Item], store: Any) -> Any:
-    shaper = PolicyShaper(default_policy(), pool)
-    attempts = Attempts(
-        DeliverySettings(pool=pool),
-        transport,
-        shaper,
-        Scheduler(shaper, 5.0),
-        DeliveredCache(10),
-        finish=finished.append,
-        release=lambda _item: None,
-        wake=lambda: None,
-        kafka_state=lambda _error: None,
-        build_dsn=lambda *a, **k: b"dsn",
-        wall=lambda: 1000.0,
-        mono=lambda: 0.0,
-        rng=random.Random(1),
+    attempts = support_attempts(
+        pool, transport, finished, build_dsn=lambda *a, **k: b"dsn", wall=1000.0
     )
-    attempts.producers = cast(Any, Producers())
     attempts.screen.lookup = store
     return attempts
 
