@@ -8,15 +8,19 @@ The last test stops and restarts the session's broker."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
 import pytest
 from support.delivery_worker import new_pool, setup_pool
+from support.eventually import eventually
 
 from mailsluice.contracts.topics import queue_topic
 from mailsluice.kafka import clients
 from mailsluice.kafka.clients import make_producer, pace_metadata_updates
+
+UPDATES = 10  # metadata updates watched while the broker is down
 
 
 class _Client:
@@ -48,12 +52,11 @@ async def test_a_producer_paces_its_metadata_updates_while_the_broker_is_down(ka
     await setup_pool(ks, pool)
     producer = make_producer(ks, max_message_size=1 << 20, client_id="pacing")
     await producer.start()
-    updates = 0
+    began: list[float] = []  # when each metadata update started
     paced = producer.client._metadata_update
 
     async def counted(cluster: Any, topics: Any) -> bool:
-        nonlocal updates
-        updates += 1
+        began.append(time.monotonic())
         return bool(await paced(cluster, topics))
 
     producer.client._metadata_update = counted  # type: ignore[method-assign]
@@ -61,17 +64,19 @@ async def test_a_producer_paces_its_metadata_updates_while_the_broker_is_down(ka
         await producer.send_and_wait(queue_topic(pool), b"before")
         await asyncio.to_thread(kafka.stop)
         _no_leaders(producer, queue_topic(pool))
-        began, updates = time.monotonic(), 0
+        began.clear()
         pending = asyncio.ensure_future(producer.send_and_wait(queue_topic(pool), b"during"))
-        await asyncio.sleep(3.0)  # the outage's length, not a synchronisation
-        down_s, during = time.monotonic() - began, updates
+        await eventually(lambda: len(began) > UPDATES, within=30, what=f"{UPDATES} updates")
+        during = began[: UPDATES + 1]
         await asyncio.to_thread(kafka.start)
         await asyncio.wait_for(pending, 60)  # the record still goes once the broker is back
     finally:
         await producer.stop()
     backoff_s = producer.client._retry_backoff
-    # one update per backoff, twice over for scheduling slack; unpaced it is thousands
-    assert 0 < during <= 2 * down_s / backoff_s + 5, f"{during} updates in {down_s:.1f} s"
+    # every failed update waits the backoff before the next starts; unpaced, they came some
+    # tenths of a millisecond apart
+    gaps = [later - earlier for earlier, later in itertools.pairwise(during)]
+    assert min(gaps) >= 0.9 * backoff_s, f"updates {min(gaps) * 1000:.2f} ms apart"
 
 
 def _no_leaders(producer: Any, topic: str) -> None:
