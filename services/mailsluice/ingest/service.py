@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import ssl
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from mailsluice.ingest.unsubscribe import UnsubscribeDesk
 from mailsluice.ingest.verdicts import IsSuppressed, MxCache, MxLookup, unverified_mx
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
-from mailsluice.observability.endpoints import setup_logging, start_http
+from mailsluice.observability.endpoints import setup_logging, start_http, stop_event
 from mailsluice.policy.rollup import load_rollup
 from mailsluice.resolver import DnsSettings, lookup_mx, lookup_mx_addresses, make_resolver
 
@@ -260,10 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(service: IngestService) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await service.start()
     try:
         await stop.wait()

@@ -1,10 +1,13 @@
-"""What every service exposes to operators: /metrics, /healthz, /readyz, and JSON logs."""
+"""What every service exposes to operators: /metrics, /healthz, /readyz, and JSON logs; and the
+stop signal a service waits for."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -71,6 +74,16 @@ class Repeats(logging.Filter):
         if held:
             record.msg = f"{record.msg} ({held} more like it in the last {now - last:.0f} s)"
         return True
+
+
+def stop_event() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT, the handlers installed now: a signal that comes while
+    the service is still starting stops it once started, gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def setup_logging(settings: LogSettings, component: str) -> None:

@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import signal
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailsluice.config import load
+from mailsluice.observability.endpoints import stop_event
 from mailsluice.sandbox.settings import SandboxSettings
 from mailsluice.sandbox.store import MessageStore, detail, summary
 
@@ -184,10 +184,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def serve(settings: SandboxSettings) -> None:
     sandbox = await Sandbox(settings).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     print(f"sandbox SMTP      smtp://{sandbox.smtp_address}", flush=True)
     print(f"sandbox messages  {sandbox.http_url}/api/v1/messages", flush=True)
     print(f"sandbox raw       {sandbox.http_url}/api/v1/message/<ID>/raw", flush=True)

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 
 import uvicorn
 from aiohttp import web
@@ -24,7 +23,7 @@ from mailsluice.contracts.topics import EVENTS_TOPIC
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
-from mailsluice.observability.endpoints import setup_logging, start_http
+from mailsluice.observability.endpoints import setup_logging, start_http, stop_event
 from mailsluice.unsubscribe.app import build_app
 
 log = logging.getLogger(__name__)
@@ -143,10 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(service: UnsubscribeService) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await service.start()
     try:
         await stop.wait()
