@@ -61,6 +61,6 @@ def test_a_message_falls_in_the_scopes_it_names() -> None:
 def test_an_old_record_reads_as_global() -> None:
     old = b'{"v":1,"address":"bob@example.com","reason":"manual","source":"cli","ts":1.0}'
     entry = decode_suppression(old)
-    assert entry.scope_of == GLOBAL
+    assert Scope.parse(entry.scope) == GLOBAL
     scoped = Suppression(address="bob@example.com", scope="tenant:acme")
-    assert decode_suppression(encode_suppression(scoped)).scope_of.tenant == "acme"
+    assert Scope.parse(decode_suppression(encode_suppression(scoped)).scope).tenant == "acme"

@@ -107,28 +107,29 @@ class KeyRing:
             active = next(iter(keys))
         if keys and active not in keys:
             raise ValueError(f"the active key {active!r} is not among the keys {sorted(keys)}")
-        self._keys = dict(keys)
+        # derived once: a worker mints a token for every recipient of bulk mail
+        self._ciphers = {kid: _cipher(secret) for kid, secret in keys.items()}
         self.active = active
 
     def __bool__(self) -> bool:
-        return bool(self._keys)
+        return bool(self._ciphers)
 
     def mint(self, claim: Claim) -> str:
         parts = (claim.recipient, claim.tenant, claim.list_id, claim.domain, claim.scope)
-        if any(_SEP in p for p in parts) or not self._keys:
+        if any(_SEP in p for p in parts) or not self._ciphers:
             raise ValueError("cannot mint: no key, or a field holds a control character")
         head = VERSION + self.active.encode() + _KID_END
-        sealed = _cipher(self._keys[self.active]).encrypt(_SEP.join(parts).encode(), [head])
+        sealed = self._ciphers[self.active].encrypt(_SEP.join(parts).encode(), [head])
         return base64.b32encode(head + sealed).decode().rstrip("=").lower()
 
     def verify(self, token: str) -> Claim:
         """The claim of a genuine token; TokenError for anything else."""
         head, kid, sealed = _split(token)
-        key = self._keys.get(kid)
-        if key is None:
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
             raise TokenError("unknown_key", f"key {kid[:20]!r}")
         try:
-            parts = _cipher(key).decrypt(sealed, [head]).decode().split(_SEP)
+            parts = cipher.decrypt(sealed, [head]).decode().split(_SEP)
         except InvalidTag:
             raise TokenError("forged", "does not authenticate") from None
         except UnicodeDecodeError:

@@ -101,10 +101,6 @@ class Suppression(BaseModel):
     ts: float = Field(default_factory=time.time)
     scope: str = "global"  # the scope's label
 
-    @property
-    def scope_of(self) -> Scope:
-        return Scope.parse(self.scope)
-
 
 def suppression_key(address: str, scope: Scope = GLOBAL) -> bytes:
     bare = address.strip().lower()
