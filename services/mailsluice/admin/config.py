@@ -33,6 +33,7 @@ SETTINGS_MODULES = (
     "mailsluice.streams.settings",
     "mailsluice_operator.settings",
     "mailsluice.consent.settings",
+    "mailsluice.tenancy.settings",
 )
 
 

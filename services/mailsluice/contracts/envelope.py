@@ -57,6 +57,11 @@ class Envelope(BaseModel):
     # ingest knew neither.
     tenant: str = ""
     list_id: str = ""
+    # What the sender reports the message under (contracts/campaigns.py): the campaign's stats
+    # and every event of the message carry them. Set by the HTTP API, or over SMTP by the
+    # X-Mailsluice-Campaign and X-Mailsluice-Tags fields (taken out before sending).
+    campaign: str = ""
+    tags: tuple[str, ...] = ()
 
     @property
     def dedup_id(self) -> str:

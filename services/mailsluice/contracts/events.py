@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,6 +72,25 @@ class Event(BaseModel):
     # unsubscribe only: the label of the suppression scope asked for (contracts/suppressions.py);
     # `reason` says how: "one-click" (the HTTP POST) or "mailto"
     scope: str = ""
+    # Whose message it is and what the sender reports it under (the envelope's): webhooks
+    # choose a tenant's events by `tenant`, campaign stats count by `campaign`.
+    tenant: str = ""
+    campaign: str = ""
+    tags: tuple[str, ...] = ()
+
+
+def message_fields(env: Envelope) -> dict[str, Any]:
+    """The fields every event about a queued message copies from its envelope."""
+    return {
+        "queue_id": env.queue_id,
+        "pool": env.pool,
+        "sender": env.sender,
+        "routing_key": env.routing_key,
+        "message_key": env.message_key,
+        "tenant": env.tenant,
+        "campaign": env.campaign,
+        "tags": env.tags,
+    }
 
 
 def suppressed_event(env: Envelope, recipient: str, *, scope: str, text: str, now: float) -> Event:
@@ -80,15 +99,11 @@ def suppressed_event(env: Envelope, recipient: str, *, scope: str, text: str, no
     return Event(
         type=EventType.SUPPRESSED,
         ts=now,
-        queue_id=env.queue_id,
-        pool=env.pool,
-        sender=env.sender,
         recipient=recipient,
-        routing_key=env.routing_key,
         text=text[:1000],
         reason=scope,
         attempt=env.attempt,
-        message_key=env.message_key,
+        **message_fields(env),
     )
 
 

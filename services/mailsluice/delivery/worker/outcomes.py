@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from mailsluice.contracts.envelope import ENVELOPE_HEADER, Envelope, encode_envelope, new_queue_id
-from mailsluice.contracts.events import Event, EventType, encode_event
+from mailsluice.contracts.events import Event, EventType, encode_event, message_fields
 from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
 from mailsluice.delivery.shaping.signals import ResultView
 from mailsluice.delivery.transport.replies import S451_NO_RESULT
@@ -101,11 +101,7 @@ def _event(
         Event(
             type=kind,
             ts=now,
-            queue_id=env.queue_id,
-            pool=env.pool,
-            sender=env.sender,
             recipient=res.recipient,
-            routing_key=env.routing_key,
             code=res.code,
             enhanced=res.enhanced,
             text=res.text[:1000],
@@ -113,7 +109,7 @@ def _event(
             attempt=env.attempt + 1,
             remote=res.remote,
             size=size,
-            message_key=env.message_key,
+            **message_fields(env),
         )
     )
 

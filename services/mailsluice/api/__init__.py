@@ -1,0 +1,1 @@
+"""The HTTP API (`mailsluice api`): batch sending with templates, suppressions, campaign stats."""

@@ -1,0 +1,1 @@
+"""The webhook sender (`mailsluice webhooks`): tenants' events POSTed to their endpoints, signed."""
