@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
@@ -35,7 +36,10 @@ from mailsluice.contracts.webhooks import WebhookEventType
 from mailsluice.policy.owners import OwnedDomains, OwnersError
 from mailsluice.tenancy.keys import DIGEST, KEY_ID
 
-_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # webhook ids and pool names
+_NAME = re.compile(_NAME_PATTERN)
+# An SMTP AUTH user name: printable ASCII without spaces (it is a key in two files).
+_SMTP_USER = re.compile(r"^[\x21-\x7e]{1,255}$")
 PASSWORD_SCHEMES = ("scrypt", "pbkdf2_sha256")
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
@@ -126,6 +130,24 @@ class Tenant(BaseModel):
         Scope.parse(f"tenant:{value}")  # a tenant is a suppression scope: the same names
         return value
 
+    @field_validator("pools")
+    @classmethod
+    def _pools(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pool in value:
+            if not _NAME.match(pool):
+                raise ValueError(f"{pool!r} is not a pool name (a-z, 0-9, '-')")
+        if len(set(value)) != len(value):
+            raise ValueError("a pool is listed twice")
+        return value
+
+    @field_validator("smtp")
+    @classmethod
+    def _smtp_users(cls, value: dict[str, SmtpUser]) -> dict[str, SmtpUser]:
+        for user in value:
+            if not _SMTP_USER.match(user):
+                raise ValueError(f"{user[:80]!r} is not a user name (printable ASCII, no spaces)")
+        return value
+
     @field_validator("domains")
     @classmethod
     def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -188,7 +210,9 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _unique_across(tenants: Mapping[str, Tenant]) -> None:
-    """A key id or SMTP user name finds one tenant, so neither may be used by two."""
+    """A key id or SMTP user name finds one tenant, so neither may be used by two; a sender
+    domain belongs to one tenant (or tenant B could send as A)."""
+    _domains_apart(tenants)
     keys: dict[str, str] = {}
     users: dict[str, str] = {}
     for tenant in tenants.values():
@@ -202,3 +226,27 @@ def _unique_across(tenants: Mapping[str, Tenant]) -> None:
                         f"{what} {item!r} belongs to both {seen[item]!r} and {tenant.name!r}"
                     )
                 seen[item] = tenant.name
+
+
+def _domains_apart(tenants: Mapping[str, Tenant]) -> None:
+    """No tenant owns a domain another one owns: neither the same name nor one inside the
+    other's wildcard (`eu.acme.test` under `*.acme.test`, or `*.eu.acme.test` under it)."""
+    seen: list[Tenant] = []
+    for tenant in tenants.values():
+        mine = tenant.owned
+        for other in seen:
+            theirs = other.owned
+            shared = [d for d in mine.exact if theirs.owns_domain(d)]
+            shared += [d for d in theirs.exact if mine.owns_domain(d)]
+            shared += [
+                "*" + s
+                for s in mine.suffixes
+                for t in theirs.suffixes
+                if s.endswith(t) or t.endswith(s)
+            ]
+            if shared:
+                raise TenancyError(
+                    f"sender domain {sorted(shared)[0]!r} belongs to both {other.name!r} "
+                    f"and {tenant.name!r}"
+                )
+        seen.append(tenant)

@@ -24,6 +24,12 @@ class OverQuota:
     limit: int
     used: int
     retry_after_s: int  # whole seconds until the window rolls over (at least 1)
+    requested: int = 0  # the count asked for
+
+    @property
+    def never_fits(self) -> bool:
+        """More asked for at once than the window ever holds: retrying cannot help."""
+        return self.requested > self.limit
 
 
 class QuotaBook:
@@ -44,7 +50,9 @@ class QuotaBook:
         return self._own.get(key, 0) + sum(self._remote.get(key, {}).values())
 
     def admit(self, tenant: str, quotas: Quotas, count: int, now: float) -> OverQuota | None:
-        """None when `count` more recipients fit every window; else the window that is full."""
+        """None when `count` more recipients fit every window; else the full window that
+        rolls over last (a full day is not cured by the next hour)."""
+        full: OverQuota | None = None
         for window, start, length in self.windows(now):
             limit = quotas.per_hour if window == "hour" else quotas.per_day
             if limit is None:
@@ -52,13 +60,14 @@ class QuotaBook:
             used = self.used(tenant, window, start)
             if used + count > limit:
                 retry = max(1, int(start + length - now + 0.999))
-                return OverQuota(window, limit, used, retry)
-        return None
+                if full is None or retry > full.retry_after_s:
+                    full = OverQuota(window, limit, used, retry, count)
+        return full
 
     def charge(self, tenant: str, count: int, now: float) -> None:
         for window, start, _ in self.windows(now):
             self._own[(tenant, window, start)] += count
-        self._forget(now)
+        self.forget(now)
 
     def own(self, now: float) -> dict[tuple[str, str, int], int]:
         """This process's counts in the current windows (what it reports to the others)."""
@@ -69,7 +78,9 @@ class QuotaBook:
         """Another replica's latest count for a window (it replaces that replica's last one)."""
         self._remote[(tenant, window, start)][replica] = count
 
-    def _forget(self, now: float) -> None:
+    def forget(self, now: float) -> None:
+        """Drop the counts of windows over a day old (charge does it; a book only told about
+        other replicas' counts calls it now and then)."""
         oldest = int(now) - DAY_S
         for book in (self._own, self._remote):
             for key in [k for k in book if k[2] < oldest]:

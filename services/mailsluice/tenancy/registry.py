@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import yaml
 
 from mailsluice.tenancy.keys import key_id_of, matches
-from mailsluice.tenancy.model import TenancyError, Tenant, parse_tenants
+from mailsluice.tenancy.model import Tenant, parse_tenants
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ class Registry:
     def __init__(self, path: str = "", tenants: Mapping[str, Tenant] | None = None) -> None:
         self._path = path
         self._mtime: float | None = None
+        self._broken_mtime: float | None = None  # of a file that did not read
         self._tenants: dict[str, Tenant] = {}
         self._by_key: dict[str, tuple[Tenant, str]] = {}
         self._by_smtp: dict[str, Tenant] = {}
@@ -47,9 +48,13 @@ class Registry:
         if not self._path:
             return
         try:
-            if os.stat(self._path).st_mtime != self._mtime:
-                self._reload()
-        except (OSError, TenancyError, yaml.YAMLError) as exc:
+            mtime = os.stat(self._path).st_mtime
+            if mtime in (self._mtime, self._broken_mtime):
+                return
+            self._reload()
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # TenancyError, UnicodeDecodeError
+            # read again only once it changes: not on every lookup, nor a warning each time
+            self._broken_mtime = mtime if isinstance(exc, (ValueError, yaml.YAMLError)) else None
             log.warning("tenants file unreadable (%s); keeping the previous tenants", exc)
 
     @property
