@@ -179,7 +179,9 @@ def mailto_token(address: str, domain: str) -> str | None:
 
 
 def unsubscribe_event(claim: Claim, how: Literal["one-click", "mailto"], now: float) -> Event:
-    """The `unsubscribe` event of a verified claim; the stream processors suppress on it."""
+    """The `unsubscribe` event of a verified claim; the stream processors suppress on it. Its
+    tenant is the one the scope names (tenant:X, list:X/Y), so the tenant's webhooks get it."""
+    scope = Scope.parse(claim.scope)
     return Event(
         type=EventType.UNSUBSCRIBE,
         ts=now,
@@ -187,4 +189,5 @@ def unsubscribe_event(claim: Claim, how: Literal["one-click", "mailto"], now: fl
         recipient=claim.recipient,
         reason=how,
         scope=claim.scope,
+        tenant=scope.tenant if scope.kind in (ScopeKind.TENANT, ScopeKind.LIST) else "",
     )
