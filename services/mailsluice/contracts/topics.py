@@ -104,3 +104,21 @@ def _compacted(configs: dict[str, str]) -> dict[str, str]:
         **configs,
         "min.compaction.lag.ms": str(COMPACTION_LAG_MS),
     }
+
+
+# --- tenants (issue 15) -------------------------------------------------------------------------
+
+# Compacted, keyed "<replica>|<tenant>|<window>|<start>": the recipients each process accepted
+# for a tenant in a quota window (contracts/usage.py), so every process holds quotas for all.
+# Records of ended windows matter for a day at most: deleted after two.
+TENANT_USAGE_TOPIC = f"{TOPIC_PREFIX}.tenant-usage"
+TENANT_USAGE_PARTITIONS = 3
+TENANT_USAGE_RETENTION_MS = 2 * 24 * 3600 * 1000
+
+
+def tenant_usage_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
+    """The tenant usage topic (created by every process that shares quota counts)."""
+    configs = _compacted({"min.insync.replicas": str(min_insync_replicas)})
+    configs["cleanup.policy"] = "compact,delete"
+    configs["retention.ms"] = str(TENANT_USAGE_RETENTION_MS)
+    return [TopicSpec(TENANT_USAGE_TOPIC, TENANT_USAGE_PARTITIONS, configs)]

@@ -1,11 +1,11 @@
 """aiosmtpd handler hooks: thin adapters from SMTP commands to plain functions.
 
 RCPT asks verdicts.judge_recipient() (suppressed in the scopes known then: global, the client's
-tenant, the sender's domain). DATA asks plan.py for the plan of the transaction (plan_message,
-whose recipients suppressed for the message's list scopes.py takes out, or plan_feedback for a
-feedback-loop report), hands it to the one publish step
-(publish.publish_plan: 250 only once every write is acknowledged) and settles the outcome:
-metrics counted, events emitted, log lines written, the reply returned.
+tenant, the sender's domain), then the tenant's quota (quotas.py; charged once DATA is acked).
+DATA asks plan.py for the plan of the transaction (plan_message, whose recipients suppressed
+for the message's list scopes.py takes out, or plan_feedback for a feedback-loop report), hands
+it to the one publish step (publish.publish_plan: 250 only once every write is acknowledged)
+and settles the outcome: metrics counted, events emitted, log lines written, the reply returned.
 
 A transaction either queues mail or, when its recipients are feedback-loop addresses, carries
 one ARF report: its complaints become events, never mail to deliver. The two kinds never share
@@ -40,11 +40,18 @@ from mailsluice.ingest.plan import (
     reverse_path,
 )
 from mailsluice.ingest.publish import Publisher, publish_plan
+from mailsluice.ingest.quotas import TenantQuotas
 from mailsluice.ingest.scopes import screen_list, tenant_of
 from mailsluice.ingest.session import IngestEnvelope, IngestSMTP
 from mailsluice.ingest.smtp_auth import SmtpAuth
 from mailsluice.ingest.unsubscribe import UnsubscribeDesk, plan_unsubscribe
-from mailsluice.ingest.verdicts import IsSuppressed, MxLookup, judge_recipient, judge_sender
+from mailsluice.ingest.verdicts import (
+    IsSuppressed,
+    MxLookup,
+    judge_recipient,
+    judge_sender,
+    rejected,
+)
 from mailsluice.metrics.ingest import INGEST_COMPLAINTS, INGEST_FEEDBACK_REJECTED
 from mailsluice.metrics.ingest import Ingest as metrics
 from mailsluice.policy.owners import UNRESTRICTED, OwnedDomains
@@ -95,6 +102,7 @@ class IngestHandler:
         allow_private_destinations: bool = False,
         unsubscribe: UnsubscribeDesk | None = None,
         trusted_tenant: str = "",
+        quotas: TenantQuotas | None = None,
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -112,6 +120,7 @@ class IngestHandler:
         self.allow_private_destinations = allow_private_destinations
         self.unsubscribe = unsubscribe  # the List-Unsubscribe mailto address, when configured
         self.trusted_tenant = trusted_tenant  # of unauthenticated trusted-network clients
+        self.quotas = quotas  # tenants' hourly and daily quotas (quotas.py)
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -166,6 +175,7 @@ class IngestHandler:
             or any(self.unsubscribe.token_of(r) is not None for r in envelope.rcpt_tos)
         ):
             return self._unsubscribe_rcpt(server, envelope, address, rcpt_options)
+        tenant = self.tenant(server, session)
         verdict = await judge_recipient(
             address,
             accepted_so_far=len(envelope.txn.routing),
@@ -174,8 +184,11 @@ class IngestHandler:
             mx_lookup=self.mx_lookup,
             rollup=self.rollup,
             allow_private=self.allow_private_destinations,
-            scopes=scopes_for(tenant=self.tenant(server, session), sender=txn.sender),
+            scopes=scopes_for(tenant=tenant, sender=txn.sender),
         )
+        if verdict.accepted and self.quotas is not None and address not in txn.routing:
+            over = self.quotas.judge(tenant, len(txn.routing))
+            verdict = verdict if over is None else rejected(over, "over_quota")
         if not verdict.accepted:
             self.record_rejection(server, address, verdict.reply, verdict.reason)
             return verdict.reply
@@ -193,6 +206,8 @@ class IngestHandler:
         try:
             plan = self.plan(server, session, txn, envelope.original_content or b"")
             outcome = await publish_plan(self.publisher, plan)
+            if self.quotas is not None and outcome is plan.outcome:
+                self.quotas.charge(plan)  # acknowledged (or nothing to write: charges none)
             self.settle(outcome)
             return outcome.reply
         except Exception:

@@ -19,6 +19,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 ID_HEADER = "X-Mailsluice-Id"
 # Chooses the stream: "transactional" mail overtakes "bulk" (the default) at delivery.
 STREAM_HEADER = "X-Mailsluice-Stream"
+# The campaign and the comma-separated tags the message is reported under (ingest/controls.py).
+CAMPAIGN_HEADER = "X-Mailsluice-Campaign"
+TAGS_HEADER = "X-Mailsluice-Tags"
 # The fields RFC 5322 §3.6 allows at most once (lower-case); Resent-* blocks may repeat.
 SINGLE_FIELDS = (
     "date",
@@ -149,6 +152,8 @@ class Prepared:
     pool: str | None  # the pool header's value, None if absent
     stream: str | None = None  # the stream header's value, None if absent
     repeated: tuple[str, ...] = ()  # names of fields that occur more than once (lower-case)
+    campaign: str | None = None  # the campaign header's value, None if absent
+    tags: str | None = None  # the tags headers' values joined with commas, None if absent
 
     @property
     def trace_len(self) -> int:
@@ -168,6 +173,13 @@ class Prepared:
         return b"".join((self.received, line, self.header, *self.rest))
 
 
+def header_of(data: bytes) -> bytes:
+    """The header of a prepared message (CRLF line ends), up to the empty line: the same
+    header that is relayed, so the ownership check reads what recipients read."""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
 def stamp_size(queue_id: str, pool: str) -> int:
     return len(f"{ID_HEADER}: {queue_id}; pool={pool}\r\n")
 
@@ -175,17 +187,22 @@ def stamp_size(queue_id: str, pool: str) -> int:
 def prepare_message(
     raw: bytes, trace: Trace, *, pool_header: str, stream_header: str = STREAM_HEADER
 ) -> Prepared:
-    """Normalise line ends, take out the pool and stream headers, add Message-ID / Date if
-    missing and prepend Received."""
+    """Normalise line ends, take out our control headers (pool, stream, campaign, tags, id),
+    add Message-ID / Date if missing and prepend Received."""
     data = normalise_line_endings(raw)
     fields, start = split_header(data)
-    # Our control headers never reach the recipient; the first occurrence counts.
+    # Our control headers never reach the recipient; the first occurrence counts, but every
+    # tags field adds its tags.
     taken: dict[str, str] = {}
+    tags = TAGS_HEADER.lower()
     control = {pool_header.lower(), stream_header.lower(), ID_HEADER.lower()}
+    control |= {CAMPAIGN_HEADER.lower(), tags}
     kept: list[list[bytes]] = []
     for lines in fields:
         name = field_name(lines)
-        if name in control:
+        if name == tags and name in taken:
+            taken[name] += "," + field_value(lines)
+        elif name in control:
             taken.setdefault(name, field_value(lines))
         else:
             kept.append(lines)
@@ -212,6 +229,8 @@ def prepare_message(
         taken.get(pool_header.lower()),
         taken.get(stream_header.lower()),
         repeated_names(all_names),
+        taken.get(CAMPAIGN_HEADER.lower()),
+        taken.get(tags),
     )
 
 

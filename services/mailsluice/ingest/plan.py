@@ -22,11 +22,13 @@ from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE, record_limit
 from mailsluice.contracts.topics import queue_topic
 from mailsluice.ingest import replies
 from mailsluice.ingest.auth import User
+from mailsluice.ingest.controls import Labels, choose_stream, labels_of
 from mailsluice.ingest.feedback import FeedbackError, complaint_events, parse_report
 from mailsluice.ingest.message import (
     SINGLE_FIELDS,
     Trace,
     display_name,
+    header_of,
     message_key,
     normalised_size,
     prepare_message,
@@ -160,18 +162,6 @@ class Plan:
 # --- decisions ----------------------------------------------------------------------------------
 
 
-def choose_stream(requested: str | None) -> Stream | None:
-    """The stream of a message (bulk unless the header says otherwise); None if unknown.
-    An unknown value is refused rather than guessed: a receipt sent as bulk waits behind a
-    newsletter backlog."""
-    value = (requested or "").strip().lower() or "bulk"
-    if value == "transactional":
-        return "transactional"
-    if value == "bulk":
-        return "bulk"
-    return None
-
-
 def choose_pool(requested: str | None, user: User | None, policy: PoolPolicy) -> str | None:
     """The pool of a message, or None when the sender may not use what it asked for."""
     if user is not None:
@@ -274,13 +264,18 @@ def plan_message(
     stream = choose_stream(prepared.stream)
     if stream is None:
         return refusal(txn, replies.S550_BAD_STREAM, "bad_stream", now=now)
+    labels = labels_of(prepared, client.tenant)
+    if isinstance(labels, str):
+        return refusal(txn, labels, "bad_labels", now=now)
     data = prepared.stamped(txn.queue_id, pool)
     digest = message_key(client.audit, txn.sender, content)
-    records = queue_records(txn, data, pool=pool, stream=stream, client=client, digest=digest)
+    records = queue_records(
+        txn, data, pool=pool, stream=stream, client=client, digest=digest, labels=labels
+    )
     if max(record_size(r) for r in records) > record_limit(max_size):
         return refusal(txn, replies.S552_TOO_BIG_QUEUED, "too_big", now=now, result="too_big")
     return Plan(
-        queued(txn, data, pool=pool, records=len(records), now=now),
+        queued(txn, data, pool=pool, records=len(records), now=now, labels=labels),
         records,
         unwritten_note=Note("queueing failed", txn.queue_id, pool),
     )
@@ -296,13 +291,6 @@ def record_size(record: QueueRecord) -> int:
     return len(record.value) + len(record.key) + headers + BATCH_OVERHEAD_BYTES
 
 
-def header_of(data: bytes) -> bytes:
-    """The header of a prepared message (CRLF line ends), up to the empty line: the same
-    header that is relayed, so the ownership check reads what recipients read."""
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[: end + 2]
-
-
 def from_not_owned(txn: Transaction, client: Client, *, now: float) -> Plan:
     """A `From:` header outside the sender's domains (RFC 6409 §6.1): refused, counted."""
     reply = replies.S550_FROM_NOT_OWNED.format(user=client.audit)
@@ -312,7 +300,14 @@ def from_not_owned(txn: Transaction, client: Client, *, now: float) -> Plan:
 
 
 def queue_records(
-    txn: Transaction, data: bytes, *, pool: str, stream: Stream, client: Client, digest: str
+    txn: Transaction,
+    data: bytes,
+    *,
+    pool: str,
+    stream: Stream,
+    client: Client,
+    digest: str,
+    labels: Labels,
 ) -> tuple[QueueRecord, ...]:
     """One record per routing key, in RCPT order, each with the recipients of that key."""
     return tuple(
@@ -330,7 +325,7 @@ def queue_records(
                 user=client.audit,
                 stream=stream,
                 message_key=digest,
-                tenant=client.tenant,  # who it is sent for, and its list: scopes.py
+                **labels.fields(),  # who it is sent for (scopes.py), campaign, tags
                 list_id=list_id_of(data),
             ),
         )
@@ -338,7 +333,9 @@ def queue_records(
     )
 
 
-def queued(txn: Transaction, data: bytes, *, pool: str, records: int, now: float) -> Outcome:
+def queued(
+    txn: Transaction, data: bytes, *, pool: str, records: int, now: float, labels: Labels
+) -> Outcome:
     """The outcome once every queue record of a message is acknowledged."""
     reply = replies.S250_QUEUED.format(queue_id=txn.queue_id)
     reception = Event(
@@ -350,6 +347,7 @@ def queued(txn: Transaction, data: bytes, *, pool: str, records: int, now: float
         code=int(replies.code_of(reply)),
         enhanced=replies.enhanced_of(reply),
         size=len(data),
+        **labels.fields(),
     )
     return Outcome(
         reply,

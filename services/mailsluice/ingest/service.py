@@ -23,10 +23,12 @@ from mailsluice.ingest.handler import IngestHandler
 from mailsluice.ingest.plan import PoolPolicy
 from mailsluice.ingest.protocol import SessionLimits
 from mailsluice.ingest.publish import Publisher
+from mailsluice.ingest.quotas import TenantQuotas
 from mailsluice.ingest.replies import S220_READY_SUFFIX, S421_SHUTTING_DOWN
 from mailsluice.ingest.session import IngestSMTP
 from mailsluice.ingest.settings import IngestSettings
 from mailsluice.ingest.smtp_auth import SmtpAuth
+from mailsluice.ingest.tenants import Accounts
 from mailsluice.ingest.unsubscribe import UnsubscribeDesk
 from mailsluice.ingest.verdicts import IsSuppressed, MxCache, MxLookup, unverified_mx
 from mailsluice.kafka.admin import ensure_topics, standard_topics
@@ -34,6 +36,10 @@ from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.observability.endpoints import setup_logging, start_http, stop_event
 from mailsluice.policy.rollup import load_rollup
 from mailsluice.resolver import DnsSettings, lookup_mx, lookup_mx_addresses, make_resolver
+from mailsluice.tenancy.quota import QuotaBook
+from mailsluice.tenancy.registry import Registry as TenantRegistry
+from mailsluice.tenancy.settings import TenancySettings
+from mailsluice.tenancy.usage import UsageSharing
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,7 @@ class IngestService:
         mx_lookup: MxLookup | None = None,
         serve_http: bool = True,
         unsubscribe: UnsubscribeSettings | None = None,
+        tenancy: TenancySettings | None = None,
     ) -> None:
         self.settings = settings
         self.unsubscribe = unsubscribe_desk(unsubscribe or load(UnsubscribeSettings))
@@ -92,7 +99,13 @@ class IngestService:
         self.dns = dns
         self.hostname = settings.hostname or socket.getfqdn()
         self.credentials = Credentials(settings.credentials_file, settings.default_pool)
-        self.pools = sorted(set(settings.trusted_pool_list()) | self.credentials.pools())
+        self.tenancy = tenancy or load(TenancySettings)
+        self.tenants = TenantRegistry(self.tenancy.file)
+        self.accounts = Accounts(self.credentials, self.tenants)
+        self.pools = sorted(set(settings.trusted_pool_list()) | self.accounts.pools())
+        self.quota_book = QuotaBook()
+        # tenants' quotas hold across every ingest and API replica (tenancy/usage.py)
+        self.usage = UsageSharing(self.quota_book, kafka) if self.tenancy.file else None
         self.publisher = Publisher(
             kafka,
             max_message_size=settings.max_message_size,
@@ -152,6 +165,8 @@ class IngestService:
             standard_topics(self.kafka, self.pools, self.settings.max_message_size),
         )
         await self.publisher.start()
+        if self.usage is not None:
+            await self.usage.start()
         is_suppressed = self._injected_suppressed
         if is_suppressed is None:
             from mailsluice.suppression.store import SuppressionStore
@@ -175,12 +190,13 @@ class IngestService:
             ),
             feedback_addresses=s.feedback_address_set(),
             max_message_size=s.max_message_size,
-            auth=SmtpAuth(self.credentials, AuthGuard(guard_limits(s))),
+            auth=SmtpAuth(self.accounts, AuthGuard(guard_limits(s))),
             trusted_domains=s.trusted_owned_domains(),
             single_fields=s.single_header_set(),
             allow_private_destinations=s.allow_private_destinations,
             unsubscribe=self.unsubscribe,
             trusted_tenant=s.trusted_tenant,
+            quotas=TenantQuotas(self.tenants, self.quota_book) if self.usage else None,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -244,6 +260,8 @@ class IngestService:
             self._http = None
         if self._store is not None:
             await self._store.stop()
+        if self.usage is not None:
+            await self.usage.stop()
         await self.publisher.stop()
         log.info("ingest stopped")
 
@@ -254,7 +272,7 @@ class IngestService:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "All settings are environment variables (MAILSLUICE_INGEST_*, MAILSLUICE_KAFKA_*, "
-        "MAILSLUICE_DNS_*, MAILSLUICE_LOG_*); see docs/configuration.md."
+        "MAILSLUICE_DNS_*, MAILSLUICE_TENANTS_*, MAILSLUICE_LOG_*); see docs/configuration.md."
     )
 
 

@@ -18,18 +18,24 @@ import binascii
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
 from mailsluice.ingest import replies
-from mailsluice.ingest.auth import Credentials, User
+from mailsluice.ingest.auth import User
 from mailsluice.ingest.auth_guard import AuthGuard
 from mailsluice.metrics.ingest import Ingest as metrics
 
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class Authenticator(Protocol):
+    """Checks a user's password: auth.Credentials (the users file), tenants.Accounts (both)."""
+
+    def authenticate(self, username: str, password: str) -> User | None: ...
 
 
 def split_plain(message: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -43,7 +49,7 @@ def split_plain(message: bytes) -> tuple[bytes, bytes, bytes] | None:
 class SmtpAuth:
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: Authenticator,
         guard: AuthGuard,
         *,
         clock: Callable[[], float] = time.monotonic,

@@ -141,4 +141,7 @@ INGEST_REJECT_REASONS = (
     "duplicate_header",  # a field RFC 5322 allows once, given twice (550 5.6.0)
     "private_destination",  # MX hosts with only non-global addresses (550 5.4.4)
     "bad_unsubscribe",  # an unsubscribe+TOKEN address whose token does not verify (550 5.1.1)
+    # tenants (issue 15): over the tenant's quota (452 4.3.1); a bad campaign or tag (550 5.6.0)
+    "over_quota",
+    "bad_labels",
 )
