@@ -3,10 +3,11 @@ HTTP API) reports its own counts per tenant and quota window (QuotaBook.own) to 
 topic mailsluice.tenant-usage every `interval_s`, and folds everyone else's latest counts into
 its book (QuotaBook.add_remote), so `admit` holds a tenant to its quota over all of them.
 
-A process is one replica id (host name and pid): a restarted process is a new replica, and the
-old one's records still count for their windows, as they should (that mail was accepted). A
-record is a latest count, not an increment, so a report lost to a Kafka outage is made good by
-the next one. The quota may be overshot by what the replicas accept between two reports.
+A book is one replica id (host name, pid, a random part): a restarted process is a new
+replica, and the old one's records still count for their windows, as they should (that mail
+was accepted). A record is a latest count, not an increment, so a report lost to a Kafka
+outage is made good by the next one. The quota may be overshot by what the replicas accept
+between two reports.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -36,8 +38,10 @@ _RECORD_BYTES = 1024  # a usage record is a few hundred bytes
 
 
 def default_replica() -> str:
-    """This process: its host (the pod name in Kubernetes) and pid."""
-    return f"{socket.gethostname()}-{os.getpid()}".replace(SEPARATOR, "-")
+    """One book of this process: its host (the pod name in Kubernetes), pid and a random
+    part (two books in one process, an API and an ingest under test, count apart)."""
+    name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return name.replace(SEPARATOR, "-")
 
 
 class UsageSharing:
