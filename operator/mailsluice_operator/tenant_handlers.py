@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
@@ -122,11 +123,22 @@ async def _round(api: kube.KubeApi, namespace: str, shared: TenantShared, leavin
 
 
 async def tenant_startup(param: TenantShared, **_: Any) -> None:
-    """The watched namespace's Secret exists from the start (the API and ingest mount it),
-    even before its first tenant. Best effort: the tenants' own handlers render it again."""
-    if not param.op.namespace:
-        return  # cluster-wide: a namespace's Secret appears with its first tenant
+    """The Secret exists from the start in the operator's namespace (the API and ingest there
+    mount it), even before its first tenant. Best effort: the tenants' handlers render it
+    again; another namespace's Secret appears with its first tenant."""
+    namespace = param.op.namespace or own_namespace()
+    if not namespace:
+        return
     try:
-        await tenant_round(param.op.namespace, param)
+        await tenant_round(namespace, param)
     except kopf.TemporaryError as exc:
-        log.warning("tenants of %s not rendered at startup: %s", param.op.namespace, exc)
+        log.warning("tenants of %s not rendered at startup: %s", namespace, exc)
+
+
+def own_namespace(sa_dir: Path = kube.SA_DIR) -> str:
+    """The namespace of the operator's pod (a cluster-wide operator watches all); "" outside a
+    cluster."""
+    try:
+        return (sa_dir / "namespace").read_text().strip()
+    except OSError:
+        return ""

@@ -25,6 +25,7 @@ from support.operator_cluster import (
     apply_yaml,
     can_i,
     chart_operator_kubeconfig,
+    ensure_namespace,
     events_for,
     prepare,
 )
@@ -35,6 +36,7 @@ from mailsluice.tenancy.model import parse_tenants
 from mailsluice.tenancy.registry import Registry
 from mailsluice_operator.handlers import build_registry
 from mailsluice_operator.settings import OperatorSettings
+from mailsluice_operator.tenant_handlers import own_namespace
 from mailsluice_operator.tenant_spec import with_defaults
 
 NS = "tenant-test"
@@ -255,3 +257,19 @@ def test_the_readme_example_is_accepted(crd: K8sCluster) -> None:
     body = yaml.safe_load(example.split("```")[0].replace("sha256$<64 hex>", DIGEST_A))
     body["metadata"]["namespace"] = NS
     crd.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(body))
+
+
+def test_the_secret_exists_before_the_first_tenant(crd: K8sCluster) -> None:
+    """The API and ingest mount the Secret: the operator writes it at start, empty."""
+    ns = "tenant-start"
+    ensure_namespace(crd, ns)
+    op = OperatorSettings(namespace=ns)
+    with running_operator(ns, build_registry(op, KafkaSettings()), crd.kubeconfig):
+        secret = _wait(crd, "the empty Secret", lambda: get_json(crd, "secret", SECRET, "-n", ns))
+    assert parse_tenants(yaml.safe_load(base64.b64decode(secret["data"]["tenants.yaml"]))) == {}
+
+
+def test_a_cluster_wide_operator_renders_its_own_namespace_at_start(tmp_path: Path) -> None:
+    (tmp_path / "namespace").write_text("mailsluice\n")
+    assert own_namespace(tmp_path) == "mailsluice"
+    assert own_namespace(tmp_path / "absent") == ""
