@@ -1,4 +1,5 @@
-"""The SendingPool operator: turns SendingPool resources into topics, workers and status.
+"""The SendingPool operator: turns SendingPool resources into topics, workers and status, and
+SendingTenant resources into the tenants Secret (tenant_* modules).
 
 Pure parts hold the logic: spec (the CRD's models, with schema and crd built from them),
 reconcile (one round, over problems, render, scaling, status and warmup). kube, kafka_admin and

@@ -16,6 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the SendingPool CustomResourceDefinition as YAML and exit",
     )
     parser.add_argument(
+        "--print-tenant-crd",
+        action="store_true",
+        help="print the SendingTenant CustomResourceDefinition as YAML and exit",
+    )
+    parser.add_argument(
         "--namespace",
         default=None,
         help="namespace to watch (default: MAILSLUICE_OPERATOR_NAMESPACE; empty: all)",
@@ -28,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
         from mailsluice_operator.crd import crd_yaml
 
         print(crd_yaml(), end="")
+        return 0
+    if args.print_tenant_crd:
+        from mailsluice_operator import tenant_crd
+
+        print(tenant_crd.crd_yaml(), end="")
         return 0
     import kopf
 

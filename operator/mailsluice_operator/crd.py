@@ -7,6 +7,7 @@ The schemas of spec and status come from the models in `spec`; this adds what on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -32,65 +33,90 @@ def printer_columns() -> list[Schema]:
     ]
 
 
-def crd() -> dict[str, Any]:
+@dataclass(frozen=True)
+class Names:
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+
+
+def definition(
+    names: Names,
+    *,
+    description: str,
+    name_rule: tuple[str, str],  # CEL rule on metadata.name, message
+    schemas: tuple[Schema, Schema],  # spec, status
+    subresources: Schema,
+    columns: list[Schema],
+) -> dict[str, Any]:
+    """A namespaced CustomResourceDefinition of the mailsluice.io group with one version."""
+    rule, message = name_rule
+    version = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": subresources,
+        "additionalPrinterColumns": columns,
+        "schema": {
+            "openAPIV3Schema": {
+                "type": "object",
+                "description": description,
+                "required": ["spec"],
+                "x-kubernetes-validations": [{"rule": rule, "message": message}],
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {"type": "object"},
+                    "spec": schemas[0],
+                    "status": schemas[1],
+                },
+            }
+        },
+    }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
+            "name": f"{names.plural}.{GROUP}",
             "labels": {"app.kubernetes.io/part-of": "mailsluice"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": names.kind,
+                "listKind": f"{names.kind}List",
+                "plural": names.plural,
+                "singular": names.singular,
+                "shortNames": list(names.short_names),
                 "categories": ["mailsluice"],
             },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": printer_columns(),
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A pool of delivery workers sharing source addresses, "
-                            "warm-up and shaping.",
-                            "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                {
-                                    "rule": f"self.metadata.name.matches('{POOL_NAME}')",
-                                    "message": "a pool name is 1-40 lower-case letters, digits "
-                                    "and dashes (it names a Kafka topic and labels)",
-                                }
-                            ],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": SPEC_SCHEMA,
-                                "status": STATUS_SCHEMA,
-                            },
-                        }
-                    },
-                }
-            ],
+            "versions": [version],
         },
     }
+
+
+def crd() -> dict[str, Any]:
+    return definition(
+        Names(KIND, PLURAL, SINGULAR, SHORT_NAMES),
+        description="A pool of delivery workers sharing source addresses, warm-up and shaping.",
+        name_rule=(
+            f"self.metadata.name.matches('{POOL_NAME}')",
+            "a pool name is 1-40 lower-case letters, digits and dashes (it names a Kafka "
+            "topic and labels)",
+        ),
+        schemas=(SPEC_SCHEMA, STATUS_SCHEMA),
+        subresources={
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
+            },
+        },
+        columns=printer_columns(),
+    )
 
 
 HEADER = "# Generated by `mailsluice operator --print-crd` (operator/mailsluice_operator/crd.py).\n"

@@ -1,4 +1,5 @@
-"""kopf handlers: thin glue from SendingPool changes and a timer to `reconcile`.
+"""kopf handlers: thin glue from SendingPool changes and a timer to `reconcile` (SendingTenants:
+tenant_handlers, registered here too).
 
 The handlers are module-level functions; `build_registry` registers them on a fresh registry and
 hands them what one operator run shares (settings, the Kafka rounds, the clock) as kopf's
@@ -22,7 +23,7 @@ import kopf
 from mailsluice.contracts.topics import queue_topic
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.operator import RECONCILES, forget_pool, record_workers
-from mailsluice_operator import GROUP, PLURAL, VERSION, kafka_admin, kube, render
+from mailsluice_operator import GROUP, PLURAL, VERSION, kafka_admin, kube, render, tenant_handlers
 from mailsluice_operator.reconcile import reconcile
 from mailsluice_operator.settings import OperatorSettings
 
@@ -65,6 +66,7 @@ def build_registry(
     timer = kopf.timer(*RESOURCE, interval=every, backoff=every, registry=registry, param=shared)
     _add(timer, scale)
     _add(kopf.on.delete(*RESOURCE, registry=registry, param=shared), on_delete)
+    tenant_handlers.register(registry, tenant_handlers.TenantShared(op, clock))
     return registry
 
 

@@ -27,12 +27,13 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException, load_kube_config
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
-from mailsluice_operator import FIELD_MANAGER
+from mailsluice_operator import FIELD_MANAGER, GROUP, VERSION
 from mailsluice_operator.reconcile import KubeError
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_KUBECONFIG = "~/.kube/config"
 APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
 
 # kind -> (typed API of its group, the kind's name in that API's method names)
 KINDS: dict[str, tuple[type[Any], str]] = {
@@ -170,6 +171,33 @@ class KubeApi:
                 return False
             raise
         return True
+
+    async def list_custom(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's custom resources of the operator's group and version."""
+        api = client.CustomObjectsApi(self._client)
+        with _unavailable("Kubernetes API unreachable"), _answered():
+            listed = await api.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, _request_timeout=self._timeout_s
+            )
+        return list(listed.get("items") or [])
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """Merge `status` into a custom resource's status subresource (lists are replaced)."""
+        # Typed without _content_type, which the generated method takes (as `apply` uses it).
+        patch: Any = client.CustomObjectsApi(self._client).patch_namespaced_custom_object_status
+        with _unavailable("Kubernetes API unreachable"), _answered():
+            await patch(
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                {"status": dict(status)},
+                _content_type=MERGE_PATCH,
+                _request_timeout=self._timeout_s,
+            )
 
 
 @asynccontextmanager

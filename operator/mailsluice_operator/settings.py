@@ -73,3 +73,17 @@ class OperatorSettings(MailsluiceSettings):
     http_port: int = Field(
         9102, ge=1, le=65535, description="Port of the workers' /metrics, /healthz, /readyz."
     )
+    tenants_secret: str = Field(
+        "mailsluice-tenants",
+        min_length=1,
+        max_length=253,
+        description="Secret the namespace's SendingTenants are rendered into (key "
+        "tenants.yaml), which the API, ingest and webhooks mount.",
+    )
+    tenant_interval_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How often the tenants are rendered again (Secrets they reference may "
+        "have changed; a missing one is retried at this pace).",
+    )

@@ -14,22 +14,21 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from support.eventually import eventually_sync
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import (
-    CHART,
     KUBECTL_POLL_S,
     condition,
     get_json,
     running_operator,
-    write_kubeconfig,
 )
 from support.kafka_broker import KafkaBroker
 from support.loopback import free_port
 from support.operator_cluster import (
     NS_NO_KAFKA,
     apply_yaml,
+    can_i,
+    chart_operator_kubeconfig,
     delete_pool,
     events_for,
     get_deployment,
@@ -95,29 +94,7 @@ def test_operator_works_with_only_the_charts_rbac(
 ) -> None:
     """Run the operator as the chart's ServiceAccount: its Role must be enough, and no more."""
     ns = "op-rbac"
-    if get_json(crd, "namespace", ns) is None:
-        crd.kubectl("create", "namespace", ns)
-    rendered = subprocess.run(
-        [
-            str(crd.helm),
-            "template",
-            "rel",
-            str(CHART),
-            "--namespace",
-            ns,
-            "--kube-version",
-            "1.34.0",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    wanted = {"ServiceAccount", "Role", "RoleBinding"}
-    docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in wanted]
-    assert len(docs) == 3
-    crd.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in docs))
-    account = f"system:serviceaccount:{ns}:rel-mailsluice-operator"
+    kubeconfig = chart_operator_kubeconfig(crd, ns, tmp_path / "operator-kubeconfig")
     for verb, resource, allowed in [
         ("patch", "deployments.apps", "yes"),
         ("get", "secrets", "yes"),
@@ -125,14 +102,7 @@ def test_operator_works_with_only_the_charts_rbac(
         ("delete", "sendingpools.mailsluice.io", "no"),
         ("create", "pods", "no"),
     ]:
-        proc = crd.kubectl(
-            "auth", "can-i", verb, resource, "-n", ns, f"--as={account}", check=False
-        )
-        assert proc.stdout.strip() == allowed, (verb, resource, proc.stdout)
-    token = crd.kubectl("create", "token", "rel-mailsluice-operator", "-n", ns).stdout.strip()
-    kubeconfig = write_kubeconfig(
-        tmp_path / "operator-kubeconfig", crd.server, {"token": token}, ca_file=crd.ca_file
-    )
+        assert can_i(crd, ns, verb, resource) == allowed, (verb, resource)
     op = OperatorSettings(scale_interval_s=1.0, kafka_timeout_s=10.0)
     with running_operator(ns, build_registry(op, kafka.settings()), kubeconfig):
         apply_yaml(crd, pool_yaml("rbac", ns))

@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "mailsluice"
 CRD_FILE = CHART / "crds" / "sendingpool.yaml"
 CRD_NAME = "sendingpools.mailsluice.io"
+TENANT_CRD_FILE = CHART / "crds" / "sendingtenant.yaml"
+TENANT_CRD_NAME = "sendingtenants.mailsluice.io"
 # How often a wait on the API server looks again: each look is a kubectl process.
 KUBECTL_POLL_S = 0.5
 
@@ -46,8 +48,10 @@ def stop_shared_cluster() -> None:
 
 
 def apply_crd(cluster: K8sCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    """The chart's CRDs: the operator watches both kinds."""
+    for path, name in ((CRD_FILE, CRD_NAME), (TENANT_CRD_FILE, TENANT_CRD_NAME)):
+        cluster.kubectl("apply", "--server-side", "-f", str(path))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
 
 
 def get_json(cluster: K8sCluster, *args: str) -> dict[str, Any] | None:

@@ -7,26 +7,59 @@ tests/operator/test_cluster.py (a pool's life under one operator) and tests/oper
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
 from support.eventually import eventually_sync
 from support.k8s_cluster import K8sCluster
-from support.k8s_fixtures import KUBECTL_POLL_S, apply_crd, get_json
+from support.k8s_fixtures import CHART, KUBECTL_POLL_S, apply_crd, get_json, write_kubeconfig
 from support.kafka_broker import KafkaBroker
 
 NS = "op-test"
 NS_NO_KAFKA = "op-nokafka"
 
 
-def prepare(cluster: K8sCluster) -> K8sCluster:
-    """The CRD applied and the test namespaces created (idempotent, for module fixtures)."""
+def prepare(cluster: K8sCluster, *namespaces: str) -> K8sCluster:
+    """The CRDs applied and the test namespaces created (idempotent, for module fixtures)."""
     apply_crd(cluster)
-    for ns in (NS, NS_NO_KAFKA):
-        if get_json(cluster, "namespace", ns) is None:
-            cluster.kubectl("create", "namespace", ns)
+    for ns in (NS, NS_NO_KAFKA, *namespaces):
+        ensure_namespace(cluster, ns)
     return cluster
+
+
+def ensure_namespace(cluster: K8sCluster, ns: str) -> None:
+    if get_json(cluster, "namespace", ns) is None:
+        cluster.kubectl("create", "namespace", ns)
+
+
+def chart_operator_kubeconfig(cluster: K8sCluster, ns: str, path: Path) -> Path:
+    """The chart's operator ServiceAccount, Role and RoleBinding applied in `ns`, and a
+    kubeconfig at `path` with that account's token: the operator with only the chart's rights."""
+    ensure_namespace(cluster, ns)
+    rendered = subprocess.run(
+        [str(cluster.helm), "template", "rel", str(CHART), "-n", ns, "--kube-version", "1.34.0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    wanted = {"ServiceAccount", "Role", "RoleBinding"}
+    docs = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in wanted]
+    assert len(docs) == 3
+    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in docs))
+    token = cluster.kubectl("create", "token", "rel-mailsluice-operator", "-n", ns).stdout.strip()
+    return write_kubeconfig(path, cluster.server, {"token": token}, ca_file=cluster.ca_file)
+
+
+def can_i(cluster: K8sCluster, ns: str, verb: str, what: str) -> str:
+    """`kubectl auth can-i` as the chart's operator ServiceAccount in `ns`: yes or no."""
+    account = f"system:serviceaccount:{ns}:rel-mailsluice-operator"
+    proc = cluster.kubectl("auth", "can-i", verb, what, "-n", ns, f"--as={account}", check=False)
+    return proc.stdout.strip()
 
 
 def pool_yaml(name: str, namespace: str = NS, **spec: Any) -> str:

@@ -154,3 +154,22 @@ share (the keys Secret is mounted as MAILSLUICE_UNSUBSCRIBE_KEYS_DIR). */}}
   secret:
     secretName: {{ required "unsubscribe.keys.existingSecret is required with unsubscribe.enabled" .Values.unsubscribe.keys.existingSecret }}
 {{- end -}}
+
+{{/* Tenants: the Secret the operator renders from SendingTenants, mounted into the API, the
+webhook sender and ingest as MAILSLUICE_TENANTS_FILE. Optional: a pod starts before the operator
+has written it (the operator writes it at start in its namespace). */}}
+{{- define "mailsluice.tenantsEnv" -}}
+- name: MAILSLUICE_TENANTS_FILE
+  value: /etc/mailsluice/tenants/tenants.yaml
+{{- end -}}
+{{- define "mailsluice.tenantsMount" -}}
+- name: tenants
+  mountPath: /etc/mailsluice/tenants
+  readOnly: true
+{{- end -}}
+{{- define "mailsluice.tenantsVolume" -}}
+- name: tenants
+  secret:
+    secretName: {{ .Values.tenants.secretName }}
+    optional: true
+{{- end -}}
