@@ -62,8 +62,18 @@ def test_a_wrong_file_at_start_is_an_error(tmp_path: Path) -> None:
     write(path, "tenants: [1, 2]", 1000)
     with pytest.raises(TenancyError):
         Registry(str(path))
-    with pytest.raises(OSError):
-        Registry(str(tmp_path / "missing.yaml"))
+
+
+def test_a_file_not_there_yet_is_no_tenants_until_it_appears(tmp_path: Path) -> None:
+    # the chart mounts the operator's Secret as optional: ingest and the API start before it
+    path = tmp_path / "tenants.yaml"
+    registry = Registry(str(path))
+    assert registry.tenants == {} and registry.by_api_key(KEY) is None
+    write(path, tenants_yaml(), 1000)
+    tenant = registry.by_api_key(KEY)
+    assert tenant is not None and tenant.name == "acme"
+    path.unlink()  # gone again (a Secret unmounted): the last good tenants stay
+    assert registry.get("acme") is not None
 
 
 def test_reloads_when_the_file_changes(tmp_path: Path) -> None:

@@ -27,8 +27,14 @@ class Registry:
         self._by_smtp: dict[str, Tenant] = {}
         if tenants is not None:
             self._index(dict(tenants))
-        if path:
+        self._missing_logged = False
+        if path and os.path.exists(path):
             self._reload()  # a wrong file at start is an error the caller reports
+        elif path:
+            # The chart mounts the operator's Secret as optional: a pod may start before the
+            # operator wrote it. No tenants until it appears; every lookup checks again.
+            log.info("tenants file %s not there yet; no tenants until it is", path)
+            self._missing_logged = True
 
     def _reload(self) -> None:
         mtime = os.stat(self._path).st_mtime
@@ -49,6 +55,13 @@ class Registry:
             return
         try:
             mtime = os.stat(self._path).st_mtime
+        except FileNotFoundError:
+            if not self._missing_logged:
+                log.warning("tenants file %s is gone; keeping the previous tenants", self._path)
+                self._missing_logged = True
+            return
+        self._missing_logged = False
+        try:
             if mtime in (self._mtime, self._broken_mtime):
                 return
             self._reload()
