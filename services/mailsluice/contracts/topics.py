@@ -19,6 +19,12 @@ CONTROL_TOPIC = f"{TOPIC_PREFIX}.control"
 # Compacted: the warm-up ledger (contracts/warmup.py).
 WARMUP_TOPIC = f"{TOPIC_PREFIX}.warmup"
 
+# --- campaign stats (streams/campaigns.py) ---
+# Compacted, keyed "tenant|campaign": each campaign's latest counts (contracts/campaign_stats.py).
+CAMPAIGN_STATS_TOPIC = f"{TOPIC_PREFIX}.campaign-stats"
+CAMPAIGN_STATS_PARTITIONS = 3
+# --- end campaign stats ---
+
 # Delay tiers for retries: (name, delay in seconds). A retry goes to the largest tier not
 # longer than the wanted delay, so a message never comes back later than asked by more than
 # the mover's poll interval.
@@ -73,7 +79,9 @@ def topic_specs(
         )
     )
     specs.append(TopicSpec(SUPPRESSIONS_TOPIC, SUPPRESSIONS_PARTITIONS, _compacted(isr)))
-    return specs + control_topic_specs(min_insync_replicas)
+    return (
+        specs + control_topic_specs(min_insync_replicas) + campaign_topic_specs(min_insync_replicas)
+    )
 
 
 def queue_topic_spec(
@@ -104,3 +112,9 @@ def _compacted(configs: dict[str, str]) -> dict[str, str]:
         **configs,
         "min.compaction.lag.ms": str(COMPACTION_LAG_MS),
     }
+
+
+def campaign_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
+    """The compacted topic of the campaign stats the stream processors publish."""
+    compact = _compacted({"min.insync.replicas": str(min_insync_replicas)})
+    return [TopicSpec(CAMPAIGN_STATS_TOPIC, CAMPAIGN_STATS_PARTITIONS, compact)]

@@ -27,7 +27,7 @@ class Streams:
         "suppressed",
     )
     SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce", "unsubscribe")
-    AGENTS = ("route", "judge")
+    AGENTS = ("route", "judge", "tally")  # tally: campaign stats
 
     EVENTS = Counter(
         "mailsluice_streams_events_total",
