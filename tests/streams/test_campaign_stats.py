@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI, Header, HTTPException
 from support.asgi_server import serving
 from support.eventually import eventually
-from support.streams_process import StreamsProcess, prepare, running
+from support.streams_process import StreamsProcess, get, prepare, running
 
 from mailsluice.api.campaigns import KafkaCampaigns, router
 from mailsluice.contracts.campaign_stats import CampaignStats
@@ -32,6 +32,7 @@ TENANTS = parse_tenants(
         "beta": {"pools": ["default"], "domains": ["beta.test"]},
     }
 )
+METRIC = "mailsluice_streams_campaign_stats_published_total"
 SETTINGS = {"MAILSLUICE_STREAMS_CAMPAIGN_PUBLISH_S": "0.2"}
 
 
@@ -160,6 +161,9 @@ async def test_a_campaigns_events_come_back_as_its_stats(
     assert beta["counts"]["delivered"] == 2  # its own: 0, and 5 after its deferral
     status, problem = await campaign(api, "beta", f"none-{cid}")
     assert status == 404 and problem["title"] == "Campaign not found"
+    metrics = get(streams.url("/metrics"))[1]
+    published = [line for line in metrics.splitlines() if line.startswith(METRIC + " ")]
+    assert published and float(published[0].split()[1]) >= 2, metrics
 
 
 async def test_a_restarted_processor_resumes_its_counts(

@@ -46,6 +46,13 @@ class Streams:
         ["agent"],
     )
 
+    # --- campaign stats (streams/tally.py) ---
+    CAMPAIGN_STATS = Counter(
+        "mailsluice_streams_campaign_stats_published_total",
+        "Campaign stats records the stream processors wrote to mailsluice.campaign-stats (one "
+        "per changed campaign per publishing interval; campaigns are never label values).",
+    )
+
     @staticmethod
     def pool_label(pool: str) -> str:
         """A pool name as a label value; empty or not a valid name -> other."""

@@ -29,6 +29,7 @@ import faust
 from mailsluice.contracts.campaign_stats import encode_stats, stats_key
 from mailsluice.contracts.events import Event
 from mailsluice.contracts.topics import CAMPAIGN_STATS_TOPIC, TopicSpec
+from mailsluice.metrics.streams import Streams as streams_metrics
 from mailsluice.streams import campaigns
 from mailsluice.streams.campaigns import Json
 from mailsluice.streams.liveness import AgentProgress, Partition
@@ -171,6 +172,7 @@ class CampaignTally:
             key, counts, dests, self._deferred_of.get(key, 0), now=self.processor.wall()
         )
         await (await self.stats_topic.send(key=record_key, value=encode_stats(stats)))
+        streams_metrics.CAMPAIGN_STATS.inc()
 
     # --- the index of deferrals and destinations -------------------------------------------
 
