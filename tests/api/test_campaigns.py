@@ -173,3 +173,24 @@ def test_the_kafka_source_applies_records_and_skips_old_statuses() -> None:
         source.control.apply(status_key(status.pool, status.worker), encode_status(status))
     assert [row.key for row in source.rows(["bulk"], NOW)] == ["google"]
     assert source.caps("bulk", NOW) == PoolCaps()
+
+
+def test_both_routers_describe_themselves_in_the_openapi_document(source: Source) -> None:
+    from mailsluice.api.suppressions import router as suppressions_router
+
+    class NoStore:
+        def entries(self, scope: object = None) -> list[object]:
+            return []
+
+    app = FastAPI()
+    app.include_router(router(tenant_of, source))
+    app.include_router(suppressions_router(tenant_of, NoStore(), None))  # type: ignore[arg-type]
+    paths = app.openapi()["paths"]
+    assert set(paths) == {
+        "/v1/campaigns/{campaign_id}",
+        "/v1/suppressions",
+        "/v1/suppressions/{scope}/{address}",
+    }
+    listing = {p["name"] for p in paths["/v1/suppressions"]["get"]["parameters"]}
+    assert {"scope", "address_prefix", "reason", "source", "since", "cursor", "limit"} <= listing
+    assert "application/problem+json" in str(paths["/v1/suppressions"]["post"]["responses"]["403"])

@@ -70,6 +70,7 @@ def test_every_event_type_counts_where_it_should() -> None:
 
 def test_events_without_a_campaign_count_nowhere() -> None:
     assert tally([ev(EventType.RECEPTION, "a@x.test", campaign="")]) == {}
+    assert tally([ev(EventType.RECEPTION, "a@x.test", campaign="a|b")]) == {}
 
 
 def test_tenants_count_apart() -> None:

@@ -62,8 +62,11 @@ class Effect:
 
 
 def campaign_key(event: Event) -> str | None:
-    """`tenant|campaign` of an event that names a campaign, else None."""
-    return f"{event.tenant}|{event.campaign}" if event.campaign else None
+    """`tenant|campaign` of an event that names a campaign, else None (also for names holding
+    the separator, which contracts/campaigns.py never lets in)."""
+    if not event.campaign or "|" in event.campaign or "|" in event.tenant:
+        return None
+    return f"{event.tenant}|{event.campaign}"
 
 
 def recipients_of(event: Event) -> int:

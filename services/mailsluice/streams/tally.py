@@ -16,6 +16,9 @@ A changed campaign is published by a timer, at most once per `campaign_publish_s
 assignment every campaign of the assigned partitions is published again, so a snapshot lost in a
 crash is replaced. The counts and destination values are exact across a crash (each skips an
 event at or below its offset); a deferral entry is a set or a delete, the same when replayed.
+The one inexact case: a crash between a `suppressed` event's delete of a deferral and its
+counts write leaves that recipient pending (replayed, the entry is gone, so the event no longer
+shows it was accepted).
 """
 
 from __future__ import annotations
