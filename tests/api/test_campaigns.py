@@ -72,6 +72,7 @@ def source() -> Source:
         unsubscribes=4,
         deferred=13,
         pending={"google": 200, "yahoo": 73},
+        pools=("bulk", "not-acmes"),
     )
     s.records[("beta", "secret")] = CampaignStats(tenant="beta", campaign="secret", accepted=9)
     s.statuses["bulk"] = [
@@ -114,7 +115,7 @@ def test_the_tenants_campaign_counts_and_eta(client: TestClient, source: Source)
     assert body["eta_seconds"] == pytest.approx(146.0)
     assert body["eta"].startswith("2024-10-04T12:02:26")
     assert body["updated_at"].startswith("2024-10-04T11:59:55")
-    assert source.asked_pools == [["bulk", "default"]]
+    assert source.asked_pools == [["bulk"]]  # the campaign's pools, the tenant's only
 
 
 def test_the_warmup_caps_of_the_default_pool_push_the_eta(
@@ -124,6 +125,21 @@ def test_the_warmup_caps_of_the_default_pool_push_the_eta(
     body = client.get("/v1/campaigns/spring", headers={"x-tenant": "acme"}).json()
     # 100 of google's 200 today, the rest at 2/s from midnight: 50 s after it
     assert body["eta_seconds"] == pytest.approx(43200 + 50)
+
+
+def test_the_caps_of_every_pool_the_campaign_uses_add_up(
+    client: TestClient, source: Source
+) -> None:
+    spring = source.records[("acme", "spring")]
+    source.records[("acme", "spring")] = spring.model_copy(update={"pools": ("bulk", "default")})
+    source.pool_caps["bulk"] = PoolCaps(providers={"google": Caps(today=60, next_days=(1000,))})
+    source.pool_caps["default"] = PoolCaps(providers={"google": Caps(today=40, next_days=(9,))})
+    body = client.get("/v1/campaigns/spring", headers={"x-tenant": "acme"}).json()
+    assert body["eta_seconds"] == pytest.approx(43200 + 50)  # 100 today in all, as above
+    assert source.asked_pools == [["bulk", "default"]]
+    source.pool_caps["default"] = PoolCaps()  # no warm-up there: no cap on google at all
+    body = client.get("/v1/campaigns/spring", headers={"x-tenant": "acme"}).json()
+    assert body["eta_seconds"] == pytest.approx(146.0)
 
 
 def test_another_tenants_campaign_is_not_found_like_a_missing_one(client: TestClient) -> None:

@@ -8,7 +8,13 @@ from datetime import date
 import pytest
 
 from mailsluice.campaigns.eta import UNLIMITED_RATE, Caps, Destination, eta
-from mailsluice.campaigns.warmup_caps import destinations, pool_caps, seen_by_destination
+from mailsluice.campaigns.warmup_caps import (
+    PoolCaps,
+    combined,
+    destinations,
+    pool_caps,
+    seen_by_destination,
+)
 from mailsluice.contracts.control import DestinationRow
 from mailsluice.contracts.warmup import WarmupUsage
 from mailsluice.policy.warmup_config import WarmupConfig
@@ -121,3 +127,13 @@ def test_an_hourly_cap_counts_the_hours_left_today() -> None:
     caps = pool_caps(config, "p", usage, NOON + 60)
     # 6 left this hour, 11 more hours of 10; tomorrow 20 x 24; then no cap
     assert caps.pool == Caps(today=6 + 110, next_days=(480, None, None))
+
+
+def test_caps_of_several_pools_add_up() -> None:
+    a = PoolCaps(pool=Caps(10, (20, 30)), providers={"google": Caps(1, (2,)), "aol": Caps(5)})
+    b = PoolCaps(pool=Caps(100, (200,)), providers={"google": Caps(3, (4, 5))})
+    both = combined([a, b])
+    assert both.pool == Caps(110, (220, 230))  # b's last day repeats
+    assert both.providers == {"google": Caps(4, (6, 7))}  # b has no aol cap: none in all
+    assert combined([a, PoolCaps()]) == PoolCaps()
+    assert combined([a]) is a

@@ -136,8 +136,18 @@ def test_a_replayed_event_is_not_counted_twice() -> None:
     value = campaigns.add_counts(None, eff, ts=5.0, offset=7, partition=1)
     assert campaigns.applied(value, 7) and campaigns.applied(value, 3)
     assert not campaigns.applied(value, 8) and not campaigns.applied(None, 0)
-    again = campaigns.add_counts(value, eff, ts=4.0, offset=8, partition=1)
-    assert again == {"c": {"delivered": 2}, "o": 8, "p": 1, "f": 4.0, "l": 5.0}
+    again = campaigns.add_counts(value, eff, ts=4.0, offset=8, partition=1, pool="bulk")
+    assert again == {"c": {"delivered": 2}, "o": 8, "p": 1, "f": 4.0, "l": 5.0, "pools": ["bulk"]}
+
+
+def test_the_pools_the_campaigns_mail_goes_through() -> None:
+    events = [
+        ev(EventType.RECEPTION, "a@x.test", pool="bulk"),
+        ev(EventType.DELIVERY, "a@x.test", pool="bulk"),
+        ev(EventType.RECEPTION, "b@x.test", "q2", pool="default"),
+        ev(EventType.COMPLAINT, "a@x.test", pool="other"),  # says nothing of the mail's pool
+    ]
+    assert one(events).pools == ("bulk", "default")
 
 
 def test_the_record_round_trips_and_refuses_a_newer_version() -> None:

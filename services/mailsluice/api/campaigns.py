@@ -26,7 +26,13 @@ from fastapi import APIRouter, Depends
 
 from mailsluice.api.suppressions import problem
 from mailsluice.campaigns.eta import eta
-from mailsluice.campaigns.warmup_caps import PoolCaps, destinations, pool_caps, seen_by_destination
+from mailsluice.campaigns.warmup_caps import (
+    PoolCaps,
+    combined,
+    destinations,
+    pool_caps,
+    seen_by_destination,
+)
 from mailsluice.contracts.campaign_stats import CampaignStats, decode_stats, parse_stats_key
 from mailsluice.contracts.campaigns import LabelError, check_campaign
 from mailsluice.contracts.control import ControlState, DestinationRow
@@ -87,8 +93,10 @@ def estimate(
     """When the campaign's pending mail will be delivered (campaigns/eta.py)."""
     if not stats.pending_total:
         return now
-    caps = source.caps(tenant.default_pool, now)
-    seen = seen_by_destination(source.rows(tenant.pools, now))
+    # the pools its mail went through (the tenant's own only), else the tenant's default
+    pools = [p for p in stats.pools if p in tenant.pools] or [tenant.default_pool]
+    caps = combined([source.caps(pool, now) for pool in pools])
+    seen = seen_by_destination(source.rows(pools, now))
     return eta(destinations(stats.pending, seen, caps.providers), now, caps.pool)
 
 

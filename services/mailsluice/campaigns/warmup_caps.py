@@ -10,7 +10,7 @@ day, today's as the hours left times the cap less what this hour used.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mailsluice.campaigns.eta import Caps, Destination
@@ -70,6 +70,41 @@ class PoolCaps:
 
     pool: Caps | None = None
     providers: dict[str, Caps] = field(default_factory=dict)
+
+
+def combined(pools: Sequence[PoolCaps]) -> PoolCaps:
+    """Several pools' caps as one: their sums, since the campaign's mail may use each pool's
+    room; a pool without a cap (or without one for a provider) lifts it."""
+    if len(pools) == 1:
+        return pools[0]
+    providers = {name for caps in pools for name in caps.providers}
+    return PoolCaps(
+        pool=_sum([caps.pool for caps in pools]),
+        providers={
+            name: total
+            for name in providers
+            if (total := _sum([caps.providers.get(name) for caps in pools])) is not None
+        },
+    )
+
+
+def _sum(parts: Sequence[Caps | None]) -> Caps | None:
+    if not parts or any(part is None for part in parts):
+        return None
+    found = [part for part in parts if part is not None]
+    days = max(len(part.next_days) for part in found)
+
+    def add(values: Iterable[int | None]) -> int | None:
+        listed = list(values)
+        return None if any(v is None for v in listed) else sum(v or 0 for v in listed)
+
+    def on(part: Caps, n: int) -> int | None:
+        return part.next_days[min(n, len(part.next_days) - 1)] if part.next_days else None
+
+    return Caps(
+        add(part.today for part in found),
+        tuple(add(on(part, n) for part in found) for n in range(days)),
+    )
 
 
 def pool_caps(

@@ -14,6 +14,7 @@ topic's latest record is the campaign's state. What each count means (streams/ca
 - `pending`: recipients accepted and not final yet, by destination (the routing key's provider
   or domain, `contracts.routing.base_of`; "" where the reception named none), the largest
   `MAX_DESTINATIONS` only, the others summed under OTHER.
+- `pools`: the pools its mail goes through (the ETA takes their rates and warm-up caps).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mailsluice.contracts.versioning import load_versioned
 
 VERSION = 1
 MAX_DESTINATIONS = 200
+MAX_POOLS = 8
 # The pending recipients of the destinations past the largest MAX_DESTINATIONS.
 OTHER = "*other*"
 
@@ -64,6 +66,8 @@ class CampaignStats(BaseModel):
     unsubscribes: int = 0
     deferred: int = 0
     pending: dict[str, int] = Field(default_factory=dict)
+    # the pools its accepted and finished mail went through (the first MAX_POOLS, sorted)
+    pools: tuple[str, ...] = ()
 
     @property
     def requested(self) -> int:

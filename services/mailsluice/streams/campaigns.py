@@ -30,7 +30,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mailsluice.contracts.campaign_stats import COUNTS, MAX_DESTINATIONS, OTHER, CampaignStats
+from mailsluice.contracts.campaign_stats import (
+    COUNTS,
+    MAX_DESTINATIONS,
+    MAX_POOLS,
+    OTHER,
+    CampaignStats,
+)
 from mailsluice.contracts.events import Event, EventType
 from mailsluice.contracts.routing import base_of
 from mailsluice.streams.rules import event_failure
@@ -102,6 +108,11 @@ def effect(event: Event, *, was_deferred: bool = False) -> Effect:
     return Effect({simple: 1})
 
 
+def pool_of(event: Event, eff: Effect) -> str:
+    """The pool an event shows the campaign's mail going through ("" for other events)."""
+    return event.pool if eff.accepted or eff.finished else ""
+
+
 # --- table values --------------------------------------------------------------------------------
 
 
@@ -110,14 +121,28 @@ def applied(value: Json | None, offset: int) -> bool:
     return value is not None and int(value.get("o", -1)) >= offset
 
 
-def add_counts(value: Json | None, eff: Effect, *, ts: float, offset: int, partition: int) -> Json:
-    """The campaign's counts value with `eff` added (the caller checked `applied`)."""
-    counts = dict((value or {}).get("c") or {})
+def add_counts(
+    value: Json | None, eff: Effect, *, ts: float, offset: int, partition: int, pool: str = ""
+) -> Json:
+    """The campaign's counts value with `eff` added (the caller checked `applied`); `pool`, the
+    event's, joins the pools the campaign's mail goes through (the ETA's caps and rates)."""
+    old = value or {}
+    counts = dict(old.get("c") or {})
     for name, n in eff.counts.items():
         counts[name] = int(counts.get(name, 0)) + n
-    first = float((value or {}).get("f") or ts)
-    last = max(float((value or {}).get("l") or 0.0), ts)
-    return {"c": counts, "o": offset, "p": partition, "f": min(first, ts), "l": last}
+    first = float(old.get("f") or ts)
+    last = max(float(old.get("l") or 0.0), ts)
+    pools = list(old.get("pools") or [])
+    if pool and pool not in pools and len(pools) < MAX_POOLS:
+        pools = sorted([*pools, pool])
+    return {
+        "c": counts,
+        "o": offset,
+        "p": partition,
+        "f": min(first, ts),
+        "l": last,
+        "pools": pools,
+    }
 
 
 def add_destination(value: Json | None, eff: Effect, *, offset: int, partition: int) -> Json:
@@ -182,6 +207,7 @@ def snapshot(
         last_event=float(counts.get("l") or 0.0),
         deferred=max(0, deferred),
         pending=pending_of(destinations),
+        pools=tuple(counts.get("pools") or ()),
         **numbers,
     )
 
@@ -199,7 +225,9 @@ def tally(events: Iterable[Event]) -> dict[str, CampaignStats]:
         held = deferrals.setdefault(key, set())
         recipient = deferral_key(key, event)
         eff = effect(event, was_deferred=recipient in held)
-        counts[key] = add_counts(counts.get(key), eff, ts=event.ts, offset=offset, partition=0)
+        counts[key] = add_counts(
+            counts.get(key), eff, ts=event.ts, offset=offset, partition=0, pool=pool_of(event, eff)
+        )
         if eff.accepted or eff.finished:
             dests = destinations.setdefault(key, {})
             dests[eff.destination] = add_destination(

@@ -140,7 +140,12 @@ class CampaignTally:
                 self._destinations_of[key].add(eff.destination)
         # the counts last: their offset says the whole event is in
         self.counts[key] = campaigns.add_counts(
-            old, eff, ts=event.ts, offset=offset, partition=partition
+            old,
+            eff,
+            ts=event.ts,
+            offset=offset,
+            partition=partition,
+            pool=campaigns.pool_of(event, eff),
         )
         self.dirty[key] = partition
 
