@@ -13,6 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from mailsluice.cli import main
 from mailsluice.contracts.limits import record_limit
 from mailsluice.contracts.topics import (
+    CAMPAIGN_STATS_TOPIC,
     CONTROL_TOPIC,
     EVENTS_TOPIC,
     RETRY_TIERS,
@@ -61,6 +62,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         CONTROL_TOPIC,
         WARMUP_TOPIC,
         *(retry_topic(name) for name, _ in RETRY_TIERS),
+        CAMPAIGN_STATS_TOPIC,
     }
     assert set(specs) == expected
     queue = specs[queue_topic("bulk")]
@@ -71,6 +73,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         SUPPRESSIONS_TOPIC,
         CONTROL_TOPIC,
         WARMUP_TOPIC,
+        CAMPAIGN_STATS_TOPIC,
     ):
         assert specs[compacted].configs["cleanup.policy"] == "compact"
 

@@ -139,6 +139,9 @@ def test_records_name_tenant_and_list_and_leave_out_the_lists_suppressed() -> No
     assert [(e.recipient, e.reason, e.queue_id, e.pool) for e in suppressed] == [
         ("l@b.example", "list:acme/news", "QID", "default")
     ]
+    # the reception counts the queued recipients; campaign stats count the suppressed apart
+    (reception,) = [e for e in plan.outcome.events if e.type is EventType.RECEPTION]
+    assert reception.recipients == 2
 
 
 def test_every_recipient_suppressed_for_the_list_queues_nothing() -> None:

@@ -149,7 +149,10 @@ async def test_the_agent_loop_reports_a_stuck_handler_and_its_recovery() -> None
         assert not alive and detail == "stalled: 1 held, no progress for 61 s (route)"
         release.set()
         await eventually(lambda: len(handled) == 2, within=5, what="event 1 handled")
-        assert processor.live() == (True, "route: no work held; judge: no work held")
+        assert processor.live() == (
+            True,
+            "route: no work held; judge: no work held; tally: no work held",
+        )
         # A rebalance takes the partition back: faust's signal makes the agent forget it.
         await processor.app.on_partitions_revoked.send({TP(EVENTS_TOPIC, 0)})
         assert processor.routed.done == {}

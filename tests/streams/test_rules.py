@@ -248,6 +248,8 @@ def test_internal_topics_are_the_ones_faust_uses() -> None:
         processor.by_address.get_topic_name(),
         processor.soft.changelog_topic.get_topic_name(),
         processor.counters.changelog_topic.get_topic_name(),
+        processor.tally.topic.get_topic_name(),
+        *(t.changelog_topic.get_topic_name() for t in processor.tally.tables()),
     ]
     assert sorted(specs) == sorted(used)
     assert all(

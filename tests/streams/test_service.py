@@ -10,111 +10,38 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
-from support.eventually import eventually, eventually_sync
+from support.eventually import eventually
 from support.loopback import free_port
 from support.paths import REPO
+from support.streams_process import StreamsProcess, get, prepare, running
 from support.topic_reader import read_topic, reading
 
 from mailsluice.contracts.events import Event, EventType, encode_event
 from mailsluice.contracts.suppressions import decode_suppression
 from mailsluice.contracts.topics import EVENTS_TOPIC, SUPPRESSIONS_TOPIC
-from mailsluice.kafka.admin import ensure_topics, standard_topics, topic_partitions
-from mailsluice.kafka.clients import make_consumer, make_producer
+from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.settings import KafkaSettings
 
 EXE = REPO / ".venv" / "bin" / "mailsluice"
 DAY = 86400.0
 
 
-@dataclass
-class StreamsProcess:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    app_id: str
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
-
-
-async def _start_at_end(kafka_settings: KafkaSettings, group: str) -> None:
-    """Commit the group's offsets at the end of the events topic, so the processor reads only
-    this test's events (not every event the session wrote before)."""
-    tps = await _partitions(kafka_settings, EVENTS_TOPIC)
-    consumer = make_consumer(kafka_settings, group_id=group, client_id="test-streams-offsets")
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.commit(dict(ends))
-    finally:
-        await consumer.stop()
-
-
 @pytest.fixture(scope="module")
 def streams(
     kafka, kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StreamsProcess]:
-    wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC)
-    specs = [s for s in standard_topics(kafka_settings, [], 1 << 20) if s.name in wanted]
     app_id = f"test-streams-{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_topics(kafka_settings, specs))
-    asyncio.run(_start_at_end(kafka_settings, app_id))
-    port = free_port()
-    log = tmp_path_factory.mktemp("streams") / "streams.log"
-    env = {
-        **os.environ,
-        "MAILSLUICE_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "MAILSLUICE_STREAMS_APP_ID": app_id,
-        "MAILSLUICE_STREAMS_HTTP_PORT": str(port),
-        "MAILSLUICE_LOG_JSON_FORMAT": "false",
-        "MAILSLUICE_STREAMS_SWEEP_INTERVAL_S": "1",
-        "TMPDIR": str(log.parent),  # faust's data directory
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(EXE), "streams"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent
-        )
-    running = StreamsProcess(proc, port, log, app_id)
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"streams exited early:\n{running.tail()}"
-            return _get(running.url("/readyz"))[0] == 200
-
-        eventually_sync(ready, within=120, interval=0.3, what="streams ready", detail=running.tail)
-        yield running
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    prepare(kafka_settings, app_id)
+    workdir = tmp_path_factory.mktemp("streams")
+    with running(
+        kafka.bootstrap, app_id, workdir, MAILSLUICE_STREAMS_SWEEP_INTERVAL_S="1"
+    ) as process:
+        yield process
 
 
 async def _publish(kafka_settings: KafkaSettings, events: list[Event]) -> None:
@@ -127,11 +54,6 @@ async def _publish(kafka_settings: KafkaSettings, events: list[Event]) -> None:
             )
     finally:
         await producer.stop()
-
-
-async def _partitions(kafka_settings: KafkaSettings, topic: str) -> list[TopicPartition]:
-
-    return await topic_partitions(kafka_settings, topic, 30)
 
 
 async def _records(
@@ -248,7 +170,7 @@ async def test_healthz_stays_alive_while_processing_and_when_idle(
     answers: list[tuple[int, str]] = []
 
     def healthz() -> dict[str, Any]:
-        status, body = _get(streams.url("/healthz"))
+        status, body = get(streams.url("/healthz"))
         answers.append((status, body))
         return json.loads(body) if body else {}
 
@@ -267,7 +189,7 @@ async def test_healthz_stays_alive_while_processing_and_when_idle(
     await eventually(probed_until_published, within=60, what="events published", blocking=True)
     await publishing
     await _records(kafka_settings, {sentinel: ["complaint"]}, streams)
-    idle = "route: no work held; judge: no work held"
+    idle = "route: no work held; judge: no work held; tally: no work held"
     await eventually(
         lambda: healthz().get("detail") == idle,
         within=30,
@@ -281,10 +203,10 @@ async def test_healthz_stays_alive_while_processing_and_when_idle(
 
 
 def test_metrics_readiness_and_a_clean_stop(streams: StreamsProcess) -> None:
-    status, body = _get(streams.url("/readyz"))
+    status, body = get(streams.url("/readyz"))
     assert status == 200 and json.loads(body)["status"] == "ready"
-    assert _get(streams.url("/healthz"))[0] == 200
-    status, text = _get(streams.url("/metrics"))
+    assert get(streams.url("/healthz"))[0] == 200
+    status, text = get(streams.url("/metrics"))
     assert status == 200
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

@@ -77,6 +77,11 @@ class Event(BaseModel):
     tenant: str = ""
     campaign: str = ""
     tags: tuple[str, ...] = ()
+    # --- campaign stats (streams/campaigns.py) ---
+    # reception only: how many recipients this reception queued (SMTP ingest: the recipients of
+    # the transaction taken into the queue; the API: 1 per recipient message). 0: not given,
+    # read as 1 when the event names a recipient, else 0 (receptions written before the field).
+    recipients: int = 0
 
 
 def message_fields(env: Envelope) -> dict[str, Any]:

@@ -19,6 +19,12 @@ CONTROL_TOPIC = f"{TOPIC_PREFIX}.control"
 # Compacted: the warm-up ledger (contracts/warmup.py).
 WARMUP_TOPIC = f"{TOPIC_PREFIX}.warmup"
 
+# --- campaign stats (streams/campaigns.py) ---
+# Compacted, keyed "tenant|campaign": each campaign's latest counts (contracts/campaign_stats.py).
+CAMPAIGN_STATS_TOPIC = f"{TOPIC_PREFIX}.campaign-stats"
+CAMPAIGN_STATS_PARTITIONS = 3
+# --- end campaign stats ---
+
 # Delay tiers for retries: (name, delay in seconds). A retry goes to the largest tier not
 # longer than the wanted delay, so a message never comes back later than asked by more than
 # the mover's poll interval.
@@ -73,7 +79,9 @@ def topic_specs(
         )
     )
     specs.append(TopicSpec(SUPPRESSIONS_TOPIC, SUPPRESSIONS_PARTITIONS, _compacted(isr)))
-    return specs + control_topic_specs(min_insync_replicas)
+    return (
+        specs + control_topic_specs(min_insync_replicas) + campaign_topic_specs(min_insync_replicas)
+    )
 
 
 def queue_topic_spec(
@@ -106,7 +114,7 @@ def _compacted(configs: dict[str, str]) -> dict[str, str]:
     }
 
 
-# --- tenants (issue 15) -------------------------------------------------------------------------
+# --- tenants -------------------------------------------------------------------------------------
 
 # Compacted, keyed "<replica>|<tenant>|<window>|<start>": the recipients each process accepted
 # for a tenant in a quota window (contracts/usage.py), so every process holds quotas for all.
@@ -122,3 +130,9 @@ def tenant_usage_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
     configs["cleanup.policy"] = "compact,delete"
     configs["retention.ms"] = str(TENANT_USAGE_RETENTION_MS)
     return [TopicSpec(TENANT_USAGE_TOPIC, TENANT_USAGE_PARTITIONS, configs)]
+
+
+def campaign_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
+    """The compacted topic of the campaign stats the stream processors publish."""
+    compact = _compacted({"min.insync.replicas": str(min_insync_replicas)})
+    return [TopicSpec(CAMPAIGN_STATS_TOPIC, CAMPAIGN_STATS_PARTITIONS, compact)]

@@ -347,6 +347,7 @@ def queued(
         code=int(replies.code_of(reply)),
         enhanced=replies.enhanced_of(reply),
         size=len(data),
+        recipients=len(txn.routing),
         **labels.fields(),
     )
     return Outcome(

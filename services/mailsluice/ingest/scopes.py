@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from mailsluice.contracts.events import Event, suppressed_event
+from mailsluice.contracts.events import Event, EventType, suppressed_event
 from mailsluice.contracts.suppressions import Scope, ScopeKind
 from mailsluice.ingest.auth import User
 from mailsluice.ingest.message import field_name, field_value, split_header
@@ -84,5 +84,12 @@ def screen_list(plan: Plan, is_suppressed: IsSuppressed, *, now: float) -> Plan:
             records.append(replace(record, envelope=env.model_copy(update={"recipients": kept})))
     if not events:
         return plan
-    outcome = replace(plan.outcome, events=(*plan.outcome.events, *events))
+    # the reception counts what was queued (campaign stats count the suppressed apart)
+    kept_events = tuple(
+        e.model_copy(update={"recipients": e.recipients - len(events)})
+        if e.type is EventType.RECEPTION
+        else e
+        for e in plan.outcome.events
+    )
+    outcome = replace(plan.outcome, events=(*kept_events, *events))
     return replace(plan, outcome=outcome, records=tuple(records))

@@ -27,7 +27,7 @@ class Streams:
         "suppressed",
     )
     SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce", "unsubscribe")
-    AGENTS = ("route", "judge")
+    AGENTS = ("route", "judge", "tally")  # tally: campaign stats
 
     EVENTS = Counter(
         "mailsluice_streams_events_total",
@@ -44,6 +44,13 @@ class Streams:
         "mailsluice_streams_errors_total",
         "Events a stream processor agent skipped after an error (undecodable or a bug), by agent.",
         ["agent"],
+    )
+
+    # --- campaign stats (streams/tally.py) ---
+    CAMPAIGN_STATS = Counter(
+        "mailsluice_streams_campaign_stats_published_total",
+        "Campaign stats records the stream processors wrote to mailsluice.campaign-stats (one "
+        "per changed campaign per publishing interval; campaigns are never label values).",
     )
 
     @staticmethod

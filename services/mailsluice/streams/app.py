@@ -1,4 +1,5 @@
-"""The faust app: two agents and two tables around the pure rules in `rules`.
+"""The faust app: two agents and two tables around the pure rules in `rules`, and the campaign
+counters' agent (`tally`, streams/tally.py).
 
 Events are keyed by queue id, but a recipient's soft-failure state must live in one partition,
 so the work is split in two agents (both `concurrency=1`, the design's rule):
@@ -48,6 +49,7 @@ from mailsluice.metrics.streams import Streams as streams_metrics
 from mailsluice.streams import rules
 from mailsluice.streams.liveness import AgentProgress, Partition, combined
 from mailsluice.streams.settings import StreamsSettings
+from mailsluice.streams.tally import CampaignTally, tally_topics
 from mailsluice.suppression.store import normalize
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ def internal_topics(app_id: str, partitions: int, kafka: KafkaSettings) -> list[
         TopicSpec(by_address_topic(app_id), partitions, {**isr, "retention.ms": "604800000"}),
         TopicSpec(f"{app_id}-{SOFT_TABLE}-changelog", partitions, compact),
         TopicSpec(f"{app_id}-{COUNTERS_TABLE}-changelog", partitions, compact),
+        *tally_topics(app_id, partitions, isr),
     ]
 
 
@@ -155,12 +158,14 @@ class StreamsProcessor:
         self.counters = app.Table(COUNTERS_TABLE, default=int, partitions=partitions, schema=codecs)
         app.agent(self.events_topic, name="route", concurrency=1)(self._route)
         app.agent(self.by_address, name="judge", concurrency=1)(self._judge)
+        self.tally = CampaignTally(self, clock)  # campaign stats: streams/tally.py
         # Liveness, per agent: each reads its own topic and can be stuck alone.
         stall_s = settings.stall_s
         self.routed = AgentProgress(stall_s, lambda: self.ends(EVENTS_TOPIC), clock)
         self.judged = AgentProgress(stall_s, lambda: self.ends(by_address_topic(app_id)), clock)
         # Any: mode's handler type (mypy extension arg kinds) matches no method signature.
         app.on_partitions_revoked.connect(cast(Any, self._revoked))
+        app.on_partitions_assigned.connect(cast(Any, self._assigned))
 
     # --- readiness ----------------------------------------------------------------------
 
@@ -178,7 +183,13 @@ class StreamsProcessor:
     # --- liveness (streams/liveness.py decides) -----------------------------------------
 
     def live(self) -> tuple[bool, str]:
-        return combined({"route": self.routed.progress.check, "judge": self.judged.progress.check})
+        return combined(
+            {
+                "route": self.routed.progress.check,
+                "judge": self.judged.progress.check,
+                "tally": self.tally.progress.progress.check,
+            }
+        )
 
     def ends(self, topic: str) -> dict[Partition, int | None]:
         """End offsets of the assigned partitions of `topic`. None while the tables recover or
@@ -202,6 +213,10 @@ class StreamsProcessor:
         partitions = [(tp.topic, tp.partition) for tp in revoked]
         self.routed.forget(partitions)
         self.judged.forget(partitions)
+        self.tally.revoked(partitions)
+
+    async def _assigned(self, _sender: object, *args: Any, **_: Any) -> None:
+        self.tally.assigned([(tp.topic, tp.partition) for tp in args[0]])
 
     # --- agents -------------------------------------------------------------------------
 
@@ -232,7 +247,7 @@ class StreamsProcessor:
 
     async def route_one(self, value: bytes, partition: int) -> None:
         """Count one event and forward it by recipient when it can change a suppression."""
-        event = _decode(value, "route")
+        event = self.decode(value, "route")
         if event is None:
             return
         pool = streams_metrics.pool_label(event.pool)
@@ -241,12 +256,13 @@ class StreamsProcessor:
         streams_metrics.EVENTS.labels(pool, kind).inc()
         if rules.relevant(event):
             address = normalize(event.recipient)
-            await self._send(self.by_address, address.encode(), value, acked=False)
+            await self.send(self.by_address, address.encode(), value, acked=False)
+        await self.tally.forward(event, value)
         self._sweep_counters(partition)
 
     async def judge_one(self, value: bytes, partition: int) -> None:
         """Apply the rules to one event routed by recipient: suppress, update or forget."""
-        event = _decode(value, "judge")
+        event = self.decode(value, "judge")
         if event is None:
             return
         address = normalize(event.recipient)
@@ -270,11 +286,11 @@ class StreamsProcessor:
         acknowledgement."""
         entry = Suppression(address=address, reason=reason, source=SOURCE, scope=scope)
         key, value = suppression_key(address, Scope.parse(scope)), encode_suppression(entry)
-        await self._send(self.suppressions_topic, key, value, acked=True)
+        await self.send(self.suppressions_topic, key, value, acked=True)
         streams_metrics.SUPPRESSIONS.labels(reason).inc()
         log.info("suppressed an address: %s", reason)
 
-    async def _send(self, topic: Any, key: bytes, value: bytes, *, acked: bool) -> None:
+    async def send(self, topic: Any, key: bytes, value: bytes, *, acked: bool) -> None:
         """Send, retrying until Kafka takes the record: skipping it would lose a suppression.
         Unacknowledged sends are flushed by faust before it commits the source offset."""
 
@@ -294,9 +310,13 @@ class StreamsProcessor:
             on_failure=not_written,
         )
 
+    @staticmethod
+    def decode(value: bytes, agent: str) -> Event | None:
+        return decode_or_skip(value, agent)
+
     # --- housekeeping (inside stream iteration: table deletes go to the event's partition) --
 
-    def _due(self, table: str, partition: int) -> bool:
+    def due(self, table: str, partition: int) -> bool:
         now = self.wall()
         last = self._swept.get((table, partition))
         if last is not None and now - last < self.settings.sweep_interval_s:
@@ -305,7 +325,7 @@ class StreamsProcessor:
         return True
 
     def _sweep_soft(self, partition: int) -> None:
-        if not self._due("soft", partition):
+        if not self.due("soft", partition):
             return
         today = rules.day_of(self.wall())
         stale = [
@@ -319,7 +339,7 @@ class StreamsProcessor:
             self.soft.pop(key, None)
 
     def _sweep_counters(self, partition: int) -> None:
-        if not self._due("counters", partition):
+        if not self.due("counters", partition):
             return
         oldest = day_label(self.wall() - self.settings.counter_days * rules.DAY_S)
         suffix = f"/{partition}"
@@ -328,7 +348,7 @@ class StreamsProcessor:
             self.counters.pop(key, None)
 
 
-def _decode(value: bytes, agent: str) -> Event | None:
+def decode_or_skip(value: bytes, agent: str) -> Event | None:
     try:
         return decode_event(value)
     except (ValueError, ValidationError) as exc:

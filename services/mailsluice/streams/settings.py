@@ -55,6 +55,29 @@ class StreamsSettings(MailsluiceSettings):
         60.0, gt=0, le=3600, description="How long to wait for Kafka and the events topic."
     )
 
+    # --- campaign stats (streams/tally.py) ---
+    campaign_publish_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=300.0,
+        description="A campaign's stats are published to mailsluice.campaign-stats at most this "
+        "often (a timer publishes the campaigns changed since).",
+    )
+    campaign_days: int = Field(
+        90,
+        ge=1,
+        le=3650,
+        description="A campaign with no event for this many days is forgotten (its counts and "
+        "its record on mailsluice.campaign-stats go).",
+    )
+    campaign_state_days: int = Field(
+        10,
+        ge=1,
+        le=365,
+        description="A recipient counted as deferred whose message has no further event for "
+        "this many days stops counting (its final event was lost); more than the retry period.",
+    )
+
     def policy(self) -> Policy:
         return Policy(
             threshold=self.soft_threshold,
