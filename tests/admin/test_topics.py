@@ -18,9 +18,11 @@ from mailsluice.contracts.topics import (
     RETRY_TIERS,
     SUPPRESSIONS_TOPIC,
     WARMUP_TOPIC,
+    WEBHOOK_STATUS_TOPIC,
     TopicSpec,
     queue_topic,
     retry_topic,
+    webhook_topic_specs,
 )
 from mailsluice.kafka.admin import (
     TopicChange,
@@ -61,6 +63,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         CONTROL_TOPIC,
         WARMUP_TOPIC,
         *(retry_topic(name) for name, _ in RETRY_TIERS),
+        *(spec.name for spec in webhook_topic_specs(2)),  # webhooks
     }
     assert set(specs) == expected
     queue = specs[queue_topic("bulk")]
@@ -71,6 +74,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         SUPPRESSIONS_TOPIC,
         CONTROL_TOPIC,
         WARMUP_TOPIC,
+        WEBHOOK_STATUS_TOPIC,
     ):
         assert specs[compacted].configs["cleanup.policy"] == "compact"
 

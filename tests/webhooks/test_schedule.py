@@ -3,6 +3,8 @@ before a batch is dead, and the delay tier each wait goes to."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from mailsluice.webhooks.schedule import DEFAULT_DELAYS_S, RetrySchedule, tier_for
@@ -26,7 +28,7 @@ def test_the_default_schedule_retries_for_at_least_a_day_then_gives_up() -> None
     assert times[-1] >= 24 * 3600  # the last attempt comes a day or more after the first
     assert times[-2] < 24 * 3600
     assert len(times) == 9
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) == DEFAULT_DELAYS_S[-1]  # the last delay repeats
 
 

@@ -32,15 +32,15 @@ class Webhooks:
         buckets=TIME_BUCKETS,
     )
     BUFFERED = Gauge(
-        "mailsluice_webhooks_buffered_events",
-        "Events read from mailsluice.events whose batch is not sent (or re-queued) yet.",
+        "mailsluice_webhooks_buffered_records",
+        "Event items read from mailsluice.events whose batch is not sent (or re-queued) yet.",
     )
     WAITING = Gauge(
-        "mailsluice_webhooks_waiting_batches",
-        "Failed batches this sender holds until their next attempt is due.",
+        "mailsluice_webhooks_waiting_records",
+        "Delay-tier records (failed batches) this sender holds until their next attempt is due.",
     )
     PAUSED = Gauge(
-        "mailsluice_webhooks_paused_endpoints",
+        "mailsluice_webhooks_endpoints_paused",
         "Endpoints paused (mailsluice.webhooks.status), all tenants together.",
     )
 
