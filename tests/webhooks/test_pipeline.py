@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 from support.eventually import eventually
 from support.topic_reader import read_topic
 from support.webhook_receiver import Receiver
@@ -112,6 +113,11 @@ def events_of(name: str, kind: EventType, count: int) -> list[Event]:
     ]
 
 
+def delivered_events() -> float:
+    value = REGISTRY.get_sample_value("mailsluice_webhooks_events_total", {"result": "delivered"})
+    return value or 0.0
+
+
 def recipients(receiver: Receiver) -> list[str]:
     return [item["recipient"] for r in receiver.delivered() for item in r.batch()["data"]]
 
@@ -123,6 +129,7 @@ async def test_events_reach_only_their_tenants_endpoints_signed(
     a, b = tenant_name(), tenant_name()
     key_a, key_b = secret(b"a"), secret(b"b")
     tenants = {a: tenant(rx_a.url, key_a), b: tenant(rx_b.url, key_b, ["delivered"])}
+    before = delivered_events()
     async with running(kafka_settings, tenants):
         await write_events(
             kafka_settings,
@@ -146,6 +153,7 @@ async def test_events_reach_only_their_tenants_endpoints_signed(
         assert got.batch()["data"][0]["tenant"] == a
     for got in rx_b.received:
         got.verify(key_b)
+    assert delivered_events() - before == 10
     with pytest.raises(ValueError):
         rx_b.received[0].verify(key_a)
 

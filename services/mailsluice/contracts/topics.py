@@ -127,6 +127,8 @@ WEBHOOK_RETRY_TIERS: tuple[tuple[str, int], ...] = (
 )
 WEBHOOK_PARTITIONS = 6
 WEBHOOK_DEAD_RETENTION_MS = 30 * 24 * 3600 * 1000
+# Largest batch record: twice the largest body (webhooks/settings.py batch_max_bytes) and more.
+WEBHOOK_RECORD_BYTES = 2 * 1024 * 1024
 
 
 def webhook_retry_topic(tier: str) -> str:
@@ -137,10 +139,13 @@ def webhook_retry_topic(tier: str) -> str:
 def webhook_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
     """The webhook stage's delay tiers, dead letters and endpoint status."""
     isr = {"min.insync.replicas": str(min_insync_replicas)}
+    # a batch's body travels as a JSON string inside its record: room for its escaping
+    batches = {**isr, "max.message.bytes": str(WEBHOOK_RECORD_BYTES)}
     specs = [
-        TopicSpec(webhook_retry_topic(n), WEBHOOK_PARTITIONS, isr) for n, _ in WEBHOOK_RETRY_TIERS
+        TopicSpec(webhook_retry_topic(n), WEBHOOK_PARTITIONS, batches)
+        for n, _ in WEBHOOK_RETRY_TIERS
     ]
-    dead = {**isr, "retention.ms": str(WEBHOOK_DEAD_RETENTION_MS)}
+    dead = {**batches, "retention.ms": str(WEBHOOK_DEAD_RETENTION_MS)}
     specs.append(TopicSpec(WEBHOOK_DEAD_TOPIC, 3, dead))
     specs.append(TopicSpec(WEBHOOK_STATUS_TOPIC, 3, _compacted(isr)))
     return specs

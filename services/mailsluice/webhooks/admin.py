@@ -36,17 +36,20 @@ CLIENT_ID = "mailsluice-webhooks-cli"
 
 
 def add_actions(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for Kafka")
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    dead = sub.add_parser("dead", help="list dead-lettered batches (newest last)")
+    sub = parser.add_subparsers(dest="action", metavar="[ACTION]")
+    dead = sub.add_parser("dead", help="list dead-lettered batches (oldest first)")
     status = sub.add_parser("status", help="list endpoint states (active, failing, paused)")
     for action in (dead, status):
         action.add_argument("--tenant", help="only this tenant's")
         action.add_argument("--json", action="store_true", help="print JSON lines")
+    actions = [dead, status]
     for name, text in (("pause", "stop sending to an endpoint"), ("resume", "send again")):
         one = sub.add_parser(name, help=text)
         one.add_argument("tenant")
         one.add_argument("endpoint")
+        actions.append(one)
+    for action in actions:
+        action.add_argument("--timeout", type=float, default=30.0, help="seconds for Kafka")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ class WebhooksSettings(MailsluiceSettings):
     batch_max_bytes: int = Field(
         256 * 1024,
         ge=4096,
-        le=768 * 1024,
+        le=512 * 1024,
         description="Body bytes of one POST at most (a batch also waits on a delay topic whole).",
     )
     batch_max_wait_ms: int = Field(
