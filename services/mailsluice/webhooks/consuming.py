@@ -3,7 +3,10 @@ out of order (each when its batches are acknowledged), committed per partition o
 lowest unfinished offset (kafka/ledger.py), pausing while too much is held.
 
 A revoked partition commits what finished and forgets the rest: the next owner reads it again,
-and a batch still being sent from it may be sent twice (at least once, never lost).
+and a batch still being sent from it may be sent twice (at least once, never lost). Each record
+is handed out with a ticket naming its partition's assignment, so a late finish of a record
+from before a revocation never finishes the same offset read again after the partition came
+back.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -34,6 +37,14 @@ BACKOFF_S = 1.0
 STOP_GRACE_S = 30.0
 
 
+class Ticket(NamedTuple):
+    """A record being worked on: finish(ticket) when it is done."""
+
+    tp: Hashable
+    offset: int
+    generation: int  # of its partition's assignment
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: LedgerConsumer) -> None:
         self._owner = owner
@@ -46,7 +57,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class LedgerConsumer:
-    """Subclasses implement `take(tp, record)` and `work()`, and call `finish(tp, offset)`."""
+    """Subclasses implement `take(ticket, record)` and `work()`, and call `finish(ticket)`."""
 
     name = "webhooks"
 
@@ -72,11 +83,12 @@ class LedgerConsumer:
         self.progress = Progress(stall_s, self.work, time.monotonic)
         self.tasks: set[asyncio.Task[None]] = set()
         self._paused = False
+        self._generation: dict[Hashable, int] = {}
         self._lock = asyncio.Lock()  # a commit or a revocation at a time
 
     # --- to implement ---------------------------------------------------------------------------
 
-    def take(self, tp: TopicPartition, record: Any) -> None:
+    def take(self, ticket: Ticket, record: Any) -> None:
         raise NotImplementedError
 
     def work(self) -> int:
@@ -126,14 +138,19 @@ class LedgerConsumer:
         assigned = self.consumer.assignment()
         for tp, records in batch.items():
             if tp in assigned:  # not revoked since the fetch
+                generation = self._generation.get(tp, 0)
                 for record in records:
                     self.ledger.add(tp, record.offset)
-                    self.take(tp, record)
+                    self.take(Ticket(tp, record.offset, generation), record)
         self._flow()
         await self.commit()
 
-    def finish(self, tp: Hashable, offset: int) -> None:
-        if self.ledger.finish(tp, offset):
+    def current(self, ticket: Ticket) -> bool:
+        """The ticket's partition has not been revoked since it was handed out."""
+        return ticket.generation == self._generation.get(ticket.tp, 0)
+
+    def finish(self, ticket: Ticket) -> None:
+        if self.current(ticket) and self.ledger.finish(ticket.tp, ticket.offset):
             self.progress.made()
 
     def _flow(self) -> None:
@@ -169,6 +186,8 @@ class LedgerConsumer:
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.commit(set(revoked))
         self.ledger.revoke(revoked)
+        for tp in revoked:
+            self._generation[tp] = self._generation.get(tp, 0) + 1
         self.revoked(revoked)
 
     def revoked(self, revoked: list[TopicPartition]) -> None:

@@ -26,7 +26,7 @@ from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.webhooks import Webhooks as metrics
 from mailsluice.tenancy.registry import Registry
 from mailsluice.webhooks.batching import Batch, Batcher
-from mailsluice.webhooks.consuming import LedgerConsumer
+from mailsluice.webhooks.consuming import LedgerConsumer, Ticket
 from mailsluice.webhooks.courier import Courier
 from mailsluice.webhooks.settings import WebhooksSettings
 
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 # Longest wait for records between checks of the open batches' deadlines.
 POLL_S = 0.2
-
-Source = tuple[Hashable, int]
 
 
 def route(registry: Registry, event: Any, eid: str) -> list[tuple[str, dict[str, Any]]]:
@@ -107,18 +105,18 @@ class Dispatcher(LedgerConsumer):
         finally:
             await self.close()
 
-    def take(self, tp: TopicPartition, record: Any) -> None:
+    def take(self, ticket: Ticket, record: Any) -> None:
         try:
             event = decode_event(record.value)
         except ValueError as exc:
-            log.error("webhooks: skipping undecodable event at %s:%s (%s)", tp, record.offset, exc)
-            self.finish(tp, record.offset)
+            log.error("webhooks: skipping undecodable event at %s (%s)", ticket, exc)
+            self.finish(ticket)
             return
-        routed = route(self.registry, event, event_id(tp.partition, record.offset))
+        routed = route(self.registry, event, event_id(record.partition, record.offset))
         if not routed:
-            self.finish(tp, record.offset)
+            self.finish(ticket)
             return
-        source = (tp, record.offset)
+        source = ticket
         self._refs[source] = len(routed)
         self.pending += len(routed)
         now = self.wall()
@@ -151,9 +149,8 @@ class Dispatcher(LedgerConsumer):
                 self._refs[source] = left
                 continue
             self._refs.pop(source, None)
-            tp, offset = cast(Source, source)
-            self.finish(tp, offset)
+            self.finish(cast(Ticket, source))
 
     def revoked(self, revoked: list[TopicPartition]) -> None:
         gone = set(revoked)
-        self._refs = {s: n for s, n in self._refs.items() if cast(Source, s)[0] not in gone}
+        self._refs = {s: n for s, n in self._refs.items() if cast(Ticket, s).tp not in gone}

@@ -27,7 +27,7 @@ from mailsluice.contracts.topics import (
 from mailsluice.contracts.webhook_records import PendingBatch, decode_batch_record
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.webhooks import Webhooks as metrics
-from mailsluice.webhooks.consuming import LedgerConsumer
+from mailsluice.webhooks.consuming import LedgerConsumer, Ticket
 from mailsluice.webhooks.courier import Courier
 from mailsluice.webhooks.settings import WebhooksSettings
 
@@ -65,7 +65,7 @@ class RetryLoop(LedgerConsumer):
         self.settings = settings
         self.courier = courier
         self.wall = wall
-        self._heap: list[tuple[float, int, Hashable, int, PendingBatch]] = []
+        self._heap: list[tuple[float, int, Ticket, PendingBatch]] = []
         self._tie = itertools.count()
         self._held: dict[Hashable, int] = {}  # per partition: waiting or being tried
 
@@ -96,35 +96,35 @@ class RetryLoop(LedgerConsumer):
         finally:
             await self.close()
 
-    def take(self, tp: TopicPartition, record: Any) -> None:
+    def take(self, ticket: Ticket, record: Any) -> None:
         try:
             batch = decode_batch_record(record.value)
         except ValueError as exc:
-            log.error("webhooks: skipping undecodable retry at %s:%s (%s)", tp, record.offset, exc)
-            self.finish(tp, record.offset)
+            log.error("webhooks: skipping undecodable retry at %s (%s)", ticket, exc)
+            self.finish(ticket)
             return
-        self._held[tp] = self._held.get(tp, 0) + 1
-        heapq.heappush(self._heap, (batch.not_before, next(self._tie), tp, record.offset, batch))
+        self._held[ticket.tp] = self._held.get(ticket.tp, 0) + 1
+        heapq.heappush(self._heap, (batch.not_before, next(self._tie), ticket, batch))
 
     def _launch_due(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
-            _due, _tie, tp, offset, batch = heapq.heappop(self._heap)
-            self.spawn(self._retry(tp, offset, batch))
+            _due, _tie, ticket, batch = heapq.heappop(self._heap)
+            self.spawn(self._retry(ticket, batch))
 
-    async def _retry(self, tp: Hashable, offset: int, batch: PendingBatch) -> None:
+    async def _retry(self, ticket: Ticket, batch: PendingBatch) -> None:
         try:
             await self.courier.attempt(batch)
         except Exception:
             log.exception("webhooks: retry of %s failed unexpectedly; again in a minute", batch.id)
-            heapq.heappush(self._heap, (self.wall() + 60, next(self._tie), tp, offset, batch))
+            heapq.heappush(self._heap, (self.wall() + 60, next(self._tie), ticket, batch))
             return
-        if self.ledger.owns(tp):
-            self._held[tp] = self._held.get(tp, 1) - 1
-        self.finish(tp, offset)
+        if self.current(ticket):
+            self._held[ticket.tp] = self._held.get(ticket.tp, 1) - 1
+        self.finish(ticket)
 
     def revoked(self, revoked: list[TopicPartition]) -> None:
         gone = set(revoked)
-        self._heap = [entry for entry in self._heap if entry[2] not in gone]
+        self._heap = [entry for entry in self._heap if entry[2].tp not in gone]
         heapq.heapify(self._heap)
         for tp in gone:
             self._held.pop(tp, None)
