@@ -7,6 +7,11 @@ endpoint and POSTed; a failure goes to a delay tier or, past the schedule, to th
 topic, and the endpoint's status changes (status.py). `attempt` returns only once that record
 is acknowledged, so the caller may then commit past the batch's sources: nothing is lost when
 the process dies at any point (a batch delivered but not yet committed is sent again).
+
+One endpoint must not take every connection slot from the others (a receiver that hangs
+holds each POST for the whole timeout): an endpoint has at most `per_endpoint` POSTs under
+way, and while it is failing only one, a probe; its other batches go straight back to their
+delay tier as failed attempts, untried, until a probe succeeds.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import aiohttp
 
 from mailsluice.contracts.topics import WEBHOOK_STATUS_TOPIC
 from mailsluice.contracts.webhook_records import (
+    EndpointState,
     EndpointStatus,
     PendingBatch,
     encode_batch,
@@ -58,6 +64,7 @@ class Courier:
         allowed: Sequence[Network],
         timeout_s: float,
         max_in_flight: int,
+        per_endpoint: int = 4,
         wall: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -71,6 +78,10 @@ class Courier:
         self.wall = wall
         self.rand = rand
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._per_endpoint = per_endpoint
+        self._endpoint_slots: dict[bytes, asyncio.Semaphore] = {}
+        self._probing: set[bytes] = set()  # failing endpoints with an attempt under way
+        self.untried = 0  # batches sent back to their tier while their endpoint was probed
 
     def endpoint(self, tenant: str, endpoint: str) -> Webhook | None:
         found = self.registry.get(tenant)
@@ -82,7 +93,10 @@ class Courier:
         """Send `batch` once (or dead-letter it unsent) and write what follows, retrying the
         write until Kafka acknowledges it (a caller stopping cancels the task: the batch's
         sources stay uncommitted and are read again)."""
-        async with self._slots:
+        gate = self._endpoint_slots.get(batch.key)
+        if gate is None:
+            gate = self._endpoint_slots[batch.key] = asyncio.Semaphore(self._per_endpoint)
+        async with gate, self._slots:  # the endpoint's own slot first: never wait holding one
             outcome, status = await self._try(batch)
         writes: list[Send] = []
         if outcome.record is not None and outcome.topic is not None:
@@ -109,8 +123,23 @@ class Courier:
         webhook = self.endpoint(batch.tenant, batch.endpoint)
         if webhook is None:
             return dead(batch, "the endpoint is no longer configured", now), None
-        if self.book.paused(batch.tenant, batch.endpoint):
+        known = self.book.get(batch.tenant, batch.endpoint)
+        if known.state is EndpointState.PAUSED:
             return dead(batch, "the endpoint is paused", now), None
+        if known.state is EndpointState.FAILING:
+            if batch.key in self._probing:
+                self.untried += 1
+                untried = Result(False, error=f"{known.last_error} (not tried: endpoint failing)")
+                return after_attempt(batch, untried, self.schedule, now, self.rand()), None
+            self._probing.add(batch.key)
+        try:
+            return await self._post(batch, webhook, now)
+        finally:
+            self._probing.discard(batch.key)
+
+    async def _post(
+        self, batch: PendingBatch, webhook: Webhook, now: float
+    ) -> tuple[Outcome, EndpointStatus | None]:
         body = batch.body.encode()
         headers = sign_headers(webhook.secrets, batch.id, int(now), body)
         with Stopwatch(metrics.ATTEMPT_SECONDS):

@@ -95,6 +95,7 @@ class WebhooksService:
             allowed=s.networks(),
             timeout_s=s.request_timeout_s,
             max_in_flight=s.max_in_flight,
+            per_endpoint=s.endpoint_in_flight,
             wall=self._wall,
         )
         opts = self._consumer_options

@@ -38,6 +38,13 @@ class WebhooksSettings(MailsluiceSettings):
     max_in_flight: int = Field(
         64, ge=1, le=10000, description="POSTs under way at once, all endpoints together."
     )
+    endpoint_in_flight: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="POSTs under way at once to one endpoint; one (a probe) while it fails, "
+        "its other batches going back to their delay tier untried.",
+    )
     max_buffered_events: int = Field(
         10000,
         ge=1,
