@@ -3,9 +3,10 @@ held until its not_before and then tried again by the courier, which writes its 
 its dead letter before the record counts as finished.
 
 A tier is not in due order (jitter, Retry-After), so fetched batches wait in one due-ordered
-heap, whatever their offsets; a partition holding `max_held` batches pauses the whole fetch
-until the loop holds half as many. A crash repeats the attempts of batches fetched after the
-lowest unfinished offset of a partition (at least once), never skips one.
+heap, whatever their offsets; a partition holding `max_held` batches, or all of them together
+`max_held_bytes`, pauses the whole fetch until the loop holds half as many. A crash repeats
+the attempts of batches fetched after the lowest unfinished offset of a partition (at least
+once), never skips one.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class RetryLoop(LedgerConsumer):
         self.wall = wall
         self._heap: list[tuple[float, int, Ticket, PendingBatch]] = []
         self._tie = itertools.count()
-        self._held: dict[Hashable, int] = {}  # per partition: waiting or being tried
+        # per partition: batches waiting or being tried, and their bodies' bytes
+        self._held: dict[Hashable, int] = {}
+        self._held_bytes: dict[Hashable, int] = {}
 
     def work(self) -> int:
         """Batches overdue (liveness: due ones that are never tried mean a stuck loop)."""
@@ -78,10 +81,16 @@ class RetryLoop(LedgerConsumer):
         return sum(self._held.values())
 
     def over_limit(self) -> bool:
-        return any(n >= self.settings.max_held for n in self._held.values())
+        held = self._held.values()
+        return sum(self._held_bytes.values()) >= self.settings.max_held_bytes or any(
+            n >= self.settings.max_held for n in held
+        )
 
     def under_limit(self) -> bool:
-        return all(n <= self.settings.max_held // 2 for n in self._held.values())
+        held = self._held.values()
+        return sum(self._held_bytes.values()) <= self.settings.max_held_bytes // 2 and all(
+            n <= self.settings.max_held // 2 for n in held
+        )
 
     async def run(self) -> None:
         if self.consumer is None:
@@ -103,7 +112,7 @@ class RetryLoop(LedgerConsumer):
             log.error("webhooks: skipping undecodable retry at %s (%s)", ticket, exc)
             self.finish(ticket)
             return
-        self._held[ticket.tp] = self._held.get(ticket.tp, 0) + 1
+        self._hold(ticket.tp, 1, len(batch.body))
         heapq.heappush(self._heap, (batch.not_before, next(self._tie), ticket, batch))
 
     def _launch_due(self, now: float) -> None:
@@ -119,8 +128,12 @@ class RetryLoop(LedgerConsumer):
             heapq.heappush(self._heap, (self.wall() + 60, next(self._tie), ticket, batch))
             return
         if self.current(ticket):
-            self._held[ticket.tp] = self._held.get(ticket.tp, 1) - 1
+            self._hold(ticket.tp, -1, -len(batch.body))
         self.finish(ticket)
+
+    def _hold(self, tp: Hashable, count: int, size: int) -> None:
+        self._held[tp] = self._held.get(tp, 0) + count
+        self._held_bytes[tp] = self._held_bytes.get(tp, 0) + size
 
     def revoked(self, revoked: list[TopicPartition]) -> None:
         gone = set(revoked)
@@ -128,3 +141,4 @@ class RetryLoop(LedgerConsumer):
         heapq.heapify(self._heap)
         for tp in gone:
             self._held.pop(tp, None)
+            self._held_bytes.pop(tp, None)

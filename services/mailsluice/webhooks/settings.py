@@ -74,11 +74,17 @@ class WebhooksSettings(MailsluiceSettings):
         "globally routable (loopback, private, link-local...). Empty: none (SSRF protection).",
     )
     max_held: int = Field(
-        1000,
+        500,
         ge=1,
         le=1_000_000,
         description="Failed batches held in memory per delay-tier partition until due; the "
-        "partition pauses at this many.",
+        "retry loop stops fetching at this many and goes on at half.",
+    )
+    max_held_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of failed batches held in memory in all; the retry loop stops "
+        "fetching at this many and goes on at half.",
     )
     stall_s: float = Field(
         600.0,
