@@ -2,7 +2,8 @@
 to mailsluice.events reach only their own tenant's endpoints, signed; a receiver that answers
 503 and then refuses connections gets every event once it is back, through the delay tiers;
 an endpoint failing for the pause time is paused and its batches dead-lettered, visible with
-`mailsluice webhooks dead`; an address the SSRF check refuses is dead at once."""
+`mailsluice webhooks dead` and sent again by `redrive` once resumed; an address the SSRF
+check refuses is dead at once."""
 
 from __future__ import annotations
 
@@ -226,9 +227,17 @@ async def test_a_failing_endpoint_is_paused_its_batches_dead_until_resumed(
         resume = argparse.Namespace(action="resume", tenant=name, endpoint="main")
         assert await admin._set_state(kafka_settings, resume) == 0
         await eventually(lambda: not service.book.paused(name, "main"), within=30, what="resumed")
+        status = argparse.Namespace(action="status", tenant=name, json=False)
+        assert await admin._status(kafka_settings, status) == 0
+        assert f"{name}/main\tactive" in capsys.readouterr().out
         rx.status = 200
-        await write_events(kafka_settings, events_of(name, EventType.DELIVERY, 1))
-        await eventually(rx.delivered, within=30, what="a delivery after resume")
+        redrive = argparse.Namespace(action="redrive", tenant=name, endpoint=None, since=0.0)
+        assert await admin._redrive(kafka_settings, redrive) == 0
+        await eventually(lambda: len(rx.event_ids()) >= 3, within=30, what="the dead events")
+    wanted = {e.recipient for e in events_of(name, EventType.DELIVERY, 1)}
+    wanted |= {e.recipient for e in events_of(name, EventType.BOUNCE, 2)}
+    assert set(recipients(rx)) == wanted  # every event that was dead, once
+    assert len(rx.event_ids()) == 3
 
 
 async def test_a_refused_address_is_dead_at_once_with_its_reason(
