@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 from aiohttp import web
@@ -37,9 +38,9 @@ class Captured:
         self.sent += [(topic, value) for topic, value, _key, _headers in sends]
 
 
-async def test_a_failing_endpoint_gets_one_probe_and_the_rest_wait_untried() -> None:
-    release = asyncio.Event()
-    arrived: list[float] = []
+@contextlib.asynccontextmanager
+async def hanging_receiver(release: asyncio.Event, arrived: list[float]) -> AsyncIterator[str]:
+    """A receiver whose every POST waits for `release` (then 503); yields its URL."""
 
     async def hang(_: web.Request) -> web.Response:
         arrived.append(asyncio.get_running_loop().time())
@@ -53,15 +54,17 @@ async def test_a_failing_endpoint_gets_one_probe_and_the_rest_wait_untried() -> 
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    hook = {"id": "main", "url": f"http://127.0.0.1:{port}/hook", "events": ["delivered"]}
-    tenants = {
-        "acme": {"pools": ["p"], "domains": ["a.test"], "webhooks": [{**hook, "secrets": [SECRET]}]}
-    }
-    book = EndpointBook(pause_after_s=3600)
-    book.failed("acme", "main", "HTTP 503", now=1.0)  # failing already
-    captured = Captured()
-    session = open_session(LOOPBACK, 16)
-    courier = Courier(
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+def courier_for(url: str, book: EndpointBook, captured: Captured, session: Any) -> Courier:
+    hook = {"id": "main", "url": url, "events": ["delivered"], "secrets": [SECRET]}
+    tenants = {"acme": {"pools": ["p"], "domains": ["a.test"], "webhooks": [hook]}}
+    return Courier(
         Registry(tenants=parse_tenants(tenants)),
         book,
         cast(RenewingProducer, captured),
@@ -72,23 +75,27 @@ async def test_a_failing_endpoint_gets_one_probe_and_the_rest_wait_untried() -> 
         max_in_flight=16,
         per_endpoint=4,
     )
+
+
+async def test_a_failing_endpoint_gets_one_probe_and_the_rest_wait_untried() -> None:
+    release, arrived = asyncio.Event(), []
+    book = EndpointBook(pause_after_s=3600)
+    book.failed("acme", "main", "HTTP 503", now=1.0)  # failing already
+    captured = Captured()
     batches = [
         PendingBatch(id=f"msg_{i}", tenant="acme", endpoint="main", events=1, body="{}")
         for i in range(6)
     ]
-    try:
+    async with hanging_receiver(release, arrived) as url, open_session(LOOPBACK, 16) as session:
+        courier = courier_for(url, book, captured, session)
         tasks = [asyncio.create_task(courier.attempt(b)) for b in batches]
         await eventually(lambda: courier.untried == 5, within=10, what="five batches untried")
         assert len(arrived) == 1  # the probe is still hanging: no second POST was made
         release.set()
         await asyncio.gather(*tasks)
-    finally:
-        await session.close()
-        await runner.cleanup()
     assert len(arrived) == 1
+    tiers = {topic for topic, _ in captured.sent if "retry" in topic}
+    assert tiers == {webhook_retry_topic("30s")}
     records = [decode_batch_record(v) for t, v in captured.sent if v and "retry" in t]
-    assert len(records) == 6 and {t for t, _ in captured.sent if "retry" in t} == {
-        webhook_retry_topic("30s")
-    }
-    untried = [r for r in records if "not tried" in r.last_error]
-    assert len(untried) == 5 and all(r.attempts == 1 for r in records)
+    assert len(records) == 6 and all(r.attempts == 1 for r in records)
+    assert len([r for r in records if "not tried" in r.last_error]) == 5

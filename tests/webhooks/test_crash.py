@@ -36,20 +36,15 @@ async def write(kafka_settings: KafkaSettings, name: str, first: int, count: int
         await producer.stop()
 
 
-async def test_a_killed_sender_loses_no_event(
-    kafka_settings: KafkaSettings, tmp_path: Path
-) -> None:
-    events = [s for s in standard_topics(kafka_settings, [], 1 << 20) if s.name == EVENTS_TOPIC]
-    await ensure_topics(kafka_settings, events + webhook_topic_specs(1))
-    rx = await Receiver().start()
-    rx.status = 503
-    name = f"t{uuid.uuid4().hex[:10]}"
+def sender_env(
+    kafka_settings: KafkaSettings, tmp_path: Path, name: str, url: str, port: int
+) -> dict[str, str]:
+    """The environment of a sender with one tenant whose endpoint is `url`, short tiers."""
     tenants = tmp_path / "tenants.yaml"
-    webhook = {"id": "main", "url": rx.url, "events": ["delivered"], "secrets": [SECRET]}
+    webhook = {"id": "main", "url": url, "events": ["delivered"], "secrets": [SECRET]}
     spec = {"pools": ["default"], "domains": ["x.test"], "webhooks": [webhook]}
     tenants.write_text(yaml.safe_dump({"tenants": {name: spec}}))
-    port = free_port()
-    env = product_env(
+    return product_env(
         kafka_settings.bootstrap,
         MAILSLUICE_TENANTS_FILE=str(tenants),
         MAILSLUICE_WEBHOOKS_HTTP_PORT=str(port),
@@ -58,6 +53,18 @@ async def test_a_killed_sender_loses_no_event(
         MAILSLUICE_WEBHOOKS_BATCH_MAX_WAIT_MS="100",
         MAILSLUICE_WEBHOOKS_BATCH_MAX_EVENTS="5",
     )
+
+
+async def test_a_killed_sender_loses_no_event(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    events = [s for s in standard_topics(kafka_settings, [], 1 << 20) if s.name == EVENTS_TOPIC]
+    await ensure_topics(kafka_settings, events + webhook_topic_specs(1))
+    rx = await Receiver().start()
+    rx.status = 503
+    name = f"t{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    env = sender_env(kafka_settings, tmp_path, name, rx.url, port)
     args = [sys.executable, "-m", "mailsluice.cli", "webhooks"]
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     first = start(args, env, logs[0])

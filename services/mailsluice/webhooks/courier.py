@@ -126,16 +126,18 @@ class Courier:
         known = self.book.get(batch.tenant, batch.endpoint)
         if known.state is EndpointState.PAUSED:
             return dead(batch, "the endpoint is paused", now), None
-        if known.state is EndpointState.FAILING:
-            if batch.key in self._probing:
-                self.untried += 1
-                untried = Result(False, error=f"{known.last_error} (not tried: endpoint failing)")
-                return after_attempt(batch, untried, self.schedule, now, self.rand()), None
+        probe = known.state is EndpointState.FAILING
+        if probe and batch.key in self._probing:
+            self.untried += 1
+            untried = Result(False, error=f"{known.last_error} (not tried: endpoint failing)")
+            return after_attempt(batch, untried, self.schedule, now, self.rand()), None
+        if probe:
             self._probing.add(batch.key)
         try:
             return await self._post(batch, webhook, now)
         finally:
-            self._probing.discard(batch.key)
+            if probe:
+                self._probing.discard(batch.key)
 
     async def _post(
         self, batch: PendingBatch, webhook: Webhook, now: float
