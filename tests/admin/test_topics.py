@@ -18,10 +18,13 @@ from mailsluice.contracts.topics import (
     EVENTS_TOPIC,
     RETRY_TIERS,
     SUPPRESSIONS_TOPIC,
+    TENANT_USAGE_TOPIC,
     WARMUP_TOPIC,
+    WEBHOOK_STATUS_TOPIC,
     TopicSpec,
     queue_topic,
     retry_topic,
+    webhook_topic_specs,
 )
 from mailsluice.kafka.admin import (
     TopicChange,
@@ -63,6 +66,8 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         WARMUP_TOPIC,
         *(retry_topic(name) for name, _ in RETRY_TIERS),
         CAMPAIGN_STATS_TOPIC,
+        *(spec.name for spec in webhook_topic_specs(2)),  # webhooks
+        TENANT_USAGE_TOPIC,
     }
     assert set(specs) == expected
     queue = specs[queue_topic("bulk")]
@@ -74,8 +79,10 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         CONTROL_TOPIC,
         WARMUP_TOPIC,
         CAMPAIGN_STATS_TOPIC,
+        WEBHOOK_STATUS_TOPIC,
     ):
         assert specs[compacted].configs["cleanup.policy"] == "compact"
+    assert specs[TENANT_USAGE_TOPIC].configs["cleanup.policy"] == "compact,delete"
 
 
 # --- ensure_topics on the real broker ---------------------------------------------------------

@@ -25,7 +25,9 @@ from mailsluice.observability import catalogue as metrics_doc
 
 DOC = REPO / "docs" / "metrics.md"
 NAME = re.compile(
-    r"^mailsluice_(ingest|delivery|shaping|warmup|retry_mover|dns|operator|streams|unsubscribe)_[a-z_]+$"
+    r"^mailsluice_(ingest|delivery|shaping|warmup|retry_mover|dns|operator|streams|unsubscribe"
+    r"|webhooks"  # issue 15
+    r")_[a-z_]+$"
 )
 UNITS = (
     "_total",

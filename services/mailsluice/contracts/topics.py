@@ -79,6 +79,8 @@ def topic_specs(
         )
     )
     specs.append(TopicSpec(SUPPRESSIONS_TOPIC, SUPPRESSIONS_PARTITIONS, _compacted(isr)))
+    specs += webhook_topic_specs(min_insync_replicas)
+    specs += tenant_usage_topic_specs(min_insync_replicas)
     return (
         specs + control_topic_specs(min_insync_replicas) + campaign_topic_specs(min_insync_replicas)
     )
@@ -136,3 +138,47 @@ def campaign_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
     """The compacted topic of the campaign stats the stream processors publish."""
     compact = _compacted({"min.insync.replicas": str(min_insync_replicas)})
     return [TopicSpec(CAMPAIGN_STATS_TOPIC, CAMPAIGN_STATS_PARTITIONS, compact)]
+
+
+# --- webhooks: the `mailsluice webhooks` stage (contracts/webhook_records.py) ----------------
+
+# The consumer groups of the events dispatcher and of the retry loop.
+WEBHOOKS_GROUP = f"{TOPIC_PREFIX}.webhooks"
+WEBHOOKS_RETRY_GROUP = f"{TOPIC_PREFIX}.webhooks.retry"
+# Batches that failed every attempt (or were refused); keyed tenant|endpoint; kept 30 days.
+WEBHOOK_DEAD_TOPIC = f"{TOPIC_PREFIX}.webhooks.dead"
+# Compacted, keyed tenant|endpoint: each endpoint's state (active, failing, paused).
+WEBHOOK_STATUS_TOPIC = f"{TOPIC_PREFIX}.webhooks.status"
+# Delay tiers of failed batches (name, seconds): a batch waits on the largest tier not longer
+# than its next delay, and its record's not_before says when it is due.
+WEBHOOK_RETRY_TIERS: tuple[tuple[str, int], ...] = (
+    ("30s", 30),
+    ("2m", 120),
+    ("10m", 600),
+    ("1h", 3600),
+    ("6h", 21600),
+)
+WEBHOOK_PARTITIONS = 6
+WEBHOOK_DEAD_RETENTION_MS = 30 * 24 * 3600 * 1000
+# Largest batch record: twice the largest body (webhooks/settings.py batch_max_bytes) and more.
+WEBHOOK_RECORD_BYTES = 2 * 1024 * 1024
+
+
+def webhook_retry_topic(tier: str) -> str:
+    """A webhook delay tier; key: tenant|endpoint."""
+    return f"{TOPIC_PREFIX}.webhooks.retry.{tier}"
+
+
+def webhook_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
+    """The webhook stage's delay tiers, dead letters and endpoint status."""
+    isr = {"min.insync.replicas": str(min_insync_replicas)}
+    # a batch's body travels as a JSON string inside its record: room for its escaping
+    batches = {**isr, "max.message.bytes": str(WEBHOOK_RECORD_BYTES)}
+    specs = [
+        TopicSpec(webhook_retry_topic(n), WEBHOOK_PARTITIONS, batches)
+        for n, _ in WEBHOOK_RETRY_TIERS
+    ]
+    dead = {**batches, "retention.ms": str(WEBHOOK_DEAD_RETENTION_MS)}
+    specs.append(TopicSpec(WEBHOOK_DEAD_TOPIC, 3, dead))
+    specs.append(TopicSpec(WEBHOOK_STATUS_TOPIC, 3, _compacted(isr)))
+    return specs

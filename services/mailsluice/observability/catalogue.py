@@ -91,8 +91,18 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         # unsubscribe
         ("mailsluice_unsubscribe_requests", "channel"): _values(Unsubscribe.CHANNELS),
         ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
+        **_webhooks_label_values(),
     }
     return by_label, by_metric
+
+
+def _webhooks_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.webhooks import Webhooks
+
+    return {
+        ("mailsluice_webhooks_batches", "result"): _values(Webhooks.RESULTS),
+        ("mailsluice_webhooks_events", "result"): _values(Webhooks.RESULTS),
+    }
 
 
 def _dkim_label_values() -> dict[tuple[str, str], str]:
