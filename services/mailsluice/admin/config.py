@@ -34,6 +34,7 @@ SETTINGS_MODULES = (
     "mailsluice_operator.settings",
     "mailsluice.consent.settings",
     "mailsluice.tenancy.settings",
+    "mailsluice.api.settings",
 )
 
 

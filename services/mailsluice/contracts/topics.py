@@ -73,6 +73,7 @@ def topic_specs(
         )
     )
     specs.append(TopicSpec(SUPPRESSIONS_TOPIC, SUPPRESSIONS_PARTITIONS, _compacted(isr)))
+    specs += api_topic_specs(min_insync_replicas)
     return specs + control_topic_specs(min_insync_replicas)
 
 
@@ -104,3 +105,29 @@ def _compacted(configs: dict[str, str]) -> dict[str, str]:
         **configs,
         "min.compaction.lag.ms": str(COMPACTION_LAG_MS),
     }
+
+
+# --- the HTTP API (api/) ------------------------------------------------------------------------
+
+# Compacted and deleted after a day: the first answer per tenant and Idempotency-Key
+# (contracts/idempotency.py), read back by every API replica at start.
+API_IDEMPOTENCY_TOPIC = f"{TOPIC_PREFIX}.api-idempotency"
+# Compacted: the tenants' stored templates, one record per version (contracts/templates.py).
+TEMPLATES_TOPIC = f"{TOPIC_PREFIX}.templates"
+API_IDEMPOTENCY_PARTITIONS = 3
+IDEMPOTENCY_RETENTION_MS = 24 * 3600 * 1000
+
+
+def api_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
+    """The HTTP API's own topics: idempotency answers and stored templates."""
+    isr = {"min.insync.replicas": str(min_insync_replicas)}
+    answers = {
+        **_compacted(isr),
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(IDEMPOTENCY_RETENTION_MS),
+        "delete.retention.ms": str(IDEMPOTENCY_RETENTION_MS),
+    }
+    return [
+        TopicSpec(API_IDEMPOTENCY_TOPIC, API_IDEMPOTENCY_PARTITIONS, answers),
+        TopicSpec(TEMPLATES_TOPIC, 1, _compacted(isr)),
+    ]

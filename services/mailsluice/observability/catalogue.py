@@ -91,8 +91,19 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         # unsubscribe
         ("mailsluice_unsubscribe_requests", "channel"): _values(Unsubscribe.CHANNELS),
         ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
+        **_api_label_values(),
     }
     return by_label, by_metric
+
+
+def _api_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.api import Api
+
+    return {
+        ("mailsluice_api_requests", "route"): _values(Api.ROUTES) + " (the resource after /v1)",
+        ("mailsluice_api_requests", "code"): _values(Api.CODES) + " (HTTP status)",
+        ("mailsluice_api_recipients", "result"): _values(Api.RESULTS),
+    }
 
 
 def _dkim_label_values() -> dict[tuple[str, str], str]:
