@@ -67,8 +67,13 @@ class Written:
     kept: list[tuple[bytes, bytes]] = field(default_factory=list)
     fail: bool = False
     suppressed: dict[tuple[str, str], Suppression] = field(default_factory=dict)
+    hold: asyncio.Event | None = None  # publishes wait for it when set
+    held: asyncio.Event = field(default_factory=asyncio.Event)  # a publish is waiting
 
     async def publish(self, sends: Sequence[Send]) -> None:
+        if self.hold is not None:
+            self.held.set()
+            await self.hold.wait()
         if self.fail:
             raise TimeoutError("kafka away")
         self.publishes.append(list(sends))

@@ -15,13 +15,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsluice.api.auth import current_tenant
 from mailsluice.api.idempotency import IdempotencyBook, check_key, fingerprint
 from mailsluice.api.models import SendAnswer, SendRequest
-from mailsluice.api.problems import Problem, install
+from mailsluice.api.problems import Problem, install, problem_media, responses
 from mailsluice.api.send import Sender, Unavailable
 from mailsluice.metrics.api import Api as metrics
 from mailsluice.tenancy.model import Tenant
@@ -31,32 +30,6 @@ log = logging.getLogger(__name__)
 
 TITLE = "Mailsluice HTTP API"
 RETRY_AFTER_S = 10
-
-
-class ProblemDetails(BaseModel):
-    """RFC 9457 problem details (application/problem+json)."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    errors: list[dict[str, str]] | None = None
-
-
-_PROBLEM = {"model": ProblemDetails, "content": {"application/problem+json": {}}}
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {**_PROBLEM, "description": text}
-    for code, text in (
-        (400, "Bad request (a bad Idempotency-Key)"),
-        (401, "No or an unknown API key"),
-        (403, "The sender is not in one of the tenant's domains"),
-        (409, "A request with this Idempotency-Key is in progress"),
-        (413, "The body is too large"),
-        (422, "The request is invalid; `errors` names each field"),
-        (429, "Over quota; Retry-After says when it fits"),
-        (503, "Kafka did not take the records in time; Retry-After"),
-    )
-}
 
 
 @dataclass
@@ -103,6 +76,8 @@ def build_app(state: ApiState, routers: Sequence[APIRouter] = ()) -> FastAPI:
     app.state.api = state
     app.state.registry = state.registry
     install(app)
+    generate = app.openapi
+    app.openapi = lambda: problem_media(generate())  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Any:
@@ -125,7 +100,7 @@ def messages_router() -> APIRouter:
         "/v1/messages",
         status_code=202,
         response_model=SendAnswer,
-        responses=PROBLEMS,
+        responses=responses(400, 401, 403, 409, 413, 422, 429, 503),
         summary="Send one content to up to 1,000 recipients, each rendered with its own data",
     )
     async def send_messages(

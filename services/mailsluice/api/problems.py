@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 MEDIA_TYPE = "application/problem+json"
 
@@ -95,7 +96,42 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_invalid)
 
 
-# The problem responses every authenticated route may give (for the OpenAPI document).
-PROBLEM_SCHEMA = {
-    "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details (application/problem+json)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] | None = None
+
+
+# What each problem status means, for the OpenAPI document.
+MEANINGS = {
+    400: "Bad request (a bad Idempotency-Key)",
+    401: "No or an unknown API key",
+    403: "The sender is not in one of the tenant's domains",
+    404: "No such resource",
+    409: "A request with this Idempotency-Key is in progress",
+    413: "The body is too large",
+    422: "The request is invalid; `errors` names each field",
+    429: "Over quota; Retry-After says when it fits",
+    503: "Kafka did not take the records in time; Retry-After",
 }
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route that answers these problems (OpenAPI)."""
+    return {code: {"model": ProblemDetails, "description": MEANINGS[code]} for code in codes}
+
+
+def problem_media(document: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI document with the problem responses under application/problem+json, which
+    FastAPI would list as application/json."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for code, answer in operation.get("responses", {}).items():
+                content = answer.get("content", {})
+                if code.startswith(("4", "5")) and "application/json" in content:
+                    content[MEDIA_TYPE] = content.pop("application/json")
+    return document

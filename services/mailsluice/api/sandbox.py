@@ -34,6 +34,7 @@ from jinja2.exceptions import TemplateSyntaxError
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+from jinja2.visitor import NodeTransformer
 
 # The largest width, count or repeat a filter or string method may be given.
 WIDTH_CAP = 10_000
@@ -186,9 +187,9 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
             loop.iter = _filtered(loop.iter, LOOP_FILTER, loop.lineno)
         for output in tree.find_all(nodes.Output):
             output.nodes = [_output_node(item) for item in output.nodes]
-        for concat in list(tree.find_all(nodes.Concat)):
-            concat.nodes = [_filtered(n, SIZE_FILTER, concat.lineno) for n in concat.nodes]
-        return tree
+        checked = _SizedConcat().visit(tree)
+        assert isinstance(checked, nodes.Template)
+        return checked
 
     def call(
         __self,
@@ -211,6 +212,14 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         if operator == "%":
             _check_format(left)
         return budget.sized(super().call_binop(context, operator, left, right))
+
+
+class _SizedConcat(NodeTransformer):
+    """Every `~` made into `(a ~ b)|_ms_size`: its result is checked, not only its parts."""
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        return _filtered(node, SIZE_FILTER, node.lineno)
 
 
 def _filtered(node: nodes.Node, name: str, lineno: int) -> nodes.Filter:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mailsluice.api.auth import current_tenant
-from mailsluice.api.problems import Problem, invalid
+from mailsluice.api.problems import Problem, invalid, responses
 from mailsluice.api.render import Renderer, TemplateInvalid
 from mailsluice.contracts.templates import (
     TEMPLATE_ID,
@@ -112,12 +112,19 @@ def _store(request: Request) -> TemplateStore:
     return store
 
 
+Id = Annotated[str, Path(pattern=TEMPLATE_ID.pattern)]
+Caller = Annotated[Tenant, Depends(current_tenant)]
+
+
 def templates_router() -> APIRouter:
     router = APIRouter(tags=["templates"])
-    Id = Annotated[str, Path(pattern=TEMPLATE_ID.pattern)]
-    Caller = Annotated[Tenant, Depends(current_tenant)]
 
-    @router.post("/v1/templates", status_code=201, response_model=TemplateAnswer)
+    @router.post(
+        "/v1/templates",
+        status_code=201,
+        response_model=TemplateAnswer,
+        responses=responses(401, 422, 503),
+    )
     async def save_template(body: TemplateBody, request: Request, tenant: Caller) -> TemplateAnswer:
         if body.text is None and body.html is None:
             raise invalid([{"field": "text", "message": "give text, html or both"}])
@@ -130,11 +137,17 @@ def templates_router() -> APIRouter:
         stored = await store.save(tenant.name, body.id, body.subject, body.text, body.html)
         return _answer(stored)
 
-    @router.get("/v1/templates/{template_id}", response_model=TemplateAnswer)
+    @router.get(
+        "/v1/templates/{template_id}", response_model=TemplateAnswer, responses=responses(401, 404)
+    )
     async def latest_template(template_id: Id, request: Request, tenant: Caller) -> TemplateAnswer:
         return _found(_store(request).get(tenant.name, template_id, None))
 
-    @router.get("/v1/templates/{template_id}/versions/{version}", response_model=TemplateAnswer)
+    @router.get(
+        "/v1/templates/{template_id}/versions/{version}",
+        response_model=TemplateAnswer,
+        responses=responses(401, 404),
+    )
     async def template_version(
         template_id: Id, version: Annotated[int, Path(ge=1)], request: Request, tenant: Caller
     ) -> TemplateAnswer:
