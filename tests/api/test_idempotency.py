@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from api.conftest import Served, message
+from support.api import Served, message
 
 from mailsluice.api.idempotency import IdempotencyBook, fingerprint
 from mailsluice.api.problems import Problem

@@ -9,7 +9,7 @@ import email
 from email import policy
 from typing import Any
 
-from api.conftest import BETA_KEY, SMALL_KEY, Served, app_settings, message, serve
+from support.api import BETA_KEY, SMALL_KEY, Served, app_settings, message, serve
 
 from mailsluice.contracts.envelope import envelope_from_headers
 from mailsluice.contracts.events import EventType, decode_event

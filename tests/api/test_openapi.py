@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from api.conftest import Served
+from support.api import Served
 
 from mailsluice.api.openapi import render
 

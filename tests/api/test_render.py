@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mailsluice.api.render import RenderFailed, Renderer, RenderLimits, TemplateInvalid
+from mailsluice.api.render import Renderer, RenderFailed, RenderLimits, TemplateInvalid
 
 LIMITS = RenderLimits(max_bytes=100_000, max_steps=10_000, max_seconds=1.0)
 

@@ -5,7 +5,6 @@ topic holds recipients back; stored templates are versioned and shared by the re
 
 from __future__ import annotations
 
-import contextlib
 import email
 import time
 import uuid
@@ -16,41 +15,17 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
-from api.conftest import ACME_KEY, auth
+from support.api import auth, running
 from support.delivery_worker import new_pool, setup_pool
 from support.topic_reader import read_topic
 
 from mailsluice.api.service import ApiService
-from mailsluice.api.settings import ApiSettings
 from mailsluice.contracts.envelope import envelope_from_headers
 from mailsluice.contracts.events import EventType, decode_event
 from mailsluice.contracts.suppressions import Scope, ScopeKind
 from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.suppression.store import add_suppression
-from mailsluice.tenancy.keys import digest_of
-from mailsluice.tenancy.model import parse_tenants
-from mailsluice.tenancy.registry import Registry
-
-
-def registry(pool: str) -> Registry:
-    acme = {
-        "pools": [pool],
-        "domains": ["acme.test"],
-        "api_keys": [{"id": "acmekey1", "hash": digest_of(ACME_KEY)}],
-    }
-    return Registry(tenants=parse_tenants({"acme": acme}))
-
-
-@contextlib.asynccontextmanager
-async def running(kafka_settings: KafkaSettings, pool: str) -> AsyncIterator[ApiService]:
-    settings = ApiSettings.model_validate({"listen_host": "127.0.0.1", "listen_port": 0})
-    service = ApiService(settings, kafka_settings, registry(pool), ops=False)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
 
 
 @pytest.fixture(scope="module")
