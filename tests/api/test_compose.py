@@ -4,6 +4,7 @@ the envelope (tenant, campaign, tags, list, stream, user) and the message key.""
 from __future__ import annotations
 
 import email
+from dataclasses import replace
 from email import policy
 
 from mailsluice.api.compose import Letter, Part, compose, envelope, message_key, queue_record
@@ -54,21 +55,21 @@ def test_a_text_and_html_message_with_the_api_fields() -> None:
 
 
 def test_attachments_make_a_mixed_message() -> None:
-    letter = Letter(
-        **{
-            **LETTER.__dict__,
-            "attachments": (Part("a.pdf", "application/pdf", b"%PDF-1\x00\xff"),),
-            "list_id": "",
-        }
-    )
+    pdf = Part("a.pdf", "application/pdf", b"%PDF-1\x00\xff")
+    letter = replace(LETTER, attachments=(pdf, Part("n.txt", "text/plain", b"note")), list_id="")
     data = compose(letter, TO, Rendered("s", None, "<p>only html</p>"), queue_id="Q2", now=NOW)
     msg = parse(data)
     assert msg.get_content_type() == "multipart/mixed"
     assert "List-Id" not in msg
-    body, attached = list(msg.iter_parts())
+    body, attached, note = list(msg.iter_parts())
     assert body.get_content_type() == "text/html"
     assert attached.get_filename() == "a.pdf"
     assert attached.get_content() == b"%PDF-1\x00\xff"
+    assert (note.get_filename(), note.get_content_type()) == ("n.txt", "text/plain")
+    assert data.count(b"MIME-Version") == 1
+    # the same attachments in the next recipient's message
+    again = parse(compose(letter, TO, Rendered("s", "t", None), queue_id="Q3", now=NOW))
+    assert [p.get_filename() for p in again.iter_parts()] == [None, "a.pdf", "n.txt"]
 
 
 def test_the_record_carries_tenant_campaign_tags_and_a_message_key() -> None:
