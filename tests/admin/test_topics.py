@@ -13,10 +13,12 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from mailsluice.cli import main
 from mailsluice.contracts.limits import record_limit
 from mailsluice.contracts.topics import (
+    API_IDEMPOTENCY_TOPIC,
     CONTROL_TOPIC,
     EVENTS_TOPIC,
     RETRY_TIERS,
     SUPPRESSIONS_TOPIC,
+    TEMPLATES_TOPIC,
     WARMUP_TOPIC,
     TopicSpec,
     queue_topic,
@@ -61,6 +63,8 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         CONTROL_TOPIC,
         WARMUP_TOPIC,
         *(retry_topic(name) for name, _ in RETRY_TIERS),
+        API_IDEMPOTENCY_TOPIC,
+        TEMPLATES_TOPIC,
     }
     assert set(specs) == expected
     queue = specs[queue_topic("bulk")]
@@ -73,6 +77,9 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         WARMUP_TOPIC,
     ):
         assert specs[compacted].configs["cleanup.policy"] == "compact"
+    answers = specs[API_IDEMPOTENCY_TOPIC].configs
+    assert (answers["cleanup.policy"], answers["retention.ms"]) == ("compact,delete", "86400000")
+    assert specs[TEMPLATES_TOPIC].configs["cleanup.policy"] == "compact"
 
 
 # --- ensure_topics on the real broker ---------------------------------------------------------

@@ -25,7 +25,7 @@ from mailsluice.observability import catalogue as metrics_doc
 
 DOC = REPO / "docs" / "metrics.md"
 NAME = re.compile(
-    r"^mailsluice_(ingest|delivery|shaping|warmup|retry_mover|dns|operator|streams|unsubscribe)_[a-z_]+$"
+    r"^mailsluice_(ingest|delivery|shaping|warmup|retry_mover|dns|operator|streams|unsubscribe|api)_[a-z_]+$"
 )
 UNITS = (
     "_total",
