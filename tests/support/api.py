@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import uvicorn
 
 from mailsluice.api.app import ApiState, build_app
 from mailsluice.api.idempotency import IdempotencyBook
@@ -22,6 +21,7 @@ from mailsluice.api.templates import TemplateStore, templates_router
 from mailsluice.contracts.suppressions import Scope, Suppression
 from mailsluice.kafka.producers import Send
 from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.observability.web import WebServer
 from mailsluice.policy.rollup import default_rollup
 from mailsluice.tenancy.keys import digest_of
 from mailsluice.tenancy.model import parse_tenants
@@ -130,21 +130,13 @@ async def serve(settings: ApiSettings) -> AsyncIterator[Served]:
     state = ApiState(registry(), sender, IdempotencyBook(written.keep), settings.max_body_bytes)
     app = build_app(state, [templates_router()])
     app.state.templates = store
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # polled: uvicorn offers no event to wait on
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server = WebServer(app, "127.0.0.1", 0, name="api")
+    await server.start()
     try:
         async with aiohttp.ClientSession() as http:
-            yield Served(f"http://127.0.0.1:{port}", written, http)
+            yield Served(f"http://127.0.0.1:{server.port}", written, http)
     finally:
-        server.should_exit = True
-        await task
+        await server.stop()
 
 
 def message(count: int = 1, **extra: Any) -> dict[str, Any]:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import time
 from collections.abc import Sequence
 
-import uvicorn
 from aiohttp import web
 from fastapi import APIRouter
 
@@ -39,10 +37,11 @@ from mailsluice.contracts.topics import (
 from mailsluice.kafka.admin import ensure_topics
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.compacted import CompactedView
-from mailsluice.kafka.producers import RenewingProducer, Send
+from mailsluice.kafka.producers import KafkaWatch, RenewingProducer, Send
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.api import Api as metrics
-from mailsluice.observability.endpoints import setup_logging, start_http, stop_event
+from mailsluice.observability.endpoints import setup_logging, start_http
+from mailsluice.observability.web import WebServer, serve_until_stopped
 from mailsluice.policy.rollup import load_rollup
 from mailsluice.suppression.store import SuppressionStore
 from mailsluice.tenancy.quota import QuotaBook
@@ -50,9 +49,6 @@ from mailsluice.tenancy.registry import Registry
 from mailsluice.tenancy.settings import TenancySettings
 
 log = logging.getLogger(__name__)
-
-# While Kafka is not taking writes (not ready), it is asked this often whether it answers again.
-KAFKA_CHECK_S = 2.0
 
 
 def renderer_of(settings: ApiSettings) -> Renderer:
@@ -109,17 +105,7 @@ class ApiService:
         state = ApiState(registry, self.sender, self.book, settings.max_body_bytes)
         self.app = build_app(state, [templates_router(), *routers])
         self.app.state.templates = self.templates
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host=settings.listen_host,
-                port=settings.listen_port,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                lifespan="off",
-            )
-        )
+        self.public = WebServer(self.app, settings.listen_host, settings.listen_port, name="api")
         self._views = [
             CompactedView(kafka, topic, apply, client_id="mailsluice-api")
             for topic, apply in (
@@ -128,10 +114,8 @@ class ApiService:
             )
         ]
         self._ops = ops
-        self._serving: asyncio.Task[None] | None = None
         self._http: web.AppRunner | None = None
-        self._checking: asyncio.Task[None] | None = None
-        self._kafka_error = "starting"
+        self.watch = KafkaWatch(self.producers, EVENTS_TOPIC)
 
     # --- Kafka ---------------------------------------------------------------------------------
 
@@ -142,44 +126,29 @@ class ApiService:
             await asyncio.wait_for(self.producers.send_all(sends), self.settings.publish_timeout_s)
         except Exception as exc:
             self.producers.failed()
-            self._kafka_error = type(exc).__name__ or "unavailable"
+            self.watch.failed(exc)
             raise
-        self._kafka_error = ""
+        self.watch.wrote()
         metrics.PUBLISH_SECONDS.observe(time.monotonic() - started)
 
     async def write_one(self, topic: str, key: bytes, value: bytes) -> None:
         await self.publish([(topic, value, key, ())])
 
-    async def check_kafka(self) -> None:
-        """While not ready for Kafka's sake, ask it for the events topic's partitions."""
-        while True:
-            if self._kafka_error:
-                try:
-                    producer = await self.producers.get()
-                    await asyncio.wait_for(producer.partitions_for(EVENTS_TOPIC), KAFKA_CHECK_S)
-                    self._kafka_error = ""
-                except Exception as exc:
-                    self.producers.failed()
-                    self._kafka_error = type(exc).__name__ or "unreachable"
-            await asyncio.sleep(KAFKA_CHECK_S)
-
     # --- life cycle ----------------------------------------------------------------------------
 
     @property
     def port(self) -> int:
-        """The public port (the configured one, or the one the system chose for 0)."""
-        sockets = [s for server in self.server.servers for s in server.sockets]
-        return int(sockets[0].getsockname()[1]) if sockets else self.settings.listen_port
+        return self.public.port
 
     def ready(self) -> tuple[bool, str]:
-        if not self.server.started:
+        if not self.public.started:
             return False, "starting"
         if not self.store.ready:
             return False, "suppression list not loaded"
         if not all(view.ready for view in self._views):
             return False, "idempotency answers or templates not loaded"
-        if self._kafka_error:
-            return False, f"kafka: {self._kafka_error}"
+        if self.watch.error:
+            return False, f"kafka: {self.watch.error}"
         return True, "serving"
 
     async def start(self) -> None:
@@ -189,26 +158,16 @@ class ApiService:
         for view in self._views:
             await view.start(timeout)
             view.follow_in_background()
-        self._checking = asyncio.create_task(self.check_kafka(), name="api-kafka")
-        self._serving = asyncio.create_task(self.server.serve(), name="api-http")
-        while not self.server.started:  # polled: uvicorn offers no event to wait on
-            if self._serving.done():
-                await self._serving  # raises why it could not start
-                raise RuntimeError("the API stopped while starting")
-            await asyncio.sleep(0.01)
+        self.watch.start()
+        await self.public.start()
         if self._ops:
             s = self.settings
             self._http = await start_http(s.http_host, s.http_port, self.ready)
         log.info("HTTP API on %s:%d", self.settings.listen_host, self.port)
 
     async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._serving is not None:
-            await self._serving
-        if self._checking is not None:
-            self._checking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checking
+        await self.public.stop()
+        await self.watch.stop()
         if self._http is not None:
             await self._http.cleanup()
         for view in self._views:
@@ -224,15 +183,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def serve(service: ApiService) -> None:
-    stop = stop_event()
-    await service.start()
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
-
-
 def run(args: argparse.Namespace) -> int:
     settings = load(ApiSettings)
     kafka = load(KafkaSettings)
@@ -243,5 +193,5 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         log.error("tenants file: %s", exc)
         return 2
-    asyncio.run(serve(ApiService(settings, kafka, registry)))
+    asyncio.run(serve_until_stopped(ApiService(settings, kafka, registry)))
     return 0
