@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import base64
 import email
+from collections.abc import AsyncIterator
 from email import policy
 from typing import Any
 
-from support.api import BETA_KEY, SMALL_KEY, Served, app_settings, message, serve
+from support.api import BETA_KEY, SMALL_KEY, Served, app_settings, auth, message, serve
 
 from mailsluice.contracts.envelope import envelope_from_headers
 from mailsluice.contracts.events import EventType, decode_event
@@ -214,3 +215,20 @@ async def test_a_body_over_the_limit_is_413() -> None:
         body = message(1, text="x" * 70_000)
         status, problem, _ = await served.post(body)
         assert (status, problem["title"]) == (413, "Body too large")
+
+
+async def test_a_chunked_body_over_the_limit_is_413_too() -> None:
+    async with serve(app_settings(max_body_bytes=64 * 1024)) as served:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"from": {"email": "news@acme.test"}, "text": "'
+            for _ in range(100):
+                yield b"x" * 1024  # no Content-Length: counted as it comes
+            yield b'", "recipients": [{"to": {"email": "a@example.com"}}]}'
+
+        url = f"{served.url}/v1/messages"
+        headers = {**auth(), "Content-Type": "application/json"}
+        async with served.http.post(url, data=chunks(), headers=headers) as resp:
+            assert resp.status == 413
+            assert (await resp.json(content_type=None))["title"] == "Body too large"
+        assert served.written.publishes == []

@@ -41,7 +41,8 @@ class ApiState:
 
 
 class BodyLimit:
-    """413 for a body over `limit` bytes, by Content-Length or as it streams in."""
+    """413 for a body over `limit` bytes, by Content-Length or as it streams in. The body is
+    read here, then handed on in one piece: FastAPI turns an error while it reads into a 400."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -54,17 +55,23 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.limit:
             await too_large(self.limit).response()(scope, receive, send)
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        body = bytearray()
+        more = True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise too_large(self.limit)
-            return message
+            if message["type"] != "http.request":
+                break  # the client went away: the app hears it below
+            body += message.get("body", b"")
+            more = bool(message.get("more_body"))
+            if len(body) > self.limit:
+                await too_large(self.limit).response()(scope, receive, send)
+                return
+        whole: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
 
-        await self.app(scope, counted, send)
+        async def replay() -> Message:
+            return whole.pop() if whole else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def too_large(limit: int) -> Problem:
@@ -78,15 +85,15 @@ def build_app(state: ApiState, routers: Sequence[APIRouter] = ()) -> FastAPI:
     install(app)
     generate = app.openapi
     app.openapi = lambda: problem_media(generate())  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, limit=state.max_body_bytes)
 
-    @app.middleware("http")
+    @app.middleware("http")  # added last, so outermost: a 413 is counted too
     async def count(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         route = metrics.route_label(request.url.path)
         metrics.REQUESTS.labels(route, metrics.code_label(response.status_code)).inc()
         return response
 
-    app.add_middleware(BodyLimit, limit=state.max_body_bytes)
     app.include_router(messages_router())
     for router in routers:
         app.include_router(router)

@@ -105,6 +105,7 @@ class ApiService:
         state = ApiState(registry, self.sender, self.book, settings.max_body_bytes)
         self.app = build_app(state, [templates_router(), *routers])
         self.app.state.templates = self.templates
+        self.app.state.service = self  # for the other /v1 routers: the store, the producer
         self.public = WebServer(self.app, settings.listen_host, settings.listen_port, name="api")
         self._views = [
             CompactedView(kafka, topic, apply, client_id="mailsluice-api")
