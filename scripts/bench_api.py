@@ -164,6 +164,7 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
             wall_s=round(wall, 2),
             api_peak_rss_mb=api.peak_rss_mb(),
         )
+        result["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
         say("stopping everything")
 
 
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         "batches": args.batches,
         "concurrency": args.concurrency,
         "recipients_per_batch": RECIPIENTS,
+        "cpus": os.cpu_count(),
+        # the figures are CPU-bound: they move with whatever else the machine runs
+        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
         "errors": [],
     }
     if not MAILSLUICE.exists():
