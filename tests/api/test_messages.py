@@ -4,6 +4,7 @@ unrenderable recipients among accepted ones, quotas, Kafka failures, body size."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 from collections.abc import AsyncIterator
@@ -232,3 +233,17 @@ async def test_a_chunked_body_over_the_limit_is_413_too() -> None:
             assert resp.status == 413
             assert (await resp.json(content_type=None))["title"] == "Body too large"
         assert served.written.publishes == []
+
+
+async def test_recipients_waiting_for_their_acks_count_against_the_quota(served: Served) -> None:
+    def small(count: int) -> dict[str, Any]:
+        return {**message(count), "from": {"email": "a@small.test"}}  # quota: 5 an hour
+
+    served.written.hold = asyncio.Event()
+    first = asyncio.create_task(served.post(small(4), key=SMALL_KEY))
+    await served.written.held.wait()  # four admitted, not yet acknowledged
+    assert (await served.post(small(2), key=SMALL_KEY))[0] == 429
+    served.written.hold.set()
+    assert (await first)[0] == 202
+    assert (await served.post(small(1), key=SMALL_KEY))[0] == 202
+    assert (await served.post(small(1), key=SMALL_KEY))[0] == 429

@@ -96,6 +96,7 @@ class Sender:
         self.templates = templates
         self.clock = clock
         self._rendering = asyncio.Lock()
+        self._reserved: dict[str, int] = {}  # recipients admitted, not yet acknowledged
 
     async def send(self, tenant: Tenant, request: SendRequest, request_key: str) -> SendAnswer:
         """Raises Problem (403, 422, 429) or Unavailable; otherwise every record is in Kafka."""
@@ -111,22 +112,31 @@ class Sender:
                 if index and index % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # the producer's sender gets the loop meanwhile
                 self.one(batch, letter, compiled, index=index, recipient=recipient, now=now)
-        over = self.quota.admit(tenant.name, tenant.quotas, batch.accepted, now)
-        if over is not None:
-            raise Problem(
-                429,
-                "Over quota",
-                f"{over.used} of {over.limit} recipients this {over.window} are used; "
-                f"{batch.accepted} more do not fit.",
-                headers={"Retry-After": str(over.retry_after_s)},
-                window=over.window,
-            )
+            self.admit(tenant, batch.accepted, now)
         try:
             await self.publish(batch.sends())
         except Exception as exc:
             raise Unavailable(type(exc).__name__ or "unavailable") from exc
+        finally:
+            self._reserved[tenant.name] -= batch.accepted
         self.quota.charge(tenant.name, batch.accepted, self.clock())
         return SendAnswer(accepted=batch.accepted, results=batch.results)
+
+    def admit(self, tenant: Tenant, count: int, now: float) -> None:
+        """Reserve `count` recipients of the tenant's quota, with those of the requests still
+        waiting for their acks here (charged once acknowledged); 429 Problem when over."""
+        reserved = self._reserved.get(tenant.name, 0)
+        over = self.quota.admit(tenant.name, tenant.quotas, reserved + count, now)
+        if over is not None:
+            raise Problem(
+                429,
+                "Over quota",
+                f"{over.used + reserved} of {over.limit} recipients this {over.window} are "
+                f"used; {count} more do not fit.",
+                headers={"Retry-After": str(over.retry_after_s)},
+                window=over.window,
+            )
+        self._reserved[tenant.name] = reserved + count
 
     # --- the request as a whole -----------------------------------------------------------
 
