@@ -28,8 +28,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("dkim", "mailsluice.admin.dkim", "make DKIM keys, check their DNS records"),
     ("operator", "mailsluice_operator.cli", "run the SendingPool operator (kopf)"),
     ("unsubscribe", "mailsluice.unsubscribe.service", "run the one-click unsubscribe service"),
-    # webhooks (issue 15)
     ("webhooks", "mailsluice.webhooks.service", "send tenants' events to their webhooks; tools"),
+    ("api", "mailsluice.api.service", "run the HTTP API (batch sending, templates)"),
 )
 
 

@@ -13,11 +13,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from mailsluice.cli import main
 from mailsluice.contracts.limits import record_limit
 from mailsluice.contracts.topics import (
+    API_IDEMPOTENCY_TOPIC,
     CAMPAIGN_STATS_TOPIC,
     CONTROL_TOPIC,
     EVENTS_TOPIC,
     RETRY_TIERS,
     SUPPRESSIONS_TOPIC,
+    TEMPLATES_TOPIC,
     TENANT_USAGE_TOPIC,
     WARMUP_TOPIC,
     WEBHOOK_STATUS_TOPIC,
@@ -68,6 +70,8 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         CAMPAIGN_STATS_TOPIC,
         *(spec.name for spec in webhook_topic_specs(2)),  # webhooks
         TENANT_USAGE_TOPIC,
+        API_IDEMPOTENCY_TOPIC,
+        TEMPLATES_TOPIC,
     }
     assert set(specs) == expected
     queue = specs[queue_topic("bulk")]
@@ -83,6 +87,9 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
     ):
         assert specs[compacted].configs["cleanup.policy"] == "compact"
     assert specs[TENANT_USAGE_TOPIC].configs["cleanup.policy"] == "compact,delete"
+    answers = specs[API_IDEMPOTENCY_TOPIC].configs
+    assert (answers["cleanup.policy"], answers["retention.ms"]) == ("compact,delete", "86400000")
+    assert specs[TEMPLATES_TOPIC].configs["cleanup.policy"] == "compact"
 
 
 # --- ensure_topics on the real broker ---------------------------------------------------------

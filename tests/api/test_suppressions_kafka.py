@@ -15,11 +15,12 @@ from fastapi import FastAPI, Header, HTTPException
 from support.asgi_server import serving
 from support.eventually import eventually
 
-from mailsluice.api.suppressions import KafkaWriter, router
+from mailsluice.api.suppressions import TopicWriter, router
 from mailsluice.contracts.suppressions import Scope
 from mailsluice.contracts.topics import SUPPRESSIONS_TOPIC
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.clients import make_producer
+from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.suppression.store import SuppressionStore
 from mailsluice.tenancy.model import Tenant, parse_tenants
@@ -56,14 +57,17 @@ class Api:
 async def api(kafka, kafka_settings: KafkaSettings) -> AsyncIterator[Api]:
     specs = standard_topics(kafka_settings, [], 1 << 20)
     await ensure_topics(kafka_settings, [s for s in specs if s.name == SUPPRESSIONS_TOPIC])
-    producer = make_producer(kafka_settings, max_message_size=65536, client_id="test-api")
+    producer = RenewingProducer(
+        lambda: make_producer(kafka_settings, max_message_size=65536, client_id="test-api"),
+        name="test-api",
+    )
     store = SuppressionStore(kafka_settings, client_id="test-api-store")
     watcher = SuppressionStore(kafka_settings, client_id="test-api-watcher")
-    await producer.start()
+    await producer.get()
     await store.start()
     await watcher.start()
     app = FastAPI()
-    app.include_router(router(tenant_of, store, KafkaWriter(producer)))
+    app.include_router(router(tenant_of, store, TopicWriter(producer.send_all)))
     try:
         async with serving(app) as url:
             yield Api(url, store, watcher)

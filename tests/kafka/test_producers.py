@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
+from support.eventually import eventually
 from support.topic_reader import read_topic
 
 from mailsluice.contracts.topics import TopicSpec
 from mailsluice.kafka.admin import ensure_topics
 from mailsluice.kafka.clients import make_producer
-from mailsluice.kafka.producers import RenewingProducer, abandon
+from mailsluice.kafka.producers import KafkaWatch, RenewingProducer, abandon
 from mailsluice.kafka.settings import KafkaSettings
 
 
@@ -89,3 +90,31 @@ async def test_a_producer_stuck_on_a_fatal_error_is_replaced_and_closed() -> Non
     assert holder.renewals == 1
     await holder.stop()
     assert first.stopped and second.stopped
+
+
+class AskedProducer(FakeProducer):
+    """Answers a metadata question with `error`, or with a partition when there is none."""
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        if self.error is not None:
+            raise self.error
+        return {0}
+
+
+async def test_kafka_watch_asks_until_kafka_answers_then_stays_quiet() -> None:
+    FakeProducer.made = []
+    errors: list[KafkaError | None] = [KafkaError(), None]
+    holder = RenewingProducer(lambda: AskedProducer(errors.pop(0)), name="test")  # type: ignore[arg-type,return-value]
+    watch = KafkaWatch(holder, "t", interval_s=0.01)
+    assert watch.error == "starting"  # not ready before anything answered
+    watch.start()
+    try:
+        await eventually(lambda: watch.error == "", within=5, what="Kafka to answer")
+        assert len(FakeProducer.made) == 2  # the producer that failed to answer was replaced
+        watch.failed(TimeoutError())
+        assert watch.error == "TimeoutError"
+        watch.wrote()
+        assert watch.error == ""
+    finally:
+        await watch.stop()
+        await holder.stop()

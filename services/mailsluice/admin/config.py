@@ -35,6 +35,7 @@ SETTINGS_MODULES = (
     "mailsluice.consent.settings",
     "mailsluice.tenancy.settings",
     "mailsluice.webhooks.settings",
+    "mailsluice.api.settings",
 )
 
 

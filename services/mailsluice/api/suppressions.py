@@ -21,7 +21,7 @@ on `tenant_dep` is a closure FastAPI must see.
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
@@ -30,19 +30,27 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from mailsluice.contracts.suppressions import Scope, ScopeKind, Suppression
+from mailsluice.api.problems import MEDIA_TYPE, Problem
+from mailsluice.contracts.suppressions import (
+    Scope,
+    ScopeKind,
+    Suppression,
+    encode_suppression,
+    suppression_key,
+)
+from mailsluice.contracts.topics import SUPPRESSIONS_TOPIC
+from mailsluice.kafka.producers import Send
 from mailsluice.tenancy.model import Tenant
 
 SOURCE = "api"
 MAX_ENTRIES = 1000  # per POST
 MAX_LIMIT = 1000
-PROBLEM = "application/problem+json"
+PROBLEM = MEDIA_TYPE
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem response."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    """An RFC 9457 problem response (returned, not raised: these routes answer it directly)."""
+    return Problem(status, title, detail, **extra).response()
 
 
 class Entries(Protocol):
@@ -55,21 +63,23 @@ class Writer(Protocol):
     async def remove(self, address: str, scope: Scope) -> None: ...
 
 
-class KafkaWriter:
-    """Writes with suppression.store's functions on a started producer (acks=all)."""
+class TopicWriter:
+    """Writes entries and tombstones through `publish` (the API service's: acks=all, bounded,
+    the producer replaced after a failure)."""
 
-    def __init__(self, producer: Any) -> None:
-        self.producer = producer
+    def __init__(self, publish: Callable[[Sequence[Send]], Awaitable[None]]) -> None:
+        self.publish = publish
 
     async def add(self, address: str, reason: str, scope: Scope) -> Suppression:
-        from mailsluice.suppression.store import add_suppression
-
-        return await add_suppression(self.producer, address, reason, SOURCE, scope)
+        entry = Suppression(
+            address=address.strip(), reason=reason, source=SOURCE, scope=scope.label
+        )
+        key = suppression_key(address, scope)
+        await self.publish([(SUPPRESSIONS_TOPIC, encode_suppression(entry), key, ())])
+        return entry
 
     async def remove(self, address: str, scope: Scope) -> None:
-        from mailsluice.suppression.store import remove_suppression
-
-        await remove_suppression(self.producer, address, scope)
+        await self.publish([(SUPPRESSIONS_TOPIC, None, suppression_key(address, scope), ())])
 
 
 def owns(tenant: Tenant, scope: Scope) -> bool:

@@ -21,6 +21,17 @@ VERSION = 1
 # Kafka record header carrying the envelope of a queue record (value = raw message bytes).
 ENVELOPE_HEADER = "ms-envelope"
 
+# `X-Mailsluice-Id: <queue id>; pool=<pool>` in every queued message (ingest puts it right below
+# its Received header, the HTTP API among the fields it writes): a feedback-loop report quotes
+# the original header, and this is how a complaint finds its message and pool (ingest
+# feedback.py). A client's own copy is taken out, so ours is the only one.
+ID_HEADER = "X-Mailsluice-Id"
+
+
+def id_field_value(queue_id: str, pool: str) -> str:
+    """The value of the X-Mailsluice-Id field of a message."""
+    return f"{queue_id}; pool={pool}"
+
 
 Stream = Literal["transactional", "bulk"]
 

@@ -81,6 +81,7 @@ def topic_specs(
     specs.append(TopicSpec(SUPPRESSIONS_TOPIC, SUPPRESSIONS_PARTITIONS, _compacted(isr)))
     specs += webhook_topic_specs(min_insync_replicas)
     specs += tenant_usage_topic_specs(min_insync_replicas)
+    specs += api_topic_specs(min_insync_replicas)
     return (
         specs + control_topic_specs(min_insync_replicas) + campaign_topic_specs(min_insync_replicas)
     )
@@ -182,3 +183,29 @@ def webhook_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
     specs.append(TopicSpec(WEBHOOK_DEAD_TOPIC, 3, dead))
     specs.append(TopicSpec(WEBHOOK_STATUS_TOPIC, 3, _compacted(isr)))
     return specs
+
+
+# --- the HTTP API (api/) ------------------------------------------------------------------------
+
+# Compacted and deleted after a day: the first answer per tenant and Idempotency-Key
+# (contracts/idempotency.py), read back by every API replica at start.
+API_IDEMPOTENCY_TOPIC = f"{TOPIC_PREFIX}.api-idempotency"
+# Compacted: the tenants' stored templates, one record per version (contracts/templates.py).
+TEMPLATES_TOPIC = f"{TOPIC_PREFIX}.templates"
+API_IDEMPOTENCY_PARTITIONS = 3
+IDEMPOTENCY_RETENTION_MS = 24 * 3600 * 1000
+
+
+def api_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
+    """The HTTP API's own topics: idempotency answers and stored templates."""
+    isr = {"min.insync.replicas": str(min_insync_replicas)}
+    answers = {
+        **_compacted(isr),
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(IDEMPOTENCY_RETENTION_MS),
+        "delete.retention.ms": str(IDEMPOTENCY_RETENTION_MS),
+    }
+    return [
+        TopicSpec(API_IDEMPOTENCY_TOPIC, API_IDEMPOTENCY_PARTITIONS, answers),
+        TopicSpec(TEMPLATES_TOPIC, 1, _compacted(isr)),
+    ]

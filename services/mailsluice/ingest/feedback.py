@@ -27,9 +27,9 @@ from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
 
+from mailsluice.contracts.envelope import ID_HEADER
 from mailsluice.contracts.events import Event, EventType
 from mailsluice.ingest.addresses import AddressError, check_mailbox
-from mailsluice.ingest.message import ID_HEADER
 from mailsluice.ingest.settings import POOL_NAME
 from mailsluice.metrics.ingest import FEEDBACK_REJECT_REASONS
 from mailsluice.policy.rollup import Rollup

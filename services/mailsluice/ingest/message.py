@@ -9,14 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from mailsluice.contracts.envelope import ID_HEADER
+
 _CHUNK = 1024 * 1024  # normalised a piece at a time
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
-# `X-Mailsluice-Id: <queue id>; pool=<pool>`, right below our Received header: a feedback-loop
-# report quotes the original header, and this is how a complaint finds its message and pool
-# (ingest feedback.py). A client's own copy is taken out, so ours is the only one.
-ID_HEADER = "X-Mailsluice-Id"
 # Chooses the stream: "transactional" mail overtakes "bulk" (the default) at delivery.
 STREAM_HEADER = "X-Mailsluice-Stream"
 # The campaign and the comma-separated tags the message is reported under (ingest/controls.py).

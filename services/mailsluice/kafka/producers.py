@@ -130,3 +130,43 @@ class RenewingProducer:
         task = asyncio.create_task(close(), name=f"{self._name}-close-producer")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+class KafkaWatch:
+    """Whether Kafka took the last write, for a service's readiness. While it did not, Kafka is
+    asked every `interval_s` for `topic`'s partitions (the producer replaced after each failed
+    ask): a pod out of traffic gets no request whose write would show Kafka answering again."""
+
+    def __init__(self, producers: RenewingProducer, topic: str, *, interval_s: float = 2.0) -> None:
+        self._producers = producers
+        self._topic = topic
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.error = "starting"  # "" while Kafka takes writes
+
+    def wrote(self) -> None:
+        self.error = ""
+
+    def failed(self, exc: BaseException) -> None:
+        self.error = type(exc).__name__ or "unavailable"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name=f"watch kafka for {self._topic}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def _watch(self) -> None:
+        while True:
+            if self.error:
+                try:
+                    producer = await self._producers.get()
+                    await asyncio.wait_for(producer.partitions_for(self._topic), self._interval_s)
+                    self.error = ""
+                except Exception as exc:
+                    self._producers.failed()
+                    self.error = type(exc).__name__ or "unreachable"
+            await asyncio.sleep(self._interval_s)

@@ -92,6 +92,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_unsubscribe_requests", "channel"): _values(Unsubscribe.CHANNELS),
         ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
         **_webhooks_label_values(),
+        **_api_label_values(),
     }
     return by_label, by_metric
 
@@ -102,6 +103,16 @@ def _webhooks_label_values() -> dict[tuple[str, str], str]:
     return {
         ("mailsluice_webhooks_batches", "result"): _values(Webhooks.RESULTS),
         ("mailsluice_webhooks_events", "result"): _values(Webhooks.RESULTS),
+    }
+
+
+def _api_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.api import Api
+
+    return {
+        ("mailsluice_api_requests", "route"): _values(Api.ROUTES) + " (the resource after /v1)",
+        ("mailsluice_api_requests", "code"): _values(Api.CODES) + " (HTTP status)",
+        ("mailsluice_api_recipients", "result"): _values(Api.RESULTS),
     }
 
 
