@@ -1,9 +1,11 @@
 """`make run`: the whole pipeline on this machine, on its embedded defaults.
 
 Starts a single-node Kafka, the sandbox MX (captures everything delivered), ingest on
-127.0.0.1:2525, a delivery worker for the default pool and the stream processors (events become
-suppressions), all routed to the sandbox so nothing
-leaves the machine. Ctrl-C stops everything, each process by its own pid, in reverse order.
+127.0.0.1:2525, the HTTP API on 127.0.0.1:8081 for a `demo` tenant (its API key is made at
+start and printed), a delivery worker for the default pool, the stream processors (events
+become suppressions and campaign stats) and the webhook sender, all routed to the sandbox so
+nothing leaves the machine. Ctrl-C stops everything, each process by its own pid, in reverse
+order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import localproc  # a neighbour in scripts/, which is on sys.path
 
+from mailsluice.tenancy.keys import new_key
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / "run"
 BIN = ROOT / ".venv" / "bin"
@@ -30,7 +34,10 @@ LOCAL_ENV = {
     "MAILSLUICE_OUTBOUND_STATIC_ROUTES": "*=127.0.0.1:1025",
     "MAILSLUICE_INGEST_VERIFY_DOMAINS": "false",
     "MAILSLUICE_LOG_JSON_FORMAT": "false",
+    "MAILSLUICE_TENANTS_FILE": str(RUN_DIR / "tenants.yaml"),
+    "MAILSLUICE_API_LISTEN_HOST": "127.0.0.1",
 }
+API_PORT = 8081
 
 # (name, argv, readiness URL)
 SERVICES = (
@@ -38,7 +45,22 @@ SERVICES = (
     ("delivery", ["delivery", "--pool", "default"], "http://127.0.0.1:9102/readyz"),
     ("streams", ["streams"], "http://127.0.0.1:9105/readyz"),
     ("ingest", ["ingest"], "http://127.0.0.1:9101/readyz"),
+    ("api", ["api"], "http://127.0.0.1:9107/readyz"),
+    ("webhooks", ["webhooks"], "http://127.0.0.1:9108/readyz"),
 )
+
+
+def demo_tenant() -> str:
+    """Write the tenants file with the `demo` tenant and a new API key; the key."""
+    key, digest = new_key("demo01")
+    (RUN_DIR / "tenants.yaml").write_text(
+        "tenants:\n"
+        "  demo:\n"
+        "    pools: [default]\n"
+        '    domains: [example.com, "*.example.com"]\n'
+        f'    api_keys: [{{id: demo01, hash: "{digest}"}}]\n'
+    )
+    return key
 
 
 def kafka(action: str) -> None:
@@ -69,17 +91,25 @@ def stop(name: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         print(f"{name} did not stop in {timeout:.0f}s; killed pid {proc.pid}", file=sys.stderr)
 
 
-def banner() -> str:
+def banner(key: str) -> str:
     return f"""
 Mailsluice is running locally.
   SMTP ingest       127.0.0.1:2525   (trusted network: loopback, no auth needed)
+  HTTP API          http://127.0.0.1:{API_PORT}   (tenant `demo`, key {key})
   sandbox MX        127.0.0.1:1025   (every delivered message lands here)
   sandbox API       http://127.0.0.1:8025/api/v1/messages
-  metrics           http://127.0.0.1:9101/metrics (ingest), :9102 (delivery), :9105 (streams)
+  metrics           http://127.0.0.1:9101/metrics (ingest), :9102 (delivery), :9105 (streams),
+                    :9107 (api), :9108 (webhooks)
   Kafka             127.0.0.1:{KAFKA_PORT}
 
 Send a message:
   swaks --server 127.0.0.1:2525 --from you@example.com --to someone@example.org
+Send over HTTP (each recipient rendered with its own data):
+  curl -s http://127.0.0.1:{API_PORT}/v1/messages -H 'Authorization: Bearer {key}' \\
+    -H 'Content-Type: application/json' -d '{{"from": {{"email": "news@example.com"}},
+    "subject": "Hi {{{{ name }}}}", "text": "Hello {{{{ name }}}}", "campaign": "welcome",
+    "recipients": [{{"to": {{"email": "ann@example.org"}}, "data": {{"name": "Ann"}}}}]}}'
+  curl -s http://127.0.0.1:{API_PORT}/v1/campaigns/welcome -H 'Authorization: Bearer {key}'
 See it in Kafka:
   .venv/bin/mailsluice peek --pool default
 See it delivered:
@@ -103,6 +133,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        key = demo_tenant()
         subprocess.run([str(BIN / "mailsluice"), "topics", "create"], env=env, check=True)
         for name, argv, url in SERVICES:
             log = open(RUN_DIR / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
@@ -117,7 +148,7 @@ def main() -> int:
             started.append((name, proc))
             wait_ready(name, url, proc)
             print(f"{name} ready (pid {proc.pid}, log run/{name}.log)")
-        print(banner(), flush=True)
+        print(banner(key), flush=True)
         while not stopping:
             for name, proc in started:
                 if proc.poll() is not None:

@@ -25,6 +25,7 @@ from mailsluice.contracts.events import Event, EventType, encode_event
 from mailsluice.contracts.topics import (
     EVENTS_TOPIC,
     WEBHOOK_DEAD_TOPIC,
+    WEBHOOKS_GROUP,
     webhook_topic_specs,
 )
 from mailsluice.contracts.webhook_records import EndpointState, decode_batch_record
@@ -53,10 +54,12 @@ def tenant_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-def tenant(url: str, key: str, events: Iterable[str] = ("delivered", "bounce")) -> dict[str, Any]:
+def tenant(
+    name: str, url: str, key: str, events: Iterable[str] = ("delivered", "bounce")
+) -> dict[str, Any]:
     return {
         "pools": ["default"],
-        "domains": ["example.test"],
+        "domains": [f"{name}.test"],  # a sender domain belongs to one tenant
         "webhooks": [{"id": "main", "url": url, "events": list(events), "secrets": [key]}],
     }
 
@@ -79,7 +82,10 @@ async def receivers() -> AsyncIterator[list[Receiver]]:
 
 @asynccontextmanager
 async def running(
-    kafka_settings: KafkaSettings, tenants: dict[str, Any], **settings: Any
+    kafka_settings: KafkaSettings,
+    tenants: dict[str, Any],
+    events_group: str = WEBHOOKS_GROUP,
+    **settings: Any,
 ) -> AsyncIterator[WebhooksService]:
     registry = Registry(tenants=parse_tenants(tenants))
     service = WebhooksService(
@@ -88,6 +94,7 @@ async def running(
         registry,
         ops=False,
         consumer_options={"session_timeout_ms": 6000},
+        events_group=events_group,
     )
     await service.start()
     try:
@@ -129,7 +136,7 @@ async def test_events_reach_only_their_tenants_endpoints_signed(
     rx_a, rx_b = receivers
     a, b = tenant_name(), tenant_name()
     key_a, key_b = secret(b"a"), secret(b"b")
-    tenants = {a: tenant(rx_a.url, key_a), b: tenant(rx_b.url, key_b, ["delivered"])}
+    tenants = {a: tenant(a, rx_a.url, key_a), b: tenant(b, rx_b.url, key_b, ["delivered"])}
     before = delivered_events()
     async with running(kafka_settings, tenants):
         await write_events(
@@ -165,7 +172,7 @@ async def test_a_receiver_down_for_a_while_gets_every_event_afterwards(
     rx = receivers[0]
     name, key = tenant_name(), secret(b"c")
     rx.status = 503
-    async with running(kafka_settings, {name: tenant(rx.url, key)}) as service:
+    async with running(kafka_settings, {name: tenant(name, rx.url, key)}) as service:
         await write_events(kafka_settings, events_of(name, EventType.DELIVERY, 10))
         await eventually(lambda: len(rx.received) >= 3, within=30, what="three 503 attempts")
         await rx.stop()  # now connections are refused
@@ -204,7 +211,9 @@ async def test_a_failing_endpoint_is_paused_its_batches_dead_until_resumed(
     rx = receivers[0]
     rx.status = 500
     name, key = tenant_name(), secret(b"d")
-    async with running(kafka_settings, {name: tenant(rx.url, key)}, pause_after_s=1) as service:
+    async with running(
+        kafka_settings, {name: tenant(name, rx.url, key)}, pause_after_s=1
+    ) as service:
         await write_events(kafka_settings, events_of(name, EventType.DELIVERY, 1))
         await eventually(
             lambda: service.book.paused(name, "main"), within=30, what="the endpoint paused"
@@ -245,7 +254,9 @@ async def test_a_refused_address_is_dead_at_once_with_its_reason(
 ) -> None:
     rx = receivers[0]
     name = tenant_name()
-    async with running(kafka_settings, {name: tenant(rx.url, secret(b"e"))}, allow_networks=""):
+    async with running(
+        kafka_settings, {name: tenant(name, rx.url, secret(b"e"))}, allow_networks=""
+    ):
         await write_events(kafka_settings, events_of(name, EventType.DELIVERY, 2))
         (dead,) = await read_topic(
             kafka_settings,
@@ -257,3 +268,24 @@ async def test_a_refused_address_is_dead_at_once_with_its_reason(
     assert "127.0.0.1 is a loopback address" in batch.reason
     assert (batch.attempts, batch.events) == (1, 2)
     assert rx.received == []
+
+
+async def test_a_first_start_sends_only_events_from_then_on(
+    topics: None, kafka_settings: KafkaSettings, receivers: list[Receiver]
+) -> None:
+    # a group with no committed offsets (a first deploy) begins at the end of the log
+    rx, _ = receivers
+    name = tenant_name()
+    old = [
+        Event(type=EventType.DELIVERY, tenant=name, recipient=f"old{i}@x.test") for i in range(3)
+    ]
+    new = [
+        Event(type=EventType.DELIVERY, tenant=name, recipient=f"new{i}@x.test") for i in range(2)
+    ]
+    await write_events(kafka_settings, old)
+    fresh = f"webhooks-first-{uuid.uuid4().hex[:8]}"
+    async with running(kafka_settings, {name: tenant(name, rx.url, secret(b"f"))}, fresh):
+        await write_events(kafka_settings, new)  # same partition, after the old ones
+        await eventually(lambda: len(recipients(rx)) >= 2, within=60, what="the new events")
+    # in partition order: had the old ones been read, they would have come first
+    assert recipients(rx) == ["new0@x.test", "new1@x.test"]

@@ -53,7 +53,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._owner.on_revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._owner.assigned_once = True
+        # not awaited here: the positions are found by the fetcher once the rebalance is done
+        owner = self._owner
+        owner.positioning = asyncio.create_task(owner.positioned(list(assigned)))
 
 
 class LedgerConsumer:
@@ -82,6 +84,7 @@ class LedgerConsumer:
         self.stopping = asyncio.Event()
         self.progress = Progress(stall_s, self.work, time.monotonic)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.positioning: asyncio.Task[None] | None = None
         self._paused = False
         self._generation: dict[Hashable, int] = {}
         self._lock = asyncio.Lock()  # a commit or a revocation at a time
@@ -115,6 +118,16 @@ class LedgerConsumer:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    async def positioned(self, assigned: list[TopicPartition]) -> None:
+        """Ready once every assigned partition's position is known. A group's first start at
+        `latest` takes the end of the log when the position is looked up, so an event written
+        after readiness is never skipped."""
+        assert self.consumer is not None
+        for tp in assigned:
+            with contextlib.suppress(KafkaError):  # IllegalStateError among them
+                await self.consumer.position(tp)  # a partition revoked meanwhile: no matter
+        self.assigned_once = True
 
     def ready(self) -> tuple[bool, str]:
         if not self.assigned_once:
@@ -195,6 +208,8 @@ class LedgerConsumer:
 
     async def close(self) -> None:
         """Wait (bounded) for batches under way, commit what finished, close the consumer."""
+        if self.positioning is not None:
+            self.positioning.cancel()
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=STOP_GRACE_S)
         for task in list(self.tasks):

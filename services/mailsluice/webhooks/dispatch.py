@@ -62,11 +62,12 @@ class Dispatcher(LedgerConsumer):
         wall: Callable[[], float] = time.time,
         client_id: str = "mailsluice-webhooks",
         consumer_options: dict[str, Any] | None = None,
+        group: str = WEBHOOKS_GROUP,
     ) -> None:
         super().__init__(
             kafka,
             [EVENTS_TOPIC],
-            group=WEBHOOKS_GROUP,
+            group=group,
             stall_s=settings.stall_s,
             client_id=client_id,
             consumer_options=consumer_options,

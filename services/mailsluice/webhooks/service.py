@@ -17,7 +17,11 @@ from aiohttp import web
 
 from mailsluice.config import LogSettings, load
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
-from mailsluice.contracts.topics import WEBHOOK_STATUS_TOPIC, webhook_topic_specs
+from mailsluice.contracts.topics import (
+    WEBHOOK_STATUS_TOPIC,
+    WEBHOOKS_GROUP,
+    webhook_topic_specs,
+)
 from mailsluice.kafka.admin import ensure_topics
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.compacted import CompactedView
@@ -53,8 +57,10 @@ class WebhooksService:
         ops: bool = True,
         wall: Callable[[], float] = time.time,
         consumer_options: dict[str, Any] | None = None,
+        events_group: str = WEBHOOKS_GROUP,
     ) -> None:
         self.settings = settings
+        self._events_group = events_group
         self.kafka = kafka
         self.registry = registry
         self.book = EndpointBook(settings.pause_after_s)
@@ -99,8 +105,15 @@ class WebhooksService:
             wall=self._wall,
         )
         opts = self._consumer_options
+        first = {**(opts or {}), "auto_offset_reset": s.first_start}
         self.dispatcher = Dispatcher(
-            self.kafka, s, self.registry, courier, wall=self._wall, consumer_options=opts
+            self.kafka,
+            s,
+            self.registry,
+            courier,
+            wall=self._wall,
+            consumer_options=first,
+            group=self._events_group,
         )
         self.retries = RetryLoop(self.kafka, s, courier, wall=self._wall, consumer_options=opts)
         await self.dispatcher.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -19,6 +21,13 @@ class WebhooksSettings(MailsluiceSettings):
 
     http_host: str = Field("127.0.0.1", description="Address of /metrics, /healthz, /readyz.")
     http_port: int = Field(9108, ge=0, le=65535, description="Port of the operator endpoints.")
+    first_start: Literal["latest", "earliest"] = Field(
+        "latest",
+        description="Where the events dispatcher begins when its consumer group has no "
+        "committed offsets yet (the first deploy): latest sends only events from then on; "
+        "earliest also every event still on mailsluice.events (up to its 7-day retention). "
+        "Later starts always go on from the committed offsets.",
+    )
     batch_max_events: int = Field(100, ge=1, le=1000, description="Events in one POST at most.")
     batch_max_bytes: int = Field(
         256 * 1024,
