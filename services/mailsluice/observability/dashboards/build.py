@@ -18,6 +18,7 @@ from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DashboardCursorSync
 
+from mailsluice.observability.dashboards.api_board import API
 from mailsluice.observability.dashboards.deliverability import DELIVERABILITY
 from mailsluice.observability.dashboards.ingest import INGEST
 from mailsluice.observability.dashboards.operator_board import OPERATOR
@@ -36,6 +37,7 @@ DASHBOARDS: dict[str, tuple[str, str, tuple[Panel, ...]]] = {
     ),
     "ingest": ("mailsluice-ingest", "Mailsluice / Ingest", INGEST),
     "operator": ("mailsluice-operator", "Mailsluice / Operator", OPERATOR),
+    "api": ("mailsluice-api", "Mailsluice / HTTP API and webhooks", API),
 }
 
 
