@@ -43,7 +43,8 @@ def test_a_text_and_html_message_with_the_api_fields() -> None:
     assert msg["To"].addresses[0].display_name == "Ann Émile"
     assert msg["Subject"] == "Hi Ann"
     assert msg["Message-ID"] == "<Q1@acme.test>"
-    assert msg["X-Mailsluice-Id"] == "Q1; pool=bulk"
+    # a feedback-loop report quotes it: the complaint finds pool, tenant and campaign
+    assert msg["X-Mailsluice-Id"] == "Q1; pool=bulk; tenant=acme; campaign=spring-sale"
     assert msg["List-Id"] == "<weekly>"
     assert msg["Reply-To"] == "help@acme.test"
     assert msg["X-Campaign-Ref"] == "42"

@@ -335,3 +335,33 @@ def test_intake_plans(raw: bytes, reply: str, complaints: list, counts: tuple) -
     else:
         refused = "feedback report refused: not_complaint: feedback type not-spam"
         assert logged == [(refused, QID, None)]
+
+
+def test_a_stamp_with_tenant_and_campaign_comes_back_on_the_complaint() -> None:
+    # campaign stats count complaints by the campaign the quoted X-Mailsluice-Id names
+    prepared = prepare_message(b"Subject: hi\r\n\r\nbody\r\n", TRACE, pool_header="X-Pool")
+    data = prepared.stamped(QID, "bulk", tenant="acme", campaign="spring-sale")
+    head = data.decode().split("\r\n\r\n")[0]
+    assert f"X-Mailsluice-Id: {QID}; pool=bulk; tenant=acme; campaign=spring-sale\r\n" in head
+    quoted = report("Feedback-Type: abuse\r\n", head + "\r\n", original_type="text/rfc822-headers")
+    [complaint] = parse_report(quoted)
+    assert (complaint.pool, complaint.tenant, complaint.campaign) == ("bulk", "acme", "spring-sale")
+    [event] = complaint_events(
+        [complaint], rollup=load_rollup(), served_pools=frozenset({"bulk"}), now=1.0
+    )
+    assert (event.tenant, event.campaign) == ("acme", "spring-sale")
+
+
+def test_a_forged_tenant_or_campaign_that_is_no_name_is_dropped() -> None:
+    raw = report(
+        "Feedback-Type: abuse\r\nOriginal-Rcpt-To: a@b.test\r\n",
+        f"X-Mailsluice-Id: {QID}; pool=bulk; tenant=no name; campaign=-x\r\n\r\n",
+        original_type="text/rfc822-headers",
+    )
+    [complaint] = parse_report(raw)
+    assert (complaint.queue_id, complaint.pool, complaint.tenant, complaint.campaign) == (
+        QID,
+        "bulk",
+        "",
+        "",
+    )

@@ -187,7 +187,9 @@ def compose(letter: Letter, to: Mailbox, parts: Rendered, *, queue_id: str, now:
     msg["Message-ID"] = f"<{queue_id}@{letter.sender_domain}>"
     del msg["MIME-Version"]  # moved below the fields above, where it is usually read
     msg["MIME-Version"] = "1.0"
-    msg[ID_HEADER] = id_field_value(queue_id, letter.pool)
+    msg[ID_HEADER] = id_field_value(
+        queue_id, letter.pool, tenant=letter.tenant, campaign=letter.campaign
+    )
     if letter.list_id:
         msg["List-Id"] = f"<{letter.list_id}>"
     for name, value in letter.headers:

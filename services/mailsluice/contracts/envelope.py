@@ -28,9 +28,27 @@ ENVELOPE_HEADER = "ms-envelope"
 ID_HEADER = "X-Mailsluice-Id"
 
 
-def id_field_value(queue_id: str, pool: str) -> str:
-    """The value of the X-Mailsluice-Id field of a message."""
-    return f"{queue_id}; pool={pool}"
+def id_field_value(queue_id: str, pool: str, *, tenant: str = "", campaign: str = "") -> str:
+    """The value of the X-Mailsluice-Id field of a message: `<queue id>; pool=<pool>`, then
+    `; tenant=<t>` and `; campaign=<c>` when it has them. A feedback-loop report quotes it
+    back, and its complaint finds the message, pool, tenant and campaign by it. Tenant and
+    campaign names hold no `;`, space or `=` (contracts/suppressions.py, contracts/campaigns.py)."""
+    value = f"{queue_id}; pool={pool}"
+    for name, given in (("tenant", tenant), ("campaign", campaign)):
+        if given:
+            value += f"; {name}={given}"
+    return value
+
+
+def id_field_params(value: str) -> dict[str, str]:
+    """The `name=value` parameters after the queue id of an X-Mailsluice-Id value (names
+    lower-cased; not checked: a report can say anything)."""
+    params: dict[str, str] = {}
+    for part in value.split(";")[1:]:
+        name, eq, given = part.partition("=")
+        if eq and name.strip():
+            params.setdefault(name.strip().lower(), given.strip())
+    return params
 
 
 Stream = Literal["transactional", "bulk"]

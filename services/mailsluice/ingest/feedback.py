@@ -27,8 +27,10 @@ from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
 
-from mailsluice.contracts.envelope import ID_HEADER
+from mailsluice.contracts.campaigns import LabelError, check_campaign
+from mailsluice.contracts.envelope import ID_HEADER, id_field_params
 from mailsluice.contracts.events import Event, EventType
+from mailsluice.contracts.suppressions import Scope
 from mailsluice.ingest.addresses import AddressError, check_mailbox
 from mailsluice.ingest.settings import POOL_NAME
 from mailsluice.metrics.ingest import FEEDBACK_REJECT_REASONS
@@ -42,7 +44,7 @@ COMPLAINT_TYPES = ("abuse", "fraud", "virus", "other")
 REJECT_REASONS = FEEDBACK_REJECT_REASONS
 
 _QUEUE_ID = r"[0-9A-HJKMNP-TV-Z]{26}"  # contracts.new_queue_id(): a ULID
-_ID_VALUE = re.compile(rf"^\s*({_QUEUE_ID})\s*(?:;\s*pool\s*=\s*(\S+))?", re.I)
+_ID_VALUE = re.compile(rf"^\s*({_QUEUE_ID})\s*(?:;\s*pool\s*=\s*([^;\s]+))?", re.I)
 _OUR_RECEIVED = re.compile(
     rf"\(Mailsluice\)\s+with\s+\S+\s+id\s+({_QUEUE_ID})(?:\s+for\s+<([^>\s]+)>)?", re.I
 )
@@ -70,6 +72,8 @@ class Complaint:
     arrival: float | None = None  # Arrival-Date, epoch seconds
     reporter: str = ""  # Reporting-MTA
     user_agent: str = ""
+    tenant: str = ""  # the original's, from its X-Mailsluice-Id
+    campaign: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class Origin:
     pool: str = ""
     envelope_rcpt: str = ""  # from our Received header's `for <...>`
     to: str = ""  # the To: address when there is exactly one
+    tenant: str = ""
+    campaign: str = ""
 
 
 def parse_report(raw: bytes) -> list[Complaint]:
@@ -109,6 +115,8 @@ def parse_report(raw: bytes) -> list[Complaint]:
         feedback_type=feedback_type,
         queue_id=origin.queue_id,
         pool=origin.pool,
+        tenant=origin.tenant,
+        campaign=origin.campaign,
         sender=sender[0] if sender else "",
         arrival=_date(fields.get("arrival-date", "")),
         reporter=_clean(fields.get("reporting-mta", "")).removeprefix("dns;").strip(),
@@ -157,12 +165,13 @@ def _as_header(part: Message) -> Message:
 def _origin(header: Message | None) -> Origin:
     if header is None:
         return Origin()
-    queue_id, pool, envelope_rcpt = "", "", ""
+    queue_id, pool, envelope_rcpt, labels = "", "", "", ("", "")
     stamp = _ID_VALUE.match(str(header.get(ID_HEADER, "")))
     if stamp is not None:
         queue_id = stamp.group(1).upper()
         pool = (stamp.group(2) or "").lower()
         pool = pool if POOL_NAME.match(pool) else ""
+        labels = _labels(id_field_params(str(header.get(ID_HEADER, ""))))
     for received in header.get_all("Received") or ():
         ours = _OUR_RECEIVED.search(str(received))
         if ours is not None:
@@ -170,7 +179,23 @@ def _origin(header: Message | None) -> Origin:
             envelope_rcpt = ours.group(2) or ""
             break
     to = [addr for _, addr in getaddresses([str(v) for v in header.get_all("To") or ()]) if addr]
-    return Origin(queue_id, pool, envelope_rcpt, to[0] if len(to) == 1 else "")
+    one_to = to[0] if len(to) == 1 else ""
+    return Origin(queue_id, pool, envelope_rcpt, one_to, *labels)
+
+
+def _labels(params: dict[str, str]) -> tuple[str, str]:
+    """(tenant, campaign) a report's quoted X-Mailsluice-Id names, each dropped when it is no
+    name of its kind (anyone can write a report)."""
+    tenant, campaign = params.get("tenant", ""), params.get("campaign", "")
+    try:
+        Scope.parse(f"tenant:{tenant}")
+    except ValueError:
+        tenant = ""
+    try:
+        check_campaign(campaign)
+    except LabelError:
+        campaign = ""
+    return tenant, campaign
 
 
 def _rcpt_values(fields: dict[str, str]) -> list[str]:
@@ -223,6 +248,8 @@ def complaint_events(
             ts=now,
             queue_id=c.queue_id,
             pool=c.pool if c.pool in served_pools else "",
+            tenant=c.tenant,
+            campaign=c.campaign,
             sender=c.sender,
             recipient=c.recipient,
             routing_key=rollup.routing_key(c.recipient),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from mailsluice.contracts.envelope import ID_HEADER
+from mailsluice.contracts.envelope import ID_HEADER, id_field_value
 
 _CHUNK = 1024 * 1024  # normalised a piece at a time
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
@@ -165,9 +165,10 @@ class Prepared:
     def data(self) -> bytes:
         return b"".join((self.received, self.header, *self.rest))
 
-    def stamped(self, queue_id: str, pool: str) -> bytes:
+    def stamped(self, queue_id: str, pool: str, *, tenant: str = "", campaign: str = "") -> bytes:
         """The data with the X-Mailsluice-Id header after our Received header."""
-        line = f"{ID_HEADER}: {queue_id}; pool={pool}\r\n".encode()
+        value = id_field_value(queue_id, pool, tenant=tenant, campaign=campaign)
+        line = f"{ID_HEADER}: {value}\r\n".encode()
         return b"".join((self.received, line, self.header, *self.rest))
 
 
@@ -176,10 +177,6 @@ def header_of(data: bytes) -> bytes:
     header that is relayed, so the ownership check reads what recipients read."""
     end = data.find(b"\r\n\r\n")
     return data if end < 0 else data[: end + 2]
-
-
-def stamp_size(queue_id: str, pool: str) -> int:
-    return len(f"{ID_HEADER}: {queue_id}; pool={pool}\r\n")
 
 
 def prepare_message(

@@ -267,7 +267,7 @@ def plan_message(
     labels = labels_of(prepared, client.tenant)
     if isinstance(labels, str):
         return refusal(txn, labels, "bad_labels", now=now)
-    data = prepared.stamped(txn.queue_id, pool)
+    data = prepared.stamped(txn.queue_id, pool, tenant=labels.tenant, campaign=labels.campaign)
     digest = message_key(client.audit, txn.sender, content)
     records = queue_records(
         txn, data, pool=pool, stream=stream, client=client, digest=digest, labels=labels
