@@ -16,15 +16,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaProducer
 from support.api import ACME_KEY, BETA_KEY, auth, running
 from support.delivery_worker import new_pool, setup_pool
+from support.eventually import eventually
 from support.topic_reader import read_topic
 
 from mailsluice.api.service import ApiService
 from mailsluice.contracts.envelope import envelope_from_headers
 from mailsluice.contracts.events import EventType, decode_event
 from mailsluice.contracts.suppressions import Scope, ScopeKind
-from mailsluice.contracts.topics import EVENTS_TOPIC, queue_topic
+from mailsluice.contracts.topics import EVENTS_TOPIC, WEBHOOK_STATUS_TOPIC, queue_topic
+from mailsluice.contracts.webhook_records import EndpointState, EndpointStatus, encode_status
 from mailsluice.kafka.settings import KafkaSettings
 
 OPENAPI_DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -248,3 +251,41 @@ async def test_the_api_serves_the_document_in_docs(api: ApiService) -> None:
     assert list(problem) == ["application/problem+json"]
     schema = served_doc["components"]["schemas"]["SendRequest"]
     assert "from" in schema["properties"] and schema["additionalProperties"] is False
+
+
+async def test_a_tenant_sees_its_webhook_endpoints_state_and_no_secret(
+    api: ApiService, kafka_settings: KafkaSettings
+) -> None:
+    paused = EndpointStatus(
+        tenant="acme",
+        endpoint="main",
+        state=EndpointState.PAUSED,
+        since=1_800_000_000.0,
+        failing_since=1_799_000_000.0,
+        consecutive_failures=40,
+        last_error="503 Service Unavailable",
+        updated=time.time(),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(WEBHOOK_STATUS_TOPIC, encode_status(paused), key=paused.key)
+    finally:
+        await producer.stop()
+    await eventually(
+        lambda: api.webhooks.get("acme", "main").state is EndpointState.PAUSED,
+        within=30,
+        what="the status read by the API",
+    )
+    status, mine = await call(api, "GET", "/v1/webhooks", ACME_KEY)
+    assert status == 200
+    [endpoint] = mine["data"]
+    assert (endpoint["id"], endpoint["state"], endpoint["consecutive_failures"]) == (
+        "main",
+        "paused",
+        40,
+    )
+    assert endpoint["last_error"] == "503 Service Unavailable"
+    assert "whsec_" not in json.dumps(mine)
+    status, theirs = await call(api, "GET", "/v1/webhooks", BETA_KEY)
+    assert (status, theirs["data"]) == (200, [])

@@ -5,6 +5,7 @@ ApiService on the real broker (`running`)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -154,8 +155,14 @@ def message(count: int = 1, **extra: Any) -> dict[str, Any]:
 
 
 def service_registry(pool: str) -> Registry:
-    """acme and beta, sending from `pool`."""
-    acme = {**TENANTS["acme"], "pools": [pool], "domains": ["acme.test"]}
+    """acme (with a webhook endpoint `main`) and beta, sending from `pool`."""
+    hook = {
+        "id": "main",
+        "url": "https://hooks.acme.test/mailsluice",
+        "events": ["delivered", "bounce"],
+        "secrets": ["whsec_" + base64.b64encode(b"k" * 32).decode()],
+    }
+    acme = {**TENANTS["acme"], "pools": [pool], "domains": ["acme.test"], "webhooks": [hook]}
     beta = {**TENANTS["beta"], "pools": [pool]}
     return Registry(tenants=parse_tenants({"acme": acme, "beta": beta}))
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from fastapi import APIRouter
 
-from mailsluice.api import campaigns, suppressions
+from mailsluice.api import campaigns, suppressions, webhooks
 from mailsluice.api.app import ApiState, build_app
 from mailsluice.api.auth import current_tenant
 from mailsluice.api.idempotency import IdempotencyBook
@@ -38,6 +38,7 @@ from mailsluice.contracts.topics import (
     campaign_topic_specs,
     control_topic_specs,
     tenant_usage_topic_specs,
+    webhook_topic_specs,
 )
 from mailsluice.kafka.admin import ensure_topics
 from mailsluice.kafka.clients import make_producer
@@ -77,6 +78,7 @@ def api_topics(kafka: KafkaSettings) -> list[TopicSpec]:
         *campaign_topic_specs(isr),
         *control_topic_specs(isr),
         *tenant_usage_topic_specs(isr),
+        *webhook_topic_specs(isr),
     ]
 
 
@@ -106,6 +108,7 @@ class ApiService:
         self.quota = QuotaBook()
         # quotas hold across the API and ingest replicas (tenancy/usage.py)
         self.usage = UsageSharing(self.quota, kafka, producer=self.producers)
+        self.webhooks = webhooks.WebhookStatuses(kafka)
         self.campaigns = campaigns.KafkaCampaigns(
             kafka, warmup_of=load_policy(settings.policy_file or None).warmup
         )
@@ -127,6 +130,7 @@ class ApiService:
             templates_router(),
             suppressions.router(current_tenant, self.store, suppressions.TopicWriter(self.publish)),
             campaigns.router(current_tenant, self.campaigns),
+            webhooks.router(current_tenant, self.webhooks),
         ]
         self.app = build_app(state, [*own, *routers])
         self.app.state.templates = self.templates
@@ -173,8 +177,8 @@ class ApiService:
             return False, "suppression list not loaded"
         if not all(view.ready for view in self._views):
             return False, "idempotency answers or templates not loaded"
-        if not self.campaigns.ready:
-            return False, "campaign stats not loaded"
+        if not (self.campaigns.ready and self.webhooks.ready):
+            return False, "campaign stats or webhook statuses not loaded"
         if self.watch.error:
             return False, f"kafka: {self.watch.error}"
         return True, "serving"
@@ -187,6 +191,7 @@ class ApiService:
             await view.start(timeout)
             view.follow_in_background()
         await self.campaigns.start(timeout)
+        await self.webhooks.start(timeout)
         await self.usage.start()
         self.watch.start()
         await self.public.start()
@@ -202,6 +207,7 @@ class ApiService:
             await self._http.cleanup()
         await self.usage.stop()
         await self.campaigns.stop()
+        await self.webhooks.stop()
         for view in self._views:
             await view.stop()
         await self.store.stop()
