@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import pytest
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from support.api import header_tenants
 
 from mailsluice.api.campaigns import KafkaCampaigns, router
 from mailsluice.campaigns.eta import Caps
@@ -15,7 +16,7 @@ from mailsluice.campaigns.warmup_caps import PoolCaps
 from mailsluice.contracts.campaign_stats import CampaignStats, encode_stats, stats_key
 from mailsluice.contracts.control import DestinationRow, Status, encode_status, status_key
 from mailsluice.kafka.settings import KafkaSettings
-from mailsluice.tenancy.model import Tenant, parse_tenants
+from mailsluice.tenancy.model import parse_tenants
 
 TENANTS = parse_tenants(
     {
@@ -45,11 +46,7 @@ class Source:
         return self.pool_caps.get(pool, PoolCaps())
 
 
-def tenant_of(x_tenant: str = Header("")) -> Tenant:
-    found = TENANTS.get(x_tenant)
-    if found is None:
-        raise HTTPException(401, "unauthenticated")
-    return found
+tenant_of = header_tenants(TENANTS)
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from support.api import header_tenants
 
 from mailsluice.api.suppressions import decode_cursor, owns, router
 from mailsluice.contracts.suppressions import (
@@ -18,7 +19,7 @@ from mailsluice.contracts.suppressions import (
     suppression_key,
 )
 from mailsluice.suppression.store import Table, apply_record
-from mailsluice.tenancy.model import Tenant, parse_tenants
+from mailsluice.tenancy.model import parse_tenants
 
 TENANTS = parse_tenants(
     {
@@ -63,11 +64,7 @@ class MemoryStore:
         )
 
 
-def tenant_of(x_tenant: str = Header("")) -> Tenant:
-    found = TENANTS.get(x_tenant)
-    if found is None:
-        raise HTTPException(401, "unauthenticated")
-    return found
+tenant_of = header_tenants(TENANTS)
 
 
 @pytest.fixture

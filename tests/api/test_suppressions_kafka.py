@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI
+from support.api import header_tenants
 from support.asgi_server import serving
 from support.eventually import eventually
 
@@ -23,7 +24,7 @@ from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.suppression.store import SuppressionStore
-from mailsluice.tenancy.model import Tenant, parse_tenants
+from mailsluice.tenancy.model import parse_tenants
 
 TENANTS = parse_tenants(
     {
@@ -33,11 +34,7 @@ TENANTS = parse_tenants(
 )
 
 
-def tenant_of(x_tenant: str = Header("")) -> Tenant:
-    found = TENANTS.get(x_tenant)
-    if found is None:
-        raise HTTPException(401, "unauthenticated")
-    return found
+tenant_of = header_tenants(TENANTS)
 
 
 @dataclass

@@ -122,3 +122,13 @@ def test_ledger_revocation_ignores_late_finishes() -> None:
     # Reassigned later: a fresh ledger, starting from what the next fetch brings.
     ledger.add("p0", 1)
     assert ledger.to_commit() == {"p0": 1, "p1": 1}
+
+
+def test_to_commit_within_keeps_only_partitions_still_assigned() -> None:
+    ledger = Ledger()
+    for tp in ("p0", "p1", "p2"):
+        ledger.add(tp, 0)
+        assert ledger.finish(tp, 0)
+    assert ledger.to_commit_within(["p0", "p1"]) == {"p0": 1, "p1": 1}
+    assert ledger.to_commit_within(["p0", "p1"], only=["p1", "p2"]) == {"p1": 1}
+    assert ledger.to_commit_within([]) == {}

@@ -11,20 +11,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI
+from support.api import header_tenants
 from support.asgi_server import serving
+from support.events import publish_events
 from support.eventually import eventually
 from support.streams_process import StreamsProcess, get, prepare, running
 
 from mailsluice.api.campaigns import KafkaCampaigns, router
 from mailsluice.contracts.campaign_stats import CampaignStats
-from mailsluice.contracts.events import Event, EventType, encode_event
-from mailsluice.contracts.topics import EVENTS_TOPIC
+from mailsluice.contracts.events import Event, EventType
 from mailsluice.kafka.admin import control_topics, ensure_topics
-from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.streams.campaigns import tally
-from mailsluice.tenancy.model import Tenant, parse_tenants
+from mailsluice.tenancy.model import parse_tenants
 
 TENANTS = parse_tenants(
     {
@@ -36,11 +36,7 @@ METRIC = "mailsluice_streams_campaign_stats_published_total"
 SETTINGS = {"MAILSLUICE_STREAMS_CAMPAIGN_PUBLISH_S": "0.2"}
 
 
-def tenant_of(x_tenant: str = Header("")) -> Tenant:
-    found = TENANTS.get(x_tenant)
-    if found is None:
-        raise HTTPException(401, "unauthenticated")
-    return found
+tenant_of = header_tenants(TENANTS)
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +66,7 @@ async def api(kafka_settings: KafkaSettings) -> AsyncIterator[str]:
         await campaigns.stop()
 
 
-async def publish(kafka_settings: KafkaSettings, events: list[Event]) -> None:
-    producer = make_producer(kafka_settings, max_message_size=65536, client_id="test-campaigns")
-    await producer.start()
-    try:
-        for ev in events:
-            await producer.send_and_wait(
-                EVENTS_TOPIC, key=ev.queue_id.encode(), value=encode_event(ev)
-            )
-    finally:
-        await producer.stop()
+publish = publish_events
 
 
 def campaign_events(tenant: str, campaign: str, n: int, tag: str) -> list[Event]:

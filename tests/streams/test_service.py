@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.events import publish_events
 from support.eventually import eventually
 from support.loopback import free_port
 from support.paths import REPO
 from support.streams_process import StreamsProcess, get, prepare, running
 from support.topic_reader import read_topic, reading
 
-from mailsluice.contracts.events import Event, EventType, encode_event
+from mailsluice.contracts.events import Event, EventType
 from mailsluice.contracts.suppressions import decode_suppression
-from mailsluice.contracts.topics import EVENTS_TOPIC, SUPPRESSIONS_TOPIC
-from mailsluice.kafka.clients import make_producer
+from mailsluice.contracts.topics import SUPPRESSIONS_TOPIC
 from mailsluice.kafka.settings import KafkaSettings
 
 EXE = REPO / ".venv" / "bin" / "mailsluice"
@@ -44,16 +44,7 @@ def streams(
         yield process
 
 
-async def _publish(kafka_settings: KafkaSettings, events: list[Event]) -> None:
-    producer = make_producer(kafka_settings, max_message_size=65536, client_id="test-streams")
-    await producer.start()
-    try:
-        for ev in events:
-            await producer.send_and_wait(
-                EVENTS_TOPIC, key=ev.queue_id.encode(), value=encode_event(ev)
-            )
-    finally:
-        await producer.stop()
+_publish = publish_events
 
 
 async def _records(

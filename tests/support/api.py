@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from fastapi import Header, HTTPException
 
 from mailsluice.api.app import ApiState, build_app
 from mailsluice.api.idempotency import IdempotencyBook
@@ -25,7 +26,7 @@ from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.observability.web import WebServer
 from mailsluice.policy.rollup import default_rollup
 from mailsluice.tenancy.keys import digest_of
-from mailsluice.tenancy.model import parse_tenants
+from mailsluice.tenancy.model import Tenant, parse_tenants
 from mailsluice.tenancy.quota import QuotaBook
 from mailsluice.tenancy.registry import Registry
 
@@ -177,3 +178,16 @@ async def running(kafka_settings: KafkaSettings, pool: str) -> AsyncIterator[Api
         yield service
     finally:
         await service.stop()
+
+
+def header_tenants(tenants: Mapping[str, Tenant]) -> Callable[..., Tenant]:
+    """A FastAPI dependency standing in for API-key authentication in router tests: the
+    tenant the X-Tenant header names, 401 otherwise."""
+
+    def tenant_of(x_tenant: str = Header("")) -> Tenant:
+        found = tenants.get(x_tenant)
+        if found is None:
+            raise HTTPException(401, "unauthenticated")
+        return found
+
+    return tenant_of

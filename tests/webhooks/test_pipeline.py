@@ -15,13 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
+from support.events import publish_events
 from support.eventually import eventually
 from support.topic_reader import read_topic
 from support.webhook_receiver import Receiver
 
-from mailsluice.contracts.events import Event, EventType, encode_event
+from mailsluice.contracts.events import Event, EventType
 from mailsluice.contracts.topics import (
     EVENTS_TOPIC,
     WEBHOOK_DEAD_TOPIC,
@@ -105,13 +105,7 @@ async def running(
 
 
 async def write_events(kafka_settings: KafkaSettings, events: list[Event]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for event in events:
-            await producer.send_and_wait(EVENTS_TOPIC, encode_event(event), key=b"q")
-    finally:
-        await producer.stop()
+    await publish_events(kafka_settings, events, key=b"q")  # one partition: read in order
 
 
 def events_of(name: str, kind: EventType, count: int) -> list[Event]:

@@ -102,6 +102,14 @@ class Ledger:
                 out[tp] = offset
         return out
 
+    def to_commit_within(
+        self, assigned: Iterable[Hashable], only: Iterable[Hashable] | None = None
+    ) -> dict[Hashable, int]:
+        """What to_commit() says for the partitions still assigned (and in `only`, if given):
+        a revoked partition's offsets are its next owner's to commit."""
+        keep = set(assigned) if only is None else set(assigned) & set(only)
+        return {tp: off for tp, off in self.to_commit().items() if tp in keep}
+
     def committed(self, offsets: dict[Hashable, int]) -> None:
         for tp, offset in offsets.items():
             part = self._parts.get(tp)

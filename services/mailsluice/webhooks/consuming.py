@@ -181,12 +181,7 @@ class LedgerConsumer:
         if self.consumer is None:
             return
         async with self._lock:
-            assigned = self.consumer.assignment()
-            offsets = {
-                tp: off
-                for tp, off in self.ledger.to_commit().items()
-                if tp in assigned and (only is None or tp in only)
-            }
+            offsets = self.ledger.to_commit_within(self.consumer.assignment(), only)
             if not offsets:
                 return
             try:

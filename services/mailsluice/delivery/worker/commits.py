@@ -62,12 +62,7 @@ class Commits:
         self, consumer: AIOKafkaConsumer, only: set[TopicPartition] | None = None
     ) -> None:
         """Commit what the ledger allows for assigned partitions (all, or those in `only`)."""
-        assigned = consumer.assignment()
-        offsets = {
-            tp: off
-            for tp, off in self.ledger.to_commit().items()
-            if tp in assigned and (only is None or tp in only)
-        }
+        offsets = self.ledger.to_commit_within(consumer.assignment(), only)
         if not offsets:
             return
         try:
