@@ -172,3 +172,33 @@ def test_the_link_must_be_https() -> None:
     with pytest.raises(ValueError, match="https"):
         UnsubscribeSettings(url="http://u.example")
     assert UnsubscribeSettings(url="https://u.example/").url == "https://u.example"
+
+
+def test_a_claim_with_a_campaign_comes_back_and_its_event_names_it() -> None:
+    # campaign stats count unsubscribes by the campaign the token carries
+    keys = KeyRing({"k1": OLD})
+    claim = claim_for(
+        "ann@example.org",
+        tenant="acme",
+        list_id="news",
+        sender="news@acme.test",
+        preference="list",
+        campaign="spring-sale",
+    )
+    back = keys.verify(keys.mint(claim))
+    assert (back, back.campaign) == (claim, "spring-sale")
+    event = unsubscribe_event(back, "one-click", 1.0)
+    assert (event.tenant, event.campaign) == ("acme", "spring-sale")
+
+
+def test_a_token_without_campaign_is_the_layout_tokens_had_before_campaigns() -> None:
+    # links in mail already delivered keep working: no campaign, no sixth field
+    keys = KeyRing({"k1": OLD})
+    head = b"\x02k1\x00"
+    sealed = keys._ciphers["k1"].encrypt(
+        "\x1f".join(("Ann.Lee@example.org", "acme", "news", "", "list:acme/news")).encode(),
+        [head],
+    )
+    before = base64.b32encode(head + sealed).decode().rstrip("=").lower()
+    assert keys.mint(CLAIM) == before
+    assert keys.verify(before) == CLAIM

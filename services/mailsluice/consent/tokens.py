@@ -1,7 +1,8 @@
 """Unsubscribe tokens: who unsubscribes from what, sealed so nobody can make one up or read it.
 
 A token carries its claim (the recipient, the tenant or the sender domain, the list, the scope
-label to suppress in) encrypted and authenticated with AES-SIV (RFC 5297) under a named key;
+label to suppress in, and the campaign when the message has one, so the unsubscribe counts in
+its campaign's stats) encrypted and authenticated with AES-SIV (RFC 5297) under a named key;
 the key id goes in the clear, bound to the rest as associated data. Without the key no token
 can be forged, altered or enumerated (the 128-bit synthetic IV is a MAC over everything), and
 the link shows nothing: not the recipient's address, which a URL leaks to proxies, logs and
@@ -38,7 +39,7 @@ KEY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
 MAILTO_PREFIX = "unsubscribe+"
 _SEP = "\x1f"  # no address, name or label holds a control character
 _KID_END = b"\x00"
-_FIELDS = 5
+_FIELDS = (5, 6)  # the campaign is left out when there is none: such tokens are as before
 _TOKEN = re.compile(r"^[a-z2-7]{16,600}$")
 
 # How widely an unsubscribe suppresses, narrowest first: "list" falls back to the tenant,
@@ -73,10 +74,17 @@ class Claim:
     tenant: str = ""
     list_id: str = ""
     domain: str = ""
+    campaign: str = ""
 
 
 def claim_for(
-    recipient: str, *, tenant: str, list_id: str, sender: str, preference: Preference
+    recipient: str,
+    *,
+    tenant: str,
+    list_id: str,
+    sender: str,
+    preference: Preference,
+    campaign: str = "",
 ) -> Claim:
     """The claim of one recipient of a message: the narrowest scope `preference` allows that
     the message names (global when it names none)."""
@@ -91,6 +99,7 @@ def claim_for(
         tenant=named_tenant,
         list_id=listed,
         domain="" if named_tenant else domain,
+        campaign=campaign,
     )
 
 
@@ -115,7 +124,15 @@ class KeyRing:
         return bool(self._ciphers)
 
     def mint(self, claim: Claim) -> str:
-        parts = (claim.recipient, claim.tenant, claim.list_id, claim.domain, claim.scope)
+        parts: tuple[str, ...] = (
+            claim.recipient,
+            claim.tenant,
+            claim.list_id,
+            claim.domain,
+            claim.scope,
+        )
+        if claim.campaign:
+            parts += (claim.campaign,)
         if any(_SEP in p for p in parts) or not self._ciphers:
             raise ValueError("cannot mint: no key, or a field holds a control character")
         head = VERSION + self.active.encode() + _KID_END
@@ -134,14 +151,14 @@ class KeyRing:
             raise TokenError("forged", "does not authenticate") from None
         except UnicodeDecodeError:
             raise TokenError("malformed", "not UTF-8") from None
-        if len(parts) != _FIELDS:
+        if len(parts) not in _FIELDS:
             raise TokenError("malformed", "unknown layout")
-        recipient, tenant, list_id, domain, scope = parts
+        recipient, tenant, list_id, domain, scope, *rest = parts
         try:
             Scope.parse(scope)
         except ValueError:
             raise TokenError("malformed", "bad scope") from None
-        return Claim(recipient, scope, tenant, list_id, domain)
+        return Claim(recipient, scope, tenant, list_id, domain, rest[0] if rest else "")
 
 
 def _cipher(secret: bytes) -> AESSIV:
@@ -180,7 +197,8 @@ def mailto_token(address: str, domain: str) -> str | None:
 
 def unsubscribe_event(claim: Claim, how: Literal["one-click", "mailto"], now: float) -> Event:
     """The `unsubscribe` event of a verified claim; the stream processors suppress on it. Its
-    tenant is the one the scope names (tenant:X, list:X/Y), so the tenant's webhooks get it."""
+    tenant is the one the scope names (tenant:X, list:X/Y), so the tenant's webhooks get it,
+    and its campaign the message's, so the campaign's stats count it."""
     scope = Scope.parse(claim.scope)
     return Event(
         type=EventType.UNSUBSCRIBE,
@@ -190,4 +208,5 @@ def unsubscribe_event(claim: Claim, how: Literal["one-click", "mailto"], now: fl
         reason=how,
         scope=claim.scope,
         tenant=scope.tenant if scope.kind in (ScopeKind.TENANT, ScopeKind.LIST) else "",
+        campaign=claim.campaign,
     )

@@ -68,7 +68,8 @@ async def test_the_shaper_pays_for_every_transaction_a_split_adds() -> None:
 async def test_bulk_mail_goes_once_per_recipient_with_that_recipients_token() -> None:
     transport = Recording()
     finishing = Finishing(transport, SETTINGS, KEYS)
-    results = await finishing.send(bulk("a@b.example", "c@b.example"), MESSAGE)
+    env = bulk("a@b.example", "c@b.example", campaign="spring")
+    results = await finishing.send(env, MESSAGE)
     assert [r.recipient for r in results] == ["a@b.example", "c@b.example"]
     assert [rcpts for rcpts, _ in transport.sent] == [("a@b.example",), ("c@b.example",)]
     for (rcpt,), message in transport.sent:
@@ -78,7 +79,7 @@ async def test_bulk_mail_goes_once_per_recipient_with_that_recipients_token() ->
         assert mailto == f"<mailto:unsubscribe+{token}@u.test>"
         assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         claim = KEYS.verify(token)
-        assert (claim.recipient, claim.scope) == (rcpt, "list:acme/news")
+        assert (claim.recipient, claim.scope, claim.campaign) == (rcpt, "list:acme/news", "spring")
         assert message.endswith(MESSAGE)
 
 

@@ -76,6 +76,7 @@ class Finishing:
             list_id=env.list_id,
             sender=env.sender,
             preference=self.settings.scope,
+            campaign=env.campaign,
         )
         token = self.keys.mint(claim)
         s = self.settings
