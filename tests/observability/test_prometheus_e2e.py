@@ -36,6 +36,8 @@ VENV_BIN = Path(sys.executable).parent
 # Operator metrics come from the kopf operator, which needs a Kubernetes API server; its
 # panels are checked for parsing here, and for data in tests/operator/test_prometheus.py.
 NEEDS_OPERATOR = "mailsluice_operator_"
+# The HTTP API's and the webhook sender's: checked for data in tests/api/test_prometheus.py.
+NEEDS_API = ("mailsluice_api_", "mailsluice_webhooks_")
 # Exported by the shaping runtime; while `mailsluice delivery` does not run it yet (the delivery
 # worker's /metrics has no sample of them), their panels are checked for parsing only.
 SHAPING = ("mailsluice_shaping_", "mailsluice_warmup_")
@@ -205,5 +207,7 @@ def _shaping_runs(port: int) -> bool:
 
 def _exempt(exprs: list[str], shaping_runs: bool) -> bool:
     if all(NEEDS_OPERATOR in e for e in exprs):
+        return True
+    if all(any(m in e for m in NEEDS_API) for e in exprs):
         return True
     return not shaping_runs and all(any(m in e for m in SHAPING) for e in exprs)

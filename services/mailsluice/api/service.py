@@ -112,27 +112,9 @@ class ApiService:
         self.campaigns = campaigns.KafkaCampaigns(
             kafka, warmup_of=load_policy(settings.policy_file or None).warmup
         )
-        self.sender = Sender(
-            renderer=renderer_of(settings),
-            rollup=load_rollup(settings.rollup_file or None),
-            match=self.store.match,
-            quota=self.quota,
-            publish=self.publish,
-            limits=SendLimits(
-                max_message_size=settings.max_message_size,
-                max_attachment_bytes=settings.max_attachment_bytes,
-                max_data_bytes=settings.max_data_bytes,
-            ),
-            templates=self.templates,
-        )
+        self.sender = self._sender(settings)
         state = ApiState(registry, self.sender, self.book, settings.max_body_bytes)
-        own = [
-            templates_router(),
-            suppressions.router(current_tenant, self.store, suppressions.TopicWriter(self.publish)),
-            campaigns.router(current_tenant, self.campaigns),
-            webhooks.router(current_tenant, self.webhooks),
-        ]
-        self.app = build_app(state, [*own, *routers])
+        self.app = build_app(state, [*self._routers(), *routers])
         self.app.state.templates = self.templates
         self.app.state.service = self  # for the other /v1 routers: the store, the producer
         self.public = WebServer(self.app, settings.listen_host, settings.listen_port, name="api")
@@ -146,6 +128,31 @@ class ApiService:
         self._ops = ops
         self._http: web.AppRunner | None = None
         self.watch = KafkaWatch(self.producers, EVENTS_TOPIC)
+
+    def _sender(self, settings: ApiSettings) -> Sender:
+        return Sender(
+            renderer=renderer_of(settings),
+            rollup=load_rollup(settings.rollup_file or None),
+            match=self.store.match,
+            quota=self.quota,
+            publish=self.publish,
+            limits=SendLimits(
+                max_message_size=settings.max_message_size,
+                max_attachment_bytes=settings.max_attachment_bytes,
+                max_data_bytes=settings.max_data_bytes,
+            ),
+            templates=self.templates,
+        )
+
+    def _routers(self) -> list[APIRouter]:
+        """Every /v1 route but POST /v1/messages (api/app.py), on this service's stores."""
+        writer = suppressions.TopicWriter(self.publish)
+        return [
+            templates_router(),
+            suppressions.router(current_tenant, self.store, writer),
+            campaigns.router(current_tenant, self.campaigns),
+            webhooks.router(current_tenant, self.webhooks),
+        ]
 
     # --- Kafka ---------------------------------------------------------------------------------
 
