@@ -11,7 +11,7 @@ CHAOS_ARGS ?=
         bench chaos kafka-up kafka-down kafka-cluster-up kafka-cluster-down docs clean
 
 help:
-	@echo "make run    - run the whole pipeline locally (Kafka, ingest, delivery, sandbox MX)"
+	@echo "make run    - run the whole pipeline locally (Kafka, ingest, HTTP API, delivery, streams, webhooks, sandbox MX)"
 	@echo "make test   - install what is needed, then ruff, mypy and the full pytest suite"
 	@echo "make bench  - throughput, latency and memory (against Postfix), ingest memory, shaping, campaign, DKIM, HTTP API"
 	@echo "make chaos  - the fault run: kills and a broker restart under load (CHAOS_ARGS=--help)"
