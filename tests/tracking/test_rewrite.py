@@ -133,6 +133,21 @@ def test_links_are_numbered_across_every_html_part_and_the_tokenizer_finds_them(
     assert done.message.count(PIXEL) == 2
 
 
+def test_links_on_later_lines_are_found_at_their_offsets() -> None:
+    html = '<body>\r\n<p>caf\u00e9</p>\r\n  <a\r\n href="https://s.test/1">1</a> <a href="https://s.test/2">'
+    data = message(
+        "Content-Type: text/html; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",
+        "",
+        html.encode(),
+        "</body>",
+    )
+    done = rewrite(data, click, opened)
+    expected = html.replace('"https://s.test/1"', tracked(0).decode())
+    expected = expected.replace('"https://s.test/2"', tracked(1).decode())
+    assert done.message.endswith(expected.encode() + b"\r\n" + PIXEL + b"</body>")
+
+
 def test_mailto_tel_anchor_relative_notrack_and_unsubscribe_links_are_kept() -> None:
     kept = [
         '<a href="mailto:help@s.test">m</a>',

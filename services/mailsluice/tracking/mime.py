@@ -55,8 +55,8 @@ def _entity(data: bytes, start: int, end: int, depth: int) -> Iterator[Leaf]:
     if headers.get_content_maintype() != "multipart":
         yield _leaf(headers, start, header_end, body_start, end)
         return
-    boundary = headers.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
+    boundary = headers.get_boundary()
+    if not boundary:
         raise Malformed("multipart without a boundary")
     for part_start, part_end in _parts(data, body_start, end, boundary.encode("ascii", "replace")):
         yield from _entity(data, part_start, part_end, depth + 1)
