@@ -16,12 +16,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from mailsluice.contracts.topics import WEBHOOK_STATUS_TOPIC
-from mailsluice.contracts.webhook_records import (
-    EndpointState,
-    EndpointStatus,
-    decode_status,
-    endpoint_key,
-)
+from mailsluice.contracts.webhook_records import EndpointState, StatusTable
 from mailsluice.kafka.compacted import CompactedView
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.tenancy.model import Tenant
@@ -43,27 +38,13 @@ class Endpoints(BaseModel):
     data: list[EndpointView]
 
 
-class WebhookStatuses:
-    """The status topic as a table: read to its end at start, then followed."""
+class WebhookStatuses(StatusTable):
+    """The status topic as a table (the webhook sender's reading of it): read to its end at
+    start, then followed."""
 
     def __init__(self, kafka: KafkaSettings, client_id: str = "mailsluice-api-webhooks") -> None:
-        self._status: dict[bytes, EndpointStatus] = {}
+        super().__init__()
         self.view = CompactedView(kafka, WEBHOOK_STATUS_TOPIC, self.apply, client_id=client_id)
-
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None:
-            return
-        if value is None:
-            self._status.pop(key, None)
-            return
-        try:
-            self._status[key] = decode_status(value)
-        except ValueError:  # a version this reader cannot read: the last known state stays
-            return
-
-    def get(self, tenant: str, endpoint: str) -> EndpointStatus:
-        found = self._status.get(endpoint_key(tenant, endpoint))
-        return found or EndpointStatus(tenant=tenant, endpoint=endpoint)
 
     @property
     def ready(self) -> bool:

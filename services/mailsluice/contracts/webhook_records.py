@@ -87,3 +87,31 @@ def encode_status(status: EndpointStatus) -> bytes:
 
 def decode_status(raw: bytes) -> EndpointStatus:
     return EndpointStatus.model_validate(load_versioned(raw, VERSION, "webhook status"))
+
+
+class StatusTable:
+    """Endpoint statuses as read from mailsluice.webhooks.status, by key. A record older (by
+    `updated`) than the one held is ignored: senders write in no common order, and a sender's
+    own records come back after it moved on. A tombstone removes; a record this version cannot
+    read leaves the last known state. The webhook sender and the API read it alike."""
+
+    def __init__(self) -> None:
+        self._status: dict[bytes, EndpointStatus] = {}
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        if value is None:
+            self._status.pop(key, None)
+            return
+        try:
+            status = decode_status(value)
+        except ValueError:
+            return
+        held = self._status.get(key)
+        if held is None or status.updated >= held.updated:
+            self._status[key] = status
+
+    def get(self, tenant: str, endpoint: str) -> EndpointStatus:
+        found = self._status.get(endpoint_key(tenant, endpoint))
+        return found or EndpointStatus(tenant=tenant, endpoint=endpoint)

@@ -10,43 +10,18 @@ without a record per failed POST. Pure: the caller passes the clock and writes t
 
 from __future__ import annotations
 
-from mailsluice.contracts.webhook_records import (
-    EndpointState,
-    EndpointStatus,
-    decode_status,
-    endpoint_key,
-)
+from mailsluice.contracts.webhook_records import EndpointState, EndpointStatus, StatusTable
 
 REFRESH_S = 60.0
 GONE = "410 Gone"
 
 
-class EndpointBook:
+class EndpointBook(StatusTable):
     def __init__(self, pause_after_s: float, refresh_s: float = REFRESH_S) -> None:
+        super().__init__()
         self.pause_after_s = pause_after_s
         self.refresh_s = refresh_s
-        self._status: dict[bytes, EndpointStatus] = {}
         self._written: dict[bytes, float] = {}
-
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        """A record of the status topic; older than what the book holds: ignored (our own
-        records come back after we moved on)."""
-        if key is None:
-            return
-        if value is None:
-            self._status.pop(key, None)
-            return
-        try:
-            status = decode_status(value)
-        except ValueError:
-            return
-        held = self._status.get(key)
-        if held is None or status.updated >= held.updated:
-            self._status[key] = status
-
-    def get(self, tenant: str, endpoint: str) -> EndpointStatus:
-        found = self._status.get(endpoint_key(tenant, endpoint))
-        return found or EndpointStatus(tenant=tenant, endpoint=endpoint)
 
     def paused(self, tenant: str, endpoint: str) -> bool:
         return self.get(tenant, endpoint).state is EndpointState.PAUSED
