@@ -24,7 +24,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends
 
-from mailsluice.api.suppressions import problem
+from mailsluice.api.problems import problem
 from mailsluice.campaigns.eta import eta
 from mailsluice.campaigns.warmup_caps import (
     PoolCaps,

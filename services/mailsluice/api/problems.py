@@ -48,6 +48,11 @@ class Problem(Exception):
         return JSONResponse(self.body(), self.status, headers=self.headers, media_type=MEDIA_TYPE)
 
 
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    """A problem response for a route that answers it rather than raising."""
+    return Problem(status, title, detail, **extra).response()
+
+
 def field_path(loc: Iterable[str | int]) -> str:
     """`("recipients", 17, "to", "email")` -> `recipients[17].to.email`."""
     out = ""

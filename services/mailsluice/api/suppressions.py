@@ -30,7 +30,7 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from mailsluice.api.problems import MEDIA_TYPE, Problem
+from mailsluice.api.problems import MEDIA_TYPE, problem
 from mailsluice.contracts.suppressions import (
     Scope,
     ScopeKind,
@@ -45,12 +45,6 @@ from mailsluice.tenancy.model import Tenant
 SOURCE = "api"
 MAX_ENTRIES = 1000  # per POST
 MAX_LIMIT = 1000
-PROBLEM = MEDIA_TYPE
-
-
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem response (returned, not raised: these routes answer it directly)."""
-    return Problem(status, title, detail, **extra).response()
 
 
 class Entries(Protocol):
@@ -126,7 +120,7 @@ class Added(BaseModel):
 
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"description": what, "content": {PROBLEM: {}}}
+    code: {"description": what, "content": {MEDIA_TYPE: {}}}
     for code, what in ((400, "Invalid parameter"), (403, "A scope the tenant does not own"))
 }
 
