@@ -4,13 +4,12 @@ service (which takes the one-click POST)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from mailsluice.config import MailsluiceSettings
 from mailsluice.consent.tokens import KeyRing, Preference
+from mailsluice.sealing import read_keys
 
 
 class UnsubscribeSettings(MailsluiceSettings):
@@ -78,16 +77,7 @@ class UnsubscribeSettings(MailsluiceSettings):
 
     def key_ring(self) -> KeyRing:
         """The keys from keys_dir and keys; ValueError naming what is wrong."""
-        found: dict[str, bytes] = {}
-        for item in self.keys.get_secret_value().split(","):
-            kid, sep, secret = item.strip().partition(":")
-            if sep:
-                found[kid.strip()] = secret.strip().encode()
-        if self.keys_dir:
-            for path in sorted(Path(self.keys_dir).iterdir()):
-                # a Secret mount's own entries (..data, ..2026_...) start with a dot
-                if path.is_file() and not path.name.startswith("."):
-                    found[path.name] = path.read_bytes().strip()
+        found = read_keys(self.keys.get_secret_value(), self.keys_dir)
         return KeyRing(found, self.active_key)
 
     @property

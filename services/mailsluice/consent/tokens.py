@@ -10,8 +10,7 @@ link scanners. SIV is deterministic, so the same claim gives the same token, whi
 nothing the claim does not, and needs no nonce (a shorter token in an address's local part).
 
 Encoded in lower-case base32 without padding: URL-safe, and safe in an address's local part
-whatever case a mail system gives it back in. Keys rotate: a ring holds several, mints with
-the active one, and verifies with any it still holds; a retired key is dropped from the ring.
+whatever case a mail system gives it back in. The sealing and key rotation are `sealing`'s.
 Pure: no I/O (the key files are read by `settings`).
 """
 
@@ -19,26 +18,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESSIV
-
 from mailsluice.contracts.events import Event, EventType
 from mailsluice.contracts.suppressions import Scope, ScopeKind, scopes_for
+from mailsluice.sealing import Sealer, TokenError
 
 VERSION = b"\x02"
-SIV_BYTES = 16  # the synthetic IV that authenticates the token
-MIN_KEY_BYTES = 16
-KEY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+_PURPOSE = b"mailsluice unsubscribe token"
 # The mailto address of a token: unsubscribe+TOKEN@<configured domain>.
 MAILTO_PREFIX = "unsubscribe+"
-_SEP = "\x1f"  # no address, name or label holds a control character
-_KID_END = b"\x00"
 _FIELDS = (5, 6)  # the campaign is left out when there is none: such tokens are as before
 _TOKEN = re.compile(r"^[a-z2-7]{16,600}$")
 
@@ -52,15 +44,7 @@ _ORDER: dict[str, tuple[ScopeKind, ...]] = {
     "global": (),
 }
 
-Failure = Literal["malformed", "unknown_key", "forged"]
-
-
-class TokenError(ValueError):
-    """A token that does not verify; `reason` says why (a metric label)."""
-
-    def __init__(self, reason: Failure, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason: Failure = reason
+__all__ = ["Claim", "KeyRing", "TokenError", "claim_for", "mailto_token", "unsubscribe_event"]
 
 
 @dataclass(frozen=True)
@@ -107,21 +91,11 @@ class KeyRing:
     """The keys tokens are signed with, by key id; `active` mints, every key verifies."""
 
     def __init__(self, keys: Mapping[str, bytes], active: str = "") -> None:
-        for kid, secret in keys.items():
-            if not KEY_ID.match(kid):
-                raise ValueError(f"bad key id {kid!r} (a-z, 0-9, '-', at most 16)")
-            if len(secret) < MIN_KEY_BYTES:
-                raise ValueError(f"key {kid!r} is shorter than {MIN_KEY_BYTES} bytes")
-        if not active and len(keys) == 1:
-            active = next(iter(keys))
-        if keys and active not in keys:
-            raise ValueError(f"the active key {active!r} is not among the keys {sorted(keys)}")
-        # derived once: a worker mints a token for every recipient of bulk mail
-        self._ciphers = {kid: _cipher(secret) for kid, secret in keys.items()}
-        self.active = active
+        self._sealer = Sealer(keys, active, purpose=_PURPOSE, version=VERSION)
+        self.active = self._sealer.active
 
     def __bool__(self) -> bool:
-        return bool(self._ciphers)
+        return bool(self._sealer)
 
     def mint(self, claim: Claim) -> str:
         parts: tuple[str, ...] = (
@@ -133,24 +107,18 @@ class KeyRing:
         )
         if claim.campaign:
             parts += (claim.campaign,)
-        if any(_SEP in p for p in parts) or not self._ciphers:
-            raise ValueError("cannot mint: no key, or a field holds a control character")
-        head = VERSION + self.active.encode() + _KID_END
-        sealed = self._ciphers[self.active].encrypt(_SEP.join(parts).encode(), [head])
-        return base64.b32encode(head + sealed).decode().rstrip("=").lower()
+        return base64.b32encode(self._sealer.seal(parts)).decode().rstrip("=").lower()
 
     def verify(self, token: str) -> Claim:
         """The claim of a genuine token; TokenError for anything else."""
-        head, kid, sealed = _split(token)
-        cipher = self._ciphers.get(kid)
-        if cipher is None:
-            raise TokenError("unknown_key", f"key {kid[:20]!r}")
+        text = token.strip().lower()
+        if not _TOKEN.match(text):
+            raise TokenError("malformed", "not a token")
         try:
-            parts = cipher.decrypt(sealed, [head]).decode().split(_SEP)
-        except InvalidTag:
-            raise TokenError("forged", "does not authenticate") from None
-        except UnicodeDecodeError:
-            raise TokenError("malformed", "not UTF-8") from None
+            raw = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+        except (binascii.Error, ValueError):
+            raise TokenError("malformed", "not base32") from None
+        parts = self._sealer.open(raw)
         if len(parts) not in _FIELDS:
             raise TokenError("malformed", "unknown layout")
         recipient, tenant, list_id, domain, scope, *rest = parts
@@ -159,30 +127,6 @@ class KeyRing:
         except ValueError:
             raise TokenError("malformed", "bad scope") from None
         return Claim(recipient, scope, tenant, list_id, domain, rest[0] if rest else "")
-
-
-def _cipher(secret: bytes) -> AESSIV:
-    # AES-256-SIV wants 64 key bytes; the secrets are random (MIN_KEY_BYTES at least), so a
-    # hash with a purpose label is key derivation enough
-    return AESSIV(hashlib.sha512(b"mailsluice unsubscribe token\x00" + secret).digest())
-
-
-def _split(token: str) -> tuple[bytes, str, bytes]:
-    """(head, key id, sealed claim) of a token's bytes."""
-    text = token.strip().lower()
-    if not _TOKEN.match(text):
-        raise TokenError("malformed", "not a token")
-    try:
-        raw = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
-    except (binascii.Error, ValueError):
-        raise TokenError("malformed", "not base32") from None
-    end = raw.find(_KID_END)
-    if not raw.startswith(VERSION) or end < 0:
-        raise TokenError("malformed", "unknown layout")
-    kid = raw[len(VERSION) : end].decode("ascii", errors="replace")
-    if not KEY_ID.match(kid) or len(raw) - end - 1 <= SIV_BYTES:
-        raise TokenError("malformed", "unknown layout")
-    return raw[: end + 1], kid, raw[end + 1 :]
 
 
 def mailto_token(address: str, domain: str) -> str | None:

@@ -53,6 +53,10 @@ def id_field_params(value: str) -> dict[str, str]:
 
 Stream = Literal["transactional", "bulk"]
 
+# What Envelope.tracking can ask for: nothing, opens only, clicks only, or both. A plain string
+# in the record: a value this reader does not know means "as the pool says".
+TRACKING = ("off", "opens", "clicks", "all")
+
 
 class Envelope(BaseModel):
     """The envelope of one queue record: one message for the recipients of one destination."""
@@ -91,6 +95,13 @@ class Envelope(BaseModel):
     # X-Mailsluice-Campaign and X-Mailsluice-Tags fields (taken out before sending).
     campaign: str = ""
     tags: tuple[str, ...] = ()
+    # Open and click tracking asked for this message (TRACKING): "" leaves it to the pool's
+    # setting, as every record before the field did.
+    tracking: str = ""
+    # How engaged its recipients are (contracts/engagement.py grades, the highest of the
+    # message's recipients): a warming pool spends its daily cap on higher grades first.
+    # 0: not graded.
+    grade: int = 0
 
     @property
     def dedup_id(self) -> str:

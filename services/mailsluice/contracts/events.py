@@ -38,6 +38,11 @@ class EventType(StrEnum):
     # the end of DATA for a list scope, delivery just before each attempt): `reason` is the
     # scope's label ("global", "tenant:acme", ...), `text` the entry's own reason. Never a DSN.
     SUPPRESSED = "suppressed"
+    # The recipient's mail client loaded the open pixel, or the recipient followed a tracked
+    # link (the tracker service, tracking/tokens.py): `machine` says when it was judged not a
+    # person (a privacy proxy's prefetch, a security scanner).
+    OPEN = "open"
+    CLICK = "click"
 
 
 class Event(BaseModel):
@@ -82,6 +87,24 @@ class Event(BaseModel):
     # the transaction taken into the queue; the API: 1 per recipient message). 0: not given,
     # read as 1 when the event names a recipient, else 0 (receptions written before the field).
     recipients: int = 0
+    # --- open and click only ---
+    # The link's target and its index in the message (click only; -1 otherwise); `remote` is
+    # the client's address, `agent` its User-Agent (at most 300 characters).
+    link: str = ""
+    link_index: int = -1
+    agent: str = ""
+    # "" when a person is taken to have opened or clicked; otherwise why not, one of
+    # MACHINE_REASONS (a plain string: a reason added later still reads here).
+    machine: str = ""
+    # when the message was sent to the recipient (epoch seconds; 0: not known)
+    sent_at: float = 0.0
+
+
+# Why an open or click is judged a machine's (Event.machine): a mail privacy proxy that loads
+# every image on delivery (Apple Mail Privacy Protection), another image prefetch, a
+# security scanner by its user agent, a click sooner after delivery than a person reads, or
+# clicks on every link of a message at once.
+MACHINE_REASONS = ("privacy_proxy", "prefetch", "scanner", "too_soon", "every_link")
 
 
 def message_fields(env: Envelope) -> dict[str, Any]:
