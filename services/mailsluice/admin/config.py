@@ -36,6 +36,7 @@ SETTINGS_MODULES = (
     "mailsluice.tenancy.settings",
     "mailsluice.webhooks.settings",
     "mailsluice.api.settings",
+    "mailsluice.tracking.settings",
 )
 
 
