@@ -16,6 +16,7 @@ from mailsluice.contracts.topics import (
     API_IDEMPOTENCY_TOPIC,
     CAMPAIGN_STATS_TOPIC,
     CONTROL_TOPIC,
+    ENGAGEMENT_TOPIC,
     EVENTS_TOPIC,
     RETRY_TIERS,
     SUPPRESSIONS_TOPIC,
@@ -68,6 +69,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         WARMUP_TOPIC,
         *(retry_topic(name) for name, _ in RETRY_TIERS),
         CAMPAIGN_STATS_TOPIC,
+        ENGAGEMENT_TOPIC,
         *(spec.name for spec in webhook_topic_specs(2)),  # webhooks
         TENANT_USAGE_TOPIC,
         API_IDEMPOTENCY_TOPIC,
@@ -90,6 +92,8 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
     answers = specs[API_IDEMPOTENCY_TOPIC].configs
     assert (answers["cleanup.policy"], answers["retention.ms"]) == ("compact,delete", "86400000")
     assert specs[TEMPLATES_TOPIC].configs["cleanup.policy"] == "compact"
+    days = specs[ENGAGEMENT_TOPIC].configs
+    assert (days["cleanup.policy"], days["retention.ms"]) == ("compact,delete", str(35 * 86400000))
 
 
 # --- ensure_topics on the real broker ---------------------------------------------------------

@@ -8,12 +8,17 @@ from collections.abc import Iterable, Iterator
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from support.api import header_tenants
+from support.api import header_tenants, router_client
 
 from mailsluice.api.campaigns import KafkaCampaigns, router
 from mailsluice.campaigns.eta import Caps
 from mailsluice.campaigns.warmup_caps import PoolCaps
-from mailsluice.contracts.campaign_stats import CampaignStats, encode_stats, stats_key
+from mailsluice.contracts.campaign_stats import (
+    CampaignStats,
+    decode_stats,
+    encode_stats,
+    stats_key,
+)
 from mailsluice.contracts.control import DestinationRow, Status, encode_status, status_key
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.tenancy.model import parse_tenants
@@ -67,6 +72,11 @@ def source() -> Source:
         expired=2,
         complaints=1,
         unsubscribes=4,
+        opens=400,
+        opens_human=250,
+        clicks=100,
+        clicks_human=50,
+        every_link=3,
         deferred=13,
         pending={"google": 200, "yahoo": 73},
         pools=("bulk", "not-acmes"),
@@ -82,9 +92,7 @@ def source() -> Source:
 
 @pytest.fixture
 def client(source: Source) -> Iterator[TestClient]:
-    app = FastAPI()
-    app.include_router(router(tenant_of, source, clock=lambda: NOW))
-    with TestClient(app) as c:
+    with router_client(router(tenant_of, source, clock=lambda: NOW)) as c:
         yield c
 
 
@@ -103,8 +111,13 @@ def test_the_tenants_campaign_counts_and_eta(client: TestClient, source: Source)
         "expired": 2,
         "complaints": 1,
         "unsubscribes": 4,
-        "opens": None,
-        "clicks": None,
+        "opens": {"all": 400, "human": 250},
+        "clicks": {"all": 100, "human": 50},
+        "every_link": 3,
+    }
+    assert body["rates"] == {
+        "all": {"open_rate": 400 / 700, "click_rate": 100 / 700, "click_to_open_rate": 0.25},
+        "human": {"open_rate": 250 / 700, "click_rate": 50 / 700, "click_to_open_rate": 0.2},
     }
     assert body["pending"] == 273
     assert body["pending_by_destination"] == {"google": 200, "yahoo": 73}
@@ -163,6 +176,18 @@ def test_a_finished_campaign_is_due_now(client: TestClient, source: Source) -> N
     source.records[("acme", "done")] = CampaignStats(tenant="acme", campaign="done", delivered=5)
     body = client.get("/v1/campaigns/done", headers={"x-tenant": "acme"}).json()
     assert body["eta_seconds"] == 0.0 and body["pending"] == 0
+    assert body["rates"]["human"] == {  # no open yet: no click-to-open rate
+        "open_rate": 0.0,
+        "click_rate": 0.0,
+        "click_to_open_rate": None,
+    }
+
+
+def test_a_record_written_before_the_engagement_counts_still_reads() -> None:
+    old = b'{"v": 1, "tenant": "acme", "campaign": "c1", "delivered": 4}'
+    stats = decode_stats(old)
+    assert (stats.opens, stats.clicks_human, stats.every_link) == (0, 0, 0)
+    assert stats.rates(human=False)["open_rate"] == 0.0
 
 
 def test_unauthenticated_is_refused(client: TestClient) -> None:

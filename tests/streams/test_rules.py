@@ -250,6 +250,8 @@ def test_internal_topics_are_the_ones_faust_uses() -> None:
         processor.counters.changelog_topic.get_topic_name(),
         processor.tally.topic.get_topic_name(),
         *(t.changelog_topic.get_topic_name() for t in processor.tally.tables()),
+        processor.engagement.seen.changelog_topic.get_topic_name(),
+        processor.engagement.days.changelog_topic.get_topic_name(),
     ]
     assert sorted(specs) == sorted(used)
     assert all(

@@ -6,28 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from support.tally import published, tallied
+
 from mailsluice.contracts.events import Event, EventType
-from mailsluice.kafka.settings import KafkaSettings
-from mailsluice.streams.app import StreamsProcessor
-from mailsluice.streams.campaigns import snapshot, tally
-from mailsluice.streams.settings import StreamsSettings
-from mailsluice.streams.tally import CampaignTally
+from mailsluice.streams.campaigns import tally
 
 KEY = "acme|c1"
 DAY = 86400.0
-
-
-def tallied(wall: float = 1000.0) -> CampaignTally:
-    processor = StreamsProcessor(
-        StreamsSettings(app_id="tally-test", sweep_interval_s=1),
-        KafkaSettings(),
-        1,
-        wall=lambda: wall,
-    )
-    t = processor.tally
-    t.counts, t.destinations, t.deferred = {}, {}, {}  # type: ignore[assignment]
-    t._indexed = True
-    return t
 
 
 def ev(kind: EventType, i: int, **kw: Any) -> Event:
@@ -51,11 +36,6 @@ EVENTS = [
     ev(EventType.SUPPRESSED, 3),
     ev(EventType.BOUNCE, 4, code=550, enhanced="5.1.1"),
 ]
-
-
-def published(t: CampaignTally) -> Any:
-    dests = {d: t.destinations[f"{KEY}|{d}"] for d in t._destinations_of[KEY]}
-    return snapshot(KEY, t.counts[KEY], dests, t._deferred_of[KEY], now=0.0)
 
 
 def test_the_tables_give_the_reference_counts() -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from fastapi import Header, HTTPException
+from fastapi import APIRouter, FastAPI, Header, HTTPException
+from fastapi.testclient import TestClient
 
 from mailsluice.api.app import ApiState, build_app
 from mailsluice.api.idempotency import IdempotencyBook
@@ -191,3 +192,12 @@ def header_tenants(tenants: Mapping[str, Tenant]) -> Callable[..., Tenant]:
         return found
 
     return tenant_of
+
+
+@contextlib.contextmanager
+def router_client(routes: APIRouter) -> Iterator[TestClient]:
+    """FastAPI's TestClient on an app of one router."""
+    app = FastAPI()
+    app.include_router(routes)
+    with TestClient(app) as client:
+        yield client

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from mailsluice.observability.dashboards import build
+from support.eventually import eventually
 from support.processes import get, start
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +98,33 @@ def check_panels(
             if not has_data and not exempt(exprs):
                 problems.append(f"{stem}/{title}: no data")
     return problems, checked
+
+
+async def panels_with_data(
+    prom: str,
+    stems: list[str],
+    detail: Callable[[], str],
+    exempt: Callable[[list[str]], bool] = lambda _: False,
+    *,
+    within: float = 60,
+) -> int:
+    """Wait until every panel of the dashboards `stems` returns data (check_panels); the
+    number of queries evaluated."""
+    problems: list[str] = []
+
+    def every_panel_has_data() -> int:
+        problems[:], checked = check_panels(prom, stems, exempt)
+        return 0 if problems else checked
+
+    checked: int = await eventually(
+        every_panel_has_data,
+        within=within,
+        interval=1,
+        blocking=True,
+        what=f"every panel of {', '.join(stems)} to return data",
+        detail=lambda: "\n".join(problems) + "\n" + detail(),
+    )
+    return checked
 
 
 def check_alerts(prom: str, group_prefix: str = "") -> tuple[list[str], int]:

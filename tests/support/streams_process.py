@@ -15,7 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailsluice.contracts.topics import CAMPAIGN_STATS_TOPIC, EVENTS_TOPIC, SUPPRESSIONS_TOPIC
+from mailsluice.contracts.topics import (
+    CAMPAIGN_STATS_TOPIC,
+    ENGAGEMENT_TOPIC,
+    EVENTS_TOPIC,
+    SUPPRESSIONS_TOPIC,
+)
 from mailsluice.kafka.admin import ensure_topics, standard_topics, topic_partitions
 from mailsluice.kafka.clients import make_consumer
 from mailsluice.kafka.settings import KafkaSettings
@@ -66,7 +71,7 @@ async def start_at_end(kafka_settings: KafkaSettings, group: str) -> None:
 
 def prepare(kafka_settings: KafkaSettings, app_id: str) -> None:
     """The topics the processor reads and writes, and its group at the end of the events."""
-    wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC, CAMPAIGN_STATS_TOPIC)
+    wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC, CAMPAIGN_STATS_TOPIC, ENGAGEMENT_TOPIC)
     specs = [s for s in standard_topics(kafka_settings, [], 1 << 20) if s.name in wanted]
     asyncio.run(ensure_topics(kafka_settings, specs))
     asyncio.run(start_at_end(kafka_settings, app_id))

@@ -60,7 +60,8 @@ def _iso(ts: float) -> str | None:
 
 
 def body(stats: CampaignStats, at: float | None, now: float) -> dict[str, Any]:
-    """The response: counts, pending, and the ETA (null when unknown)."""
+    """The response: counts, engagement rates (raw and estimated-human; null without a
+    denominator), pending, and the ETA (null when unknown)."""
     return {
         "id": stats.campaign,
         "counts": {
@@ -74,9 +75,11 @@ def body(stats: CampaignStats, at: float | None, now: float) -> dict[str, Any]:
             "expired": stats.expired,
             "complaints": stats.complaints,
             "unsubscribes": stats.unsubscribes,
-            "opens": None,  # no open tracking yet
-            "clicks": None,
+            "opens": {"all": stats.opens, "human": stats.opens_human},
+            "clicks": {"all": stats.clicks, "human": stats.clicks_human},
+            "every_link": stats.every_link,
         },
+        "rates": {"all": stats.rates(human=False), "human": stats.rates(human=True)},
         "pending": stats.pending_total,
         "pending_by_destination": stats.pending,
         "eta": _iso(at) if at is not None else None,

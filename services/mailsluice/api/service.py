@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from fastapi import APIRouter
 
-from mailsluice.api import campaigns, suppressions, webhooks
+from mailsluice.api import campaigns, engagement, suppressions, webhooks
 from mailsluice.api.app import ApiState, build_app
 from mailsluice.api.auth import current_tenant
 from mailsluice.api.idempotency import IdempotencyBook
@@ -112,6 +112,7 @@ class ApiService:
         self.campaigns = campaigns.KafkaCampaigns(
             kafka, warmup_of=load_policy(settings.policy_file or None).warmup
         )
+        self.engagement = engagement.KafkaEngagement(kafka)
         self.sender = self._sender(settings)
         state = ApiState(registry, self.sender, self.book, settings.max_body_bytes)
         self.app = build_app(state, [*self._routers(), *routers])
@@ -151,6 +152,7 @@ class ApiService:
             templates_router(),
             suppressions.router(current_tenant, self.store, writer),
             campaigns.router(current_tenant, self.campaigns),
+            engagement.router(current_tenant, self.engagement),
             webhooks.router(current_tenant, self.webhooks),
         ]
 
@@ -184,8 +186,8 @@ class ApiService:
             return False, "suppression list not loaded"
         if not all(view.ready for view in self._views):
             return False, "idempotency answers or templates not loaded"
-        if not (self.campaigns.ready and self.webhooks.ready):
-            return False, "campaign stats or webhook statuses not loaded"
+        if not (self.campaigns.ready and self.engagement.ready and self.webhooks.ready):
+            return False, "campaign stats, engagement or webhook statuses not loaded"
         if self.watch.error:
             return False, f"kafka: {self.watch.error}"
         return True, "serving"
@@ -198,6 +200,7 @@ class ApiService:
             await view.start(timeout)
             view.follow_in_background()
         await self.campaigns.start(timeout)
+        await self.engagement.start(timeout)
         await self.webhooks.start(timeout)
         await self.usage.start()
         self.watch.start()
@@ -214,6 +217,7 @@ class ApiService:
             await self._http.cleanup()
         await self.usage.stop()
         await self.campaigns.stop()
+        await self.engagement.stop()
         await self.webhooks.stop()
         for view in self._views:
             await view.stop()

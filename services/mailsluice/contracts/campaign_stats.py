@@ -14,6 +14,9 @@ topic's latest record is the campaign's state. What each count means (streams/ca
 - `pending`: recipients accepted and not final yet, by destination (the routing key's provider
   or domain, `contracts.routing.base_of`; "" where the reception named none), the largest
   `MAX_DESTINATIONS` only, the others summed under OTHER.
+- `opens`, `clicks`: unique per message and recipient, raw (machines too); `opens_human`,
+  `clicks_human`: the estimated-human ones (not judged a machine's, not in an every-link burst;
+  a click counts as an open too); `every_link`: messages whose clicks were such a burst.
 - `pools`: the pools its mail goes through (the ETA takes their rates and warm-up caps).
 """
 
@@ -41,6 +44,12 @@ COUNTS = (
     "expired",
     "complaints",
     "unsubscribes",
+    # engagement (streams/engagement.py)
+    "opens",
+    "opens_human",
+    "clicks",
+    "clicks_human",
+    "every_link",
 )
 
 
@@ -64,6 +73,11 @@ class CampaignStats(BaseModel):
     expired: int = 0
     complaints: int = 0
     unsubscribes: int = 0
+    opens: int = 0
+    opens_human: int = 0
+    clicks: int = 0
+    clicks_human: int = 0
+    every_link: int = 0
     deferred: int = 0
     pending: dict[str, int] = Field(default_factory=dict)
     # the pools its accepted and finished mail went through (the first MAX_POOLS, sorted)
@@ -76,6 +90,22 @@ class CampaignStats(BaseModel):
     @property
     def pending_total(self) -> int:
         return sum(self.pending.values())
+
+    def rates(self, *, human: bool) -> dict[str, float | None]:
+        """Open, click-through and click-to-open rates, raw or estimated-human."""
+        opens, clicks = (
+            (self.opens_human, self.clicks_human) if human else (self.opens, self.clicks)
+        )
+        return engagement_rates(self.delivered, opens, clicks)
+
+
+def engagement_rates(delivered: int, opens: int, clicks: int) -> dict[str, float | None]:
+    """Open rate, click-through rate and click-to-open rate (null without a denominator)."""
+    return {
+        "open_rate": opens / delivered if delivered else None,
+        "click_rate": clicks / delivered if delivered else None,
+        "click_to_open_rate": clicks / opens if opens else None,
+    }
 
 
 def stats_key(tenant: str, campaign: str) -> bytes:

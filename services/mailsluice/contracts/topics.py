@@ -25,6 +25,14 @@ CAMPAIGN_STATS_TOPIC = f"{TOPIC_PREFIX}.campaign-stats"
 CAMPAIGN_STATS_PARTITIONS = 3
 # --- end campaign stats ---
 
+# --- engagement (streams/engaged.py) ---
+# Compacted and deleted after ENGAGEMENT_RETENTION_MS, keyed "tenant|provider|day|partition":
+# per-day deliveries, unique opens and clicks (contracts/engagement_stats.py).
+ENGAGEMENT_TOPIC = f"{TOPIC_PREFIX}.engagement"
+ENGAGEMENT_PARTITIONS = 3
+ENGAGEMENT_RETENTION_MS = 35 * 24 * 3600 * 1000
+# --- end engagement ---
+
 # Delay tiers for retries: (name, delay in seconds). A retry goes to the largest tier not
 # longer than the wanted delay, so a message never comes back later than asked by more than
 # the mover's poll interval.
@@ -136,9 +144,16 @@ def tenant_usage_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
 
 
 def campaign_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
-    """The compacted topic of the campaign stats the stream processors publish."""
+    """The compacted topics of the campaign stats and engagement the stream processors
+    publish."""
     compact = _compacted({"min.insync.replicas": str(min_insync_replicas)})
-    return [TopicSpec(CAMPAIGN_STATS_TOPIC, CAMPAIGN_STATS_PARTITIONS, compact)]
+    # a day's bucket older than the longest window is of no use: deleted, tombstone or not
+    days = {**compact, "cleanup.policy": "compact,delete"}
+    days["retention.ms"] = str(ENGAGEMENT_RETENTION_MS)
+    return [
+        TopicSpec(CAMPAIGN_STATS_TOPIC, CAMPAIGN_STATS_PARTITIONS, compact),
+        TopicSpec(ENGAGEMENT_TOPIC, ENGAGEMENT_PARTITIONS, days),
+    ]
 
 
 # --- webhooks: the `mailsluice webhooks` stage (contracts/webhook_records.py) ----------------

@@ -25,6 +25,8 @@ class Streams:
         "destination_state",
         "unsubscribe",
         "suppressed",
+        "open",
+        "click",
     )
     SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce", "unsubscribe")
     AGENTS = ("route", "judge", "tally")  # tally: campaign stats
@@ -52,6 +54,40 @@ class Streams:
         "Campaign stats records the stream processors wrote to mailsluice.campaign-stats (one "
         "per changed campaign per publishing interval; campaigns are never label values).",
     )
+
+    # --- engagement (streams/engaged.py): per pool and provider only, never tenant or campaign
+    DELIVERED = Counter(
+        "mailsluice_streams_delivered_total",
+        "Deliveries the engagement counts divide by (open rate, click-through rate), by pool and "
+        "provider (`other` for a raw domain).",
+        ["pool", "provider"],
+    )
+    OPENS = Counter(
+        "mailsluice_streams_opens_total",
+        "Unique opens (once per message and recipient; a click counts as an open too), by pool, "
+        "provider and kind: `all` (raw, machines too) or `human` (estimated human).",
+        ["pool", "provider", "kind"],
+    )
+    CLICKS = Counter(
+        "mailsluice_streams_clicks_total",
+        "Unique clicks (once per message and recipient), by pool, provider and kind: `all` or "
+        "`human` (not a machine's, not in an every-link burst).",
+        ["pool", "provider", "kind"],
+    )
+    RETRACTED = Counter(
+        "mailsluice_streams_human_retracted_total",
+        "Human opens and clicks counted and then taken back when the message's clicks turned "
+        'out to be an every-link burst (subtract from the kind="human" counts), by kind.',
+        ["pool", "provider", "kind"],
+    )
+    EVERY_LINK = Counter(
+        "mailsluice_streams_every_link_total",
+        "Messages whose clicks hit several links within seconds (a security scanner), by pool "
+        "and provider.",
+        ["pool", "provider"],
+    )
+    ENGAGEMENT_KINDS = ("all", "human")
+    RETRACTED_KINDS = ("open", "click")
 
     @staticmethod
     def pool_label(pool: str) -> str:

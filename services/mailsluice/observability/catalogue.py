@@ -88,6 +88,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_streams_events", "type"): _values(Streams.EVENT_TYPES),
         ("mailsluice_streams_suppressions", "reason"): _values(Streams.SUPPRESSION_REASONS),
         ("mailsluice_streams_errors", "agent"): _values(Streams.AGENTS),
+        **_engagement_label_values(),
         # unsubscribe
         ("mailsluice_unsubscribe_requests", "channel"): _values(Unsubscribe.CHANNELS),
         ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
@@ -95,6 +96,16 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         **_api_label_values(),
     }
     return by_label, by_metric
+
+
+def _engagement_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.streams import Streams
+
+    return {
+        ("mailsluice_streams_opens", "kind"): _values(Streams.ENGAGEMENT_KINDS),
+        ("mailsluice_streams_clicks", "kind"): _values(Streams.ENGAGEMENT_KINDS),
+        ("mailsluice_streams_human_retracted", "kind"): _values(Streams.RETRACTED_KINDS),
+    }
 
 
 def _webhooks_label_values() -> dict[tuple[str, str], str]:

@@ -47,6 +47,7 @@ from mailsluice.kafka.retrying import until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.streams import Streams as streams_metrics
 from mailsluice.streams import rules
+from mailsluice.streams.engaged import EngagementDays, engaged_topics
 from mailsluice.streams.liveness import AgentProgress, Partition, combined
 from mailsluice.streams.settings import StreamsSettings
 from mailsluice.streams.tally import CampaignTally, tally_topics
@@ -77,6 +78,7 @@ def internal_topics(app_id: str, partitions: int, kafka: KafkaSettings) -> list[
         TopicSpec(f"{app_id}-{SOFT_TABLE}-changelog", partitions, compact),
         TopicSpec(f"{app_id}-{COUNTERS_TABLE}-changelog", partitions, compact),
         *tally_topics(app_id, partitions, isr),
+        *engaged_topics(app_id, partitions, isr),
     ]
 
 
@@ -159,6 +161,7 @@ class StreamsProcessor:
         app.agent(self.events_topic, name="route", concurrency=1)(self._route)
         app.agent(self.by_address, name="judge", concurrency=1)(self._judge)
         self.tally = CampaignTally(self, clock)  # campaign stats: streams/tally.py
+        self.engagement = EngagementDays(self)  # per tenant and provider: streams/engaged.py
         # Liveness, per agent: each reads its own topic and can be stuck alone.
         stall_s = settings.stall_s
         self.routed = AgentProgress(stall_s, lambda: self.ends(EVENTS_TOPIC), clock)
@@ -214,9 +217,11 @@ class StreamsProcessor:
         self.routed.forget(partitions)
         self.judged.forget(partitions)
         self.tally.revoked(partitions)
+        self.engagement.revoked(partitions)
 
     async def _assigned(self, _sender: object, *args: Any, **_: Any) -> None:
         self.tally.assigned([(tp.topic, tp.partition) for tp in args[0]])
+        self.engagement.assigned()
 
     # --- agents -------------------------------------------------------------------------
 
@@ -258,6 +263,10 @@ class StreamsProcessor:
             address = normalize(event.recipient)
             await self.send(self.by_address, address.encode(), value, acked=False)
         await self.tally.forward(event, value)
+        current = faust.current_event()
+        if current is not None:
+            self.engagement.observe(event, partition, current.message.offset)
+            self.engagement.sweep(partition)
         self._sweep_counters(partition)
 
     async def judge_one(self, value: bytes, partition: int) -> None:

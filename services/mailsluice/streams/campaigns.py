@@ -10,7 +10,9 @@ Counted per (tenant, campaign) from the events that name a campaign:
   expiration: their count += 1 and one more final at their destination;
 - transient failure: the recipient is deferred now; its next delivery, bounce, expiration or
   suppressed event ends that (a per-(queue id, recipient) entry, removed when final);
-- complaint, unsubscribe: += 1 when the event names the campaign.
+- complaint, unsubscribe: += 1 when the event names the campaign;
+- open, click: the unique opens and clicks, raw and human (streams/engagement.py decides, from a
+  per-(campaign, queue id, recipient) state entry the tally keeps).
 
 Pending per destination = accepted there - finals there. A reception naming no routing key
 (one SMTP transaction spans destinations) counts under "", and the finals its recipients get at
@@ -27,7 +29,7 @@ writes, at least once) is not counted twice for that value.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from mailsluice.contracts.campaign_stats import (
@@ -39,6 +41,7 @@ from mailsluice.contracts.campaign_stats import (
 )
 from mailsluice.contracts.events import Event, EventType
 from mailsluice.contracts.routing import base_of
+from mailsluice.streams import engagement
 from mailsluice.streams.rules import event_failure
 
 Json = dict[str, Any]
@@ -106,6 +109,16 @@ def effect(event: Event, *, was_deferred: bool = False) -> Effect:
         # after acceptance only when it was deferred before (see the module's docstring)
         return Effect({simple: 1}, destination, finished=int(was_deferred), deferral="end")
     return Effect({simple: 1})
+
+
+def engaged_key(campaign: str, event: Event) -> str:
+    """The campaign's engagement state key of the event's message and recipient."""
+    return f"{campaign}|{engagement.seen_key(event)}"
+
+
+def with_engagement(eff: Effect, delta: Mapping[str, int]) -> Effect:
+    """`eff` with an open's or click's deltas to the unique counts (streams/engagement.py)."""
+    return replace(eff, counts=engagement.add(eff.counts, delta)) if delta else eff
 
 
 def pool_of(event: Event, eff: Effect) -> str:
@@ -218,6 +231,7 @@ def tally(events: Iterable[Event]) -> dict[str, CampaignStats]:
     counts: dict[str, Json] = {}
     destinations: dict[str, dict[str, Json]] = {}
     deferrals: dict[str, set[str]] = {}
+    engaged: dict[str, Json] = {}
     for offset, event in enumerate(events):
         key = campaign_key(event)
         if key is None:
@@ -225,6 +239,10 @@ def tally(events: Iterable[Event]) -> dict[str, CampaignStats]:
         held = deferrals.setdefault(key, set())
         recipient = deferral_key(key, event)
         eff = effect(event, was_deferred=recipient in held)
+        if engagement.tracked(event):
+            seen = engaged_key(key, event)
+            engaged[seen], delta = engagement.observe(engaged.get(seen), event)
+            eff = with_engagement(eff, delta)
         counts[key] = add_counts(
             counts.get(key), eff, ts=event.ts, offset=offset, partition=0, pool=pool_of(event, eff)
         )

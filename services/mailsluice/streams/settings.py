@@ -78,6 +78,23 @@ class StreamsSettings(MailsluiceSettings):
         "this many days stops counting (its final event was lost); more than the retry period.",
     )
 
+    # --- engagement (streams/engagement.py, streams/engaged.py) ---
+    engagement_days: int = Field(
+        31,
+        ge=1,
+        le=365,
+        description="A message's unique-open and -click state is kept this long after its "
+        "latest open or click (a later open counts as unique again), and the per-day engagement "
+        "buckets this many days: the longest engagement window.",
+    )
+    engagement_publish_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=300.0,
+        description="The changed per-day engagement buckets are published to "
+        "mailsluice.engagement at most this often.",
+    )
+
     def policy(self) -> Policy:
         return Policy(
             threshold=self.soft_threshold,

@@ -10,7 +10,10 @@ all written from that partition (each value notes it, `p`, for the sweeps):
 - `campaign-destinations`: `tenant|campaign|destination` -> accepted and finals there;
 - `campaign-deferred`: `tenant|campaign|queue id|recipient` -> an entry while the recipient's
   latest event is a transient failure; `deferred` is how many a campaign has (an index in
-  memory, rebuilt from the table after every assignment).
+  memory, rebuilt from the table after every assignment);
+- `campaign-engaged`: `tenant|campaign|queue id|recipient` -> the unique-open and -click state
+  of a message opened or clicked (streams/engagement.py), swept `engagement_days` after its
+  latest event: the bound is the campaign's opened messages of that many days, ~100 bytes each.
 
 A changed campaign is published by a timer, at most once per `campaign_publish_s`; after an
 assignment every campaign of the assigned partitions is published again, so a snapshot lost in a
@@ -33,7 +36,7 @@ from mailsluice.contracts.campaign_stats import encode_stats, stats_key
 from mailsluice.contracts.events import Event
 from mailsluice.contracts.topics import CAMPAIGN_STATS_TOPIC, TopicSpec
 from mailsluice.metrics.streams import Streams as streams_metrics
-from mailsluice.streams import campaigns
+from mailsluice.streams import campaigns, engagement
 from mailsluice.streams.campaigns import Json
 from mailsluice.streams.liveness import AgentProgress, Partition
 
@@ -45,7 +48,8 @@ log = logging.getLogger(__name__)
 COUNTS_TABLE = "campaign-counts"
 DESTINATIONS_TABLE = "campaign-destinations"
 DEFERRED_TABLE = "campaign-deferred"
-TABLES = (COUNTS_TABLE, DESTINATIONS_TABLE, DEFERRED_TABLE)
+ENGAGED_TABLE = "campaign-engaged"
+TABLES = (COUNTS_TABLE, DESTINATIONS_TABLE, DEFERRED_TABLE, ENGAGED_TABLE)
 DAY_S = 86400
 
 
@@ -82,6 +86,7 @@ class CampaignTally:
         self.counts = app.Table(COUNTS_TABLE, partitions=parts, schema=codecs)
         self.destinations = app.Table(DESTINATIONS_TABLE, partitions=parts, schema=codecs)
         self.deferred = app.Table(DEFERRED_TABLE, partitions=parts, schema=codecs)
+        self.engaged = app.Table(ENGAGED_TABLE, partitions=parts, schema=codecs)
         app.agent(self.topic, name="tally", concurrency=1)(self._tally)
         app.timer(settings.campaign_publish_s, name="campaign-stats")(self.publish_changed)
         self.progress = AgentProgress(settings.stall_s, lambda: processor.ends(name), clock)
@@ -92,7 +97,7 @@ class CampaignTally:
         self._indexed = False
 
     def tables(self) -> tuple[Any, ...]:
-        return (self.counts, self.destinations, self.deferred)
+        return (self.counts, self.destinations, self.deferred, self.engaged)
 
     # --- route's part ---------------------------------------------------------------------
 
@@ -124,6 +129,14 @@ class CampaignTally:
         recipient = campaigns.deferral_key(key, event)
         was_deferred = recipient in self.deferred
         eff = campaigns.effect(event, was_deferred=was_deferred)
+        if engagement.tracked(event):
+            # the state first: replayed, its stored delta reaches the counts again
+            seen = campaigns.engaged_key(key, event)
+            state, delta = engagement.step(
+                self.engaged.get(seen), event, offset=offset, partition=partition
+            )
+            self.engaged[seen] = state
+            eff = campaigns.with_engagement(eff, delta)
         if eff.deferral == "start" and not was_deferred:
             self.deferred[recipient] = {"d": eff.destination, "t": event.ts, "p": partition}
             self._deferred_of[key] += 1
@@ -229,6 +242,10 @@ class CampaignTally:
             if _ours(raw, partition) and float(raw.get("t", 0)) < old_state:
                 self.deferred.pop(key, None)
                 self._deferred_of[_campaign_of(key, 2)] -= 1
+        old_engaged = now - self.settings.engagement_days * DAY_S
+        for key, raw in list(self.engaged.items()):
+            if _ours(raw, partition) and float(raw.get("t", 0)) < old_engaged:
+                self.engaged.pop(key, None)
         old = now - self.settings.campaign_days * DAY_S
         for key, raw in list(self.counts.items()):
             if _ours(raw, partition) and float(raw.get("l", 0)) < old:

@@ -1,4 +1,4 @@
-"""Deliverability dashboard: outcomes, deferrals, bounces and shaping per provider."""
+"""Deliverability dashboard: outcomes, deferrals, bounces, shaping and engagement per provider."""
 
 from __future__ import annotations
 
@@ -11,6 +11,74 @@ _DELIVERED = rate(
     "mailsluice_delivery_provider_recipients_total", f'{PP}, result="delivered"', "provider"
 )
 COMPLAINT_RATE = f"({_COMPLAINTS}\n  or 0 * {_DELIVERED})\n  / clamp_min({_DELIVERED}, 1e-9)"
+
+# --- engagement (streams/engaged.py): unique opens and clicks per delivered recipient, counted by
+# the stream processors; the human ones less those an every-link burst took back afterwards.
+_STREAMS_DELIVERED = rate("mailsluice_streams_delivered_total", PP, "provider")
+
+
+def _unique(what: str, kind: str) -> str:
+    """Unique `what`s (open, click) per second by provider; the human ones 0, not nothing, where
+    there are machine ones only."""
+    every = rate(f"mailsluice_streams_{what}s_total", f'{PP}, kind="all"', "provider")
+    if kind == "all":
+        return every
+    counted = rate(f"mailsluice_streams_{what}s_total", f'{PP}, kind="human"', "provider")
+    back = rate("mailsluice_streams_human_retracted_total", f'{PP}, kind="{what}"', "provider")
+    return f"(({counted}\n  - ({back} or 0 * {counted}))\n  or 0 * {every})"
+
+
+def _per(numerator: str, denominator: str) -> str:
+    return f"{numerator}\n  / clamp_min({denominator}, 1e-9)"
+
+
+def _engagement_rate(what: str, per: str | None) -> tuple[tuple[str, str], ...]:
+    """Human and raw: `what` per delivered recipient, or per `per` (click-to-open)."""
+    return tuple(
+        (
+            _per(_unique(what, kind), _unique(per, kind) if per else _STREAMS_DELIVERED),
+            "{{provider}} " + kind,
+        )
+        for kind in ("human", "all")
+    )
+
+
+ENGAGEMENT = (
+    Panel(
+        "Open rate by provider",
+        "percentunit",
+        _engagement_rate("open", None),
+        "Unique opens per delivered recipient: estimated human, and all (machine opens such as "
+        "Apple Mail Privacy Protection's too). A click counts as an open.",
+    ),
+    Panel(
+        "Click-through rate by provider",
+        "percentunit",
+        _engagement_rate("click", None),
+        "Unique clicks per delivered recipient: estimated human (no scanner, no every-link "
+        "burst), and all.",
+    ),
+    Panel(
+        "Click-to-open rate by provider",
+        "percentunit",
+        _engagement_rate("click", "open"),
+        "Unique clicks per unique open, human and all.",
+    ),
+    Panel(
+        "Human and machine opens and clicks",
+        "ops",
+        tuple(
+            (expr, "{{provider}} " + legend)
+            for what in ("open", "click")
+            for expr, legend in (
+                (_unique(what, "human"), f"human {what}s"),
+                (f"{_unique(what, 'all')}\n  - {_unique(what, 'human')}", f"machine {what}s"),
+            )
+        ),
+        "Unique opens and clicks per second judged human and not (privacy proxies, prefetch, "
+        "scanners, every-link bursts).",
+    ),
+)
 
 DELIVERABILITY = (
     Panel(
@@ -128,4 +196,5 @@ DELIVERABILITY = (
         "Share of the current warm-up period's cap used, and the warm-up day, per source "
         "address (warm addresses have no cap).",
     ),
+    *ENGAGEMENT,
 )
