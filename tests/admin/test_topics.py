@@ -16,7 +16,7 @@ from mailsluice.contracts.topics import (
     API_IDEMPOTENCY_TOPIC,
     CAMPAIGN_STATS_TOPIC,
     CONTROL_TOPIC,
-    ENGAGEMENT_TOPIC,
+    ENGAGEMENT_DAYS_TOPIC,
     EVENTS_TOPIC,
     RETRY_TIERS,
     SUPPRESSIONS_TOPIC,
@@ -69,7 +69,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         WARMUP_TOPIC,
         *(retry_topic(name) for name, _ in RETRY_TIERS),
         CAMPAIGN_STATS_TOPIC,
-        ENGAGEMENT_TOPIC,
+        ENGAGEMENT_DAYS_TOPIC,
         *(spec.name for spec in webhook_topic_specs(2)),  # webhooks
         TENANT_USAGE_TOPIC,
         API_IDEMPOTENCY_TOPIC,
@@ -92,7 +92,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
     answers = specs[API_IDEMPOTENCY_TOPIC].configs
     assert (answers["cleanup.policy"], answers["retention.ms"]) == ("compact,delete", "86400000")
     assert specs[TEMPLATES_TOPIC].configs["cleanup.policy"] == "compact"
-    days = specs[ENGAGEMENT_TOPIC].configs
+    days = specs[ENGAGEMENT_DAYS_TOPIC].configs
     assert (days["cleanup.policy"], days["retention.ms"]) == ("compact,delete", str(35 * 86400000))
 
 

@@ -4,8 +4,8 @@ served by `GET /v1/campaigns/{id}` over HTTP; a restarted processor resumes its 
 
 Engagement likewise: deliveries, opens (a privacy proxy's and a person's) and clicks (a
 person's, a scanner's, an every-link burst) come back in the campaign's stats and, per provider,
-from mailsluice.engagement by `GET /v1/engagement`; and a real Prometheus scraping the processor
-finds data in every engagement panel of the Deliverability dashboard."""
+from mailsluice.engagement-days by `GET /v1/engagement`; and a real Prometheus scraping the
+processor finds data in every engagement panel of the Deliverability dashboard."""
 
 from __future__ import annotations
 

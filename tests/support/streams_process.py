@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mailsluice.contracts.topics import (
     CAMPAIGN_STATS_TOPIC,
-    ENGAGEMENT_TOPIC,
+    ENGAGEMENT_DAYS_TOPIC,
     EVENTS_TOPIC,
     SUPPRESSIONS_TOPIC,
 )
@@ -71,7 +71,7 @@ async def start_at_end(kafka_settings: KafkaSettings, group: str) -> None:
 
 def prepare(kafka_settings: KafkaSettings, app_id: str) -> None:
     """The topics the processor reads and writes, and its group at the end of the events."""
-    wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC, CAMPAIGN_STATS_TOPIC, ENGAGEMENT_TOPIC)
+    wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC, CAMPAIGN_STATS_TOPIC, ENGAGEMENT_DAYS_TOPIC)
     specs = [s for s in standard_topics(kafka_settings, [], 1 << 20) if s.name in wanted]
     asyncio.run(ensure_topics(kafka_settings, specs))
     asyncio.run(start_at_end(kafka_settings, app_id))

@@ -3,7 +3,7 @@ and the three rates (raw and estimated-human), per provider and in total, over t
 30 UTC days (today included, so far).
 
 The figures are the stream processors' per-day buckets (streams/engaged.py) read from the
-compacted topic mailsluice.engagement; every events partition counts its own, so a day's figure
+compacted topic mailsluice.engagement-days; every events partition counts its own, so a day's figure
 is the sum of its partitions' records. Opens and clicks count on the day their message was
 delivered: a window's rates are those of the mail it delivered.
 
@@ -26,7 +26,7 @@ from mailsluice.contracts.engagement_stats import (
     decode_bucket,
     parse_bucket_key,
 )
-from mailsluice.contracts.topics import ENGAGEMENT_TOPIC
+from mailsluice.contracts.topics import ENGAGEMENT_DAYS_TOPIC
 from mailsluice.kafka.compacted import START_TIMEOUT_S, CompactedView
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.tenancy.model import Tenant
@@ -99,11 +99,11 @@ def router(
 
 
 class KafkaEngagement:
-    """mailsluice.engagement as a table, read to its end at start and followed."""
+    """mailsluice.engagement-days as a table, read to its end at start and followed."""
 
     def __init__(self, settings: KafkaSettings, *, client_id: str = "mailsluice-api") -> None:
         self._buckets: dict[str, dict[tuple[str, str, int], EngagementBucket]] = {}
-        self.view = CompactedView(settings, ENGAGEMENT_TOPIC, self.apply, client_id=client_id)
+        self.view = CompactedView(settings, ENGAGEMENT_DAYS_TOPIC, self.apply, client_id=client_id)
 
     async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         await self.view.start(timeout_s)

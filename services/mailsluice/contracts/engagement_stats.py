@@ -1,5 +1,5 @@
-"""Records of the compacted topic mailsluice.engagement: a tenant's deliveries, unique opens and
-clicks at one provider on one UTC day, as one partition of mailsluice.events counted them.
+"""Records of the compacted topic mailsluice.engagement-days: a tenant's deliveries, unique
+opens and clicks at one provider on one UTC day, as one partition of mailsluice.events counted them.
 
 Key `"<tenant>|<provider>|<day>|<partition>"` (day `YYYY-MM-DD`): every partition of the events
 topic counts every tenant, so a reader sums a (tenant, provider, day)'s partitions. Opens and

@@ -28,8 +28,8 @@ CAMPAIGN_STATS_PARTITIONS = 3
 # --- engagement (streams/engaged.py) ---
 # Compacted and deleted after ENGAGEMENT_RETENTION_MS, keyed "tenant|provider|day|partition":
 # per-day deliveries, unique opens and clicks (contracts/engagement_stats.py).
-ENGAGEMENT_TOPIC = f"{TOPIC_PREFIX}.engagement"
-ENGAGEMENT_PARTITIONS = 3
+ENGAGEMENT_DAYS_TOPIC = f"{TOPIC_PREFIX}.engagement-days"
+ENGAGEMENT_DAYS_PARTITIONS = 3
 ENGAGEMENT_RETENTION_MS = 35 * 24 * 3600 * 1000
 # --- end engagement ---
 
@@ -152,7 +152,7 @@ def campaign_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
     days["retention.ms"] = str(ENGAGEMENT_RETENTION_MS)
     return [
         TopicSpec(CAMPAIGN_STATS_TOPIC, CAMPAIGN_STATS_PARTITIONS, compact),
-        TopicSpec(ENGAGEMENT_TOPIC, ENGAGEMENT_PARTITIONS, days),
+        TopicSpec(ENGAGEMENT_DAYS_TOPIC, ENGAGEMENT_DAYS_PARTITIONS, days),
     ]
 
 

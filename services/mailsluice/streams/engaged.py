@@ -1,7 +1,7 @@
 """Engagement per tenant and provider over time windows, counted inside the `route` agent (it
 reads mailsluice.events, keyed by queue id, so one message's opens and clicks reach one
 partition in order; streams/engagement.py decides what each adds), published to the compacted
-topic mailsluice.engagement (contracts/engagement_stats.py) and counted in Prometheus per pool
+topic mailsluice.engagement-days (contracts/engagement_stats.py) and counted in Prometheus per pool
 and provider only.
 
 Two tables, written from the events partition (each value notes it, `p`, for the sweeps):
@@ -34,7 +34,7 @@ from mailsluice.contracts.engagement_stats import (
     parse_bucket_key,
 )
 from mailsluice.contracts.events import Event, EventType
-from mailsluice.contracts.topics import ENGAGEMENT_TOPIC, EVENTS_TOPIC, TopicSpec
+from mailsluice.contracts.topics import ENGAGEMENT_DAYS_TOPIC, EVENTS_TOPIC, TopicSpec
 from mailsluice.metrics.labels import provider_label
 from mailsluice.metrics.streams import Streams as streams_metrics
 from mailsluice.streams import engagement
@@ -123,7 +123,7 @@ class EngagementDays:
         parts = processor.partitions
         self.seen = app.Table(SEEN_TABLE, partitions=parts, schema=codecs)
         self.days = app.Table(DAYS_TABLE, partitions=parts, schema=codecs)
-        self.topic = app.topic(ENGAGEMENT_TOPIC, key_type=bytes, value_type=bytes)
+        self.topic = app.topic(ENGAGEMENT_DAYS_TOPIC, key_type=bytes, value_type=bytes)
         app.timer(self.settings.engagement_publish_s, name="engagement")(self.publish_changed)
         self.dirty: set[str] = set()
         self._republished = False

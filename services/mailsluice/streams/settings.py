@@ -92,7 +92,7 @@ class StreamsSettings(MailsluiceSettings):
         ge=0.1,
         le=300.0,
         description="The changed per-day engagement buckets are published to "
-        "mailsluice.engagement at most this often.",
+        "mailsluice.engagement-days at most this often.",
     )
 
     def policy(self) -> Policy:
