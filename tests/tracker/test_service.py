@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from support.loopback import free_port
 from support.topic_reader import read_topic
 
 from mailsluice.contracts.events import Event, EventType, decode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.metrics.tracker import Tracker
 from mailsluice.tracker.app import PIXEL
 from mailsluice.tracker.service import TrackerService
 from mailsluice.tracking.machines import load_machines
@@ -161,3 +163,26 @@ async def test_apple_proxy_open_and_scanner_clicks_are_marked_machine(
     ]
     (soon,) = await events_of(kafka_settings, fresh.queue_id, expect=1)
     assert (soon.type, soon.machine) == (EventType.CLICK, "too_soon")
+
+
+async def test_without_kafka_clicks_still_redirect_at_once_and_overflow_is_counted() -> None:
+    settings = TrackingSettings(listen_host="127.0.0.1", listen_port=0, http_port=0, event_buffer=2)
+    nowhere = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}")
+    running = TrackerService(settings, nowhere, KEYS, load_machines(), ops=False, stop_grace_s=0.2)
+    dropped = Tracker.DROPPED._value.get()
+    await running.start()
+    try:
+        m = mark(time.time() - 3600)
+        url = KEYS.click_url(f"http://127.0.0.1:{running.port}", m, 0, TARGET)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(5):
+                started = time.monotonic()
+                async with http.get(url, allow_redirects=False) as resp:
+                    assert resp.status == 302 and resp.headers["Location"] == TARGET
+                assert time.monotonic() - started < 1.0  # never waits for Kafka
+        assert running.ready() == (True, "serving (2 events pending)")
+        assert Tracker.DROPPED._value.get() == dropped + 3
+    finally:
+        await running.stop()
+    # the two held were never acknowledged: lost at the stop, and counted
+    assert Tracker.DROPPED._value.get() == dropped + 5

@@ -32,6 +32,7 @@ from mailsluice.tracking.tokens import TrackingKeys
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 64 * 1024
+# How long a stopping tracker tries to write the events it still holds.
 STOP_GRACE_S = 10.0
 
 
@@ -46,8 +47,10 @@ class TrackerService:
         machines: Machines,
         *,
         ops: bool = True,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.settings = settings
+        self._grace = stop_grace_s
         self.producers = RenewingProducer(
             lambda: make_producer(
                 kafka, max_message_size=MAX_EVENT_BYTES, client_id="mailsluice-tracker"
@@ -104,7 +107,7 @@ class TrackerService:
 
     async def stop(self) -> None:
         await self.public.stop()
-        await self.outbox.stop(STOP_GRACE_S)
+        await self.outbox.stop(self._grace)
         if self._http is not None:
             await self._http.cleanup()
         await self.producers.stop()
