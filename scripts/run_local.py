@@ -2,7 +2,8 @@
 
 Starts a single-node Kafka, the sandbox MX (captures everything delivered), ingest on
 127.0.0.1:2525, the HTTP API on 127.0.0.1:8081 for a `demo` tenant (its API key is made at
-start and printed), a delivery worker for the default pool, the stream processors (events
+start and printed), the tracker on 127.0.0.1:8082 (opens and clicks of the HTML mail the worker
+tracks), a delivery worker for the default pool, the stream processors (events
 become suppressions and campaign stats) and the webhook sender, all routed to the sandbox so
 nothing leaves the machine. Ctrl-C stops everything, each process by its own pid, in reverse
 order.
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / "run"
 BIN = ROOT / ".venv" / "bin"
 KAFKA_PORT = 9092
+TRACKER_PORT = 8082
 
 LOCAL_ENV = {
     "MAILSLUICE_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA_PORT}",
@@ -36,6 +38,13 @@ LOCAL_ENV = {
     "MAILSLUICE_LOG_JSON_FORMAT": "false",
     "MAILSLUICE_TENANTS_FILE": str(RUN_DIR / "tenants.yaml"),
     "MAILSLUICE_API_LISTEN_HOST": "127.0.0.1",
+    # Open and click tracking: a development key (never one of production's), links to the
+    # local tracker, every bulk message tracked unless it says otherwise.
+    "MAILSLUICE_TRACKING_KEYS": "dev:local-tracking-key-not-secret",
+    "MAILSLUICE_TRACKING_URL": f"http://127.0.0.1:{TRACKER_PORT}",
+    "MAILSLUICE_TRACKING_DEFAULT": "all",
+    "MAILSLUICE_TRACKING_LISTEN_HOST": "127.0.0.1",
+    "MAILSLUICE_TRACKING_LISTEN_PORT": str(TRACKER_PORT),
 }
 API_PORT = 8081
 
@@ -47,6 +56,7 @@ SERVICES = (
     ("ingest", ["ingest"], "http://127.0.0.1:9101/readyz"),
     ("api", ["api"], "http://127.0.0.1:9107/readyz"),
     ("webhooks", ["webhooks"], "http://127.0.0.1:9108/readyz"),
+    ("tracker", ["tracker"], "http://127.0.0.1:9109/readyz"),
 )
 
 
@@ -96,10 +106,11 @@ def banner(key: str) -> str:
 Mailsluice is running locally.
   SMTP ingest       127.0.0.1:2525   (trusted network: loopback, no auth needed)
   HTTP API          http://127.0.0.1:{API_PORT}   (tenant `demo`, key {key})
+  tracker           http://127.0.0.1:{TRACKER_PORT}   (open pixel /o/..., click links /c/...)
   sandbox MX        127.0.0.1:1025   (every delivered message lands here)
   sandbox API       http://127.0.0.1:8025/api/v1/messages
   metrics           http://127.0.0.1:9101/metrics (ingest), :9102 (delivery), :9105 (streams),
-                    :9107 (api), :9108 (webhooks)
+                    :9107 (api), :9108 (webhooks), :9109 (tracker)
   Kafka             127.0.0.1:{KAFKA_PORT}
 
 Send a message:

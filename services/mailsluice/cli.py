@@ -30,6 +30,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("unsubscribe", "mailsluice.unsubscribe.service", "run the one-click unsubscribe service"),
     ("webhooks", "mailsluice.webhooks.service", "send tenants' events to their webhooks; tools"),
     ("api", "mailsluice.api.service", "run the HTTP API (batch sending, templates)"),
+    ("tracker", "mailsluice.tracker.service", "run the open pixel and click redirect service"),
 )
 
 

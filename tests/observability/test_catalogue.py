@@ -26,7 +26,7 @@ from mailsluice.observability import catalogue as metrics_doc
 DOC = REPO / "docs" / "metrics.md"
 NAME = re.compile(
     r"^mailsluice_(ingest|delivery|shaping|warmup|retry_mover|dns|operator|streams|unsubscribe"
-    r"|webhooks|api"
+    r"|webhooks|api|tracker"
     r")_[a-z_]+$"
 )
 UNITS = (

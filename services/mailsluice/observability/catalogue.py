@@ -94,6 +94,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
         **_webhooks_label_values(),
         **_api_label_values(),
+        **_tracker_label_values(),
     }
     return by_label, by_metric
 
@@ -124,6 +125,17 @@ def _api_label_values() -> dict[tuple[str, str], str]:
         ("mailsluice_api_requests", "route"): _values(Api.ROUTES) + " (the resource after /v1)",
         ("mailsluice_api_requests", "code"): _values(Api.CODES) + " (HTTP status)",
         ("mailsluice_api_recipients", "result"): _values(Api.RESULTS),
+    }
+
+
+def _tracker_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.tracker import Tracker
+
+    return {
+        ("mailsluice_tracker_requests", "kind"): _values(Tracker.KINDS),
+        ("mailsluice_tracker_requests", "outcome"): _values(Tracker.OUTCOMES),
+        ("mailsluice_tracker_machine_events", "kind"): _values(Tracker.KINDS),
+        ("mailsluice_tracker_machine_events", "reason"): _values(Tracker.REASONS),
     }
 
 

@@ -4,6 +4,7 @@ opens and clicks)."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -65,6 +66,27 @@ class TrackingSettings(MailsluiceSettings):
         description="YAML file of privacy-proxy ranges and scanner user agents (empty: the "
         "list shipped with Mailsluice).",
     )
+
+    # --- the tracker service (mailsluice tracker) ---
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or CIDRs of proxies in front of the tracker "
+        "(an Ingress controller, a load balancer) whose X-Forwarded-For is believed; empty: "
+        "the client address is the peer's.",
+    )
+    event_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="Open and click events the tracker holds while Kafka does not take them; "
+        "past that, new ones are dropped (and counted): the answers never wait for Kafka.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            ipaddress.ip_network(part, strict=False)  # ValueError names the bad one
+        return value
 
     @field_validator("url")
     @classmethod

@@ -155,6 +155,31 @@ share (the keys Secret is mounted as MAILSLUICE_UNSUBSCRIBE_KEYS_DIR). */}}
     secretName: {{ required "unsubscribe.keys.existingSecret is required with unsubscribe.enabled" .Values.unsubscribe.keys.existingSecret }}
 {{- end -}}
 
+{{/* Open and click tracking: the settings and token keys of the tracker service (the keys
+Secret is mounted as MAILSLUICE_TRACKING_KEYS_DIR). */}}
+{{- define "mailsluice.trackingEnv" -}}
+{{- $t := .Values.tracking }}
+- name: MAILSLUICE_TRACKING_URL
+  value: {{ $t.url | quote }}
+- name: MAILSLUICE_TRACKING_KEYS_DIR
+  value: /etc/mailsluice/tracking-keys
+- name: MAILSLUICE_TRACKING_ACTIVE_KEY
+  value: {{ $t.keys.activeKey | quote }}
+{{- end -}}
+{{- define "mailsluice.trackingMount" -}}
+- name: tracking-keys
+  mountPath: /etc/mailsluice/tracking-keys
+  readOnly: true
+{{- end -}}
+{{- define "mailsluice.trackingVolume" -}}
+- name: tracking-keys
+  secret:
+    secretName: {{ required "tracking.keys.existingSecret is required with tracking.enabled" .Values.tracking.keys.existingSecret }}
+{{- end -}}
+{{- define "mailsluice.trackingHost" -}}
+{{- regexReplaceAll "^https?://([^/:]+).*$" .Values.tracking.url "${1}" -}}
+{{- end -}}
+
 {{/* Tenants: the Secret the operator renders from SendingTenants, mounted into the API, the
 webhook sender and ingest as MAILSLUICE_TENANTS_FILE. Optional: a pod starts before the operator
 has written it (the operator writes it at start in its namespace). */}}

@@ -1,0 +1,1 @@
+"""`mailsluice tracker`: the open pixel and click redirects of tracked mail."""
