@@ -44,8 +44,6 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
     from mailsluice.metrics.resolver import DNS_FAILURES, DNS_RTYPES
     from mailsluice.metrics.shaping import REPLY_CLASSES
     from mailsluice.metrics.shaping import Shaping as shaping_metrics
-    from mailsluice.metrics.streams import Streams
-    from mailsluice.metrics.unsubscribe import Unsubscribe
 
     tiers = [name for name, _ in RETRY_TIERS]
     by_label = {
@@ -83,15 +81,9 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_dns_lookup_failures", "reason"): _values(DNS_FAILURES),
         ("mailsluice_operator_reconciles", "result"): _values(RECONCILE_RESULTS),
         ("mailsluice_operator_workers", "kind"): _values(WORKER_KINDS),
-        # stream processors
-        ("mailsluice_streams_events", "pool"): f"sending pool name, or `{OTHER}`",
-        ("mailsluice_streams_events", "type"): _values(Streams.EVENT_TYPES),
-        ("mailsluice_streams_suppressions", "reason"): _values(Streams.SUPPRESSION_REASONS),
-        ("mailsluice_streams_errors", "agent"): _values(Streams.AGENTS),
+        **_streams_label_values(),
         **_engagement_label_values(),
-        # unsubscribe
-        ("mailsluice_unsubscribe_requests", "channel"): _values(Unsubscribe.CHANNELS),
-        ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
+        **_unsubscribe_label_values(),
         **_webhooks_label_values(),
         **_api_label_values(),
         **_tracker_label_values(),
@@ -136,6 +128,27 @@ def _tracker_label_values() -> dict[tuple[str, str], str]:
         ("mailsluice_tracker_requests", "outcome"): _values(Tracker.OUTCOMES),
         ("mailsluice_tracker_machine_events", "kind"): _values(Tracker.KINDS),
         ("mailsluice_tracker_machine_events", "reason"): _values(Tracker.REASONS),
+    }
+
+
+def _streams_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.labels import OTHER
+    from mailsluice.metrics.streams import Streams
+
+    return {
+        ("mailsluice_streams_events", "pool"): f"sending pool name, or `{OTHER}`",
+        ("mailsluice_streams_events", "type"): _values(Streams.EVENT_TYPES),
+        ("mailsluice_streams_suppressions", "reason"): _values(Streams.SUPPRESSION_REASONS),
+        ("mailsluice_streams_errors", "agent"): _values(Streams.AGENTS),
+    }
+
+
+def _unsubscribe_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.unsubscribe import Unsubscribe
+
+    return {
+        ("mailsluice_unsubscribe_requests", "channel"): _values(Unsubscribe.CHANNELS),
+        ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
     }
 
 
