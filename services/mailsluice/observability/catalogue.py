@@ -93,8 +93,18 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         ("mailsluice_unsubscribe_requests", "result"): _values(Unsubscribe.RESULTS),
         **_webhooks_label_values(),
         **_api_label_values(),
+        **_tracking_label_values(),
     }
     return by_label, by_metric
+
+
+def _tracking_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.delivery import TRACKING_OUTCOMES
+
+    return {
+        ("mailsluice_delivery_tracking", "outcome"): _values(TRACKING_OUTCOMES)
+        + " (tracked, or why the copy was left as it came)",
+    }
 
 
 def _webhooks_label_values() -> dict[tuple[str, str], str]:
