@@ -107,6 +107,8 @@ def entry_of(spec: Mapping[str, Any], secrets: SecretData) -> dict[str, Any]:
     quotas = spec.get("quotas") or {}
     if quotas:
         entry["quotas"] = {"per_hour": quotas.get("perHour"), "per_day": quotas.get("perDay")}
+    if spec.get("tracking"):
+        entry["tracking"] = spec["tracking"]
     hooks = spec.get("webhooks") or []
     if hooks:
         entry["webhooks"] = [

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field
 
 from mailsluice.contracts.webhooks import WebhookEventType
 from mailsluice.tenancy.keys import DIGEST, KEY_ID
+from mailsluice.tracking.settings import Choice
 from mailsluice_operator import schema
 from mailsluice_operator.crd import POOL_NAME
 from mailsluice_operator.spec import DNS_NAME, INT64, Condition, Count, Model, _map_list, _rules
@@ -171,6 +172,11 @@ class TenantSpec(Model):
         max_length=16,
         description="Endpoints that receive the tenant's events, signed (Standard Webhooks).",
         json_schema_extra=_map_list("id"),
+    )
+    tracking: Choice | None = Field(
+        None,
+        description="Open and click tracking of the tenant's mail when a message does not say: "
+        "off, opens, clicks or all; unset: the pool's default.",
     )
     suspended: bool = Field(
         False,

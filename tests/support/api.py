@@ -44,6 +44,7 @@ TENANTS = {
         "pools": ["default"],
         "domains": ["beta.test"],
         "api_keys": [{"id": "betakey1", "hash": digest_of(BETA_KEY)}],
+        "tracking": "opens",  # its default when a request does not say
     },
     "small": {
         "pools": ["default"],

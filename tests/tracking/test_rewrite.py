@@ -446,3 +446,11 @@ def test_one_undecodable_html_part_leaves_the_whole_message_unchanged() -> None:
     )
     done = rewrite(data, click, opened)
     assert done.message is data and done.links == () and not done.pixel
+
+
+def test_without_an_open_url_links_are_redirected_and_no_pixel_is_added() -> None:
+    done = rewrite(ALTERNATIVE, click, None, keep)
+    assert done.unchanged is None and not done.pixel
+    assert done.links == ("https://shop.test/a", "http://shop.test/b")
+    assert b"<img" not in done.message and tracked(1) in done.message
+    assert_only_html_changed(ALTERNATIVE, done.message)

@@ -104,6 +104,7 @@ class Letter:
     headers: tuple[tuple[str, str], ...]
     attachments: tuple[Part, ...]
     request_key: str  # the Idempotency-Key, else the request's own id
+    tracking: str = ""  # the request's, else the tenant's ("" : the pool's default)
 
     @cached_property
     def scopes(self) -> tuple[Scope, ...]:
@@ -224,6 +225,7 @@ def envelope(
         list_id=letter.list_id,
         campaign=letter.campaign,
         tags=letter.tags,
+        tracking=letter.tracking,
     )
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mailsluice.contracts.campaigns import LabelError, check_campaign, check_tags
 from mailsluice.contracts.envelope import Stream
 from mailsluice.policy.owners import normalise_domain
+from mailsluice.tracking.settings import Choice
 
 MAX_RECIPIENTS = 1000
 MAX_HEADERS = 50
@@ -171,6 +172,11 @@ class SendRequest(BaseModel):
     campaign: str = Field("", description="Campaign id the message is reported under.")
     tags: list[str] = Field(default_factory=list, description="Free-form tags (at most 10).")
     list_id: str = Field("", description="The list it is sent to: List-Id and suppression scope.")
+    tracking: Choice | None = Field(
+        None,
+        description="Open and click tracking of these messages (and so of their campaign): "
+        "off, opens, clicks or all. Unset: the tenant's default, else the pool's.",
+    )
 
     @field_validator("headers")
     @classmethod

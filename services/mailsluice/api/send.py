@@ -163,6 +163,7 @@ class Sender:
                 Part(a.filename, a.content_type, a.decoded()) for a in request.attachments
             ),
             request_key=request_key,
+            tracking=request.tracking or tenant.tracking or "",
         )
 
     def check(self, tenant: Tenant, request: SendRequest) -> list[dict[str, str]]:

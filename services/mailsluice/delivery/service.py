@@ -18,12 +18,14 @@ import importlib
 import logging
 import signal
 import sys
+import time
 from typing import Any
 
 from mailsluice.config import ConfigError, LogSettings, load
 from mailsluice.delivery.retry.mover import RetryMover
 from mailsluice.delivery.shaping.runtime import ShapingRuntime
 from mailsluice.delivery.shaping.settings import ShapingSettings, delivery_defaults
+from mailsluice.delivery.worker import finishing
 from mailsluice.delivery.worker.consumer import TransportLike, Worker, default_dsn_builder
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.admin import ensure_topics, standard_topics
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     shaping = load(ShapingSettings)  # policy files are validated here, before any port opens
     signer = dkim_signer()
     setup_logging(logs, "delivery")
+    finish = finishing.load_setup()  # List-Unsubscribe and tracking: settings and keys
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(
             _main(
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 ensure=not args.no_ensure_topics,
                 shaping=shaping,
                 signer=signer,
+                finish=finish,
             )
         )
     return 0
@@ -148,10 +152,17 @@ async def _main(
     ensure: bool,
     shaping: ShapingSettings,
     signer: Any = None,
+    finish: finishing.Setup | None = None,
 ) -> int:
     outbound = outbound_settings()
     runtime = shaping_runtime(settings, kafka, shaping, tuple(outbound.source_addresses))
-    transport = make_transport(dns_settings, runtime.shaper, outbound, signer)
+    # Tracking and List-Unsubscribe change each copy before the transport signs it (DKIM).
+    transport = finishing.wrap(
+        make_transport(dns_settings, runtime.shaper, outbound, signer),
+        runtime.shaper,
+        time.monotonic,  # the worker's clock (Worker's default)
+        finish,
+    )
     service = DeliveryService(
         settings,
         kafka,

@@ -95,6 +95,7 @@ class User:
     default_pool: str
     domains: OwnedDomains = UNRESTRICTED
     tenant: str = ""  # "" : the user name
+    tracking: str = ""  # the tenant's default open and click tracking ("" : the pool's)
 
 
 class CredentialsError(ValueError):

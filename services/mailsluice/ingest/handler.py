@@ -258,6 +258,7 @@ class IngestHandler:
             trusted_network=server.conn.trusted_network,
             domains=self.owner(server, session)[0],
             tenant=self.tenant(server, session),
+            tracking=session.auth_data.tracking if isinstance(session.auth_data, User) else "",
         )
         plan = plan_message(
             txn,

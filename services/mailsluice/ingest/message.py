@@ -20,6 +20,8 @@ STREAM_HEADER = "X-Mailsluice-Stream"
 # The campaign and the comma-separated tags the message is reported under (ingest/controls.py).
 CAMPAIGN_HEADER = "X-Mailsluice-Campaign"
 TAGS_HEADER = "X-Mailsluice-Tags"
+# Open and click tracking of the message: off, opens, clicks or all (ingest/controls.py).
+TRACK_HEADER = "X-Mailsluice-Track"
 # The fields RFC 5322 §3.6 allows at most once (lower-case); Resent-* blocks may repeat.
 SINGLE_FIELDS = (
     "date",
@@ -152,6 +154,7 @@ class Prepared:
     repeated: tuple[str, ...] = ()  # names of fields that occur more than once (lower-case)
     campaign: str | None = None  # the campaign header's value, None if absent
     tags: str | None = None  # the tags headers' values joined with commas, None if absent
+    track: str | None = None  # the tracking header's value, None if absent
 
     @property
     def trace_len(self) -> int:
@@ -182,7 +185,7 @@ def header_of(data: bytes) -> bytes:
 def prepare_message(
     raw: bytes, trace: Trace, *, pool_header: str, stream_header: str = STREAM_HEADER
 ) -> Prepared:
-    """Normalise line ends, take out our control headers (pool, stream, campaign, tags, id),
+    """Normalise line ends, take out our control headers (pool, stream, campaign, tags, track, id),
     add Message-ID / Date if missing and prepend Received."""
     data = normalise_line_endings(raw)
     fields, start = split_header(data)
@@ -191,7 +194,7 @@ def prepare_message(
     taken: dict[str, str] = {}
     tags = TAGS_HEADER.lower()
     control = {pool_header.lower(), stream_header.lower(), ID_HEADER.lower()}
-    control |= {CAMPAIGN_HEADER.lower(), tags}
+    control |= {CAMPAIGN_HEADER.lower(), tags, TRACK_HEADER.lower()}
     kept: list[list[bytes]] = []
     for lines in fields:
         name = field_name(lines)
@@ -226,6 +229,7 @@ def prepare_message(
         repeated_names(all_names),
         taken.get(CAMPAIGN_HEADER.lower()),
         taken.get(tags),
+        taken.get(TRACK_HEADER.lower()),
     )
 
 

@@ -70,6 +70,7 @@ class Client:
     trusted_network: str = ""
     domains: OwnedDomains = UNRESTRICTED  # the sender domains it may use (envelope and From:)
     tenant: str = ""  # who it sends for (scopes.py)
+    tracking: str = ""  # its tenant's default tracking ("" : the pool's)
 
     @property
     def audit(self) -> str:
@@ -264,7 +265,7 @@ def plan_message(
     stream = choose_stream(prepared.stream)
     if stream is None:
         return refusal(txn, replies.S550_BAD_STREAM, "bad_stream", now=now)
-    labels = labels_of(prepared, client.tenant)
+    labels = labels_of(prepared, client.tenant, client.tracking)
     if isinstance(labels, str):
         return refusal(txn, labels, "bad_labels", now=now)
     data = prepared.stamped(txn.queue_id, pool, tenant=labels.tenant, campaign=labels.campaign)
@@ -325,7 +326,7 @@ def queue_records(
                 user=client.audit,
                 stream=stream,
                 message_key=digest,
-                **labels.fields(),  # who it is sent for (scopes.py), campaign, tags
+                **labels.queued(),  # who it is sent for (scopes.py), campaign, tags, tracking
                 list_id=list_id_of(data),
             ),
         )

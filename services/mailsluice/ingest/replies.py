@@ -55,6 +55,8 @@ S550_POOL_DENIED = "550 5.7.1 Pool not allowed for this sender"
 S550_BAD_STREAM = "550 5.6.0 X-Mailsluice-Stream must be transactional or bulk"
 # X-Mailsluice-Campaign / X-Mailsluice-Tags not as contracts/campaigns.py wants (controls.py).
 S550_BAD_LABELS = "550 5.6.0 X-Mailsluice-Campaign or X-Mailsluice-Tags refused: {error}"
+# X-Mailsluice-Track not one of off, opens, clicks, all (controls.py).
+S550_BAD_TRACK = "550 5.6.0 X-Mailsluice-Track must be off, opens, clicks or all"
 # A message to a feedback-loop address that is no usable complaint report (RFC 5965 ARF);
 # 5.6.0: other or undefined media error (RFC 3463).
 S550_NOT_FEEDBACK = "550 5.6.0 Not a feedback report (RFC 5965 multipart/report expected)"

@@ -32,6 +32,7 @@ def tenant_user(tenant: Tenant, name: str) -> User:
         tenant.default_pool,
         tenant.owned,
         tenant.name,
+        tenant.tracking or "",
     )
 
 

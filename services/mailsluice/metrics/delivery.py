@@ -240,3 +240,18 @@ class Delivery:
         "event, never a DSN.",
         ["pool", "scope"],
     )
+
+
+# --- open and click tracking at send time (delivery/worker/tracking.py) ---------------------
+
+# "tracked", or why a copy went out as it came (tracking.rewrite.Unchanged; a test keeps the
+# two in step, since shared metrics import no tracking code).
+TRACKING_OUTCOMES = ("tracked", "malformed", "no_html", "charset", "transfer_encoding")
+TRACKING = Counter(
+    "mailsluice_delivery_tracking_total",
+    "Recipient copies the delivery worker rewrote for open and click tracking (tracked), or "
+    "left as they came because the rewrite could not be done safely (the reason).",
+    ["outcome"],
+)
+for _outcome in TRACKING_OUTCOMES:
+    TRACKING.labels(_outcome)

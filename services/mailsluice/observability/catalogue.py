@@ -87,6 +87,7 @@ def _label_values() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
         **_webhooks_label_values(),
         **_api_label_values(),
         **_tracker_label_values(),
+        **_tracking_label_values(),
     }
     return by_label, by_metric
 
@@ -98,6 +99,15 @@ def _engagement_label_values() -> dict[tuple[str, str], str]:
         ("mailsluice_streams_opens", "kind"): _values(Streams.ENGAGEMENT_KINDS),
         ("mailsluice_streams_clicks", "kind"): _values(Streams.ENGAGEMENT_KINDS),
         ("mailsluice_streams_human_retracted", "kind"): _values(Streams.RETRACTED_KINDS),
+    }
+
+
+def _tracking_label_values() -> dict[tuple[str, str], str]:
+    from mailsluice.metrics.delivery import TRACKING_OUTCOMES
+
+    return {
+        ("mailsluice_delivery_tracking", "outcome"): _values(TRACKING_OUTCOMES)
+        + " (tracked, or why the copy was left as it came)",
     }
 
 

@@ -11,6 +11,8 @@ webhook id is used once).
         smtp:                           # SMTP AUTH users sending for this tenant
           acme-app: {password: "scrypt$..."}   # python -m mailsluice.ingest.auth hash
         quotas: {per_hour: 100000, per_day: 1000000}   # recipients accepted; absent: none
+        tracking: clicks                # open/click tracking when a message does not say:
+                                        # off, opens, clicks, all; absent: the pool's default
         webhooks:
           - id: main
             url: https://hooks.acme.test/mailsluice
@@ -35,6 +37,7 @@ from mailsluice.contracts.suppressions import Scope, ScopeKind
 from mailsluice.contracts.webhooks import WebhookEventType
 from mailsluice.policy.owners import OwnedDomains, OwnersError
 from mailsluice.tenancy.keys import DIGEST, KEY_ID
+from mailsluice.tracking.settings import Choice
 
 _NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # webhook ids and pool names
 _NAME = re.compile(_NAME_PATTERN)
@@ -123,6 +126,9 @@ class Tenant(BaseModel):
     smtp: dict[str, SmtpUser] = Field(default_factory=dict)
     quotas: Quotas = Quotas(per_hour=None, per_day=None)
     webhooks: tuple[Webhook, ...] = ()
+    # Open and click tracking of the tenant's mail when a message does not say (None: the
+    # pool's default, MAILSLUICE_TRACKING_DEFAULT).
+    tracking: Choice | None = None
 
     @field_validator("name")
     @classmethod

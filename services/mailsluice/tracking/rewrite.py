@@ -64,12 +64,13 @@ class _Edit:
 
 
 def rewrite(
-    message: bytes, click_url: ClickUrl, open_url: OpenUrl, keep: Keep | None = None
+    message: bytes, click_url: ClickUrl, open_url: OpenUrl | None, keep: Keep | None = None
 ) -> Rewritten:
-    """The message with its HTML links redirected through click_url and an open pixel added.
+    """The message with its HTML links redirected through click_url and an open pixel added
+    (none when `open_url` is None: clicks only).
 
     Links to anything but http(s), links marked `data-ms-notrack` and links `keep` accepts (the
-    unsubscribe links) stay as they are.
+    unsubscribe links; every link, for opens only) stay as they are.
     """
     try:
         parts = leaves(message)
@@ -79,14 +80,14 @@ def rewrite(
     if not html:
         return Rewritten(message, (), pixel=False, unchanged=Unchanged.NO_HTML)
     links: list[str] = []
-    pixel = _pixel(open_url())
+    pixel = _pixel(open_url()) if open_url is not None else ""
     edits: list[_Edit] = []
     for part in html:
         done = _rewrite_part(message, part, _Links(click_url, keep or _keep_none, links), pixel)
         if isinstance(done, Unchanged):
             return Rewritten(message, (), pixel=False, unchanged=done)
         edits.extend(done)
-    return Rewritten(_splice(message, edits), tuple(links), pixel=True)
+    return Rewritten(_splice(message, edits), tuple(links), pixel=bool(pixel))
 
 
 @dataclass(frozen=True)
