@@ -33,6 +33,7 @@ from mailsluice.delivery.worker.attempts import (
     Item,
     TransportLike,
     default_dsn_builder,
+    engagement,
     read_envelope,
     transactional,
 )
@@ -56,6 +57,12 @@ RESUME_FRACTION = 0.8
 REVOKE_WAIT_S = 5.0
 # How often the worker checks that Kafka answers (readiness).
 PROBE_INTERVAL_S = 5.0
+# A destination under a warm-up cap starts sending this long after its queue opens: a fetch
+# batch is queued whole before any send anyway (_accept never yields), and this lets the next
+# fetches of a partition's backlog (up to 500 records each, every few ms) be ranked by grade
+# too before the cap is spent. Its memory stays bounded: past the cap's room, the lowest grade
+# leaves for the delay topic or overflow pool.
+WARMUP_GATHER_S = 1.0
 
 __all__ = [
     "Item",
@@ -111,7 +118,11 @@ class Worker:
         self.topic = queue_topic(self.pool)
         self.shaper = shaper if shaper is not None else default_shaper(settings, wall)
         self.scheduler: Scheduler[Item] = Scheduler(
-            self.shaper, settings.short_horizon_s, urgent=transactional
+            self.shaper,
+            settings.short_horizon_s,
+            urgent=transactional,
+            rank=engagement,
+            gather=WARMUP_GATHER_S,
         )
         self.wall, self.mono = wall, mono
         self.ledger = Ledger()
