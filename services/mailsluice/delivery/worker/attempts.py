@@ -99,11 +99,6 @@ def transactional(item: Item) -> bool:
     return item.env.stream == "transactional"
 
 
-def engagement(item: Item) -> int:
-    """The cap of a warming pool goes to the most engaged recipients first."""
-    return item.env.grade
-
-
 def default_dsn_builder() -> outcomes.DsnBuilder | None:
     """dsn.build_dsn from the transport side, if present."""
     try:

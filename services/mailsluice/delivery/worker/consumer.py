@@ -26,20 +26,17 @@ from aiokafka.errors import KafkaError
 
 from mailsluice.contracts.topics import consumer_group, queue_topic
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.scheduler import Scheduler
 from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.attempts import (
     Attempts,
     Item,
     TransportLike,
     default_dsn_builder,
-    engagement,
     read_envelope,
-    transactional,
 )
 from mailsluice.delivery.worker.commits import Commits
 from mailsluice.delivery.worker.dedup import DeliveredCache
-from mailsluice.delivery.worker.dispatch import Dispatch
+from mailsluice.delivery.worker.dispatch import Dispatch, scheduler_for
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.delivery.worker.shaper import default_shaper
 from mailsluice.kafka.clients import make_consumer, make_producer
@@ -57,12 +54,6 @@ RESUME_FRACTION = 0.8
 REVOKE_WAIT_S = 5.0
 # How often the worker checks that Kafka answers (readiness).
 PROBE_INTERVAL_S = 5.0
-# A destination under a warm-up cap starts sending this long after its queue opens: a fetch
-# batch is queued whole before any send anyway (_accept never yields), and this lets the next
-# fetches of a partition's backlog (up to 500 records each, every few ms) be ranked by grade
-# too before the cap is spent. Its memory stays bounded: past the cap's room, the lowest grade
-# leaves for the delay topic or overflow pool.
-WARMUP_GATHER_S = 1.0
 
 __all__ = [
     "Item",
@@ -117,13 +108,7 @@ class Worker:
         self.pool = settings.pool
         self.topic = queue_topic(self.pool)
         self.shaper = shaper if shaper is not None else default_shaper(settings, wall)
-        self.scheduler: Scheduler[Item] = Scheduler(
-            self.shaper,
-            settings.short_horizon_s,
-            urgent=transactional,
-            rank=engagement,
-            gather=WARMUP_GATHER_S,
-        )
+        self.scheduler = scheduler_for(self.shaper, settings.short_horizon_s)
         self.wall, self.mono = wall, mono
         self.ledger = Ledger()
         self.dedup = DeliveredCache(settings.dedup_size)
