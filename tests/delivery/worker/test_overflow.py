@@ -120,3 +120,30 @@ async def test_a_warm_address_takes_what_the_cold_one_may_not_send(kafka: Any) -
     assert (transport.sources.count(cold), transport.sources.count(warm)) == (CAP, len(envs) - CAP)
     assert overflowed(pool, target) == 0
     assert await read_topic(ks, queue_topic(target), lambda _r: True, expect=0) == []
+
+
+async def test_a_warming_pool_spends_its_first_days_cap_on_the_engaged(kafka: Any) -> None:
+    """20 bulk messages for one destination, 5 of them to engaged recipients (a high grade)
+    spread through the backlog: the first day's cap of 5 reaches the sink with those 5; the
+    others move to the warm pool, keeping their grade."""
+    ks = kafka.settings(queue_partitions=3)
+    pool, target = new_pool(), new_pool()
+    await setup_pool(ks, pool)
+    await setup_pool(ks, target)
+    runtime = ShapingRuntime(ShapingSettings(pool_overrides=overrides(target)), ks, pool)
+    transport = FakeTransport()
+    service = service_for(ks, pool, transport, runtime.shaper, mover=False)
+    engaged = {2, 7, 11, 16, 19}
+    envs = [
+        envelope(pool, n, (f"r{n}@d.example",), grade=5 if n in engaged else 1) for n in range(20)
+    ]
+    async with EventLog(ks, pool) as events, Running(service):
+        await enqueue(ks, envs)
+        await events.expect(EventType.DELIVERY, CAP)
+        await committed_to_end(ks, pool, within=20)
+    sent = {qid for qid, _ in transport.calls}
+    assert sent == {envs[n].queue_id for n in engaged}
+    moved = await read_topic(ks, queue_topic(target), lambda _r: True, expect=0)
+    moved_envs = [envelope_from_headers(r.headers) for r in moved]
+    assert len(moved_envs) == len(envs) - CAP
+    assert {e.grade for e in moved_envs} == {1}

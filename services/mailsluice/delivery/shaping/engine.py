@@ -206,13 +206,14 @@ class PolicyShaper:
     def reserved_until(self, key: str) -> float:
         return self.lanes.reserved_until(key)
 
-    def why_held(self, key: str, now: float) -> tuple[str, str]:
-        """Why a message of `key` leaves memory: (held, error text for its record)."""
+    def why_held(self, key: str, now: float, queued: int = 0) -> tuple[str, str]:
+        """Why a message of `key` behind `queued` others leaves memory: (held, error text for
+        its record); the queued ones count against the warm-up caps."""
         held = self.suspension(key, now)
         if held is not None:
             until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._wall_at(held.until, now)))
             return "suspended", f"destination suspended by {held.reason} until {until}"
-        if self.warmup is not None and self._blocked_for(key, now) > 0.0:
+        if self.warmup is not None and self._blocked_for(key, now, queued) > 0.0:
             return (
                 "warmup",
                 "held: the warm-up cap for this destination is spent on every address of the pool",
@@ -237,6 +238,10 @@ class PolicyShaper:
         if warmup.wait_for(self.provider(key), self.wall(), queued) <= 0.0:
             return ""
         return warmup.overflow_pool
+
+    def rationed(self, key: str, now: float) -> bool:
+        warmup = self.warmup
+        return warmup is not None and warmup.rationed(self.provider(key), self.wall())
 
     def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
         for key in self.lanes.forget_idle(now, keep):

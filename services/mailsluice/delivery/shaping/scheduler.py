@@ -6,6 +6,12 @@ destination, any ready message may start (transactional first, then by ready tim
 a retried message due later never blocks the ready ones behind it. When a message may start is
 the shaper's answer (`Shaper`, implemented by engine.PolicyShaper: policy rates, adaptive
 backoff, warm-up caps).
+
+While a destination's sends are rationed by a warm-up cap, its queue ranks ready jobs by their
+`rank` (the envelope's engagement grade) before arrival, within each class: the cap goes to the
+most engaged recipients. A ranked job that would leave memory displaces the lowest-ranked queued
+one instead (which leaves in its place), and a new queue of such a destination gathers for
+`gather` seconds before its first start, so a fetched backlog is ranked before it is spent.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -51,8 +57,9 @@ class Shaper(Protocol):
         """The last slot given to a message that left memory (0.0: none)."""
         ...
 
-    def why_held(self, key: str, now: float) -> tuple[str, str]:
-        """Why a message of `key` leaves memory: (envelope `held`, error text)."""
+    def why_held(self, key: str, now: float, queued: int = 0) -> tuple[str, str]:
+        """Why a message of `key` behind `queued` others leaves memory: (envelope `held`,
+        error text)."""
         ...
 
     def overflow_pool(self, key: str, now: float, queued: int) -> str:
@@ -61,6 +68,11 @@ class Shaper(Protocol):
 
     def forget_idle(self, now: float, keep: Iterable[str] = ()) -> None:
         """Drop the state of idle destinations not in `keep` (bounds memory)."""
+        ...
+
+    def rationed(self, key: str, now: float) -> bool:
+        """Whether every send to `key` counts against a warm-up cap now (every address of the
+        pool is warming): its queue then ranks jobs by engagement."""
         ...
 
 
@@ -72,6 +84,8 @@ class Job(Generic[T]):
     ready_at: float
     # The source address the job is sent from ("": the transport's first configured one).
     source: str = ""
+    # Higher starts first among ready jobs of its class (0 for all: arrival order).
+    rank: int = 0
     # Set when the job left its queue (started, overdue or removed): the queue's heaps and
     # arrival order drop it lazily.
     gone: bool = field(default=False, repr=False)
@@ -92,48 +106,90 @@ class Deferral(Generic[T]):
 
 
 _Entry = tuple[float, int, Job[T]]
+_Ranked = tuple[int, float, int, Job[T]]
+
+
+class _Class(Generic[T]):
+    """The jobs of one class (urgent or not) of a destination: those not ready yet by
+    (ready_at, arrival); the ready ones by (rank, ready_at, arrival), so a head that is not
+    ready yet (a retry with a later not_before) never holds up a ready job; and, for
+    displacement, the lowest rank and latest arrival first."""
+
+    def __init__(self) -> None:
+        self.waiting: list[_Entry[T]] = []
+        self.ready: list[_Ranked[T]] = []
+        self.worst: list[tuple[int, int, Job[T]]] = []
+        self.live = 0
+
+    def push(self, job: Job[T], seq: int) -> None:
+        heapq.heappush(self.waiting, (job.ready_at, seq, job))
+        heapq.heappush(self.worst, (job.rank, -seq, job))
+        self.live += 1
+        if len(self.worst) > 2 * self.live + 64:
+            # its best jobs start first and stay at its bottom: drop them now and then
+            self.worst = [e for e in self.worst if not e[2].gone]
+            heapq.heapify(self.worst)
+
+    def top(self, now: float) -> Job[T] | None:
+        """The best ready job (None: none is ready)."""
+        while self.waiting and (self.waiting[0][2].gone or self.waiting[0][0] <= now):
+            ready_at, seq, job = heapq.heappop(self.waiting)
+            if not job.gone:
+                heapq.heappush(self.ready, (-job.rank, ready_at, seq, job))
+        return _live(self.ready)
+
+    def earliest(self) -> float:
+        if _live(self.ready) is not None:
+            return -math.inf
+        head = _live(self.waiting)
+        return math.inf if head is None else head.ready_at
+
+    def lowest(self) -> Job[T] | None:
+        return _live(self.worst)
+
+    def jobs(self) -> list[Job[T]]:
+        live = [e for e in self.ready if not e[3].gone]
+        live += [(-e[2].rank, *e) for e in self.waiting if not e[2].gone]
+        return [e[3] for e in sorted(live, key=lambda e: e[:3])]
+
+
+def _live(heap: list[Any]) -> Job[Any] | None:
+    """The heap's top job, dropping those gone (each entry's last element is its job)."""
+    while heap and heap[0][-1].gone:
+        heapq.heappop(heap)
+    return heap[0][-1] if heap else None
 
 
 class _Queue(Generic[T]):
-    """One destination's jobs: a heap per class (urgent first) ordered by (ready_at, arrival),
-    so a head that is not ready yet (a retry with a later not_before) never holds up a ready
-    job; plus the arrival order, for jobs that waited past the horizon."""
+    """One destination's jobs: a class each for urgent and other jobs (urgent first), plus the
+    arrival order, for jobs that waited past the horizon."""
 
-    def __init__(self) -> None:
-        self.urgent: list[_Entry[T]] = []
-        self.normal: list[_Entry[T]] = []
+    def __init__(self, hold_until: float = 0.0) -> None:
+        self.urgent: _Class[T] = _Class()
+        self.normal: _Class[T] = _Class()
         self.arrival: deque[Job[T]] = deque()
-        self.live_urgent = 0
-        self.live_normal = 0
+        # no start before this (a rationed destination gathering its backlog to rank it)
+        self.hold_until = hold_until
+
+    @property
+    def live_urgent(self) -> int:
+        return self.urgent.live
 
     def __len__(self) -> int:
-        return self.live_urgent + self.live_normal
+        return self.urgent.live + self.normal.live
 
     def push(self, job: Job[T], seq: int, urgent: bool) -> None:
-        heapq.heappush(self.urgent if urgent else self.normal, (job.ready_at, seq, job))
+        (self.urgent if urgent else self.normal).push(job, seq)
         self.arrival.append(job)
-        if urgent:
-            self.live_urgent += 1
-        else:
-            self.live_normal += 1
-
-    @staticmethod
-    def _top(heap: list[_Entry[T]]) -> Job[T] | None:
-        while heap and heap[0][2].gone:
-            heapq.heappop(heap)
-        return heap[0][2] if heap else None
 
     def ready(self, now: float) -> Job[T] | None:
-        """The job to start next: the earliest ready urgent one, else the earliest ready other."""
-        for heap in (self.urgent, self.normal):
-            job = self._top(heap)
-            if job is not None and job.ready_at <= now:
-                return job
-        return None
+        """The job to start next: the best ready urgent one, else the best ready other."""
+        if now < self.hold_until:
+            return None
+        return self.urgent.top(now) or self.normal.top(now)
 
     def earliest_ready(self) -> float:
-        tops = [j.ready_at for j in (self._top(self.urgent), self._top(self.normal)) if j]
-        return min(tops, default=math.inf)
+        return max(self.hold_until, min(self.urgent.earliest(), self.normal.earliest()))
 
     def oldest(self) -> Job[T] | None:
         while self.arrival and self.arrival[0].gone:
@@ -141,17 +197,14 @@ class _Queue(Generic[T]):
         return self.arrival[0] if self.arrival else None
 
     def take(self, job: Job[T], urgent: bool) -> None:
-        """Remove a live job (it is then dropped lazily from the heap and the arrival order)."""
+        """Remove a live job (it is then dropped lazily from the heaps and the arrival order)."""
         job.gone = True
-        if urgent:
-            self.live_urgent -= 1
-        else:
-            self.live_normal -= 1
+        (self.urgent if urgent else self.normal).live -= 1
 
     def jobs(self) -> Iterator[Job[T]]:
         """Live jobs in the order they would start if all were ready."""
-        for heap in (self.urgent, self.normal):
-            yield from (e[2] for e in sorted(heap) if not e[2].gone)
+        yield from self.urgent.jobs()
+        yield from self.normal.jobs()
 
 
 @dataclass
@@ -163,6 +216,10 @@ class Scheduler(Generic[T]):
     # Items for which this is true (transactional mail) go ahead of the others in their
     # destination's queue, so they get the first claim on its rate.
     urgent: Callable[[T], bool] | None = None
+    # An item's rank (its engagement grade) while its destination is rationed by a warm-up cap.
+    rank: Callable[[T], int] | None = None
+    # Seconds a new queue of a rationed destination waits before its first start.
+    gather: float = 0.0
     _queues: dict[str, _Queue[T]] = field(default_factory=dict)
     _count: int = 0
     _seq: int = 0
@@ -184,7 +241,7 @@ class Scheduler(Generic[T]):
         pool = self.shaper.overflow_pool(job.key, now, queued)
         if pool:
             return Deferral(job, wait, pool)
-        held, reason = self.shaper.why_held(job.key, now)
+        held, reason = self.shaper.why_held(job.key, now, queued)
         return Deferral(job, self.shaper.reserve(job.key, now, wait), "", held, reason)
 
     def push(
@@ -202,6 +259,9 @@ class Scheduler(Generic[T]):
         time, not behind the messages that left after it."""
         job = Job(key, item, now, now if ready_at is None else ready_at)
         urgent = self._is_urgent(item)
+        rationed = False
+        if self.rank is not None and self.shaper.rationed(key, now):
+            rationed, job.rank = True, self.rank(item)
         q = self._queues.get(key)
         ahead = 0 if q is None else q.live_urgent if urgent else len(q)
         wait = job.ready_at - now
@@ -211,12 +271,28 @@ class Scheduler(Generic[T]):
             # behind the messages that already left to wait for their slots
             wait = max(wait, self.shaper.reserved_until(key) - now)
         if wait > self.horizon:
-            return self._deferral(job, wait, now, ahead)
-        q = self._queues.setdefault(key, _Queue())
-        self._seq += 1
-        q.push(job, self._seq, urgent)
+            lowest = q.normal.lowest() if q is not None and not urgent else None
+            if q is None or lowest is None or lowest.rank >= job.rank:
+                return self._deferral(job, wait, now, ahead)
+            # the engaged go first: the lowest-ranked queued job leaves in its place
+            q.take(lowest, False)
+            self._count -= 1
+            self._queue(key, now, rationed).push(job, self._next_seq(), urgent)
+            self._count += 1
+            return self._deferral(lowest, wait, now, ahead)
+        self._queue(key, now, rationed).push(job, self._next_seq(), urgent)
         self._count += 1
         return None
+
+    def _queue(self, key: str, now: float, rationed: bool) -> _Queue[T]:
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = _Queue(now + self.gather if rationed else 0.0)
+        return q
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def take(self, now: float) -> list[Job[T]]:
         """Jobs that may start now; each counts against its destination until done()."""

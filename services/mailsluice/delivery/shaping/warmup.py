@@ -242,6 +242,13 @@ class PoolWarmup:
             waits.append(tracker.wait_for(provider, now, left))
         return 0.0 if queued < room else min(waits)
 
+    def rationed(self, provider: str | None, now: float) -> bool:
+        """Whether every address's sends for `provider` count against a cap this period (with
+        a warm address, or one whose warm-up is complete, nothing waits for a cap)."""
+        if any(source not in self.trackers for source in self.sources):
+            return False
+        return all(t.remaining(provider, now) is not None for t in self.trackers.values())
+
     def try_take(self, source: str, provider: str | None, now: float) -> Decision:
         """Count a message sent from `source` against that address's caps."""
         tracker = self.trackers.get(source)

@@ -26,7 +26,6 @@ from aiokafka.errors import KafkaError
 
 from mailsluice.contracts.topics import consumer_group, queue_topic
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.scheduler import Scheduler
 from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.attempts import (
     Attempts,
@@ -34,11 +33,10 @@ from mailsluice.delivery.worker.attempts import (
     TransportLike,
     default_dsn_builder,
     read_envelope,
-    transactional,
 )
 from mailsluice.delivery.worker.commits import Commits
 from mailsluice.delivery.worker.dedup import DeliveredCache
-from mailsluice.delivery.worker.dispatch import Dispatch
+from mailsluice.delivery.worker.dispatch import Dispatch, scheduler_for
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.delivery.worker.shaper import default_shaper
 from mailsluice.kafka.clients import make_consumer, make_producer
@@ -110,9 +108,7 @@ class Worker:
         self.pool = settings.pool
         self.topic = queue_topic(self.pool)
         self.shaper = shaper if shaper is not None else default_shaper(settings, wall)
-        self.scheduler: Scheduler[Item] = Scheduler(
-            self.shaper, settings.short_horizon_s, urgent=transactional
-        )
+        self.scheduler = scheduler_for(self.shaper, settings.short_horizon_s)
         self.wall, self.mono = wall, mono
         self.ledger = Ledger()
         self.dedup = DeliveredCache(settings.dedup_size)
