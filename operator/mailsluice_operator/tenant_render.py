@@ -107,6 +107,9 @@ def entry_of(spec: Mapping[str, Any], secrets: SecretData) -> dict[str, Any]:
     quotas = spec.get("quotas") or {}
     if quotas:
         entry["quotas"] = {"per_hour": quotas.get("perHour"), "per_day": quotas.get("perDay")}
+    hygiene = {k: v for k, v in (spec.get("hygiene") or {}).items() if v is not None}
+    if hygiene:
+        entry["hygiene"] = hygiene  # enabled, deliveries, days: the same names
     hooks = spec.get("webhooks") or []
     if hooks:
         entry["webhooks"] = [

@@ -94,6 +94,22 @@ class Quotas(Model):
     )
 
 
+class Hygiene(Model):
+    """The tenant's unengaged-address policy (mailsluice/engagement/policy.py); an unset field
+    takes MAILSLUICE_HYGIENE_* of the stream processors."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Suppress the tenant's unengaged addresses (reason unengaged, in its scope).",
+    )
+    deliveries: int | None = Field(
+        None, ge=1, le=1000, description="Deliveries without a person's open or click ..."
+    )
+    days: int | None = Field(
+        None, ge=1, le=3650, description="... spanning at least this many days."
+    )
+
+
 class SecretsRef(Model):
     name: str = Field(
         min_length=1,
@@ -171,6 +187,10 @@ class TenantSpec(Model):
         max_length=16,
         description="Endpoints that receive the tenant's events, signed (Standard Webhooks).",
         json_schema_extra=_map_list("id"),
+    )
+    hygiene: Hygiene | None = Field(
+        None,
+        description="Unengaged suppression: see `mailsluice engagement report` before enabling.",
     )
     suspended: bool = Field(
         False,

@@ -30,6 +30,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("unsubscribe", "mailsluice.unsubscribe.service", "run the one-click unsubscribe service"),
     ("webhooks", "mailsluice.webhooks.service", "send tenants' events to their webhooks; tools"),
     ("api", "mailsluice.api.service", "run the HTTP API (batch sending, templates)"),
+    ("engagement", "mailsluice.admin.engagement", "dry-run report of unengaged addresses"),
 )
 
 

@@ -16,6 +16,7 @@ from mailsluice.contracts.topics import (
     API_IDEMPOTENCY_TOPIC,
     CAMPAIGN_STATS_TOPIC,
     CONTROL_TOPIC,
+    ENGAGEMENT_TOPIC,
     EVENTS_TOPIC,
     RETRY_TIERS,
     SUPPRESSIONS_TOPIC,
@@ -72,6 +73,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         TENANT_USAGE_TOPIC,
         API_IDEMPOTENCY_TOPIC,
         TEMPLATES_TOPIC,
+        ENGAGEMENT_TOPIC,
     }
     assert set(specs) == expected
     queue = specs[queue_topic("bulk")]
@@ -84,6 +86,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         WARMUP_TOPIC,
         CAMPAIGN_STATS_TOPIC,
         WEBHOOK_STATUS_TOPIC,
+        ENGAGEMENT_TOPIC,
     ):
         assert specs[compacted].configs["cleanup.policy"] == "compact"
     assert specs[TENANT_USAGE_TOPIC].configs["cleanup.policy"] == "compact,delete"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from fastapi import APIRouter
 
-from mailsluice.api import campaigns, suppressions, webhooks
+from mailsluice.api import campaigns, engagement, suppressions, webhooks
 from mailsluice.api.app import ApiState, build_app
 from mailsluice.api.auth import current_tenant
 from mailsluice.api.idempotency import IdempotencyBook
@@ -37,9 +37,12 @@ from mailsluice.contracts.topics import (
     api_topic_specs,
     campaign_topic_specs,
     control_topic_specs,
+    engagement_topic_specs,
     tenant_usage_topic_specs,
     webhook_topic_specs,
 )
+from mailsluice.engagement.settings import HygieneSettings
+from mailsluice.engagement.store import EngagementStore
 from mailsluice.kafka.admin import ensure_topics
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.compacted import CompactedView
@@ -79,6 +82,7 @@ def api_topics(kafka: KafkaSettings) -> list[TopicSpec]:
         *control_topic_specs(isr),
         *tenant_usage_topic_specs(isr),
         *webhook_topic_specs(isr),
+        *engagement_topic_specs(isr),
     ]
 
 
@@ -103,6 +107,9 @@ class ApiService:
             name="api",
         )
         self.store = SuppressionStore(kafka, client_id="mailsluice-api-suppressions")
+        # the grade of each message (contracts/engagement.py), and the dry-run report
+        self.engagement = EngagementStore(kafka, client_id="mailsluice-api-engagement")
+        self.hygiene = load(HygieneSettings).policy()
         self.book = IdempotencyBook(functools.partial(self.write_one, API_IDEMPOTENCY_TOPIC))
         self.templates = TemplateStore(functools.partial(self.write_one, TEMPLATES_TOPIC))
         self.quota = QuotaBook()
@@ -142,6 +149,7 @@ class ApiService:
                 max_data_bytes=settings.max_data_bytes,
             ),
             templates=self.templates,
+            grade=self.engagement.grade,
         )
 
     def _routers(self) -> list[APIRouter]:
@@ -152,6 +160,7 @@ class ApiService:
             suppressions.router(current_tenant, self.store, writer),
             campaigns.router(current_tenant, self.campaigns),
             webhooks.router(current_tenant, self.webhooks),
+            engagement.router(current_tenant, self.engagement, self.hygiene),
         ]
 
     # --- Kafka ---------------------------------------------------------------------------------
@@ -180,8 +189,8 @@ class ApiService:
     def ready(self) -> tuple[bool, str]:
         if not self.public.started:
             return False, "starting"
-        if not self.store.ready:
-            return False, "suppression list not loaded"
+        if not (self.store.ready and self.engagement.ready):
+            return False, "suppression list or engagement not loaded"
         if not all(view.ready for view in self._views):
             return False, "idempotency answers or templates not loaded"
         if not (self.campaigns.ready and self.webhooks.ready):
@@ -194,6 +203,7 @@ class ApiService:
         timeout = self.settings.start_timeout_s
         await ensure_topics(self.kafka, api_topics(self.kafka))
         await self.store.start(timeout)
+        await self.engagement.start(timeout)
         for view in self._views:
             await view.start(timeout)
             view.follow_in_background()
@@ -218,6 +228,7 @@ class ApiService:
         for view in self._views:
             await view.stop()
         await self.store.stop()
+        await self.engagement.stop()
         await self.producers.stop()
 
 

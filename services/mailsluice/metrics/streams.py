@@ -25,9 +25,17 @@ class Streams:
         "destination_state",
         "unsubscribe",
         "suppressed",
+        "open",
+        "click",
     )
-    SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce", "unsubscribe")
-    AGENTS = ("route", "judge", "tally")  # tally: campaign stats
+    SUPPRESSION_REASONS = (
+        "hard-bounce",
+        "complaint",
+        "repeated-soft-bounce",
+        "unsubscribe",
+        "unengaged",  # hygiene (streams/hygiene.py)
+    )
+    AGENTS = ("route", "judge", "tally", "hygiene")  # tally: campaign stats; hygiene: engagement
 
     EVENTS = Counter(
         "mailsluice_streams_events_total",
@@ -51,6 +59,13 @@ class Streams:
         "mailsluice_streams_campaign_stats_published_total",
         "Campaign stats records the stream processors wrote to mailsluice.campaign-stats (one "
         "per changed campaign per publishing interval; campaigns are never label values).",
+    )
+
+    # --- engagement hygiene (streams/hygiene.py) ---
+    UNENGAGED_LIFTED = Counter(
+        "mailsluice_streams_unengaged_lifted_total",
+        "Unengaged suppressions the stream processors lifted because the address opened or "
+        "clicked again (a person's open or click, not a machine's).",
     )
 
     @staticmethod

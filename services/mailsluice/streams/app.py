@@ -1,5 +1,6 @@
-"""The faust app: two agents and two tables around the pure rules in `rules`, and the campaign
-counters' agent (`tally`, streams/tally.py).
+"""The faust app: two agents and two tables around the pure rules in `rules`, the campaign
+counters' agent (`tally`, streams/tally.py) and the engagement agent (`hygiene`,
+streams/hygiene.py).
 
 Events are keyed by queue id, but a recipient's soft-failure state must live in one partition,
 so the work is split in two agents (both `concurrency=1`, the design's rule):
@@ -47,6 +48,7 @@ from mailsluice.kafka.retrying import until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.streams import Streams as streams_metrics
 from mailsluice.streams import rules
+from mailsluice.streams.hygiene import Hygiene, hygiene_topics
 from mailsluice.streams.liveness import AgentProgress, Partition, combined
 from mailsluice.streams.settings import StreamsSettings
 from mailsluice.streams.tally import CampaignTally, tally_topics
@@ -77,6 +79,7 @@ def internal_topics(app_id: str, partitions: int, kafka: KafkaSettings) -> list[
         TopicSpec(f"{app_id}-{SOFT_TABLE}-changelog", partitions, compact),
         TopicSpec(f"{app_id}-{COUNTERS_TABLE}-changelog", partitions, compact),
         *tally_topics(app_id, partitions, isr),
+        *hygiene_topics(app_id, partitions, isr),
     ]
 
 
@@ -159,6 +162,7 @@ class StreamsProcessor:
         app.agent(self.events_topic, name="route", concurrency=1)(self._route)
         app.agent(self.by_address, name="judge", concurrency=1)(self._judge)
         self.tally = CampaignTally(self, clock)  # campaign stats: streams/tally.py
+        self.hygiene = Hygiene(self, clock)  # engagement, unengaged: streams/hygiene.py
         # Liveness, per agent: each reads its own topic and can be stuck alone.
         stall_s = settings.stall_s
         self.routed = AgentProgress(stall_s, lambda: self.ends(EVENTS_TOPIC), clock)
@@ -188,6 +192,7 @@ class StreamsProcessor:
                 "route": self.routed.progress.check,
                 "judge": self.judged.progress.check,
                 "tally": self.tally.progress.progress.check,
+                "hygiene": self.hygiene.progress.progress.check,
             }
         )
 
@@ -214,6 +219,7 @@ class StreamsProcessor:
         self.routed.forget(partitions)
         self.judged.forget(partitions)
         self.tally.revoked(partitions)
+        self.hygiene.progress.forget(partitions)
 
     async def _assigned(self, _sender: object, *args: Any, **_: Any) -> None:
         self.tally.assigned([(tp.topic, tp.partition) for tp in args[0]])
@@ -258,6 +264,7 @@ class StreamsProcessor:
             address = normalize(event.recipient)
             await self.send(self.by_address, address.encode(), value, acked=False)
         await self.tally.forward(event, value)
+        await self.hygiene.forward(event, value)
         self._sweep_counters(partition)
 
     async def judge_one(self, value: bytes, partition: int) -> None:
@@ -290,7 +297,7 @@ class StreamsProcessor:
         streams_metrics.SUPPRESSIONS.labels(reason).inc()
         log.info("suppressed an address: %s", reason)
 
-    async def send(self, topic: Any, key: bytes, value: bytes, *, acked: bool) -> None:
+    async def send(self, topic: Any, key: bytes, value: bytes | None, *, acked: bool) -> None:
         """Send, retrying until Kafka takes the record: skipping it would lose a suppression.
         Unacknowledged sends are flushed by faust before it commits the source offset."""
 

@@ -14,7 +14,12 @@ import asyncio
 import logging
 
 from mailsluice.config import LogSettings, load
-from mailsluice.contracts.topics import CAMPAIGN_STATS_TOPIC, EVENTS_TOPIC, SUPPRESSIONS_TOPIC
+from mailsluice.contracts.topics import (
+    CAMPAIGN_STATS_TOPIC,
+    ENGAGEMENT_TOPIC,
+    EVENTS_TOPIC,
+    SUPPRESSIONS_TOPIC,
+)
 from mailsluice.kafka.admin import standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.streams.settings import StreamsSettings
@@ -87,7 +92,7 @@ async def _topics(
     from mailsluice.streams.app import internal_topics
 
     if ensure:
-        wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC, CAMPAIGN_STATS_TOPIC)
+        wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC, CAMPAIGN_STATS_TOPIC, ENGAGEMENT_TOPIC)
         specs = standard_topics(kafka, [], _SPEC_MESSAGE_SIZE)
         await ensure_topics(kafka, [s for s in specs if s.name in wanted], wait_s)
     partitions = len(await topic_partitions(kafka, EVENTS_TOPIC, wait_s))

@@ -11,6 +11,8 @@ webhook id is used once).
         smtp:                           # SMTP AUTH users sending for this tenant
           acme-app: {password: "scrypt$..."}   # python -m mailsluice.ingest.auth hash
         quotas: {per_hour: 100000, per_day: 1000000}   # recipients accepted; absent: none
+        hygiene: {enabled: true, deliveries: 10, days: 90}  # unengaged suppression; absent:
+                                        # the stream processors' settings
         webhooks:
           - id: main
             url: https://hooks.acme.test/mailsluice
@@ -77,6 +79,17 @@ class Quotas(BaseModel):
     per_day: int | None = Field(None, gt=0)
 
 
+class Hygiene(BaseModel):
+    """The tenant's unengaged-address policy (mailsluice/engagement/policy.py); a field left
+    out takes the stream processors' setting (MAILSLUICE_STREAMS_HYGIENE_*)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    deliveries: int | None = Field(None, ge=1, le=1000)
+    days: int | None = Field(None, ge=1, le=3650)
+
+
 def webhook_secret_bytes(secret: str) -> bytes:
     """The key bytes of a `whsec_<base64>` secret (Standard Webhooks); ValueError otherwise."""
     if not secret.startswith(WEBHOOK_SECRET_PREFIX):
@@ -123,6 +136,7 @@ class Tenant(BaseModel):
     smtp: dict[str, SmtpUser] = Field(default_factory=dict)
     quotas: Quotas = Quotas(per_hour=None, per_day=None)
     webhooks: tuple[Webhook, ...] = ()
+    hygiene: Hygiene | None = None
 
     @field_validator("name")
     @classmethod
