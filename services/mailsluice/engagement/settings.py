@@ -38,5 +38,13 @@ class HygieneSettings(MailsluiceSettings):
         "(or its first delivery).",
     )
 
+    forget_days: int = Field(
+        400,
+        ge=30,
+        le=3650,
+        description="An address with no delivery, open or click for this many days is forgotten "
+        "(its engagement record goes; an unengaged suppression stays).",
+    )
+
     def policy(self) -> HygienePolicy:
         return HygienePolicy(enabled=self.enabled, deliveries=self.deliveries, days=self.days)

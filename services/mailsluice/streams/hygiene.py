@@ -28,6 +28,7 @@ import faust
 
 from mailsluice.config import load
 from mailsluice.contracts.engagement import (
+    DAY_S,
     Engagement,
     encode_engagement,
     engagement_key,
@@ -71,7 +72,9 @@ class Hygiene:
         self.processor = processor
         app = processor.app
         settings = processor.settings
-        self.default = load(HygieneSettings).policy()
+        hygiene = load(HygieneSettings)
+        self.default = hygiene.policy()
+        self.forget_s = hygiene.forget_days * DAY_S
         self.tenants = tenants if tenants is not None else Registry(load(TenancySettings).file)
         name = by_engagement_topic(settings.app_id)
         self.topic = app.topic(
@@ -95,9 +98,11 @@ class Hygiene:
     async def apply_one(self, value: bytes, partition: int) -> None:
         event = self.processor.decode(value, "hygiene")
         current = faust.current_event()
-        if event is None or current is None or not policy.relevant(event):
-            return
-        offset = current.message.offset
+        if event is not None and current is not None and policy.relevant(event):
+            await self.apply(event, partition, current.message.offset)
+
+    async def apply(self, event: Event, partition: int, offset: int) -> None:
+        """Apply one event at `offset` of its partition: suppress or lift, publish, note."""
         key = engagement_key(event.tenant, event.recipient).decode()
         stored = self.table.get(key)
         if isinstance(stored, dict) and int(stored.get("o", -1)) >= offset:
@@ -118,6 +123,7 @@ class Hygiene:
             self.engagement_topic, key.encode(), encode_engagement(out), acked=False
         )
         self.table[key] = {"r": out.model_dump(mode="json"), "o": offset, "p": partition}
+        await self._sweep(partition)
 
     async def lift(self, address: str, scope: Scope) -> None:
         """The tombstone of the address's unengaged suppression (it engaged again)."""
@@ -125,6 +131,19 @@ class Hygiene:
         await self.processor.send(topic, suppression_key(address, scope), None, acked=True)
         streams_metrics.UNENGAGED_LIFTED.inc()
         log.info("lifted an unengaged suppression: the address engaged again")
+
+    async def _sweep(self, partition: int) -> None:
+        """Forget the addresses of this partition idle for forget_days (inside stream
+        iteration: the table's deletes go to the event's partition)."""
+        if not self.processor.due("hygiene", partition):
+            return
+        oldest = self.processor.wall() - self.forget_s
+        for key, stored in list(self.table.items()):
+            mine = isinstance(stored, dict) and stored.get("p") == partition
+            record = _record(stored) if mine else None
+            if record is not None and max(record.last_delivered, record.last_engaged) < oldest:
+                self.table.pop(key, None)
+                await self.processor.send(self.engagement_topic, key.encode(), None, acked=False)
 
 
 def _record(stored: Any) -> Engagement | None:
