@@ -109,6 +109,9 @@ def entry_of(spec: Mapping[str, Any], secrets: SecretData) -> dict[str, Any]:
         entry["quotas"] = {"per_hour": quotas.get("perHour"), "per_day": quotas.get("perDay")}
     if spec.get("tracking"):
         entry["tracking"] = spec["tracking"]
+    hygiene = {k: v for k, v in (spec.get("hygiene") or {}).items() if v is not None}
+    if hygiene:
+        entry["hygiene"] = hygiene  # enabled, deliveries, days: the same names
     hooks = spec.get("webhooks") or []
     if hooks:
         entry["webhooks"] = [

@@ -95,6 +95,22 @@ class Quotas(Model):
     )
 
 
+class Hygiene(Model):
+    """The tenant's unengaged-address policy (mailsluice/engagement/policy.py); an unset field
+    takes MAILSLUICE_HYGIENE_* of the stream processors."""
+
+    enabled: bool | None = Field(
+        None,
+        description="Suppress the tenant's unengaged addresses (reason unengaged, in its scope).",
+    )
+    deliveries: int | None = Field(
+        None, ge=1, le=1000, description="Deliveries without a person's open or click ..."
+    )
+    days: int | None = Field(
+        None, ge=1, le=3650, description="... spanning at least this many days."
+    )
+
+
 class SecretsRef(Model):
     name: str = Field(
         min_length=1,
@@ -177,6 +193,10 @@ class TenantSpec(Model):
         None,
         description="Open and click tracking of the tenant's mail when a message does not say: "
         "off, opens, clicks or all; unset: the pool's default.",
+    )
+    hygiene: Hygiene | None = Field(
+        None,
+        description="Unengaged suppression: see `mailsluice engagement report` before enabling.",
     )
     suspended: bool = Field(
         False,

@@ -31,6 +31,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("webhooks", "mailsluice.webhooks.service", "send tenants' events to their webhooks; tools"),
     ("api", "mailsluice.api.service", "run the HTTP API (batch sending, templates)"),
     ("tracker", "mailsluice.tracker.service", "run the open pixel and click redirect service"),
+    ("engagement", "mailsluice.admin.engagement", "dry-run report of unengaged addresses"),
 )
 
 

@@ -17,6 +17,7 @@ from mailsluice.contracts.topics import (
     CAMPAIGN_STATS_TOPIC,
     CONTROL_TOPIC,
     ENGAGEMENT_DAYS_TOPIC,
+    ENGAGEMENT_TOPIC,
     EVENTS_TOPIC,
     RETRY_TIERS,
     SUPPRESSIONS_TOPIC,
@@ -74,6 +75,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         TENANT_USAGE_TOPIC,
         API_IDEMPOTENCY_TOPIC,
         TEMPLATES_TOPIC,
+        ENGAGEMENT_TOPIC,
     }
     assert set(specs) == expected
     queue = specs[queue_topic("bulk")]
@@ -86,6 +88,7 @@ def test_standard_topics_cover_pools_retries_events_suppressions_and_control() -
         WARMUP_TOPIC,
         CAMPAIGN_STATS_TOPIC,
         WEBHOOK_STATUS_TOPIC,
+        ENGAGEMENT_TOPIC,
     ):
         assert specs[compacted].configs["cleanup.policy"] == "compact"
     assert specs[TENANT_USAGE_TOPIC].configs["cleanup.policy"] == "compact,delete"

@@ -117,6 +117,9 @@ def test_off_by_default_and_ingest_mounts_the_tenants(helm: Path) -> None:
     assert not components & {"api", "webhooks"}
     pod, container = _container(_find(docs, "Deployment", "rel-mailsluice-ingest"))
     assert _mounts_tenants(pod, container, "mailsluice-tenants")
+    # the stream processors read the tenants' unengaged policies (hygiene blocks)
+    pod, container = _container(_find(docs, "Deployment", "rel-mailsluice-streams"))
+    assert _mounts_tenants(pod, container, "mailsluice-tenants")
     docs = _render(helm, "--set", "tenants.ingest=false")
     pod, container = _container(_find(docs, "Deployment", "rel-mailsluice-ingest"))
     assert "MAILSLUICE_TENANTS_FILE" not in _env(container)

@@ -151,7 +151,7 @@ async def test_the_agent_loop_reports_a_stuck_handler_and_its_recovery() -> None
         await eventually(lambda: len(handled) == 2, within=5, what="event 1 handled")
         assert processor.live() == (
             True,
-            "route: no work held; judge: no work held; tally: no work held",
+            "route: no work held; judge: no work held; tally: no work held; hygiene: no work held",
         )
         # A rebalance takes the partition back: faust's signal makes the agent forget it.
         await processor.app.on_partitions_revoked.send({TP(EVENTS_TOPIC, 0)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mailsluice.contracts.events import Event, EventType
+from mailsluice.engagement.policy import UNENGAGED
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.streams import Streams
 from mailsluice.streams import rules
@@ -230,7 +231,7 @@ def test_state_json_round_trip_and_staleness() -> None:
 
 def test_metric_label_sets_match_the_contracts() -> None:
     assert tuple(str(t) for t in EventType) == Streams.EVENT_TYPES
-    assert Streams.SUPPRESSION_REASONS == rules.REASONS
+    assert (*rules.REASONS, UNENGAGED) == Streams.SUPPRESSION_REASONS
     assert Streams.pool_label("bulk-eu") == "bulk-eu"
     assert Streams.pool_label("") == "other"
     assert Streams.pool_label("Not A Pool!") == "other"
@@ -252,6 +253,8 @@ def test_internal_topics_are_the_ones_faust_uses() -> None:
         *(t.changelog_topic.get_topic_name() for t in processor.tally.tables()),
         processor.engagement.seen.changelog_topic.get_topic_name(),
         processor.engagement.days.changelog_topic.get_topic_name(),
+        processor.hygiene.topic.get_topic_name(),
+        processor.hygiene.table.changelog_topic.get_topic_name(),
     ]
     assert sorted(specs) == sorted(used)
     assert all(

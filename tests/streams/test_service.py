@@ -180,7 +180,7 @@ async def test_healthz_stays_alive_while_processing_and_when_idle(
     await eventually(probed_until_published, within=60, what="events published", blocking=True)
     await publishing
     await _records(kafka_settings, {sentinel: ["complaint"]}, streams)
-    idle = "route: no work held; judge: no work held; tally: no work held"
+    idle = "route: no work held; judge: no work held; tally: no work held; hygiene: no work held"
     await eventually(
         lambda: healthz().get("detail") == idle,
         within=30,

@@ -37,6 +37,7 @@ SETTINGS_MODULES = (
     "mailsluice.webhooks.settings",
     "mailsluice.api.settings",
     "mailsluice.tracking.settings",
+    "mailsluice.engagement.settings",
 )
 
 

@@ -21,6 +21,7 @@ from mailsluice.api.compose import Letter, Part, compose, envelope, queue_record
 from mailsluice.api.models import Recipient, RecipientResult, SendAnswer, SendRequest
 from mailsluice.api.problems import Problem, invalid
 from mailsluice.api.render import Compiled, Renderer, RenderFailed, TemplateInvalid
+from mailsluice.contracts.engagement import Grader
 from mailsluice.contracts.envelope import Envelope, new_queue_id
 from mailsluice.contracts.events import Event, EventType, encode_event, message_fields
 from mailsluice.contracts.events import suppressed_event as make_suppressed_event
@@ -86,6 +87,7 @@ class Sender:
         limits: SendLimits,
         templates: TemplateLookup | None = None,
         clock: Callable[[], float] = time.time,
+        grade: Grader | None = None,
     ) -> None:
         self.renderer = renderer
         self.rollup = rollup
@@ -95,6 +97,7 @@ class Sender:
         self.limits = limits
         self.templates = templates
         self.clock = clock
+        self.grade = grade  # the recipients' engagement grade (mailsluice/engagement/store.py)
         self._rendering = asyncio.Lock()
         self._reserved: dict[str, int] = {}  # recipients admitted, not yet acknowledged
 
@@ -222,6 +225,8 @@ class Sender:
         queue_id = new_queue_id(now)
         routing_key = self.rollup.routing_key(to.email)
         env = envelope(letter, to, index=index, queue_id=queue_id, routing_key=routing_key, now=now)
+        if self.grade is not None:
+            env = env.model_copy(update={"grade": self.grade(letter.tenant, env.recipients)})
         entry = self.match(to.email, letter.scopes)
         if entry is not None:
             batch.events.append(

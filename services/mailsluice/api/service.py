@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from fastapi import APIRouter
 
-from mailsluice.api import campaigns, engagement, suppressions, webhooks
+from mailsluice.api import campaigns, engagement, suppressions, unengaged, webhooks
 from mailsluice.api.app import ApiState, build_app
 from mailsluice.api.auth import current_tenant
 from mailsluice.api.idempotency import IdempotencyBook
@@ -37,9 +37,12 @@ from mailsluice.contracts.topics import (
     api_topic_specs,
     campaign_topic_specs,
     control_topic_specs,
+    engagement_topic_specs,
     tenant_usage_topic_specs,
     webhook_topic_specs,
 )
+from mailsluice.engagement.settings import HygieneSettings
+from mailsluice.engagement.store import EngagementStore
 from mailsluice.kafka.admin import ensure_topics
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.compacted import CompactedView
@@ -79,6 +82,7 @@ def api_topics(kafka: KafkaSettings) -> list[TopicSpec]:
         *control_topic_specs(isr),
         *tenant_usage_topic_specs(isr),
         *webhook_topic_specs(isr),
+        *engagement_topic_specs(isr),
     ]
 
 
@@ -103,6 +107,9 @@ class ApiService:
             name="api",
         )
         self.store = SuppressionStore(kafka, client_id="mailsluice-api-suppressions")
+        # the grade of each message (contracts/engagement.py), and the dry-run report
+        self.grades = EngagementStore(kafka, client_id="mailsluice-api-engagement")
+        self.hygiene = load(HygieneSettings).policy()
         self.book = IdempotencyBook(functools.partial(self.write_one, API_IDEMPOTENCY_TOPIC))
         self.templates = TemplateStore(functools.partial(self.write_one, TEMPLATES_TOPIC))
         self.quota = QuotaBook()
@@ -143,6 +150,7 @@ class ApiService:
                 max_data_bytes=settings.max_data_bytes,
             ),
             templates=self.templates,
+            grade=self.grades.grade,
         )
 
     def _routers(self) -> list[APIRouter]:
@@ -154,6 +162,7 @@ class ApiService:
             campaigns.router(current_tenant, self.campaigns),
             engagement.router(current_tenant, self.engagement),
             webhooks.router(current_tenant, self.webhooks),
+            unengaged.router(current_tenant, self.grades, self.hygiene),
         ]
 
     # --- Kafka ---------------------------------------------------------------------------------
@@ -182,8 +191,8 @@ class ApiService:
     def ready(self) -> tuple[bool, str]:
         if not self.public.started:
             return False, "starting"
-        if not self.store.ready:
-            return False, "suppression list not loaded"
+        if not (self.store.ready and self.grades.ready):
+            return False, "suppression list or engagement not loaded"
         if not all(view.ready for view in self._views):
             return False, "idempotency answers or templates not loaded"
         if not (self.campaigns.ready and self.engagement.ready and self.webhooks.ready):
@@ -196,6 +205,7 @@ class ApiService:
         timeout = self.settings.start_timeout_s
         await ensure_topics(self.kafka, api_topics(self.kafka))
         await self.store.start(timeout)
+        await self.grades.start(timeout)
         for view in self._views:
             await view.start(timeout)
             view.follow_in_background()
@@ -217,11 +227,12 @@ class ApiService:
             await self._http.cleanup()
         await self.usage.stop()
         await self.campaigns.stop()
-        await self.engagement.stop()
+        await self.grades.stop()
         await self.webhooks.stop()
         for view in self._views:
             await view.stop()
         await self.store.stop()
+        await self.engagement.stop()
         await self.producers.stop()
 
 

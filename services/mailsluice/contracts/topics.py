@@ -90,6 +90,7 @@ def topic_specs(
     specs += webhook_topic_specs(min_insync_replicas)
     specs += tenant_usage_topic_specs(min_insync_replicas)
     specs += api_topic_specs(min_insync_replicas)
+    specs += engagement_topic_specs(min_insync_replicas)
     return (
         specs + control_topic_specs(min_insync_replicas) + campaign_topic_specs(min_insync_replicas)
     )
@@ -224,3 +225,17 @@ def api_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
         TopicSpec(API_IDEMPOTENCY_TOPIC, API_IDEMPOTENCY_PARTITIONS, answers),
         TopicSpec(TEMPLATES_TOPIC, 1, _compacted(isr)),
     ]
+
+
+# --- engagement (streams/hygiene.py) -------------------------------------------------------------
+
+# Compacted, keyed "tenant|address": an address's engagement with a tenant's mail
+# (contracts/engagement.py), read by ingest and the API for the grade of a message.
+ENGAGEMENT_TOPIC = f"{TOPIC_PREFIX}.engagement"
+ENGAGEMENT_PARTITIONS = 6
+
+
+def engagement_topic_specs(min_insync_replicas: int) -> list[TopicSpec]:
+    """The compacted topic of the addresses' engagement the stream processors publish."""
+    compact = _compacted({"min.insync.replicas": str(min_insync_replicas)})
+    return [TopicSpec(ENGAGEMENT_TOPIC, ENGAGEMENT_PARTITIONS, compact)]

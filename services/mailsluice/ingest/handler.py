@@ -19,12 +19,14 @@ import time
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 from prometheus_client import Counter
 
+from mailsluice.contracts.engagement import Grader
 from mailsluice.contracts.envelope import new_queue_id
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.contracts.suppressions import scopes_for
 from mailsluice.ingest import replies
 from mailsluice.ingest.addresses import check_mailbox
 from mailsluice.ingest.auth import User
+from mailsluice.ingest.grading import graded
 from mailsluice.ingest.message import SINGLE_FIELDS
 from mailsluice.ingest.plan import (
     Client,
@@ -103,6 +105,7 @@ class IngestHandler:
         unsubscribe: UnsubscribeDesk | None = None,
         trusted_tenant: str = "",
         quotas: TenantQuotas | None = None,
+        grade: Grader | None = None,
     ) -> None:
         self.hostname = hostname
         self.publisher = publisher
@@ -121,6 +124,7 @@ class IngestHandler:
         self.unsubscribe = unsubscribe  # the List-Unsubscribe mailto address, when configured
         self.trusted_tenant = trusted_tenant  # of unauthenticated trusted-network clients
         self.quotas = quotas  # tenants' hourly and daily quotas (quotas.py)
+        self.grade = grade  # recipients' engagement grade (mailsluice/engagement/store.py)
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -270,7 +274,8 @@ class IngestHandler:
             max_size=self.max_message_size,
             single_fields=self.single_fields,
         )
-        return screen_list(plan, self.is_suppressed, now=now)
+        screened = screen_list(plan, self.is_suppressed, now=now)
+        return graded(screened, self.grade) if self.grade is not None else screened
 
     def owner(self, server: IngestSMTP, session: Session) -> tuple[OwnedDomains, str]:
         """The sender domains of the client, and who it is: an authenticated user's own; a

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from mailsluice.config import LogSettings, load
 from mailsluice.consent.settings import UnsubscribeSettings
+from mailsluice.engagement.store import EngagementStore
 from mailsluice.ingest.auth import Credentials
 from mailsluice.ingest.auth_guard import AuthGuard, GuardLimits
 from mailsluice.ingest.caps import ByteBudget, Caps, Registry
@@ -78,8 +79,11 @@ class IngestService:
     """Start and stop the whole ingest; tests drive it in their own event loop.
 
     `is_suppressed` and `mx_lookup` may be injected (tests); by default the service runs a
-    SuppressionStore on the suppressions topic and resolves MX through DnsSettings.
+    SuppressionStore on the suppressions topic and resolves MX through DnsSettings. An
+    EngagementStore on the engagement topic grades each message (mailsluice/engagement/).
     """
+
+    _engagement: EngagementStore | None = None  # started by start()
 
     def __init__(
         self,
@@ -150,6 +154,8 @@ class IngestService:
             return False, "Kafka unreachable"
         if self._store is not None and not self._store.ready:
             return False, "suppression list not loaded"
+        if self._engagement is not None and not self._engagement.ready:
+            return False, "engagement not loaded"
         return True, "ok"
 
     @property
@@ -174,6 +180,9 @@ class IngestService:
             self._store = SuppressionStore(self.kafka, client_id="mailsluice-ingest-suppressions")
             await self._store.start()
             is_suppressed = self._store.suppressed
+        engagement = EngagementStore(self.kafka, client_id="mailsluice-ingest-engagement")
+        self._engagement = engagement
+        await engagement.start()
         s = self.settings
         self.handler = IngestHandler(
             hostname=self.hostname,
@@ -197,6 +206,7 @@ class IngestService:
             unsubscribe=self.unsubscribe,
             trusted_tenant=s.trusted_tenant,
             quotas=TenantQuotas(self.tenants, self.quota_book) if self.usage else None,
+            grade=engagement.grade,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -260,6 +270,8 @@ class IngestService:
             self._http = None
         if self._store is not None:
             await self._store.stop()
+        if self._engagement is not None:
+            await self._engagement.stop()
         if self.usage is not None:
             await self.usage.stop()
         await self.publisher.stop()

@@ -28,8 +28,14 @@ class Streams:
         "open",
         "click",
     )
-    SUPPRESSION_REASONS = ("hard-bounce", "complaint", "repeated-soft-bounce", "unsubscribe")
-    AGENTS = ("route", "judge", "tally")  # tally: campaign stats
+    SUPPRESSION_REASONS = (
+        "hard-bounce",
+        "complaint",
+        "repeated-soft-bounce",
+        "unsubscribe",
+        "unengaged",  # hygiene (streams/hygiene.py)
+    )
+    AGENTS = ("route", "judge", "tally", "hygiene")  # tally: campaign stats; hygiene: engagement
 
     EVENTS = Counter(
         "mailsluice_streams_events_total",
@@ -88,6 +94,12 @@ class Streams:
     )
     ENGAGEMENT_KINDS = ("all", "human")
     RETRACTED_KINDS = ("open", "click")
+    # --- engagement hygiene (streams/hygiene.py) ---
+    UNENGAGED_LIFTED = Counter(
+        "mailsluice_streams_unengaged_lifted_total",
+        "Unengaged suppressions the stream processors lifted because the address opened or "
+        "clicked again (a person's open or click, not a machine's).",
+    )
 
     @staticmethod
     def pool_label(pool: str) -> str:

@@ -1,5 +1,6 @@
-"""The faust app: two agents and two tables around the pure rules in `rules`, and the campaign
-counters' agent (`tally`, streams/tally.py).
+"""The faust app: two agents and two tables around the pure rules in `rules`, the campaign
+counters' agent (`tally`, streams/tally.py) and the engagement agent (`hygiene`,
+streams/hygiene.py).
 
 Events are keyed by queue id, but a recipient's soft-failure state must live in one partition,
 so the work is split in two agents (both `concurrency=1`, the design's rule):
@@ -48,6 +49,7 @@ from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.streams import Streams as streams_metrics
 from mailsluice.streams import rules
 from mailsluice.streams.engaged import EngagementDays, engaged_topics
+from mailsluice.streams.hygiene import Hygiene, hygiene_topics
 from mailsluice.streams.liveness import AgentProgress, Partition, combined
 from mailsluice.streams.settings import StreamsSettings
 from mailsluice.streams.tally import CampaignTally, tally_topics
@@ -79,6 +81,7 @@ def internal_topics(app_id: str, partitions: int, kafka: KafkaSettings) -> list[
         TopicSpec(f"{app_id}-{COUNTERS_TABLE}-changelog", partitions, compact),
         *tally_topics(app_id, partitions, isr),
         *engaged_topics(app_id, partitions, isr),
+        *hygiene_topics(app_id, partitions, isr),
     ]
 
 
@@ -162,6 +165,7 @@ class StreamsProcessor:
         app.agent(self.by_address, name="judge", concurrency=1)(self._judge)
         self.tally = CampaignTally(self, clock)  # campaign stats: streams/tally.py
         self.engagement = EngagementDays(self)  # per tenant and provider: streams/engaged.py
+        self.hygiene = Hygiene(self, clock)  # engagement, unengaged: streams/hygiene.py
         # Liveness, per agent: each reads its own topic and can be stuck alone.
         stall_s = settings.stall_s
         self.routed = AgentProgress(stall_s, lambda: self.ends(EVENTS_TOPIC), clock)
@@ -191,6 +195,7 @@ class StreamsProcessor:
                 "route": self.routed.progress.check,
                 "judge": self.judged.progress.check,
                 "tally": self.tally.progress.progress.check,
+                "hygiene": self.hygiene.progress.progress.check,
             }
         )
 
@@ -218,6 +223,7 @@ class StreamsProcessor:
         self.judged.forget(partitions)
         self.tally.revoked(partitions)
         self.engagement.revoked(partitions)
+        self.hygiene.progress.forget(partitions)
 
     async def _assigned(self, _sender: object, *args: Any, **_: Any) -> None:
         self.tally.assigned([(tp.topic, tp.partition) for tp in args[0]])
@@ -267,6 +273,7 @@ class StreamsProcessor:
         if current is not None:
             self.engagement.observe(event, partition, current.message.offset)
             self.engagement.sweep(partition)
+        await self.hygiene.forward(event, value)
         self._sweep_counters(partition)
 
     async def judge_one(self, value: bytes, partition: int) -> None:
@@ -299,7 +306,7 @@ class StreamsProcessor:
         streams_metrics.SUPPRESSIONS.labels(reason).inc()
         log.info("suppressed an address: %s", reason)
 
-    async def send(self, topic: Any, key: bytes, value: bytes, *, acked: bool) -> None:
+    async def send(self, topic: Any, key: bytes, value: bytes | None, *, acked: bool) -> None:
         """Send, retrying until Kafka takes the record: skipping it would lose a suppression.
         Unacknowledged sends are flushed by faust before it commits the source offset."""
 

@@ -17,6 +17,7 @@ from mailsluice.config import LogSettings, load
 from mailsluice.contracts.topics import (
     CAMPAIGN_STATS_TOPIC,
     ENGAGEMENT_DAYS_TOPIC,
+    ENGAGEMENT_TOPIC,
     EVENTS_TOPIC,
     SUPPRESSIONS_TOPIC,
 )
@@ -92,7 +93,13 @@ async def _topics(
     from mailsluice.streams.app import internal_topics
 
     if ensure:
-        wanted = (EVENTS_TOPIC, SUPPRESSIONS_TOPIC, CAMPAIGN_STATS_TOPIC, ENGAGEMENT_DAYS_TOPIC)
+        wanted = (
+            EVENTS_TOPIC,
+            SUPPRESSIONS_TOPIC,
+            CAMPAIGN_STATS_TOPIC,
+            ENGAGEMENT_DAYS_TOPIC,
+            ENGAGEMENT_TOPIC,
+        )
         specs = standard_topics(kafka, [], _SPEC_MESSAGE_SIZE)
         await ensure_topics(kafka, [s for s in specs if s.name in wanted], wait_s)
     partitions = len(await topic_partitions(kafka, EVENTS_TOPIC, wait_s))

@@ -13,6 +13,8 @@ webhook id is used once).
         quotas: {per_hour: 100000, per_day: 1000000}   # recipients accepted; absent: none
         tracking: clicks                # open/click tracking when a message does not say:
                                         # off, opens, clicks, all; absent: the pool's default
+        hygiene: {enabled: true, deliveries: 10, days: 90}  # unengaged suppression; absent:
+                                        # the stream processors' settings
         webhooks:
           - id: main
             url: https://hooks.acme.test/mailsluice
@@ -80,6 +82,17 @@ class Quotas(BaseModel):
     per_day: int | None = Field(None, gt=0)
 
 
+class Hygiene(BaseModel):
+    """The tenant's unengaged-address policy (mailsluice/engagement/policy.py); a field left
+    out takes the stream processors' setting (MAILSLUICE_STREAMS_HYGIENE_*)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = None
+    deliveries: int | None = Field(None, ge=1, le=1000)
+    days: int | None = Field(None, ge=1, le=3650)
+
+
 def webhook_secret_bytes(secret: str) -> bytes:
     """The key bytes of a `whsec_<base64>` secret (Standard Webhooks); ValueError otherwise."""
     if not secret.startswith(WEBHOOK_SECRET_PREFIX):
@@ -129,6 +142,7 @@ class Tenant(BaseModel):
     # Open and click tracking of the tenant's mail when a message does not say (None: the
     # pool's default, MAILSLUICE_TRACKING_DEFAULT).
     tracking: Choice | None = None
+    hygiene: Hygiene | None = None
 
     @field_validator("name")
     @classmethod

@@ -181,7 +181,7 @@ Secret is mounted as MAILSLUICE_TRACKING_KEYS_DIR). */}}
 {{- end -}}
 
 {{/* Tenants: the Secret the operator renders from SendingTenants, mounted into the API, the
-webhook sender and ingest as MAILSLUICE_TENANTS_FILE. Optional: a pod starts before the operator
+webhook sender, ingest and the stream processors as MAILSLUICE_TENANTS_FILE. Optional: a pod starts before the operator
 has written it (the operator writes it at start in its namespace). */}}
 {{- define "mailsluice.tenantsEnv" -}}
 - name: MAILSLUICE_TENANTS_FILE
