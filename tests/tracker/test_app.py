@@ -145,3 +145,15 @@ def test_a_trusted_proxy_names_the_client() -> None:
     assert client_address("203.0.113.1", "17.5.5.5", trusted) == "203.0.113.1"
     assert client_address("10.1.1.1", "", trusted) == "10.1.1.1"
     assert client_address("10.1.1.1", "17.5.5.5", ()) == "10.1.1.1"
+
+
+def test_a_head_answers_like_a_get_and_records_nothing(
+    client: TestClient, recorded: list[Event]
+) -> None:
+    click = KEYS.mint(MARK.click(1, TARGET))
+    before = count("click", "head")
+    resp = client.head(f"/c/{click}", follow_redirects=False)
+    assert (resp.status_code, resp.headers["location"]) == (302, TARGET)
+    assert client.head(f"/o/{KEYS.mint(MARK)}").headers["content-type"] == "image/gif"
+    assert client.head(f"/c/{click[:-4]}AAAA", follow_redirects=False).status_code == 404
+    assert recorded == [] and count("click", "head") == before + 1

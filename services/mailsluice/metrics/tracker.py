@@ -13,7 +13,8 @@ class Tracker:
     KINDS = ("open", "click")
     # ok, a token that does not verify (sealing.TokenError reasons), or a token of the other
     # kind (an open token on /c/, a click token on /o/)
-    OUTCOMES = ("ok", "malformed", "unknown_key", "forged", "wrong_kind")
+    # ok wrote an event; head answered a HEAD (a checker's, recorded as nothing)
+    OUTCOMES = ("ok", "head", "malformed", "unknown_key", "forged", "wrong_kind")
     REASONS = MACHINE_REASONS
 
     REQUESTS = Counter(

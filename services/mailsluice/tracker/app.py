@@ -6,6 +6,8 @@
 - `GET /c/{token}` answers 302 to the link's target, sealed inside the token (no open
   redirect), and records a `click`. A token that does not verify, or that is not a click's,
   gets 404 as RFC 9457 problem details.
+- `HEAD` of either answers the same status and headers and records nothing: no person sends
+  a HEAD, link checkers and mail scanners do.
 
 Both answer at once: `record` only hands the event to a bounded buffer that Kafka is fed from.
 Each open or click is judged a person's or a machine's (tracking/machines.py) on the way.
@@ -170,6 +172,20 @@ def build_app(
         if mark is None:
             return not_found()
         take(mark, request)
+        return RedirectResponse(mark.target, 302, headers=_HEADERS)
+
+    @app.head("/o/{token}")
+    async def open_head(token: str) -> Response:
+        if verify(token, "open") is not None:
+            metrics.REQUESTS.labels("open", "head").inc()
+        return pixel()
+
+    @app.head("/c/{token}")
+    async def click_head(token: str) -> Response:
+        mark = verify(token, "click")
+        if mark is None:
+            return not_found()
+        metrics.REQUESTS.labels("click", "head").inc()
         return RedirectResponse(mark.target, 302, headers=_HEADERS)
 
     return app
