@@ -215,3 +215,15 @@ def shape(data: bytes) -> list[tuple[str, str | None, str | None]]:
         (p.get_content_type(), p.get_boundary(), p.get_content_charset())
         for p in parsed(data).walk()
     ]
+
+
+async def test_a_link_too_long_for_a_token_stays_as_it_was() -> None:
+    long_target = "https://shop.example/" + "a" * 2100
+    html = f'<p><a href="{long_target}">long</a> <a href="https://shop.example/ok">ok</a></p>'
+    message = (
+        "From: news@origin.example\r\nTo: ann@dest.example\r\nSubject: s\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: text/html; charset=us-ascii\r\n\r\n{html}\r\n"
+    ).encode()
+    ((_, copy),) = await sent(bulk("ann@dest.example"), message, tracking())
+    assert f'href="{long_target}"' in html_of(copy)
+    assert [m.target for m in clicks(KEYS, html_of(copy))] == ["https://shop.example/ok"]

@@ -21,7 +21,7 @@ from mailsluice.contracts.envelope import TRACKING, Envelope
 from mailsluice.metrics.delivery import TRACKING as TRACKED
 from mailsluice.tracking.rewrite import rewrite
 from mailsluice.tracking.settings import TrackingSettings
-from mailsluice.tracking.tokens import Mark, TrackingKeys
+from mailsluice.tracking.tokens import Mark, TrackingKeys, trackable
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,10 @@ class Tracking:
         return asked or self.settings.default
 
     def keep(self, target: str) -> bool:
-        """Whether a link stays as it is although clicks are tracked: the unsubscribe links."""
+        """Whether a link stays as it is although clicks are tracked: the unsubscribe links,
+        and a target no token can hold."""
+        if not trackable(target):
+            return True
         base = self.unsubscribe_url
         return bool(base) and (target == base or target.startswith(base + "/"))
 
