@@ -38,6 +38,8 @@ def trackable(target: str) -> bool:
     """Whether a link's target can be sealed into a click token (short enough for a URL, and
     without the control characters tokens cannot hold); other links stay as they are."""
     return len(target) <= MAX_TARGET and target.isprintable()
+
+
 _KINDS: dict[str, Kind] = {"o": "open", "c": "click"}
 
 __all__ = ["Mark", "TokenError", "TrackingKeys"]
