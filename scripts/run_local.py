@@ -119,8 +119,11 @@ Send over HTTP (each recipient rendered with its own data):
   curl -s http://127.0.0.1:{API_PORT}/v1/messages -H 'Authorization: Bearer {key}' \\
     -H 'Content-Type: application/json' -d '{{"from": {{"email": "news@example.com"}},
     "subject": "Hi {{{{ name }}}}", "text": "Hello {{{{ name }}}}", "campaign": "welcome",
+    "html": "<p>Hello {{{{ name }}}}, <a href=\\"https://example.com/spring\\">spring</a></p>",
     "recipients": [{{"to": {{"email": "ann@example.org"}}, "data": {{"name": "Ann"}}}}]}}'
   curl -s http://127.0.0.1:{API_PORT}/v1/campaigns/welcome -H 'Authorization: Bearer {key}'
+  (its HTML link and pixel go through the tracker on 127.0.0.1:{TRACKER_PORT}: open one from the
+  sandbox's copy and the campaign's opens and clicks count it)
 See it in Kafka:
   .venv/bin/mailsluice peek --pool default
 See it delivered:
