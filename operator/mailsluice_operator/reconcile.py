@@ -17,6 +17,7 @@ from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.policy.warmup import Schedule
 from mailsluice_operator import render, scaling, status, warmup
 from mailsluice_operator.kafka_admin import KafkaUnavailable, PoolKafkaState
+from mailsluice_operator.links import signed_links
 from mailsluice_operator.problems import PermanentProblem, PoolProblem, TemporaryProblem
 from mailsluice_operator.settings import OperatorSettings
 from mailsluice_operator.spec import check_limits
@@ -69,8 +70,7 @@ class Round:
 
 def referenced_secrets(spec: Mapping[str, Any], op: OperatorSettings) -> list[str]:
     names = [n for n in (op.kafka_secret, op.kafka_ca_secret) if n]
-    if op.unsubscribe_url and op.unsubscribe_keys_secret:
-        names.append(op.unsubscribe_keys_secret)
+    names += [links.keys_secret for links in signed_links(spec, op)]
     if (spec.get("dkim") or {}).get("secretName"):
         names.append(spec["dkim"]["secretName"])
     for env in (spec.get("workerTemplate") or {}).get("env") or []:

@@ -17,6 +17,7 @@ import yaml
 from mailsluice.contracts import topics
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice_operator import API_VERSION, KIND, warmup
+from mailsluice_operator.links import signed_links
 from mailsluice_operator.settings import OperatorSettings
 from mailsluice_operator.spec import with_defaults
 
@@ -25,7 +26,6 @@ Manifest = dict[str, Any]
 POLICY_DIR = "/etc/mailsluice/pool"
 KAFKA_CA_DIR = "/etc/mailsluice/kafka-ca"
 DKIM_DIR = "/etc/mailsluice/dkim"
-UNSUBSCRIBE_KEYS_DIR = "/etc/mailsluice/unsubscribe-keys"
 POLICY_FILE = "policy.yaml"
 SPEC_HASH_ANNOTATION = "mailsluice.io/spec-hash"
 POOL_LABEL = "mailsluice.io/pool"
@@ -165,21 +165,6 @@ def pool_overrides_env(pool: Pool) -> list[dict[str, str]]:
     return [{"name": "MAILSLUICE_SHAPING_POOL_OVERRIDES", "value": value}]
 
 
-def unsubscribe_env(op: OperatorSettings) -> list[dict[str, str]]:
-    """MAILSLUICE_UNSUBSCRIBE_* for every pool's workers: the links, the scope and the keys
-    (the mounted Secret); none while the operator has no link base or no keys."""
-    if not (op.unsubscribe_url and op.unsubscribe_keys_secret):
-        return []
-    values = {
-        "URL": op.unsubscribe_url,
-        "MAILTO_DOMAIN": op.unsubscribe_mailto_domain,
-        "SCOPE": op.unsubscribe_scope,
-        "KEYS_DIR": UNSUBSCRIBE_KEYS_DIR,
-        "ACTIVE_KEY": op.unsubscribe_active_key,
-    }
-    return [{"name": f"MAILSLUICE_UNSUBSCRIBE_{k}", "value": v} for k, v in values.items()]
-
-
 def dkim_env(dkim: Mapping[str, Any] | None) -> list[dict[str, str]]:
     """MAILSLUICE_DKIM_* for a pool's `dkim` section: the keys are the mounted Secret."""
     if not dkim:
@@ -218,7 +203,7 @@ def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[d
         {"name": "MAILSLUICE_POOL_STREAM", "value": str(spec["stream"])},
         *pool_overrides_env(pool),
         *dkim_env(spec.get("dkim")),
-        *unsubscribe_env(op),
+        *(e for links in signed_links(spec, op) for e in links.env()),
     ]
     template_env = [dict(e) for e in (spec.get("workerTemplate") or {}).get("env") or []]
     overridden = {e["name"] for e in template_env}
@@ -261,9 +246,7 @@ def _container(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> dict[s
         )
     if pool.spec.get("dkim"):
         container["volumeMounts"].append({"name": "dkim", "mountPath": DKIM_DIR, "readOnly": True})
-    if unsubscribe_env(op):
-        mount = {"name": "unsubscribe-keys", "mountPath": UNSUBSCRIBE_KEYS_DIR, "readOnly": True}
-        container["volumeMounts"].append(mount)
+    container["volumeMounts"] += [links.mount() for links in signed_links(pool.spec, op)]
     return container
 
 
@@ -296,9 +279,7 @@ def render_deployment(
         # Read-only for owner and group (the group is fsGroup, the worker's).
         secret = {"secretName": dkim["secretName"], "defaultMode": 0o440}
         pod_spec["volumes"].append({"name": "dkim", "secret": secret})
-    if unsubscribe_env(op):
-        secret = {"secretName": op.unsubscribe_keys_secret, "defaultMode": 0o440}
-        pod_spec["volumes"].append({"name": "unsubscribe-keys", "secret": secret})
+    pod_spec["volumes"] += [links.pod_volume() for links in signed_links(pool.spec, op)]
     if template.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(template["nodeSelector"])
     if template.get("tolerations"):

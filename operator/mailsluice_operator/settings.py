@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from mailsluice.config import MailsluiceSettings
+from mailsluice.tracking.settings import Choice
 
 
 class OperatorSettings(MailsluiceSettings):
@@ -66,6 +67,28 @@ class OperatorSettings(MailsluiceSettings):
     )
     unsubscribe_active_key: str = Field(
         "", description="Id of the key new tokens are signed with (empty: the only key)."
+    )
+    tracking_url: str = Field(
+        "",
+        description="Base of the pixel and click links workers put into tracked mail "
+        "(https://host, the tracker service's); empty: no tracking unless a pool's "
+        "workerTemplate sets it.",
+    )
+    tracking_keys_secret: str = Field(
+        "",
+        description="Secret with the tracking token keys (one key per id, the tracker's "
+        "keys), mounted into workers when tracking_url is set.",
+    )
+    tracking_active_key: str = Field(
+        "", description="Id of the tracking key new tokens are signed with (empty: the only key)."
+    )
+    tracking_default: Choice = Field(
+        "off",
+        description="What workers track when neither the message, its campaign, its tenant "
+        "nor its pool's `tracking` says: off, opens, clicks or all.",
+    )
+    tracking_transactional: bool = Field(
+        False, description="Workers track transactional-stream messages too (when they ask)."
     )
     worker_service_account: str = Field(
         "", description="ServiceAccount of worker pods (empty: the namespace default)."

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from mailsluice.tracking.settings import Choice
 from mailsluice_operator import schema
 from mailsluice_operator.problems import PermanentProblem
 from mailsluice_operator.warmup import PRESETS
@@ -292,6 +293,12 @@ class PoolSpec(Model):
         None, description="How worker pods look; unset fields take the operator's defaults."
     )
     dkim: Dkim | None = Field(None, description="DKIM signing; unset: the pool signs nothing.")
+    tracking: Choice | None = Field(
+        None,
+        description="Open and click tracking of the pool's mail when neither the message, its "
+        "campaign nor its tenant says: off, opens, clicks or all; unset: the operator's "
+        "default. Needs the operator's tracking settings (the tracker's link base and keys).",
+    )
 
 
 class Condition(Model):

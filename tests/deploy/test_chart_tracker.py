@@ -1,6 +1,7 @@
 """The chart's tracker parts: off by default; on, `mailsluice tracker` on `web` with its keys
-Secret mounted, a Service, a PodDisruptionBudget, a ServiceMonitor, and an Ingress on the host
-of `tracking.url` that reaches only the pixel and click paths."""
+Secret mounted, a Service, a PodDisruptionBudget, a ServiceMonitor, an Ingress on the host
+of `tracking.url` that reaches only the pixel and click paths, and the operator told to hand the
+same link base and keys to every pool's delivery workers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import pytest
 import yaml
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import CHART
+from support.operator_pool import KAFKA, POOL_BODY
+
+from mailsluice_operator import render
+from mailsluice_operator.settings import OperatorSettings
 
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
 KEYS = "--set", "tracking.keys.existingSecret=tk"
@@ -105,3 +110,40 @@ def test_full_values_ingress_on_the_urls_host_and_scraped(helm: Path) -> None:
 def test_schema_refuses_a_url_that_is_not_a_base(helm: Path) -> None:
     (failed,) = _render(helm, *KEYS, "--set", "tracking.url=tracking.example.com", check=False)
     assert "tracking" in failed["stderr"] and "url" in failed["stderr"]
+
+
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    deployment = _find(docs, "Deployment", "rel-mailsluice-operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_the_operator_hands_tracking_to_the_workers_only_when_enabled(helm: Path) -> None:
+    env = _operator_env(_render(helm))
+    assert not [name for name in env if name.startswith("MAILSLUICE_OPERATOR_TRACKING_")]
+    docs = _render(helm, "-f", str(FULL_VALUES), "--set", "tracking.transactional=true")
+    env = _operator_env(docs)
+    assert env["MAILSLUICE_OPERATOR_TRACKING_URL"] == "https://click.example.com"
+    assert env["MAILSLUICE_OPERATOR_TRACKING_KEYS_SECRET"] == "mailsluice-tracking-keys"
+    assert env["MAILSLUICE_OPERATOR_TRACKING_ACTIVE_KEY"] == "t2"
+    assert env["MAILSLUICE_OPERATOR_TRACKING_DEFAULT"] == "opens"
+    assert env["MAILSLUICE_OPERATOR_TRACKING_TRANSACTIONAL"] == "true"
+    # what the operator makes of it: a worker with the tracker's link base and keys Secret
+    prefix = "MAILSLUICE_OPERATOR_"
+    op = OperatorSettings.model_validate(
+        {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+    )
+    pod = render.render_deployment(render.Pool.from_body(POOL_BODY), 1, KAFKA, op)
+    worker = pod["spec"]["template"]["spec"]
+    worker_env = {e["name"]: e.get("value") for e in worker["containers"][0]["env"]}
+    assert worker_env["MAILSLUICE_TRACKING_URL"] == "https://click.example.com"
+    assert worker_env["MAILSLUICE_TRACKING_DEFAULT"] == "opens"
+    volumes = {v["name"]: v for v in worker["volumes"]}
+    tracker = _find(docs, "Deployment", "rel-mailsluice-tracker")["spec"]["template"]["spec"]
+    tracker_keys = {v["name"]: v for v in tracker["volumes"]}["tracking-keys"]["secret"]
+    assert volumes["tracking-keys"]["secret"]["secretName"] == tracker_keys["secretName"]
+
+
+def test_schema_refuses_an_unknown_default(helm: Path) -> None:
+    (failed,) = _render(helm, *KEYS, "--set", "tracking.default=sometimes", check=False)
+    assert "default" in failed["stderr"]

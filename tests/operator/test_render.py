@@ -14,7 +14,9 @@ from support.paths import REPO
 
 from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
+from mailsluice.tracking.settings import TrackingSettings
 from mailsluice_operator import crd, render, warmup
+from mailsluice_operator.links import TRACKING_KEYS_DIR, UNSUBSCRIBE_KEYS_DIR, signed_links
 from mailsluice_operator.reconcile import referenced_secrets
 from mailsluice_operator.settings import OperatorSettings
 from mailsluice_operator.spec import with_defaults
@@ -95,7 +97,7 @@ def test_a_worker_is_a_static_group_member_named_after_its_pod() -> None:
 
 
 def test_every_pool_gets_the_unsubscribe_links_and_keys_the_operator_has() -> None:
-    assert render.unsubscribe_env(OP) == []  # no link base: no List-Unsubscribe
+    assert signed_links({}, OP) == []  # no link base: no List-Unsubscribe
     op = OperatorSettings(
         unsubscribe_url="https://u.example.com",
         unsubscribe_keys_secret="unsub-keys",
@@ -106,13 +108,13 @@ def test_every_pool_gets_the_unsubscribe_links_and_keys_the_operator_has() -> No
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MAILSLUICE_UNSUBSCRIBE_URL"] == "https://u.example.com"
-    assert env["MAILSLUICE_UNSUBSCRIBE_KEYS_DIR"] == render.UNSUBSCRIBE_KEYS_DIR
+    assert env["MAILSLUICE_UNSUBSCRIBE_KEYS_DIR"] == UNSUBSCRIBE_KEYS_DIR
     volume = {
         "name": "unsubscribe-keys",
         "secret": {"secretName": "unsub-keys", "defaultMode": 288},
     }
     assert volume in pod["volumes"]
-    assert any(m["mountPath"] == render.UNSUBSCRIBE_KEYS_DIR for m in container["volumeMounts"])
+    assert any(m["mountPath"] == UNSUBSCRIBE_KEYS_DIR for m in container["volumeMounts"])
     assert "unsub-keys" in referenced_secrets({}, op)
     # what the worker makes of it: the links go on, with keys read from the mount
     settings = UnsubscribeSettings.model_validate(
@@ -122,7 +124,73 @@ def test_every_pool_gets_the_unsubscribe_links_and_keys_the_operator_has() -> No
             if k.startswith("MAILSLUICE_UNSUBSCRIBE_")
         }
     )
-    assert settings.enabled and settings.keys_dir == render.UNSUBSCRIBE_KEYS_DIR
+    assert settings.enabled and settings.keys_dir == UNSUBSCRIBE_KEYS_DIR
+
+
+TRACKING_OP = OperatorSettings(
+    tracking_url="https://t.example.com",
+    tracking_keys_secret="track-keys",
+    tracking_active_key="t2",
+    tracking_default="opens",
+)
+
+
+def _worker_settings(env: dict[str, Any]) -> TrackingSettings:
+    """What the worker makes of the MAILSLUICE_TRACKING_* it is given."""
+    prefix = "MAILSLUICE_TRACKING_"
+    values = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+    return TrackingSettings.model_validate(values)
+
+
+def test_every_pool_gets_the_tracking_links_and_keys_the_operator_has() -> None:
+    assert signed_links({}, OperatorSettings(tracking_url="https://t.example.com")) == []
+    assert signed_links({}, OperatorSettings(tracking_keys_secret="track-keys")) == []
+    dep = render.render_deployment(_pool(), 1, KAFKA, TRACKING_OP)
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert len(env) == len(container["env"])
+    assert env["MAILSLUICE_TRACKING_URL"] == "https://t.example.com"
+    assert env["MAILSLUICE_TRACKING_KEYS_DIR"] == TRACKING_KEYS_DIR
+    assert env["MAILSLUICE_TRACKING_ACTIVE_KEY"] == "t2"
+    volume = {"name": "tracking-keys", "secret": {"secretName": "track-keys", "defaultMode": 288}}
+    assert volume in pod["volumes"]
+    mount = {"name": "tracking-keys", "mountPath": TRACKING_KEYS_DIR, "readOnly": True}
+    assert mount in container["volumeMounts"]
+    assert "track-keys" in referenced_secrets({}, TRACKING_OP)  # a missing Secret is reported
+    settings = _worker_settings(env)
+    assert settings.enabled and settings.keys_dir == TRACKING_KEYS_DIR
+    assert (settings.default, settings.transactional) == ("opens", False)
+    assert "MAILSLUICE_UNSUBSCRIBE_URL" not in env  # each service on its own settings
+
+
+def test_a_pools_tracking_overrides_the_operators_default_for_its_workers() -> None:
+    op = TRACKING_OP.model_copy(update={"tracking_transactional": True})
+    env = {e["name"]: e.get("value") for e in render.worker_env(_pool(tracking="all"), KAFKA, op)}
+    settings = _worker_settings(env)
+    assert (settings.default, settings.transactional) == ("all", True)
+    off = render.worker_env(_pool(tracking="off"), KAFKA, op)
+    assert _worker_settings({e["name"]: e.get("value") for e in off}).default == "off"
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert schema["properties"]["spec"]["properties"]["tracking"]["enum"] == [
+        "off",
+        "opens",
+        "clicks",
+        "all",
+    ]
+
+
+def test_unsubscribe_and_tracking_keys_mount_side_by_side() -> None:
+    op = TRACKING_OP.model_copy(
+        update={"unsubscribe_url": "https://u.example.com", "unsubscribe_keys_secret": "unsub"}
+    )
+    pod = render.render_deployment(_pool(), 1, KAFKA, op)["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"unsubscribe-keys": "unsub", "tracking-keys": "track-keys"}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["unsubscribe-keys"] == UNSUBSCRIBE_KEYS_DIR
+    assert mounts["tracking-keys"] == TRACKING_KEYS_DIR
+    assert {"unsub", "track-keys"} <= set(referenced_secrets({}, op))
 
 
 def test_configmap_and_pdb() -> None:
