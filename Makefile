@@ -13,7 +13,7 @@ CHAOS_ARGS ?=
 help:
 	@echo "make run    - run the whole pipeline locally (Kafka, ingest, HTTP API, delivery, streams, webhooks, sandbox MX)"
 	@echo "make test   - install what is needed, then ruff, mypy and the full pytest suite"
-	@echo "make bench  - throughput, latency and memory (against Postfix), ingest memory, shaping, campaign, DKIM, HTTP API"
+	@echo "make bench  - throughput, latency and memory (against Postfix), ingest memory, shaping, campaign, DKIM, HTTP API, engagement"
 	@echo "make chaos  - the fault run: kills and a broker restart under load (CHAOS_ARGS=--help)"
 
 $(STAMP): pyproject.toml
@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python scripts/bench_campaign.py $(CAMPAIGN_ARGS)
 	$(BIN)/python scripts/bench_dkim.py
 	$(BIN)/python scripts/bench_api.py
+	$(BIN)/python scripts/bench_engagement.py
 
 # 20,000 messages at 70/s with worker and ingest kills and a broker restart; docs/faults.md.
 chaos: setup

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 import kafka_local
-from bench_ours import MAILSLUICE, Service, create_topics
+from bench_ours import MAILSLUICE, Service, create_topics, start_broker
 from bench_run import say
 from bench_tools import tail
 
@@ -115,10 +115,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
     with ExitStack() as stack:
-        kafka_dir, kafka_port = work / "kafka", kafka_local.free_port()
-        say(f"kafka: starting a broker on 127.0.0.1:{kafka_port}")
-        stack.callback(kafka_local.stop, kafka_dir)
-        bootstrap = kafka_local.start(kafka_dir, port=kafka_port).bootstrap
+        bootstrap = start_broker(stack, work)
         key, digest = new_key()
         tenants = work / "tenants.yaml"
         tenants.write_text(

@@ -166,6 +166,14 @@ def _free_ports() -> dict[str, int]:
     }
 
 
+def start_broker(stack: ExitStack, work: Path) -> str:
+    """A throwaway single broker under work/kafka, stopped when `stack` closes; its bootstrap."""
+    kafka_dir, kafka_port = work / "kafka", kafka_local.free_port()
+    say(f"kafka: starting a broker on 127.0.0.1:{kafka_port}")
+    stack.callback(kafka_local.stop, kafka_dir)
+    return kafka_local.start(kafka_dir, port=kafka_port).bootstrap
+
+
 def create_topics(env: dict[str, str], pools: tuple[str, ...] = ()) -> None:
     """`mailsluice topics create [--pool P ...]` on the bench broker (no pool: the default
     one); RuntimeError with its output on failure."""
