@@ -186,6 +186,14 @@ def test_without_a_body_tag_the_pixel_is_appended_before_the_trailing_line_break
     assert done.message.endswith(b"</a></p>" + PIXEL + b"\r\n")
 
 
+def test_a_link_after_the_body_end_tag_is_tracked_and_the_pixel_stays_before_it() -> None:
+    html = '<html><body><p>x</p></body><a href="https://s.test/">y</a></html>'
+    done = rewrite(message("Content-Type: text/html", "", html, ""), click, opened)
+    assert done.links == ("https://s.test/",)
+    end = b"<p>x</p>" + PIXEL + b"</body><a href=" + tracked(0) + b">y</a></html>\r\n"
+    assert done.message.endswith(end)
+
+
 def test_multipart_related_keeps_the_inline_image_and_its_cid_reference() -> None:
     image = (
         "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk\r\n"

@@ -6,6 +6,11 @@ spliced through as it was, so the message keeps its structure and can be DKIM-si
 Each HTML body is decoded with its transfer encoding and charset, edited by offsets, and encoded
 back the same way. Whatever cannot be done safely leaves the whole message unchanged, with a
 reason the caller can count; links are numbered across the message from 0.
+
+Every recipient's copy differs from the others by its tokens only, so the work is split:
+`plan(message)` walks the MIME tree, decodes the HTML and finds its links and the pixel's place
+once per message; `Plan.apply` makes one copy, splicing the tokens in and encoding back.
+`rewrite` is both at once.
 """
 
 from __future__ import annotations
@@ -67,27 +72,91 @@ def rewrite(
     message: bytes, click_url: ClickUrl, open_url: OpenUrl | None, keep: Keep | None = None
 ) -> Rewritten:
     """The message with its HTML links redirected through click_url and an open pixel added
-    (none when `open_url` is None: clicks only).
+    (none when `open_url` is None: clicks only): `plan(message).apply(...)`.
 
     Links to anything but http(s), links marked `data-ms-notrack` and links `keep` accepts (the
     unsubscribe links; every link, for opens only) stay as they are.
     """
+    return plan(message).apply(click_url, open_url, keep)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A place in an HTML text where a copy differs: a link (its target and its href value as
+    written, quotes included) or, with no target, the pixel."""
+
+    target: str | None
+    original: str = ""
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One HTML part, decoded once: its text cut at the slots, and how it is encoded back."""
+
+    leaf: Leaf
+    # len(pieces) == len(slots) + 1: the text is pieces[0] slots[0] pieces[1] ... pieces[-1].
+    pieces: tuple[str, ...]
+    slots: tuple[_Slot, ...]
+    charset: str
+    # Whatever followed the base64 lines before the next boundary (a line break or nothing).
+    tail: bytes
+    # The Content-Transfer-Encoding field to write when the body has to become QP.
+    to_qp: _Edit
+
+    def apply(self, links: _Links, pixel: str) -> list[_Edit]:
+        text = [self.pieces[0]]
+        for slot, piece in zip(self.slots, self.pieces[1:], strict=True):
+            if slot.target is None:
+                text.append(pixel)
+            elif links.keep(slot.target):
+                text.append(slot.original)
+            else:
+                text.append(f'"{escape(links.redirect(slot.target), quote=True)}"')
+            text.append(piece)
+        payload = "".join(text).encode(self.charset, errors="xmlcharrefreplace")
+        leaf = self.leaf
+        body, switched = _encode_transfer(payload, leaf.transfer_encoding, self.tail)
+        edits = [_Edit(leaf.body_start, leaf.body_end, body)]
+        return [*edits, self.to_qp] if switched else edits
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every copy of one message shares: its HTML parts read, their links and the pixel's
+    place found (or why the message stays as it is). `apply` makes one copy."""
+
+    message: bytes
+    parts: tuple[_Part, ...] = ()
+    unchanged: Unchanged | None = None
+
+    def apply(
+        self, click_url: ClickUrl, open_url: OpenUrl | None, keep: Keep | None = None
+    ) -> Rewritten:
+        """One copy, as `rewrite` describes: only the tokens are made here."""
+        if self.unchanged is not None:
+            return Rewritten(self.message, (), pixel=False, unchanged=self.unchanged)
+        pixel = _pixel(open_url()) if open_url is not None else ""
+        links = _Links(click_url, keep or _keep_none, [])
+        edits = [edit for part in self.parts for edit in part.apply(links, pixel)]
+        return Rewritten(_splice(self.message, edits), tuple(links.targets), pixel=bool(pixel))
+
+
+def plan(message: bytes) -> Plan:
+    """The message's HTML parts decoded and their links found, once for all its copies."""
     try:
         parts = leaves(message)
     except Malformed:
-        return Rewritten(message, (), pixel=False, unchanged=Unchanged.MALFORMED)
+        return Plan(message, unchanged=Unchanged.MALFORMED)
     html = [part for part in parts if part.content_type == "text/html" and not part.attachment]
     if not html:
-        return Rewritten(message, (), pixel=False, unchanged=Unchanged.NO_HTML)
-    links: list[str] = []
-    pixel = _pixel(open_url()) if open_url is not None else ""
-    edits: list[_Edit] = []
-    for part in html:
-        done = _rewrite_part(message, part, _Links(click_url, keep or _keep_none, links), pixel)
+        return Plan(message, unchanged=Unchanged.NO_HTML)
+    planned: list[_Part] = []
+    for leaf in html:
+        done = _plan_part(message, leaf)
         if isinstance(done, Unchanged):
-            return Rewritten(message, (), pixel=False, unchanged=done)
-        edits.extend(done)
-    return Rewritten(_splice(message, edits), tuple(links), pixel=bool(pixel))
+            return Plan(message, unchanged=done)
+        planned.append(done)
+    return Plan(message, tuple(planned))
 
 
 @dataclass(frozen=True)
@@ -110,32 +179,36 @@ def _pixel(url: str) -> str:
     return f'<img src="{escape(url, quote=True)}" width="1" height="1" alt="" style="display:none">'
 
 
-def _rewrite_part(message: bytes, part: Leaf, links: _Links, pixel: str) -> list[_Edit] | Unchanged:
-    encoded = message[part.body_start : part.body_end]
-    payload = _decode_transfer(encoded, part.transfer_encoding)
+def _plan_part(message: bytes, leaf: Leaf) -> _Part | Unchanged:
+    encoded = message[leaf.body_start : leaf.body_end]
+    payload = _decode_transfer(encoded, leaf.transfer_encoding)
     if payload is None:
         return Unchanged.TRANSFER_ENCODING
-    charset = part.charset or "us-ascii"
+    charset = leaf.charset or "us-ascii"
     text = _decode_charset(payload, charset)
     if text is None:
         return Unchanged.CHARSET
-    new_payload = _edit_html(text, links, pixel).encode(charset, errors="xmlcharrefreplace")
-    body, switched = _encode_transfer(new_payload, part.transfer_encoding, encoded)
-    edits = [_Edit(part.body_start, part.body_end, body)]
-    if switched:
-        edits.append(_encoding_field(message, part))
-    return edits
+    pieces, slots = _cut(text)
+    tail = encoded[len(encoded.rstrip(CRLF)) :]
+    return _Part(leaf, pieces, slots, charset, tail, _encoding_field(message, leaf))
 
 
-def _edit_html(text: str, links: _Links, pixel: str) -> str:
-    found = find(text, links.keep)
+def _cut(text: str) -> tuple[tuple[str, ...], tuple[_Slot, ...]]:
+    """The text cut at every link a copy may redirect and at the pixel's place."""
+    found = find(text, _keep_none)
+    spans = [
+        (link.start, link.end, _Slot(link.target, text[link.start : link.end]))
+        for link in found.links
+    ]
+    spans.append((found.pixel_at, found.pixel_at, _Slot(None)))
+    spans.sort(key=lambda span: span[0])
     pieces: list[str] = []
     at = 0
-    for link in found.links:
-        pieces += [text[at : link.start], f'"{escape(links.redirect(link.target), quote=True)}"']
-        at = link.end
-    pieces += [text[at : found.pixel_at], pixel, text[found.pixel_at :]]
-    return "".join(pieces)
+    for start, end, _slot in spans:
+        pieces.append(text[at:start])
+        at = end
+    pieces.append(text[at:])
+    return tuple(pieces), tuple(slot for _s, _e, slot in spans)
 
 
 def _decode_transfer(encoded: bytes, encoding: str) -> bytes | None:
@@ -162,12 +235,12 @@ def _decode_charset(payload: bytes, charset: str) -> str | None:
     return None
 
 
-def _encode_transfer(payload: bytes, encoding: str, original: bytes) -> tuple[bytes, bool]:
+def _encode_transfer(payload: bytes, encoding: str, tail: bytes) -> tuple[bytes, bool]:
     """The new body in the part's transfer encoding, and whether it had to become QP."""
     if encoding == "base64":
         lines = base64.encodebytes(payload).replace(b"\n", CRLF).rstrip(CRLF)
         # Keep the line break (or its absence) in front of the next boundary as it was.
-        return lines + original[len(original.rstrip(CRLF)) :], False
+        return lines + tail, False
     if encoding == QUOTED_PRINTABLE or not _fits(payload, encoding):
         return _quoted_printable(payload), encoding != QUOTED_PRINTABLE
     return payload, False
@@ -186,6 +259,11 @@ def _quoted_printable(payload: bytes) -> bytes:
     """QP in lines of at most 76, line breaks kept as breaks, every line ending in CRLF."""
     encoded = binascii.b2a_qp(payload, quotetabs=False, istext=True, header=False)
     # b2a_qp ends its soft breaks as the payload's first line does, bare LF when it has none.
+    # The two plain cases are scans in C; the regular expression costs more than b2a_qp.
+    if encoded.count(b"\n") == encoded.count(CRLF):
+        return encoded
+    if b"\r" not in encoded:
+        return encoded.replace(b"\n", CRLF)
     return _BARE_LF.sub(CRLF, encoded)
 
 

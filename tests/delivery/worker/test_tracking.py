@@ -32,7 +32,7 @@ from mailsluice.delivery.worker.finishing import Finishing, Setup, load_setup, w
 from mailsluice.delivery.worker.tracking import Tracking
 from mailsluice.metrics.delivery import TRACKING as TRACKED
 from mailsluice.metrics.delivery import TRACKING_OUTCOMES
-from mailsluice.tracking.rewrite import Unchanged
+from mailsluice.tracking.rewrite import Plan, Unchanged, plan
 from mailsluice.tracking.settings import TrackingSettings
 from mailsluice.tracking.tokens import TrackingKeys
 
@@ -158,6 +158,23 @@ async def test_untracked_messages_without_fields_go_out_once_unchanged() -> None
     copies = await sent(on, message, tracking(), UnsubscribeSettings())
     assert [r for r, _ in copies] == [("ann@dest.example",), ("bob@dest.example",)]
     assert all(not c.startswith(b"List-Unsubscribe") for _, c in copies)
+
+
+async def test_a_message_is_read_once_for_all_its_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    planned: list[bytes] = []
+
+    def counted(message: bytes) -> Plan:
+        planned.append(message)
+        return plan(message)
+
+    monkeypatch.setattr(finishing, "plan", counted)
+    message = related_base64()
+    rcpts = ("ann@dest.example", "bob@dest.example", "cy@dest.example")
+    copies = await sent(bulk(*rcpts), message, tracking())
+    assert planned == [message]
+    how = tracking()
+    for (rcpt,), copy in copies:  # each the copy its recipient would get alone
+        assert copy.endswith(how.copy(bulk(rcpt), rcpt, plan(message), "all"))
 
 
 async def test_copies_are_counted_by_outcome() -> None:

@@ -29,6 +29,7 @@ from mailsluice.consent.tokens import KeyRing, claim_for
 from mailsluice.contracts.envelope import Envelope
 from mailsluice.delivery.worker import outcomes
 from mailsluice.delivery.worker.tracking import OFF, Tracking, from_settings
+from mailsluice.tracking.rewrite import Plan, plan
 from mailsluice.tracking.settings import TrackingSettings
 
 if TYPE_CHECKING:
@@ -110,11 +111,14 @@ class Finishing:
         *,
         fields: bool = True,
         track: str = OFF,
+        planned: Plan | None = None,
     ) -> bytes:
-        """The recipient's copy: tracked as `track` says, then with its List-Unsubscribe
-        fields when `fields`."""
+        """The recipient's copy: tracked as `track` says (from `planned`, the message's
+        tracking plan when the caller made it once for every recipient), then with its
+        List-Unsubscribe fields when `fields`."""
         if track != OFF and self.tracking is not None:
-            message = self.tracking.copy(env, recipient, message, track)
+            planned = planned if planned is not None else plan(message)
+            message = self.tracking.copy(env, recipient, planned, track)
         if not fields:
             return message
         claim = claim_for(
@@ -136,11 +140,13 @@ class Finishing:
         track = self.tracking.choice(env) if self.tracking is not None else OFF
         if not fields and track == OFF:
             return await self.transport.send(env, message, source=source)
+        # Every copy differs from the others by its tokens only: the HTML is read once.
+        planned = plan(message) if track != OFF else None
         results: list[outcomes.ResultLike] = []
         i = 0
         for i, rcpt in enumerate(env.recipients):
             one = env.model_copy(update={"recipients": (rcpt,)})
-            copy = self.finish(env, rcpt, message, fields=fields, track=track)
+            copy = self.finish(env, rcpt, message, fields=fields, track=track, planned=planned)
             got = list(await self.transport.send(one, copy, source=source))
             results += got
             if got and _for_everyone(got[0]):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from mailsluice.contracts.envelope import TRACKING, Envelope
 from mailsluice.metrics.delivery import TRACKING as TRACKED
-from mailsluice.tracking.rewrite import rewrite
+from mailsluice.tracking.rewrite import Plan
 from mailsluice.tracking.settings import TrackingSettings
 from mailsluice.tracking.tokens import Mark, TrackingKeys, trackable
 
@@ -61,8 +61,9 @@ class Tracking:
         base = self.unsubscribe_url
         return bool(base) and (target == base or target.startswith(base + "/"))
 
-    def copy(self, env: Envelope, recipient: str, message: bytes, choice: str) -> bytes:
-        """The recipient's copy of the message, rewritten for `choice` (not off); counted."""
+    def copy(self, env: Envelope, recipient: str, planned: Plan, choice: str) -> bytes:
+        """The recipient's copy of the message `planned` (tracking.rewrite.plan, once for all
+        its recipients), rewritten for `choice` (not off); counted."""
         mark = Mark(
             kind="open",
             queue_id=env.queue_id,
@@ -81,8 +82,7 @@ class Tracking:
         def open_url() -> str:
             return self.keys.open_url(base, mark)
 
-        done = rewrite(
-            message,
+        done = planned.apply(
             click_url,
             open_url if choice in _OPENS else None,
             self.keep if choice in _CLICKS else _every_link,
