@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from support.tracked_mail import UNSUBSCRIBE, alternative_qp, related_base64
 
-from mailsluice.tracking.rewrite import ClickUrl, Keep, OpenUrl, Unchanged, plan, rewrite
+from mailsluice.tracking.rewrite import ClickUrl, Keep, OpenUrl, Unchanged, _Run, plan, rewrite
 
 RECIPIENTS = ("a@d.test", "bob.longer-name@dest.example", "c@d.test")
 
@@ -56,7 +56,9 @@ FIXTURES: dict[str, bytes] = {
         "",
         "<html>",
         "<body>",
-        *(f'<p>Caf=C3=A9 <a href=3D"https://x.test/{i}">{i}</a></p>' for i in range(30)),
+        *(f'<p>Caf=C3=A9 <a href=3D"https://x.test/{i}">{i}</a></p>' for i in range(10)),
+        *(f"<p>Line {i} =C3=A9t=C3=A9 .</p>" for i in range(10)),
+        *(f'<p><a href=3D"https://x.test/{i}">{i}</a></p>\t' for i in range(10, 20)),
         "</body>",
         "</html>",
     ),
@@ -99,7 +101,7 @@ OLD = {
     "malformed": "562898815f954015a374e8d2ccf5385de6cb1297d4659d6002ceef9909d1c65b",
     "no-html": "eeeaad807d8dea47ae365f1441c4c1fdcb93a3f1a5d6497f260c34058c2ecbef",
     "qp-bare-cr": "0872ca9f727d009eafceced88fc41efe37272af089a14423ce69c81ba60fa867",
-    "qp-crlf-lines": "85c9a98f2a7eeb64f292bff9c778b9447afa64baa020ceb28819b6d5a5e4f183",
+    "qp-crlf-lines": "0c83948fe6be84512a487cd97d2ff6107b39bf5fcbe930fb9b906694bf74a530",
     "qp-latin1": "b00b9cc1cee60579dcc33a1a0843879d107b0b24334932fce0c795d28a0281de",
     "qp-one-line": "cf3994680e6c654b3b2de4e7a54c80c1264d4fa95f38472b72b340713fbb4d97",
 }
@@ -148,6 +150,13 @@ def test_a_plan_applied_per_recipient_makes_the_copies_rewrite_made(name: str) -
     assert from_plan == alone
     assert len(set(from_plan)) == (1 if planned.unchanged else len(from_plan))
     assert hashlib.sha256(b"\0".join(from_plan)).hexdigest() == OLD[name]
+
+
+def test_quoted_printable_lines_without_a_link_are_encoded_once() -> None:
+    (part,) = plan(FIXTURES["qp-crlf-lines"]).parts
+    assert [type(run) for run in part.runs] == [bytes, _Run, bytes, _Run, bytes]
+    (part,) = plan(FIXTURES["qp-bare-cr"]).parts  # a lone CR: the body is encoded whole
+    assert [type(run) for run in part.runs] == [_Run]
 
 
 def test_the_plan_says_why_a_message_stays_as_it_is() -> None:

@@ -15,25 +15,25 @@ once per message; `Plan.apply` makes one copy, splicing the tokens in and encodi
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from html import escape
 
+from mailsluice.tracking.encoding import (
+    decode_charset,
+    decode_transfer,
+    encode_transfer,
+    per_line,
+    quoted_printable,
+)
 from mailsluice.tracking.links import find
 from mailsluice.tracking.mime import CRLF, Leaf, Malformed, leaves
 
-# RFC 5322 §2.1.1: lines of at most 998 octets without the CRLF.
-MAX_LINE = 998
-QUOTED_PRINTABLE = "quoted-printable"
-_IDENTITY = ("7bit", "8bit", "binary")
 _ENCODING_FIELD = re.compile(
     rb"^content-transfer-encoding[ \t]*:.*?\r\n(?:[ \t].*?\r\n)*", re.IGNORECASE | re.MULTILINE
 )
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _NEW_ENCODING_FIELD = b"Content-Transfer-Encoding: quoted-printable\r\n"
 
 ClickUrl = Callable[[int, str], str]
@@ -90,20 +90,13 @@ class _Slot:
 
 
 @dataclass(frozen=True)
-class _Part:
-    """One HTML part, decoded once: its text cut at the slots, and how it is encoded back."""
+class _Run:
+    """Text with slots in it: pieces[0] slots[0] pieces[1] ... pieces[-1]."""
 
-    leaf: Leaf
-    # len(pieces) == len(slots) + 1: the text is pieces[0] slots[0] pieces[1] ... pieces[-1].
     pieces: tuple[str, ...]
     slots: tuple[_Slot, ...]
-    charset: str
-    # Whatever followed the base64 lines before the next boundary (a line break or nothing).
-    tail: bytes
-    # The Content-Transfer-Encoding field to write when the body has to become QP.
-    to_qp: _Edit
 
-    def apply(self, links: _Links, pixel: str) -> list[_Edit]:
+    def text(self, links: _Links, pixel: str) -> str:
         text = [self.pieces[0]]
         for slot, piece in zip(self.slots, self.pieces[1:], strict=True):
             if slot.target is None:
@@ -113,11 +106,39 @@ class _Part:
             else:
                 text.append(f'"{escape(links.redirect(slot.target), quote=True)}"')
             text.append(piece)
-        payload = "".join(text).encode(self.charset, errors="xmlcharrefreplace")
+        return "".join(text)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One HTML part, decoded once, and how each copy of it is encoded back."""
+
+    leaf: Leaf
+    # The body in order: text made per copy and, where its lines can be encoded apart
+    # (encoding.per_line), the quoted-printable lines without a slot, encoded once.
+    runs: tuple[_Run | bytes, ...]
+    charset: str
+    # Whatever followed the base64 lines before the next boundary (a line break or nothing).
+    tail: bytes
+    # The Content-Transfer-Encoding field to write when the body has to become QP.
+    to_qp: _Edit
+
+    def apply(self, links: _Links, pixel: str) -> list[_Edit]:
         leaf = self.leaf
-        body, switched = _encode_transfer(payload, leaf.transfer_encoding, self.tail)
+        first = self.runs[0]
+        if len(self.runs) == 1 and isinstance(first, _Run):
+            payload = self._encode(first, links, pixel)
+            body, switched = encode_transfer(payload, leaf.transfer_encoding, self.tail)
+        else:
+            body, switched = b"".join(self._qp(run, links, pixel) for run in self.runs), False
         edits = [_Edit(leaf.body_start, leaf.body_end, body)]
         return [*edits, self.to_qp] if switched else edits
+
+    def _encode(self, run: _Run, links: _Links, pixel: str) -> bytes:
+        return run.text(links, pixel).encode(self.charset, errors="xmlcharrefreplace")
+
+    def _qp(self, run: _Run | bytes, links: _Links, pixel: str) -> bytes:
+        return run if isinstance(run, bytes) else quoted_printable(self._encode(run, links, pixel))
 
 
 @dataclass(frozen=True)
@@ -181,19 +202,25 @@ def _pixel(url: str) -> str:
 
 def _plan_part(message: bytes, leaf: Leaf) -> _Part | Unchanged:
     encoded = message[leaf.body_start : leaf.body_end]
-    payload = _decode_transfer(encoded, leaf.transfer_encoding)
+    payload = decode_transfer(encoded, leaf.transfer_encoding)
     if payload is None:
         return Unchanged.TRANSFER_ENCODING
     charset = leaf.charset or "us-ascii"
-    text = _decode_charset(payload, charset)
+    text = decode_charset(payload, charset)
     if text is None:
         return Unchanged.CHARSET
-    pieces, slots = _cut(text)
+    whole = _cut(text)
+    runs: tuple[_Run | bytes, ...] = (whole,)
+    if per_line(payload, leaf.transfer_encoding, charset):
+        runs = tuple(
+            quoted_printable(run.encode(charset)) if isinstance(run, str) else run
+            for run in _by_line(whole)
+        )
     tail = encoded[len(encoded.rstrip(CRLF)) :]
-    return _Part(leaf, pieces, slots, charset, tail, _encoding_field(message, leaf))
+    return _Part(leaf, runs, charset, tail, _encoding_field(message, leaf))
 
 
-def _cut(text: str) -> tuple[tuple[str, ...], tuple[_Slot, ...]]:
+def _cut(text: str) -> _Run:
     """The text cut at every link a copy may redirect and at the pixel's place."""
     found = find(text, _keep_none)
     spans = [
@@ -208,63 +235,49 @@ def _cut(text: str) -> tuple[tuple[str, ...], tuple[_Slot, ...]]:
         pieces.append(text[at:start])
         at = end
     pieces.append(text[at:])
-    return tuple(pieces), tuple(slot for _s, _e, slot in spans)
+    return _Run(tuple(pieces), tuple(slot for _s, _e, slot in spans))
 
 
-def _decode_transfer(encoded: bytes, encoding: str) -> bytes | None:
-    if encoding in _IDENTITY:
-        return encoded
-    if encoding == QUOTED_PRINTABLE:
-        return binascii.a2b_qp(encoded)
-    if encoding == "base64":
-        try:
-            return binascii.a2b_base64(encoded)
-        except binascii.Error:
-            return None
-    return None
+def _by_line(whole: _Run) -> list[_Run | str]:
+    """The text cut at line breaks: runs of the lines that hold slots, and the text of the
+    lines between them, in order (a line break ends the line it is on)."""
+    out: list[_Run | str] = []
+    pieces: list[str] = []  # of the run open on the current line, if any
+    slots: list[_Slot] = []
+    head = ""  # the current line so far, while no run is open on it
+    for i, piece in enumerate(whole.pieces):
+        rest = piece
+        if slots:
+            end = piece.find("\n") + 1 or len(piece)
+            pieces.append(piece[:end])
+            rest = piece[end:]
+            if piece[:end].endswith("\n"):
+                out.append(_Run(tuple(pieces), tuple(slots)))
+                pieces, slots = [], []
+        if not slots:
+            text = head + rest
+            end = text.rfind("\n") + 1
+            out += [text[:end]] if end else []
+            head = text[end:]
+        if i < len(whole.slots):
+            pieces = pieces or [head]
+            head = ""
+            slots.append(whole.slots[i])
+    out.append(_Run(tuple(pieces), tuple(slots)) if slots else head)
+    return _merged([run for run in out if run != ""])
 
 
-def _decode_charset(payload: bytes, charset: str) -> str | None:
-    """The text, when the charset decodes the bytes strictly and encodes them back the same."""
-    try:
-        text = payload.decode(charset)
-        if text.encode(charset) == payload:
-            return text
-    except (LookupError, UnicodeError):
-        pass
-    return None
-
-
-def _encode_transfer(payload: bytes, encoding: str, tail: bytes) -> tuple[bytes, bool]:
-    """The new body in the part's transfer encoding, and whether it had to become QP."""
-    if encoding == "base64":
-        lines = base64.encodebytes(payload).replace(b"\n", CRLF).rstrip(CRLF)
-        # Keep the line break (or its absence) in front of the next boundary as it was.
-        return lines + tail, False
-    if encoding == QUOTED_PRINTABLE or not _fits(payload, encoding):
-        return _quoted_printable(payload), encoding != QUOTED_PRINTABLE
-    return payload, False
-
-
-def _fits(payload: bytes, encoding: str) -> bool:
-    """Whether the bytes can be sent as they are under a 7bit, 8bit or binary label."""
-    if encoding == "binary":
-        return True
-    if b"\0" in payload or (encoding == "7bit" and not payload.isascii()):
-        return False
-    return all(len(line.rstrip(b"\r")) <= MAX_LINE for line in payload.split(b"\n"))
-
-
-def _quoted_printable(payload: bytes) -> bytes:
-    """QP in lines of at most 76, line breaks kept as breaks, every line ending in CRLF."""
-    encoded = binascii.b2a_qp(payload, quotetabs=False, istext=True, header=False)
-    # b2a_qp ends its soft breaks as the payload's first line does, bare LF when it has none.
-    # The two plain cases are scans in C; the regular expression costs more than b2a_qp.
-    if encoded.count(b"\n") == encoded.count(CRLF):
-        return encoded
-    if b"\r" not in encoded:
-        return encoded.replace(b"\n", CRLF)
-    return _BARE_LF.sub(CRLF, encoded)
+def _merged(runs: list[_Run | str]) -> list[_Run | str]:
+    """Runs next to each other as one (one call to encode them, not one per line)."""
+    out: list[_Run | str] = []
+    for run in runs:
+        last = out[-1] if out else ""
+        if isinstance(run, _Run) and isinstance(last, _Run):
+            joined = (*last.pieces[:-1], last.pieces[-1] + run.pieces[0], *run.pieces[1:])
+            out[-1] = _Run(joined, last.slots + run.slots)
+        else:
+            out.append(run)
+    return out
 
 
 def _encoding_field(message: bytes, part: Leaf) -> _Edit:
