@@ -174,6 +174,13 @@ def build_app(
         take(mark, request)
         return RedirectResponse(mark.target, 302, headers=_HEADERS)
 
+    _answer_heads(app, verify)
+    return app
+
+
+def _answer_heads(app: FastAPI, verify: Callable[[str, str], Mark | None]) -> None:
+    """HEAD of a pixel or click link: the GET's status and headers, no event."""
+
     @app.head("/o/{token}")
     async def open_head(token: str) -> Response:
         if verify(token, "open") is not None:
@@ -187,5 +194,3 @@ def build_app(
             return not_found()
         metrics.REQUESTS.labels("click", "head").inc()
         return RedirectResponse(mark.target, 302, headers=_HEADERS)
-
-    return app
