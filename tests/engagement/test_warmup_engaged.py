@@ -6,10 +6,8 @@ engaged ones; the others wait in the warm pool's queue."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -24,6 +22,7 @@ from support.delivery_worker import (
     setup_pool,
 )
 from support.eventually import eventually
+from support.shaping import warmup_overrides
 from support.topic_reader import read_topic
 
 from mailsluice.contracts.engagement import (
@@ -49,21 +48,6 @@ pytestmark = pytest.mark.kafka
 CAP = 5
 RCPTS = [f"r{n}@warm.example" for n in range(20)]
 ENGAGED = {RCPTS[n] for n in (3, 8, 11, 15, 19)}  # spread through the campaign
-
-
-def warmup_overrides(target: str) -> str:
-    today = datetime.now(UTC).date().isoformat()
-    warmup = {
-        "schedule": "custom",
-        "start": today,
-        "table": {"1": CAP},
-        "period": "day",
-        "over_cap": "overflow",
-        "overflow_pool": target,
-    }
-    return json.dumps(
-        {"defaults": {"max_message_rate": "1000/s", "adaptive": False}, "warmup": warmup}
-    )
 
 
 async def publish_engagement(ks: KafkaSettings, now: float) -> None:
@@ -105,7 +89,7 @@ async def test_the_first_days_cap_reaches_the_sink_with_the_engaged_recipients(
     sink = smtp_sink(dump=True)
     outbound = OutboundSettings(static_routes=f"*={sink.address}", connect_timeout_s=5)
     transport = Transport(outbound, make_resolver(DnsSettings(nameservers=dns_nameserver)))
-    runtime = ShapingRuntime(ShapingSettings(pool_overrides=warmup_overrides(warm)), ks, pool)
+    runtime = ShapingRuntime(ShapingSettings(pool_overrides=warmup_overrides(warm, CAP)), ks, pool)
     worker = service_for(ks, pool, transport, runtime.shaper, mover=False)
     body = {
         "from": {"email": "news@acme.test"},

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from mailsluice.delivery.shaping.engine import PolicyShaper
@@ -210,3 +212,18 @@ max_message_rate = "{RATE_PER_MIN}/min,burst=1"
 def limited_shaper(*, prime_new: bool = True, adaptive: bool = False) -> PolicyShaper:
     """The scenario's policy in pool "p": held to it as configured unless `adaptive`."""
     return PolicyShaper(load_policy_text(POLICY), "p", prime_new=prime_new, adaptive=adaptive)
+
+
+def warmup_overrides(target: str, cap: int) -> str:
+    """MAILSLUICE_SHAPING_POOL_OVERRIDES of a pool on its first warm-up day today, `cap`
+    messages a day, the rest overflowing to pool `target`; fast and fixed (not adaptive)."""
+    warmup = {
+        "schedule": "custom",
+        "start": datetime.now(UTC).date().isoformat(),
+        "table": {"1": cap},
+        "period": "day",
+        "over_cap": "overflow",
+        "overflow_pool": target,
+    }
+    defaults = {"max_message_rate": "1000/s", "adaptive": False}
+    return json.dumps({"defaults": defaults, "warmup": warmup})

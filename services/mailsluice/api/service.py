@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-from aiohttp import web
 from fastapi import APIRouter
 
 from mailsluice.api import campaigns, engagement, suppressions, unengaged, webhooks
@@ -49,7 +48,7 @@ from mailsluice.kafka.compacted import CompactedView
 from mailsluice.kafka.producers import KafkaWatch, RenewingProducer, Send
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.api import Api as metrics
-from mailsluice.observability.endpoints import setup_logging, start_http
+from mailsluice.observability.endpoints import setup_logging
 from mailsluice.observability.web import WebServer, serve_until_stopped
 from mailsluice.policy.rollup import load_rollup
 from mailsluice.policy.shaping import load_policy
@@ -125,7 +124,13 @@ class ApiService:
         self.app = build_app(state, [*self._routers(), *routers])
         self.app.state.templates = self.templates
         self.app.state.service = self  # for the other /v1 routers: the store, the producer
-        self.public = WebServer(self.app, settings.listen_host, settings.listen_port, name="api")
+        self.public = WebServer(
+            self.app,
+            settings.listen_host,
+            settings.listen_port,
+            name="api",
+            ops=(settings.http_host, settings.http_port, self.ready) if ops else None,
+        )
         self._views = [
             CompactedView(kafka, topic, apply, client_id="mailsluice-api")
             for topic, apply in (
@@ -133,8 +138,6 @@ class ApiService:
                 (TEMPLATES_TOPIC, self.templates.apply),
             )
         ]
-        self._ops = ops
-        self._http: web.AppRunner | None = None
         self.watch = KafkaWatch(self.producers, EVENTS_TOPIC)
 
     def _sender(self, settings: ApiSettings) -> Sender:
@@ -215,16 +218,11 @@ class ApiService:
         await self.usage.start()
         self.watch.start()
         await self.public.start()
-        if self._ops:
-            s = self.settings
-            self._http = await start_http(s.http_host, s.http_port, self.ready)
         log.info("HTTP API on %s:%d", self.settings.listen_host, self.port)
 
     async def stop(self) -> None:
         await self.public.stop()
         await self.watch.stop()
-        if self._http is not None:
-            await self._http.cleanup()
         await self.usage.stop()
         await self.campaigns.stop()
         await self.grades.stop()

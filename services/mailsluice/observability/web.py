@@ -4,18 +4,26 @@ its Kafka clients; and the wait for the stop signal that every service's `run` e
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import uvicorn
+from aiohttp import web
 
-from mailsluice.observability.endpoints import stop_event
+from mailsluice.observability.endpoints import start_http, stop_event
+
+# The operator endpoints (/metrics, /healthz, /readyz) beside a public app: host, port, readiness.
+Ops = tuple[str, int, Callable[[], tuple[bool, str]]]
 
 
 class WebServer:
     """uvicorn without its lifespan, access log or Server header (the services log and count
-    requests themselves)."""
+    requests themselves), and, given `ops`, the service's operator endpoints on their own
+    address, started once the public app listens and stopped after it."""
 
-    def __init__(self, app: Any, host: str, port: int, *, name: str) -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, *, name: str, ops: Ops | None = None
+    ) -> None:
         config = uvicorn.Config(
             app,
             host=host,
@@ -29,6 +37,8 @@ class WebServer:
         self.name = name
         self._port = port
         self._serving: asyncio.Task[None] | None = None
+        self._ops = ops
+        self._ops_runner: web.AppRunner | None = None
 
     @property
     def started(self) -> bool:
@@ -48,11 +58,16 @@ class WebServer:
                 await self._serving  # raises why it could not start
                 raise RuntimeError(f"the {self.name} server stopped while starting")
             await asyncio.sleep(0.01)
+        if self._ops is not None:
+            self._ops_runner = await start_http(*self._ops)
 
     async def stop(self) -> None:
         self.server.should_exit = True
         if self._serving is not None:
             await self._serving
+        if self._ops_runner is not None:
+            await self._ops_runner.cleanup()
+            self._ops_runner = None
 
 
 class Service(Protocol):

@@ -12,8 +12,6 @@ import argparse
 import asyncio
 import logging
 
-from aiohttp import web
-
 from mailsluice.config import LogSettings, load
 from mailsluice.contracts.events import Event, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
@@ -22,7 +20,7 @@ from mailsluice.kafka.outbox import Outbox
 from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.tracker import Tracker as metrics
-from mailsluice.observability.endpoints import setup_logging, start_http
+from mailsluice.observability.endpoints import setup_logging
 from mailsluice.observability.web import WebServer, serve_until_stopped
 from mailsluice.tracker.app import Judging, build_app, trusted_networks
 from mailsluice.tracking.machines import Machines, load_machines
@@ -67,10 +65,12 @@ class TrackerService:
         judging = Judging(machines, settings.too_soon_s, trusted_networks(settings.trusted_proxies))
         self.app = build_app(keys, judging, self.record)
         self.public = WebServer(
-            self.app, settings.listen_host, settings.listen_port, name="tracker"
+            self.app,
+            settings.listen_host,
+            settings.listen_port,
+            name="tracker",
+            ops=(settings.http_host, settings.http_port, self.ready) if ops else None,
         )
-        self._ops = ops
-        self._http: web.AppRunner | None = None
 
     def record(self, event: Event) -> None:
         """Queue the event for Kafka, keyed by queue id; drop (and count) it when full."""
@@ -100,16 +100,11 @@ class TrackerService:
     async def start(self) -> None:
         self.outbox.start()
         await self.public.start()
-        if self._ops:
-            s = self.settings
-            self._http = await start_http(s.http_host, s.http_port, self.ready)
         log.info("tracker on %s:%d", self.settings.listen_host, self.port)
 
     async def stop(self) -> None:
         await self.public.stop()
         await self.outbox.stop(self._grace)
-        if self._http is not None:
-            await self._http.cleanup()
         await self.producers.stop()
 
 

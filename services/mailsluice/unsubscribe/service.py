@@ -11,8 +11,6 @@ import argparse
 import asyncio
 import logging
 
-from aiohttp import web
-
 from mailsluice.config import LogSettings, load
 from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.consent.tokens import KeyRing
@@ -21,7 +19,7 @@ from mailsluice.contracts.topics import EVENTS_TOPIC
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.producers import KafkaWatch, RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
-from mailsluice.observability.endpoints import setup_logging, start_http
+from mailsluice.observability.endpoints import setup_logging
 from mailsluice.observability.web import WebServer, serve_until_stopped
 from mailsluice.unsubscribe.app import build_app
 
@@ -51,10 +49,12 @@ class UnsubscribeService:
         )
         self.app = build_app(keys, self.acknowledge)
         self.public = WebServer(
-            self.app, settings.listen_host, settings.listen_port, name="unsubscribe"
+            self.app,
+            settings.listen_host,
+            settings.listen_port,
+            name="unsubscribe",
+            ops=(settings.http_host, settings.http_port, self.ready) if ops else None,
         )
-        self._ops = ops
-        self._http: web.AppRunner | None = None
         self.watch = KafkaWatch(self.producers, EVENTS_TOPIC)
 
     async def acknowledge(self, event: Event) -> None:
@@ -84,16 +84,11 @@ class UnsubscribeService:
     async def start(self) -> None:
         self.watch.start()
         await self.public.start()
-        if self._ops:
-            s = self.settings
-            self._http = await start_http(s.http_host, s.http_port, self.ready)
         log.info("unsubscribe pages on %s:%d", self.settings.listen_host, self.port)
 
     async def stop(self) -> None:
         await self.public.stop()
         await self.watch.stop()
-        if self._http is not None:
-            await self._http.cleanup()
         await self.producers.stop()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -22,6 +21,7 @@ from support.delivery_worker import (
     service_for,
     setup_pool,
 )
+from support.shaping import warmup_overrides
 from support.topic_reader import read_topic
 
 from mailsluice.contracts.envelope import envelope_from_headers
@@ -34,20 +34,7 @@ CAP = 5
 
 
 def overrides(target: str) -> str:
-    today = datetime.now(UTC).date().isoformat()
-    return json.dumps(
-        {
-            "defaults": {"max_message_rate": "1000/s", "adaptive": False},
-            "warmup": {
-                "schedule": "custom",
-                "start": today,
-                "table": {"1": CAP},
-                "period": "day",
-                "over_cap": "overflow",
-                "overflow_pool": target,
-            },
-        }
-    )
+    return warmup_overrides(target, CAP)
 
 
 def overflowed(pool: str, target: str) -> float:
