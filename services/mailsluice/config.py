@@ -32,6 +32,12 @@ class LogSettings(MailsluiceSettings):
 S = TypeVar("S", bound=MailsluiceSettings)
 
 
+def settings_epilog(*groups: str) -> str:
+    """The --help epilog of a command whose settings are the MAILSLUICE_<group> variables."""
+    names = ", ".join(f"MAILSLUICE_{g}" for g in (*groups, "KAFKA_*", "LOG_*"))
+    return f"All settings are environment variables ({names}); see docs/configuration.md."
+
+
 class ConfigError(SystemExit):
     """Raised by load(): exits with status 2 after printing which settings are wrong."""
 

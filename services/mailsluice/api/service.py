@@ -27,7 +27,7 @@ from mailsluice.api.render import Renderer, RenderLimits
 from mailsluice.api.send import Sender, SendLimits
 from mailsluice.api.settings import ApiSettings
 from mailsluice.api.templates import TemplateStore, templates_router
-from mailsluice.config import LogSettings, load
+from mailsluice.config import LogSettings, load, settings_epilog
 from mailsluice.contracts.topics import (
     API_IDEMPOTENCY_TOPIC,
     EVENTS_TOPIC,
@@ -235,10 +235,7 @@ class ApiService:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "All settings are environment variables (MAILSLUICE_API_*, MAILSLUICE_TENANTS_FILE, "
-        "MAILSLUICE_KAFKA_*, MAILSLUICE_LOG_*); see docs/configuration.md."
-    )
+    parser.epilog = settings_epilog("API_*", "TENANTS_FILE")
 
 
 def run(args: argparse.Namespace) -> int:

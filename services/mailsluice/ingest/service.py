@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mailsluice.config import LogSettings, load
+from mailsluice.config import LogSettings, load, settings_epilog
 from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.engagement.store import EngagementStore
 from mailsluice.ingest.auth import Credentials
@@ -282,10 +282,7 @@ class IngestService:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "All settings are environment variables (MAILSLUICE_INGEST_*, MAILSLUICE_KAFKA_*, "
-        "MAILSLUICE_DNS_*, MAILSLUICE_TENANTS_*, MAILSLUICE_LOG_*); see docs/configuration.md."
-    )
+    parser.epilog = settings_epilog("INGEST_*", "DNS_*", "TENANTS_*")
 
 
 async def serve(service: IngestService) -> None:

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import logging
 
-from mailsluice.config import LogSettings, load
+from mailsluice.config import LogSettings, load, settings_epilog
 from mailsluice.contracts.events import Event, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
 from mailsluice.kafka.clients import make_producer
@@ -109,10 +109,7 @@ class TrackerService:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "All settings are environment variables (MAILSLUICE_TRACKING_*, MAILSLUICE_KAFKA_*, "
-        "MAILSLUICE_LOG_*); see docs/configuration.md."
-    )
+    parser.epilog = settings_epilog("TRACKING_*")
 
 
 def run(args: argparse.Namespace) -> int:

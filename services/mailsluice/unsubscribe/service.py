@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import logging
 
-from mailsluice.config import LogSettings, load
+from mailsluice.config import LogSettings, load, settings_epilog
 from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.consent.tokens import KeyRing
 from mailsluice.contracts.events import Event, encode_event
@@ -93,10 +93,7 @@ class UnsubscribeService:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "All settings are environment variables (MAILSLUICE_UNSUBSCRIBE_*, MAILSLUICE_KAFKA_*, "
-        "MAILSLUICE_LOG_*); see docs/configuration.md."
-    )
+    parser.epilog = settings_epilog("UNSUBSCRIBE_*")
 
 
 def run(args: argparse.Namespace) -> int:
