@@ -30,7 +30,7 @@ from mailsluice_operator.settings import OperatorSettings
 FINALIZER = f"{GROUP}/operator"
 RESOURCE = (GROUP, VERSION, PLURAL)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-CHILD_KINDS = ("Deployment", "PodDisruptionBudget", "ConfigMap")
+CHILD_KINDS = ("Deployment", "PodDisruptionBudget")
 
 
 def _utcnow() -> dt.datetime:
@@ -125,7 +125,6 @@ async def on_delete(body: kopf.Body, memo: Any, logger: Logger, param: Shared, *
     names = {
         "Deployment": render.deployment_name(name),
         "PodDisruptionBudget": render.deployment_name(name),
-        "ConfigMap": render.configmap_name(name),
     }
     async with _lock(memo):
         # The timer may be mid-round; after the lock it sees "deleted" and writes nothing.

@@ -1,7 +1,8 @@
-"""Pure rendering of a pool's children: Deployment, policy ConfigMap, PodDisruptionBudget.
+"""Pure rendering of a pool's children: Deployment and PodDisruptionBudget.
 
 Input is the SendingPool body (as a dict) plus the operator's settings; output is plain manifests
-ready for server-side apply. Nothing here talks to the API server.
+ready for server-side apply. Nothing here talks to the API server. The spec reaches the workers
+only as environment variables of their container (`worker_env`), each one a worker setting.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from mailsluice.contracts import topics
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice_operator import API_VERSION, KIND, warmup
@@ -23,10 +22,8 @@ from mailsluice_operator.spec import with_defaults
 
 Manifest = dict[str, Any]
 
-POLICY_DIR = "/etc/mailsluice/pool"
 KAFKA_CA_DIR = "/etc/mailsluice/kafka-ca"
 DKIM_DIR = "/etc/mailsluice/dkim"
-POLICY_FILE = "policy.yaml"
 SPEC_HASH_ANNOTATION = "mailsluice.io/spec-hash"
 POOL_LABEL = "mailsluice.io/pool"
 WORKER_UID = 10001
@@ -56,10 +53,6 @@ class Pool:
 
 def deployment_name(pool: str) -> str:
     return f"mailsluice-delivery-{pool}"
-
-
-def configmap_name(pool: str) -> str:
-    return f"mailsluice-pool-{pool}"
 
 
 def selector_labels(pool: str) -> dict[str, str]:
@@ -103,29 +96,6 @@ def _metadata(pool: Pool, name: str) -> dict[str, Any]:
     }
 
 
-def policy_document(pool: Pool) -> dict[str, Any]:
-    """The pool's shaping and warm-up as the workers read them from the ConfigMap."""
-    spec = pool.spec
-    return {
-        "pool": pool.name,
-        "stream": spec["stream"],
-        "ehloName": spec.get("ehloName", ""),
-        "sourceAddresses": list(spec.get("sourceAddresses") or []),
-        "warmup": dict(spec["warmup"]),
-        "shaping": [dict(rule) for rule in spec.get("shaping") or []],
-    }
-
-
-def render_configmap(pool: Pool) -> Manifest:
-    text = yaml.safe_dump(policy_document(pool), sort_keys=True)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(pool, configmap_name(pool.name)),
-        "data": {POLICY_FILE: text},
-    }
-
-
 def spec_hash(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> str:
     """Changes when anything the workers see changes; not when only replicas do."""
     material = {
@@ -154,15 +124,35 @@ def kafka_env(kafka: KafkaSettings, op: OperatorSettings) -> list[dict[str, str]
 
 
 def pool_overrides_env(pool: Pool) -> list[dict[str, str]]:
-    """The pool's warm-up as the workers' shaping engine reads it (ShapingSettings'
-    pool_overrides), each source address on its own ramp; none without a warm-up. Raises
-    WarmupError for a spec reconcile refuses before it renders."""
+    """The pool's shaping rules and warm-up as the workers' shaping engine reads them
+    (ShapingSettings' pool_overrides: a policy file's [pool.<name>] section); none when the
+    spec has neither. Raises WarmupError for a spec reconcile refuses before it renders."""
+    section: dict[str, Any] = {}
+    for rule in pool.spec.get("shaping") or []:
+        # Provider names (google) have no dot; recipient domains always do.
+        table = "domain" if "." in rule["match"] else "provider"
+        section.setdefault(table, {})[rule["match"].lower()] = shaping_rule(rule)
     addresses = pool.spec.get("sourceAddresses") or []
     config = warmup.worker_config(pool.spec["warmup"], addresses, pool.created or None)
-    if config is None:
+    if config is not None:
+        section["warmup"] = config
+    if not section:
         return []
-    value = json.dumps({"warmup": config}, sort_keys=True, separators=(",", ":"))
+    value = json.dumps(section, sort_keys=True, separators=(",", ":"))
     return [{"name": "MAILSLUICE_SHAPING_POOL_OVERRIDES", "value": value}]
+
+
+def shaping_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """One `shaping` item of the spec as a policy Rule (policy/shaping.py)."""
+    out: dict[str, Any] = {}
+    if rule.get("messagesPerSecond") is not None:
+        number = f"{float(rule['messagesPerSecond']):.6f}".rstrip("0").rstrip(".")
+        out["max_message_rate"] = f"{number}/s"  # the rate syntax has no exponents
+    if rule.get("maxConnections") is not None:
+        out["connection_limit"] = int(rule["maxConnections"])
+    if rule.get("messagesPerConnection") is not None:
+        out["max_deliveries_per_connection"] = int(rule["messagesPerConnection"])
+    return out
 
 
 def dkim_env(dkim: Mapping[str, Any] | None) -> list[dict[str, str]]:
@@ -199,8 +189,6 @@ def worker_env(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> list[d
             "name": "MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES",
             "value": ",".join(spec.get("sourceAddresses") or []),
         },
-        {"name": "MAILSLUICE_POOL_POLICY_FILE", "value": f"{POLICY_DIR}/{POLICY_FILE}"},
-        {"name": "MAILSLUICE_POOL_STREAM", "value": str(spec["stream"])},
         *pool_overrides_env(pool),
         *dkim_env(spec.get("dkim")),
         *(e for links in signed_links(spec, op) for e in links.env()),
@@ -234,7 +222,6 @@ def _container(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> dict[s
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [
-            {"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
@@ -267,7 +254,6 @@ def render_deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumes": [
-            {"name": "policy", "configMap": {"name": configmap_name(pool.name)}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
@@ -324,12 +310,8 @@ def render_pdb(pool: Pool) -> Manifest:
 def render_all(
     pool: Pool, replicas: int, kafka: KafkaSettings, op: OperatorSettings
 ) -> list[Manifest]:
-    """Children in apply order: the ConfigMap before the Deployment that mounts it."""
-    return [
-        render_configmap(pool),
-        render_deployment(pool, replicas, kafka, op),
-        render_pdb(pool),
-    ]
+    """Children in apply order."""
+    return [render_deployment(pool, replicas, kafka, op), render_pdb(pool)]
 
 
 def queue_topic(pool: Pool) -> str:

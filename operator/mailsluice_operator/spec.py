@@ -118,7 +118,8 @@ class ShapingRule(Model):
     match: str = Field(
         min_length=1,
         max_length=253,
-        description="Provider name (e.g. google) or recipient domain.",
+        description="Provider name of the shaping policy (e.g. google, no dot) or recipient "
+        "domain (with a dot).",
     )
     messages_per_second: float | None = Field(
         None, gt=0, description="Most messages per second to this destination."
@@ -232,10 +233,6 @@ class PoolSpec(Model):
         max_length=253,
         pattern=DNS_NAME,
         description="Host name in EHLO; should match the source addresses' PTR.",
-    )
-    stream: Literal["transactional", "bulk"] = Field(
-        "transactional",
-        description="Traffic class of the pool (transactional mail has priority).",
     )
     warmup: Warmup = Field(
         default=NO_WARMUP,

@@ -76,7 +76,7 @@ async def _reconcile(body: dict[str, Any], kube: FakeKube, kafka_round: Any) -> 
 async def test_reconcile_applies_children_and_reports() -> None:
     kube = FakeKube()
     out = await _reconcile(POOL_BODY, kube, _kafka(lag=250))
-    assert [m["kind"] for m in kube.applied] == ["ConfigMap", "Deployment", "PodDisruptionBudget"]
+    assert [m["kind"] for m in kube.applied] == ["Deployment", "PodDisruptionBudget"]
     st = out.status
     assert st["replicas"] == 1  # ses-45-day day 7: the warm-up budget keeps one worker busy
     assert (st["lag"], st["partitions"], st["warmupDay"]) == (250, 6, 7)
@@ -160,7 +160,7 @@ async def test_kafka_down_and_shrink_are_conditions() -> None:
     out = await _reconcile(POOL_BODY, kube, down)
     stalled = out.status["conditions"][2]
     assert (stalled["status"], stalled["reason"]) == ("True", "KafkaUnavailable")
-    assert len(kube.applied) == 3  # children still follow the spec
+    assert len(kube.applied) == 2  # children still follow the spec
     out = await _reconcile(POOL_BODY, FakeKube(), _kafka(0, partitions=24, action="shrink-refused"))
     conds = {c["type"]: c for c in out.status["conditions"]}
     assert conds["Stalled"]["reason"] == "PartitionsShrinkRefused"

@@ -57,7 +57,7 @@ def test_deployment_runs_delivery_for_the_pool_hardened() -> None:
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] > 0
     assert pod["nodeSelector"] == {"mail.example/ips": "a"}
     assert pod["tolerations"] == [{"key": "mail", "operator": "Exists"}]
-    assert {"name": "policy", "configMap": {"name": "mailsluice-pool-bulk-a"}} in pod["volumes"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]  # the spec travels as env only
 
 
 def test_spec_hash_rolls_workers_on_spec_change_only() -> None:
@@ -193,12 +193,7 @@ def test_unsubscribe_and_tracking_keys_mount_side_by_side() -> None:
     assert {"unsub", "track-keys"} <= set(referenced_secrets({}, op))
 
 
-def test_configmap_and_pdb() -> None:
-    cm = render.render_configmap(_pool())
-    policy = yaml.safe_load(cm["data"]["policy.yaml"])
-    assert policy["pool"] == "bulk-a" and policy["stream"] == "bulk"
-    assert policy["shaping"][0]["match"] == "google"
-    assert policy["warmup"] == {"preset": "ses-45-day"}
+def test_pdb() -> None:
     pdb = render.render_pdb(_pool())
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == render.selector_labels("bulk-a")
@@ -231,6 +226,12 @@ def test_workers_get_the_warmup_of_each_address_as_pool_overrides() -> None:
     assert shaper.warmup.trackers["192.0.2.10"].plan.start == dt.date(2026, 11, 24)
     no_ramp = {**POOL_BODY["spec"], "warmup": {"preset": "none"}}
     env = render.worker_env(render.Pool.from_body({**POOL_BODY, "spec": no_ramp}), KAFKA, OP)
+    rules = [
+        json.loads(e["value"]) for e in env if e["name"] == "MAILSLUICE_SHAPING_POOL_OVERRIDES"
+    ]
+    assert rules == [{"provider": {"google": {"connection_limit": 3, "max_message_rate": "5/s"}}}]
+    neither = {**no_ramp, "shaping": []}
+    env = render.worker_env(render.Pool.from_body({**POOL_BODY, "spec": neither}), KAFKA, OP)
     assert "MAILSLUICE_SHAPING_POOL_OVERRIDES" not in {e["name"] for e in env}
 
 
@@ -276,7 +277,6 @@ def test_crd_shape() -> None:
     assert "self.maxWorkers <= self.partitions" in rules
     assert schema["properties"]["status"]["x-kubernetes-preserve-unknown-fields"] is True
     assert spec["properties"]["warmup"]["properties"]["preset"]["enum"] == list(warmup.PRESETS)
-    assert spec["properties"]["stream"]["enum"] == ["transactional", "bulk"]
 
     def undocumented(node: Any, path: str) -> list[str]:
         found = []
@@ -329,7 +329,6 @@ def test_crd_schema_is_structural() -> None:
 def test_defaults_come_from_the_crd_schema() -> None:
     assert with_defaults({"ehloName": "mta.example"}) == {
         "ehloName": "mta.example",
-        "stream": "transactional",
         "warmup": {"preset": "none"},
         "partitions": 12,
         "minWorkers": 1,
@@ -338,10 +337,10 @@ def test_defaults_come_from_the_crd_schema() -> None:
         "workerThroughput": 50,
         "scaleDownStabilizationSeconds": 300,
     }
-    table = {"warmup": {"table": [{"day": 1, "volume": 5}]}, "partitions": 3, "stream": "bulk"}
+    table = {"warmup": {"table": [{"day": 1, "volume": 5}]}, "partitions": 3}
     got = with_defaults(table)
     assert got["warmup"] == {"table": [{"day": 1, "volume": 5}], "preset": "none"}
-    assert (got["partitions"], got["stream"]) == (3, "bulk")
+    assert got["partitions"] == 3
     assert "preset" not in table["warmup"]  # the input is left as it was
     assert render.Pool.from_body(POOL_BODY).spec == with_defaults(POOL_BODY["spec"])
 

@@ -20,7 +20,6 @@ POOL_BODY: dict[str, Any] = {
     "spec": {
         "ehloName": "mta1.example.com",
         "sourceAddresses": ["192.0.2.10", "192.0.2.11"],
-        "stream": "bulk",
         "warmup": {"preset": "ses-45-day"},
         "shaping": [{"match": "google", "messagesPerSecond": 5, "maxConnections": 3}],
         "partitions": 6,

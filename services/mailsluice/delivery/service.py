@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from mailsluice.config import ConfigError, LogSettings, load
@@ -96,30 +97,49 @@ def make_transport(
     return transport
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Configured:
+    """Everything a worker takes from its environment (in a cluster: what the operator renders
+    from the SendingPool), loaded and checked before any port opens."""
+
+    settings: DeliverySettings
+    kafka: KafkaSettings
+    logs: LogSettings
+    dns: DnsSettings
+    shaping: ShapingSettings  # the pool's shaping rules and warm-up (its overrides)
+    outbound: Any  # transport.settings.OutboundSettings: source addresses, EHLO name
+    signer: Any  # DKIM (None: sign nothing)
+    finish: finishing.Setup  # List-Unsubscribe and tracking: settings and keys
+
+
+def configure(args: argparse.Namespace) -> Configured:
+    """The worker's settings from the environment and `args`; exits 2 on bad configuration."""
     settings = load(DeliverySettings)
     if args.pool:
         settings = DeliverySettings.model_validate(
             {**settings.model_dump(exclude_unset=True), "pool": args.pool}
         )
-    kafka = load(KafkaSettings)
-    logs = load(LogSettings)
-    dns_settings = load(DnsSettings)
-    shaping = load(ShapingSettings)  # policy files are validated here, before any port opens
-    signer = dkim_signer()
-    setup_logging(logs, "delivery")
-    finish = finishing.load_setup()  # List-Unsubscribe and tracking: settings and keys
+    return Configured(
+        settings,
+        load(KafkaSettings),
+        load(LogSettings),
+        load(DnsSettings),
+        load(ShapingSettings),  # policy files are validated here
+        outbound_settings(),
+        dkim_signer(),
+        finishing.load_setup(),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    c = configure(args)
+    setup_logging(c.logs, "delivery")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(
             _main(
-                settings,
-                kafka,
-                dns_settings,
-                mover=settings.retry_mover and not args.no_retry_mover,
+                c,
+                mover=c.settings.retry_mover and not args.no_retry_mover,
                 ensure=not args.no_ensure_topics,
-                shaping=shaping,
-                signer=signer,
-                finish=finish,
             )
         )
     return 0
@@ -143,29 +163,18 @@ def shaping_runtime(
     return ShapingRuntime(shaping, kafka, settings.pool, defaults=defaults, sources=sources)
 
 
-async def _main(
-    settings: DeliverySettings,
-    kafka: KafkaSettings,
-    dns_settings: DnsSettings,
-    *,
-    mover: bool,
-    ensure: bool,
-    shaping: ShapingSettings,
-    signer: Any = None,
-    finish: finishing.Setup | None = None,
-) -> int:
-    outbound = outbound_settings()
-    runtime = shaping_runtime(settings, kafka, shaping, tuple(outbound.source_addresses))
+async def _main(c: Configured, *, mover: bool, ensure: bool) -> int:
+    runtime = shaping_runtime(c.settings, c.kafka, c.shaping, tuple(c.outbound.source_addresses))
     # Tracking and List-Unsubscribe change each copy before the transport signs it (DKIM).
     transport = finishing.wrap(
-        make_transport(dns_settings, runtime.shaper, outbound, signer),
+        make_transport(c.dns, runtime.shaper, c.outbound, c.signer),
         runtime.shaper,
         time.monotonic,  # the worker's clock (Worker's default)
-        finish,
+        c.finish,
     )
     service = DeliveryService(
-        settings,
-        kafka,
+        c.settings,
+        c.kafka,
         transport,
         mover=mover,
         ensure=ensure,
