@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from mailsluice.config import LogSettings, load
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.observability.endpoints import setup_logging
+
+if TYPE_CHECKING:
+    from mailsluice_operator.settings import OperatorSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,12 +59,20 @@ def run(args: argparse.Namespace) -> int:
         from mailsluice.metrics.operator import init_operator
 
         init_operator()
-        start_http_server(op.metrics_port)
+        start_http_server(op.metrics_port, addr=op.http_host)
     kopf.run(
         registry=build_registry(op, kafka),
-        liveness_endpoint=f"http://0.0.0.0:{op.health_port}/healthz" if op.health_port else None,
+        liveness_endpoint=liveness_endpoint(op),
         standalone=True,
         clusterwide=not namespace,
         namespaces=[namespace] if namespace else [],
     )
     return 0
+
+
+def liveness_endpoint(op: OperatorSettings) -> str | None:
+    """kopf's /healthz URL, on the operator's HTTP address (None: no health port)."""
+    if not op.health_port:
+        return None
+    host = f"[{op.http_host}]" if ":" in op.http_host else op.http_host
+    return f"http://{host}:{op.health_port}/healthz"

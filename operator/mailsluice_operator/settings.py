@@ -43,6 +43,11 @@ class OperatorSettings(MailsluiceSettings):
         "empty: system CAs.",
     )
     kafka_ca_key: str = Field("ca.crt", description="Key of the CA bundle in kafka_ca_secret.")
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Address of the operator's /healthz and /metrics: loopback outside a "
+        "cluster; the chart sets 0.0.0.0 so the kubelet and Prometheus reach them.",
+    )
     health_port: int = Field(
         8080, ge=0, le=65535, description="Port of the operator's /healthz (0: none)."
     )

@@ -139,6 +139,8 @@ def _check_operator_is_scraped(docs: list[dict[str, Any]]) -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == 9103 == int(env["MAILSLUICE_OPERATOR_METRICS_PORT"])
+    # in the pod it listens beyond loopback (outside a cluster it binds 127.0.0.1)
+    assert env["MAILSLUICE_OPERATOR_HTTP_HOST"] == "0.0.0.0"
     monitor = next(d for d in docs if d["kind"] == "PodMonitor")
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"

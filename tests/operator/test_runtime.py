@@ -6,6 +6,7 @@ There is no controller-manager (see tests/operator/test_cluster.py); these tests
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -124,17 +125,19 @@ def test_operator_works_with_only_the_charts_rbac(
 
 
 def test_operator_command_runs_against_the_kubeconfig(crd: K8sCluster, kafka: KafkaBroker) -> None:
-    """`mailsluice operator` as a process: settings from env, /healthz, a pool, clean SIGTERM."""
+    """`mailsluice operator` as a process: settings from env, /healthz and /metrics on loopback
+    only (outside a cluster), a pool, clean SIGTERM."""
     ns = "op-cli"
     if get_json(crd, "namespace", ns) is None:
         crd.kubectl("create", "namespace", ns)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(crd.kubeconfig),
         "MAILSLUICE_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "MAILSLUICE_OPERATOR_NAMESPACE": ns,
         "MAILSLUICE_OPERATOR_HEALTH_PORT": str(port),
+        "MAILSLUICE_OPERATOR_METRICS_PORT": str(metrics_port),
         "MAILSLUICE_OPERATOR_SCALE_INTERVAL_S": "1",
     }
     code = "import argparse, sys; from mailsluice_operator import cli; p = argparse.ArgumentParser(); cli.add_arguments(p); sys.exit(cli.run(p.parse_args([])))"  # noqa: E501
@@ -147,6 +150,8 @@ def test_operator_command_runs_against_the_kubeconfig(crd: K8sCluster, kafka: Ka
             within=60,
             what="/healthz",
         )
+        assert listening_on(port) == {"127.0.0.1"}
+        assert listening_on(metrics_port) == {"127.0.0.1"}
         apply_yaml(crd, pool_yaml("cli", ns))
         eventually_sync(
             lambda: get_deployment(crd, "cli", ns),
@@ -159,3 +164,14 @@ def test_operator_command_runs_against_the_kubeconfig(crd: K8sCluster, kafka: Ka
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output.decode()[-3000:]
+
+
+def listening_on(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on `port` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
+    return found
