@@ -26,6 +26,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mailsluice.contracts.keys import key_fields
 from mailsluice.contracts.versioning import load_versioned
 
 VERSION = 1
@@ -114,10 +115,7 @@ def stats_key(tenant: str, campaign: str) -> bytes:
 
 def parse_stats_key(key: bytes | str) -> tuple[str, str]:
     """(tenant, campaign) of a record key; ValueError for a key without the separator."""
-    text = key.decode(errors="replace") if isinstance(key, bytes) else key
-    tenant, sep, campaign = text.partition("|")
-    if not sep or not campaign:
-        raise ValueError(f"not a campaign stats key: {text[:200]!r}")
+    tenant, campaign = key_fields(key, 2, "a campaign stats key")
     return tenant, campaign
 
 

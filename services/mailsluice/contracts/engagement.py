@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mailsluice.contracts.keys import key_fields
 from mailsluice.contracts.versioning import load_versioned
 
 VERSION = 1
@@ -76,10 +77,7 @@ def engagement_key(tenant: str, address: str) -> bytes:
 
 def parse_engagement_key(key: bytes | str) -> tuple[str, str]:
     """(tenant, address) of a record key; ValueError for a key without the separator."""
-    text = key.decode(errors="replace") if isinstance(key, bytes) else key
-    tenant, sep, address = text.partition("|")
-    if not sep or not address:
-        raise ValueError(f"not an engagement key: {text[:200]!r}")
+    tenant, address = key_fields(key, 2, "an engagement key")
     return tenant, address
 
 

@@ -15,6 +15,7 @@ import time
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailsluice.contracts.campaign_stats import engagement_rates
+from mailsluice.contracts.keys import key_fields
 from mailsluice.contracts.versioning import load_versioned
 
 VERSION = 1
@@ -49,11 +50,10 @@ def bucket_key(tenant: str, provider: str, day: str, partition: int) -> str:
 
 
 def parse_bucket_key(key: bytes | str) -> tuple[str, str, str, int]:
-    text = key.decode(errors="replace") if isinstance(key, bytes) else key
-    parts = text.split("|")
-    if len(parts) != 4 or not parts[3].isdigit():
-        raise ValueError(f"not an engagement key: {text[:200]!r}")
-    return parts[0], parts[1], parts[2], int(parts[3])
+    tenant, provider, day, partition = key_fields(key, 4, "an engagement key")
+    if not partition.isdigit():
+        raise ValueError(f"not an engagement key: {partition[:200]!r} is not a partition")
+    return tenant, provider, day, int(partition)
 
 
 def encode_bucket(bucket: EngagementBucket) -> bytes:
