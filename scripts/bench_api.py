@@ -28,7 +28,7 @@ import aiohttp
 import kafka_local
 from bench_ours import MAILSLUICE, Service, create_topics, start_broker
 from bench_run import say
-from bench_tools import tail
+from bench_tools import new_result, tail
 
 from mailsluice.tenancy.keys import new_key
 
@@ -188,16 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
-    result: dict[str, Any] = {
-        "stage": "api",
-        "batches": args.batches,
-        "concurrency": args.concurrency,
-        "recipients_per_batch": RECIPIENTS,
-        "cpus": os.cpu_count(),
-        # the figures are CPU-bound: they move with whatever else the machine runs
-        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-        "errors": [],
-    }
+    result = new_result(
+        "api",
+        batches=args.batches,
+        concurrency=args.concurrency,
+        recipients_per_batch=RECIPIENTS,
+        cpus=os.cpu_count(),
+    )
     if not MAILSLUICE.exists():
         result["errors"].append(f"{MAILSLUICE} missing (run make setup)")
     work = Path(tempfile.mkdtemp(prefix="mailsluice-bench-api-"))

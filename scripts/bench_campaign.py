@@ -46,7 +46,7 @@ import bench_campaign_plan as plan  # first: puts tests/ on sys.path for support
 import kafka_local
 from bench_ours import MAILSLUICE, Service, create_topics, plumbing_env
 from bench_run import say
-from bench_tools import tail
+from bench_tools import new_result, tail
 
 INGEST_IP = "127.0.0.50"
 DNS_IP = "127.0.0.59"
@@ -394,14 +394,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result: dict[str, Any] = {
-        "stage": "campaign",
-        "recipients": args.recipients,
-        "budget_s": args.budget_s,
-        "sources": args.sources,
-        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-        "errors": [],
-    }
+    result = new_result(
+        "campaign", recipients=args.recipients, budget_s=args.budget_s, sources=args.sources
+    )
     if not MAILSLUICE.exists():
         result["errors"].append(f"{MAILSLUICE} missing (run make setup)")
     work = Path(tempfile.mkdtemp(prefix="mailsluice-bench-campaign-"))

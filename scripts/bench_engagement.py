@@ -31,7 +31,7 @@ import bench_engagement_cpu as cpu
 import kafka_local
 from bench_ours import MAILSLUICE, Service, create_topics, start_broker
 from bench_run import say
-from bench_tools import percentile, tail
+from bench_tools import new_result, percentile, tail
 
 from mailsluice.contracts.events import decode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
@@ -206,13 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=cpu.COPIES)
     parser.add_argument("--no-tracker", action="store_true", help="skip the Kafka part")
     args = parser.parse_args(argv)
-    result: dict[str, Any] = {
-        "stage": "engagement",
-        "clients": args.clients,
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-        "errors": [],
-    }
+    result = new_result("engagement", clients=args.clients, cpus=os.cpu_count())
     signal.signal(signal.SIGTERM, _interrupt)  # unwind through the stops (by pid)
     try:
         result.update(cpu.rewriting(args.copies))

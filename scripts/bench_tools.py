@@ -6,6 +6,7 @@ Standard library only; importable from tests (the parsers, `percentile` and `rat
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import threading
@@ -140,3 +141,10 @@ class AiosmtpdSink:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+
+def new_result(stage: str, **fields: Any) -> dict[str, Any]:
+    """The JSON result of a bench stage: its settings, how busy the machine was when it
+    started (the figures are CPU-bound, they move with whatever else runs), and its errors."""
+    loadavg = [round(v, 2) for v in os.getloadavg()]
+    return {"stage": stage, **fields, "loadavg_at_start": loadavg, "errors": []}
