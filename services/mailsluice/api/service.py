@@ -224,13 +224,13 @@ class ApiService:
         await self.public.stop()
         await self.watch.stop()
         await self.usage.stop()
-        await self.campaigns.stop()
-        await self.grades.stop()
         await self.webhooks.stop()
+        await self.engagement.stop()
+        await self.campaigns.stop()
         for view in self._views:
             await view.stop()
+        await self.grades.stop()
         await self.store.stop()
-        await self.engagement.stop()
         await self.producers.stop()
 
 
