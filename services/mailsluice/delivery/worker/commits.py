@@ -31,6 +31,8 @@ class Commits:
         self.pool = pool
         self.ledger = ledger
         self.interval_s = interval_s
+        # commit passes made: each one committed whatever the ledger allowed then
+        self.rounds = 0
         # Partitions gained and without a finished record since: their first one commits soon.
         self._fresh: set[TopicPartition] = set()
         self._soon = asyncio.Event()
@@ -57,6 +59,7 @@ class Commits:
                 self._soon.clear()
                 await asyncio.sleep(min(FIRST_COMMIT_DELAY_S, self.interval_s))
             await self.commit(consumer)
+            self.rounds += 1
 
     async def commit(
         self, consumer: AIOKafkaConsumer, only: set[TopicPartition] | None = None
