@@ -19,21 +19,24 @@ def server_properties(
     node_id: int = 1,
     voters: str | None = None,
     replicas: int = 1,
+    host: str = "127.0.0.1",
 ) -> str:
     """server.properties of a combined broker+controller with its data in DIR/data.
 
     Alone by default; in a cluster (scripts/kafka_cluster.py) `voters` lists every node's
     controller ("1@127.0.0.1:port,2@..."), and `replicas` > 1 gives every topic, internal ones
     included, that many replicas with min.insync.replicas 2 and no unclean leader election.
+    `host` is the address both listeners bind and clients are told (a local cluster's pods
+    reach the broker on the node's bridge address).
     """
     p, c = port, controller_port
     rf, isr = str(replicas), str(min(replicas, 2))
     props = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
-        "controller.quorum.voters": voters or f"{node_id}@127.0.0.1:{c}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p}",
+        "controller.quorum.voters": voters or f"{node_id}@{host}:{c}",
+        "listeners": f"PLAINTEXT://{host}:{p},CONTROLLER://{host}:{c}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{p}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",

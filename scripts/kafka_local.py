@@ -86,10 +86,11 @@ class BrokerState:
     port: int
     controller_port: int
     version: str
+    host: str = "127.0.0.1"
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 def _random_cluster_id() -> str:
@@ -104,7 +105,12 @@ def _random_cluster_id() -> str:
 def _write_state(directory: Path, state: BrokerState) -> None:
     (directory / "kafka.json").write_text(
         json.dumps(
-            {"port": state.port, "controller_port": state.controller_port, "version": state.version}
+            {
+                "port": state.port,
+                "controller_port": state.controller_port,
+                "version": state.version,
+                "host": state.host,
+            }
         )
     )
 
@@ -114,7 +120,8 @@ def read_state(directory: Path) -> BrokerState | None:
         raw = json.loads((Path(directory) / "kafka.json").read_text())
     except FileNotFoundError:
         return None
-    return BrokerState(int(raw["port"]), int(raw["controller_port"]), str(raw["version"]))
+    host = str(raw.get("host", "127.0.0.1"))
+    return BrokerState(int(raw["port"]), int(raw["controller_port"]), str(raw["version"]), host)
 
 
 def _pid_file(directory: Path) -> Path:
@@ -168,13 +175,13 @@ def _format_storage(directory: Path, libs: Path, cluster_id: str) -> None:
         raise KafkaLocalError(f"kafka storage format failed:\n{proc.stdout}\n{proc.stderr}")
 
 
-def metadata_node_ids(port: int, timeout: float) -> list[int]:
+def metadata_node_ids(port: int, timeout: float, host: str = "127.0.0.1") -> list[int]:
     """Send a Metadata v4 request (no topics) to one node; return the ids of the live brokers
     it lists (registered and unfenced)."""
     client_id = b"kafka_local"
     body = struct.pack(">hhih", 3, 4, 1, len(client_id)) + client_id
     body += struct.pack(">ib", 0, 0)  # topics: empty array; allow_auto_topic_creation: false
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         sock.sendall(struct.pack(">i", len(body)) + body)
         size = struct.unpack(">i", _recv_exact(sock, 4))[0]
@@ -205,10 +212,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def broker_ready(port: int, timeout: float = 2.0) -> bool:
+def broker_ready(port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
     """True when the broker answers metadata and lists itself (registered and unfenced)."""
     try:
-        return len(metadata_node_ids(port, timeout)) >= 1
+        return len(metadata_node_ids(port, timeout, host)) >= 1
     except (OSError, ConnectionError, struct.error, KafkaLocalError):
         return False
 
@@ -244,8 +251,11 @@ def start(
     controller_port: int | None = None,
     timeout: float = 90.0,
     version: str | None = None,
+    *,
+    host: str | None = None,
 ) -> BrokerState:
-    """Start (or restart, keeping data) the broker in DIR; wait until it serves metadata."""
+    """Start (or restart, keeping data) the broker in DIR; wait until it serves metadata.
+    `host`: the address it binds and advertises (default: as last time, else 127.0.0.1)."""
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
@@ -256,22 +266,23 @@ def start(
         port = previous.port
     if controller_port is None:
         controller_port = previous.controller_port if previous else free_port()
-    state = BrokerState(port, controller_port, version or kafka_version())
+    host = host or (previous.host if previous else "127.0.0.1")
+    state = BrokerState(port, controller_port, version or kafka_version(), host)
     pid = running_pid(directory)
     if pid is not None:
-        if previous == state and broker_ready(port):
+        if previous == state and broker_ready(port, host=host):
             return state
         raise KafkaLocalError(f"a broker already runs from {directory} (pid {pid})")
     libs = fetch(state.version, quiet=True)
     (directory / "server.properties").write_text(
-        server_properties(directory, state.port, state.controller_port)
+        server_properties(directory, state.port, state.controller_port, host=host)
     )
     (directory / "log4j2.properties").write_text(log4j_properties(directory))
     _write_state(directory, state)
     _format_storage(directory, libs, _random_cluster_id())
     cmd = _broker_argv(directory, libs)
     proc = localproc.spawn(cmd, directory / "logs" / "kafka.out", _pid_file(directory), directory)
-    outcome = localproc.wait_ready(proc.pid, lambda: broker_ready(port), timeout)
+    outcome = localproc.wait_ready(proc.pid, lambda: broker_ready(port, host=host), timeout)
     if outcome == "ready":
         return state
     if outcome == "exited":
@@ -294,7 +305,7 @@ def status(directory: Path | str) -> tuple[int | None, BrokerState | None, bool]
     directory = Path(directory).resolve()
     pid = running_pid(directory)
     state = read_state(directory)
-    ready = bool(pid and state and broker_ready(state.port))
+    ready = bool(pid and state and broker_ready(state.port, host=state.host))
     return pid, state, ready
 
 
@@ -309,6 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     p_start.add_argument("--nodes", type=int, help="start a cluster of N nodes (see kafka_cluster)")
     p_start.add_argument("--node", type=int, help="start only node I of the cluster in DIR")
     p_start.add_argument("--timeout", type=float, default=90.0)
+    p_start.add_argument("--host", help="address to bind and advertise (default 127.0.0.1)")
     for name, text in (
         ("stop", "stop the broker or cluster started from DIR (or its node I)"),
         ("status", "is the broker or cluster from DIR running?"),
@@ -355,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.node is not None:
             raise KafkaLocalError(f"no cluster in {args.dir} (start one with --nodes N)")
         if args.command == "start":
-            state = start(args.dir, args.port, args.controller_port, args.timeout)
+            state = start(args.dir, args.port, args.controller_port, args.timeout, host=args.host)
             print(state.bootstrap)
         elif args.command == "stop":
             print("stopped" if stop(args.dir) else "not running")

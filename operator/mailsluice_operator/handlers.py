@@ -180,8 +180,11 @@ async def _reconcile_locked(
             today=now.date(),
             now_iso=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             history=history or (),
+            previous=memo.get("status"),
         )
     memo["scale_history"] = outcome.history
+    # Rounds run one at a time (the lock), but the next one's body may not show this patch yet.
+    memo["status"] = {**status, **outcome.status}
     patch.status.update(outcome.status)
     record_workers(body["metadata"]["name"], dict(outcome.status))
     for event in outcome.events:

@@ -66,6 +66,7 @@ class Round:
     problem: PoolProblem | None = None
     warning: PoolProblem | None = None  # the pool works, but not as the spec asks
     deployment: Mapping[str, Any] = field(default_factory=dict)  # as the API server stored it
+    changed: list[str] = field(default_factory=list)  # "created Deployment x", "updated ..."
 
 
 def referenced_secrets(spec: Mapping[str, Any], op: OperatorSettings) -> list[str]:
@@ -150,10 +151,14 @@ async def reconcile(
     today: dt.date,
     now_iso: str,
     history: scaling.History,
+    previous: Mapping[str, Any] | None = None,
 ) -> Outcome:
+    """`previous`: the status this operator last wrote, when it is newer than the body's (the
+    timer's body may predate the create handler's patch); default the body's."""
     pool = render.Pool.from_body(body)
     meta = body["metadata"]
-    previous: Mapping[str, Any] = body.get("status") or {}
+    if previous is None:
+        previous = body.get("status") or {}
     generation = int(meta.get("generation", 1))
     fixed = {
         "observedGeneration": generation,
@@ -178,7 +183,8 @@ async def reconcile(
         now=now_iso,
     )
     trouble = found.problem or found.warning
-    return Outcome(found.status, _events(previous, found.status, trouble), found.history)
+    events = _events(previous, found.status, trouble, found.changed)
+    return Outcome(found.status, events, found.history)
 
 
 def _checked_ramp(
@@ -259,13 +265,29 @@ async def _apply_children(
     deployment: Mapping[str, Any] = {}
     try:
         for manifest in render.render_all(found.pool, found.replicas, kafka, op):
+            kind, meta = manifest["kind"], manifest["metadata"]
+            before = await kube.get(kind, meta["namespace"], meta["name"])
             applied = await kube.apply(manifest)
-            if manifest["kind"] == "Deployment":
+            change = _change(before, applied)
+            if change:
+                found.changed.append(f"{change} {kind} {meta['name']}")
+            if kind == "Deployment":
                 deployment = applied
     except KubeError as exc:
         found.problem = found.problem or TemporaryProblem("ApplyFailed", str(exc))
         return
     found.deployment = deployment
+
+
+def _change(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
+    """'created', 'updated' or '' (nothing, or only the replicas: the Scaled event says that)."""
+    if before is None:
+        return "created"
+
+    def spec(obj: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in (obj.get("spec") or {}).items() if k != "replicas"}
+
+    return "updated" if spec(before) != spec(after) else ""
 
 
 def _health(found: Round) -> status.Health:
@@ -291,7 +313,10 @@ def _condition(conds: Any, type_: str) -> Mapping[str, Any]:
 
 
 def _events(
-    previous: Mapping[str, Any], now: Mapping[str, Any], trouble: PoolProblem | None
+    previous: Mapping[str, Any],
+    now: Mapping[str, Any],
+    trouble: PoolProblem | None,
+    changed: list[str],
 ) -> list[PostedEvent]:
     """Events on changes only, so a timer tick does not repeat them."""
     events = []
@@ -301,6 +326,8 @@ def _events(
         events.append(PostedEvent("Warning", trouble.reason, trouble.message))
     if before.get("status") == "True" and after.get("status") == "False":
         events.append(PostedEvent("Normal", "Recovered", "the pool is progressing again"))
+    if changed:
+        events.append(PostedEvent("Normal", "Applied", "; ".join(changed)))
     if "replicas" in previous and previous["replicas"] != now["replicas"]:
         events.append(
             PostedEvent(

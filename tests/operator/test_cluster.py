@@ -392,6 +392,18 @@ async def test_warmup_and_missing_secret_show_in_status(
         interval=KUBECTL_POLL_S,
         what="recovered",
     )
+    applied = eventually_sync(
+        lambda: [e["message"] for e in events_for(crd, NS, "warm") if e["reason"] == "Applied"],
+        within=60,
+        interval=KUBECTL_POLL_S,
+        what="Normal event for the created children",
+    )
+    assert applied == [
+        "created Deployment mailsluice-delivery-warm; "
+        "created PodDisruptionBudget mailsluice-delivery-warm"
+    ]
+    warnings = [e for e in events_for(crd, NS, "warm") if e["reason"] == "SecretNotFound"]
+    assert len(warnings) == 1 and warnings[0].get("count", 1) == 1  # once, not per handler
     pool = await eventually(
         lambda: (p := get_pool(crd, "warm")) and p["status"].get("todayUsage") == 42 and p,
         within=60,

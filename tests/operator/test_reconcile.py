@@ -36,6 +36,7 @@ class FakeKube:
         refuse: Exception | None = None,
     ) -> None:
         self.applied: list[dict[str, Any]] = []
+        self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.secrets = secrets
         self.refuse = refuse  # raised by apply and get
 
@@ -43,12 +44,16 @@ class FakeKube:
         if self.refuse:
             raise self.refuse
         self.applied.append(manifest)
-        return {**manifest, "status": {"readyReplicas": 1, "updatedReplicas": 1}}
+        stored = {**manifest, "status": {"readyReplicas": 1, "updatedReplicas": 1}}
+        self.stored[manifest["kind"], manifest["metadata"]["name"]] = stored
+        return stored
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         if self.refuse:
             raise self.refuse
-        return {"kind": kind} if name in self.secrets else None
+        if kind == "Secret":
+            return {"kind": kind} if name in self.secrets else None
+        return self.stored.get((kind, name))
 
 
 def _kafka(lag: int, partitions: int = 6, action: str = "unchanged") -> Any:
@@ -59,7 +64,9 @@ def _kafka(lag: int, partitions: int = 6, action: str = "unchanged") -> Any:
     return round_
 
 
-async def _reconcile(body: dict[str, Any], kube: FakeKube, kafka_round: Any) -> Any:
+async def _reconcile(
+    body: dict[str, Any], kube: FakeKube, kafka_round: Any, previous: Any = None
+) -> Any:
     return await reconcile(
         body,
         kube=kube,
@@ -70,6 +77,7 @@ async def _reconcile(body: dict[str, Any], kube: FakeKube, kafka_round: Any) -> 
         today=TODAY,
         now_iso="2026-11-26T00:00:00Z",
         history=(),
+        previous=previous,
     )
 
 
@@ -150,6 +158,39 @@ async def test_bad_specs_stall_with_an_event(spec: dict[str, Any], reason: str) 
     assert kube.applied == []
     again = await _reconcile({**body, "status": out.status}, kube, _kafka(lag=0))
     assert again.events == []  # no repeat on the next tick
+
+
+async def test_a_round_that_changes_children_posts_one_normal_event() -> None:
+    kube = FakeKube()
+    first = await _reconcile(POOL_BODY, kube, _kafka(lag=0))
+    assert [(e.type, e.reason, e.message) for e in first.events] == [
+        (
+            "Normal",
+            "Applied",
+            "created Deployment mailsluice-delivery-bulk-a; "
+            "created PodDisruptionBudget mailsluice-delivery-bulk-a",
+        )
+    ]
+    body = {**POOL_BODY, "status": first.status}
+    assert (await _reconcile(body, kube, _kafka(lag=0))).events == []
+    renamed = {**body, "spec": {**POOL_BODY["spec"], "ehloName": "mta2.example.com"}}
+    changed = await _reconcile(renamed, kube, _kafka(lag=0))
+    assert [(e.reason, e.message) for e in changed.events] == [
+        ("Applied", "updated Deployment mailsluice-delivery-bulk-a")
+    ]
+
+
+async def test_a_stale_body_does_not_post_the_warning_again() -> None:
+    """The timer's body may predate the create handler's status patch: the status the handler
+    last wrote (`previous`) decides, so the Warning is posted once."""
+    body = {**POOL_BODY, "spec": {**POOL_BODY["spec"], "maxWorkers": 1, "minWorkers": 2}}
+    first = await _reconcile(body, FakeKube(), _kafka(lag=0))
+    assert [e.type for e in first.events] == ["Warning"]
+    stale = await _reconcile(body, FakeKube(), _kafka(lag=0), previous=first.status)
+    assert stale.events == []
+    assert [e.type for e in (await _reconcile(body, FakeKube(), _kafka(lag=0))).events] == [
+        "Warning"
+    ]
 
 
 async def test_kafka_down_and_shrink_are_conditions() -> None:

@@ -37,15 +37,16 @@ kafka_local = _load_kafka_local()
 class KafkaBroker:
     """One broker process in `directory`; stop() and start() keep its data and ports."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.directory = Path(directory)
+        self.host = host  # a local cluster's pods reach a broker on the node's bridge address
         self.port = port or kafka_local.free_port()
         self.controller_port = kafka_local.free_port()
         self.last_start_seconds: float | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -59,7 +60,9 @@ class KafkaBroker:
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         """Start (or restart) the broker and wait until it serves metadata."""
         began = time.monotonic()
-        kafka_local.start(self.directory, self.port, self.controller_port, timeout=timeout)
+        kafka_local.start(
+            self.directory, self.port, self.controller_port, timeout=timeout, host=self.host
+        )
         self.last_start_seconds = time.monotonic() - began
 
     def stop(self) -> None:
@@ -67,7 +70,7 @@ class KafkaBroker:
         kafka_local.stop(self.directory)
 
     def ensure_running(self) -> None:
-        if not (self.running and kafka_local.broker_ready(self.port)):
+        if not (self.running and kafka_local.broker_ready(self.port, host=self.host)):
             self.start()
 
     def settings(self, **overrides: Any) -> KafkaSettings:
@@ -117,6 +120,8 @@ def start_on_free_ports(make: Callable[[int], S], what: str) -> S:
     raise RuntimeError(f"could not start {what}: {error}")
 
 
-def start_broker(directory: Path) -> KafkaBroker:
-    """A broker on free ports in DIR/broker<attempt>."""
-    return start_on_free_ports(lambda n: KafkaBroker(Path(directory) / f"broker{n}"), "Kafka")
+def start_broker(directory: Path, host: str = "127.0.0.1") -> KafkaBroker:
+    """A broker on free ports in DIR/broker<attempt>, bound to `host`."""
+    return start_on_free_ports(
+        lambda n: KafkaBroker(Path(directory) / f"broker{n}", host=host), "Kafka"
+    )
