@@ -46,11 +46,13 @@ ENV PATH=/opt/mailsluice/bin:$PATH \
     PYTHONUNBUFFERED=1
 # Fixed numeric ids so Kubernetes can check runAsNonRoot (the chart uses 10001). CA certificates
 # for TLS to MX hosts and webhook endpoints. SOURCE_DATE_EPOCH: Debian compiles the standard
-# library's .pyc files hash-checked too (see the build stage).
+# library's .pyc files hash-checked too (see the build stage). Logs and ldconfig's inode cache
+# go, so that the same packages give the same layer.
 RUN export SOURCE_DATE_EPOCH=0 \
  && apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \
+    /var/cache/ldconfig/aux-cache \
  && groupadd --system --gid 10001 mailsluice \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin mailsluice
 COPY --from=build /opt/mailsluice /opt/mailsluice
