@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 CAMPAIGN_ARGS ?=
 CHAOS_ARGS ?=
 
-.PHONY: help setup system-deps kafka-jars k8s-build k8s-up k8s-down lint typecheck test run \
+.PHONY: help setup system-deps kafka-jars k8s-build image k8s-up k8s-down lint typecheck test run \
         bench chaos kafka-up kafka-down kafka-cluster-up kafka-cluster-down docs clean
 
 help:
@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy -p mailsluice -p mailsluice_operator
 	$(BIN)/lint-imports
 
-test: setup k8s-build lint typecheck
+test: setup k8s-build image lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 run: setup
@@ -60,6 +60,11 @@ chaos: setup
 # etcd, kube-apiserver and helm built from Go modules (cached; the first build takes minutes).
 k8s-build: system-deps
 	@$(PYTHON) scripts/k8s_local.py build
+
+# The container image from the Dockerfile (buildah, a Debian base made with mmdebstrap), as an OCI
+# archive under .cache/images keyed by content: minutes the first time, nothing while unchanged.
+image: system-deps
+	@$(PYTHON) scripts/image_build.py build
 
 k8s-up: k8s-build
 	$(PYTHON) scripts/k8s_local.py up --dir run/k8s

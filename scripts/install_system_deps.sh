@@ -13,6 +13,11 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # DKIM tests verify our signatures with OpenDKIM (its test mode, `opendkim -t`), not ours.
 command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ] || need+=(opendkim)
+# The container image (scripts/image_build.py): buildah builds the Dockerfile, mmdebstrap makes
+# its Debian base; containerd's ctr imports the archive into the local cluster's runtime.
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v ctr >/dev/null 2>&1 || need+=(containerd)
 
 if ((${#need[@]} == 0)); then
   exit 0
