@@ -13,6 +13,16 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # DKIM tests verify our signatures with OpenDKIM (its test mode, `opendkim -t`), not ours.
 command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ] || need+=(opendkim)
+# The node cluster (scripts/k8s_node.py): containerd + runc, the CNI plugins, iptables and
+# iproute2 for the bridge and kube-proxy, gcc with a static libc for the pause binary.
+[ -x /usr/bin/containerd ] || need+=(containerd)
+[ -x /usr/sbin/runc ] || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 
 if ((${#need[@]} == 0)); then
   exit 0
