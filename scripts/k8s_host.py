@@ -31,6 +31,9 @@ CGROUP_ROOT = "mailsluice-node"
 CNI_CACHE = Path("/var/lib/cni")
 CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet's hard-coded link directory
 SHIM_SOCKETS = Path("/run/containerd")  # containerd 1.6 puts shim sockets in /run/containerd/s
+# The kubelet's device-plugin socket has a fixed path (deviceplugin/v1beta1.KubeletSocket).
+KUBELET_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
+SHARED_DIRS = (CNI_CACHE, CONTAINER_LOGS, SHIM_SOCKETS, Path("/var/lib/kubelet"))
 # kubelet sets the first four (setupKernelTunables); kube-proxy would set the others, which its
 # configuration here asks it not to; saved and restored all the same.
 SYSCTLS = (
@@ -68,7 +71,7 @@ def save_host_state(directory: Path) -> None:
     for name in SYSCTLS:
         with contextlib.suppress(OSError):
             values[name] = _sysctl_path(name).read_text().strip()
-    existed = {str(p): p.exists() for p in (CNI_CACHE, CONTAINER_LOGS, SHIM_SOCKETS)}
+    existed = {str(p): p.exists() for p in SHARED_DIRS}
     path.write_text(json.dumps({"sysctls": values, "existed": existed}, indent=2) + "\n")
 
 
@@ -82,6 +85,8 @@ def restore_host_state(directory: Path) -> None:
         with contextlib.suppress(OSError):
             if _sysctl_path(name).read_text().strip() != value:
                 _sysctl_path(name).write_text(value + "\n")
+    if KUBELET_SOCKET.is_socket():
+        KUBELET_SOCKET.unlink()  # the kubelet leaves it behind
     for name, existed in saved["existed"].items():
         if not existed:
             _remove_empty_tree(Path(name))
@@ -295,7 +300,7 @@ def host_snapshot() -> dict[str, object]:
         ),
         "iptables": rules,
         "sysctls": {name: _sysctl_path(name).read_text().strip() for name in SYSCTLS},
-        "dirs": {str(p): p.exists() for p in (CNI_CACHE, CONTAINER_LOGS, SHIM_SOCKETS)},
+        "dirs": {str(p): p.exists() for p in SHARED_DIRS},
         "cgroups": sorted(
             str(m / c.name) for m in cgroup_mounts() for c in m.iterdir() if c.is_dir()
         ),

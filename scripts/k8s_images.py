@@ -12,6 +12,7 @@ pays nothing:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -148,6 +149,7 @@ def pause_binary() -> Path:
     return out
 
 
+@functools.cache  # one `go mod download` per process
 def pause_image() -> ImageArchive:
     """The pod sandbox image: /pause as entrypoint, reference PAUSE_REF."""
     return oci_archive(PAUSE_REF, {"/pause": pause_binary().read_bytes()}, ["/pause"])

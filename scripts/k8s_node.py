@@ -40,7 +40,7 @@ import localproc
 from k8s_build import K8S_VERSION, REPO_ROOT, K8sLocalError, bin_dir, binary, build
 from k8s_images import ImageArchive, pause_image
 from k8s_local import _etcd_argv, _Probe, _spawn, _wait_until, running_pid
-from k8s_node_api import containers, ctr, node_ready, stop_containers, usable
+from k8s_node_api import containers, ctr, node_ready, sandbox_ids, stop_containers, usable
 from localproc import free_port
 
 DEFAULT_DIR = REPO_ROOT / "run" / "k8s-node"
@@ -214,6 +214,9 @@ def up(
         _write_state(directory, state)
         return state
     down(directory)  # half-started leftovers
+    owner = host.bridge_owner()
+    if owner and not any(running_pid(Path(owner), name) for name in PROCESSES):
+        down(owner)  # another directory's cluster whose processes are gone (a killed pytest)
     missing = [name for name in BINARIES if not binary(name).exists()]
     if missing:
         raise K8sLocalError(f"missing {missing} in {bin_dir()}: run `scripts/k8s_node.py build`")
@@ -275,7 +278,7 @@ def _clean_host(paths: conf.Paths) -> None:
             # kube-proxy's own cleanup of its iptables (and ipvs/nftables) rules.
             subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True, check=False)
         host.iptables_sweep()
-        host.remove_cni_cache(_sandbox_ids(paths))
+        host.remove_cni_cache(sandbox_ids(paths))
         host.bridge_down()
     remaining = host.unmount_under(paths.root)
     host.remove_container_log_links(paths.pod_logs)
@@ -285,16 +288,6 @@ def _clean_host(paths: conf.Paths) -> None:
         raise K8sLocalError(f"left behind: mounts {remaining}, cgroups {busy}")
     for name in VOLATILE:
         shutil.rmtree(paths.root / name, ignore_errors=True)
-
-
-def _sandbox_ids(paths: conf.Paths) -> set[str]:
-    """The pod sandboxes containerd's CRI made in this run directory (root or state)."""
-    cri = "io.containerd.grpc.v1.cri"
-    dirs = (
-        paths.containerd / "root" / cri / "sandboxes",
-        paths.containerd_state / cri / "sandboxes",
-    )
-    return {entry.name for d in dirs if d.is_dir() for entry in d.iterdir()}
 
 
 def leftovers(directory: Path | str = DEFAULT_DIR) -> dict[str, list[str]]:
@@ -340,8 +333,12 @@ def running(
 
 
 def env_lines(directory: Path | str) -> list[str]:
-    kubeconfig = conf.Paths(Path(directory).resolve()).kubeconfig("admin")
-    return [f"export KUBECONFIG={kubeconfig}", f'export PATH="{bin_dir()}:$PATH"']
+    paths = conf.Paths(Path(directory).resolve())
+    return [
+        f"export KUBECONFIG={paths.kubeconfig('admin')}",
+        f"export KUBECACHEDIR={paths.root / 'kubectl-cache'}",  # not ~/.kube/cache
+        f'export PATH="{bin_dir()}:$PATH"',
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

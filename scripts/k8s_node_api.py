@@ -69,6 +69,16 @@ def _pod_pids() -> set[int]:
     return pids
 
 
+def sandbox_ids(paths: Paths) -> set[str]:
+    """The pod sandboxes containerd's CRI made in this run directory (root or state)."""
+    cri = "io.containerd.grpc.v1.cri"
+    dirs = (
+        paths.containerd / "root" / cri / "sandboxes",
+        paths.containerd_state / cri / "sandboxes",
+    )
+    return {entry.name for d in dirs if d.is_dir() for entry in d.iterdir()}
+
+
 def _task_dirs(paths: Paths) -> list[Path]:
     """containerd's bundle directories of our tasks (init.pid, address, ...)."""
     task_dir = paths.containerd_state / "io.containerd.runtime.v2.task" / "k8s.io"

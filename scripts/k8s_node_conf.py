@@ -241,6 +241,8 @@ def controller_manager_argv(paths: Paths, port: int) -> list[str]:
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         f"--cluster-cidr={POD_CIDR}",
         "--allocate-node-cidrs=false",
+        # Its default, /usr/libexec/kubernetes/kubelet-plugins/volume/exec, would be created.
+        f"--flex-volume-plugin-dir={paths.root / 'kube-controller-manager' / 'flexvolume'}",
     ]
 
 

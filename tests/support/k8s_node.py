@@ -142,11 +142,14 @@ class NodeCluster:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["KUBECONFIG"] = str(self.kubeconfig)
+        env["KUBECACHEDIR"] = str(self.directory / "kubectl-cache")
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         return env
 
     def kubectl_argv(self, *args: str) -> list[str]:
-        return [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args]
+        cache = self.directory / "kubectl-cache"  # not the user's ~/.kube/cache
+        kubectl = str(self.bin_dir / "kubectl")
+        return [kubectl, "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(cache), *args]
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
