@@ -1,5 +1,7 @@
-// Private tools module for the test control plane: `python3 scripts/k8s_local.py build` builds
-// kube-apiserver and etcd (the version k8s.io/kubernetes itself requires) from here.
+// Private tools module for the test clusters: `python3 scripts/k8s_local.py build` builds
+// kube-apiserver and etcd (the version k8s.io/kubernetes itself requires) from here, and
+// `python3 scripts/k8s_node.py build` adds kubelet, kube-controller-manager, kube-scheduler,
+// kube-proxy and kubectl (the tool directives below; `go get -tool <pkg>@vX.Y.Z` adds one).
 // To move to another release vX.Y.Z: set every replace below to v0.Y.Z, run
 // `go get -tool k8s.io/kubernetes/cmd/kube-apiserver@vX.Y.Z` and `go get -tool
 // go.etcd.io/etcd/server/v3@<etcd in that release's go.mod>`, then update K8S_VERSION and
