@@ -40,7 +40,17 @@ import localproc
 from k8s_build import K8S_VERSION, REPO_ROOT, K8sLocalError, bin_dir, binary, build
 from k8s_images import ImageArchive, pause_image
 from k8s_local import _etcd_argv, _Probe, _spawn, _wait_until, running_pid
-from k8s_node_api import containers, ctr, node_ready, sandbox_ids, stop_containers, usable
+from k8s_node_api import (
+    ContainerdUp,
+    containers,
+    delete_tasks,
+    import_images,
+    kill_leftovers,
+    node_ready,
+    sandbox_ids,
+    shim_pids,
+    usable,
+)
 from localproc import free_port
 
 DEFAULT_DIR = REPO_ROOT / "run" / "k8s-node"
@@ -136,22 +146,6 @@ def _prepare(paths: conf.Paths, ports: dict[str, int]) -> str:
     return server
 
 
-def import_images(directory: Path | str, archives: Sequence[Path | str]) -> list[str]:
-    """`ctr images import` each OCI/docker archive into the node's containerd; return the
-    references imported (the name in the archive: io.containerd.image.name or a full
-    org.opencontainers.image.ref.name). Works on a running cluster too."""
-    paths = conf.Paths(Path(directory).resolve())
-    refs: list[str] = []
-    for archive in archives:
-        proc = ctr(paths, "images", "import", str(Path(archive).resolve()))
-        if proc.returncode != 0:
-            raise K8sLocalError(f"ctr images import {archive} failed:\n{proc.stderr}")
-        for line in proc.stdout.splitlines():  # "unpacking NAME (sha256:...)...done"
-            if line.startswith("unpacking "):
-                refs.append(line.split()[1])
-    return refs
-
-
 def _start_control_plane(paths: conf.Paths, timeout: float) -> None:
     """etcd, then kube-apiserver; containerd starts meanwhile (it needs neither)."""
     directory = paths.root
@@ -162,17 +156,9 @@ def _start_control_plane(paths: conf.Paths, timeout: float) -> None:
     health = _Probe(f"{etcd_url}/health", expect=b'"health":"true"')
     _wait_until(directory, "etcd", etcd_pid, health, timeout=timeout, what="healthy")
     api_pid = _spawn(directory, "kube-apiserver", conf.apiserver_argv(paths, etcd_url))
-    _wait_until(directory, "containerd", ctr_pid, _CtrProbe(paths), timeout=timeout, what="up")
+    _wait_until(directory, "containerd", ctr_pid, ContainerdUp(paths), timeout=timeout, what="up")
     ready = _Probe(f"https://{host.NODE_IP}:{conf.API_PORT}/readyz", expect=b"ok")
     _wait_until(directory, "kube-apiserver", api_pid, ready, timeout=timeout, what="ready")
-
-
-class _CtrProbe:
-    def __init__(self, paths: conf.Paths) -> None:
-        self.paths = paths
-
-    def __call__(self) -> bool:
-        return self.paths.socket.exists() and ctr(self.paths, "version").returncode == 0
 
 
 def _start_node(paths: conf.Paths, ports: dict[str, int], timeout: float) -> None:
@@ -256,11 +242,12 @@ def down(directory: Path | str = DEFAULT_DIR, timeout: float = STOP_TIMEOUT_S) -
     state, restore the sysctls. True if anything was running."""
     directory = Path(directory).resolve()
     paths = conf.Paths(directory)
+    shims = shim_pids(paths)  # while containerd's records and the pods' processes are there
     stopped = [_stop(directory, name, timeout) for name in reversed(PROCESSES[3:])]
     if running_pid(directory, "containerd"):
-        stop_containers(paths, True, timeout)
+        delete_tasks(paths)
     stopped.append(_stop(directory, "containerd", timeout))
-    stop_containers(paths, False, timeout)  # whatever containerd left: by the pids it recorded
+    kill_leftovers(paths, shims, timeout)  # whatever containerd left: by the pids it recorded
     stopped += [_stop(directory, name, timeout) for name in ("kube-apiserver", "etcd")]
     _clean_host(paths)
     (directory / "cluster.json").unlink(missing_ok=True)

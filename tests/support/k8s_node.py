@@ -44,8 +44,10 @@ def _load_script(name: str, file: str) -> ModuleType:
 
 
 k8s_node = _load_script("mailsluice_k8s_node", "k8s_node.py")
-# The very module k8s_node imports (it put scripts/ on sys.path), so its ImageArchive is one class.
+# The very modules k8s_node imports (it put scripts/ on sys.path): one ImageArchive class.
 k8s_images = importlib.import_module("k8s_images")
+k8s_node_api = importlib.import_module("k8s_node_api")
+k8s_host = importlib.import_module("k8s_host")
 
 
 def apiprobe_image() -> Any:
@@ -71,7 +73,7 @@ class NodeCluster:
         if self._state is not None and self.running():
             return
         if self.host_before is None and not self.running():
-            self.host_before = dict(k8s_node.host.host_snapshot())
+            self.host_before = dict(k8s_host.host_snapshot())
         # The daemons run in their own sessions: make sure an aborted pytest does not leak them.
         atexit.register(k8s_node.down, self.directory)
         image = apiprobe_image()
@@ -92,12 +94,12 @@ class NodeCluster:
 
     def host_now(self) -> dict[str, object]:
         """The host_snapshot() to compare with host_before."""
-        return dict(k8s_node.host.host_snapshot())
+        return dict(k8s_host.host_snapshot())
 
     def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
         """containerd's `ctr` on the node's socket, namespace k8s.io (the CRI's)."""
         paths = k8s_node.conf.Paths(self.directory.resolve())
-        result: subprocess.CompletedProcess[str] = k8s_node.ctr(paths, *args)
+        result: subprocess.CompletedProcess[str] = k8s_node_api.ctr(paths, *args)
         return result
 
     @property
