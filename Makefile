@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 CAMPAIGN_ARGS ?=
 CHAOS_ARGS ?=
 
-.PHONY: help setup system-deps kafka-jars k8s-build image k8s-up k8s-down lint typecheck test run \
+.PHONY: help setup system-deps kafka-jars k8s-build image k8s-up k8s-down k8s-node-up \
+        k8s-node-down lint typecheck test run \
         bench chaos kafka-up kafka-down kafka-cluster-up kafka-cluster-down docs clean
 
 help:
@@ -57,20 +58,30 @@ bench: setup
 chaos: setup
 	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
-# etcd, kube-apiserver and helm built from Go modules (cached; the first build takes minutes).
+# etcd, kube-apiserver, helm, kubelet, kube-controller-manager, kube-scheduler, kube-proxy and
+# kubectl built from Go modules, and the pause image (cached; the first build takes minutes).
 k8s-build: system-deps
-	@$(PYTHON) scripts/k8s_local.py build
+	@$(PYTHON) scripts/k8s_node.py build
 
 # The container image from the Dockerfile (buildah, a Debian base made with mmdebstrap), as an OCI
 # archive under .cache/images keyed by content: minutes the first time, nothing while unchanged.
 image: system-deps
 	@$(PYTHON) scripts/image_build.py build
 
+# The control plane alone (etcd + kube-apiserver on 127.0.0.1, no kubelet): the operator tests'.
 k8s-up: k8s-build
 	$(PYTHON) scripts/k8s_local.py up --dir run/k8s
 
 k8s-down:
 	$(PYTHON) scripts/k8s_local.py down --dir run/k8s
+
+# A single-node cluster whose pods run (containerd + runc, bridge mls-k8s0, node IP 10.217.0.1);
+# `eval "$$(python3 scripts/k8s_node.py env --dir run/k8s-node)"` for KUBECONFIG and kubectl.
+k8s-node-up: k8s-build
+	$(PYTHON) scripts/k8s_node.py up --dir run/k8s-node
+
+k8s-node-down:
+	$(PYTHON) scripts/k8s_node.py down --dir run/k8s-node
 
 kafka-up: kafka-jars
 	$(PYTHON) scripts/kafka_local.py start --dir run/kafka --port 9092

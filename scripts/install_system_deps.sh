@@ -17,7 +17,16 @@ command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ] || need+=(opend
 # its Debian base; containerd's ctr imports the archive into the local cluster's runtime.
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
-command -v ctr >/dev/null 2>&1 || need+=(containerd)
+# The node cluster (scripts/k8s_node.py): containerd + runc, the CNI plugins, iptables and
+# iproute2 for the bridge and kube-proxy, gcc with a static libc for the pause binary.
+[ -x /usr/bin/containerd ] || need+=(containerd)
+[ -x /usr/sbin/runc ] || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 
 if ((${#need[@]} == 0)); then
   exit 0

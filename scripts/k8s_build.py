@@ -1,4 +1,4 @@
-"""Build etcd, kube-apiserver and helm (and on request kubectl) from Go modules, cached.
+"""Build etcd, kube-apiserver and helm (and the node binaries on request) from Go modules, cached.
 
 The binaries come from the private tools module in scripts/k8s (helm from its own go.mod) and
 land in <repo>/.cache/k8s/<versions>/bin. Standard library only. scripts/k8s_local.py runs them
@@ -30,6 +30,14 @@ K8S_PACKAGE = "k8s.io/kubernetes/cmd/kube-apiserver"
 KUBECTL_PACKAGE = "k8s.io/kubernetes/cmd/kubectl"  # built only on request or without a kubectl
 ETCD_PACKAGE = "go.etcd.io/etcd/server/v3"  # the etcd binary's main package
 HELM_PACKAGE = "helm.sh/helm/v3/cmd/helm"
+# The node cluster (scripts/k8s_node.py) adds these, all from the same k8s.io/kubernetes.
+NODE_PACKAGES = {
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+    "kubectl": KUBECTL_PACKAGE,
+}
 
 
 class K8sLocalError(RuntimeError):
@@ -109,10 +117,16 @@ def _build_one(
         tmp.replace(target)
 
 
-def build(procs: int | None = None, quiet: bool = False, kubectl: bool | None = None) -> Path:
+def build(
+    procs: int | None = None,
+    quiet: bool = False,
+    kubectl: bool | None = None,
+    node: bool = False,
+) -> Path:
     """Build etcd, kube-apiserver and helm into the cache (no-op when present); return bin dir.
 
-    kubectl (same release) is built too when asked, or by default when none is on PATH.
+    kubectl (same release) is built too when asked, or by default when none is on PATH; with
+    node=True also kubelet, kube-controller-manager, kube-scheduler, kube-proxy and kubectl.
     """
     out = bin_dir()
     wanted = {
@@ -122,6 +136,8 @@ def build(procs: int | None = None, quiet: bool = False, kubectl: bool | None = 
     }
     if kubectl or (kubectl is None and not shutil.which("kubectl")):
         wanted["kubectl"] = (KUBECTL_PACKAGE, _k8s_ldflags())
+    if node:
+        wanted.update({name: (pkg, _k8s_ldflags()) for name, pkg in NODE_PACKAGES.items()})
     if all((out / name).exists() for name in wanted):
         return out
     if not shutil.which("go"):

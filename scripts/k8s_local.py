@@ -28,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,7 +145,7 @@ def _log_tail(directory: Path, name: str, lines: int = 30) -> str:
 
 
 def _wait_until(
-    directory: Path, name: str, pid: int, probe: _Probe, *, timeout: float, what: str
+    directory: Path, name: str, pid: int, probe: Callable[[], bool], *, timeout: float, what: str
 ) -> None:
     outcome = localproc.wait_ready(pid, probe, timeout)
     if outcome == "exited":
