@@ -108,6 +108,12 @@ class OperatorSettings(MailsluiceSettings):
         description="Secret the namespace's SendingTenants are rendered into (key "
         "tenants.yaml), which the API, ingest and webhooks mount.",
     )
+    owner_deployment: str = Field(
+        "",
+        max_length=253,
+        description="The operator's own Deployment (the chart sets it): the tenants Secret "
+        "in its namespace is owned by it, so uninstalling the operator removes the Secret.",
+    )
     tenant_interval_s: float = Field(
         30.0,
         gt=0,

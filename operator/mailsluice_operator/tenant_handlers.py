@@ -102,6 +102,7 @@ async def _round(api: kube.KubeApi, namespace: str, shared: TenantShared, leavin
         secret_name=shared.op.tenants_secret,
         now_iso=shared.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
         retry_s=shared.op.tenant_interval_s,
+        owner=shared.op.owner_deployment if namespace == own_namespace() else "",
     )
     for body in live:
         name = body["metadata"]["name"]

@@ -50,11 +50,14 @@ async def reconcile_tenants(
     secret_name: str,
     now_iso: str,
     retry_s: float,
+    owner: str = "",
 ) -> TenantsOutcome:
-    """`bodies`: the namespace's live SendingTenants (a deleted one is left out by the caller)."""
+    """`bodies`: the namespace's live SendingTenants (a deleted one is left out by the caller).
+    `owner`: the Deployment in `namespace` that owns the Secret ("": none)."""
     tenants = [TenantBody.from_body(b) for b in bodies]
     rendered = render(tenants, await read_secrets(kube, namespace, tenants))
-    manifest = secret_manifest(secret_name, namespace, tenants_yaml(rendered.entries))
+    text = tenants_yaml(rendered.entries)
+    manifest = secret_manifest(secret_name, namespace, text, await _owner(kube, namespace, owner))
     applied = await kube.apply(manifest)
     outcome = TenantsOutcome(applied)
     where = f"{namespace}/{secret_name}"
@@ -70,6 +73,22 @@ async def reconcile_tenants(
         }
         outcome.events[tenant.name] = _events(tenant.status, merged, rendered, tenant.name)
     return outcome
+
+
+async def _owner(kube: Kube, namespace: str, deployment: str) -> dict[str, Any] | None:
+    """The ownerReference of that Deployment; None when there is none to name (not in a cluster,
+    or it is gone: then the Secret simply has no owner)."""
+    if not deployment:
+        return None
+    found = await kube.get("Deployment", namespace, deployment)
+    if found is None:
+        return None
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment,
+        "uid": found["metadata"]["uid"],
+    }
 
 
 def conditions_of(name: str, rendered: Rendered, where: str, retry_s: float) -> list[Condition]:

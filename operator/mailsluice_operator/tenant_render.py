@@ -229,18 +229,25 @@ def tenants_yaml(entries: Mapping[str, Any]) -> str:
     return header + yaml.safe_dump({"tenants": dict(entries)}, sort_keys=True, width=100)
 
 
-def secret_manifest(name: str, namespace: str, text: str) -> dict[str, Any]:
+def secret_manifest(
+    name: str, namespace: str, text: str, owner: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """`owner`: an ownerReference (the operator's Deployment), so the garbage collector removes
+    the Secret with it."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {
+            "app.kubernetes.io/part-of": "mailsluice",
+            "app.kubernetes.io/managed-by": "mailsluice-operator",
+        },
+    }
+    if owner:
+        meta["ownerReferences"] = [dict(owner)]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/part-of": "mailsluice",
-                "app.kubernetes.io/managed-by": "mailsluice-operator",
-            },
-        },
+        "metadata": meta,
         "type": "Opaque",
         "data": {FILE_KEY: base64.b64encode(text.encode()).decode()},
     }

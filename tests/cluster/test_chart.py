@@ -36,9 +36,13 @@ from support.scripts import script
 
 image_build = script("image_build")
 
+# The first test installs the release (and the module's setup may build the image first).
+pytestmark = pytest.mark.timeout(900)
+
 NAMESPACE = "mailsluice-e2e"
 POOL = "default"  # ingest's default pool for trusted-network clients
-RATE = 4.0  # messages per second the pool allows to the sink's domain
+SMTP_SERVICE_PORT = 25  # ingest.service.port; the NOTES forward a local port to it
+RATE = 1.0  # messages per second the pool allows to the sink's domain
 WORKERS = "app.kubernetes.io/component=delivery,mailsluice.io/pool=" + POOL
 
 
@@ -51,7 +55,8 @@ class Stage:
     def send(self, count: int, tag: str) -> list[str]:
         """`count` messages over one SMTP session through the port-forward; their subjects."""
         subjects = [f"{tag} {i}" for i in range(count)]
-        forward = self.release.port_forward(f"svc/{self.release.fullname}-ingest", 2525)
+        service = f"svc/{self.release.fullname}-ingest"
+        forward = self.release.port_forward(service, SMTP_SERVICE_PORT)
         with forward as port, smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             for i, subject in enumerate(subjects):
                 msg = EmailMessage()
@@ -120,7 +125,7 @@ def test_a_pool_gets_ready_workers_and_printer_columns(stage: Stage) -> None:
     release = stage.release
     manifest = pool_manifest(
         POOL, NAMESPACE, stage.outside,
-        lagPerWorker=5, scaleDownStabilizationSeconds=5,
+        scaleDownStabilizationSeconds=5,
         shaping=[{"match": SINK_DOMAIN, "messagesPerSecond": RATE, "maxConnections": 1}],
     )  # fmt: skip
     release.kubectl("apply", "-f", "-", input=manifest)
@@ -138,7 +143,7 @@ def test_swaks_through_port_forward_reaches_the_sink(stage: Stage) -> None:
     swaks = shutil.which("swaks")
     assert swaks, "swaks is installed by scripts/install_system_deps.sh"
     release = stage.release
-    with release.port_forward(f"svc/{release.fullname}-ingest", 2525) as port:
+    with release.port_forward(f"svc/{release.fullname}-ingest", SMTP_SERVICE_PORT) as port:
         sent = subprocess.run(
             [swaks, "--server", f"127.0.0.1:{port}", "--to", f"someone@{SINK_DOMAIN}",
              "--from", "you@mta.e2e.test", "--header", "Subject: swaks 0"],
@@ -150,13 +155,14 @@ def test_swaks_through_port_forward_reaches_the_sink(stage: Stage) -> None:
 
 
 def test_the_pools_rate_holds_at_the_sink(stage: Stage) -> None:
-    """The pool's shaping override (4/s to the sink's domain) is what the worker pod applies:
-    past the first burst, arrivals keep to it. The worker's default is 100/s."""
-    subjects = stage.send(40, "rate")
-    times = sorted(t for _, t in stage.wait_arrived(subjects, within=120))
-    tail = times[12:]  # past any burst the limiter allows (at most 10 back to back)
-    observed = (len(tail) - 1) / (tail[-1] - tail[0])
-    assert observed <= RATE * 1.5, f"{observed:.1f} msg/s at the sink, pool allows {RATE}"
+    """The pool's shaping override (1/s to the sink's domain) is the ceiling the worker pod's
+    closed loop climbs to: slow start doubles from 0.2/s every clean 10 s window, so without
+    the override (default ceiling 100/s) the last 20 s of this run would see 2/s and more."""
+    subjects = stage.send(60, "rate")
+    times = sorted(t for _, t in stage.wait_arrived(subjects, within=240))
+    last = [t for t in times if t >= times[-1] - 20.0]
+    observed = (len(last) - 1) / 20.0
+    assert observed <= RATE * 1.5, f"{observed:.2f} msg/s at the sink, the pool allows {RATE}"
 
 
 def test_operator_runs_with_the_charts_rbac_only(stage: Stage) -> None:
@@ -174,9 +180,11 @@ def test_operator_runs_with_the_charts_rbac_only(stage: Stage) -> None:
     assert can("list", "secrets", "--all-namespaces") == "no"
     assert can("create", "clusterrolebindings") == "no"
     assert can("delete", "nodes") == "no"
-    # It reads the API with that account's token, from inside the pod, over the Service IP.
-    logs = release.kubectl("logs", pod["metadata"]["name"])
-    assert "Forbidden" not in logs and "403" not in logs
+    # It reads the API with that account's token, from inside the pod, over the Service IP (a
+    # refusal at its very start, before the RoleBinding reached the authorizer, is retried).
+    logs = release.kubectl("logs", pod["metadata"]["name"], "--since=60s").splitlines()
+    refused = [line for line in logs if "Forbidden" in line or "answered 403" in line]
+    assert refused == []
 
 
 def test_monitors_select_the_running_pods(stage: Stage) -> None:
@@ -244,6 +252,7 @@ def _condition(obj: dict[str, Any], kind: str) -> str | None:
 
 def test_backlog_scales_workers_up_then_back_down(stage: Stage) -> None:
     release = stage.release
+    release.kubectl("patch", "spool", POOL, "--type=merge", "-p", '{"spec":{"lagPerWorker":5}}')
     subjects = stage.send(60, "backlog")
     eventually_sync(
         lambda: release.get("deploy", f"mailsluice-delivery-{POOL}")["spec"]["replicas"] == 3,
@@ -258,6 +267,7 @@ def test_backlog_scales_workers_up_then_back_down(stage: Stage) -> None:
         detail=release.diagnose,
     )  # fmt: skip
     release.wait_ready(WORKERS, 1)
+    release.kubectl("patch", "spool", POOL, "--type=merge", "-p", '{"spec":{"lagPerWorker":1000}}')
 
 
 def test_deleting_a_worker_mid_run_loses_nothing(stage: Stage) -> None:
@@ -311,7 +321,9 @@ def test_uninstall_leaves_only_the_crd(stage: Stage) -> None:
 def _namespace_objects(release: Release) -> list[str]:
     """Every object left in the namespace but what Kubernetes itself puts in each one."""
     kinds = release.node.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name")
-    wanted = [k for k in kinds.stdout.split() if k not in {"events", "events.events.k8s.io"}]
+    # Events are history, not objects; Endpoints mirror EndpointSlices (and warn when listed).
+    skipped = {"events", "events.events.k8s.io", "endpoints"}
+    wanted = [k for k in kinds.stdout.split() if k not in skipped]
     names = release.kubectl("get", ",".join(wanted), "-o", "name").split()
     builtin = {"configmap/kube-root-ca.crt", "serviceaccount/default"}
     return sorted(n for n in names if n not in builtin and not _gone(release, n))

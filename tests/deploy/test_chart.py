@@ -4,6 +4,7 @@ real API server (server-side dry-run), plus a real `helm install` into the test 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -12,8 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from support.k8s_cluster import K8sCluster
 from support.k8s_fixtures import CHART, apply_crd, get_json
+
+from mailsluice.admin.config import settings_classes
 
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
 KUBE_VERSION = "1.34.0"
@@ -361,3 +365,28 @@ def test_unsubscribe_service_ingress_and_ingest_share_the_keys(helm: Path) -> No
     for spec in (pod, ingest):
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert volumes["unsubscribe-keys"]["secret"]["secretName"] == "mailsluice-unsubscribe-keys"
+
+
+@pytest.mark.parametrize("values", [(), (str(FULL_VALUES),)], ids=["default", "full"])
+def test_every_rendered_setting_is_one_the_services_accept(
+    helm: Path, values: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each container's MAILSLUICE_* values, as Kubernetes hands them over, pass the settings
+    classes (Helm prints a large number as 2.097152e+07 unless the template says int64)."""
+    for name, spec in _pod_specs(render(helm, *values)):
+        for container in spec["containers"]:
+            env = {
+                e["name"]: e["value"]
+                for e in container.get("env") or []
+                if "value" in e and e["name"].startswith("MAILSLUICE_")
+            }
+            with monkeypatch.context() as patched:
+                for key in [k for k in os.environ if k.startswith("MAILSLUICE_")]:
+                    patched.delenv(key)
+                for key, value in env.items():
+                    patched.setenv(key, value)
+                for cls in settings_classes():
+                    try:
+                        cls()
+                    except ValidationError as exc:
+                        pytest.fail(f"{name}: {exc}")

@@ -86,7 +86,9 @@ class FakeKube:
         return dict(manifest)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        assert kind == "Secret" and namespace == "mail"
+        assert kind in {"Secret", "Deployment"} and namespace == "mail"
+        if kind == "Deployment":
+            return {"metadata": {"name": name, "uid": "u-1"}} if name == "op" else None
         if self.refuse:
             raise self.refuse
         return self.secrets.get(name)
@@ -285,3 +287,17 @@ async def test_an_unreadable_secret_writes_nothing() -> None:
     with pytest.raises(KubeError):
         await _round(kube, ACME)
     assert kube.applied == []
+
+
+async def test_the_secret_is_owned_by_the_operators_deployment_when_named() -> None:
+    """So `helm uninstall` (which deletes that Deployment) leaves no tenants Secret behind."""
+    for owner, expected in (
+        ("op", [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "op", "uid": "u-1"}]),
+        ("gone", None),
+        ("", None),
+    ):
+        kube = FakeKube()
+        await reconcile_tenants(
+            "mail", [], kube=kube, secret_name="s", now_iso=NOW, retry_s=30, owner=owner
+        )
+        assert kube.applied[0]["metadata"].get("ownerReferences") == expected

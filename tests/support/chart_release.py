@@ -190,7 +190,6 @@ def pool_manifest(name: str, namespace: str, outside: Outside, **spec: Any) -> s
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "ehloName": "mta.e2e.test",
-            "partitions": 6,
             "minWorkers": 1,
             "maxWorkers": 3,
             "warmup": {"preset": "none"},
