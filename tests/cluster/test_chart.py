@@ -29,6 +29,7 @@ from support.chart_release import (
 from support.dns_server import DnsServer
 from support.eventually import eventually_sync
 from support.fake_mx import FakeMx
+from support.k8s_fixtures import condition
 from support.k8s_node import NodeCluster
 from support.kafka_broker import start_broker
 from support.monitoring_crds import manifest as monitoring_crds
@@ -131,7 +132,7 @@ def test_a_pool_gets_ready_workers_and_printer_columns(stage: Stage) -> None:
     release.kubectl("apply", "-f", "-", input=manifest)
     release.wait_ready(WORKERS, 1)
     eventually_sync(
-        lambda: _condition(release.get("spool", POOL), "Ready") == "True",
+        lambda: condition(release.get("spool", POOL), "Ready").get("status") == "True",
         within=120, interval=0.5, what="pool Ready=True", detail=release.diagnose,
     )  # fmt: skip
     table = release.kubectl("get", "spool", POOL).splitlines()
@@ -243,31 +244,24 @@ def _scrape(pod: dict[str, Any], port: int, path: str) -> None:
     assert "mailsluice_" in text, f"{url} serves no mailsluice_ metric"
 
 
-def _condition(obj: dict[str, Any], kind: str) -> str | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond["type"] == kind:
-            return str(cond["status"])
-    return None
-
-
 def test_backlog_scales_workers_up_then_back_down(stage: Stage) -> None:
     release = stage.release
     release.kubectl("patch", "spool", POOL, "--type=merge", "-p", '{"spec":{"lagPerWorker":5}}')
     subjects = stage.send(60, "backlog")
-    eventually_sync(
-        lambda: release.get("deploy", f"mailsluice-delivery-{POOL}")["spec"]["replicas"] == 3,
-        within=60, interval=0.5, what="operator scales the workers to 3 on lag",
-        detail=release.diagnose,
-    )  # fmt: skip
-    release.wait_ready(WORKERS, 3)
+    _scaled_to(release, 3, within=60, what="operator scales the workers to 3 on lag")
     stage.wait_arrived(subjects, within=180)
-    eventually_sync(
-        lambda: release.get("deploy", f"mailsluice-delivery-{POOL}")["spec"]["replicas"] == 1,
-        within=120, interval=0.5, what="back to one worker once drained",
-        detail=release.diagnose,
-    )  # fmt: skip
-    release.wait_ready(WORKERS, 1)
+    _scaled_to(release, 1, within=120, what="back to one worker once drained")
     release.kubectl("patch", "spool", POOL, "--type=merge", "-p", '{"spec":{"lagPerWorker":1000}}')
+
+
+def _scaled_to(release: Release, workers: int, within: float, what: str) -> None:
+    """The operator set the pool's Deployment to `workers` replicas, and they are Ready."""
+    deployment = f"mailsluice-delivery-{POOL}"
+    eventually_sync(
+        lambda: release.get("deploy", deployment)["spec"]["replicas"] == workers,
+        within=within, interval=0.5, what=what, detail=release.diagnose,
+    )  # fmt: skip
+    release.wait_ready(WORKERS, workers)
 
 
 def test_deleting_a_worker_mid_run_loses_nothing(stage: Stage) -> None:
