@@ -75,10 +75,13 @@ k8s-up: k8s-build
 k8s-down:
 	$(PYTHON) scripts/k8s_local.py down --dir run/k8s
 
-# A single-node cluster whose pods run (containerd + runc, bridge mls-k8s0, node IP 10.217.0.1);
-# `eval "$$(python3 scripts/k8s_node.py env --dir run/k8s-node)"` for KUBECONFIG and kubectl.
-k8s-node-up: k8s-build
-	$(PYTHON) scripts/k8s_node.py up --dir run/k8s-node
+# A single-node cluster whose pods run (containerd + runc, bridge mls-k8s0, node IP 10.217.0.1),
+# with the project's image imported; `eval "$$(python3 scripts/k8s_node.py env --dir
+# run/k8s-node)"` for KUBECONFIG and PATH (kubectl, helm).
+k8s-node-up: k8s-build image
+	$(PYTHON) scripts/k8s_node.py up --dir run/k8s-node \
+	  --image "$$($(PYTHON) scripts/image_build.py build --quiet | head -n 1)"
+	@echo "image: $$($(PYTHON) scripts/image_build.py ref)"
 
 k8s-node-down:
 	$(PYTHON) scripts/k8s_node.py down --dir run/k8s-node

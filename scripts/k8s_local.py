@@ -8,7 +8,7 @@ that part. Standard library only:
     python3 scripts/k8s_local.py build [--procs N] [--kubectl]
     python3 scripts/k8s_local.py up --dir run/k8s
     python3 scripts/k8s_local.py status --dir run/k8s
-    eval "$(python3 scripts/k8s_local.py env --dir run/k8s)"   # export KUBECONFIG=...
+    eval "$(python3 scripts/k8s_local.py env --dir run/k8s)"   # KUBECONFIG, PATH (kubectl, helm)
     python3 scripts/k8s_local.py down --dir run/k8s
 
 The functions are importable too (tests/support/k8s_cluster.py uses them). Processes are found by
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         ("up", "start etcd + kube-apiserver, wait for /readyz"),
         ("down", "stop them by pid"),
         ("status", "print pids and readiness as JSON"),
-        ("env", "print `export KUBECONFIG=DIR/kubeconfig`"),
+        ("env", "print `export KUBECONFIG=DIR/kubeconfig` and PATH (kubectl, helm)"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"state dir ({DEFAULT_DIR})")
@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result["ready"] else 1
         elif args.command == "env":
             print(f"export KUBECONFIG={Path(args.dir).resolve() / 'kubeconfig'}")
+            print(f'export PATH="{bin_dir()}:$PATH"')  # kubectl and helm at the server's version
     except K8sLocalError as exc:
         print(f"k8s_local: {exc}", file=sys.stderr)
         return 1

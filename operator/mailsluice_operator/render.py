@@ -96,16 +96,10 @@ def _metadata(pool: Pool, name: str) -> dict[str, Any]:
     }
 
 
-def spec_hash(pool: Pool, kafka: KafkaSettings, op: OperatorSettings) -> str:
-    """Changes when anything the workers see changes; not when only replicas do."""
-    material = {
-        "spec": {k: v for k, v in pool.spec.items() if k != "replicas"},
-        "kafka": kafka_env(kafka, op),
-        "image": op.image,
-        "secret": op.kafka_secret,
-        "ca": op.kafka_ca_secret,
-    }
-    raw = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
+def spec_hash(pod_spec: Manifest) -> str:
+    """Changes when anything the workers see changes (their pod's spec: env, volumes, image);
+    not when only scaling does, so a new lagPerWorker or maxWorkers restarts no worker."""
+    raw = json.dumps(pod_spec, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -287,7 +281,7 @@ def render_deployment(
             "template": {
                 "metadata": {
                     "labels": labels(pool.name),
-                    "annotations": {SPEC_HASH_ANNOTATION: spec_hash(pool, kafka, op)},
+                    "annotations": {SPEC_HASH_ANNOTATION: spec_hash(pod_spec)},
                 },
                 "spec": pod_spec,
             },

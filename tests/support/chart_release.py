@@ -164,12 +164,31 @@ class Release:
                 if stream is not None:
                     stream.close()
 
+    @contextlib.contextmanager
+    def following_logs(self, pod: str) -> Iterator[Path]:
+        """`kubectl logs -f POD` into a file for as long as the block runs (a deleted pod's
+        logs are gone from the API, and they are what a failure after the deletion needs)."""
+        path = self.workdir / f"{pod}.log"
+        argv = self.node.kubectl_argv("-n", self.namespace, "logs", "-f", pod)
+        with path.open("w") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                yield path
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+
     def diagnose(self) -> str:
         """Pods, recent events and the logs of pods that are not Ready, for failure messages."""
         out = [self.kubectl("get", "pods,deploy,spool", "-o", "wide", check=False)]
         events = self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False)
         out.append("\n".join(events.splitlines()[-25:]))
         with contextlib.suppress(Exception):
+            # The operator's workers carry no instance label; their logs matter Ready or not.
+            for pod in self.pods("app.kubernetes.io/component=delivery"):
+                name = pod["metadata"]["name"]
+                logs = self.kubectl("logs", name, "--tail=80", check=False)
+                out.append(f"--- {name}\n{logs}")
             for pod in self.pods(f"app.kubernetes.io/instance={self.name}"):
                 if not is_ready(pod):
                     name = pod["metadata"]["name"]
