@@ -287,7 +287,7 @@ def test_deleting_a_worker_mid_run_loses_nothing(stage: Stage) -> None:
     (worker,) = release.ready_pods(WORKERS)
     with release.following_logs(worker["metadata"]["name"]) as logs:
         release.kubectl("delete", "pod", worker["metadata"]["name"], "--wait=false")
-        got = stage.wait_arrived(subjects, within=180, logs=logs)
+        got = stage.wait_arrived(subjects, within=300, logs=logs)
     assert {s for s, _ in got} == set(subjects)
     assert len(stage.arrived("kill")) < len(subjects) + 10  # duplicates bounded, not a resend
 
