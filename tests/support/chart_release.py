@@ -179,7 +179,8 @@ class Release:
                 proc.wait(timeout=10)
 
     def diagnose(self) -> str:
-        """Pods, recent events and the logs of pods that are not Ready, for failure messages."""
+        """Pods, recent events, the workers' logs and those of pods that are not Ready, for
+        failure messages."""
         out = [self.kubectl("get", "pods,deploy,spool", "-o", "wide", check=False)]
         events = self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False)
         out.append("\n".join(events.splitlines()[-25:]))
