@@ -78,10 +78,9 @@ k8s-down:
 # A single-node cluster whose pods run (containerd + runc, bridge mls-k8s0, node IP 10.217.0.1),
 # with the project's image imported; `eval "$$(python3 scripts/k8s_node.py env --dir
 # run/k8s-node)"` for KUBECONFIG and PATH (kubectl, helm).
-k8s-node-up: k8s-build image
-	$(PYTHON) scripts/k8s_node.py up --dir run/k8s-node \
-	  --image "$$($(PYTHON) scripts/image_build.py build --quiet | head -n 1)"
-	@echo "image: $$($(PYTHON) scripts/image_build.py ref)"
+k8s-node-up: k8s-build
+	@set -e; out=$$($(PYTHON) scripts/image_build.py build); set -- $$out; \
+	  $(PYTHON) scripts/k8s_node.py up --dir run/k8s-node --image "$$1"; echo "image: $$2"
 
 k8s-node-down:
 	$(PYTHON) scripts/k8s_node.py down --dir run/k8s-node
