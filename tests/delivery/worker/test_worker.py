@@ -194,10 +194,16 @@ async def test_sigterm_drain_finishes_in_flight_and_commits(kafka: Any) -> None:
     await setup_pool(ks, pool)
     started = asyncio.Event()
 
+    def draining() -> bool:
+        consumer = service.worker.consumer
+        return service.worker.stopping and consumer is not None and bool(consumer.paused())
+
     async def script(env: Envelope, rcpt: str) -> tuple[int, str, str]:
         if rcpt.startswith("slow"):
             started.set()
-            await asyncio.sleep(1.0)  # a send still in flight when the stop comes
+            # Still in flight when the drain starts (it pauses the consumer first), and only
+            # then done: a drain that did not wait for it would cut it off.
+            await eventually(draining, within=30, what="the drain")
         return 250, "2.0.0", "ok"
 
     transport = FakeTransport(script)
