@@ -7,6 +7,7 @@ Every process started here is registered on the caller's ExitStack and stopped b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -131,8 +132,17 @@ def service_env(
         "MAILSLUICE_DELIVERY_DEST_MAX_CONCURRENCY": str(plan.concurrency),
         "MAILSLUICE_DELIVERY_DEST_MAX_RATE": "1000000",
         "MAILSLUICE_DELIVERY_DEST_BURST": "100000",
-        # Postfix has no per-destination connection rate either: the same terms for both.
-        "MAILSLUICE_SHAPING_POOL_OVERRIDES": '{"defaults": {"max_connection_rate": "100000/s"}}',
+        # Postfix neither learns a destination's rate nor caps its connection rate: the bench
+        # destinations are a relay of one's own (adaptive off), on the same terms for both.
+        "MAILSLUICE_SHAPING_POOL_OVERRIDES": json.dumps(
+            {
+                "defaults": {
+                    "adaptive": False,
+                    "connection_limit": plan.concurrency,
+                    "max_connection_rate": "100000/s",
+                }
+            }
+        ),
         "MAILSLUICE_OUTBOUND_STATIC_ROUTES": (
             f"{LATENCY_DOMAIN}={LATENCY_SINK_IP}:{ports['latency_sink']},*={sink}"
         ),
