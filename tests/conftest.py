@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+import uvloop
 from support.dns_server import DnsServer
 from support.fake_mx import FakeMx, SmtpSink
 from support.k8s_cluster import K8sCluster
@@ -155,3 +156,8 @@ def smtp_sink() -> Iterator[Callable[..., SmtpSink]]:
     finally:
         for sink in started:
             sink.cleanup()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Async tests run on the services' event loop (mailsluice.eventloop)."""
+    return {"uvloop": uvloop.new_event_loop}

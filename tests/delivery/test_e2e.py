@@ -107,6 +107,10 @@ def events_final() -> set[EventType]:
     return {EventType.DELIVERY, EventType.BOUNCE, EventType.EXPIRATION}
 
 
+# Sends per destination, and messages per slot that may await their events' acknowledgement.
+SLOTS, DEPTH = 2, 3
+
+
 def _worker_env(kafka: Any, pool: str, mx_address: str, dns_nameserver: str) -> dict[str, str]:
     return product_env(
         kafka.bootstrap,
@@ -114,7 +118,8 @@ def _worker_env(kafka: Any, pool: str, mx_address: str, dns_nameserver: str) -> 
         MAILSLUICE_DELIVERY_POOL=pool,
         MAILSLUICE_DELIVERY_HTTP_PORT=str(free_port()),
         MAILSLUICE_DELIVERY_COMMIT_INTERVAL_S="0.5",
-        MAILSLUICE_DELIVERY_DEST_MAX_CONCURRENCY="2",
+        MAILSLUICE_DELIVERY_DEST_MAX_CONCURRENCY=str(SLOTS),
+        MAILSLUICE_DELIVERY_OUTCOME_DEPTH=str(DEPTH),
         # crash durability is measured here, not learning: limits as configured
         MAILSLUICE_SHAPING_POOL_OVERRIDES='{"defaults": {"adaptive": false}}',
         MAILSLUICE_OUTBOUND_STATIC_ROUTES=f"*={mx_address}",
@@ -188,9 +193,9 @@ async def test_sigkill_mid_run_loses_nothing_and_duplicates_stay_small(
     duplicates = sum(received[r] - 1 for r in wanted)
     # Delivered-but-uncommitted records come again, but the restarted worker reads back their
     # delivery events (dedup warm-up); only sends whose event was not yet acknowledged at the
-    # kill repeat: at most what was in flight (10 destinations x 2 connections x 2 recipients).
+    # kill repeat: at most DEPTH messages per slot (10 destinations x SLOTS, 2 recipients each).
     print(f"killed after {killed_at} messages; committed {before}; duplicates: {duplicates}")
-    assert duplicates <= 10 * 2 * 2
+    assert duplicates <= DEPTH * 10 * SLOTS * 2
     finals = events.finals()
     assert all(finals[k] >= 1 for k in keys)
     assert not any(e.type == EventType.BOUNCE for e in events.events)

@@ -140,11 +140,50 @@ async def test_every_private_part_we_name_has_the_shape_we_assume() -> None:
                 and SMTP.command_size_limits.default_factory() == SMTP.command_size_limit == 512,
                 "BOGUS_LIMIT": isinstance(aiosmtpd.smtp.BOGUS_LIMIT, int)
                 and "bogus_budget = BOGUS_LIMIT" in inspect.getsource(SMTP._handle_client),
+                "_getaddr": not inspect.iscoroutinefunction(SMTP._getaddr)
+                and params(SMTP._getaddr) == ["self", "arg"],
             }
         finally:
             await client.close()
     assert set(shapes) == set(PRIVATE_API), "check every private part session.py names"
     assert [name for name, ok in shapes.items() if not ok] == []
+
+
+PATHS = [
+    "<a@b.test>",
+    " <a@b.test>",
+    "<a@b.test> SIZE=100",
+    "<a.b+c@x.y>  BODY=8BITMIME SMTPUTF8",
+    "<a@b.test>\tSIZE=1",
+    "<a@b.test>SIZE=1",
+    "<a@b.test> (comment) SIZE=1",
+    "<>",
+    "<> SIZE=5",
+    "<a..b@c.test>",
+    "<.a@c.test>",
+    '<"q r"@b.test>',
+    "<a@[127.0.0.1]>",
+    "<@x.test:a@b.test>",
+    "<a%b@c.test>",
+    "<a!b@c.test>",
+    "<a@b.test",
+    "a@b.test",
+    "a@b.test SIZE=1",
+    "<a@b..test>",
+    "<a@-b.test>",
+    "<üser@b.test>",
+    "<a@b.test> ",
+    "<" + "x" * 70 + "@b.test>",
+    "",
+]
+
+
+@pytest.mark.parametrize("limit", [0, 64])
+def test_the_fast_path_parse_equals_aiosmtpds(limit: int) -> None:
+    """_getaddr: our everyday-form shortcut reads every path exactly as aiosmtpd's own parse."""
+    ours, theirs = IngestSMTP.__new__(IngestSMTP), SMTP.__new__(SMTP)
+    ours.local_part_limit = theirs.local_part_limit = limit
+    assert [ours._getaddr(p) for p in PATHS] == [SMTP._getaddr(theirs, p) for p in PATHS]
 
 
 async def test_asyncio_keeps_unread_bytes_in_the_stream_buffer() -> None:

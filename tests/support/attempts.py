@@ -33,11 +33,12 @@ def attempts_for(
     shaper: PolicyShaper | None = None,
     build_dsn: Callable[..., bytes] | None = None,
     wall: float = 0.0,
+    settings: DeliverySettings | None = None,
 ) -> Attempts:
     """Attempts of `pool` sending through `transport`; finished items go to `finished`."""
     shaper = PolicyShaper(default_policy(), pool) if shaper is None else shaper
     attempts = Attempts(
-        DeliverySettings(pool=pool),
+        settings or DeliverySettings(pool=pool),
         transport,
         shaper,
         Scheduler(shaper, 5.0),

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter
 
+from mailsluice import eventloop
 from mailsluice.api import campaigns, engagement, suppressions, unengaged, webhooks
 from mailsluice.api.app import ApiState, build_app
 from mailsluice.api.auth import current_tenant
@@ -248,5 +249,5 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         log.error("tenants file: %s", exc)
         return 2
-    asyncio.run(serve_until_stopped(ApiService(settings, kafka, registry)))
+    eventloop.run(serve_until_stopped(ApiService(settings, kafka, registry)))
     return 0

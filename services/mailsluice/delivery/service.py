@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from mailsluice import eventloop
 from mailsluice.config import ConfigError, LogSettings, load
 from mailsluice.delivery.retry.mover import RetryMover
 from mailsluice.delivery.shaping.runtime import ShapingRuntime
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     c = configure(args)
     setup_logging(c.logs, "delivery")
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(
+        return eventloop.run(
             _main(
                 c,
                 mover=c.settings.retry_mover and not args.no_retry_mover,

@@ -28,6 +28,13 @@ _DOMAIN = re.compile(rf"^(?:{_LABEL}\.)+(?:[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?)$
 
 ErrorKind = Literal["syntax", "relay_trick"]
 
+# A command's path in its everyday form: `<dot-atom@dot-atom>`, then nothing or parameters
+# after a space (RFC 5322 atext, as the email package's parser reads it).
+_RFC_ATOM = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_SIMPLE_PATH = re.compile(
+    rf"[ \t]*<({_RFC_ATOM}(?:\.{_RFC_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?=$|[ \t])"
+)
+
 
 class AddressError(ValueError):
     def __init__(self, kind: ErrorKind, detail: str) -> None:
@@ -94,3 +101,17 @@ def check_mailbox(mailbox: str) -> str:
     if len(domain) > MAX_DOMAIN or not _DOMAIN.match(domain):
         raise AddressError("syntax", "bad domain")
     return f"{local}@{domain}"
+
+
+def simple_path(arg: str) -> tuple[str, str] | None:
+    """(address, parameters) of a MAIL FROM / RCPT TO argument in its everyday form, as
+    aiosmtpd's parse (the email package's header parser) reads it; None for any other form,
+    which that parse then handles. Nine in ten of ingest's parsing time went to the general
+    parser for these."""
+    match = _SIMPLE_PATH.match(arg)
+    if match is None:
+        return None
+    rest = arg[match.end() :].lstrip(" \t")
+    if rest.startswith("("):  # a comment: the general parser's to read
+        return None
+    return match.group(1), rest

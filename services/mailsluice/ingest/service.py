@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mailsluice import eventloop
 from mailsluice.config import LogSettings, load, settings_epilog
 from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.engagement.store import EngagementStore
@@ -302,5 +303,5 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(load(LogSettings), "ingest")
     # aiosmtpd logs every command line (addresses included) at INFO.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    asyncio.run(serve(IngestService(settings, kafka, dns)))
+    eventloop.run(serve(IngestService(settings, kafka, dns)))
     return 0

@@ -14,12 +14,13 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
 from mailsluice.ingest import caps, replies
+from mailsluice.ingest.addresses import simple_path
 from mailsluice.ingest.caps import JunkCount, Registry
 from mailsluice.ingest.plan import Transaction
 from mailsluice.ingest.protocol import (
@@ -54,6 +55,9 @@ PRIVATE_API = {
     # A module constant `_handle_client` reads at each connection start as its budget of unknown
     # commands (then 502 and close, whatever our limit): raised so max_errors alone applies.
     "BOGUS_LIMIT": "int in aiosmtpd.smtp, read by _handle_client when a connection starts",
+    # Parses the path of MAIL and RCPT (defining a typing.Protocol class on every call): the
+    # everyday `<local@domain>` form is read without it (addresses.simple_path).
+    "_getaddr": "method (self, arg) -> (address | None, rest | None)",
 }
 
 aiosmtpd.smtp.BOGUS_LIMIT = 1 << 30
@@ -155,8 +159,9 @@ class IngestSMTP(SMTP):
 
     def close_with(self, reply: str) -> None:
         """Send a final reply and close (timeouts, shutdown: outside the command loop)."""
-        transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        # Duck-typed: uvloop's transports are no asyncio.WriteTransport subclasses.
+        transport = cast("asyncio.WriteTransport | None", self.transport)
+        if transport is None or transport.is_closing():
             return
         self.conn.closing = True
         transport.write(reply.encode() + b"\r\n")
@@ -226,6 +231,15 @@ class IngestSMTP(SMTP):
         return True
 
     # --- commands -----------------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        simple = simple_path(arg)
+        if simple is None:
+            return super()._getaddr(arg)
+        local = simple[0].rpartition("@")[0]
+        if self.local_part_limit and len(local) > self.local_part_limit:
+            return None, None
+        return simple
 
     async def smtp_EHLO(self, hostname: str) -> None:
         if await self._in_sync_and_allowed("EHLO", check_helo("EHLO", hostname)):

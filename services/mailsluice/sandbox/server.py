@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailsluice import eventloop
 from mailsluice.config import load
 from mailsluice.observability.endpoints import stop_event
 from mailsluice.sandbox.settings import SandboxSettings
@@ -204,5 +205,5 @@ def run(args: argparse.Namespace) -> int:
     settings = load(SandboxSettings)
     if overrides:
         settings = settings.model_copy(update=overrides)
-    asyncio.run(serve(settings))
+    eventloop.run(serve(settings))
     return 0

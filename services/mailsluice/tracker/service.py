@@ -9,9 +9,9 @@ full. A tracker without Kafka still redirects every click; it loses only counts.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 
+from mailsluice import eventloop
 from mailsluice.config import LogSettings, load, settings_epilog
 from mailsluice.contracts.events import Event, encode_event
 from mailsluice.contracts.topics import EVENTS_TOPIC
@@ -125,5 +125,5 @@ def run(args: argparse.Namespace) -> int:
     if not keys:
         log.error("no tracking keys (MAILSLUICE_TRACKING_KEYS_DIR or _KEYS)")
         return 2
-    asyncio.run(serve_until_stopped(TrackerService(settings, kafka, keys, machines)))
+    eventloop.run(serve_until_stopped(TrackerService(settings, kafka, keys, machines)))
     return 0

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 
+from mailsluice import eventloop
 from mailsluice.config import LogSettings, load, settings_epilog
 from mailsluice.consent.settings import UnsubscribeSettings
 from mailsluice.consent.tokens import KeyRing
@@ -108,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
     if not keys:
         log.error("no unsubscribe keys (MAILSLUICE_UNSUBSCRIBE_KEYS_DIR or _KEYS)")
         return 2
-    asyncio.run(serve_until_stopped(UnsubscribeService(settings, kafka, keys)))
+    eventloop.run(serve_until_stopped(UnsubscribeService(settings, kafka, keys)))
     return 0

@@ -15,7 +15,7 @@ from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.scheduler import Deferral, Scheduler
 from mailsluice.delivery.shaping.warmup import PoolWarmup, WarmupTracker
 from mailsluice.delivery.worker import outcomes
-from mailsluice.delivery.worker.attempts import overflow_record
+from mailsluice.delivery.worker.outcomes import overflow_record
 from mailsluice.policy.shaping import load_policy_text
 from mailsluice.policy.warmup import Plan, Schedule
 

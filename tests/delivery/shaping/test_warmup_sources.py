@@ -13,8 +13,8 @@ from support.paths import REPO
 
 from mailsluice.admin import warmup as warmup_cli
 from mailsluice.delivery.shaping.engine import PolicyShaper
-from mailsluice.delivery.shaping.lanes import Fixed
 from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
+from mailsluice.delivery.shaping.steering import Fixed
 from mailsluice.delivery.shaping.warmup import PoolWarmup, WarmupTracker
 from mailsluice.metrics.shaping import Shaping as shaping_metrics
 from mailsluice.policy.shaping import load_policy_text, validate_text

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import signal
 
+from mailsluice import eventloop
 from mailsluice.config import LogSettings, load
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE
 from mailsluice.delivery.retry.mover import RetryMover, tier_topics
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from mailsluice.observability.endpoints import setup_logging
 
     setup_logging(logs, "retry-mover")
-    return asyncio.run(_main(kafka, settings, ensure=not args.no_ensure_topics))
+    return eventloop.run(_main(kafka, settings, ensure=not args.no_ensure_topics))
 
 
 async def _main(kafka: KafkaSettings, settings: RetryMoverSettings, *, ensure: bool) -> int:

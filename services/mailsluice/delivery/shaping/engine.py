@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from mailsluice.contracts.control import Command
 from mailsluice.contracts.routing import base_of, split_key
 from mailsluice.delivery.shaping.controller import Ceilings, Change, Controller, Learned
-from mailsluice.delivery.shaping.lanes import Allowed, Lanes, Policy, Steering
+from mailsluice.delivery.shaping.lanes import Allowed, Lanes, Policy
 from mailsluice.delivery.shaping.limiter import Rate
 from mailsluice.delivery.shaping.signals import ResultView, Verdict, read_results
+from mailsluice.delivery.shaping.steering import Steering
 from mailsluice.delivery.shaping.warmup import PoolWarmup
 from mailsluice.metrics.shaping import ShapingFlow as flow_metrics
 from mailsluice.policy.replies import ReplyRule, default_replies
@@ -189,6 +190,10 @@ class PolicyShaper:
 
     def finished(self, key: str, source: str, now: float) -> None:
         self.lanes.finished(key, source, now)
+
+    def slots(self, key: str, source: str) -> int:
+        """How many sends `source` may have under way towards `key` now."""
+        return self.lanes.slots(key, source)
 
     def charge(self, key: str, source: str, now: float, count: int) -> None:
         """A send that try_start allowed made `count` more transactions than one (a bulk

@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from mailsluice.delivery.shaping.controller import Ceilings, Change, Learned, Signal
 from mailsluice.delivery.shaping.controller_tuning import TUNING
 from mailsluice.delivery.shaping.limiter import DestinationLimiter, Limits, Rate
+from mailsluice.delivery.shaping.steering import Fixed, Steering
 
 # Changes kept for whoever drains them (the runtime logs and publishes them).
 MAX_CHANGES = 10_000
@@ -36,79 +36,6 @@ NEWER_S = 30.0
 
 # Whether a source address may send now (beyond its lane's own limits: its warm-up cap).
 Allowed = Callable[[str], bool]
-
-
-class Steering(Protocol):
-    """What a lane needs of its controller (controller.Controller, or Fixed)."""
-
-    state: str
-
-    def rate(self, now: float) -> float: ...
-    def projected(self, now: float, at: float) -> float: ...
-    def connections(self, now: float) -> int: ...
-    def per_connection(self) -> int: ...
-    def wait(self, now: float) -> float: ...
-    def started(self, now: float) -> None: ...
-    def observe(self, s: Signal) -> Change | None: ...
-    def tick(self, now: float) -> Change | None: ...
-    def next_change(self, now: float) -> float | None: ...
-    def learned(self) -> Learned: ...
-    def set_ceilings(self, c: Ceilings) -> None: ...
-
-
-class Fixed:
-    """A lane held to its ceilings as configured, learning nothing: destinations whose policy
-    says `adaptive = false` (a relay of one's own), and workers run without a shaping policy."""
-
-    state = "fixed"
-
-    def __init__(self, source: str, key: str, ceilings: Ceilings) -> None:
-        self.source, self.key, self.ceilings = source, key, ceilings
-
-    def rate(self, now: float) -> float:
-        return self.ceilings.rate
-
-    def projected(self, now: float, at: float) -> float:
-        return self.ceilings.rate
-
-    def connections(self, now: float) -> int:
-        return self.ceilings.connections
-
-    def per_connection(self) -> int:
-        return self.ceilings.per_connection
-
-    def wait(self, now: float) -> float:
-        return 0.0
-
-    def started(self, now: float) -> None:
-        return None
-
-    def observe(self, s: Signal) -> Change | None:
-        return None
-
-    def tick(self, now: float) -> Change | None:
-        return None
-
-    def next_change(self, now: float) -> float | None:
-        return None
-
-    def learned(self) -> Learned:
-        c = self.ceilings
-        return Learned(
-            rate=c.rate,
-            ceiling=math.inf,
-            connections=c.connections,
-            learned_connections=0,
-            per_connection=0,
-            state=self.state,
-            until=0.0,
-            last_class="",
-            last_reply="",
-            block_interval=0.0,
-        )
-
-    def set_ceilings(self, c: Ceilings) -> None:
-        self.ceilings = c
 
 
 @dataclass(frozen=True)
@@ -252,16 +179,21 @@ class Lanes:
                 return lane.source
         return None
 
+    def _lane(self, key: str, source: str) -> Lane | None:
+        return next((lane for lane in self._lanes.get(key, ()) if lane.source == source), None)
+
     def charge(self, key: str, source: str, now: float, count: int) -> None:
         """`count` more messages went from `source` on a slot try_start gave for one."""
-        for lane in self._lanes.get(key, ()):
-            if lane.source == source:
-                lane.limiter.charge(now, count)
+        if lane := self._lane(key, source):
+            lane.limiter.charge(now, count)
 
     def finished(self, key: str, source: str, now: float) -> None:
-        for lane in self._lanes.get(key, ()):
-            if lane.source == source:
-                lane.limiter.release()
+        if lane := self._lane(key, source):
+            lane.limiter.release()
+
+    def slots(self, key: str, source: str) -> int:
+        """How many sends `source` may have under way towards `key` now."""
+        return lane.limiter.limits.connections if (lane := self._lane(key, source)) else 1
 
     def rate(self, key: str, now: float) -> float:
         """Messages per second the key may receive now, all sources together."""

@@ -22,12 +22,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from mailsluice.contracts.envelope import (
-    ENVELOPE_HEADER,
     Envelope,
-    encode_envelope,
     envelope_from_headers,
 )
-from mailsluice.contracts.topics import queue_topic
 from mailsluice.delivery.shaping.engine import PolicyShaper
 from mailsluice.delivery.shaping.scheduler import Deferral, Job, Scheduler
 from mailsluice.delivery.transport.replies import (
@@ -38,6 +35,7 @@ from mailsluice.delivery.transport.replies import (
 )
 from mailsluice.delivery.worker import finishing, outcomes, suppressed
 from mailsluice.delivery.worker.dedup import DeliveredCache, warm_from_events
+from mailsluice.delivery.worker.pipeline import OutcomePipeline
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.retrying import until_kafka_answers
@@ -110,18 +108,6 @@ def default_dsn_builder() -> outcomes.DsnBuilder | None:
     return builder
 
 
-def overflow_record(env: Envelope, message: bytes, pool: str) -> outcomes.Produce:
-    """The record that moves a message to another pool's queue: the same message, its envelope
-    now naming that pool (so its retries and events belong there too)."""
-    moved = env.model_copy(update={"pool": pool})
-    return outcomes.Produce(
-        queue_topic(pool),
-        env.routing_key.encode(),
-        message,
-        ((ENVELOPE_HEADER, encode_envelope(moved)),),
-    )
-
-
 class Attempts:
     """Delivery attempts of queued records, and what their outcomes produce."""
 
@@ -158,6 +144,7 @@ class Attempts:
         self.rng = rng
         self.producers: RenewingProducer | None = None  # set by the worker once started
         self.screen = suppressed.Screen(self)  # the service gives it the suppression list
+        self.pipeline = OutcomePipeline(settings.outcome_depth, shaper.slots)
 
     async def remember_delivered(self, kafka: KafkaSettings) -> None:
         """After gaining partitions: records past the previous owner's last commit come again;
@@ -181,12 +168,9 @@ class Attempts:
     async def deliver(self, job: Job[Item]) -> None:
         item = job.item
         env = await self.screen(job)  # suppressed recipients leave the item's envelope
-        # The destination's send slot is held until the outcome records are acknowledged, as
-        # a Postfix delivery agent reports before taking the next message: a crash can then
-        # repeat at most one send per slot, since the next owner's dedup warm-up reads the
-        # delivery events of every earlier one.
         claim = self.dedup.claim(env.dedup_id, env.recipients)
         todo, done = claim or ([], [])
+        freed = False  # the slot went to the next message before the acknowledgements
         try:
             if claim is None:
                 await self.requeue(job, m.DUPLICATE_WAITS)
@@ -221,10 +205,19 @@ class Attempts:
             for res in results:
                 if res.kind == "delivered":
                     self.dedup.add(env.dedup_id, res.recipient)
-            await self.conclude(item, results, send_env, held=held)
+            # Within the depth per slot (pipeline.py) the slot goes to the next message now.
+            if freed := self.pipeline.enter(job.key, job.source):
+                self.scheduler.done(job, self.mono())
+                self.wake()
+            try:
+                await self.conclude(item, results, send_env, held=held)
+            finally:
+                if freed:
+                    self.pipeline.leave(job.key, job.source)
         finally:
             self.dedup.unclaim(env.dedup_id, todo)
-            self.scheduler.done(job, self.mono())
+            if not freed:
+                self.scheduler.done(job, self.mono())
             self.wake()
 
     async def requeue(self, job: Job[Item], counter: Counter) -> None:
@@ -343,7 +336,7 @@ class Attempts:
         """Over the warm-up cap with overflow configured: the message moves to `pool`'s queue
         (finished here once that copy is acknowledged, so nothing is lost or kept twice)."""
         try:
-            await self.produce_all([overflow_record(item.env, item.value, pool)])
+            await self.produce_all([outcomes.overflow_record(item.env, item.value, pool)])
         except BaseException:
             self.release(item)
             raise

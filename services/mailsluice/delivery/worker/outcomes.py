@@ -312,3 +312,15 @@ def plan_throttled(
     )
     renv = renv.model_copy(update={"held": held})
     return Produce(*_record(renv, message, retry.choose_tier(not_before - now)))
+
+
+def overflow_record(env: Envelope, message: bytes, pool: str) -> Produce:
+    """The record that moves a message to another pool's queue: the same message, its envelope
+    now naming that pool (so its retries and events belong there too)."""
+    moved = env.model_copy(update={"pool": pool})
+    return Produce(
+        queue_topic(pool),
+        env.routing_key.encode(),
+        message,
+        ((ENVELOPE_HEADER, encode_envelope(moved)),),
+    )

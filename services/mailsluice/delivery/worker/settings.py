@@ -34,6 +34,14 @@ class DeliverySettings(MailsluiceSettings):
     dest_max_concurrency: int = Field(
         10, ge=1, le=1000, description="Default concurrent sends per destination."
     )
+    outcome_depth: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Messages per send slot whose outcome records may still await Kafka's "
+        "acknowledgement: past 1 a connection starts its next message meanwhile. A crash "
+        "repeats at most this many sends per slot.",
+    )
     dest_max_rate: float = Field(
         100.0, gt=0, description="Default messages per second per destination (GCRA)."
     )
