@@ -47,6 +47,7 @@ run: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench_scale.py
 	$(BIN)/python scripts/bench_ingest_memory.py
 	$(BIN)/python scripts/bench_shaping.py
 	$(BIN)/python scripts/bench_campaign.py $(CAMPAIGN_ARGS)

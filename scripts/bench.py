@@ -12,18 +12,25 @@ One run on this machine, everything on 127.0.0.x, every process started here sto
 4. End to end, the same N-message workload through Postfix and through Mailsluice (smtp-source
    -> relay -> smtp-sink, first injected to last received), rounds interleaved so both see the
    same background load; the best round of each counts, as other work on the machine only ever
-   slows a run down. ratio_vs_postfix is ours over Postfix's.
+   slows a run down. ratio_vs_postfix is ours over Postfix's. Each round also measures the
+   CPU each side spent (bench_cpu: the kernel's accounting of the process trees; Postfix's
+   whole master tree; ours = ingest + delivery, the Kafka broker apart and added in
+   ours_with_broker); the median round counts, cpu_ratio_vs_postfix is ours over Postfix's.
 5. Latency: an open-loop client at a moderate rate stamps each message with its due time, a
    small aiosmtpd sink records when it arrives; p50/p99 of the difference.
 6. The sink's total is checked against everything accepted (fewer means loss), and the peak RSS
    (VmHWM) of ingest, delivery and, reported apart, the Kafka broker is read.
+
+The ingest and delivery stages report CPU per message too (ingest or delivery, and the
+broker). Before the JSON, the targets of issue #18 are printed, met or not (never asserted).
 
 Progress goes to stdout; the last line is one JSON object. A stage that fails prints why, its
 figures are null, and the exit status is 1. `loadavg_at_start` says how busy the machine was.
 
 The stages live in neighbouring modules: bench_ours (our pipeline and the queue stages),
 bench_latency, bench_postfix (the Postfix peer), bench_smtp (smtp-sink, smtp-source), bench_run
-(plan, budget, report) and bench_tools (parsers, figures, processes).
+(plan, budget, report), bench_e2e (the end-to-end rounds), bench_cpu (CPU per message),
+bench_targets (issue #18's targets) and bench_tools (parsers, figures, processes).
 """
 
 from __future__ import annotations
@@ -40,11 +47,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import kafka_local
+from bench_e2e import Contender, compare_end_to_end
 from bench_latency import measure_latency
 from bench_ours import queue_stages, record_memory, start_pipeline
 from bench_postfix import PostfixPeer
 from bench_run import Deadline, Plan, Report, say
-from bench_smtp import PeerResult, SmtpSink, measure_relay_e2e
+from bench_smtp import SmtpSink, measure_relay_e2e
+from bench_targets import evaluate_all, lines
 
 POSTFIX_IP = "127.0.0.20"
 SINK_IP = "127.0.0.21"
@@ -66,8 +75,9 @@ def sink_ceiling(plan: Plan, sink: SmtpSink, report: Report) -> None:
 
 def start_postfix(
     stack: ExitStack, plan: Plan, work: Path, sink: SmtpSink, report: Report
-) -> str | None:
-    """The private Postfix relay, warmed up; its SMTP host:port, or None after a failure."""
+) -> Contender | None:
+    """The private Postfix relay, warmed up, as an end-to-end target whose CPU is the master's
+    whole tree; None after a failure."""
     listen = f"{POSTFIX_IP}:{kafka_local.free_port(POSTFIX_IP)}"
     peer = PostfixPeer(work / "postfix", listen, sink.listen, plan.concurrency)
     say(f"postfix: starting a private instance on {listen}, relaying to {sink.listen}")
@@ -81,7 +91,8 @@ def start_postfix(
     except Exception as exc:
         report.fail("postfix", f"{exc}\n{peer.maillog_tail(10)}")
         return None
-    return listen
+    assert peer.master_pid is not None  # start() returned
+    return Contender("postfix", listen, {"postfix": [peer.master_pid]})
 
 
 def stop_postfix(peer: PostfixPeer, report: Report) -> None:
@@ -99,54 +110,6 @@ def check_sink_total(sink: SmtpSink, base: int, expected: int, report: Report) -
     say(f"sink: {got} messages received, {expected} accepted")
     if got < expected:
         report.fail("sink count", f"{expected - got} of {expected} accepted messages never arrived")
-
-
-def best_round(results: list[PeerResult]) -> PeerResult:
-    """The fastest run (other work on the machine only ever slows a run down); raises if any
-    run failed."""
-    failed = [r.error for r in results if r.error]
-    if failed:
-        raise RuntimeError(failed[0])
-    return max(results, key=lambda r: r.e2e_msgs_per_s or 0.0)
-
-
-def compare_end_to_end(
-    plan: Plan, sink: SmtpSink, targets: dict[str, str], report: Report, deadline: Deadline
-) -> int:
-    """The same workload through each target ('postfix', 'ours') -> smtp-sink, rounds
-    interleaved so that both see the same background load; returns messages injected."""
-    results: dict[str, list[PeerResult]] = {name: [] for name in targets}
-    injected = 0
-    for number in range(1, plan.rounds + 1):
-        if number > 1 and deadline.spent:
-            report.fail("end to end", f"time budget spent; stopped after {number - 1} rounds")
-            break
-        for name, target in targets.items():
-            if any(r.error for r in results[name]):
-                continue
-            say(
-                f"end to end, {name}: round {number}/{plan.rounds}, {plan.messages} messages of "
-                f"{plan.size} bytes over {plan.sessions} sessions -> sink"
-            )
-            result = measure_relay_e2e(sink, target, plan.workload(), 120)
-            injected += result.injected
-            results[name].append(result)
-            if not result.error:
-                say(
-                    f"end to end, {name}: {result.e2e_msgs_per_s} msg/s ({result.seconds} s), "
-                    f"injected at {result.inject_msgs_per_s} msg/s"
-                )
-    for name, runs in results.items():
-        key = "postfix" if name == "postfix" else "ours_e2e"
-        report.figures[f"{key}_runs_msgs_per_s"] = [r.e2e_msgs_per_s for r in runs]
-        try:
-            best = best_round(runs)
-        except (RuntimeError, ValueError) as exc:
-            report.fail(f"end to end, {name}", exc)
-            continue
-        report.figures[f"{key}_msgs_per_s"] = best.e2e_msgs_per_s
-        report.figures[f"{key}_inject_msgs_per_s"] = best.inject_msgs_per_s
-    return injected
 
 
 # --------------------------------------------------------------------------- main
@@ -186,16 +149,16 @@ def run_bench(
         stack.callback(sink.stop)
         say(f"smtp-sink on {sink.listen} (pid {sink.pid})")
         sink_ceiling(plan, sink, report)
-        targets: dict[str, str] = {}
+        sides: list[Contender] = []
         if not args.skip_postfix and (postfix := start_postfix(stack, plan, work, sink, report)):
-            targets["postfix"] = postfix
+            sides.append(postfix)
         pipe = None if args.skip_ours else start_pipeline(stack, plan, work, sink, report)
         sink_base = sink.messages
         if pipe is not None and queue_stages(plan, sink, pipe, report):
-            targets["ours"] = pipe.target
+            sides.append(Contender("ours", pipe.target, pipe.cpu_groups()))
         accepted = pipe.accepted if pipe is not None else 0
-        accepted += compare_end_to_end(plan, sink, targets, report, deadline)
-        if "ours" in targets and pipe is not None:
+        accepted += compare_end_to_end(plan, sink, sides, report, deadline)
+        if any(side.name == "ours" for side in sides) and pipe is not None:
             if deadline.spent:
                 report.fail("latency", "time budget spent; skipped")
             else:
@@ -253,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     figures = report.finish()
+    figures["targets"] = evaluate_all(figures)
+    for line in lines(figures["targets"]):
+        say(line)
     print(json.dumps(figures, sort_keys=True), flush=True)
     return 0 if report.complete else 1
 

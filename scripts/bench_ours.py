@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import bench_cpu
 import kafka_local
 from bench_latency import LATENCY_DOMAIN, LatencySink
 from bench_run import Plan, Report, say
@@ -46,6 +47,11 @@ class Service:
         return self.proc.pid if self.proc else None
 
     def start(self, ready_url: str, timeout: float = 60.0) -> None:
+        self.spawn()
+        self.wait_ready(ready_url, timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting (several start side by side; see wait_ready)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(MAILSLUICE), *self.argv],
@@ -55,20 +61,28 @@ class Service:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the bench only; it stops us by pid
             )
+
+    def wait_ready(self, ready_url: str, timeout: float = 60.0) -> None:
+        """Poll ready_url until it answers 200; RuntimeError if the process exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited {self.proc.returncode}: {tail(self.log_path, 15)}"
-                )
-            try:
-                with urllib.request.urlopen(ready_url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if self.ready(ready_url):
+                return
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s at {ready_url}")
+
+    def ready(self, ready_url: str) -> bool:
+        """Whether ready_url answers 200 now; RuntimeError if the process has exited."""
+        assert self.proc is not None, "spawn() first"
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited {self.proc.returncode}: {tail(self.log_path, 15)}"
+            )
+        try:
+            with urllib.request.urlopen(ready_url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     def peak_rss_mb(self) -> float | None:
         return peak_rss_mb(self.proc.pid) if self.proc and self.proc.poll() is None else None
@@ -124,10 +138,16 @@ def plumbing_env(
 
 
 def service_env(
-    bootstrap: str, nameserver: str, ports: dict[str, int], sink: str, plan: Plan
+    bootstrap: str,
+    nameserver: str,
+    ports: dict[str, int],
+    sink: str,
+    plan: Plan,
+    *,
+    ingest_ip: str = INGEST_IP,
 ) -> dict[str, str]:
     return {
-        **plumbing_env(bootstrap, nameserver, ports),
+        **plumbing_env(bootstrap, nameserver, ports, ingest_ip),
         # Same per-destination concurrency as the Postfix peer; no rate cap.
         "MAILSLUICE_DELIVERY_DEST_MAX_CONCURRENCY": str(plan.concurrency),
         "MAILSLUICE_DELIVERY_DEST_MAX_RATE": "1000000",
@@ -164,6 +184,16 @@ class Pipeline:
     latency_sink: LatencySink
     queued: int = 0  # accepted by ingest, for the delivery stage to drain
     accepted: int = 0  # accepted by ingest in the queue stages, all bound for smtp-sink
+
+    @property
+    def kafka_pids(self) -> list[int]:
+        pid = kafka_local.running_pid(self.kafka_dir)
+        return [pid] if pid else []
+
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """What counts as ours (ingest and delivery) and the broker, for bench_cpu."""
+        ours = [s.pid for s in (self.ingest, self.delivery) if s.pid is not None]
+        return {"ours": ours, "broker": self.kafka_pids}
 
 
 def _free_ports() -> dict[str, int]:
@@ -287,9 +317,14 @@ def _ingest(plan: Plan, pipe: Pipeline, report: Report) -> None:
     say(f"ingest: {plan.messages} messages per round, no delivery worker running")
     runs: list[tuple[str, Workload]] = [("warm-up", plan.warmup())]
     runs += [(f"round {n}/{plan.rounds}", plan.workload()) for n in range(1, plan.rounds + 1)]
-    rates = []
+    rates: list[float | None] = []
+    cpu: list[dict[str, float | None]] = []
+    assert pipe.ingest.pid is not None
+    groups = {"ingest": [pipe.ingest.pid], "broker": pipe.kafka_pids}
     for index, (label, work) in enumerate(runs):
+        meter = bench_cpu.Meter(groups).start()
         run = run_source(source_command(pipe.target, work), 120)
+        cpu.append(meter.stop(run.completed))
         pipe.queued += run.completed
         pipe.accepted += run.completed
         if run.returncode != 0 or run.completed < work.count:
@@ -300,9 +335,28 @@ def _ingest(plan: Plan, pipe: Pipeline, report: Report) -> None:
             )
         if index > 0:
             rates.append(rate(work.count, run.seconds))
-            say(f"ingest: {label}, {rates[-1]} msg/s accepted ({run.seconds:.2f} s)")
+            say(
+                f"ingest: {label}, {rates[-1]} msg/s accepted ({run.seconds:.2f} s), "
+                f"{_cpu_text(cpu[-1], 'ingest')}"
+            )
     report.figures["ingest_msgs_per_s"] = max(r or 0.0 for r in rates) or None
     report.figures["ingest_runs_msgs_per_s"] = rates
+    # CPU: the median of the measured rounds (the warm-up apart, as for throughput).
+    _cpu_figures(report, "ingest", cpu[1:])
+
+
+def _cpu_text(cpu: dict[str, float | None], stage: str) -> str:
+    own = bench_cpu.describe(cpu.get(stage), stage)
+    return f"{own}, {bench_cpu.describe(cpu.get('broker'), 'broker')}"
+
+
+def _cpu_figures(report: Report, stage: str, runs: list[dict[str, float | None]]) -> None:
+    """{stage}_cpu_ms_per_msg and broker_cpu_ms_per_msg_{stage}, median and per round."""
+    names = {stage: f"{stage}_cpu_ms_per_msg", "broker": f"broker_cpu_ms_per_msg_{stage}"}
+    for group, name in names.items():
+        values = [r.get(group) for r in runs]
+        report.figures[f"{name}_runs"] = values
+        report.figures[name] = bench_cpu.median(values)
 
 
 def _delivery(sink: SmtpSink, pipe: Pipeline, report: Report) -> None:
@@ -311,11 +365,16 @@ def _delivery(sink: SmtpSink, pipe: Pipeline, report: Report) -> None:
     queued, pipe.queued = pipe.queued, 0
     say(f"delivery: starting a worker on the pre-filled queue ({queued} messages)")
     pipe.delivery.start(f"http://127.0.0.1:{pipe.ports['delivery_http']}/readyz")
+    assert pipe.delivery.pid is not None
+    # From readiness: the start-up (imports, group join) is not CPU per message.
+    meter = bench_cpu.Meter({"delivery": [pipe.delivery.pid], "broker": pipe.kafka_pids})
+    meter.start()
     say(f"delivery: ready (pid {pipe.delivery.pid})")
     if queued < 2:
         raise RuntimeError("no pre-filled queue to drain (the ingest stage failed)")
     first = sink.wait_for(base + 1, 30)
     last = sink.wait_for(base + queued, 120) if first is not None else None
+    cpu = meter.stop(queued)
     if first is None or last is None:
         got = sink.messages - base
         raise RuntimeError(
@@ -323,4 +382,8 @@ def _delivery(sink: SmtpSink, pipe: Pipeline, report: Report) -> None:
         )
     # Timed from the first message at the sink: group join and start-up are not throughput.
     report.figures["delivery_msgs_per_s"] = rate(queued - 1, last - first)
-    say(f"delivery: {report.figures['delivery_msgs_per_s']} msg/s drained ({last - first:.2f} s)")
+    _cpu_figures(report, "delivery", [cpu])
+    say(
+        f"delivery: {report.figures['delivery_msgs_per_s']} msg/s drained "
+        f"({last - first:.2f} s), {_cpu_text(cpu, 'delivery')}"
+    )

@@ -37,7 +37,7 @@ class Report:
         say(f"FAILED {message}")
 
     def finish(self) -> dict[str, Any]:
-        """Derive peak_rss_mb and the ratio, and return the JSON object."""
+        """Derive peak_rss_mb and the ratios, and return the JSON object."""
         figures = self.figures
         by_process = figures.get("peak_rss_mb_by_process") or {}
         ours = [v for k, v in by_process.items() if k != "kafka" and v is not None]
@@ -45,6 +45,12 @@ class Report:
             figures["peak_rss_mb"] = max(ours)
         figures["ratio_vs_postfix"] = ratio(
             figures.get("ours_e2e_msgs_per_s"), figures.get("postfix_msgs_per_s")
+        )
+        # CPU per message, ours over Postfix's (lower is better), broker apart and with it.
+        postfix_cpu = figures.get("postfix_cpu_ms_per_msg")
+        figures["cpu_ratio_vs_postfix"] = ratio(figures.get("ours_cpu_ms_per_msg"), postfix_cpu)
+        figures["cpu_ratio_vs_postfix_with_broker"] = ratio(
+            figures.get("ours_with_broker_cpu_ms_per_msg"), postfix_cpu
         )
         figures["errors"] = self.errors
         return figures

@@ -115,6 +115,11 @@ class SmtpSink:
                 self._cond.wait(min(deadline - now, 0.5))
             return next(t for c, t in self._reached if c >= count)
 
+    def count_at(self, when: float) -> int:
+        """How many messages the sink had counted at monotonic time `when`."""
+        with self._cond:
+            return max((c for c, t in self._reached if t <= when), default=0)
+
     def stop(self) -> None:
         if self._proc is not None:
             stop_pid(self._proc)
