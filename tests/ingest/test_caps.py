@@ -12,6 +12,7 @@ import pytest
 from support.eventually import eventually
 from support.ingest import RawClient, running_ingest
 
+from mailsluice.ingest import caps
 from mailsluice.ingest.service import IngestService
 
 MAX_SIZE = 65536
@@ -197,3 +198,64 @@ async def test_data_budget(ingest: IngestService, domain: str) -> None:
     finally:
         for client in (holder, waiter, late):
             await client.close()
+
+
+async def open_transfer(port: int, domain: str) -> RawClient:
+    """A connection past its 354, with no SIZE declared."""
+    client, _ = await connect(port)
+    for line in ("EHLO client.test", "MAIL FROM:<s@client.test>", f"RCPT TO:<r@{domain}>"):
+        assert (await client.cmd(line)).startswith("250")
+    assert (await client.cmd("DATA")).startswith("354")
+    return client
+
+
+def lines(count: int) -> bytes:
+    """`count` lines of 1,000 bytes each (with CRLF)."""
+    return (b"x" * 998 + b"\r\n") * count
+
+
+async def test_a_transfer_without_size_reserves_as_its_bytes_arrive(
+    ingest: IngestService, domain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No SIZE: each transfer reserves a step before its 354 and more as data arrives, so two
+    start at once where the maximum each would have left room for one; the second waits for
+    the budget the first holds once its bytes outgrow the rest, then gets 250."""
+    monkeypatch.setattr(caps, "DATA_STEP", 4096)
+    budget = ingest.registry.budget
+    first = await open_transfer(ingest.port, domain)
+    second = await open_transfer(ingest.port, domain)
+    try:
+        assert budget.used == 2 * 4096
+        await first.send(b"Subject: a\r\n\r\n" + lines(40))
+        await eventually(lambda: budget.used >= 40_000, within=5, what="the first's bytes held")
+        await second.send(b"Subject: b\r\n\r\n" + lines(30) + b".\r\n")
+        await eventually(lambda: len(budget._waiters) == 1, within=5, what="the second waiting")
+        await first.send(b".\r\n")
+        assert (await first.reply()).startswith("250 2.0.0 Ok: queued as ")
+        assert (await second.reply()).startswith("250 2.0.0 Ok: queued as ")
+        assert budget.used == 0
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_transfer_that_waits_too_long_for_the_budget_gets_421(
+    ingest: IngestService, domain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(caps, "DATA_STEP", 4096)
+    monkeypatch.setattr(ingest.registry, "budget_wait_s", 0.2)
+    budget = ingest.registry.budget
+    first = await open_transfer(ingest.port, domain)
+    second = await open_transfer(ingest.port, domain)
+    try:
+        await first.send(b"Subject: a\r\n\r\n" + lines(50))
+        await eventually(lambda: budget.used >= 50_000, within=5, what="the first's bytes held")
+        await second.send(b"Subject: b\r\n\r\n" + lines(30) + b".\r\n")
+        assert await second.reply() == "421 4.3.1 Insufficient system storage, closing"
+        assert await second.closed()
+        await first.send(b".\r\n")
+        assert (await first.reply()).startswith("250 2.0.0 Ok: queued as ")
+        assert budget.used == 0
+    finally:
+        await first.close()
+        await second.close()

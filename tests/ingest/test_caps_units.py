@@ -47,6 +47,7 @@ def test_reservation_and_declared_size() -> None:
     assert caps.reservation(None, 100) == 100
     assert caps.reservation(5000, 100) == 100
     assert caps.reservation(10, 100) == 10
+    assert caps.reservation(None, 10**8) == caps.DATA_STEP  # more as the bytes arrive
 
 
 async def test_budget_serves_waiters_in_order() -> None:

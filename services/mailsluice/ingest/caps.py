@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mailsluice.ingest import replies
+from mailsluice.metrics.ingest import Ingest as metrics
 
 # Commands that move no mail: counted toward the junk limit.
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
@@ -96,9 +98,58 @@ def queued(count: JunkCount) -> None:
 # --- bytes in flight ----------------------------------------------------------------------------
 
 
+# A transfer reserves its bytes in steps of this as they arrive past what it reserved before
+# its 354 (its declared SIZE, else one step). Reserving max_message_size up front for a client
+# that declares no SIZE let only 4 such transfers run at once with the default budget.
+DATA_STEP = 256 * 1024
+
+
 def reservation(declared: int | None, max_size: int) -> int:
-    """What a DATA transfer reserves: its declared SIZE, else the most it may be."""
-    return min(declared, max_size) if declared else max_size
+    """What a DATA transfer reserves before its 354: its declared SIZE, else one step."""
+    return min(declared or DATA_STEP, max_size)
+
+
+class BudgetExhausted(ConnectionResetError):
+    """The next step of the budget did not come in time during a transfer: the connection is
+    closed (421 4.3.1) and nothing of the message is kept."""
+
+
+class MeteredReader:
+    """The connection's reader during DATA. Once the bytes read pass what the transfer has
+    reserved, it waits for another step before handing on the line: reading stops meanwhile, and
+    TCP holds the client back. Bytes past `limit` (max_message_size) reserve nothing: aiosmtpd
+    discards them. `take(n)` reserves n more bytes; False when they did not come in time."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        reserved: int,
+        limit: int,
+        take: Callable[[int], Awaitable[bool]],
+    ) -> None:
+        self._reader, self.reserved, self._limit, self._take = reader, reserved, limit, take
+        self.received = 0
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await self._reader.readuntil(separator)
+        await self._account(len(line))
+        return line
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self._reader.read(n)
+        await self._account(len(data))
+        return data
+
+    async def _account(self, n: int) -> None:
+        self.received += n
+        while self.received > self.reserved and self.reserved < self._limit:
+            step = min(DATA_STEP, self._limit - self.reserved)
+            if not await self._take(step):
+                raise BudgetExhausted("no budget for the rest of the message")
+            self.reserved += step
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 def declared_size(mail_options: list[str]) -> int | None:
@@ -166,6 +217,30 @@ class ByteBudget:
             amount, waiter = self._waiters.popleft()
             self.used += amount
             waiter.set_result(None)
+
+
+class Held:
+    """What one connection holds of the registry's DATA budget."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.bytes = 0
+
+    async def take(self, amount: int, stage: str) -> bool:
+        """`amount` more, waited for in order; False (counted by `stage`) if not in time."""
+        budget = self.registry.budget
+        if not await budget.take(amount, self.registry.budget_wait_s):
+            metrics.DATA_BUDGET_REFUSED.labels(stage).inc()
+            return False
+        self.bytes += amount
+        metrics.DATA_BYTES_RESERVED.set(budget.used)
+        return True
+
+    def release(self) -> None:
+        if self.bytes:
+            self.registry.budget.give(self.bytes)
+            self.bytes = 0
+            metrics.DATA_BYTES_RESERVED.set(self.registry.budget.used)
 
 
 # --- the live connections -----------------------------------------------------------------------

@@ -30,6 +30,7 @@ S421_TOO_MANY_JUNK = "421 4.7.0 Too many commands without mail on this connectio
 S421_TOO_MANY_ABORTED = "421 4.7.0 Too many aborted transactions on this connection, closing"
 # RFC 1870 §6.1: the server cannot take a message of this size now; 4.3.1 (RFC 3463).
 S452_INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
+S421_INSUFFICIENT_STORAGE = "421 4.3.1 Insufficient system storage, closing"
 S450_DNS_TEMPFAIL = "450 4.4.3 Recipient domain temporarily unresolvable, try again later"
 S451_TEMPFAIL = "451 4.3.0 Temporary failure, try again later"
 S451_QUEUE_UNAVAILABLE = "451 4.3.0 Queue temporarily unavailable, try again later"

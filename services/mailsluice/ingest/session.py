@@ -91,7 +91,7 @@ class IngestSMTP(SMTP):
         self._admitted = False
         self.junk = JunkCount()
         self._in_data = False
-        self._reserved = 0  # bytes of the DATA budget this connection holds
+        self.held = caps.Held(registry)  # what this connection holds of the DATA budget
         self._last_reply = ""
 
     # --- state --------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class IngestSMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._registered:
             self._registered = False
-            self._release_data()
+            self.held.release()
             if self._admitted:
                 self._admitted = False
                 self.registry.counts.release(self.conn.peer_ip)
@@ -275,11 +275,16 @@ class IngestSMTP(SMTP):
             if self._wants_data(arg) and not await self._reserve_data():
                 return
             self._in_data = True
+            reader = self._reader  # metered for the transfer: it reserves as the bytes arrive
+            limit = self.data_size_limit or 0
+            metered = caps.MeteredReader(reader, self.held.bytes, limit, self._more_data)
+            self._reader = cast("asyncio.StreamReader", metered)
             try:
                 await super().smtp_DATA(arg)
             finally:
+                self._reader = reader
                 self._in_data = False
-                self._release_data()
+                self.held.release()
             if self._last_reply.startswith("250"):
                 caps.queued(self.junk)
 
@@ -293,15 +298,17 @@ class IngestSMTP(SMTP):
         does not come in time."""
         assert self.envelope is not None
         declared = caps.declared_size(self.envelope.mail_options)
-        amount = caps.reservation(declared, self.data_size_limit or 0)
-        budget = self.registry.budget
-        if not await budget.take(amount, self.registry.budget_wait_s):
-            metrics.DATA_BUDGET_REFUSED.labels("data").inc()
-            await self.push(replies.S452_INSUFFICIENT_STORAGE)
-            return False
-        self._reserved = amount
-        metrics.DATA_BYTES_RESERVED.set(budget.used)
-        return True
+        if await self.held.take(caps.reservation(declared, self.data_size_limit or 0), "data"):
+            return True
+        await self.push(replies.S452_INSUFFICIENT_STORAGE)
+        return False
+
+    async def _more_data(self, amount: int) -> bool:
+        """Another step of the budget during a transfer; else 421 4.3.1 and close."""
+        if await self.held.take(amount, "transfer"):
+            return True
+        self.close_with(replies.S421_INSUFFICIENT_STORAGE)
+        return False
 
     def _mail_budget(self, arg: str | None) -> tuple[str, str] | None:
         """MAIL with SIZE=n (RFC 1870 §6.1): 452 4.3.1 when n could not be had even after
@@ -311,12 +318,6 @@ class IngestSMTP(SMTP):
             return None
         metrics.DATA_BUDGET_REFUSED.labels("mail").inc()
         return replies.S452_INSUFFICIENT_STORAGE, ""
-
-    def _release_data(self) -> None:
-        if self._reserved:
-            self.registry.budget.give(self._reserved)
-            self._reserved = 0
-            metrics.DATA_BYTES_RESERVED.set(self.registry.budget.used)
 
     # --- commands that move no mail (caps.JUNK_COMMANDS) -------------------------------------
     # Without PIPELINING each waits for its reply too (QUIT aside: nothing follows it).

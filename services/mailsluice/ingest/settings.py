@@ -174,8 +174,9 @@ class IngestSettings(MailsluiceSettings):
         4 * DEFAULT_MAX_MESSAGE_SIZE,
         ge=1024,
         description="Bytes of message data held at once by all DATA transfers: each reserves "
-        "its declared SIZE (else max_message_size) before the 354. Bounds ingest memory; at "
-        "least max_message_size.",
+        "its declared SIZE (else 256 KiB) before the 354 and more as its bytes arrive, waiting "
+        "for room (421 4.3.1 after data_budget_wait_s). Bounds ingest memory; at least "
+        "max_message_size.",
     )
     data_budget_wait_s: float = Field(
         60.0,

@@ -58,14 +58,15 @@ class Ingest:
     REFUSED_REASONS = ("per_ip", "global")
     DATA_BYTES_RESERVED = Gauge(
         "mailsluice_ingest_data_reserved_bytes",
-        "Bytes of the in-flight DATA budget reserved now (declared SIZE, else the maximum).",
+        "Bytes of the in-flight DATA budget reserved now (declared SIZE or what has arrived).",
     )
     DATA_BUDGET_REFUSED = Counter(
         "mailsluice_ingest_data_budget_refused_total",
-        "Transactions answered 452 4.3.1 for want of the DATA budget, by stage (mail, data).",
+        "Transactions refused for want of the DATA budget, by stage: 452 4.3.1 at MAIL or "
+        "before the 354 (mail, data), 421 4.3.1 and close during the transfer (transfer).",
         ["stage"],
     )
-    BUDGET_STAGES = ("mail", "data")
+    BUDGET_STAGES = ("mail", "data", "transfer")
     # AUTH abuse and sender ownership (ingest/auth_guard.py, ingest/smtp_auth.py, owners).
     AUTH_ATTEMPTS = Counter(
         "mailsluice_ingest_auth_attempts_total",
