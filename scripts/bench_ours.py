@@ -206,12 +206,13 @@ def _free_ports() -> dict[str, int]:
     }
 
 
-def start_broker(stack: ExitStack, work: Path) -> str:
-    """A throwaway single broker under work/kafka, stopped when `stack` closes; its bootstrap."""
+def start_broker(stack: ExitStack, work: Path, overrides: dict[str, str] | None = None) -> str:
+    """A throwaway single broker under work/kafka, stopped when `stack` closes; its bootstrap.
+    `overrides`: server properties for this bench (kafka_config.server_properties)."""
     kafka_dir, kafka_port = work / "kafka", kafka_local.free_port()
     say(f"kafka: starting a broker on 127.0.0.1:{kafka_port}")
     stack.callback(kafka_local.stop, kafka_dir)
-    return kafka_local.start(kafka_dir, port=kafka_port).bootstrap
+    return kafka_local.start(kafka_dir, port=kafka_port, overrides=overrides).bootstrap
 
 
 def create_topics(env: dict[str, str], pools: tuple[str, ...] = ()) -> None:

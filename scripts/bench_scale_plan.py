@@ -114,7 +114,7 @@ def round_figures(
     """The JSON of one round. msgs_per_s: first to last message at the sink. all_ready: (the
     messages still to come, the seconds to the last) from the moment the last worker had its
     partitions: the drain by all k workers, without the head start of the first to join the
-    group (the bench broker forms a group at once, group.initial.rebalance.delay.ms 0). CPU:
+    group (should its join miss the broker's 3 s wait for a new group's members). CPU:
     all workers together, each from its own readiness, the broker apart; a worker's core
     share is its CPU over the drain's seconds."""
     cpu = [w.cpu_s for w in each]

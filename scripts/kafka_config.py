@@ -20,6 +20,7 @@ def server_properties(
     voters: str | None = None,
     replicas: int = 1,
     host: str = "127.0.0.1",
+    overrides: dict[str, str] | None = None,
 ) -> str:
     """server.properties of a combined broker+controller with its data in DIR/data.
 
@@ -27,7 +28,7 @@ def server_properties(
     controller ("1@127.0.0.1:port,2@..."), and `replicas` > 1 gives every topic, internal ones
     included, that many replicas with min.insync.replicas 2 and no unclean leader election.
     `host` is the address both listeners bind and clients are told (a local cluster's pods
-    reach the broker on the node's bridge address).
+    reach the broker on the node's bridge address). `overrides` replace or add properties.
     """
     p, c = port, controller_port
     rf, isr = str(replicas), str(min(replicas, 2))
@@ -75,6 +76,7 @@ def server_properties(
     }
     if replicas > 1:
         props.update(_CLUSTER_TIMING)
+    props.update(overrides or {})
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 

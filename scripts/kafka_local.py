@@ -253,9 +253,11 @@ def start(
     version: str | None = None,
     *,
     host: str | None = None,
+    overrides: dict[str, str] | None = None,
 ) -> BrokerState:
     """Start (or restart, keeping data) the broker in DIR; wait until it serves metadata.
-    `host`: the address it binds and advertises (default: as last time, else 127.0.0.1)."""
+    `host`: the address it binds and advertises (default: as last time, else 127.0.0.1);
+    `overrides`: server properties replaced or added (kafka_config.server_properties)."""
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "logs").mkdir(exist_ok=True)
@@ -275,7 +277,9 @@ def start(
         raise KafkaLocalError(f"a broker already runs from {directory} (pid {pid})")
     libs = fetch(state.version, quiet=True)
     (directory / "server.properties").write_text(
-        server_properties(directory, state.port, state.controller_port, host=host)
+        server_properties(
+            directory, state.port, state.controller_port, host=host, overrides=overrides
+        )
     )
     (directory / "log4j2.properties").write_text(log4j_properties(directory))
     _write_state(directory, state)

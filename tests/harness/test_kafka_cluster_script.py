@@ -44,6 +44,14 @@ def test_a_single_broker_keeps_one_replica(tmp_path: Path) -> None:
     assert "broker.session.timeout.ms" not in props
 
 
+def test_overrides_replace_or_add_properties(tmp_path: Path) -> None:
+    overrides = {"group.initial.rebalance.delay.ms": "3000", "log.retention.ms": "1000"}
+    props = _props(kafka_config.server_properties(tmp_path, 9092, 9093, overrides=overrides))
+    assert props["group.initial.rebalance.delay.ms"] == "3000"  # the suite's default is 0
+    assert props["log.retention.ms"] == "1000"
+    assert props["node.id"] == "1"
+
+
 def test_cluster_cli_when_nothing_runs(tmp_path: Path, capsys) -> None:
     assert kafka_local.main(["kill", "--dir", str(tmp_path), "--node", "1"]) == 1
     (tmp_path / "cluster.json").write_text(
