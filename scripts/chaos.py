@@ -136,7 +136,7 @@ async def watch_liveness(run: Run, stop: asyncio.Event) -> None:
     failures = {proc.name: 0 for proc in run.pipe.procs}
     while not stop.is_set():
         for proc in run.pipe.procs:
-            if proc.lock.locked() or not proc.ready:
+            if proc.lock.locked() or not proc.up_since_start:
                 continue  # a fault or a start has it
             died = not proc.running
             status = 0 if died else (await asyncio.to_thread(get, proc.url("/healthz")))[0]

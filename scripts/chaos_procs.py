@@ -70,7 +70,7 @@ class Proc(Service):
         super().__init__(name, argv, env, work)
         variable = "INGEST" if argv[0] == "ingest" else "DELIVERY"
         self.http_port = int(env[f"MAILSLUICE_{variable}_HTTP_PORT"])
-        self.ready = False  # ready since its last start
+        self.up_since_start = False  # ready since its last start
         self.starts = 0
         self.lock = asyncio.Lock()
 
@@ -82,10 +82,10 @@ class Proc(Service):
         return self.proc is not None and self.proc.poll() is None
 
     def _up(self, timeout: float) -> None:
-        self.ready = False
+        self.up_since_start = False
         self.starts += 1
         self.start(self.url("/readyz"), timeout)
-        self.ready = True
+        self.up_since_start = True
 
     async def up(self, ready_within_s: float = READY_TIMEOUT_S) -> None:
         """Start it and wait until it is ready."""
@@ -95,7 +95,7 @@ class Proc(Service):
         """Send `sig` by pid and wait for the exit (SIGKILL after `wait_s`)."""
         if self.proc is None:
             return
-        self.ready = False
+        self.up_since_start = False
         if sig == signal.SIGTERM:
             await asyncio.to_thread(stop_pid, self.proc, wait_s)
         else:

@@ -189,6 +189,8 @@ async def test_pool_gets_children_topic_and_ready_status(
 
 
 def test_spec_change_rolls_the_workers(crd: K8sCluster, operator: None) -> None:
+    # Its own pool: pytest-asyncio runs this sync test apart from the async ones around it.
+    apply_yaml(crd, pool_yaml("alpha", warmup={"preset": "none"}))
     before = eventually_sync(
         lambda: get_deployment(crd, "alpha"), within=60, interval=KUBECTL_POLL_S, what="Deployment"
     )
