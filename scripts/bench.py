@@ -132,6 +132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-postfix", action="store_true")
     parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample ingest and delivery with py-spy in the first end-to-end round; "
+        "collapsed stacks to DIR, top functions printed",
+    )
     return parser.parse_args(argv)
 
 
@@ -155,9 +162,11 @@ def run_bench(
         pipe = None if args.skip_ours else start_pipeline(stack, plan, work, sink, report)
         sink_base = sink.messages
         if pipe is not None and queue_stages(plan, sink, pipe, report):
-            sides.append(Contender("ours", pipe.target, pipe.cpu_groups()))
+            ours = Contender("ours", pipe.target, pipe.cpu_groups())
+            ours.profiled = pipe.pids()
+            sides.append(ours)
         accepted = pipe.accepted if pipe is not None else 0
-        accepted += compare_end_to_end(plan, sink, sides, report, deadline)
+        accepted += compare_end_to_end(plan, sink, sides, report, deadline, profile=args.profile)
         if any(side.name == "ours" for side in sides) and pipe is not None:
             if deadline.spent:
                 report.fail("latency", "time budget spent; skipped")

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import bench_cpu
+import bench_profile
+from bench_profile import Profiler
 from bench_run import Deadline, Plan, Report, say
 from bench_smtp import PeerResult, SmtpSink, measure_relay_e2e
 
@@ -30,6 +33,7 @@ class Contender:
     groups: dict[str, list[int]]
     results: list[PeerResult] = field(default_factory=list)
     cpu: list[dict[str, float | None]] = field(default_factory=list)  # ms/msg per group, a round
+    profiled: dict[str, int] = field(default_factory=dict)  # name -> pid, for --profile
 
     @property
     def key(self) -> str:
@@ -56,15 +60,24 @@ def cpu_text(cpu: Mapping[str, float | None]) -> str:
     return ", ".join(parts)
 
 
-def run_round(plan: Plan, sink: SmtpSink, side: Contender, number: int) -> int:
-    """One round of one target; returns the messages injected."""
+def run_round(
+    plan: Plan, sink: SmtpSink, side: Contender, number: int, profile: Path | None = None
+) -> int:
+    """One round of one target; returns the messages injected. With `profile`, the first
+    round of a side with processes to profile is sampled by py-spy (bench_profile)."""
     say(
         f"end to end, {side.name}: round {number}/{plan.rounds}, {plan.messages} messages of "
         f"{plan.size} bytes over {plan.sessions} sessions -> sink"
     )
+    sampled = profile is not None and number == 1 and side.profiled
+    profiler = Profiler(profile, side.profiled).start() if profile and sampled else None
     meter = bench_cpu.Meter(side.groups).start()
     result = measure_relay_e2e(sink, side.target, plan.workload(), 120)
     cpu = meter.stop(result.delivered)
+    if profiler is not None:
+        for problem in profiler.stop():
+            say(f"profile: {problem}")
+        bench_profile.report(profiler.out_dir, list(side.profiled))
     side.results.append(result)
     if not result.error:
         side.cpu.append(cpu)
@@ -76,7 +89,13 @@ def run_round(plan: Plan, sink: SmtpSink, side: Contender, number: int) -> int:
 
 
 def compare_end_to_end(
-    plan: Plan, sink: SmtpSink, sides: list[Contender], report: Report, deadline: Deadline
+    plan: Plan,
+    sink: SmtpSink,
+    sides: list[Contender],
+    report: Report,
+    deadline: Deadline,
+    *,
+    profile: Path | None = None,
 ) -> int:
     """Every round of every target, interleaved; returns messages injected."""
     injected = 0
@@ -86,7 +105,7 @@ def compare_end_to_end(
             break
         for side in sides:
             if not any(r.error for r in side.results):
-                injected += run_round(plan, sink, side, number)
+                injected += run_round(plan, sink, side, number, profile)
     for side in sides:
         summarise(side, report)
     return injected

@@ -190,6 +190,10 @@ class Pipeline:
         pid = kafka_local.running_pid(self.kafka_dir)
         return [pid] if pid else []
 
+    def pids(self) -> dict[str, int]:
+        """Our services by name, those running."""
+        return {s.name: s.pid for s in (self.ingest, self.delivery) if s.pid is not None}
+
     def cpu_groups(self) -> dict[str, list[int]]:
         """What counts as ours (ingest and delivery) and the broker, for bench_cpu."""
         ours = [s.pid for s in (self.ingest, self.delivery) if s.pid is not None]

@@ -73,12 +73,14 @@ def screen_list(plan: Plan, is_suppressed: IsSuppressed, *, now: float) -> Plan:
     for record in plan.records:
         env = record.envelope
         scope = list_scope(env.tenant, env.list_id)
-        gone = [r for r in env.recipients if scope and is_suppressed(r, (scope,))]
-        if scope is not None:
-            events += [
-                suppressed_event(record.envelope, r, scope=scope.label, text=LIST_TEXT, now=now)
-                for r in gone
-            ]
+        gone = [r for r in env.recipients if is_suppressed(r, (scope,))] if scope else []
+        if not gone:  # the record as planned (no copy: this runs for every message)
+            records.append(record)
+            continue
+        assert scope is not None
+        events += [
+            suppressed_event(env, r, scope=scope.label, text=LIST_TEXT, now=now) for r in gone
+        ]
         kept = tuple(r for r in env.recipients if r not in gone)
         if kept:
             records.append(replace(record, envelope=env.model_copy(update={"recipients": kept})))

@@ -17,6 +17,13 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from mailsluice.contracts.limits import record_limit
 from mailsluice.kafka.settings import KafkaSettings
 
+# What one fetch brings per partition and in all: what a consumer holds ahead of its caller (a
+# worker on 12 partitions drained a 9,000-message backlog at 95 MB peak RSS with these against
+# 148 MB with 8 and 64 MiB). A record over the partition limit still comes whole (KIP-74;
+# tests/kafka/test_fetch_sizes.py).
+PARTITION_FETCH_BYTES = 1024 * 1024
+FETCH_BYTES = 16 * 1024 * 1024
+
 
 def make_producer(
     settings: KafkaSettings, *, max_message_size: int, client_id: str, **overrides: Any
@@ -46,8 +53,8 @@ def make_consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
-        "max_partition_fetch_bytes": 8 * 1024 * 1024,
-        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": PARTITION_FETCH_BYTES,
+        "fetch_max_bytes": FETCH_BYTES,
     }
     if group_id is not None:
         opts["heartbeat_interval_ms"] = settings.heartbeat_interval_ms

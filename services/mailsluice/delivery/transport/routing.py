@@ -7,6 +7,7 @@ are injected too, so the logic is tested without a DNS server.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections import OrderedDict
@@ -106,6 +107,7 @@ def static_endpoint(
     return routes.get("*", smarthost)
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every message's route host
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
