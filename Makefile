@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 CAMPAIGN_ARGS ?=
+BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .PHONY: help setup system-deps kafka-jars k8s-build image k8s-up k8s-down k8s-node-up \
@@ -14,7 +15,7 @@ CHAOS_ARGS ?=
 help:
 	@echo "make run    - run the whole pipeline locally (Kafka, ingest, HTTP API, delivery, streams, webhooks, sandbox MX)"
 	@echo "make test   - install what is needed, then ruff, mypy and the full pytest suite"
-	@echo "make bench  - throughput, latency and memory (against Postfix), ingest memory, shaping, campaign, DKIM, HTTP API, engagement"
+	@echo "make bench  - throughput, CPU per message, latency and memory (against Postfix; BENCH_ARGS=--profile DIR), scale-out, ingest memory, shaping, campaign, DKIM, HTTP API, engagement"
 	@echo "make chaos  - the fault run: kills and a broker restart under load (CHAOS_ARGS=--help)"
 
 $(STAMP): pyproject.toml
@@ -46,7 +47,7 @@ run: setup
 	$(BIN)/python scripts/run_local.py
 
 bench: setup
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 	$(BIN)/python scripts/bench_scale.py
 	$(BIN)/python scripts/bench_ingest_memory.py
 	$(BIN)/python scripts/bench_shaping.py
