@@ -122,6 +122,7 @@ def plumbing_env(
     domains are static routes)."""
     return {
         **os.environ,
+        "MALLOC_ARENA_MAX": "2",  # as the image sets it (Dockerfile)
         "MAILSLUICE_KAFKA_BOOTSTRAP": bootstrap,
         "MAILSLUICE_DNS_NAMESERVERS": nameserver,
         "MAILSLUICE_LOG_JSON_FORMAT": "false",
