@@ -3,8 +3,13 @@ figures printed as the final JSON line, and the errors of stages that failed).""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench_smtp import Workload
@@ -93,3 +98,30 @@ class Deadline:
     @property
     def spent(self) -> bool:
         return time.monotonic() > self.end
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_stage(
+    prefix: str, keep: bool, errors: list[str], body: Callable[[Path], None], label: str
+) -> None:
+    """`body(work)` in a fresh work dir under /tmp. SIGTERM from outside unwinds through the
+    finally blocks, which stop every child by pid; an interrupt or an exception goes to `errors`
+    (`label: why`). The dir is kept with `keep` or after an error, else removed."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    say(f"work dir {work}")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        body(work)
+    except KeyboardInterrupt:
+        errors.append("interrupted")
+    except Exception as exc:
+        errors.append(f"{label}: {exc}")
+        say(f"FAILED {label}: {exc}")
+    finally:
+        if keep or errors:
+            say(f"logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)

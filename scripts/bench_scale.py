@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import urllib.request
 from contextlib import ExitStack
@@ -42,7 +40,7 @@ from typing import Any
 import bench_cpu
 import kafka_local
 from bench_ours import Service, create_topics, service_env, start_broker, start_dns
-from bench_run import Deadline, Plan, say
+from bench_run import Deadline, Plan, run_stage, say
 from bench_scale_plan import (
     WorkerFigures,
     attempts,
@@ -308,10 +306,6 @@ def run_rounds(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> 
         say("stopping everything")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
@@ -324,22 +318,13 @@ def main(argv: list[str] | None = None) -> int:
         "workers": counts,
     }
     result = new_result("scale-out", workload=workload, rounds=[])
-    work = Path(tempfile.mkdtemp(prefix="mailsluice-bench-scale-"))
-    say(f"work dir {work}")
-    # SIGTERM from outside: unwind through the finally blocks, which stop every child by pid.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        run_rounds(args, work, result)
-    except KeyboardInterrupt:
-        result["errors"].append("interrupted")
-    except Exception as exc:
-        result["errors"].append(f"start: {exc}")
-        say(f"FAILED start: {exc}")
-    finally:
-        if args.keep or result["errors"]:
-            say(f"logs kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    run_stage(
+        "mailsluice-bench-scale-",
+        args.keep,
+        result["errors"],
+        lambda work: run_rounds(args, work, result),
+        "start",
+    )
     result["speedup_vs_1_worker"] = speedups(result["rounds"])
     print(json.dumps(result, sort_keys=True), flush=True)
     return 1 if result["errors"] else 0

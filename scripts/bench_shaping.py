@@ -36,10 +36,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -49,7 +46,7 @@ from typing import Any
 
 import kafka_local
 from bench_ours import MAILSLUICE, Service
-from bench_run import say
+from bench_run import run_stage, say
 from bench_shaping_figures import format_rows, measured
 from bench_shaping_sink import StampSink
 from bench_tools import tail
@@ -366,10 +363,6 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
         say("stopping everything")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not MAILSLUICE.exists():
@@ -386,21 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
         "errors": [],
     }
-    work = Path(tempfile.mkdtemp(prefix="mailsluice-bench-shaping-"))
-    say(f"work dir {work}")
-    signal.signal(signal.SIGTERM, _interrupt)  # unwind through the stops (by pid)
-    try:
-        run(args, work, result)
-    except KeyboardInterrupt:
-        result["errors"].append("interrupted")
-    except Exception as exc:
-        result["errors"].append(f"bench: {exc}")
-        say(f"FAILED {exc}")
-    finally:
-        if args.keep or result["errors"]:
-            say(f"logs kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    run_stage(
+        "mailsluice-bench-shaping-",
+        args.keep,
+        result["errors"],
+        lambda work: run(args, work, result),
+        "bench",
+    )
     print(json.dumps(result, sort_keys=True), flush=True)
     return 1 if result["errors"] else 0
 
