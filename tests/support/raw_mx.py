@@ -64,6 +64,7 @@ class _Session(asyncio.Protocol):
         self.script = mx.script
         self.buf = bytearray()
         self.in_body = False
+        self.scanned = 0
         self.group = _Group()
         self.transport: asyncio.Transport | None = None
 
@@ -100,12 +101,13 @@ class _Session(asyncio.Protocol):
         if self.buf.startswith(b".\r\n"):
             body, size = b"", 3
         else:
-            end = self.buf.find(b"\r\n.\r\n")
+            end = self.buf.find(b"\r\n.\r\n", self.scanned)
             if end < 0:
+                self.scanned = max(0, len(self.buf) - 4)  # a large body: scan each byte once
                 return False
             body, size = bytes(self.buf[: end + 2]), end + 5
         del self.buf[:size]
-        self.in_body = False
+        self.in_body, self.scanned = False, 0
         self.mx.bodies.append(body)
         self._send([self.script.end])
         return True

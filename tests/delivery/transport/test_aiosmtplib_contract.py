@@ -53,6 +53,11 @@ def test_shapes() -> None:
     try:
         assert isinstance(proto._buffer, bytearray)
         assert proto._response_pending is False
+        assert proto._paused is False
+        proto.pause_writing()
+        assert proto._paused is True
+        proto.resume_writing()
+        assert proto._paused is False
         assert proto._response_waiter is None  # until connection_made
         assert proto.transport is None
         assert inspect.iscoroutinefunction(proto._drain_helper)

@@ -130,6 +130,16 @@ async def test_354_without_accepted_recipient_sends_only_the_end_of_data(
     assert "RSET" in mx.commands
 
 
+async def test_large_body_waits_for_the_transport(raw_mx, transports) -> None:
+    # Far over the transport's high-water mark: writing pauses until the server has read.
+    mx = raw_mx()
+    line = b"x" * 998 + b"\r\n"
+    message = b"Subject: big\r\n\r\n" + line * 8000
+    (result,) = await to(mx, transports).send(envelope("a@x.test"), message)
+    assert (result.code, result.phase) == (250, "data")
+    assert mx.bodies == [message]
+
+
 # --- 421, drops, stale connections -------------------------------------------------------------
 
 

@@ -18,10 +18,11 @@ if a release changes it):
 - between commands the protocol waits with `_response_pending` False and a fresh, not-done
   `_response_waiter`; neither is touched here, so aiosmtplib's next command finds them as it
   left them;
-- `SMTPProtocol.write` refuses a closing transport (SMTPServerDisconnected), `_drain_helper`
-  waits while the transport is paused; `pause_writing`, `resume_writing`, `eof_received` and
-  `connection_lost` are forwarded to it, so flow control and its connection-lost callback
-  (which closes the `SMTP` object) work as if it had stayed in place;
+- `SMTPProtocol.write` refuses a closing transport (SMTPServerDisconnected), `_paused` says
+  whether the transport asked it to pause writing, and `_drain_helper` waits while it is;
+  `pause_writing`, `resume_writing`, `eof_received` and `connection_lost` are forwarded to it,
+  so flow control and its connection-lost callback (which closes the `SMTP` object) work as if
+  it had stayed in place;
 - `SMTPResponse(code, message)`, and a reply's message as aiosmtplib builds it: each line's
   text after the code and separator, stripped, lines joined with "\\n".
 """
@@ -80,6 +81,8 @@ class ReplyReader(asyncio.Protocol):
 
     async def drain(self, limit_s: float) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
+        if not self._owner._paused:  # the usual case: no wait_for (it would make a task)
+            return
         try:
             await asyncio.wait_for(self._owner._drain_helper(), limit_s)
         except TimeoutError as exc:
