@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 from aiosmtplib.protocol import SMTPProtocol
 from support.raw_mx import GO_AHEAD, OK_RCPT, RawMx
+from support.tls import server_context
 from support.transport import MESSAGE, envelope, settings
 
 from mailsluice.delivery.transport.client import RecipientResult, Transport
@@ -138,6 +139,17 @@ async def test_large_body_waits_for_the_transport(raw_mx, transports) -> None:
     (result,) = await to(mx, transports).send(envelope("a@x.test"), message)
     assert (result.code, result.phase) == (250, "data")
     assert mx.bodies == [message]
+
+
+async def test_pipelined_over_starttls(fake_mx, transports, tmp_path) -> None:
+    # The reader takes over the TLS transport (asyncio's SSL protocol under uvloop) as well.
+    mx = fake_mx(tls_context=server_context(tmp_path, "mx.tls.test"))
+    t = to(mx, transports, tls_policy="required")
+    for _ in range(2):
+        results = await t.send(envelope("a@x.test", "permfail@x.test"), MESSAGE)
+        assert outcome(results) == [("a", 250, "2.0.0", "data"), ("permfail", 550, "5.1.1", "rcpt")]
+    assert [m.tls for m in await mx.messages_arrived(2)] == [True, True]
+    assert t.connections_opened == 1
 
 
 # --- 421, drops, stale connections -------------------------------------------------------------
