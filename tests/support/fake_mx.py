@@ -30,10 +30,11 @@ in any case; every other address is accepted:
 
 What an address cannot ask, because it happens before any recipient, the script says: a
 `greeting` instead of the banner (a 421), a `silent` server that accepts and never greets,
-`ehlo=False` (a HELO-only server), `broken_tls` (STARTTLS offered, its handshake answered with
-garbage), `mail_reply`, `data_reply`, a `delay` before every reply, `drop_at` a stage, and
-`rcpt_reply(address)` for anything else. With `tls_context=` it offers real STARTTLS, and each
-ReceivedMessage says whether it came encrypted.
+`ehlo=False` (a HELO-only server), `pipelining=False` (no PIPELINING offered, which it is by
+default), `broken_tls` (STARTTLS offered, its handshake answered with garbage), `mail_reply`,
+`data_reply`, a `delay` before every reply, `drop_at` a stage (with `drop_once`, on one
+connection only), and `rcpt_reply(address)` for anything else. With `tls_context=` it offers
+real STARTTLS, and each ReceivedMessage says whether it came encrypted.
 
 Every connection is recorded (`sessions`): the bytes the server read, exactly as sent, with the
 command verbs and each DATA phase's dot-stuffed bytes parsed out. The script, reply texts and
@@ -124,7 +125,7 @@ class _BeforeGreeting(_Recording, asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self._note_open(transport)
-        if self.script.drop_at == "connect":
+        if self.script.drops("connect"):
             transport.close()
         elif self.script.greeting is not None:
             asyncio.get_running_loop().call_later(self.script.delay, self._refuse)
@@ -182,7 +183,7 @@ class _ScriptedSMTP(_Recording, SMTP):
             self._greeted = True
             if script.delay:
                 await asyncio.sleep(script.delay)  # a slow banner is what the script asks
-        if script.drop_at == "data" and text.startswith("354"):
+        if text.startswith("354") and script.drops("data"):
             self._drop = True
         if self._drop:
             self.hang_up()
@@ -326,10 +327,12 @@ class FakeMx:
     ) -> list[str]:
         await self._pause()
         session.host_name = hostname
-        if self.script.drop_at == "ehlo":
+        if self.script.drops("ehlo"):
             server.drop_before_reply()
         if self.script.broken_tls and "250-STARTTLS" not in responses:
             responses.insert(-1, "250-STARTTLS")
+        if self.script.pipelining:  # aiosmtpd reads pipelined commands, but does not say so
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(
@@ -337,7 +340,7 @@ class FakeMx:
     ) -> str:
         await self._pause()
         session.host_name = hostname
-        if self.script.drop_at == "ehlo":
+        if self.script.drops("ehlo"):
             server.drop_before_reply()
         return f"250 {server.hostname}"
 
@@ -352,7 +355,7 @@ class FakeMx:
         await self._pause()
         with self._lock:
             self.transactions += 1
-        if self.script.drop_at == "mail":
+        if self.script.drops("mail"):
             server.drop_before_reply()
         if self.script.mail_reply is not None:
             return self.script.mail_reply
@@ -372,7 +375,7 @@ class FakeMx:
         fault = self.script.fault_for_rcpt(address)
         if fault.delay:
             await asyncio.sleep(fault.delay)  # slow-S@: a slow answer is what it asks
-        if self.script.drop_at == "rcpt" or fault.rcpt_reply is None:
+        if fault.rcpt_reply is None or self.script.drops("rcpt"):
             server.drop_before_reply()
             return R421_CLOSING  # never sent
         if fault.close:
@@ -386,7 +389,7 @@ class FakeMx:
 
     async def handle_DATA(self, server: _ScriptedSMTP, session: Session, envelope: Envelope) -> str:
         await self._pause()
-        if self.script.drop_at == "dot":
+        if self.script.drops("dot"):
             server.drop_before_reply()
             return R451_DATA
         if self.script.data_reply is not None:

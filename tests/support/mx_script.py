@@ -90,6 +90,9 @@ class MxScript:
     silent: bool = False
     # False: EHLO is refused with 502 (a server that knows only HELO).
     ehlo: bool = True
+    # EHLO offers PIPELINING (RFC 2920), as nearly every real MX does; False: a server that
+    # does not, so clients wait for each reply before the next command.
+    pipelining: bool = True
     # Offer STARTTLS, answer it with 220 and then bytes that are no TLS handshake, and close.
     broken_tls: bool = False
     # Optional function of the recipient address returning a reply (None: the address decides).
@@ -103,6 +106,17 @@ class MxScript:
     # Close the connection without a reply at this stage, one of DROP_STAGES:
     # "connect" (no banner), "ehlo", "mail", "rcpt", "data" (instead of 354), "dot" (after body).
     drop_at: str | None = None
+    # True: `drop_at` applies to one connection, then is cleared (a pooled connection that
+    # dies once, and a fresh one that works).
+    drop_once: bool = False
+
+    def drops(self, stage: str) -> bool:
+        """Whether to close without a reply at `stage` (clearing `drop_at` if `drop_once`)."""
+        if self.drop_at != stage:
+            return False
+        if self.drop_once:
+            self.drop_at = None
+        return True
 
     def fault_for_rcpt(self, address: str) -> Fault:
         if self.rcpt_reply is not None:

@@ -73,7 +73,7 @@ async def test_mail_from_refused(fake_mx, transports) -> None:
 
 
 async def test_421_at_rcpt_closes_and_defers_the_rest(fake_mx, transports) -> None:
-    mx = fake_mx()
+    mx = fake_mx(pipelining=False)  # one command at a time: the third RCPT is never sent
     t = transports(settings(static_routes=f"*={mx.address}"))
     results = await t.send(
         envelope("one@example.test", "defer-421@example.test", "three@example.test"), MESSAGE
@@ -356,7 +356,7 @@ async def test_unsafe_recipient_refused_alone(fake_mx, transports) -> None:
 
 
 async def test_dead_pooled_connection_is_replaced_without_failing(fake_mx, transports) -> None:
-    mx = fake_mx()
+    mx = fake_mx(pipelining=False)  # the lock-step path; test_pipelining has the other
     t = transports(settings(static_routes=f"*={mx.address}"))
     assert kinds(await t.send(envelope("a@example.test"), MESSAGE)) == ["delivered"]
     (pooled,) = [c for conns in t._idle.values() for c in conns]

@@ -4,11 +4,11 @@ never exceptions.
 
 Recipients are grouped by domain, each group routed and sent over a connection from the pool in
 `connection_pool` (`connection` opens connections, negotiates TLS and writes the wire-ready
-DATA payload; `transaction` runs MAIL, RCPT and DATA); a pooled connection found dead at MAIL
-FROM is replaced. The envelope's routing key brings per-destination limits (`limits`: messages
-per connection, recipients per transaction, TLS, connection rate), on every route, and a hosted
-domain's MX hosts are reported to `on_mx` so the shaper can roll the domain up into its provider
-before its limits are looked up.
+DATA payload; `transaction` runs MAIL, RCPT and DATA, pipelined where the server allows it);
+a pooled connection found dead at MAIL FROM is replaced. The envelope's routing key brings
+per-destination limits (`limits`: messages per connection, recipients per transaction, TLS,
+connection rate), on every route, and a hosted domain's MX hosts are reported to `on_mx` so the
+shaper can roll the domain up into its provider before its limits are looked up.
 
 Each send goes out from one source address of MAILSLUICE_OUTBOUND_SOURCE_ADDRESSES (the caller's
 pick, by default the first): its connections are bound to it and pooled apart from the others',

@@ -1,6 +1,11 @@
 """One mail transaction on an open connection: MAIL FROM, RCPT TO for each recipient, DATA for
 the accepted ones, and a result per recipient saying where its reply came from.
 
+When the server offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA go out in one write and
+their replies are read in order (`pipelining.ReplyReader`): a refused MAIL's reply goes to every
+recipient, each RCPT keeps its own, DATA's goes to the accepted ones; the body follows a 354
+only if a recipient was accepted. Otherwise each command waits for its reply.
+
 Remote trouble in the middle (a timeout, a dropped connection) becomes a 451 result at the
 phase it happened in; a pooled connection found dead at MAIL FROM raises StaleConnection so the
 caller opens a fresh one (nothing was sent). The connection goes back to the pool, is reset
@@ -22,6 +27,7 @@ from mailsluice.delivery.transport.connection import (
     send_data,
 )
 from mailsluice.delivery.transport.connection_pool import ConnectionPool
+from mailsluice.delivery.transport.pipelining import ReplyReader
 from mailsluice.delivery.transport.replies import (
     S451_DROPPED,
     S451_TIMEOUT,
@@ -127,8 +133,9 @@ class Transaction:
         return [r for r in self.rcpts if r not in self.results]
 
     async def _exchange(self, sender: str, payload: bytes) -> None:
-        """MAIL, RCPT for each pending recipient, DATA for the accepted ones."""
-        conn, s = self.conn, self.settings
+        """MAIL, RCPT for each pending recipient, DATA for the accepted ones: pipelined when
+        the server offers PIPELINING, else one command at a time."""
+        conn = self.conn
         pending = self.pending()
         if not pending:
             return await self.pool.release(conn, dirty=False)
@@ -136,13 +143,17 @@ class Transaction:
         if isinstance(options, Reply):
             self.local(pending, options)
             return await self.pool.release(conn, dirty=False)
+        mail = [b"MAIL", b"FROM:" + _path(sender), *options]
+        if conn.smtp.supports_extension("pipelining"):
+            return await self._pipelined(mail, pending, payload)
+        return await self._lockstep(mail, pending, payload)
+
+    async def _lockstep(self, mail: list[bytes], pending: list[str], payload: bytes) -> None:
+        conn, s = self.conn, self.settings
         try:
-            mail_from = b"FROM:" + _path(sender)
-            resp = await conn.command(s.mail_timeout_s, b"MAIL", mail_from, *options)
+            resp = await conn.command(s.mail_timeout_s, *mail)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
-            if conn.reused:
-                conn.close()
-                raise StaleConnection from None
+            self._stale_if_reused()
             raise
         if resp.code != 250:
             self.remote_reply(pending, resp)
@@ -168,6 +179,93 @@ class Transaction:
             return await self._after_failure(resp.code)
         conn.sent += 1
         return await self.pool.release(conn, dirty=False)
+
+    async def _pipelined(self, mail: list[bytes], pending: list[str], payload: bytes) -> None:
+        """RFC 2920: MAIL, every RCPT and DATA in one write, their replies read in order by a
+        ReplyReader; the connection goes back to aiosmtplib's protocol before it is released."""
+        conn = self.conn
+        rcpts = [b"RCPT TO:" + _path(r) for r in pending]
+        # Addresses passed _safe_address and options are ours: no line can be injected.
+        group = b"\r\n".join([b" ".join(mail), *rcpts, b"DATA", b""])
+        try:
+            reader = ReplyReader.attach(conn.smtp)
+        except aiosmtplib.SMTPServerDisconnected:
+            self._stale_if_reused()
+            raise
+        try:
+            failed = await self._group(reader, group, pending, payload)
+        finally:
+            reader.detach()
+        if failed is not None:
+            return await self._after_failure(failed)
+        conn.sent += 1
+        return await self.pool.release(conn, dirty=False)
+
+    async def _group(
+        self, reader: ReplyReader, group: bytes, pending: list[str], payload: bytes
+    ) -> int | None:
+        """The replies to a pipelined group, then the body if it may go; None when the message
+        was accepted, else the code that decides the connection's fate (421: close)."""
+        s = self.settings
+        try:
+            reader.write(group)
+            mail = await reader.reply(s.mail_timeout_s)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+            self._stale_if_reused()
+            raise
+        if mail.code != 250:  # every recipient gets MAIL's reply; the rest is read, unused
+            self.remote_reply(pending, mail)
+            if mail.code == 421:
+                return 421
+        self.phase = "rcpt"
+        accepted = await self._rcpt_replies(reader, pending, mail.code == 250)
+        if accepted is None:
+            return 421
+        self.phase = "data"
+        data = await reader.reply(s.data_init_timeout_s)
+        if data.code == 421:
+            self.remote_reply(self.pending(), data)
+            return 421
+        if data.code != 354:
+            self.remote_reply(accepted, data)  # no recipient accepted: nobody left to tell
+            return data.code
+        if not accepted:
+            # A 354 with no recipient accepted (a broken server): like Postfix's smtp client
+            # (smtp_proto.c, "just send '.'"), end the empty DATA at once and ignore its reply,
+            # so no message goes out; each recipient keeps its MAIL or RCPT reply.
+            reader.write(b".\r\n")
+            return (await reader.reply(s.data_end_timeout_s)).code
+        reader.write(payload)  # wire-ready: CRLF-normalised, dot-stuffed, terminated
+        await reader.drain(s.data_block_timeout_s)
+        end = await reader.reply(s.data_end_timeout_s)
+        self.remote_reply(accepted, end)
+        return None if end.code == 250 else end.code
+
+    async def _rcpt_replies(
+        self, reader: ReplyReader, pending: list[str], mail_ok: bool
+    ) -> list[str] | None:
+        """The recipients whose RCPT was accepted; None after a 421, when the recipients not
+        yet answered (accepted ones included) got it."""
+        accepted: list[str] = []
+        for rcpt in pending:
+            resp = await reader.reply(self.settings.rcpt_timeout_s)
+            if resp.code == 421:
+                self.remote_reply(self.pending(), resp)
+                return None
+            if not mail_ok:
+                continue  # answered with MAIL's reply already
+            if resp.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                self.remote_reply([rcpt], resp)
+        return accepted
+
+    def _stale_if_reused(self) -> None:
+        """A pooled connection found dead before any reply: nothing was delivered, so the
+        caller may try a new one."""
+        if self.conn.reused:
+            self.conn.close()
+            raise StaleConnection from None
 
     async def _after_failure(self, code: int) -> None:
         if code == 421 or not self.conn.usable():
