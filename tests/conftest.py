@@ -20,13 +20,24 @@ from mailsluice.kafka.settings import KafkaSettings
 T = TypeVar("T", KafkaBroker, KafkaCluster)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Tests run in file order. pytest-asyncio gives async tests a session-scoped loop-factory
+    parameter that sync tests lack, and pytest's grouping by parameter would then move each
+    module's sync tests after every async test of the suite, away from the module fixtures
+    (and the state) they share with their neighbours."""
+    place = {item.nodeid: i for i, item in enumerate(items)}
+    yield
+    items.sort(key=lambda item: place[item.nodeid])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Markers are true by construction: every test that uses the broker (directly or through
     another fixture) is marked `kafka`, and only those; so is every test of the cluster."""
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        if "kafka" in names or "kafka_cluster" in names:
-            item.add_marker(pytest.mark.kafka)
+    names = getattr(item, "fixturenames", ())
+    if "kafka" in names or "kafka_cluster" in names:
+        item.add_marker(pytest.mark.kafka)
 
 
 @pytest.fixture(scope="session")

@@ -56,8 +56,10 @@ class Commits:
                 async with asyncio.timeout(self.interval_s):
                     await self._soon.wait()
             if self._soon.is_set():
-                self._soon.clear()
                 await asyncio.sleep(min(FIRST_COMMIT_DELAY_S, self.interval_s))
+                # first records of other partitions that finished meanwhile go in this commit,
+                # not in another one a delay later
+                self._soon.clear()
             await self.commit(consumer)
             self.rounds += 1
 
