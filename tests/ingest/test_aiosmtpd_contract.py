@@ -134,6 +134,7 @@ async def test_every_private_part_we_name_has_the_shape_we_assume() -> None:
                 "_timeout_cb": not inspect.iscoroutinefunction(SMTP._timeout_cb)
                 and params(SMTP._timeout_cb) == ["self"],
                 "_reader": isinstance(reader, asyncio.StreamReader)
+                and isinstance(getattr(reader, "_limit", None), int)
                 and isinstance(getattr(reader, "_buffer", None), bytearray),
                 "command_size_limits": isinstance(SMTP.command_size_limits, collections.defaultdict)
                 and SMTP.command_size_limits.default_factory is not None

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from mailsluice.ingest import replies
 from mailsluice.metrics.ingest import Ingest as metrics
@@ -107,49 +106,6 @@ DATA_STEP = 256 * 1024
 def reservation(declared: int | None, max_size: int) -> int:
     """What a DATA transfer reserves before its 354: its declared SIZE, else one step."""
     return min(declared or DATA_STEP, max_size)
-
-
-class BudgetExhausted(ConnectionResetError):
-    """The next step of the budget did not come in time during a transfer: the connection is
-    closed (421 4.3.1) and nothing of the message is kept."""
-
-
-class MeteredReader:
-    """The connection's reader during DATA. Once the bytes read pass what the transfer has
-    reserved, it waits for another step before handing on the line: reading stops meanwhile, and
-    TCP holds the client back. Bytes past `limit` (max_message_size) reserve nothing: aiosmtpd
-    discards them. `take(n)` reserves n more bytes; False when they did not come in time."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        reserved: int,
-        limit: int,
-        take: Callable[[int], Awaitable[bool]],
-    ) -> None:
-        self._reader, self.reserved, self._limit, self._take = reader, reserved, limit, take
-        self.received = 0
-
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        line = await self._reader.readuntil(separator)
-        await self._account(len(line))
-        return line
-
-    async def read(self, n: int = -1) -> bytes:
-        data = await self._reader.read(n)
-        await self._account(len(data))
-        return data
-
-    async def _account(self, n: int) -> None:
-        self.received += n
-        while self.received > self.reserved and self.reserved < self._limit:
-            step = min(DATA_STEP, self._limit - self.reserved)
-            if not await self._take(step):
-                raise BudgetExhausted("no budget for the rest of the message")
-            self.reserved += step
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reader, name)
 
 
 def declared_size(mail_options: list[str]) -> int | None:

@@ -19,7 +19,7 @@ from typing import Any, AnyStr, cast
 import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
-from mailsluice.ingest import caps, replies
+from mailsluice.ingest import caps, replies, transfer
 from mailsluice.ingest.addresses import simple_path
 from mailsluice.ingest.caps import JunkCount, Registry
 from mailsluice.ingest.plan import Transaction
@@ -48,8 +48,9 @@ PRIVATE_API = {
     # Called when aiosmtpd's idle timer (the `timeout` argument) fires: 421 before the close.
     "_timeout_cb": "method (self)",
     # The connection's asyncio.StreamReader (asyncio keeps unread bytes in its `_buffer`):
-    # input not yet read while a reply is due reveals an early talker or pipelining.
-    "_reader": "asyncio.StreamReader with a `_buffer` of unread bytes",
+    # input not yet read while a reply is due reveals an early talker or pipelining. During
+    # DATA its line limit `_limit` is raised to read the body in blocks (transfer.py).
+    "_reader": "asyncio.StreamReader with a `_buffer` of unread bytes and an int `_limit`",
     # A dict shared by the class that every EHLO grows: made per connection, reset per EHLO.
     "command_size_limits": "defaultdict of command -> line limit, default command_size_limit",
     # A module constant `_handle_client` reads at each connection start as its budget of unknown
@@ -277,7 +278,7 @@ class IngestSMTP(SMTP):
             self._in_data = True
             reader = self._reader  # metered for the transfer: it reserves as the bytes arrive
             limit = self.data_size_limit or 0
-            metered = caps.MeteredReader(reader, self.held.bytes, limit, self._more_data)
+            metered = transfer.MeteredReader(reader, self.held.bytes, limit, self._more_data)
             self._reader = cast("asyncio.StreamReader", metered)
             try:
                 await super().smtp_DATA(arg)
