@@ -140,3 +140,23 @@ async def test_a_block_past_the_reservation_waits_for_the_budget(
     with pytest.raises(transfer.BudgetExhausted):
         await _lines(metered)
     assert taken == [4096, 4096]  # the first step came, the second did not
+
+
+async def test_a_long_body_comes_in_blocks_of_whole_lines() -> None:
+    body = b"".join(b"line %d\r\n" % n for n in range(40_000)) + b".\r\n"  # ~390 KiB
+    expected = await _lines(_reader(body + AFTER))
+    reader = CountingReader()
+    reader.feed_data(body + AFTER)
+    assert await _lines(_metered(reader)) == expected
+    assert reader.reads < 2 * len(body) // transfer.BLOCK_LIMIT + 2  # not one per line
+    assert bytes(reader._buffer) == AFTER  # type: ignore[attr-defined]
+
+
+async def test_past_the_reservation_a_line_at_a_time() -> None:
+    """What the reader would buffer for a block is kept within what was reserved: with less
+    left, each line is read (and metered) alone, as aiosmtpd would."""
+    reader = CountingReader()
+    reader.feed_data(b"a\r\n" * 100 + b".\r\n")
+    metered = transfer.MeteredReader(reader, 2 * transfer.BLOCK_LIMIT - 1, 10**9, _untaken)
+    assert len(await _lines(metered)) == 100
+    assert reader.reads == 101

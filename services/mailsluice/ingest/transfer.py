@@ -7,8 +7,9 @@ raised to BLOCK_LIMIT for that read. A block starts at the start of a line, so e
 ends a line; the one case its search (CRLF "." CRLF) cannot see, a first line that is the
 end-of-data line itself, is told from the reader's buffer, else that line is read alone.
 aiosmtpd still gets the lines one by one, so its checks (line length, message size, dot
-transparency) stay its own. A body whose rest is longer than a block goes on a line at a time
-at the connection's own limit, as before.
+transparency) stay its own. A longer body comes in blocks of whole lines; a line longer than a
+block, and bytes past what the transfer has reserved, come a line at a time at the
+connection's own limit, as before.
 
 Metering: once the bytes read pass what the transfer has reserved, it waits for another step
 of the budget before handing on what it read: reading stops meanwhile, and TCP holds the client
@@ -23,8 +24,8 @@ from typing import Any
 
 from mailsluice.ingest import caps
 
-# The most read at once for a block: a body's rest up to this comes in one read (one copy
-# fewer per line than the line-at-a-time path), a longer one a line at a time.
+# The most read at once for a block: a body's rest up to this comes in one read, a longer one
+# in reads of the whole lines within this.
 BLOCK_LIMIT = 64 * 1024
 END_OF_DATA = b"\r\n.\r\n"
 CRLF = b"\r\n"
@@ -76,6 +77,7 @@ class MeteredReader:
         if self._part:  # already accounted with its block
             part, self._part = self._part, b""
             return part
+        self._blocks = False  # aiosmtpd reads part of a too-long line: no longer at a line start
         data = await self._reader.read(n)
         await self._account(len(data))
         return data
@@ -86,22 +88,35 @@ class MeteredReader:
         return line
 
     def _block_ahead(self) -> bool:
-        """Whether the next line is known not to be the end-of-data line, from the bytes
-        already received (asyncio keeps them in the reader's `_buffer`)."""
+        """Whether a block may be read: the bytes already received (asyncio keeps them in the
+        reader's `_buffer`) show the next line is not the end-of-data line, and what the reader
+        may buffer for a block (twice its limit, then it pauses the transport) is within what
+        the transfer has reserved, so that the budget still bounds the memory held."""
         ahead: bytearray = self._reader._buffer  # type: ignore[attr-defined]
-        return len(ahead) >= len(END_OF_DATA) - 2 and not ahead.startswith(END_OF_DATA[2:])
+        return (
+            self.reserved - self.received >= 2 * BLOCK_LIMIT
+            and len(ahead) >= len(END_OF_DATA) - 2
+            and not ahead.startswith(END_OF_DATA[2:])
+        )
 
     async def _block(self) -> bytes | None:
-        """The body's rest up to and with its end-of-data line, or None (and a line at a time
-        from now on) when that is longer than a block."""
+        """The body's rest up to and with its end-of-data line; when that is longer than a
+        block, the whole lines of the block; None (and a line at a time from now on) when its
+        first line is longer than a block."""
         reader = self._reader
         line_limit = reader._limit  # type: ignore[attr-defined]
         reader._limit = BLOCK_LIMIT  # type: ignore[attr-defined]
         try:
             return await reader.readuntil(END_OF_DATA)
-        except asyncio.LimitOverrunError:
-            self._blocks = False  # the bytes stay in the reader, read next a line at a time
-            return None
+        except asyncio.LimitOverrunError as exc:
+            # No end-of-data line within the block (exc.consumed: where the search stopped, or
+            # where the end-of-data line starts past the limit): the lines up to there.
+            buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
+            end = buffered.rfind(CRLF, 0, exc.consumed + len(CRLF))
+            if end < 0:
+                self._blocks = False  # the bytes stay in the reader, read a line at a time
+                return None
+            return await reader.readexactly(end + len(CRLF))
         finally:
             reader._limit = line_limit  # type: ignore[attr-defined]
 
