@@ -11,7 +11,12 @@ import uuid
 from mailsluice.contracts.limits import DEFAULT_MAX_MESSAGE_SIZE, record_limit
 from mailsluice.contracts.topics import TopicSpec
 from mailsluice.kafka.admin import ensure_topics
-from mailsluice.kafka.clients import PARTITION_FETCH_BYTES, make_consumer, make_producer
+from mailsluice.kafka.clients import (
+    BATCHED_FETCH,
+    PARTITION_FETCH_BYTES,
+    make_consumer,
+    make_producer,
+)
 from mailsluice.kafka.settings import KafkaSettings
 
 WITHIN_S = 60.0  # bound on a hang, not a synchronisation
@@ -55,3 +60,35 @@ async def test_records_over_the_partition_limit_reach_every_partition(
     assert sorted(got) == [
         (p, o, n) for p in range(PARTITIONS) for o, n in ((0, big), (1, big), (2, 5))
     ]
+
+
+async def test_a_batched_fetch_still_brings_a_lone_small_record(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """BATCHED_FETCH asks the broker for far more bytes than one record: the wait bound must
+    answer the fetch anyway, in every partition, or a quiet pool's mail would sit unread."""
+    topic = f"fetch-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_settings, [TopicSpec(topic, PARTITIONS, {})])
+    consumer = make_consumer(
+        kafka_settings, topic, group_id=None, client_id="test-fetch", **BATCHED_FETCH
+    )
+    await consumer.start()
+    producer = make_producer(kafka_settings, max_message_size=1024, client_id="test-fetch")
+    await producer.start()
+    got: list[tuple[int, bytes]] = []
+    try:
+        for partition in range(PARTITIONS):
+            await producer.send_and_wait(topic, b"lone", partition=partition)
+            want = len(got) + 1
+
+            async def consume(want: int = want) -> None:
+                while len(got) < want:
+                    batch = await consumer.getmany(timeout_ms=200)
+                    got.extend((tp.partition, r.value) for tp, rs in batch.items() for r in rs)
+
+            await asyncio.wait_for(consume(), WITHIN_S)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    assert got == [(p, b"lone") for p in range(PARTITIONS)]
+    assert BATCHED_FETCH["fetch_min_bytes"] > 100 * len(b"lone")

@@ -24,6 +24,12 @@ from mailsluice.kafka.settings import KafkaSettings
 PARTITION_FETCH_BYTES = 1024 * 1024
 FETCH_BYTES = 16 * 1024 * 1024
 
+# For a busy topic (a pool's queue): the broker answers a fetch once it has this many bytes or
+# after this wait, so a worker keeping up with ingest gets tens of records a fetch rather than
+# one or two. In `make bench` it cut CPU per message (ours and the broker's) by about 7%, for at
+# most 10 ms more latency (e2e p99 at 50 msg/s: 19 -> 27 ms).
+BATCHED_FETCH: dict[str, int] = {"fetch_min_bytes": 64 * 1024, "fetch_max_wait_ms": 10}
+
 
 def make_producer(
     settings: KafkaSettings, *, max_message_size: int, client_id: str, **overrides: Any

@@ -39,7 +39,7 @@ from mailsluice.delivery.worker.dedup import DeliveredCache
 from mailsluice.delivery.worker.dispatch import Dispatch, scheduler_for
 from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.delivery.worker.shaper import default_shaper
-from mailsluice.kafka.clients import make_consumer, make_producer
+from mailsluice.kafka.clients import BATCHED_FETCH, make_consumer, make_producer
 from mailsluice.kafka.ledger import Ledger
 from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
@@ -163,7 +163,7 @@ class Worker:
             self.kafka,
             group_id=consumer_group(self.pool),
             client_id=self._client_id,
-            **self._consumer_options,
+            **{**BATCHED_FETCH, **self._consumer_options},
         )
         self.consumer.subscribe([self.topic], listener=_Listener(self))
         await self.consumer.start()
