@@ -180,7 +180,9 @@ async def test_throttled_destination_goes_through_delay_topic(kafka: Any) -> Non
     slow = sorted(sent_at["slow.example"])
     assert slow[-1] - slow[0] >= 2.7
     gaps = [b - a for a, b in itertools.pairwise(slow)]
-    assert min(gaps) >= 0.24
+    # no burst: each send waits for its token (0.25 s; the way from the grant to the fake
+    # transport's clock varies by a few tens of ms on a loaded machine)
+    assert min(gaps) >= 0.2
     # The fast destination in the same partition was not held up by the slow one.
     fast = sorted(sent_at["fast.example"])
     assert len(fast) == 30
