@@ -363,5 +363,13 @@ def test_cli_against_kafka(kafka, monkeypatch, capsys):
     state = asyncio.run(cli.read_state(settings))
     assert state.commands[("t-ctl", "google")].action == "suspend"
     assert cli.run(parse("resume", "google", "--pool", "t-ctl")) == 0
+    capsys.readouterr()
     state = asyncio.run(cli.read_state(settings))
     assert state.commands[("t-ctl", "google")].action == "resume"
+    # the worker's status (control_ts 0) predates the resume: the next list shows the resume,
+    # marked as not yet reported, however old the status is
+    assert cli.run(parse("list", "--pool", "t-ctl")) == 0
+    out = capsys.readouterr().out.splitlines()
+    (line,) = [line for line in out if " google " in line]
+    assert line.split()[3] == "resumed" and line.split()[5] == "ago*"
+    assert out[-1] == PENDING_NOTE

@@ -144,7 +144,10 @@ def render(state: ControlState, pool: str | None, *, as_json: bool, now: float) 
 
 
 def _json(line: Line) -> dict[str, object]:
-    data: dict[str, object] = asdict(line.row) if line.row else {"key": line.key}
+    # no worker reports the destination: its queue and sends are unknown, not 0
+    data: dict[str, object] = (
+        asdict(line.row) if line.row else {"key": line.key, "queued": None, "active": None}
+    )
     if line.row is not None:
         data["rate"] = None if math.isinf(line.row.rate) else line.row.rate
         data["reported_state"] = line.row.state

@@ -190,7 +190,9 @@ class ShapingRuntime:
         if cmd is not None and self.shaper.apply_command(cmd, self.mono()):
             log.info("destination %s: %s by %s", cmd.key, cmd.action, cmd.by or "operator")
             self.control_ts = cmd.ts
-            self._publish_now.set()
+            view = self._control_view
+            if view is not None and view.ready:  # a new command, not one replayed at start
+                self._publish_now.set()
 
     async def _publish_loop(self) -> None:
         """Status every status_interval_s, and at once after a command: `destinations list`
