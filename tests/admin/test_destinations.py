@@ -9,7 +9,7 @@ import math
 import pytest
 
 from mailsluice.admin import destinations as cli
-from mailsluice.admin.destinations_table import PARTIAL_NOTE, PENDING_NOTE, age_text
+from mailsluice.admin.destinations_table import LAG_NOTE, PARTIAL_NOTE, PENDING_NOTE, age_text
 from mailsluice.contracts.control import (
     Command,
     ControlState,
@@ -373,3 +373,16 @@ def test_cli_against_kafka(kafka, monkeypatch, capsys):
     (line,) = [line for line in out if " google " in line]
     assert line.split()[3] == "resumed" and line.split()[5] == "ago*"
     assert out[-1] == PENDING_NOTE
+
+
+def test_each_pool_shows_its_queue_topics_unfinished_records_from_live_workers():
+    state = ControlState()
+    row = DestinationRow("google", "steady", queued=3)
+    for worker, ts, lag in (("w1", 95.0, 40), ("w2", 99.0, 2), ("dead", 10.0, 500)):
+        status = Status("p", worker, ts, (row,), lag=lag, interval_s=10.0)
+        state.apply(status_key("p", worker), encode_status(status))
+    assert decode_status(encode_status(Status("p", "w", 1.0, (), 2.0, 7, 10.0))).lag == 7
+    text = cli.render(state, "p", as_json=False, now=100.0)
+    assert LAG_NOTE.format(pool="p", lag=42) in text  # the dead worker's partitions are others'
+    rendered = cli.render(state, "p", as_json=True, now=100.0)
+    assert sorted(json.loads(r)["worker_lag"] for r in rendered) == [2, 40, 500]

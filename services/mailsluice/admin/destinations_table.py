@@ -10,7 +10,9 @@ What each row shows, and as of when (the AGE column):
 - HELD and RETRY: what the retry movers hold on the delay topics (report.py), as of their
   records; a mover's record older than three of its intervals is a mover gone and not counted;
 - QUEUED: the messages of the pool's queue topic waiting in the worker's memory for the
-  destination (fetched, not yet sent or deferred); ACTIVE: those being sent.
+  destination (fetched, not yet sent or deferred); ACTIVE: those being sent. Records a worker
+  has not fetched yet have no known destination: a line per pool gives the whole queue topic's
+  records not yet finished by its live workers (their status records' `lag`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ HEADER = (
     f"{'HELD':>6} {'RETRY':>6} {'ACTIVE':>6} {'RATE/MIN':>9} {'CEIL/MIN':>9} {'CONNS':>5} "
     f"{'PER-CONN':>8} {'CLASS':<14} {'UNTIL':<20} LAST REPLY"
 )
+LAG_NOTE = (
+    "pool {pool}: {lag} records of its queue topic not delivered yet (QUEUED: those a worker "
+    "has fetched, by destination)"
+)
 PENDING_NOTE = "* from the operator's command: no worker has reported since it"
 PARTIAL_NOTE = "HELD and RETRY are lower bounds: a retry mover is at its memory bound"
 
@@ -50,6 +56,7 @@ class Line:
     held: int = 0
     retrying: int = 0
     command: str = ""
+    lag: int | None = None  # the reporting worker's unfinished records of the queue topic
 
 
 def retry_counts(
@@ -96,7 +103,7 @@ def _worker_line(
 ) -> Line:
     cmd = command_for(state, p, row.key)
     line = Line(p, row.key, row.state, now - status.ts, until=row.until, worker=status.worker)
-    line.row, line.command = row, cmd.action if cmd else ""
+    line.row, line.command, line.lag = row, cmd.action if cmd else "", status.lag
     if cmd is not None and cmd.ts > status.control_ts:
         line.state, line.until = _effect(state, cmd, p, row, now)
         line.age_s, line.pending = now - cmd.ts, True
@@ -131,11 +138,24 @@ def lines_of(state: ControlState, pool: str | None, now: float) -> tuple[list[Li
     return out, partial
 
 
+def pool_lags(state: ControlState, pool: str | None, now: float) -> dict[str, int]:
+    """Per pool, the records of its queue topic its live workers have not finished (a status
+    older than three of its worker's intervals is a worker gone: its partitions are another's)."""
+    out: dict[str, int] = {}
+    for (p, _worker), status in sorted(state.statuses.items()):
+        gone = status.interval_s and now - status.ts > MOVER_MISSED * status.interval_s + 10
+        if (pool is None or p == pool) and not gone:
+            out[p] = out.get(p, 0) + status.lag
+    return out
+
+
 def render(state: ControlState, pool: str | None, *, as_json: bool, now: float) -> list[str]:
     lines, partial = lines_of(state, pool, now)
     if as_json:
         return [json.dumps(_json(line), sort_keys=True) for line in lines]
     text = [HEADER] + [_text(line) for line in lines]
+    for p, lag in pool_lags(state, pool, now).items():
+        text.append(LAG_NOTE.format(pool=p, lag=lag))
     if any(line.pending for line in lines):
         text.append(PENDING_NOTE)
     if partial:
@@ -157,6 +177,7 @@ def _json(line: Line) -> dict[str, object]:
         state=line.state,
         until=line.until,
         age_s=round(line.age_s, 3),
+        worker_lag=line.lag,
         confirmed=not line.pending,
         held=line.held,
         retrying=line.retrying,

@@ -32,7 +32,8 @@ from mailsluice.contracts.versioning import load_versioned
 
 CommandAction = Literal["suspend", "resume", "retry-now"]
 VERSION = 1
-# v2: control_ts (v1 status records read as control_ts 0: every command looks unconfirmed)
+# v2: control_ts, lag, interval_s (a v1 record reads as control_ts 0: every command looks
+# unconfirmed)
 STATUS_VERSION = 2
 RETRIES_VERSION = 1
 
@@ -53,7 +54,7 @@ class DestinationRow:
     """One destination as a worker sees it."""
 
     key: str
-    state: str  # normal | throttled | recovering | suspended
+    state: str  # the controller's (slow_start, steady, probing, hold, blocked, fixed) or suspended
     queued: int = 0
     active: int = 0
     rate: float = 0.0  # messages per second now (inf: unlimited)
@@ -94,6 +95,10 @@ class Status:
     ts: float
     destinations: tuple[DestinationRow, ...]
     control_ts: float = 0.0  # `ts` of the last command of this pool the worker applied
+    # records of the pool's queue topic on this worker's partitions not finished yet (fetched
+    # or not: the destination of those not fetched is not known), and how often it writes
+    lag: int = 0
+    interval_s: float = 0.0  # 0: unknown (v1)
 
 
 @dataclass(frozen=True)
@@ -166,8 +171,15 @@ def decode_status(raw: bytes) -> Status:
     for row in data["destinations"]:
         row["rate"] = float("inf") if row.get("rate") is None else float(row["rate"])
         rows.append(DestinationRow(**{k: v for k, v in row.items() if k in _ROW_FIELDS}))
-    control_ts = float(data.get("control_ts", 0.0))
-    return Status(data["pool"], data["worker"], float(data["ts"]), tuple(rows), control_ts)
+    return Status(
+        data["pool"],
+        data["worker"],
+        float(data["ts"]),
+        tuple(rows),
+        float(data.get("control_ts", 0.0)),
+        int(data.get("lag", 0)),
+        float(data.get("interval_s", 0.0)),
+    )
 
 
 def encode_retries(status: RetryStatus) -> bytes:

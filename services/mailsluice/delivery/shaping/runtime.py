@@ -10,6 +10,7 @@ Wiring into a worker (service.py):
                     on_share=runtime.set_share,  # pool-wide warm-up caps follow rebalances
                     on_leave=runtime.flush)  # learned limits out before the next owner reads
     runtime.queued = worker.scheduler.queued
+    runtime.lag = lambda: sum(lag for _p, lag in consumer_lag(worker))
     runtime.start_background()  # when Kafka answers: restore warm-up usage, follow control
     ...
     await runtime.stop()        # last warm-up usage and a status tombstone
@@ -85,6 +86,8 @@ class ShapingRuntime:
         self.worker_id = _worker_id(settings.worker_id)
         self.shaper = build_shaper(settings, pool, wall, defaults, sources)
         self.queued: Callable[[str], int] = lambda _key: 0
+        # records of the pool's queue topic on this worker's partitions not finished yet
+        self.lag: Callable[[], int] = lambda: 0
         self.control = ControlState()
         self._tasks: list[asyncio.Task[None]] = []
         self._producer: RenewingProducer | None = None
@@ -260,7 +263,15 @@ class ShapingRuntime:
         now = self.mono()
         shaping_metrics.export(self.shaper, now)
         rows = status_rows(shaping_status.rows(self.shaper, now, self.queued))
-        status = Status(self.pool, self.worker_id, self.wall(), rows, self.control_ts)
+        status = Status(
+            self.pool,
+            self.worker_id,
+            self.wall(),
+            rows,
+            self.control_ts,
+            self.lag(),
+            self.settings.status_interval_s,
+        )
         await self._send(
             CONTROL_TOPIC, encode_status(status), status_key(self.pool, self.worker_id)
         )
