@@ -188,7 +188,8 @@ def _json(line: Line) -> dict[str, object]:
 
 def _text(line: Line) -> str:
     row = line.row or DestinationRow(line.key, line.state)
-    queued, active = (row.queued, row.active) if line.row else ("-", "-")  # no worker has it
+    # no worker reports it: its queue, sends and connections are unknown
+    queued, active, conns = (row.queued, row.active, row.connections) if line.row else ("-",) * 3
     rate = "unlimited" if math.isinf(row.rate) else f"{row.rate * 60:.4g}" if line.row else "-"
     ceiling = f"{row.ceiling * 60:.4g}" if row.ceiling else "-"
     until = _when(line.until) if line.until else ""
@@ -196,7 +197,7 @@ def _text(line: Line) -> str:
     return (
         f"{line.pool:<12} {line.key:<28} {row.source or '-':<15} {line.state:<11} {age:>9} "
         f"{queued:>7} {line.held:>6} {line.retrying:>6} {active:>6} {rate:>9} "
-        f"{ceiling:>9} {row.connections:>5} {row.per_connection or '-':>8} "
+        f"{ceiling:>9} {conns:>5} {row.per_connection or '-':>8} "
         f"{row.last_class or '-':<14} {until:<20} {row.last_error[:120]}"
     ).rstrip()
 
