@@ -2,7 +2,10 @@
 
 Commands go to the compacted topic mailsluice.control (see contracts/control.py), which every
 worker of the pool follows, so they reach whichever worker owns the destination now or later.
-`list` shows what workers last reported there: state, queue, current rate, last error.
+`list` reads that topic to its end: what workers last reported (state, queue, rate, last error),
+commands they have not reported on yet, and what retry movers hold (destinations_table.py says
+how each row is made, and shows how old it is). A command names a destination the policy knows
+or a domain of its own (destination_keys.py); anything else is refused with a suggestion.
 """
 
 from __future__ import annotations
@@ -10,30 +13,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
-import math
+import os
 import sys
 import time
-from dataclasses import asdict
 
 from aiokafka.errors import KafkaError
 
+from mailsluice.admin.destination_keys import Destinations
+from mailsluice.admin.destinations_table import render
 from mailsluice.config import load
-from mailsluice.contracts.control import (
-    Command,
-    ControlState,
-    DestinationRow,
-    command_key,
-    encode_command,
-)
+from mailsluice.contracts.control import Command, ControlState, command_key, encode_command
 from mailsluice.contracts.topics import CONTROL_TOPIC, DEFAULT_POOL
 from mailsluice.kafka.admin import control_topics, ensure_topics
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.compacted import read_topic
 from mailsluice.kafka.settings import KafkaSettings
+from mailsluice.policy.rollup import RollupError, load_rollup
+from mailsluice.policy.shaping import PolicyInvalid, load_policy
 from mailsluice.policy.units import parse_duration
 
 EXIT_KAFKA = 1
+EXIT_USAGE = 2
+# The workers' policy setting (delivery/shaping/settings.py), read here as its default
+POLICY_ENV = "MAILSLUICE_SHAPING_POLICY_FILE"
+
+__all__ = ["add_arguments", "build_command", "read_state", "render", "run", "send_command"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         cmd.add_argument("key", metavar="DESTINATION", help="routing key: provider or domain")
         cmd.add_argument("--pool", default=DEFAULT_POOL, help="pool (default: default)")
         cmd.add_argument("--reason", default="", help="why (shown by list)")
+        cmd.add_argument(
+            "--policy",
+            default=os.environ.get(POLICY_ENV, ""),
+            help=f"shaping policy naming the destinations (default: ${POLICY_ENV}, the "
+            "workers' setting, else the shipped one)",
+        )
+        cmd.add_argument(
+            "--rollup", default="", help="provider rollup file (default: the shipped one)"
+        )
         if name == "suspend":
             cmd.add_argument(
                 "--for",
@@ -66,8 +79,21 @@ def build_command(args: argparse.Namespace, now: float) -> Command:
     until = 0.0
     if args.action == "suspend":
         until = now + parse_duration(args.duration)
-    key = args.key.strip().lower()
+    key = normal_key(args.key)
     return Command(args.pool, key, args.action, until, args.reason, now, _user())
+
+
+def normal_key(key: str) -> str:
+    return key.strip().lower().rstrip(".")
+
+
+def refusal(args: argparse.Namespace, known: frozenset[str] = frozenset()) -> str | None:
+    """Why the command's key is no destination (None: it is one). The policy knows every key
+    that is not a domain (a pool's overrides name only the file's providers, and domains);
+    `known` are keys accepted too (those of earlier commands, which a resume may undo)."""
+    policy = load_policy(args.policy or None)
+    destinations = Destinations(policy, load_rollup(args.rollup or None), args.pool)
+    return destinations.refusal(normal_key(args.key), known)
 
 
 def _user() -> str:
@@ -78,34 +104,52 @@ def _user() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.action == "suspend":
+    why = None
+    if args.action != "list":
         try:
-            parse_duration(args.duration)
-        except ValueError as exc:
+            if args.action == "suspend":
+                parse_duration(args.duration)
+            why = refusal(args)
+        except (ValueError, PolicyInvalid, RollupError, OSError) as exc:
             print(f"mailsluice destinations: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
+        # a suspend names a destination of the policy or a domain; a resume or retry-now may
+        # also undo an earlier command for any key (checked against the topic)
+        if why is not None and args.action == "suspend":
+            print(f"mailsluice destinations: {why}", file=sys.stderr)
+            return EXIT_USAGE
     settings = load(KafkaSettings)
     try:
-        return asyncio.run(asyncio.wait_for(_run(settings, args), args.timeout))
+        return asyncio.run(asyncio.wait_for(_run(settings, args, why), args.timeout))
     except (KafkaError, TimeoutError, OSError, RuntimeError) as exc:
         detail = str(exc) or type(exc).__name__
         print(f"mailsluice destinations: Kafka at {settings.bootstrap}: {detail}", file=sys.stderr)
         return EXIT_KAFKA
 
 
-async def _run(settings: KafkaSettings, args: argparse.Namespace) -> int:
+async def _run(settings: KafkaSettings, args: argparse.Namespace, why: str | None) -> int:
     await ensure_topics(settings, control_topics(settings))
     if args.action == "list":
         state = await read_state(settings, args.timeout)
         for line in render(state, args.pool, as_json=args.json, now=time.time()):
             print(line)
         return 0
+    if why is not None:
+        state = await read_state(settings, args.timeout)
+        why = refusal(args, frozenset(k for p, k in state.commands if p == args.pool))
+        if why is not None:
+            print(f"mailsluice destinations: {why}", file=sys.stderr)
+            return EXIT_USAGE
     cmd = build_command(args, time.time())
     await send_command(settings, cmd)
     print(
         f"{cmd.action} {cmd.pool}/{cmd.key}" + (f" until {_when(cmd.until)}" if cmd.until else "")
     )
     return 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 async def send_command(settings: KafkaSettings, cmd: Command) -> None:
@@ -125,59 +169,3 @@ async def read_state(settings: KafkaSettings, timeout_s: float = 30.0) -> Contro
         settings, CONTROL_TOPIC, state.apply, client_id="mailsluice-ctl", timeout_s=timeout_s
     )
     return state
-
-
-def render(state: ControlState, pool: str | None, *, as_json: bool, now: float) -> list[str]:
-    rows = state.rows(pool)
-    commands = {k: c for k, c in state.commands.items() if pool is None or k[0] == pool}
-    if as_json:
-        out = []
-        for p, worker, row in rows:
-            data = asdict(row)
-            data["rate"] = None if math.isinf(row.rate) else row.rate
-            cmd = commands.get((p, row.key))
-            out.append(
-                json.dumps(
-                    {"pool": p, "worker": worker, **data, "command": cmd.action if cmd else ""},
-                    sort_keys=True,
-                )
-            )
-        return out
-    header = (
-        f"{'POOL':<12} {'DESTINATION':<28} {'SOURCE':<15} {'STATE':<10} {'QUEUED':>7} "
-        f"{'ACTIVE':>6} {'RATE/MIN':>9} {'CEIL/MIN':>9} {'CONNS':>5} {'PER-CONN':>8} "
-        f"{'CLASS':<14} {'UNTIL':<20} LAST REPLY"
-    )
-    lines = [header]
-    for p, _worker, row in rows:
-        lines.append(_row_line(p, row))
-    reported = {(p, r.key) for p, _w, r in rows}
-    for (p, key), cmd in sorted(commands.items()):
-        if (p, key) not in reported and _active(cmd, now):
-            until = _when(cmd.until) if cmd.action == "suspend" else ""
-            label = "(" + cmd.action + ")"
-            lines.append(
-                f"{p:<12} {key:<28} {'':<15} {label:<10} {'':>7} {'':>6} {'':>9} {'':>9} "
-                f"{'':>5} {'':>8} {'':<14} {until:<20} {cmd.reason}"
-            )
-    return lines
-
-
-def _row_line(pool: str, row: DestinationRow) -> str:
-    rate = "unlimited" if math.isinf(row.rate) else f"{row.rate * 60:.4g}"
-    ceiling = f"{row.ceiling * 60:.4g}" if row.ceiling else "-"
-    until = _when(row.until) if row.until else ""
-    return (
-        f"{pool:<12} {row.key:<28} {row.source or '-':<15} {row.state:<10} {row.queued:>7} "
-        f"{row.active:>6} {rate:>9} {ceiling:>9} {row.connections:>5} "
-        f"{row.per_connection or '-':>8} {row.last_class or '-':<14} {until:<20} "
-        f"{row.last_error[:120]}"
-    )
-
-
-def _active(cmd: Command, now: float) -> bool:
-    return cmd.action == "suspend" and cmd.until > now
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

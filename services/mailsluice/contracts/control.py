@@ -6,9 +6,14 @@ discovery, and a suspension survives restarts. Two kinds of records share it:
 
 - `cmd/<pool>/<routing key>`: the operator's latest command for a destination (suspend until t,
   resume, retry-now). Workers read the topic from the beginning at start and follow it.
-- `status/<pool>/<worker id>`: a worker's periodic snapshot of its destinations (state, queue,
-  rate, last error); a null value (tombstone) when it shuts down cleanly. `mailsluice
+- `status/<pool>/<worker id>`: a worker's snapshot of its destinations (state, queue, rate,
+  last error), written periodically and at once after each command of its pool, with the
+  timestamp of the last command it applied (`control_ts`), so a reader tells a command the
+  worker has not acted on yet; a null value (tombstone) when it shuts down cleanly. `mailsluice
   destinations list` reads these.
+- `retries/<mover id>`: a retry mover's counts of the records it holds on the delay topics,
+  per destination: shaping holds (suspended, warm-up, throttled, blocked) and failure retries;
+  a tombstone when it stops.
 - `learned/<pool>/<source address>/<routing key>`: the limits a worker's controller learned for
   a destination from one source address, so a restarted worker or the next owner after a
   rebalance starts from them instead of from scratch.
@@ -27,6 +32,10 @@ from mailsluice.contracts.versioning import load_versioned
 
 CommandAction = Literal["suspend", "resume", "retry-now"]
 VERSION = 1
+# v2: control_ts, lag, interval_s (a v1 record reads as control_ts 0: every command looks
+# unconfirmed)
+STATUS_VERSION = 2
+RETRIES_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class DestinationRow:
     """One destination as a worker sees it."""
 
     key: str
-    state: str  # normal | throttled | recovering | suspended
+    state: str  # the controller's (slow_start, steady, probing, hold, blocked, fixed) or suspended
     queued: int = 0
     active: int = 0
     rate: float = 0.0  # messages per second now (inf: unlimited)
@@ -85,6 +94,31 @@ class Status:
     worker: str
     ts: float
     destinations: tuple[DestinationRow, ...]
+    control_ts: float = 0.0  # `ts` of the last command of this pool the worker applied
+    # records of the pool's queue topic on this worker's partitions not finished yet (fetched
+    # or not: the destination of those not fetched is not known), and how often it writes
+    lag: int = 0
+    interval_s: float = 0.0  # 0: unknown (v1)
+
+
+@dataclass(frozen=True)
+class RetryCount:
+    """Records of one destination a retry mover holds on the delay topics."""
+
+    pool: str
+    key: str  # routing key
+    held: int = 0  # deferred by a shaping hold (suspended, warm-up, throttled, blocked)
+    retrying: int = 0  # failure retries (a 4xx, a connection failure) waiting for their time
+
+
+@dataclass(frozen=True)
+class RetryStatus:
+    mover: str
+    ts: float
+    interval_s: float  # how often the mover writes this record (a reader judges its age)
+    counts: tuple[RetryCount, ...]
+    # some partition is paused at the mover's memory bound: records behind it are not counted
+    partial: bool = False
 
 
 def command_key(pool: str, key: str) -> bytes:
@@ -97,6 +131,10 @@ def status_key(pool: str, worker: str) -> bytes:
 
 def learned_key(pool: str, source: str, key: str) -> bytes:
     return f"learned/{pool}/{source}/{key}".encode()
+
+
+def retries_key(mover: str) -> bytes:
+    return f"retries/{mover}".encode()
 
 
 def probe_key(component: str, instance: str) -> bytes:
@@ -124,16 +162,43 @@ def encode_status(status: Status) -> bytes:
     for row in data["destinations"]:
         # JSON has no infinity; an unlimited rate is written as null
         row["rate"] = None if row["rate"] == float("inf") else row["rate"]
-    return json.dumps({"v": VERSION, **data}, sort_keys=True).encode()
+    return json.dumps({"v": STATUS_VERSION, **data}, sort_keys=True).encode()
 
 
 def decode_status(raw: bytes) -> Status:
-    data = load_versioned(raw, VERSION, "control status")
+    data = load_versioned(raw, STATUS_VERSION, "control status")
     rows = []
     for row in data["destinations"]:
         row["rate"] = float("inf") if row.get("rate") is None else float(row["rate"])
         rows.append(DestinationRow(**{k: v for k, v in row.items() if k in _ROW_FIELDS}))
-    return Status(data["pool"], data["worker"], float(data["ts"]), tuple(rows))
+    return Status(
+        data["pool"],
+        data["worker"],
+        float(data["ts"]),
+        tuple(rows),
+        float(data.get("control_ts", 0.0)),
+        int(data.get("lag", 0)),
+        float(data.get("interval_s", 0.0)),
+    )
+
+
+def encode_retries(status: RetryStatus) -> bytes:
+    return json.dumps({"v": RETRIES_VERSION, **asdict(status)}, sort_keys=True).encode()
+
+
+def decode_retries(raw: bytes) -> RetryStatus:
+    data = load_versioned(raw, RETRIES_VERSION, "control retries")
+    counts = tuple(
+        RetryCount(str(c["pool"]), str(c["key"]), int(c["held"]), int(c["retrying"]))
+        for c in data["counts"]
+    )
+    return RetryStatus(
+        str(data["mover"]),
+        float(data["ts"]),
+        float(data["interval_s"]),
+        counts,
+        bool(data.get("partial", False)),
+    )
 
 
 _ROW_FIELDS = set(DestinationRow.__dataclass_fields__)
@@ -155,12 +220,16 @@ class ControlState:
     commands: dict[tuple[str, str], Command] = field(default_factory=dict)
     statuses: dict[tuple[str, str], Status] = field(default_factory=dict)
     learned: dict[tuple[str, str, str], Learned] = field(default_factory=dict)
+    retries: dict[str, RetryStatus] = field(default_factory=dict)
 
     def apply(self, key: bytes | None, value: bytes | None) -> Command | None:
         """Apply one record; returns the command it carries (for a live worker to act on)."""
         if key is None:
             return None
         kind, _, rest = key.decode(errors="replace").partition("/")
+        if kind == "retries" and rest:
+            self._apply_retries(rest, value)
+            return None
         pool, _, name = rest.partition("/")
         if not pool or not name:
             return None
@@ -182,6 +251,15 @@ class ControlState:
         except (ValueError, KeyError, TypeError):
             return None  # a record this version cannot read is skipped, not fatal
         return None
+
+    def _apply_retries(self, mover: str, value: bytes | None) -> None:
+        if value is None:
+            self.retries.pop(mover, None)
+            return
+        try:
+            self.retries[mover] = decode_retries(value)
+        except (ValueError, KeyError, TypeError):
+            return  # a record this version cannot read is skipped, not fatal
 
     def _apply_learned(self, pool: str, name: str, value: bytes | None) -> None:
         source, _, key = name.partition("/")

@@ -33,7 +33,7 @@ from mailsluice.delivery.worker.settings import DeliverySettings
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.retrying import until_kafka_answers
 from mailsluice.kafka.settings import KafkaSettings
-from mailsluice.metrics.delivery import QUEUE_LAG
+from mailsluice.metrics.delivery import QUEUE_LAG, consumer_lag
 from mailsluice.metrics.retry import RETRY_BACKLOG
 from mailsluice.observability.endpoints import setup_logging, start_http
 from mailsluice.resolver import DnsSettings, make_resolver
@@ -185,6 +185,7 @@ async def _main(c: Configured, *, mover: bool, ensure: bool) -> int:
         on_leave=runtime.flush,  # learned limits out before the next owner takes over
     )
     runtime.queued = service.worker.scheduler.queued
+    runtime.lag = lambda: sum(lag for _partition, lag in consumer_lag(service.worker))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
-from mailsluice.contracts.control import Command, command_key, encode_command
+from mailsluice.contracts.control import Command, RetryCount, command_key, encode_command
 from mailsluice.contracts.envelope import (
     ENVELOPE_HEADER,
     Envelope,
@@ -28,6 +28,7 @@ from mailsluice.delivery.retry.hold import (
     released_envelope,
 )
 from mailsluice.delivery.retry.mover import RetryMover
+from mailsluice.delivery.retry.report import retry_status
 from mailsluice.delivery.retry.settings import RetryMoverSettings
 from mailsluice.kafka.settings import KafkaSettings
 from mailsluice.metrics.retry import retry_backlog
@@ -409,3 +410,20 @@ def test_a_mover_with_an_overdue_record_and_no_moves_fails_liveness() -> None:
     clock["wall"] += 601
     alive, detail = mover.progress.check()
     assert not alive and "no progress" in detail
+
+
+def test_counts_per_destination_split_shaping_holds_from_failure_retries() -> None:
+    hold = RetryHold(high=4)
+    hold.add(held(0, 2000.0, shaping="suspended"))
+    hold.add(held(1, 2000.0, shaping="warmup"))
+    hold.add(held(2, 2000.0))  # a failure retry
+    hold.add(held(3, 2000.0, key="e.example", pool="q"))
+    hold.add(Held(TP, 4, 0.0, None))  # undecodable: counted nowhere
+    assert hold.by_destination() == {("p", "d.example"): (2, 1), ("q", "e.example"): (0, 1)}
+    status = retry_status(hold, "m", 5.0, 2.0)
+    assert status.counts == (RetryCount("p", "d.example", 2, 1), RetryCount("q", "e.example", 0, 1))
+    assert not status.partial
+    hold.flow()  # five records on a partition bounded at four: paused, so counts are partial
+    assert retry_status(hold, "m", 5.0, 2.0).partial
+    due = hold.take_due(2000.0)  # being moved: due, no longer waiting
+    assert len(due) == 5 and hold.by_destination() == {}

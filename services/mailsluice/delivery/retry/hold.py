@@ -292,6 +292,22 @@ class RetryHold:
     def counts(self) -> dict[Hashable, int]:
         return {tp: self.count(tp) for tp in self.ledger.partitions()}
 
+    def by_destination(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(pool, routing key) -> (held by a shaping hold, failure retries) of the records
+        waiting here (those being moved right now are not counted: they are due)."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for heap in self._heaps.values():
+            for _due, _tie, held in heap:
+                if held.topic is None:
+                    continue
+                shaped, failed = out.get((held.pool, held.key), (0, 0))
+                if held.shaping:
+                    shaped += 1
+                else:
+                    failed += 1
+                out[(held.pool, held.key)] = (shaped, failed)
+        return out
+
     def next_due(self) -> float | None:
         """Earliest due time of any waiting record (-inf when one is due regardless of time)."""
         heads = [heap[0][0] for heap in self._heaps.values() if heap]

@@ -36,6 +36,7 @@ from mailsluice.delivery.retry.hold import (
     moved_headers,
     tier_of,
 )
+from mailsluice.delivery.retry.report import CountsReporter
 from mailsluice.delivery.retry.settings import RetryMoverSettings
 from mailsluice.kafka.clients import make_consumer, make_producer
 from mailsluice.kafka.producers import RenewingProducer
@@ -133,6 +134,11 @@ class RetryMover:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: RenewingProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        # counts per destination for `destinations list` (report.py)
+        self.report = CountsReporter(
+            kafka, self.hold, lambda: self.producer, wall, self.settings.status_interval_s
+        )
+        self._released_since_report = False
 
     async def start(self) -> None:
         try:
@@ -213,13 +219,17 @@ class RetryMover:
         count = self.hold.release(cmd.pool, cmd.key, cmd.ts, shaped_only=cmd.action == "resume")
         if count:
             log.info("%s %s/%s released %d held records", cmd.action, cmd.pool, cmd.key, count)
+            self._released_since_report = True  # their counts go once they are moved
 
     # --- the loop -------------------------------------------------------------------------------
 
     async def run(self) -> None:
         if self.consumer is None:
             await self.start()
-        self._tasks = [asyncio.create_task(self._probe(), name="retry-mover-probe")]
+        self._tasks = [
+            asyncio.create_task(self._probe(), name="retry-mover-probe"),
+            asyncio.create_task(self.report.run(), name="retry-mover-report"),
+        ]
         if self.control is not None:
             self._tasks.append(asyncio.create_task(self.control.run(), name="retry-mover-ctl"))
         try:
@@ -246,6 +256,9 @@ class RetryMover:
         self._flow()
         if not await self._move_due():
             await asyncio.sleep(BACKOFF_S)
+        elif self._released_since_report:
+            self._released_since_report = False
+            self.report.soon()
         self._export()
 
     def _flow(self) -> None:
@@ -353,6 +366,8 @@ class RetryMover:
         with contextlib.suppress(Exception):
             async with self._lock:
                 await self._commit()
+        with contextlib.suppress(Exception):
+            await self.report.withdraw()
         await self._close_clients()
 
     async def _close_clients(self) -> None:

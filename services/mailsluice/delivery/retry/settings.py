@@ -37,6 +37,13 @@ class RetryMoverSettings(MailsluiceSettings):
         description="Follow the control topic, so `destinations retry-now` releases held "
         "retries of that destination at once.",
     )
+    status_interval_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often the counts of held records per destination go to the control "
+        "topic (and at once after a command), for `mailsluice destinations list`.",
+    )
     stall_s: float = Field(
         600.0,
         gt=0,

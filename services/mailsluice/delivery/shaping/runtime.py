@@ -10,6 +10,7 @@ Wiring into a worker (service.py):
                     on_share=runtime.set_share,  # pool-wide warm-up caps follow rebalances
                     on_leave=runtime.flush)  # learned limits out before the next owner reads
     runtime.queued = worker.scheduler.queued
+    runtime.lag = lambda: sum(lag for _p, lag in consumer_lag(worker))
     runtime.start_background()  # when Kafka answers: restore warm-up usage, follow control
     ...
     await runtime.stop()        # last warm-up usage and a status tombstone
@@ -85,11 +86,17 @@ class ShapingRuntime:
         self.worker_id = _worker_id(settings.worker_id)
         self.shaper = build_shaper(settings, pool, wall, defaults, sources)
         self.queued: Callable[[str], int] = lambda _key: 0
+        # records of the pool's queue topic on this worker's partitions not finished yet
+        self.lag: Callable[[], int] = lambda: 0
         self.control = ControlState()
         self._tasks: list[asyncio.Task[None]] = []
         self._producer: RenewingProducer | None = None
         self._events: Outbox | None = None
         self._control_view: CompactedView | None = None
+        # `ts` of the last command of this pool applied, published with the status; a command
+        # sets `_publish_now`, so the status confirming it follows within a fetch and a write
+        self.control_ts = 0.0
+        self._publish_now = asyncio.Event()
 
     def start_background(self) -> asyncio.Task[None]:
         """Start when Kafka can be reached, retrying meanwhile (the worker connects on its
@@ -185,10 +192,18 @@ class ShapingRuntime:
         cmd = self.control.apply(key, value)
         if cmd is not None and self.shaper.apply_command(cmd, self.mono()):
             log.info("destination %s: %s by %s", cmd.key, cmd.action, cmd.by or "operator")
+            self.control_ts = cmd.ts
+            view = self._control_view
+            if view is not None and view.ready:  # a new command, not one replayed at start
+                self._publish_now.set()
 
     async def _publish_loop(self) -> None:
+        """Status every status_interval_s, and at once after a command: `destinations list`
+        shows a command's effect as the worker reports it, not up to an interval later."""
         while True:
-            await asyncio.sleep(self.settings.status_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publish_now.wait(), self.settings.status_interval_s)
+            self._publish_now.clear()
             try:
                 await self.publish()
             except asyncio.CancelledError:
@@ -248,7 +263,15 @@ class ShapingRuntime:
         now = self.mono()
         shaping_metrics.export(self.shaper, now)
         rows = status_rows(shaping_status.rows(self.shaper, now, self.queued))
-        status = Status(self.pool, self.worker_id, self.wall(), rows)
+        status = Status(
+            self.pool,
+            self.worker_id,
+            self.wall(),
+            rows,
+            self.control_ts,
+            self.lag(),
+            self.settings.status_interval_s,
+        )
         await self._send(
             CONTROL_TOPIC, encode_status(status), status_key(self.pool, self.worker_id)
         )
