@@ -301,3 +301,40 @@ async def test_chaos_from_settings_and_a_bad_setting_is_refused() -> None:
         SandboxSettings(chaos_triggers='{"Rules": [{"Stage": "nope"}]}')
     with pytest.raises(ValueError, match="bad chaos triggers"):
         SandboxSettings(chaos_triggers="{not json")
+
+
+def test_the_same_rules_drive_the_tests_fake_mx(fake_mx: Any) -> None:
+    """tests/support/fake_mx.py takes the sandbox's chaos rules in its script."""
+    chaos = Chaos(
+        Triggers(
+            rules=(
+                Rule("mail", "blocked@*", 550, 100),
+                Rule("rcpt", "*@busy.test", 421, 100),
+                Rule("data", "*@late.test", 451, 100),
+            )
+        )
+    )
+    mx = fake_mx(chaos=chaos)
+    raw = b"Subject: x\r\n\r\nbody\r\n"
+
+    def run(sender: str, rcpts: list[str]) -> list[Any]:
+        replies: list[Any] = []
+        host, port = mx.address.rsplit(":", 1)
+        with smtplib.SMTP(host, int(port), timeout=10) as client:
+            client.ehlo("client.test")
+            try:
+                replies.append(client.mail(sender))
+                replies.extend(client.rcpt(r) for r in rcpts)
+                replies.append(client.data(raw))
+            except smtplib.SMTPServerDisconnected:
+                replies.append("closed")
+            except smtplib.SMTPDataError as exc:
+                replies.append((exc.smtp_code, exc.smtp_error))
+        return replies
+
+    assert run("blocked@x.test", ["a@b.test"])[0][0] == 550
+    assert run("ok@x.test", ["a@late.test"])[2][0] == 451
+    replies = run("ok@x.test", ["a@busy.test", "b@b.test"])
+    assert replies[1][0] == 421 and replies[2] == "closed"
+    assert run("ok@x.test", ["a@b.test"])[2][0] == 250
+    assert [m.rcpt_tos for m in mx.messages] == [("a@b.test",)]

@@ -94,6 +94,7 @@ async function openMessage(id) {
   const m = await getJSON(`/api/v1/message/${encodeURIComponent(id)}`);
   if (state.selected !== id) return;
   $("view").hidden = false;
+  $("placeholder").hidden = true;
   $("view-subject").textContent = m.Subject || "(no subject)";
   meta(m);
   $("view-text").textContent = m.Text || "(no text part)";
@@ -119,6 +120,7 @@ async function openMessage(id) {
 function closeView() {
   state.selected = null;
   $("view").hidden = true;
+  $("placeholder").hidden = false;
   $("view-html").src = "about:blank";
 }
 
