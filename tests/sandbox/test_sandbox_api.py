@@ -338,3 +338,25 @@ def test_the_same_rules_drive_the_tests_fake_mx(fake_mx: Any) -> None:
     assert replies[1][0] == 421 and replies[2] == "closed"
     assert run("ok@x.test", ["a@b.test"])[2][0] == 250
     assert [m.rcpt_tos for m in mx.messages] == [("a@b.test",)]
+
+
+async def test_attachments_are_counted_and_listed(sandbox: Sandbox) -> None:
+    msg = EmailMessage()
+    msg["From"] = "a@x.test"
+    msg["To"] = "b@y.test"
+    msg["Subject"] = "with a file"
+    msg.set_content("see attached")
+    msg.add_attachment(b"%PDF-1.4 tiny", maintype="application", subtype="pdf", filename="a.pdf")
+    replies = await asyncio.to_thread(
+        transaction, sandbox, "a@x.test", ["b@y.test"], msg.as_bytes()
+    )
+    assert replies[-1][0] == 250
+    async with aiohttp.ClientSession() as http:
+        listing = await call(http, "GET", f"{sandbox.http_url}/api/v1/messages")
+        assert listing["messages"][0]["Attachments"] == 1
+        assert listing["messages"][0]["Snippet"] == "see attached"
+        full = await call(http, "GET", f"{sandbox.http_url}/api/v1/message/latest")
+    (attachment,) = full["Attachments"]
+    assert attachment["FileName"] == "a.pdf" and attachment["ContentType"] == "application/pdf"
+    assert attachment["Size"] == len(b"%PDF-1.4 tiny")
+    assert full["Text"].strip() == "see attached"

@@ -26,6 +26,7 @@ class Captured:
     created: float  # epoch seconds
     searchable: Searchable = field(repr=False)
     snippet: str = ""
+    attachments: int = 0
 
 
 @dataclass
@@ -67,7 +68,16 @@ def capture(
         text=(body.text or body.html).lower(),
     )
     snippet = mime.snippet(body.text, body.html)
-    return Captured(item_id, mail_from, tuple(rcpt_tos), raw, created, searchable, snippet)
+    return Captured(
+        item_id,
+        mail_from,
+        tuple(rcpt_tos),
+        raw,
+        created,
+        searchable,
+        snippet,
+        len(body.attachments),
+    )
 
 
 def summary(item: Captured, read: bool = False) -> dict[str, Any]:
@@ -94,7 +104,7 @@ def summary(item: Captured, read: bool = False) -> dict[str, Any]:
         "Created": _iso(item.created),
         "Tags": [],
         "Size": len(item.raw),
-        "Attachments": len(mime.parts(mime.parse(item.raw)).attachments),
+        "Attachments": item.attachments,
         "Snippet": item.snippet,
     }
 
