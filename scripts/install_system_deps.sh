@@ -27,6 +27,9 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+# The sandbox UI's browser test drives Debian's Chromium with Playwright (its own browser
+# download cannot reach the internet here).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if ((${#need[@]} == 0)); then
   exit 0

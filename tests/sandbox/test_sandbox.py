@@ -129,8 +129,8 @@ def test_store_is_bounded_and_thread_safe() -> None:
     ids = [store.add("a@b", ["c@d"], b"x", float(i)).id for i in range(5)]
     assert len(store) == 3
     assert store.get(ids[0]) is None and store.get(ids[4]) is not None
-    assert store.delete([ids[4], "missing"]) == 1
-    assert store.delete() == 2
+    assert store.delete([ids[4], "missing"]) == [ids[4]]
+    assert len(store.delete()) == 2
 
 
 def test_cli_prints_endpoints_and_stops_on_sigint() -> None:

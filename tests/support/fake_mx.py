@@ -32,7 +32,8 @@ What an address cannot ask, because it happens before any recipient, the script 
 `greeting` instead of the banner (a 421), a `silent` server that accepts and never greets,
 `ehlo=False` (a HELO-only server), `pipelining=False` (no PIPELINING offered, which it is by
 default), `broken_tls` (STARTTLS offered, its handshake answered with garbage), `mail_reply`,
-`data_reply`, a `delay` before every reply, `drop_at` a stage (with `drop_once`, on one
+`data_reply`, `chaos` (the sandbox MX's pattern and probability rules, mailsluice.sandbox.chaos),
+a `delay` before every reply, `drop_at` a stage (with `drop_once`, on one
 connection only), and `rcpt_reply(address)` for anything else. With `tls_context=` it offers
 real STARTTLS, and each ReceivedMessage says whether it came encrypted.
 
@@ -359,6 +360,11 @@ class FakeMx:
             server.drop_before_reply()
         if self.script.mail_reply is not None:
             return self.script.mail_reply
+        chaotic = self.script.chaos_reply("mail", [address])
+        if chaotic is not None:
+            if chaotic.startswith("421"):
+                server.close_after_reply()
+            return chaotic
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
@@ -394,6 +400,11 @@ class FakeMx:
             return R451_DATA
         if self.script.data_reply is not None:
             return self.script.data_reply
+        chaotic = self.script.chaos_reply("data", list(envelope.rcpt_tos))
+        if chaotic is not None:
+            if chaotic.startswith("421"):
+                server.close_after_reply()
+            return chaotic
         for rcpt in envelope.rcpt_tos:
             refused = address_fault(rcpt).data_reply
             if refused is not None:

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mailsluice.sandbox.chaos import TEXTS, Chaos
+
 R421_GREETING = "421 4.3.2 Service not available, closing transmission channel"
 R421_CLOSING = "421 4.7.0 Too many errors, closing connection"
 R450_DEFER = "450 4.2.0 Mailbox temporarily unavailable"
@@ -20,19 +22,8 @@ R250_RCPT = "250 2.1.5 Ok"
 R502_NO_EHLO = "502 5.5.2 Command not recognized"
 DROP_STAGES = ("connect", "ehlo", "mail", "rcpt", "data", "dot")
 
-# The text of an address-encoded reply, by code; the enhanced code is the default unless the
-# address names one.
-TEXTS = {
-    421: ("4.7.0", "Too many errors, closing connection"),
-    450: ("4.2.0", "Mailbox temporarily unavailable"),
-    451: ("4.3.0", "Local error in processing, try again later"),
-    452: ("4.5.3", "Too many recipients"),
-    550: ("5.1.1", "No such user here"),
-    552: ("5.2.2", "Mailbox full"),
-    553: ("5.1.3", "Bad recipient address syntax"),
-    554: ("5.7.1", "Rejected by policy"),
-}
-
+# An address-encoded reply takes its text from TEXTS (by code; the sandbox's chaos table, so
+# both speak alike); the enhanced code is the default unless the address names one.
 _FAULT = re.compile(
     r"(?P<name>tempfail|permfail|defer-421|drop)"
     r"|(?P<stage>rcpt|data)-(?P<code>[45]\d\d)(?:-(?P<enhanced>[45]\.\d{1,3}\.\d{1,3}))?"
@@ -109,6 +100,13 @@ class MxScript:
     # True: `drop_at` applies to one connection, then is cleared (a pooled connection that
     # dies once, and a fresh one that works).
     drop_once: bool = False
+    # Scripted failures by sender/recipient pattern and probability at MAIL, RCPT and DATA,
+    # the sandbox MX's rules (mailsluice.sandbox.chaos; a seed makes them repeatable). Checked
+    # after the fixed replies above and before what an address asks.
+    chaos: Chaos | None = None
+
+    def chaos_reply(self, stage: str, addresses: list[str]) -> str | None:
+        return self.chaos.verdict(stage, addresses) if self.chaos is not None else None
 
     def drops(self, stage: str) -> bool:
         """Whether to close without a reply at `stage` (clearing `drop_at` if `drop_once`)."""
@@ -123,6 +121,9 @@ class MxScript:
             custom = self.rcpt_reply(address)
             if custom is not None:
                 return Fault(custom)
+        chaotic = self.chaos_reply("rcpt", [address])
+        if chaotic is not None:
+            return Fault(chaotic, close=chaotic.startswith("421"))
         return address_fault(address)
 
 

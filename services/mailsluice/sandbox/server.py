@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
+import json
 import time
 from typing import Any
 
@@ -16,12 +16,13 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailsluice import eventloop
 from mailsluice.config import load
 from mailsluice.observability.endpoints import stop_event
+from mailsluice.sandbox.api import build_api
+from mailsluice.sandbox.chaos import Chaos, Triggers
+from mailsluice.sandbox.events import Broadcaster
 from mailsluice.sandbox.settings import SandboxSettings
-from mailsluice.sandbox.store import MessageStore, detail, summary
+from mailsluice.sandbox.store import MessageStore, summary
 
 S250_CAPTURED = "250 2.0.0 Ok: captured as {id}"
-DEFAULT_PAGE = 50
-MAX_PAGE = 1000
 
 
 class _SandboxSMTP(SMTP):
@@ -41,74 +42,54 @@ class _SandboxSMTP(SMTP):
 
 
 class _Handler:
-    def __init__(self, store: MessageStore) -> None:
+    """Accepts everything, unless a chaos rule answers at MAIL, RCPT or DATA."""
+
+    def __init__(self, store: MessageStore, chaos: Chaos, events: Broadcaster) -> None:
         self.store = store
+        self.chaos = chaos
+        self.events = events
+
+    def _refuse(self, server: SMTP, reply: str) -> str:
+        self.store.stats.rejected += 1
+        if reply.startswith("421") and server.transport is not None:
+            # After the reply is written (push writes before it next yields): 421 closes.
+            asyncio.get_running_loop().call_soon(server.transport.close)
+        return reply
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.chaos.verdict("mail", [address])
+        if reply is not None:
+            return self._refuse(server, reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.chaos.verdict("rcpt", [address])
+        if reply is not None:
+            return self._refuse(server, reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = self.chaos.verdict("data", list(envelope.rcpt_tos))
+        if reply is not None:
+            return self._refuse(server, reply)
         raw = envelope.original_content or b""
         item = self.store.add(
             str(envelope.mail_from or ""), list(envelope.rcpt_tos), raw, time.time()
         )
+        self.events.publish("new", summary(item))
         return S250_CAPTURED.format(id=item.id)
 
 
-def _int_param(request: web.Request, name: str, default: int, high: int) -> int:
-    try:
-        value = int(request.query.get(name, default))
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be an integer") from None
-    return max(0, min(value, high))
-
-
-def build_api(store: MessageStore) -> web.Application:
-    async def messages(request: web.Request) -> web.Response:
-        start = _int_param(request, "start", 0, 10**9)
-        limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
-        total, page = store.page(start, limit)
-        return web.json_response(
-            {
-                "total": total,
-                "unread": total,
-                "count": len(page),
-                "messages_count": total,
-                "start": start,
-                "tags": [],
-                "messages": [summary(m) for m in page],
-            }
-        )
-
-    def found(request: web.Request) -> Any:
-        item = store.get(request.match_info["id"])
-        if item is None:
-            raise web.HTTPNotFound(text="message not found")
-        return item
-
-    async def message(request: web.Request) -> web.Response:
-        return web.json_response(detail(found(request)))
-
-    async def raw(request: web.Request) -> web.Response:
-        return web.Response(body=found(request).raw, content_type="text/plain", charset="utf-8")
-
-    async def delete(request: web.Request) -> web.Response:
-        ids: list[str] | None = None
-        if request.can_read_body:
-            with contextlib.suppress(ValueError):
-                body = await request.json()
-                if isinstance(body, dict) and isinstance(body.get("IDs"), list) and body["IDs"]:
-                    ids = [str(i) for i in body["IDs"]]
-        store.delete(ids)
-        return web.Response(text="ok")
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "messages": len(store)})
-
-    app = web.Application()
-    app.router.add_get("/api/v1/messages", messages)
-    app.router.add_delete("/api/v1/messages", delete)
-    app.router.add_get("/api/v1/message/{id}", message)
-    app.router.add_get("/api/v1/message/{id}/raw", raw)
-    app.router.add_get("/healthz", healthz)
-    return app
+def _json(text: str) -> Any:
+    return json.loads(text) if text.strip() else None
 
 
 class Sandbox:
@@ -117,6 +98,9 @@ class Sandbox:
     def __init__(self, settings: SandboxSettings | None = None) -> None:
         self.settings = settings or SandboxSettings.model_validate({})
         self.store = MessageStore(self.settings.max_messages)
+        triggers = Triggers.parse(_json(self.settings.chaos_triggers))
+        self.chaos = Chaos(triggers, self.settings.chaos_seed)
+        self.events = Broadcaster()
         self._smtp: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
         self._live: set[_SandboxSMTP] = set()
@@ -133,7 +117,7 @@ class Sandbox:
 
     async def start(self) -> Sandbox:
         s = self.settings
-        handler = _Handler(self.store)
+        handler = _Handler(self.store, self.chaos, self.events)
         loop = asyncio.get_running_loop()
 
         def factory() -> _SandboxSMTP:
@@ -150,7 +134,9 @@ class Sandbox:
 
         self._smtp = await loop.create_server(factory, s.smtp_host, s.smtp_port)
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
-        self._http = web.AppRunner(build_api(self.store), access_log=None)
+        self._http = web.AppRunner(
+            build_api(self.store, self.chaos, self.events), access_log=None, shutdown_timeout=2.0
+        )
         await self._http.setup()
         site = web.TCPSite(self._http, s.http_host, s.http_port)
         await site.start()
@@ -168,6 +154,7 @@ class Sandbox:
             await self._smtp.wait_closed()
             self._smtp = None
         if self._http is not None:
+            self.events.close()  # open event streams would hold the HTTP shutdown
             await self._http.cleanup()
             self._http = None
 
@@ -188,6 +175,7 @@ async def serve(settings: SandboxSettings) -> None:
     stop = stop_event()
     print(f"sandbox SMTP      smtp://{sandbox.smtp_address}", flush=True)
     print(f"sandbox messages  {sandbox.http_url}/api/v1/messages", flush=True)
+    print(f"sandbox web UI    {sandbox.http_url}/", flush=True)
     print(f"sandbox raw       {sandbox.http_url}/api/v1/message/<ID>/raw", flush=True)
     try:
         await stop.wait()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import json
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from mailsluice.config import MailsluiceSettings
+from mailsluice.sandbox.chaos import ChaosError, Triggers
 
 
 class SandboxSettings(MailsluiceSettings):
@@ -24,3 +27,24 @@ class SandboxSettings(MailsluiceSettings):
         50 * 1024 * 1024, ge=1024, description="Largest message accepted, in bytes."
     )
     hostname: str = Field("sandbox.mailsluice.local", description="Name in the SMTP greeting.")
+    chaos_triggers: str = Field(
+        "",
+        description=(
+            "Scripted failures at start, as the JSON body of PUT /api/v1/chaos: Mailpit's "
+            '`Sender`/`Recipient` triggers and `Rules` such as `[{"Stage": "rcpt", '
+            '"Pattern": "*@slow.test", "ErrorCode": 421, "Probability": 50}]` (empty: none).'
+        ),
+    )
+    chaos_seed: int | None = Field(
+        None, description="Seed of the chaos dice, for repeatable runs (empty: random)."
+    )
+
+    @field_validator("chaos_triggers")
+    @classmethod
+    def _chaos(cls, value: str) -> str:
+        if value.strip():
+            try:
+                Triggers.parse(json.loads(value))
+            except (ValueError, ChaosError) as exc:  # JSONDecodeError is a ValueError
+                raise ValueError(f"bad chaos triggers: {exc}") from None
+        return value
