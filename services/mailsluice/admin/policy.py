@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Validate shaping policy (shaping.toml) or reply class (replies.toml) "
         "files. Exit 0 when valid; otherwise print FILE:LINE: key: error and exit 1.",
     )
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="+", metavar="FILE", help="policy or replies files")
     check.add_argument(
         "--kind",
         choices=("auto", "shaping", "replies"),
