@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
+RUN_ARGS ?=
 CAMPAIGN_ARGS ?=
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
@@ -50,7 +51,7 @@ test: setup k8s-build image lint typecheck
 # Only the venv first: run_local.py checks every service's settings before it installs or
 # starts anything else (the Debian packages, the Kafka jars, the broker, the services).
 run: $(STAMP)
-	@$(BIN)/python scripts/run_local.py
+	@$(BIN)/python scripts/run_local.py $(RUN_ARGS)
 
 bench: setup
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)

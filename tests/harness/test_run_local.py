@@ -4,13 +4,15 @@ lines are what the terminal shows."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support.paths import SCRIPTS
+from support.paths import REPO, SCRIPTS
 from support.scripts import script
 
 run_local = script("run_local")
@@ -46,6 +48,34 @@ def test_a_bad_setting_stops_the_run_before_anything_starts(
     # and the tenants file all live there), and no set-up step after the check ran.
     assert not run_dir.exists()
     assert "Kafka" not in done.stdout
+
+
+def _venv_stamp_is_current() -> bool:
+    """Whether `make run` would go straight to run_local.py (no pip install on the way)."""
+    digest = hashlib.sha1((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    stamp = Path(sys.executable).parent.parent / f".installed-{digest}"
+    return stamp.exists() and Path(sys.executable).parent.parent == REPO / ".venv"
+
+
+@pytest.mark.skipif(
+    not _venv_stamp_is_current() or shutil.which("make") is None,
+    reason="make run would install the venv first",
+)
+def test_make_run_with_a_bad_setting_names_it_and_starts_nothing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        ["make", "-s", "run", f"RUN_ARGS=--dir {run_dir}"],
+        cwd=REPO,
+        env={**os.environ, "MAILSLUICE_INGEST_LISTEN_PORT": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "invalid setting MAILSLUICE_INGEST_LISTEN_PORT:" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not run_dir.exists()
 
 
 def test_the_services_run_local_starts_are_the_ones_the_check_knows() -> None:
