@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
+RUN_ARGS ?=
 CAMPAIGN_ARGS ?=
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
@@ -18,19 +19,23 @@ help:
 	@echo "make bench  - throughput, CPU per message, latency and memory (against Postfix; BENCH_ARGS=--profile DIR), scale-out, ingest memory, shaping, campaign, DKIM, HTTP API, engagement"
 	@echo "make chaos  - the fault run: kills and a broker restart under load (CHAOS_ARGS=--help)"
 
+# Each set-up step prints its name and elapsed time (scripts/steps.py); pip shows each package.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $@
+	@$(PYTHON) scripts/steps.py "create the virtualenv ($(VENV))" -- $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) scripts/steps.py "pip install -e '.[dev]' (the first time: a minute or two)" -- \
+	  $(BIN)/pip install --disable-pip-version-check --progress-bar off -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
 
 setup: $(STAMP) system-deps kafka-jars
 
 system-deps:
-	@bash scripts/install_system_deps.sh
+	@$(PYTHON) scripts/steps.py "Debian packages (only those missing)" -- \
+	  bash scripts/install_system_deps.sh
 
 kafka-jars: system-deps
-	@$(PYTHON) scripts/kafka_local.py fetch
+	@$(PYTHON) scripts/steps.py "Kafka jars (Maven Central, cached under .cache)" -- \
+	  $(PYTHON) scripts/kafka_local.py fetch
 
 lint: $(STAMP)
 	$(BIN)/ruff check services operator tests scripts
@@ -43,8 +48,10 @@ typecheck: $(STAMP)
 test: setup k8s-build image lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-run: setup
-	$(BIN)/python scripts/run_local.py
+# Only the venv first: run_local.py checks every service's settings before it installs or
+# starts anything else (the Debian packages, the Kafka jars, the broker, the services).
+run: $(STAMP)
+	@$(BIN)/python scripts/run_local.py $(RUN_ARGS)
 
 bench: setup
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 from collections.abc import Collection, Sequence
+from typing import Any, TextIO
+
+# The exit status of a command whose reader went away (`mailsluice config docs | head`): what a
+# shell shows for a process killed by SIGPIPE (128 + 13), as `cat` or `grep` would end.
+EXIT_BROKEN_PIPE = 141
 
 # (name, module, help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -46,14 +53,51 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
             module = importlib.import_module(module_name)
             module.add_arguments(child)
             child.set_defaults(_module=module)
+            describe_actions(child)
     return parser
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse._SubParsersAction[Any]]:
+    return [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+
+
+def describe_actions(parser: argparse.ArgumentParser) -> None:
+    """An action's --help starts with its one-line help when it has no longer description."""
+    for action in subparsers(parser):
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, child in action.choices.items():
+            if not child.description and helps.get(name):
+                child.description = str(helps[name])
+            describe_actions(child)
+
+
+def reader_gone(stream: TextIO) -> bool:
+    """Whether stream is a pipe or socket whose reading end is closed (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return True  # closed or unusable: nothing more can be written to it either
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
-    args = build_parser(load={chosen} if chosen else set()).parse_args(argv)
-    result: int = args._module.run(args)
+    try:
+        try:
+            # --help prints from parse_args, then exits: inside too (`mailsluice -h | head -1`)
+            args = build_parser(load={chosen} if chosen else set()).parse_args(argv)
+            result: int = args._module.run(args)
+        finally:
+            sys.stdout.flush()  # output is block-buffered into a pipe: this is where it fails
+    except BrokenPipeError:
+        if not reader_gone(sys.stdout):
+            raise  # a socket or pipe of the command's own, not its output: a real error
+        # The reader stopped reading (`| head`): stop quietly. Point stdout at /dev/null so the
+        # interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return result
 
 

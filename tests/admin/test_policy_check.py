@@ -83,7 +83,7 @@ def test_detect_kind(text, kind):
 def test_replies_file_checked_with_lines(tmp_path, capsys):
     good = tmp_path / "replies.toml"
     good.write_text(
-        '[[rule]]\nname = "a"\nprovider = "acme"\ntext = "slow down"\nclass = "rate"\n'
+        '[[rule]]\nname = "a"\nprovider = "google"\ntext = "slow down"\nclass = "rate"\n'
         'examples = ["450 4.7.1 slow down"]\n'
     )
     assert run("check", str(good)) == 0
@@ -117,3 +117,87 @@ def test_several_files_worst_status_wins(tmp_path, capsys):
     out = capsys.readouterr()
     assert "shaping.toml: ok" in out.out
     assert f"{bad}:1: defaults:" in out.err
+
+
+def _shaping_with(extra: str, after: str = "[provider.yahoo]\n") -> str:
+    return shipped_text("shaping.toml").replace(after, after + extra, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        (
+            _shaping_with("conection_limit = 3\n"),
+            "provider.yahoo.conection_limit",
+            "unknown key 'conection_limit' (did you mean connection_limit?)",
+        ),
+        (
+            _shaping_with("max_mesage_rate = 3\n", after="[defaults]\n"),
+            "defaults.max_mesage_rate",
+            "unknown key 'max_mesage_rate' (did you mean max_message_rate?)",
+        ),
+        (
+            _shaping_with('[domian."example.com"]\nconnection_limit = 2\n', after=""),
+            "domian",
+            "unknown key 'domian' (did you mean domain?)",
+        ),
+        (
+            '[[rule]]\nname = "a"\nprovder = "google"\ntext = "x"\nclass = "rate"\n',
+            "rule[0].provder",
+            "unknown key 'provder' (did you mean provider?)",
+        ),
+        (
+            '[[rule]]\nname = "a"\ntext = "x"\nclas = "rate"\n',
+            "rule[0].clas",
+            "unknown key 'clas' (did you mean class?)",
+        ),
+        (
+            '[[rule]]\nname = "a"\ntext = "x"\nclass = "rate"\nzzz = 1\n',
+            "rule[0].zzz",
+            "unknown key 'zzz' (allowed here: bounce, class, code, enhanced, examples, min_block, "
+            "name, note, phase, provider, text)",
+        ),
+    ],
+)
+def test_a_misspelt_key_gets_the_closest_allowed_key(tmp_path, capsys, text, key, hint):
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    assert run("check", str(path)) == 1
+    line = next(line for line in capsys.readouterr().err.splitlines() if f": {key}: " in line)
+    assert line.endswith(f": {key}: {hint}")
+
+
+def test_keys_of_a_pools_warmup_are_found_through_the_optional_table():
+    from mailsluice.admin.policy_hints import keys_at, parse_dotted
+    from mailsluice.policy.shaping import PolicyFile
+
+    path = parse_dotted('pool."bulk.eu".warmup')
+    assert path == ["pool", "bulk.eu", "warmup"]
+    assert {"schedule", "start", "over_cap"} <= keys_at(PolicyFile, path)
+    assert keys_at(PolicyFile, ["pool", "bulk", "nothing"]) == set()
+
+
+def test_a_reply_rule_for_an_unknown_provider_is_refused_with_a_suggestion(tmp_path, capsys):
+    rules = tmp_path / "replies.toml"
+    rules.write_text(
+        '[[rule]]\nname = "a"\nprovider = "*"\ntext = "x"\nclass = "rate"\n\n'
+        '[[rule]]\nname = "b"\nprovider = "gogle"\ntext = "y"\nclass = "rate"\n'
+    )
+    assert run("check", str(rules)) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"{rules}:9: rule[1].provider: unknown provider 'gogle' (did you mean google?); "
+        "a rule for it never matches"
+    )
+
+
+def test_a_provider_of_a_shaping_policy_checked_alongside_is_known(tmp_path, capsys):
+    rules = tmp_path / "replies.toml"
+    rules.write_text('[[rule]]\nname = "a"\nprovider = "acme"\ntext = "x"\nclass = "rate"\n')
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text(
+        shipped_text("shaping.toml") + '\n[provider.acme]\ndomains = ["acme.example"]\n'
+    )
+    assert run("check", str(rules)) == 1
+    assert "unknown provider 'acme'" in capsys.readouterr().err
+    assert run("check", str(shaping), str(rules)) == 0
+    assert f"{rules}: ok (1 reply rules, 1 providers)" in capsys.readouterr().out

@@ -1,19 +1,59 @@
-"""`mailsluice config docs`: print docs/configuration.md from the settings classes."""
+"""`mailsluice config docs`: print docs/configuration.md from the settings classes;
+`mailsluice config check [SERVICE...]`: check services' settings without starting them."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import sys
 
+from mailsluice.admin import preflight
 from mailsluice.config import MailsluiceSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("docs", help="print the configuration reference as Markdown")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser(
+        "docs",
+        help="print the configuration reference as Markdown",
+        description="Print the configuration reference (docs/configuration.md) as Markdown.",
+    )
+    check = sub.add_parser(
+        "check",
+        help="check services' settings from the environment without starting them",
+        description="Check the MAILSLUICE_* settings of the named services (all when none is "
+        "named) the way each service checks them at start, without starting anything. Exit 0 "
+        "when they are valid; otherwise print each bad setting and exit 2, as the service would.",
+    )
+    check.add_argument(
+        "services",
+        nargs="*",
+        metavar="SERVICE",
+        help=f"services to check ({', '.join(preflight.SERVICE_SETTINGS)}); default: all",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        services = args.services or list(preflight.SERVICE_SETTINGS)
+        unknown = [s for s in services if s not in preflight.SERVICE_SETTINGS]
+        if unknown:
+            known = list(preflight.SERVICE_SETTINGS)
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            print(
+                f"unknown service {unknown[0]!r} ({hint}one of: {', '.join(known)})",
+                file=sys.stderr,
+            )
+            return 2
+        problems = preflight.check(services)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            return 2
+        print(f"settings ok: {', '.join(services)}")
+        return 0
     print(render_docs())
     return 0
 

@@ -28,12 +28,14 @@ from mailsluice.resolver import DnsSettings, make_resolver
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     keygen = sub.add_parser("keygen", help="write a private key and print its DNS TXT record")
-    keygen.add_argument("domain")
-    keygen.add_argument("selector")
-    keygen.add_argument("--algorithm", choices=ALGORITHMS, default="rsa")
+    keygen.add_argument("domain", help="the signing domain (d=), e.g. example.com")
+    keygen.add_argument("selector", help="the selector (s=): the DNS name <selector>._domainkey")
+    keygen.add_argument(
+        "--algorithm", choices=ALGORITHMS, default="rsa", help="key algorithm (default: rsa)"
+    )
     keygen.add_argument("--out", default=".", help="directory for the key file (default: .)")
     check = sub.add_parser("check", help="compare the published DKIM records with the keys")
-    check.add_argument("domain")
+    check.add_argument("domain", help="the signing domain whose records to check")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
 Exit 0 when every file is valid; 1 when any is invalid, printing "FILE:LINE: key: error" for
 each error (on stderr); 2 when a file cannot be read. The kind of file is detected (a file with
-[[rule]] tables is a replies file) or given with --kind. A backoff rule file of earlier
+[[rule]] tables is a replies file) or given with --kind. A misspelt key is answered with the
+closest key allowed there ("did you mean"); a reply rule's provider must be one of the shipped
+shaping policy's or of a shaping policy checked in the same command. A backoff rule file of earlier
 releases (rules with an `action` and no `class`) is refused with what to do instead: fixed
 suspend and throttle actions are gone, rules name the class of a reply.
 """
@@ -13,8 +15,9 @@ import argparse
 import sys
 import tomllib
 
-from mailsluice.policy.replies import validate_replies_text
-from mailsluice.policy.shaping import PolicyError, validate_text
+from mailsluice.admin.policy_hints import unknown_providers, with_key_hints
+from mailsluice.policy.replies import RepliesFile, validate_replies_text
+from mailsluice.policy.shaping import PolicyError, PolicyFile, shipped_text, validate_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Validate shaping policy (shaping.toml) or reply class (replies.toml) "
         "files. Exit 0 when valid; otherwise print FILE:LINE: key: error and exit 1.",
     )
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="+", metavar="FILE", help="policy or replies files")
     check.add_argument(
         "--kind",
         choices=("auto", "shaping", "replies"),
@@ -54,16 +57,30 @@ def detect_kind(text: str) -> str:
     return "backoff" if backoff else "replies"
 
 
-def check_text(text: str, kind: str = "auto") -> tuple[str, list[PolicyError], str]:
-    """(kind, errors, summary) for one file's text."""
+def shaping_providers(text: str) -> set[str]:
+    """The provider names of a shaping policy's text (none when it is not valid)."""
+    policy, _errors = validate_text(text)
+    return set(policy.model.provider) if policy is not None else set()
+
+
+def check_text(
+    text: str, kind: str = "auto", providers: set[str] | None = None
+) -> tuple[str, list[PolicyError], str]:
+    """(kind, errors, summary) for one file's text; a replies file's providers must be among
+    `providers` (default: the shipped shaping policy's)."""
     if kind == "auto":
         kind = detect_kind(text)
     if kind == "replies":
         replies, errors = validate_replies_text(text)
+        errors = with_key_hints(errors, RepliesFile)
         summary = ""
         if replies is not None:
-            providers = {r.provider for r in replies} - {"*"}
-            summary = f"{len(replies)} reply rules, {len(providers)} providers"
+            known = (
+                shaping_providers(shipped_text("shaping.toml")) if providers is None else providers
+            )
+            errors += unknown_providers(replies, known, text)
+            used = {r.provider for r in replies} - {"*"}
+            summary = f"{len(replies)} reply rules, {len(used)} providers"
         return kind, errors, summary
     if kind == "backoff":
         return kind, [PolicyError(1, "rule", BACKOFF_GONE)], ""
@@ -75,20 +92,33 @@ def check_text(text: str, kind: str = "auto") -> tuple[str, list[PolicyError], s
             f"shaping policy: {len(model.provider)} providers, {len(model.domain)} domains, "
             f"{len(model.pool)} pools"
         )
-    return kind, errors, summary
+    return kind, with_key_hints(errors, PolicyFile), summary
 
 
-def run(args: argparse.Namespace) -> int:
+def read_files(names: list[str]) -> tuple[dict[str, str], int]:
+    """The readable files' texts by name, and 2 when one could not be read (said on stderr)."""
+    texts: dict[str, str] = {}
     status = 0
-    for name in args.files:
+    for name in names:
         try:
             with open(name, encoding="utf-8") as fh:
-                text = fh.read()
+                texts[name] = fh.read()
         except (OSError, UnicodeDecodeError) as exc:
             print(f"{name}: cannot read: {exc}", file=sys.stderr)
             status = 2
-            continue
-        _kind, errors, summary = check_text(text, args.kind)
+    return texts, status
+
+
+def run(args: argparse.Namespace) -> int:
+    texts, status = read_files(args.files)
+    # Providers a replies file may name: the shipped policy's, and those of shaping policies
+    # checked alongside it (`policy check shaping.toml replies.toml`).
+    providers = shaping_providers(shipped_text("shaping.toml"))
+    for text in texts.values():
+        if args.kind == "shaping" or (args.kind == "auto" and detect_kind(text) == "shaping"):
+            providers |= shaping_providers(text)
+    for name, text in texts.items():
+        _kind, errors, summary = check_text(text, args.kind, providers)
         if errors:
             for error in sorted(errors, key=lambda e: e.line):
                 print(error.format(name), file=sys.stderr)

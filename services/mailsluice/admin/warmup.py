@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--preset", choices=sorted(PRESETS), help="a shipped preset")
     what.add_argument("--pool", help="the pool's schedule from the policy")
     show = sub.add_parser("show", help="today's warm-up day, caps and usage of a pool")
-    show.add_argument("--pool", default=DEFAULT_POOL)
+    show.add_argument("--pool", default=DEFAULT_POOL, help=f"the pool (default: {DEFAULT_POOL})")
     show.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for Kafka")
     for p in (plan, show):
         p.add_argument("--policy", default="", help="policy file (default: the shipped one)")

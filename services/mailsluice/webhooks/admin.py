@@ -53,7 +53,7 @@ def add_actions(parser: argparse.ArgumentParser) -> None:
         action.add_argument("--tenant", help="only this tenant's")
         action.add_argument("--json", action="store_true", help="print JSON lines")
     redrive = sub.add_parser("redrive", help="send a tenant's dead batches again")
-    redrive.add_argument("tenant")
+    redrive.add_argument("tenant", help="the tenant whose dead batches to send")
     redrive.add_argument("--endpoint", help="only this endpoint's")
     redrive.add_argument(
         "--since", type=float, default=0.0, help="only batches dead since (unix seconds)"
@@ -61,8 +61,10 @@ def add_actions(parser: argparse.ArgumentParser) -> None:
     actions = [dead, status, redrive]
     for name, text in (("pause", "stop sending to an endpoint"), ("resume", "send again")):
         one = sub.add_parser(name, help=text)
-        one.add_argument("tenant")
-        one.add_argument("endpoint")
+        one.add_argument("tenant", help="the endpoint's tenant")
+        one.add_argument(
+            "endpoint", help="the endpoint's name (`webhooks status` lists TENANT/ENDPOINT)"
+        )
         actions.append(one)
     for action in actions:
         action.add_argument("--timeout", type=float, default=30.0, help="seconds for Kafka")
