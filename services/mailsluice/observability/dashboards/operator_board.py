@@ -38,8 +38,15 @@ OPERATOR = (
     Panel(
         "Paused consumers",
         "short",
-        (("sum by (pool) (mailsluice_delivery_paused{" + POOL + "})", "{{pool}}"),),
-        "Workers of each pool that paused fetching because their memory bound is reached.",
+        (
+            (
+                "sum by (pool) (mailsluice_delivery_paused{" + POOL + "})\n"
+                "  or 0 * sum by (pool) (mailsluice_delivery_inflight_messages{" + POOL + "})",
+                "{{pool}}",
+            ),
+        ),
+        "Workers of each pool that paused fetching because their memory bound is reached (0, "
+        "not nothing, for a pool whose workers never paused).",
         soft_max=1.0,
     ),
 )
