@@ -1,11 +1,16 @@
-"""Render every Grafana dashboard's panels from a Prometheus' data to PNG files (matplotlib).
+"""Render every Grafana dashboard to a PNG preview (matplotlib), from a Prometheus' data.
 
-    python scripts/render_dashboards.py --prometheus http://127.0.0.1:9090 --minutes 5
+    python3 scripts/render_dashboards.py --samples
+    python3 scripts/render_dashboards.py --prometheus http://127.0.0.1:9090 --minutes 5
 
-writes docs/dashboards/<dashboard>.png: one image per dashboard, one plot per panel, one line per
-series, queried with /api/v1/query_range the way Grafana would (variables set to "All",
-$__rate_interval as --rate-interval). tests/observability/test_prometheus_e2e.py calls `render_all`
-at its end when MAILSLUICE_RENDER_DASHBOARDS=1, which is how the committed images are made.
+--samples (how the committed docs/dashboards/*.png are made) loads neutral sample data
+(scripts/dashboard_samples.py: pools "bulk" and "transactional", the usual providers) into a
+fresh TSDB with `promtool tsdb create-blocks-from openmetrics`, runs Debian's Prometheus on it
+(127.0.0.1, a free port, stopped by pid) and renders from it; --prometheus renders from a
+running one. Either way each panel is queried with /api/v1/query_range the way Grafana would
+(variables at "All", $__rate_interval as --rate-interval) and drawn at its gridPos the way
+Grafana shows it (scripts/render_panels.py: units, colours, stacking, thresholds, stat panels).
+Needs matplotlib (the project's dev dependencies).
 """
 
 from __future__ import annotations
@@ -14,25 +19,36 @@ import argparse
 import json
 import math
 import re
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dashboard_samples
+import render_panels
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "deploy" / "helm" / "mailsluice" / "dashboards"
 OUT = ROOT / "docs" / "dashboards"
 _LEGEND = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_VARIABLE = re.compile(r'=~"\$\w+"')
+SAMPLE_HOURS = 3.0
+# Written into each preview's PNG metadata: tests check the committed ones say it.
+SAMPLES_SOURCE = "sample data (scripts/dashboard_samples.py)"
 
 
 def substitute(expr: str, rate_interval: str = "1m") -> str:
     """A panel query as Grafana sends it with every variable at "All"."""
-    return (
-        expr.replace("$__rate_interval", rate_interval)
-        .replace('"$pool"', '".*"')
-        .replace('"$provider"', '".*"')
-    )
+    return _VARIABLE.sub('=~".*"', expr.replace("$__rate_interval", rate_interval))
 
 
 def query_range(
@@ -52,9 +68,36 @@ def legend(fmt: str, labels: dict[str, str]) -> str:
     return text or json.dumps(labels)
 
 
+def panel_series(
+    prometheus: str, panel: dict[str, Any], times: list[float], rate_interval: str
+) -> list[tuple[str, list[float]]]:
+    """(legend, values at `times`, 0 where missing) of every series of the panel's targets."""
+    step = times[1] - times[0] if len(times) > 1 else 1.0
+    found = []
+    for target in panel.get("targets", ()):
+        expr = substitute(target["expr"], rate_interval)
+        for series in query_range(prometheus, expr, times[0], times[-1], step):
+            # a point missing from the answer is a gap, not a zero
+            ys = [math.nan] * len(times)
+            for t, v in series["values"]:
+                index = round((float(t) - times[0]) / step)
+                if 0 <= index < len(ys):
+                    ys[index] = float(v)
+            found.append((legend(target.get("legendFormat", ""), series["metric"]), ys))
+    return found
+
+
 def render_dashboard(
-    path: Path, prometheus: str, *, start: float, end: float, out_dir: Path, rate_interval: str
-) -> Path:
+    path: Path,
+    prometheus: str,
+    *,
+    start: float,
+    end: float,
+    out_dir: Path,
+    rate_interval: str,
+    source: str = "live data",
+) -> tuple[Path, list[str]]:
+    """The dashboard's PNG, and the problems seen (a series hidden under another, no data)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,74 +105,142 @@ def render_dashboard(
 
     board = json.loads(path.read_text())
     panels = [p for p in board["panels"] if p.get("targets")]
-    cols = 2
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(14, 3.2 * rows), squeeze=False)
-    step = max(1.0, (end - start) / 200)
-    # Short runs (the end-to-end test's) read better in seconds.
+    rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
+    unit_h = 0.4  # inches per Grafana grid row
+    fig = plt.figure(figsize=(16, unit_h * rows + 0.7))
+    step = max(1, round((end - start) / 180))
+    times = [start + step * i for i in range(int((end - start) // step) + 1)]
+    # Long runs read in minutes, the end-to-end tests' short ones in seconds.
     scale, axis = (60.0, "minutes") if end - start > 600 else (1.0, "seconds")
-    for ax, panel in zip(axes.flat, panels, strict=False):
-        lines = 0
-        for target in panel["targets"]:
-            expr = substitute(target["expr"], rate_interval)
-            for series in query_range(prometheus, expr, start, end, step):
-                xs = [(float(t) - end) / scale for t, _ in series["values"]]
-                ys = [float(v) for _, v in series["values"]]
-                ax.plot(xs, ys, label=legend(target.get("legendFormat", ""), series["metric"]))
-                lines += 1
-        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
-        ax.set_title(panel["title"], fontsize=10)
-        ax.set_xlabel(f"{axis} before the end", fontsize=8)
-        ax.set_ylabel(unit, fontsize=8)
+    xs = [(t - end) / scale for t in times]
+    problems: list[str] = []
+    for panel in panels:
+        ax = fig.add_axes(_place(panel["gridPos"], panel["type"], rows, unit_h, 0.7))
+        series = panel_series(prometheus, panel, times, rate_interval)
+        ax.set_title(panel["title"], fontsize=9)
+        if not series:
+            problems.append(f"{board['title']} / {panel['title']}: no data")
+        if panel["type"] == "stat":
+            render_panels.draw_stat(ax, panel, series)
+            continue
+        problems += render_panels.hidden_series(series, panel)
+        render_panels.draw_timeseries(ax, panel, xs, series)
+        ax.set_xlabel(f"{axis} before the end", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if lines:
-            ax.legend(fontsize=6, loc="upper left", ncol=2)
-        else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    fig.suptitle(board["title"], fontsize=13)
-    fig.tight_layout()
+        if series:
+            ax.legend(fontsize=6, loc="upper left", ncol=3)
+    fig.suptitle(board["title"], fontsize=13, y=1 - 0.2 / (unit_h * rows + 0.7))
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / (path.stem.removeprefix("mailsluice-") + ".png")
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=72, metadata={"Description": f"{board['title']}: {source}"})
     plt.close(fig)
-    return out
+    return out, problems
 
 
-def render_all(
-    prometheus: str,
-    start: float,
-    end: float,
-    out_dir: Path = OUT,
-    rate_interval: str = "1m",
-    *,
-    skip: tuple[str, ...] = (),
-) -> list[Path]:
-    """Render every dashboard but those whose file stem ends with one of `skip`."""
-    return [
-        render_dashboard(
-            path, prometheus, start=start, end=end, out_dir=out_dir, rate_interval=rate_interval
-        )
-        for path in sorted(DASHBOARDS.glob("*.json"))
-        if not path.stem.endswith(skip)
-    ]
+def _place(
+    g: dict[str, int], kind: str, rows: int, unit_h: float, header: float
+) -> tuple[float, float, float, float]:
+    """The axes rectangle (figure fractions) of a panel at Grafana gridPos `g`: the cell less
+    room for the title, the y tick labels and the x label (stat panels need none of those)."""
+    height = unit_h * rows + header
+    left_pad, right_pad = (0.004, 0.004) if kind == "stat" else (0.05, 0.012)
+    top_pad, bottom_pad = 0.3, (0.06 if kind == "stat" else 0.5)
+    x0 = g["x"] / 24 + left_pad
+    width = g["w"] / 24 - left_pad - right_pad
+    y_top = height - header - g["y"] * unit_h - top_pad
+    h = g["h"] * unit_h - top_pad - bottom_pad
+    return x0, (y_top - h) / height, width, h / height
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ready(url: str, proc: subprocess.Popen[bytes], within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)  # polling a condition with a deadline
+    raise RuntimeError(f"prometheus at {url} not ready within {within:g} s")
+
+
+def render_samples(out_dir: Path = OUT, work: Path | None = None) -> list[tuple[Path, list[str]]]:
+    """Load the sample data into a fresh TSDB, run Prometheus on it, render every dashboard."""
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        root = Path(tmp)
+        end = float(int(time.time()) // 60 * 60)
+        start = end - SAMPLE_HOURS * 3600
+        (root / "samples.om").write_text(dashboard_samples.generate(start, end))
+        subprocess.run(
+            ["promtool", "tsdb", "create-blocks-from", "openmetrics",
+             str(root / "samples.om"), str(root / "tsdb")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        (root / "prometheus.yml").write_text("global: {scrape_interval: 1m}\nscrape_configs: []\n")
+        port = _free_port()
+        with open(root / "prometheus.log", "wb") as log:
+            proc = subprocess.Popen(
+                ["prometheus", f"--config.file={root / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={root / 'tsdb'}", "--storage.tsdb.retention.time=10y",
+                 f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _ready(url, proc)
+            return [
+                render_dashboard(
+                    path,
+                    url,
+                    start=start + 600,
+                    end=end,
+                    out_dir=out_dir,
+                    rate_interval="2m",
+                    source=SAMPLES_SOURCE,
+                )
+                for path in sorted(DASHBOARDS.glob("*.json"))
+            ]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--samples", action="store_true", help="render from sample data")
+    source.add_argument("--prometheus", default="http://127.0.0.1:9090")
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--rate-interval", default="1m")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    end = time.time()
-    for path in render_all(
-        args.prometheus, end - args.minutes * 60, end, args.out, args.rate_interval
-    ):
+    if args.samples:
+        results = render_samples(args.out)
+    else:
+        end = time.time()
+        start = end - args.minutes * 60
+        results = [
+            render_dashboard(
+                path, args.prometheus, start=start, end=end, out_dir=args.out,
+                rate_interval=args.rate_interval,
+            )
+            for path in sorted(DASHBOARDS.glob("*.json"))
+        ]  # fmt: skip
+    for path, problems in results:
         print(path)
-    return 0
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+    return 1 if any(problems for _, problems in results) else 0
 
 
 if __name__ == "__main__":

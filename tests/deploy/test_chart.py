@@ -217,6 +217,23 @@ def test_prometheus_rule_takes_the_tempfail_ratio(helm: Path) -> None:
     assert "0.05 # metrics" not in json.dumps(tuned)
 
 
+def test_prometheus_rule_takes_the_runbook_base_url(helm: Path) -> None:
+    def runbook_urls(*extra: str) -> set[str]:
+        docs = render(helm, str(FULL_VALUES), extra=extra)
+        rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+        return {r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]}
+
+    default = runbook_urls()
+    assert (
+        "https://github.com/mailsluice/mailsluice/blob/main/docs/runbooks/"
+        + ("MailsluiceBounceRateHigh.md")
+        in default
+    )
+    own = runbook_urls("--set", "metrics.prometheusRule.runbookBaseUrl=https://wiki.test/rb/")
+    assert "https://wiki.test/rb/MailsluiceBounceRateHigh.md" in own
+    assert len(own) == len(default) and all(u.startswith("https://wiki.test/rb/M") for u in own)
+
+
 def test_schema_refuses_bad_values(helm: Path) -> None:
     args = ["template", "rel", str(CHART), "--kube-version", KUBE_VERSION]
     for bad in (

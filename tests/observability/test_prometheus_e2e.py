@@ -3,7 +3,8 @@
 mail flows through it; then every dashboard panel query and every alert expression is evaluated
 through Prometheus' HTTP API: each must parse, and each panel must return data.
 
-With MAILSLUICE_RENDER_DASHBOARDS=1 the run also renders the dashboards to docs/dashboards/.
+(The committed previews in docs/dashboards/ are drawn from neutral sample data by
+`scripts/render_dashboards.py --samples`, so no test pool name reaches them.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import datetime as dt
 import functools
 import json
-import os
 import smtplib
 import subprocess
 import sys
@@ -27,7 +27,7 @@ from support.eventually import eventually
 from support.fake_mx import free_port
 from support.paths import REPO
 from support.processes import get, product_env, start, stop, tails
-from support.prometheus import check_alerts, check_panels, query, render_module, start_prometheus
+from support.prometheus import check_alerts, check_panels, query, start_prometheus
 
 from mailsluice.observability.dashboards import build
 
@@ -184,12 +184,6 @@ async def test_dashboards_and_alerts_against_real_prometheus(
         # The pipeline's own health: the queue drained and nothing fired that should not.
         lag = query(prom, f'sum(mailsluice_delivery_queue_lag_records{{pool="{pool}"}})')
         assert lag["data"]["result"], "queue lag not exported"
-        if os.environ.get("MAILSLUICE_RENDER_DASHBOARDS") == "1":
-            # A 15 s rate window: the images cover a run of well under a minute.
-            # The operator's dashboard is rendered by test_operator_prometheus, which runs one.
-            render_module().render_all(
-                prom, started - 5, time.time(), rate_interval="15s", skip=("operator",)
-            )
     finally:
         for proc in reversed(procs):
             stop(proc)

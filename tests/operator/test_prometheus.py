@@ -10,7 +10,8 @@ server unreachable for the operator's own client for a moment.
 Then every Operator dashboard panel query is evaluated through Prometheus' HTTP API: each must
 parse and return data.
 
-With MAILSLUICE_RENDER_DASHBOARDS=1 the run also renders docs/dashboards/operator.png.
+(The committed preview, docs/dashboards/operator.png, is drawn from neutral sample data by
+`scripts/render_dashboards.py --samples`, so no test pool name reaches it.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import subprocess
 import sys
 import time
@@ -35,7 +35,7 @@ from support.k8s_fixtures import apply_crd, get_json, write_kubeconfig
 from support.kafka_broker import KafkaBroker
 from support.operator_cluster import apply_yaml, pool_yaml, pretend_workers_ready
 from support.processes import get, product_env, start, stop, tails
-from support.prometheus import check_alerts, check_panels, query, render_module, start_prometheus
+from support.prometheus import check_alerts, check_panels, query, start_prometheus
 
 from mailsluice.contracts.envelope import Envelope
 from mailsluice.observability.dashboards import build
@@ -149,16 +149,6 @@ async def test_operator_dashboard_against_real_prometheus(
         await asyncio.sleep(max(0.0, started + RUN_S - time.time()))
 
         _check_operator_dashboard(prom)
-        if os.environ.get("MAILSLUICE_RENDER_DASHBOARDS") == "1":
-            render = render_module()
-            render.render_dashboard(
-                build.OUT_DIR / "mailsluice-operator.json",
-                prom,
-                start=started - 5,
-                end=time.time(),
-                out_dir=render.OUT,
-                rate_interval="15s",
-            )
         for pool in pools:
             cluster.kubectl("delete", "sendingpool", pool, "-n", NS, "--wait=false")
         await watched(

@@ -3,7 +3,7 @@ Kafka, and what becomes of the tenants' webhook batches."""
 
 from __future__ import annotations
 
-from mailsluice.observability.dashboards.panels import Panel, percentiles, rate
+from mailsluice.observability.dashboards.panels import Panel, meaning, percentiles, rate
 
 API = (
     Panel(
@@ -12,13 +12,16 @@ API = (
         ((rate("mailsluice_api_requests_total", "", "route, code"), "{{route}} {{code}}"),),
         "5xx are the API's own failures (503: Kafka did not acknowledge in time); 429 is a "
         "tenant over its quota.",
+        colors=((r"(.* )?5\d\d", "red"), (r"(.* )?429", "orange")),
     ),
     Panel(
         "Recipients of POST /v1/messages by result",
         "ops",
         ((rate("mailsluice_api_recipients_total", "", "result"), "{{result}}"),),
         "accepted: queued with Kafka's acks; suppressed: held by a suppression scope; rejected: "
-        "its rendering failed or its message was too big.",
+        "its rendering failed or its message was too big. Stacked.",
+        colors=meaning("accepted", "suppressed", "rejected"),
+        stack=True,
     ),
     Panel(
         "Wait for Kafka's acknowledgement",
@@ -37,7 +40,9 @@ API = (
         "ops",
         ((rate("mailsluice_webhooks_batches_total", "", "result"), "{{result}}"),),
         "retried: written to a delay tier after a failure; dead: given up (24 h of retries, "
-        "SSRF refusal, endpoint paused or gone) — `mailsluice webhooks dead` lists them.",
+        "SSRF refusal, endpoint paused or gone) — `mailsluice webhooks dead` lists them. Stacked.",
+        colors=meaning("delivered", "retried", "dead"),
+        stack=True,
     ),
     Panel(
         "Webhook POST time",
@@ -50,8 +55,15 @@ API = (
         (
             ("sum (mailsluice_webhooks_buffered_records)", "buffered"),
             ("sum (mailsluice_webhooks_waiting_records)", "waiting to retry"),
-            ("max (mailsluice_webhooks_endpoints_paused)", "endpoints paused"),
         ),
-        "Events read but not yet sent; failed batches held until due; paused endpoints.",
+        "Events read but not yet sent; failed batches held until due.",
+    ),
+    Panel(
+        "Paused webhook endpoints",
+        "short",
+        (("max (mailsluice_webhooks_endpoints_paused)", "endpoints paused"),),
+        "Endpoints paused (by a tenant or after failing too long): their batches go to the "
+        "dead letters.",
+        soft_max=1.0,
     ),
 )

@@ -3,8 +3,8 @@
 `python -m mailsluice.observability.dashboards.build` writes
 deploy/helm/mailsluice/dashboards/*.json, which the chart ships in a ConfigMap labelled
 grafana_dashboard; tests/observability/test_dashboards.py fails when the committed JSON differs from
-what this module builds. Panels and query helpers live in panels.py, each dashboard's panel list in
-its own module.
+what this module builds. Panel specs and query helpers live in panels.py, their Grafana form in
+grafana.py, each dashboard's panel list in its own module.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from grafana_foundation_sdk.models.dashboard import DashboardCursorSync
 
 from mailsluice.observability.dashboards.api_board import API
 from mailsluice.observability.dashboards.deliverability import DELIVERABILITY
+from mailsluice.observability.dashboards.grafana import panel, variables
 from mailsluice.observability.dashboards.ingest import INGEST
 from mailsluice.observability.dashboards.operator_board import OPERATOR
 from mailsluice.observability.dashboards.overview import OVERVIEW
-from mailsluice.observability.dashboards.panels import Panel, panel, variables
+from mailsluice.observability.dashboards.panels import Panel, metrics_of
 
 OUT_DIR = Path(__file__).resolve().parents[4] / "deploy" / "helm" / "mailsluice" / "dashboards"
 
@@ -52,7 +53,10 @@ def build(stem: str) -> dict[str, Any]:
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .editable()
     )
-    for variable in variables(with_provider=stem == "deliverability"):
+    exprs = [expr for spec in panels for expr, _ in spec.targets]
+    used = {name for name in ("pool", "provider") if any(f'"${name}"' in e for e in exprs)}
+    # The cluster and namespace choices come from the board's first metric.
+    for variable in variables(metrics_of(exprs[0])[0], used):
         board = board.with_variable(variable)
     for panel_id, spec in enumerate(panels, start=1):
         board = board.with_panel(panel(spec, panel_id))

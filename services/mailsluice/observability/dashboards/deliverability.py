@@ -1,8 +1,21 @@
-"""Deliverability dashboard: outcomes, deferrals, bounces, shaping and engagement per provider."""
+"""Deliverability dashboard: the rates providers judge (stat panels and graphs with their
+thresholds), outcomes, deferrals, bounces, outbound SMTP latency, shaping and engagement per
+provider."""
 
 from __future__ import annotations
 
-from mailsluice.observability.dashboards.panels import POOL, PP, Panel, rate, ratio
+from mailsluice.observability.dashboards.panels import (
+    BOUNCE_LIMITS,
+    COMPLAINT_LIMITS,
+    DEFERRAL_LIMITS,
+    PP,
+    Panel,
+    meaning,
+    quantile,
+    rate,
+    ratio,
+)
+from mailsluice.observability.dashboards.shaping import SHAPING
 
 # Feedback-loop (ARF) complaints counted at ingest over recipients delivered to the same provider;
 # a provider with deliveries and no complaint counted shows 0 rather than nothing.
@@ -80,48 +93,93 @@ ENGAGEMENT = (
     ),
 )
 
-DELIVERABILITY = (
+_PROVIDER_RECIPIENTS = "mailsluice_delivery_provider_recipients_total"
+# The selected providers' totals (stat panels) and each provider's (graphs).
+_BOUNCES = ratio(_PROVIDER_RECIPIENTS, PP, "bounced")
+_DEFERRALS = ratio(_PROVIDER_RECIPIENTS, PP, "deferred")
+_COMPLAINTS_ALL = rate("mailsluice_ingest_complaints_total", PP)
+_DELIVERED_ALL = rate(_PROVIDER_RECIPIENTS, f'{PP}, result="delivered"')
+COMPLAINT_RATE_ALL = (
+    f"({_COMPLAINTS_ALL}\n  or 0 * {_DELIVERED_ALL})\n  / clamp_min({_DELIVERED_ALL}, 1e-9)"
+)
+
+JUDGED = (
     Panel(
-        "Outcomes by provider",
-        "ops",
-        (
-            (
-                rate("mailsluice_delivery_provider_recipients_total", PP, "provider, result"),
-                "{{provider}} {{result}}",
-            ),
-        ),
-        "Recipient replies by provider: delivered (2xx), deferred (4xx), bounced (5xx).",
-        width=24,
+        "Bounce rate",
+        "percentunit",
+        ((_BOUNCES, "bounced"),),
+        "5xx replies per recipient reply at the selected providers: keep below 2%; "
+        "MailsluiceBounceRateHigh fires at 5%.",
+        kind="stat",
+        width=8,
+        limits=BOUNCE_LIMITS,
     ),
     Panel(
-        "Deferral rate by provider",
+        "Complaint rate",
         "percentunit",
-        (
-            (
-                ratio("mailsluice_delivery_provider_recipients_total", PP, "deferred", "provider"),
-                "{{provider}}",
-            ),
-        ),
-        "Share of a provider's recipient replies that were 4xx.",
+        ((COMPLAINT_RATE_ALL, "complaints"),),
+        "Feedback-loop complaints per delivered recipient: Gmail wants < 0.1% (warning), "
+        "never 0.3% (critical).",
+        kind="stat",
+        width=8,
+        limits=COMPLAINT_LIMITS,
+    ),
+    Panel(
+        "Deferral rate",
+        "percentunit",
+        ((_DEFERRALS, "deferred"),),
+        "4xx replies per recipient reply: throttling; MailsluiceDeferralSpike needs 25%.",
+        kind="stat",
+        width=8,
+        limits=DEFERRAL_LIMITS,
+    ),
+    Panel(
+        "Outcomes",
+        "ops",
+        ((rate(_PROVIDER_RECIPIENTS, PP, "result"), "{{result}}"),),
+        "Recipient replies at the selected providers per second, stacked: delivered (2xx), "
+        "deferred (4xx), bounced (5xx).",
+        colors=meaning("delivered", "deferred", "bounced"),
+        stack=True,
+    ),
+    Panel(
+        "Recipients by provider",
+        "ops",
+        ((rate(_PROVIDER_RECIPIENTS, PP, "provider"), "{{provider}}"),),
+        "Recipient replies per second by provider, whatever the outcome.",
     ),
     Panel(
         "Bounce rate by provider",
         "percentunit",
-        (
-            (
-                ratio("mailsluice_delivery_provider_recipients_total", PP, "bounced", "provider"),
-                "{{provider}}",
-            ),
-        ),
-        "Share of a provider's recipient replies that were 5xx.",
+        ((ratio(_PROVIDER_RECIPIENTS, PP, "bounced", "provider"), "{{provider}}"),),
+        "Share of a provider's recipient replies that were 5xx; dashed lines at 2% and 5%.",
+        limits=BOUNCE_LIMITS,
     ),
     Panel(
         "Complaint rate by provider",
         "percentunit",
         ((COMPLAINT_RATE, "{{provider}}"),),
-        "Feedback-loop complaints per delivered recipient; Gmail wants < 0.1%, never 0.3%.",
-        width=24,
+        "Feedback-loop complaints per delivered recipient; dashed lines at Gmail's 0.1% and 0.3%.",
+        limits=COMPLAINT_LIMITS,
     ),
+    Panel(
+        "Deferral rate by provider",
+        "percentunit",
+        ((ratio(_PROVIDER_RECIPIENTS, PP, "deferred", "provider"), "{{provider}}"),),
+        "Share of a provider's recipient replies that were 4xx; dashed lines at 10% and 25%.",
+        limits=DEFERRAL_LIMITS,
+    ),
+    Panel(
+        "Outbound SMTP latency by stage (p95)",
+        "s",
+        ((quantile(0.95, "mailsluice_delivery_smtp_seconds", "", "stage"), "{{stage}}"),),
+        "Delivery workers to remote MX servers: TCP connect, STARTTLS handshake, one mail "
+        "transaction (all pools).",
+    ),
+)
+
+DELIVERABILITY = (
+    *JUDGED,
     Panel(
         "Top deferral reasons",
         "ops",
@@ -148,53 +206,6 @@ DELIVERABILITY = (
         ),
         "Bounces by RFC 3463 status class (5.1: bad mailbox, 5.7: policy, ...).",
     ),
-    Panel(
-        "Destination states",
-        "short",
-        (
-            ("sum by (state) (mailsluice_shaping_destinations{" + POOL + "})", "{{state}}"),
-            (
-                rate("mailsluice_shaping_state_changes_total", POOL, "state, reply_class"),
-                "-> {{state}} on {{reply_class}}",
-            ),
-        ),
-        "Destination lanes (destination x source address) by controller state, and state "
-        "changes by the reply class that caused them (per second).",
-    ),
-    Panel(
-        "Allowed and learned rate by provider",
-        "ops",
-        (
-            (
-                "mailsluice_shaping_provider_rate_messages_per_second{" + PP + "}",
-                "{{provider}} now",
-            ),
-            (
-                "mailsluice_shaping_provider_learned_ceiling_messages_per_second{" + PP + "}",
-                "{{provider}} learned ceiling",
-            ),
-        ),
-        "Message rate a provider may receive now, and the rate at which it last deferred "
-        "(all source addresses together).",
-    ),
-    Panel(
-        "Warm-up progress (used / cap)",
-        "percentunit",
-        (
-            (
-                "max by (pool, source_ip, scope, period) "
-                "(mailsluice_warmup_used_messages{" + POOL + "})\n"
-                "  / max by (pool, source_ip, scope, period) "
-                "(mailsluice_warmup_cap_messages{" + POOL + "} > 0)",
-                "{{pool}} {{source_ip}} {{scope}} per {{period}}",
-            ),
-            (
-                "max by (pool, source_ip) (mailsluice_warmup_day{" + POOL + "})",
-                "{{pool}} {{source_ip}} day",
-            ),
-        ),
-        "Share of the current warm-up period's cap used, and the warm-up day, per source "
-        "address (warm addresses have no cap).",
-    ),
+    *SHAPING,
     *ENGAGEMENT,
 )

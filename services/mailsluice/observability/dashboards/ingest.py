@@ -1,24 +1,39 @@
-"""Ingest dashboard: SMTP connections, transactions, Kafka publishing and DNS."""
+"""Ingest dashboard: SMTP connections, transactions, Kafka publishing and DNS.
+
+(Outbound SMTP latency is the delivery side's: it is on the deliverability dashboard.)"""
 
 from __future__ import annotations
 
-from mailsluice.observability.dashboards.panels import RI, Panel, percentiles, quantile, rate
+from mailsluice.observability.dashboards.panels import (
+    RI,
+    Panel,
+    meaning,
+    percentiles,
+    quantile,
+    rate,
+)
 
 INGEST = (
     Panel(
-        "Connections",
+        "Open connections",
         "short",
-        (
-            ("sum(rate(mailsluice_ingest_connections_total[" + RI + "]))", "new per second"),
-            ("sum(mailsluice_ingest_connections_open)", "open"),
-        ),
-        "SMTP connections accepted per second, and open now.",
+        (("sum(mailsluice_ingest_connections_open)", "open"),),
+        "SMTP connections open now.",
+    ),
+    Panel(
+        "New connections",
+        "ops",
+        (("sum(rate(mailsluice_ingest_connections_total[" + RI + "]))", "new"),),
+        "SMTP connections accepted per second.",
     ),
     Panel(
         "Transactions by result",
         "ops",
         ((rate("mailsluice_ingest_transactions_total", "", "result"), "{{result}}"),),
-        "Message transactions at DATA: queued, tempfail (451), rejected, too_big, aborted.",
+        "Message transactions at DATA, stacked: queued, tempfail (451), rejected, too_big, "
+        "aborted.",
+        colors=meaning("queued", "tempfail", "rejected", "too_big", "aborted"),
+        stack=True,
     ),
     Panel(
         "Recipients by result and reason",
@@ -30,6 +45,7 @@ INGEST = (
             ),
         ),
         "Recipients judged at RCPT; `suppressed` counts suppression-list hits.",
+        colors=meaning("accepted"),
     ),
     Panel(
         "Bytes queued",
@@ -50,6 +66,12 @@ INGEST = (
         "From MAIL FROM to the reply after DATA.",
     ),
     Panel(
+        "Protocol violations",
+        "ops",
+        ((rate("mailsluice_ingest_protocol_violations_total", "", "kind"), "{{kind}}"),),
+        "Connections closed for early talking, bad pipelining, too many errors or messages.",
+    ),
+    Panel(
         "DNS lookups and failures",
         "ops",
         (
@@ -65,17 +87,5 @@ INGEST = (
         "DNS lookup latency (p95)",
         "s",
         ((quantile(0.95, "mailsluice_dns_lookup_seconds", "", "rtype"), "{{rtype}}"),),
-    ),
-    Panel(
-        "Outbound SMTP latency by stage (p95)",
-        "s",
-        ((quantile(0.95, "mailsluice_delivery_smtp_seconds", "", "stage"), "{{stage}}"),),
-        "Delivery side: TCP connect, STARTTLS handshake, one mail transaction.",
-    ),
-    Panel(
-        "Protocol violations",
-        "ops",
-        ((rate("mailsluice_ingest_protocol_violations_total", "", "kind"), "{{kind}}"),),
-        "Connections closed for early talking, bad pipelining, too many errors or messages.",
     ),
 )

@@ -1,10 +1,48 @@
-"""Overview dashboard: traffic in and out, queue lag and retries per pool."""
+"""Overview dashboard: traffic in and out, the rates providers judge, queue lag and retries."""
 
 from __future__ import annotations
 
-from mailsluice.observability.dashboards.panels import POOL, Panel, percentiles, rate, ratio
+from mailsluice.observability.dashboards.panels import (
+    BOUNCE_LIMITS,
+    DEFERRAL_LIMITS,
+    POOL,
+    Panel,
+    meaning,
+    percentiles,
+    rate,
+    ratio,
+)
+
+_RECIPIENTS = "mailsluice_delivery_recipients_total"
 
 OVERVIEW = (
+    Panel(
+        "Bounce rate",
+        "percentunit",
+        ((ratio(_RECIPIENTS, POOL, "bounced"), "bounced"),),
+        "Share of recipient outcomes that bounced (5xx); providers mind above 2%, "
+        "MailsluiceBounceRateHigh fires at 5%.",
+        kind="stat",
+        width=8,
+        limits=BOUNCE_LIMITS,
+    ),
+    Panel(
+        "Deferral rate",
+        "percentunit",
+        ((ratio(_RECIPIENTS, POOL, "deferred"), "deferred"),),
+        "Share of recipient outcomes deferred (4xx, retried later).",
+        kind="stat",
+        width=8,
+        limits=DEFERRAL_LIMITS,
+    ),
+    Panel(
+        "Delivered",
+        "ops",
+        ((rate(_RECIPIENTS, f'{POOL}, result="delivered"'), "delivered"),),
+        "Recipients accepted by remote MX servers per second.",
+        kind="stat",
+        width=8,
+    ),
     Panel(
         "Traffic in: messages and recipients accepted",
         "ops",
@@ -17,28 +55,33 @@ OVERVIEW = (
     Panel(
         "Traffic out: recipient outcomes",
         "ops",
-        ((rate("mailsluice_delivery_recipients_total", POOL, "result"), "{{result}}"),),
-        "Recipient outcomes of delivery attempts per second (deferred ones are retried).",
+        ((rate(_RECIPIENTS, POOL, "result"), "{{result}}"),),
+        "Recipient outcomes of delivery attempts per second, stacked (deferred ones are "
+        "retried; expired ones were deferred until they expired).",
+        colors=meaning("delivered", "deferred", "bounced", "expired"),
+        stack=True,
+    ),
+    Panel(
+        "Bounce rate over time",
+        "percentunit",
+        ((ratio(_RECIPIENTS, POOL, "bounced"), "bounced"),),
+        "Share of recipient outcomes that bounced; dashed lines at 2% and 5%.",
+        colors=meaning("bounced"),
+        limits=BOUNCE_LIMITS,
+    ),
+    Panel(
+        "Deferral rate over time",
+        "percentunit",
+        ((ratio(_RECIPIENTS, POOL, "deferred"), "deferred"),),
+        "Share of recipient outcomes deferred; dashed lines at 10% and 25%.",
+        colors=meaning("deferred"),
+        limits=DEFERRAL_LIMITS,
     ),
     Panel(
         "Delivery rate by pool",
         "ops",
-        (
-            (
-                rate("mailsluice_delivery_recipients_total", f'{POOL}, result="delivered"', "pool"),
-                "{{pool}}",
-            ),
-        ),
+        ((rate(_RECIPIENTS, f'{POOL}, result="delivered"', "pool"), "{{pool}}"),),
         "Recipients accepted by remote MX servers per second.",
-    ),
-    Panel(
-        "Bounce and deferral rates",
-        "percentunit",
-        (
-            (ratio("mailsluice_delivery_recipients_total", POOL, "bounced"), "bounced"),
-            (ratio("mailsluice_delivery_recipients_total", POOL, "deferred"), "deferred"),
-        ),
-        "Share of recipient outcomes that bounced or were deferred.",
     ),
     Panel(
         "Queue lag by pool",

@@ -1,27 +1,51 @@
-"""Panel specs, PromQL helpers and the grafana-foundation-sdk builders shared by the dashboards.
+"""Panel specs, PromQL helpers and the meanings shared by the dashboards.
 
-Every query selects on the `$pool` / `$provider` variables and uses `$__rate_interval`, and every
-panel picks its Prometheus through the `$datasource` variable.
+Every query selects on the `$cluster` / `$namespace` variables (added to every metric selector
+by `scoped`, so no panel can forget them), on `$pool` / `$provider` where it has those labels,
+and uses `$__rate_interval`; every panel picks its Prometheus through the `$datasource` variable.
+The Grafana JSON is built from these specs in grafana.py.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
 
-from grafana_foundation_sdk.builders import dashboard as gd
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
-from grafana_foundation_sdk.models.dashboard import (
-    DataSourceRef,
-    VariableOption,
-    VariableRefresh,
-    VariableSort,
-)
-
-DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RI = "$__rate_interval"
+SCOPE = 'cluster=~"$cluster", namespace=~"$namespace"'
 POOL = 'pool=~"$pool"'
 PP = 'pool=~"$pool", provider=~"$provider"'
+
+# Fixed colours by meaning (Grafana's named colours), so that "bounced" is red on every board
+# whatever the order of the series: good outcomes green, waiting ones amber, failures red.
+GOOD, WAIT, BAD, LOST = "green", "orange", "red", "dark-red"
+MEANING = {
+    "delivered": GOOD,
+    "queued": GOOD,
+    "accepted": GOOD,
+    "ready": GOOD,
+    "ok": GOOD,
+    "deferred": WAIT,
+    "tempfail": WAIT,
+    "retried": WAIT,
+    "suppressed": WAIT,
+    "desired": "blue",
+    "bounced": BAD,
+    "complaints": BAD,
+    "rejected": BAD,
+    "error": BAD,
+    "dead": LOST,
+    "expired": LOST,
+    "too_big": BAD,
+    "aborted": "text",
+}
+
+# The rates providers judge a sender by: (warn, critical) as shares. Bounces: keep below 2%,
+# the alert fires at 5%; complaints: Gmail's 0.1% and 0.3%; deferrals: MailsluiceDeferralSpike
+# needs 25%.
+BOUNCE_LIMITS = (0.02, 0.05)
+COMPLAINT_LIMITS = (0.001, 0.003)
+DEFERRAL_LIMITS = (0.10, 0.25)
 
 
 @dataclass(frozen=True)
@@ -32,6 +56,31 @@ class Panel:
     description: str = ""
     kind: str = "timeseries"  # or "stat"
     width: int = 12
+    # (series name regexp as Grafana's byRegexp anchors it, Grafana colour)
+    colors: tuple[tuple[str, str], ...] = ()
+    limits: tuple[float, float] | None = None  # (warn, critical): stat colours, lines on a graph
+    stack: bool = False  # parts of a whole: stacked, so none hides another
+    dashed: tuple[str, ...] = ()  # series (regexps) drawn dashed, visible over equal ones
+    soft_max: float | None = None  # the y axis reaches at least this (rates near zero)
+
+
+def meaning(*words: str) -> tuple[tuple[str, str], ...]:
+    """Colour overrides for series named `word` or ending in " word" (e.g. "google bounced";
+    a legend whose last label is empty ends in a space)."""
+    return tuple((f"(.* )?{re.escape(word)} ?", MEANING[word]) for word in words)
+
+
+_SELECTOR = re.compile(r"\b(mailsluice_\w+)(\{([^}]*)\})?")
+
+
+def scoped(expr: str) -> str:
+    """`expr` with the cluster and namespace matchers in every mailsluice_* selector."""
+
+    def add(match: re.Match[str]) -> str:
+        inner = (match.group(3) or "").strip()
+        return f"{match.group(1)}{{{SCOPE}{', ' + inner if inner else ''}}}"
+
+    return _SELECTOR.sub(add, expr)
 
 
 def rate(metric: str, selector: str, by: str = "") -> str:
@@ -56,55 +105,5 @@ def percentiles(
     return tuple((quantile(q, metric, selector), f"p{round(q * 100)}") for q in qs)
 
 
-def variables(with_provider: bool) -> list[Any]:
-    all_option = VariableOption(selected=True, text="All", value="$__all")
-    found = [
-        gd.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        gd.QueryVariable("pool")
-        .label("Pool")
-        .datasource(DATASOURCE)
-        .query("label_values(mailsluice_delivery_attempts_total, pool)")
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .sort(VariableSort.ALPHABETICAL_ASC)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")
-        .current(all_option),
-    ]
-    if with_provider:
-        found.append(
-            gd.QueryVariable("provider")
-            .label("Provider")
-            .datasource(DATASOURCE)
-            .query("label_values(mailsluice_delivery_provider_recipients_total, provider)")
-            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(VariableSort.ALPHABETICAL_ASC)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
-            .current(all_option)
-        )
-    return found
-
-
-def panel(spec: Panel, panel_id: int) -> Any:
-    builder: Any = stat.Panel() if spec.kind == "stat" else timeseries.Panel()
-    builder = (
-        builder.id(panel_id)
-        .title(spec.title)
-        .datasource(DATASOURCE)
-        .unit(spec.unit)
-        .span(spec.width)
-        .height(8)
-    )
-    if spec.description:
-        builder = builder.description(spec.description)
-    for index, (expr, legend) in enumerate(spec.targets):
-        builder = builder.with_target(
-            prometheus.Dataquery()
-            .expr(expr)
-            .legend_format(legend)
-            .ref_id(chr(ord("A") + index))
-            .datasource(DATASOURCE)
-        )
-    return builder
+def metrics_of(expr: str) -> list[str]:
+    return [m.group(1) for m in _SELECTOR.finditer(expr)]
