@@ -248,6 +248,7 @@ Mailsluice is running locally.
   tracker           http://127.0.0.1:{TRACKER_PORT}   (open pixel /o/..., click links /c/...)
   sandbox MX        127.0.0.1:1025   (every delivered message lands here)
   sandbox API       http://127.0.0.1:8025/api/v1/messages
+  sandbox web UI    http://127.0.0.1:8025/   (list, search, HTML view, live updates)
   metrics           http://127.0.0.1:9101/metrics (ingest), :9102 (delivery), :9105 (streams),
                     :9107 (api), :9108 (webhooks), :9109 (tracker)
   Kafka             127.0.0.1:{KAFKA_PORT}
