@@ -71,12 +71,15 @@ def test_control_state_applies_commands_statuses_and_tombstones():
 
 def test_status_rows_rank_troubled_destinations_first_and_bound():
     rows = [
-        DestinationRow("a", "normal", queued=5),
-        DestinationRow("b", "throttled", queued=1),
-        DestinationRow("c", "normal", queued=50),
+        DestinationRow("a", "steady", queued=5),
+        DestinationRow("b", "hold", queued=1),
+        DestinationRow("c", "slow_start", queued=50),
+        DestinationRow("d", "suspended", queued=3),
+        DestinationRow("e", "probing", queued=7),
+        DestinationRow("f", "blocked", queued=0),
     ]
-    assert [r.key for r in status_rows(rows)] == ["b", "c", "a"]
-    assert len(status_rows(rows, limit=2)) == 2
+    assert [r.key for r in status_rows(rows)] == ["d", "b", "f", "c", "e", "a"]
+    assert [r.key for r in status_rows(rows, limit=2)] == ["d", "b"]
 
 
 def test_build_command_and_arguments():

@@ -7,6 +7,7 @@ import asyncio
 import json
 import smtplib
 from collections.abc import AsyncIterator
+from email import policy
 from email.message import EmailMessage
 from typing import Any
 
@@ -360,3 +361,54 @@ async def test_attachments_are_counted_and_listed(sandbox: Sandbox) -> None:
     assert attachment["FileName"] == "a.pdf" and attachment["ContentType"] == "application/pdf"
     assert attachment["Size"] == len(b"%PDF-1.4 tiny")
     assert full["Text"].strip() == "see attached"
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2b2c2d40000000049454e44ae426082"
+)
+
+
+def related_mail() -> bytes:
+    """HTML with an inline image (multipart/related, Content-ID, no disposition: what most
+    mailers write) and a PDF attachment."""
+    msg = EmailMessage()
+    msg["From"] = "a@x.test"
+    msg["To"] = "b@y.test"
+    msg["Subject"] = "logo inline"
+    msg.set_content("text")
+    html = "<p><img src='cid:Logo@x.test' alt='logo'><img src='cid:gone'></p>"
+    msg.add_alternative(html, subtype="html")
+    alternative = msg.get_payload()[1]
+    alternative.add_related(PNG, maintype="image", subtype="png", cid="<logo@x.test>")
+    for part in alternative.walk():
+        if part.get_content_type() == "image/png":
+            del part["Content-Disposition"]
+    msg.add_attachment(b"%PDF-1.4 tiny", maintype="application", subtype="pdf", filename="é.pdf")
+    return msg.as_bytes(policy=policy.SMTP)  # CRLF: smtplib sends bytes as they are
+
+
+async def test_inline_images_show_and_files_download(sandbox: Sandbox) -> None:
+    raw = related_mail()
+    assert b"Content-Disposition: inline" not in raw  # the image part carries only its Content-ID
+    replies = await asyncio.to_thread(transaction, sandbox, "a@x.test", ["b@y.test"], raw)
+    assert replies[-1][0] == 250
+    base = sandbox.http_url
+    async with aiohttp.ClientSession() as http:
+        full = await call(http, "GET", f"{base}/api/v1/message/latest")
+        (image,) = full["Inline"]
+        assert image["ContentID"] == "logo@x.test" and image["ContentType"] == "image/png"
+        (pdf,) = full["Attachments"]
+        html = await call(http, "GET", f"{base}/view/{full['ID']}.html")
+        # The referenced image is inlined (the Content-ID matched case-insensitively), the
+        # unknown one is left as it was; the CSP still allows no load from anywhere else.
+        assert "cid:Logo@x.test" not in html and "data:image/png;base64," in html
+        assert "src='cid:gone'" in html
+        async with http.get(f"{base}/api/v1/message/{full['ID']}/part/{pdf['PartID']}") as resp:
+            assert resp.status == 200 and await resp.read() == b"%PDF-1.4 tiny"
+            assert resp.content_type == "application/pdf"
+            assert resp.headers["Content-Disposition"] == "attachment; filename*=UTF-8''%C3%A9.pdf"
+            assert "sandbox" in resp.headers["Content-Security-Policy"]
+        async with http.get(f"{base}/api/v1/message/{full['ID']}/part/{image['PartID']}") as resp:
+            assert await resp.read() == PNG
+        await call(http, "GET", f"{base}/api/v1/message/{full['ID']}/part/0", expect=404)

@@ -15,6 +15,8 @@ import asyncio
 import os
 import shutil
 import smtplib
+import struct
+import zlib
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -165,6 +167,55 @@ async def test_list_open_search_delete_and_live(
     await page.click("#delete-all")
     await expect(page.locator("#empty")).to_be_visible(timeout=WAIT_MS)
     assert len(sandbox.store) == 0
+
+
+def png(width: int, height: int) -> bytes:
+    """An opaque green RGBA PNG: its size is what the browser reports once it decoded it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\0" + b"\x00\xaa\x66\xff" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+async def test_inline_image_shows_and_attachment_downloads(
+    sandbox: Sandbox, page: Page, tmp_path: Path
+) -> None:
+    msg = message(
+        "Logo inside", "See the logo.", "<p id='p'><img id='logo' src='cid:logo@shop.test'></p>"
+    )
+    html_part = msg.get_payload()[1]
+    html_part.add_related(png(2, 1), maintype="image", subtype="png", cid="<logo@shop.test>")
+    msg.add_attachment(
+        b"%PDF-1.4 tiny", maintype="application", subtype="pdf", filename="invoice.pdf"
+    )
+    await smtp(sandbox, msg)
+    await page.goto(f"{sandbox.http_url}/")
+    await page.locator("#messages li").first.click()
+    await expect(page.locator("#view-subject")).to_have_text("Logo inside", timeout=WAIT_MS)
+    logo = page.frame_locator("#view-html").locator("#logo")
+    await expect(logo).to_be_attached(timeout=WAIT_MS)
+    # Decoded from the message's own part, under the view's CSP that refuses remote loads.
+    await eventually(
+        lambda: logo.evaluate("img => img.complete && img.naturalWidth === 2"),
+        within=10,
+        what="the inline image decoded",
+    )
+    link = page.locator("#view-meta a", has_text="invoice.pdf")
+    async with page.expect_download() as waiting:
+        await link.click()
+    download = await waiting.value
+    assert download.suggested_filename == "invoice.pdf"
+    saved = await download.path()
+    assert await asyncio.to_thread(Path(saved).read_bytes) == b"%PDF-1.4 tiny"
 
 
 async def test_mail_through_the_pipeline_shows_in_the_browser(

@@ -143,7 +143,9 @@ def pool_lags(state: ControlState, pool: str | None, now: float) -> dict[str, in
     older than three of its worker's intervals is a worker gone: its partitions are another's)."""
     out: dict[str, int] = {}
     for (p, _worker), status in sorted(state.statuses.items()):
-        gone = status.interval_s and now - status.ts > MOVER_MISSED * status.interval_s + 10
+        gone = (
+            status.interval_s and now - status.ts > MOVER_MISSED * status.interval_s + MOVER_SLACK_S
+        )
         if (pool is None or p == pool) and not gone:
             out[p] = out.get(p, 0) + status.lag
     return out

@@ -8,6 +8,7 @@ views, live events and the web UI.
     GET    /api/v1/search?query&start&limit   see search.py for the syntax
     DELETE /api/v1/search?query               delete what matches
     GET    /api/v1/message/<ID>[/headers|/raw]  ID may be "latest"; opening marks it read
+    GET    /api/v1/message/<ID>/part/<PartID>  an attachment or inline file, as a download
     GET    /view/<ID>.html, /view/<ID>.txt    the HTML part (sandboxed by its CSP), the text part
     GET/PUT /api/v1/chaos                     scripted failures (chaos.py)
     GET    /api/v1/events                     server-sent events (events.py)
@@ -22,6 +23,7 @@ import importlib.resources
 import resource
 import time
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -41,10 +43,10 @@ UI_CSP = (
     "frame-ancestors 'none'"
 )
 # A captured message's HTML: no scripts, no remote loads (no tracking pixel fires, nothing
-# phones home), inline styles and data: images only; `sandbox` makes it an opaque origin even
-# when opened outside the UI's sandboxed iframe.
+# phones home), inline styles and data: images only (the view turns cid: images into data:
+# URIs); `sandbox` makes it an opaque origin even when opened outside the UI's iframe.
 VIEW_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data: cid:; font-src data:; "
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'self'; sandbox allow-popups"
 )
 
@@ -158,15 +160,29 @@ class Api:
         )
 
     async def view(self, request: web.Request) -> web.Response:
-        item = self.found(request)
-        body = mime.parts(mime.parse(item.raw))
+        msg = mime.parse(self.found(request).raw)
+        body = mime.parts(msg)
         nosniff = {"X-Content-Type-Options": "nosniff"}
         if request.match_info["kind"] == "txt":
             return web.Response(text=body.text, content_type="text/plain", headers=nosniff)
         if not body.html:
             raise web.HTTPNotFound(text="no HTML part")
         headers = {**nosniff, "Content-Security-Policy": VIEW_CSP, "Referrer-Policy": "no-referrer"}
-        return web.Response(text=body.html, content_type="text/html", headers=headers)
+        html = mime.inline_images(body.html, msg)
+        return web.Response(text=html, content_type="text/html", headers=headers)
+
+    async def part(self, request: web.Request) -> web.Response:
+        found = mime.part(mime.parse(self.found(request).raw), request.match_info["part"])
+        if found is None:
+            raise web.HTTPNotFound(text="no such part")
+        content_type, filename, data = found
+        # Always a download, never rendered on the sandbox's origin.
+        headers = {
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename or 'part')}",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        }
+        return web.Response(body=data, content_type=content_type, headers=headers)
 
     async def info(self, _: web.Request) -> web.Response:
         stats = self.store.stats
@@ -246,6 +262,7 @@ def build_api(store: MessageStore, chaos: Chaos, events: Broadcaster) -> web.App
     add.add_get("/api/v1/message/{id}", api.message)
     add.add_get("/api/v1/message/{id}/headers", api.headers)
     add.add_get("/api/v1/message/{id}/raw", api.raw)
+    add.add_get("/api/v1/message/{id}/part/{part}", api.part)
     add.add_get("/view/{id}.{kind:html|txt}", api.view)
     add.add_get("/api/v1/chaos", api.get_chaos)
     add.add_put("/api/v1/chaos", api.put_chaos)

@@ -298,7 +298,11 @@ class ShapingRuntime:
         await read_topic(self.kafka, WARMUP_TOPIC, restore, client_id="mailsluice-warmup")
 
 
+# Controller states in which a destination takes less than it could: listed first.
+TROUBLED_STATES = frozenset({"hold", "blocked", "probe", "suspended"})
+
+
 def status_rows(rows: Iterable[DestinationRow], limit: int = 500) -> tuple[DestinationRow, ...]:
-    """The rows worth publishing: not normal first, then by queue size; bounded."""
-    ranked = sorted(rows, key=lambda r: (r.state == "normal", -r.queued, r.key))
+    """The rows worth publishing: troubled first, then by queue size; bounded."""
+    ranked = sorted(rows, key=lambda r: (r.state not in TROUBLED_STATES, -r.queued, r.key))
     return tuple(ranked[:limit])

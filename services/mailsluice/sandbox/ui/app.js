@@ -83,6 +83,16 @@ function meta(m) {
   add("Date", when(m.Date));
   add("Return-Path", m.ReturnPath);
   add("Size", `${m.Size} bytes`);
+  if (m.Attachments.length) {
+    const files = el("dd", "attachments");
+    for (const a of m.Attachments) {
+      const link = el("a", "", `${a.FileName || a.ContentType} (${a.Size} bytes)`);
+      link.href = `/api/v1/message/${encodeURIComponent(m.ID)}/part/${encodeURIComponent(a.PartID)}`;
+      link.download = a.FileName || "part";
+      files.append(link, " ");
+    }
+    dl.append(el("dt", "", "Attachments"), files);
+  }
 }
 
 async function openMessage(id) {
