@@ -67,7 +67,7 @@ SETTINGS_MODULES = (
     "mailsluice.delivery.worker.settings",
     "mailsluice.delivery.transport.settings",
     "mailsluice.dkim.settings",
-    "mailsluice.delivery.shaping.runtime",
+    "mailsluice.delivery.shaping.settings",
     "mailsluice.delivery.retry.settings",
     "mailsluice.sandbox.settings",
     "mailsluice.streams.settings",

@@ -6,7 +6,8 @@ What each row shows, and as of when (the AGE column):
   when it wrote it (the record's `control_ts`): then the row shows the command's effect
   (suspended until t; resumed) as of the command, marked `*`, until the worker reports it,
   which it does at once (runtime.py), so a `list` right after a `suspend` never shows the state
-  before it;
+  before it; a destination a worker starts on, or one entering or leaving a troubled state, is
+  reported within seconds (shaping/status.py StatusSoon), the rest every status interval;
 - HELD and RETRY: what the retry movers hold on the delay topics (report.py), as of their
   records; a mover's record older than three of its intervals is a mover gone and not counted;
 - QUEUED: the messages of the pool's queue topic waiting in the worker's memory for the

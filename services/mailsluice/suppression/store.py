@@ -9,7 +9,6 @@ scopes a message falls in, and `contains` asks the global scope only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
@@ -26,6 +25,7 @@ from mailsluice.contracts.suppressions import (
     suppression_key,
 )
 from mailsluice.contracts.topics import SUPPRESSIONS_TOPIC
+from mailsluice.eventloop import wait_event
 from mailsluice.kafka.compacted import CompactedView
 from mailsluice.kafka.settings import KafkaSettings
 
@@ -230,5 +230,4 @@ class SuppressionStore:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError(f"condition not met within {timeout:.1f}s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+            await wait_event(self._changed, remaining)

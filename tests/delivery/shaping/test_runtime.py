@@ -17,8 +17,10 @@ from mailsluice.config import ConfigError, load
 from mailsluice.contracts.control import Command, decode_learned, learned_key
 from mailsluice.contracts.events import EventType, decode_event
 from mailsluice.contracts.topics import CONTROL_TOPIC, EVENTS_TOPIC
+from mailsluice.delivery.shaping.controller_types import Change
 from mailsluice.delivery.shaping.runtime import ShapingRuntime
 from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
+from mailsluice.delivery.shaping.status import StatusSoon
 from mailsluice.kafka.admin import ensure_topics, standard_topics
 from mailsluice.kafka.settings import KafkaSettings
 
@@ -126,6 +128,13 @@ async def test_runtime_follows_commands_publishes_status_and_keeps_warmup(kafka)
     try:
         shaper = runtime.shaper
         assert shaper.try_start("google", runtime.mono()) is not None
+
+        async def reported() -> bool:
+            state = await cli.read_state(kafka_settings)
+            return any(r.key == "google" for _p, w, r in state.rows("t-rt") if w == "w-test")
+
+        # a destination the worker starts on is reported within seconds, not at the interval
+        await eventually(reported, within=20, what="google in a status before the interval")
         until = time.time() + 3600
         await cli.send_command(kafka_settings, Command("t-rt", "google", "suspend", until=until))
         # the runtime applies commands in its own task
@@ -306,3 +315,28 @@ async def test_a_state_change_is_told_and_learned_limits_survive_a_restart(kafka
         assert again.shaper.try_start("isp.example", again.mono()) is None
     finally:
         await again.stop()
+
+
+def change(from_state: str, to_state: str) -> Change:
+    return Change("", "google", from_state, to_state, "", "", 1.0, 1, 0.0)
+
+
+def test_status_goes_out_soon_for_new_and_troubled_destinations_only():
+    soon = StatusSoon(min_gap_s=2.0)
+    soon.note([], lanes_created=0)
+    assert not soon.due(0.0)  # nothing new
+    soon.note([change("slow_start", "steady")], lanes_created=0)
+    assert not soon.due(0.0)  # a healthy change waits for the interval
+    soon.note([], lanes_created=1)  # a new destination
+    assert soon.due(0.0)
+    soon.published(0.0)
+    soon.note([change("steady", "hold")], lanes_created=1)  # into trouble, 1 s later
+    assert not soon.due(1.0)  # not twice within the gap
+    assert soon.due(2.0)  # but kept until the gap has passed
+    soon.published(2.0)
+    assert not soon.due(10.0)
+    soon.note([change("hold", "steady")], lanes_created=1)  # out of trouble
+    assert soon.due(10.0)
+    soon.published(10.0)
+    soon.note([change("blocked", "probe")], lanes_created=1)  # trouble to trouble
+    assert not soon.due(20.0)

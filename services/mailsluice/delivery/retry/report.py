@@ -12,7 +12,6 @@ a partition paused at the memory bound are not fetched, so not counted: the reco
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from mailsluice.contracts.control import RetryCount, RetryStatus, encode_retries, retries_key
 from mailsluice.contracts.topics import CONTROL_TOPIC
 from mailsluice.delivery.retry.hold import RetryHold
+from mailsluice.eventloop import wait_event
 from mailsluice.kafka.admin import control_topics, ensure_topics
 from mailsluice.kafka.producers import RenewingProducer
 from mailsluice.kafka.settings import KafkaSettings
@@ -76,8 +76,7 @@ class CountsReporter:
                 raise
             except Exception as exc:  # the next round writes the latest counts again
                 log.warning("retry mover could not write its counts: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._now.wait(), self.interval_s)
+            await wait_event(self._now, self.interval_s)
             self._now.clear()
 
     async def write(self) -> None:

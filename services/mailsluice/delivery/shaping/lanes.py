@@ -122,11 +122,13 @@ class Lanes:
     _turn: dict[str, int] = field(default_factory=dict)
     _slots: dict[str, float] = field(default_factory=dict)  # latest reserved deferral slot
     _restored: dict[tuple[str, str], Learned] = field(default_factory=dict)
+    created: int = 0  # keys given lanes so far (a new destination: its status goes out soon)
 
     def of(self, key: str, now: float) -> list[Lane]:
         lanes = self._lanes.get(key)
         if lanes is None:
             lanes = self._lanes[key] = [self._new(s, key, now) for s in self.sources or ("",)]
+            self.created += 1
         for lane in lanes:
             self._note(lane, lane.steering.tick(now))
         return lanes

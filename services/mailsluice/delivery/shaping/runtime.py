@@ -41,6 +41,7 @@ from mailsluice.contracts.topics import CONTROL_TOPIC, EVENTS_TOPIC, WARMUP_TOPI
 from mailsluice.delivery.shaping import status as shaping_status
 from mailsluice.delivery.shaping.changes import change_event, log_change
 from mailsluice.delivery.shaping.settings import ShapingSettings, build_shaper
+from mailsluice.eventloop import wait_event
 from mailsluice.kafka.admin import control_topics, ensure_topics
 from mailsluice.kafka.clients import make_producer
 from mailsluice.kafka.compacted import CompactedView, read_topic
@@ -97,6 +98,8 @@ class ShapingRuntime:
         # sets `_publish_now`, so the status confirming it follows within a fetch and a write
         self.control_ts = 0.0
         self._publish_now = asyncio.Event()
+        # new destinations and troubled ones are reported within seconds too (status.py)
+        self._soon = shaping_status.StatusSoon()
 
     def start_background(self) -> asyncio.Task[None]:
         """Start when Kafka can be reached, retrying meanwhile (the worker connects on its
@@ -201,8 +204,7 @@ class ShapingRuntime:
         """Status every status_interval_s, and at once after a command: `destinations list`
         shows a command's effect as the worker reports it, not up to an interval later."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._publish_now.wait(), self.settings.status_interval_s)
+            await wait_event(self._publish_now, self.settings.status_interval_s)
             self._publish_now.clear()
             try:
                 await self.publish()
@@ -234,9 +236,12 @@ class ShapingRuntime:
         metric; then the learned limits they changed."""
         assert self._events is not None
         changes = self.shaper.drain_changes()
+        now, wall = self.mono(), self.wall()
+        self._soon.note((change for change, _rule in changes), self.shaper.lanes.created)
+        if self._soon.due(now):
+            self._publish_now.set()
         if not changes:
             return
-        now, wall = self.mono(), self.wall()
         for change, rule in changes:
             at = wall + change.at - now
             log_change(self.pool, change, rule, at)
@@ -261,6 +266,7 @@ class ShapingRuntime:
         """Status and learned limits to the control topic, warm-up usage to the ledger, and
         metrics."""
         now = self.mono()
+        self._soon.published(now)
         shaping_metrics.export(self.shaper, now)
         rows = status_rows(shaping_status.rows(self.shaper, now, self.queued))
         status = Status(
@@ -298,11 +304,9 @@ class ShapingRuntime:
         await read_topic(self.kafka, WARMUP_TOPIC, restore, client_id="mailsluice-warmup")
 
 
-# Controller states in which a destination takes less than it could: listed first.
-TROUBLED_STATES = frozenset({"hold", "blocked", "probe", "suspended"})
-
-
 def status_rows(rows: Iterable[DestinationRow], limit: int = 500) -> tuple[DestinationRow, ...]:
     """The rows worth publishing: troubled first, then by queue size; bounded."""
-    ranked = sorted(rows, key=lambda r: (r.state not in TROUBLED_STATES, -r.queued, r.key))
+    ranked = sorted(
+        rows, key=lambda r: (r.state not in shaping_status.TROUBLED_STATES, -r.queued, r.key)
+    )
     return tuple(ranked[:limit])

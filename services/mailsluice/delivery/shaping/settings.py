@@ -46,7 +46,12 @@ class ShapingSettings(MailsluiceSettings):
         "a policy file's [pool.<name>] section (from the SendingPool resource).",
     )
     status_interval_s: float = Field(
-        10.0, gt=0, le=3600, description="How often status and warm-up usage are published."
+        10.0,
+        gt=0,
+        le=3600,
+        description="How often status and warm-up usage are published (a status also goes out "
+        "at once after a command, and within seconds for a new destination or one entering or "
+        "leaving hold, blocked, probe or suspended).",
     )
     worker_id: str = Field("", description="Name in status records (empty: host name and pid).")
 

@@ -8,15 +8,46 @@ with the engine's wall clock at the moment of publishing.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from mailsluice.contracts.control import DestinationRow
 from mailsluice.contracts.control import Learned as LearnedRecord
 from mailsluice.delivery.shaping.controller import Learned
+from mailsluice.delivery.shaping.controller_types import Change
 from mailsluice.delivery.shaping.engine import PolicyShaper
 
 # Learned limits older than this are not restored: a provider's view of a sender moves on.
 LEARNED_MAX_AGE_S = 7 * 86400.0
+# Controller states in which a destination takes less than it could.
+TROUBLED_STATES = frozenset({"hold", "blocked", "probe", "suspended"})
+
+
+@dataclass
+class StatusSoon:
+    """Whether a status record should go out before its interval: when the worker starts on a
+    destination it has not reported, or one enters or leaves a troubled state, so that
+    `destinations list` shows it within seconds; at most once every `min_gap_s`, so a worker
+    meeting a new domain every second does not rewrite its whole status every second."""
+
+    min_gap_s: float = 2.0
+    lanes_reported: int = 0
+    pending: bool = False
+    last: float = -math.inf
+
+    def note(self, changes: Iterable[Change], lanes_created: int) -> None:
+        troubled = any(
+            (c.from_state in TROUBLED_STATES) != (c.to_state in TROUBLED_STATES) for c in changes
+        )
+        if troubled or lanes_created != self.lanes_reported:
+            self.pending = True
+        self.lanes_reported = lanes_created
+
+    def due(self, now: float) -> bool:
+        return self.pending and now - self.last >= self.min_gap_s
+
+    def published(self, now: float) -> None:
+        self.pending, self.last = False, now
 
 
 def rows(shaper: PolicyShaper, now: float, queued: Callable[[str], int]) -> list[DestinationRow]:

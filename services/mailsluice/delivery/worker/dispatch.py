@@ -10,7 +10,6 @@ back and waits for the sends under way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any
@@ -19,6 +18,7 @@ from aiokafka import TopicPartition
 
 from mailsluice.delivery.shaping.scheduler import Scheduler, Shaper
 from mailsluice.delivery.worker.attempts import Attempts, Item, transactional
+from mailsluice.eventloop import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ class Dispatch:
             wait = min(self.scheduler.next_wake(self.mono()), MAX_SLEEP_S)
             self.wake.clear()
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), wait)
+                await wait_event(self.wake, wait)
 
     def spawn(self, coro: Coroutine[Any, Any, None], item: Item) -> None:
         task = asyncio.create_task(coro)
