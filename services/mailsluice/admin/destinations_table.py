@@ -68,7 +68,7 @@ def retry_counts(
     out: dict[tuple[str, str], list[float]] = {}
     partial = False
     for status in state.retries.values():
-        if now - status.ts > MOVER_MISSED * status.interval_s + MOVER_SLACK_S:
+        if _gone(status.ts, status.interval_s, now):
             continue
         partial = partial or status.partial
         for c in status.counts:
@@ -77,6 +77,11 @@ def retry_counts(
             entry[1] += c.retrying
             entry[2] = min(entry[2], status.ts)
     return out, partial
+
+
+def _gone(ts: float, interval_s: float, now: float) -> bool:
+    """Whether a worker's or mover's record is too old for it to be still running."""
+    return now - ts > MOVER_MISSED * interval_s + MOVER_SLACK_S
 
 
 def command_for(state: ControlState, pool: str, key: str) -> Command | None:
@@ -144,9 +149,7 @@ def pool_lags(state: ControlState, pool: str | None, now: float) -> dict[str, in
     older than three of its worker's intervals is a worker gone: its partitions are another's)."""
     out: dict[str, int] = {}
     for (p, _worker), status in sorted(state.statuses.items()):
-        gone = (
-            status.interval_s and now - status.ts > MOVER_MISSED * status.interval_s + MOVER_SLACK_S
-        )
+        gone = status.interval_s and _gone(status.ts, status.interval_s, now)
         if (pool is None or p == pool) and not gone:
             out[p] = out.get(p, 0) + status.lag
     return out

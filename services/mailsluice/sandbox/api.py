@@ -161,14 +161,14 @@ class Api:
 
     async def view(self, request: web.Request) -> web.Response:
         msg = mime.parse(self.found(request).raw)
-        body = mime.parts(msg)
+        text, html = mime.bodies(msg)
         nosniff = {"X-Content-Type-Options": "nosniff"}
         if request.match_info["kind"] == "txt":
-            return web.Response(text=body.text, content_type="text/plain", headers=nosniff)
-        if not body.html:
+            return web.Response(text=text, content_type="text/plain", headers=nosniff)
+        if not html:
             raise web.HTTPNotFound(text="no HTML part")
         headers = {**nosniff, "Content-Security-Policy": VIEW_CSP, "Referrer-Policy": "no-referrer"}
-        html = mime.inline_images(body.html, msg)
+        html = mime.inline_images(html, msg)
         return web.Response(text=html, content_type="text/html", headers=headers)
 
     async def part(self, request: web.Request) -> web.Response:

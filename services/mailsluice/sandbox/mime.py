@@ -56,9 +56,15 @@ def _content_id(part: Message) -> str:
     return str(part.get("Content-ID", "")).strip().strip("<>")
 
 
-def parts(msg: EmailMessage) -> Parts:
+def bodies(msg: EmailMessage) -> tuple[str, str]:
+    """The text and HTML bodies (what a view shows, without decoding the files)."""
     text = _content(msg.get_body(preferencelist=("plain",)))
     html = _content(msg.get_body(preferencelist=("html",)))
+    return text, html
+
+
+def parts(msg: EmailMessage) -> Parts:
+    text, html = bodies(msg)
     attachments: list[dict[str, Any]] = []
     inline: list[dict[str, Any]] = []
     for index, part in _file_parts(msg):

@@ -9,13 +9,13 @@ restart or takeover repeats little rather than a whole interval's worth.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from mailsluice.eventloop import wait_event
 from mailsluice.kafka.ledger import Ledger
 from mailsluice.metrics.delivery import Delivery as m
 
@@ -50,12 +50,7 @@ class Commits:
 
     async def loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            # asyncio.timeout, not wait_for: wait_for (3.11) swallows a cancellation that comes
-            # as the event is set, and the worker's shutdown would then wait for this forever
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval_s):
-                    await self._soon.wait()
-            if self._soon.is_set():
+            if await wait_event(self._soon, self.interval_s):
                 await asyncio.sleep(min(FIRST_COMMIT_DELAY_S, self.interval_s))
                 # first records of other partitions that finished meanwhile go in this commit,
                 # not in another one a delay later
