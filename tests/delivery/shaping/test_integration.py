@@ -49,6 +49,18 @@ class RecordingTransport:
         pass
 
 
+async def sent_past(starts: list[float], offset: float, what: str) -> float:
+    """Wait until a send `offset` seconds or more after the first of `starts` is recorded (sends
+    are appended in time order, so the window up to it is complete); return that first send."""
+    await eventually(
+        lambda: bool(starts) and starts[-1] >= starts[0] + offset,
+        within=offset + 30,
+        interval=0.2,
+        what=what,
+    )
+    return starts[0]
+
+
 async def enqueue_for(ks: KafkaSettings, pool: str, key: str, count: int) -> None:
     """`count` bulk messages to one destination, one recipient each."""
     envs: list[Envelope | None] = [
@@ -67,10 +79,10 @@ async def test_rate_holds_with_one_worker_and_free_destination_runs_full_speed(k
         t0 = time.monotonic()
         await enqueue_for(ks, pool, "limited.example", 450)
         await enqueue_for(ks, pool, "free.example", 1500)
-        await asyncio.sleep(35)  # the measured run itself, in wall time
+        # the measured run itself, in wall time: 35 s of the limited destination's sends
+        begin = await sent_past(transport.starts["limited.example"], 35, "35 s of limited sends")
     limited = transport.starts["limited.example"]
     free = transport.starts["free.example"]
-    begin = limited[0]
     achieved = per_minute(limited, begin + 5, begin + 35)
     assert achieved == pytest.approx(RATE_PER_MIN, rel=0.05)
     # the stated burst plus what the rate allows within the window, never more
@@ -105,7 +117,7 @@ async def test_rate_holds_across_two_workers_and_a_rebalance(kafka):
         # the group settled with two members, each owning two of the four partitions
         await eventually(settled, within=60, interval=0.2, what="two members with 2 partitions")
         await enqueue_for(ks, pool, key, 800)
-        await asyncio.sleep(25)  # the measured run before the rebalance
+        await sent_past(starts[key], 25, "the measured run before the rebalance")
         # a rebalance: the owner of the destination stops, the survivor takes it over
         owner = next(i for i, t in enumerate(transports) if t.mine[key])
         survivor = transports[1 - owner]
@@ -113,7 +125,7 @@ async def test_rate_holds_across_two_workers_and_a_rebalance(kafka):
         await workers.pop(owner).stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(survivor.seen[key].wait(), left + 20 - time.monotonic())
-        await asyncio.sleep(25)  # the measured run after it
+        await sent_past(survivor.mine[key], 25, "the measured run after it")
     finally:
         for worker in workers:
             await worker.stop()
