@@ -220,14 +220,32 @@ async def test_store_keeps_following_across_a_broker_restart(
     await ensure_topics(kafka_settings, suppressions_spec(kafka_settings))
     st = SuppressionStore(kafka_settings, client_id="test-suppression-restart")
     await st.start(timeout=60)
+    view = st._view
+    assert view is not None
+    down = False
+    met_outage = asyncio.Event()  # a fetch of the follower began and ended with the broker down
+    fetch = view._fetch
+
+    async def watched_fetch() -> None:
+        began_down = down
+        try:
+            await fetch()
+        finally:
+            if began_down and down:
+                met_outage.set()
+
+    view._fetch = watched_fetch  # type: ignore[method-assign]
     try:
         # Blocking process control runs in a thread so the store's follower keeps running.
         await asyncio.to_thread(kafka.stop)
+        down = True
         try:
-            # The outage itself: it lasts a whole fetch of the follower (1 s), which meets it.
-            await asyncio.sleep(1.0)
+            # The outage lasts until the follower has met it with a whole fetch.
+            async with asyncio.timeout(30):
+                await met_outage.wait()
             assert st.ready  # the last known table stays usable during an outage
         finally:
+            down = False
             await asyncio.to_thread(kafka.start)
         address = unique_address("after-restart")
         prod = make_producer(kafka_settings, max_message_size=65536, client_id="test-restart")
